@@ -1,0 +1,3 @@
+from mailsink.cli import main
+
+main()

@@ -1,0 +1,278 @@
+"""Command line: `mailsink` (server; later the TUI), `serve`, and the store commands.
+
+Errors are one plain line on stderr and a non-zero exit; tracebacks only with MAILSINK_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mailsink import __version__
+from mailsink.config import ConfigError, Settings, load
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1
+
+
+class CliError(click.ClickException):
+    """An error the user can act on; printed as one line."""
+
+
+def _settings(
+    config: str | None, host: str | None = None, port: int | None = None, db: str | None = None
+) -> Settings:
+    settings = load(config) if config else Settings()
+    return settings.with_overrides(host=host, port=port, db=db)
+
+
+def server_options(function: F) -> F:
+    options = [
+        click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file."),
+        click.option("--host", help="Address to listen on [default: 127.0.0.1, loopback only]."),
+        click.option(
+            "--port",
+            "-p",
+            type=click.IntRange(0, 65535),
+            help="SMTP port [default: 1025; 0 picks a free one].",
+        ),
+        click.option("--db", help="Store path; ':memory:' keeps nothing [default: user data dir]."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def store_options(function: F) -> F:
+    function = click.option("--db", help="Store path [default: the config's, else user data dir].")(
+        function
+    )
+    return click.option(
+        "--config",
+        "-c",
+        type=click.Path(dir_okay=False),
+        help="TOML config file (for its [storage] path).",
+    )(function)
+
+
+def _reader(config: str | None, db: str | None):
+    from mailsink.store.queries import Reader
+
+    return Reader(_settings(config, db=db).storage.path)
+
+
+def _run_server(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
+    from mailsink.serve import run
+
+    run(_settings(config, host, port, db))
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@server_options
+@click.version_option(__version__, prog_name="mailsink")
+@click.pass_context
+def cli(
+    ctx: click.Context, config: str | None, host: str | None, port: int | None, db: str | None
+) -> None:
+    """A local SMTP sink for development: point your app at 127.0.0.1:1025.
+
+    Without a command, runs the server (the terminal UI arrives in a later release).
+    """
+    if ctx.invoked_subcommand is None:
+        _run_server(config, host, port, db)
+
+
+@cli.command()
+@server_options
+def serve(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
+    """Run the SMTP server without a UI; one log line per session and per message."""
+    _run_server(config, host, port, db)
+
+
+@cli.command("list")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="JSON array of message summaries.")
+@click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--search", "-s", help="Text in envelope or header addresses, or the subject.")
+@click.option("--findings", is_flag=True, help="Only messages with findings.")
+@click.option("--all", "include_rejected", is_flag=True, help="Include rejected messages.")
+def list_messages(
+    config: str | None,
+    db: str | None,
+    as_json: bool,
+    limit: int,
+    search: str | None,
+    findings: bool,
+    include_rejected: bool,
+) -> None:
+    """List messages, newest first."""
+    from mailsink import output
+
+    with _reader(config, db) as reader:
+        records = reader.list_messages(
+            limit=limit, search=search, findings_only=findings, include_rejected=include_rejected
+        )
+    if as_json:
+        _print_json([r.summary_json() for r in records])
+    else:
+        click.echo(output.message_table(records))
+
+
+def _message_id(reader: Any, ident: str) -> int:
+    if ident == "latest":
+        latest = reader.latest_id()
+        if latest is None:
+            raise CliError("the store has no messages")
+        return latest
+    if not ident.isdigit():
+        raise CliError(f"{ident!r} is not a message id (a number, or 'latest')")
+    return int(ident)
+
+
+@cli.command()
+@click.argument("ident", metavar="ID|latest")
+@store_options
+@click.option("--json", "view", flag_value="json", help="The message as JSON.")
+@click.option("--raw", "view", flag_value="raw", help="The bytes exactly as received.")
+@click.option("--headers", "view", flag_value="headers", help="All header fields, decoded.")
+@click.option("--session", "view", flag_value="session", help="The SMTP session that delivered it.")
+def show(ident: str, config: str | None, db: str | None, view: str | None) -> None:
+    """Show one message: envelope beside headers, findings, parts and text."""
+    from mailsink import output
+
+    with _reader(config, db) as reader:
+        message_id = _message_id(reader, ident)
+        record = reader.get_message(message_id)
+        if record is None:
+            raise CliError(f"no message {message_id}")
+        if view == "raw":
+            raw = reader.get_raw(message_id) or b""
+            if sys.stdout.isatty():
+                click.echo(output.terminal_safe(raw.decode("utf-8", "replace")), nl=False)
+            else:
+                sys.stdout.buffer.write(raw)
+                sys.stdout.flush()
+            return
+        if view == "session":
+            session = reader.get_session(record.session_id)
+            if session is None:
+                raise CliError(f"session {record.session_id} of message {message_id} was pruned")
+            click.echo(output.transcript(session))
+            return
+        parsed = reader.get_parsed(message_id)
+    assert parsed is not None
+    if view == "json":
+        _print_json(output.message_json(record, parsed))
+    elif view == "headers":
+        click.echo(output.header_lines(parsed))
+    else:
+        click.echo(output.message_text(record, parsed))
+
+
+@cli.command()
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="JSON array of sessions.")
+@click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True)
+def sessions(config: str | None, db: str | None, as_json: bool, limit: int) -> None:
+    """List SMTP sessions, newest first (including those that delivered nothing)."""
+    from mailsink import output
+
+    with _reader(config, db) as reader:
+        records = reader.list_sessions(limit=limit)
+    if as_json:
+        _print_json([r.as_json() for r in records])
+    else:
+        click.echo(output.session_table(records))
+
+
+@cli.command()
+@click.argument("session_id", type=int)
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="The session and its transcript as JSON.")
+def session(session_id: int, config: str | None, db: str | None, as_json: bool) -> None:
+    """Show one session's transcript: every line each way, timestamped."""
+    from mailsink import output
+
+    with _reader(config, db) as reader:
+        record = reader.get_session(session_id)
+    if record is None:
+        raise CliError(f"no session {session_id}")
+    if as_json:
+        _print_json(record.as_json(with_events=True))
+    else:
+        click.echo(output.transcript(record))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@store_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["eml", "mbox", "maildir"]),
+    default="eml",
+    show_default=True,
+)
+@click.option(
+    "--out", "-o", required=True, type=click.Path(), help="Directory (eml, maildir) or file (mbox)."
+)
+def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, out: str) -> None:
+    """Export messages (all accepted ones when no ID is given) as .eml files, mbox or Maildir."""
+    from mailsink.export import export_messages
+
+    with _reader(config, db) as reader:
+        count = export_messages(reader, list(ids), fmt, Path(out))
+    click.echo(f"exported {count} message(s) to {out} ({fmt})")
+
+
+@cli.command()
+@store_options
+def clear(config: str | None, db: str | None) -> None:
+    """Delete every message and session in the store."""
+    with _reader(config, db) as reader:
+        count = reader.clear()
+    click.echo(f"deleted {count} message(s)")
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click without its standalone mode, so every error is one line."""
+    from mailsink.store.db import StoreError
+
+    try:
+        code = cli.main(args=argv, prog_name="mailsink", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:
+        click.echo(error.format_message(), err=True)
+        code = 2
+    except click.ClickException as error:
+        hint = " (see mailsink --help)" if isinstance(error, click.UsageError) else ""
+        message = " ".join(error.format_message().split())
+        click.echo(f"mailsink: {message}{hint}", err=True)
+        code = error.exit_code
+    except (ConfigError, StoreError) as error:
+        click.echo(f"mailsink: {error}", err=True)
+        code = EXIT_ERROR
+    except click.Abort:
+        code = 130
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        # A closed pipe (`mailsink list | head`): not an error worth a message.
+        sys.stderr.close()
+        code = 0
+    except Exception as error:
+        if os.environ.get("MAILSINK_DEBUG"):
+            raise
+        click.echo(f"mailsink: internal error: {type(error).__name__}: {error}", err=True)
+        code = 70
+    sys.exit(code if isinstance(code, int) else 0)

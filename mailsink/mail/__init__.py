@@ -1,0 +1,1 @@
+"""Message model: parsing raw bytes, envelope-vs-header findings, address checks."""

@@ -1,0 +1,51 @@
+"""Address syntax checks with email-validator (syntax only: no DNS, ever)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+
+# email-validator refuses special-use domains; developers point apps at exactly these.
+_LOCAL_DOMAINS = ("localhost", "local", "localdomain", "internal", "lan", "home.arpa")
+_STAND_IN_DOMAIN = "example.test"
+
+
+def normalize(address: str) -> str:
+    """Comparison key: addresses compare case-insensitively, display names ignored."""
+    return address.strip().strip("<>").lower()
+
+
+def domain_of(address: str) -> str:
+    return normalize(address).rpartition("@")[2]
+
+
+@lru_cache(maxsize=4096)
+def syntax_error(address: str) -> str | None:
+    """Why `address` is not a valid address, or None when it is."""
+    if not address:
+        return "the address is empty"
+    local, at, domain = address.rpartition("@")
+    candidate = address
+    if at and domain.lower().rstrip(".").endswith(_LOCAL_DOMAINS):
+        # Check the local part against a stand-in domain; the local name itself is fine.
+        candidate = f"{local}@{_STAND_IN_DOMAIN}"
+    try:
+        validate_email(
+            candidate,
+            check_deliverability=False,
+            globally_deliverable=False,
+            test_environment=True,
+            allow_smtputf8=True,
+            allow_quoted_local=True,
+            allow_domain_literal=True,
+        )
+    except EmailNotValidError as error:
+        return str(error)
+    return None
+
+
+def aligned(domain_a: str, domain_b: str) -> bool:
+    """Relaxed alignment: one domain equals the other or is a subdomain of it."""
+    a, b = domain_a.lower().rstrip("."), domain_b.lower().rstrip(".")
+    return a == b or a.endswith("." + b) or b.endswith("." + a)

@@ -1,0 +1,197 @@
+"""Plain-text and JSON renderings for the CLI.
+
+Every string that comes from a message or a session passes through `visible`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from mailsink.mail.parse import MimePart, ParsedMessage
+from mailsink.smtp.server import format_bytes
+from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
+from mailsink.text import visible, visible_block
+
+
+def terminal_safe(text: str) -> str:
+    return visible_block(text)
+
+
+def local_time(ms: int | None, *, with_ms: bool = False) -> str:
+    if ms is None:
+        return "-"
+    moment = datetime.fromtimestamp(ms / 1000)
+    stamp = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp}.{ms % 1000:03d}" if with_ms else stamp
+
+
+def _cut(text: str, width: int) -> str:
+    text = visible(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headings: list[str], rows: list[list[str]], widths: list[int]) -> str:
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)).rstrip()]
+    for row in rows:
+        cells = [_cut(cell, w).ljust(w) for cell, w in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def message_table(records: list[MessageRecord]) -> str:
+    if not records:
+        return "no messages"
+    rows = []
+    for r in records:
+        kinds = sorted({f["kind"] for f in r.findings})
+        status = "" if r.status == "accepted" else f"[{r.status}] "
+        rows.append(
+            [
+                str(r.id),
+                local_time(r.received_at),
+                r.envelope.mail_from or "<>",
+                ", ".join(r.envelope.rcpt_to),
+                ", ".join(r.headers["from"]),
+                status + (r.headers["subject"] or ""),
+                format_bytes(r.size),
+                ", ".join(kinds),
+            ]
+        )
+    headings = ["ID", "RECEIVED", "MAIL FROM", "RCPT TO", "FROM", "SUBJECT", "SIZE", "FINDINGS"]
+    return _table(headings, rows, [6, 19, 24, 28, 28, 32, 9, 40])
+
+
+def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]:
+    """The JSON contract of DESIGN.md for `show --json`."""
+    findings = list(record.findings)
+    known = {f["detail"] for f in findings}
+    # Defects in the body are only seen by the full parse, which runs on demand.
+    findings += [
+        {"kind": "parse_defect", "severity": "warning", "address": None, "detail": defect}
+        for defect in parsed.defects
+        if defect not in known
+    ]
+    return {
+        "id": record.id,
+        "received_at": iso_ms(record.received_at),
+        "size": record.size,
+        "session_id": record.session_id,
+        "status": record.status,
+        "envelope": record.envelope.as_json(),
+        "headers": record.headers,
+        "findings": findings,
+        "attachments": [a.as_json() for a in parsed.attachments],
+        "text": parsed.text,
+        "html": parsed.html,
+    }
+
+
+def _mime_lines(part: MimePart, depth: int = 0) -> list[str]:
+    label = part.content_type
+    if part.filename:
+        label += f'  "{visible(part.filename)}"'
+    if not part.children:
+        label += f"  {format_bytes(part.size)}"
+    lines = ["  " * (depth + 1) + label]
+    for child in part.children:
+        lines += _mime_lines(child, depth + 1)
+    return lines
+
+
+def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
+    data = message_json(record, parsed)
+    envelope, headers = record.envelope, record.headers
+    lines = [
+        f"Message {record.id}  {record.status}  {local_time(record.received_at)}  "
+        f"{format_bytes(record.size)}  session {record.session_id}",
+        "",
+        "Envelope (what SMTP said)",
+        f"  MAIL FROM  {visible(envelope.mail_from) or '<> (null sender)'}",
+    ]
+    if envelope.mail_options:
+        lines.append(f"  options    {visible(' '.join(envelope.mail_options))}")
+    for index, rcpt in enumerate(envelope.rcpt_to):
+        params = envelope.rcpt_options[index] if index < len(envelope.rcpt_options) else []
+        suffix = f"  {visible(' '.join(params))}" if params else ""
+        lines.append(f"  {'RCPT TO' if index == 0 else '':9}  {visible(rcpt)}{suffix}")
+    lines += [
+        f"  HELO       {visible(envelope.helo or '-')}",
+        f"  peer       {envelope.peer or '-'}   TLS {'yes' if envelope.tls else 'no'}"
+        f"   auth {visible(envelope.auth_user) if envelope.auth_user else '-'}",
+        "",
+        "Headers (what the message says)",
+    ]
+    for label, key in (
+        ("From", "from"),
+        ("Sender", "sender"),
+        ("Reply-To", "reply_to"),
+        ("To", "to"),
+        ("Cc", "cc"),
+        ("Bcc", "bcc"),
+    ):
+        value = headers[key]
+        if isinstance(value, list):
+            value = ", ".join(value)
+        if value:
+            lines.append(f"  {label:9}  {visible(value)}")
+    for label, key in (("Subject", "subject"), ("Date", "date"), ("Message-ID", "message_id")):
+        lines.append(f"  {label:10} {visible(headers[key] or '-')}")
+    if data["findings"]:
+        lines += ["", "Findings"]
+        for finding in data["findings"]:
+            lines.append(
+                f"  {finding['severity']:8} {finding['kind']:29} {visible(finding['detail'])}"
+            )
+    lines += ["", "MIME structure", *_mime_lines(parsed.mime)]
+    if parsed.attachments:
+        lines += ["", "Attachments"]
+        for attachment in parsed.attachments:
+            name = visible(attachment.filename or "(no name)")
+            lines.append(f"  {name}  {attachment.content_type}  {format_bytes(attachment.size)}")
+    body = parsed.text if parsed.text is not None else parsed.html
+    if body is not None:
+        lines += ["", "Text" if parsed.text is not None else "HTML (no text part)", ""]
+        lines.append(visible_block(body).rstrip("\n"))
+    return "\n".join(lines)
+
+
+def header_lines(parsed: ParsedMessage) -> str:
+    return "\n".join(f"{visible(name)}: {visible(value)}" for name, value in parsed.header_lines)
+
+
+def session_table(records: list[SessionRecord]) -> str:
+    if not records:
+        return "no sessions"
+    rows = [
+        [
+            str(r.id),
+            local_time(r.started_at),
+            r.peer,
+            r.helo or "-",
+            r.end_reason or "live",
+            str(r.message_count),
+            r.last_reply or "-",
+        ]
+        for r in records
+    ]
+    headings = ["ID", "STARTED", "PEER", "HELO", "ENDED", "MSGS", "LAST REPLY"]
+    return _table(headings, rows, [6, 19, 22, 20, 15, 5, 50])
+
+
+_ARROWS = {"C": "C:", "S": "S:", "D": "C:", "I": "--"}
+
+
+def transcript(record: SessionRecord) -> str:
+    state = record.end_reason or "live"
+    lines = [
+        f"Session {record.id}  {record.peer}  HELO {visible(record.helo or '-')}  "
+        f"started {local_time(record.started_at)}  ended: {state}  "
+        f"messages: {', '.join(map(str, record.message_ids)) or 'none'}",
+        "",
+    ]
+    for at, direction, text in record.events:
+        lines.append(
+            f"{local_time(at, with_ms=True)[11:]}  {_ARROWS.get(direction, '??')} {visible(text)}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Headless server run: the store, the listener, signals, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from mailsink.config import Settings
+from mailsink.store.db import MEMORY, Store, StoreError
+
+log = logging.getLogger("mailsink")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    # aiosmtpd logs every connection at INFO; mailsink writes its own one line per session.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM when it is not given)."""
+    from mailsink.smtp.server import SinkServer
+
+    storage = settings.storage
+    store = await asyncio.to_thread(Store, storage.path, storage.max_messages)
+    log.info("store: %s", "in memory (nothing is kept)" if storage.path == MEMORY else store.path)
+    server = SinkServer(settings, store)
+    try:
+        try:
+            await server.start()
+        except OSError as error:
+            smtp = settings.smtp
+            raise StoreError(
+                f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
+            ) from None
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing messages in flight")
+        await server.stop()
+    finally:
+        await asyncio.to_thread(store.close)
+    log.info("stopped")
+
+
+def run(settings: Settings) -> None:
+    configure_logging()
+    asyncio.run(serve(settings))

@@ -1,0 +1,1 @@
+"""The SMTP side: aiosmtpd protocol subclass, the one handler, listeners and transcripts."""

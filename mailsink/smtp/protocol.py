@@ -1,0 +1,364 @@
+"""The SMTP protocol: aiosmtpd's SMTP with mailsink's command loop, MAIL/RCPT/DATA and transcripts.
+
+aiosmtpd supplies the transport plumbing, STARTTLS, AUTH and the simple commands. mailsink owns the
+command loop (so every line received is in the transcript), MAIL/RCPT (the null sender, DSN
+parameters kept per recipient) and DATA (read in blocks rather than line by line; size limit with
+552 5.3.4; the envelope is reset even when the handler fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
+
+from mailsink.smtp import replies
+from mailsink.smtp.params import mail_params, rcpt_params
+from mailsink.smtp.transcript import CLIENT, DATA, NOTE, SERVER, Transcript, redact
+from mailsink.store.db import now_ms
+
+if TYPE_CHECKING:
+    from mailsink.smtp.server import SinkServer
+
+log = logging.getLogger("mailsink.smtp")
+
+_END_OF_DATA = b"\r\n.\r\n"
+_MAX_UNRECOGNIZED = 10
+# RFC 5321 4.5.3.1.4 allows 512 octets; DSN and SMTPUTF8 parameters make MAIL/RCPT longer.
+_COMMAND_LIMITS = {"MAIL": 1000, "RCPT": 1000, "AUTH": 1000}
+_COMMAND_LIMIT = 512
+
+
+class SinkEnvelope(Envelope):
+    """aiosmtpd's Envelope plus what it cannot hold: a null sender, per-recipient parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail_given = False
+        self.rcpt_params: list[list[str]] = []
+
+
+def format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+class SinkSMTP(SMTP):
+    """One client connection."""
+
+    # The stream reader's buffer limit. Command lengths are checked separately; a large buffer lets
+    # DATA arrive in big blocks.
+    line_length_limit = 64 * 1024
+
+    def __init__(self, handler: Any, server: SinkServer, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.server = server
+        self.session_id = 0
+        self.transcript = Transcript()
+        self.started_at = 0
+        self.end_reason: str | None = None
+        self.in_data = False  # reading DATA or waiting for its commit
+        self.closing = False  # server shutdown: close after the reply in flight
+        self.message_ids: list[int] = []
+        self.last_reply: str | None = None
+        self._command = ""
+        self._greeted = False
+        self._auth_response_pending = False
+
+    # ---- connection lifecycle
+
+    def _create_envelope(self) -> SinkEnvelope:
+        return SinkEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        starttls = self._original_transport is not None
+        super().connection_made(transport)
+        if starttls:
+            self.transcript.add(NOTE, "TLS established")
+            return
+        assert self.session is not None
+        self.session_id = self.server.store.new_session_id()
+        self.started_at = now_ms()
+        self.server.session_started(self)
+
+    @property
+    def peer(self) -> str:
+        return format_peer(self.session.peer if self.session else None)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.end_reason is None:
+            self.end_reason = "aborted" if self.in_data else "client_closed"
+        if self.end_reason in ("aborted", "client_closed"):
+            self.transcript.add(NOTE, "connection closed by the client")
+        self.server.session_ended(self)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        self.end_reason = "timeout"
+        self._send_now(replies.TIMEOUT.format(hostname=self.hostname))
+        super()._timeout_cb()
+
+    def shutdown(self) -> None:
+        """Server stopping: say so and close; with a message in flight, after its reply."""
+        self.closing = True
+        if not self.in_data and self.transport is not None:
+            self.end_reason = self.end_reason or "server_shutdown"
+            self._send_now(replies.SHUTTING_DOWN.format(hostname=self.hostname))
+            self.transport.close()
+
+    def _send_now(self, line: str) -> None:
+        """Write a reply from a callback, where push() cannot be awaited."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._record_reply(line)
+        self._writer.write(line.encode("utf-8") + b"\r\n")
+
+    # ---- replies
+
+    def _record_reply(self, line: str) -> None:
+        if self._auth_response_pending:
+            self._auth_response_pending = False
+            self.transcript.add(CLIENT, "[auth response redacted]")
+        self.transcript.add(SERVER, line)
+        self.last_reply = line
+        if line.startswith("334"):
+            self._auth_response_pending = True
+
+    async def push(self, status: str | bytes) -> None:
+        line = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        exempt = (
+            not self._greeted
+            or line.startswith(("334", "354"))
+            or (self._command in ("EHLO", "HELO") and line.startswith("250"))
+        )
+        if not exempt:
+            line = replies.with_enhanced_code(line)
+        self._greeted = True
+        self._record_reply(line)
+        await super().push(line)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("session %s: internal error: %r", self.session_id, error, exc_info=error)
+        self.transcript.add(NOTE, f"internal error: {type(error).__name__}")
+        return replies.INTERNAL_ERROR
+
+    # ---- the command loop
+
+    async def _handle_client(self) -> None:
+        await self.push(f"220 {self.hostname} {self.server.ident}")
+        unrecognized = 0
+        while self.transport is not None:
+            try:
+                line = await self._read_command_line()
+                if line is None:
+                    continue
+                self._command = ""
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push(replies.BAD_SYNTAX)
+                    continue
+                self._command = command
+                arg = arg_bytes.strip().decode("utf-8", "surrogateescape") or None
+                if not command:
+                    await self.push(replies.BAD_SYNTAX)
+                    continue
+                if len(line) > _COMMAND_LIMITS.get(command, _COMMAND_LIMIT):
+                    await self.push(replies.LINE_TOO_LONG)
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push("554 5.7.0 Command refused due to lack of security")
+                    continue
+                if (
+                    self.require_starttls
+                    and not self._tls_protocol
+                    and command
+                    not in (
+                        "NOOP",
+                        "EHLO",
+                        "STARTTLS",
+                        "QUIT",
+                    )
+                ):
+                    await self.push("530 5.7.0 Must issue a STARTTLS command first")
+                    continue
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    unrecognized += 1
+                    if unrecognized >= _MAX_UNRECOGNIZED:
+                        self.end_reason = "error"
+                        await self.push(replies.TOO_MANY_BAD)
+                        self.transport.close()
+                        return
+                    await self.push(replies.NOT_RECOGNIZED.format(command=command[:40]))
+                    continue
+                self._reset_timeout()
+                await method(arg)
+                if self.closing and not self.in_data:
+                    self.shutdown()
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()
+                raise
+            except Exception as error:
+                await self.push(await self.handle_exception(error))
+
+    async def _read_command_line(self) -> bytes | None:
+        """One command line without its CRLF, recorded; None when it was answered already."""
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as error:
+            skipped = error.consumed + len(await self._reader.read(error.consumed))
+            while True:  # discard the rest of the over-long line
+                try:
+                    skipped += len(await self._reader.readuntil(b"\n"))
+                    break
+                except asyncio.LimitOverrunError as more:
+                    skipped += len(await self._reader.read(more.consumed))
+            self.transcript.add(CLIENT, f"[command line too long: {skipped} bytes]")
+            await self.push(replies.LINE_TOO_LONG)
+            return None
+        except asyncio.IncompleteReadError:
+            self.transport.close()
+            return None
+        line = line.rstrip(b"\r\n")
+        self.transcript.add(CLIENT, redact(line.decode("utf-8", "replace")))
+        return line
+
+    # ---- the transaction
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        envelope: SinkEnvelope = self.envelope  # type: ignore[assignment]
+        syntax_error = "501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]"
+        rest = self._strip_command_keyword("FROM:", arg or "")
+        if not rest:
+            await self.push(syntax_error)
+            return
+        address, params_text = self._getaddr(rest)
+        if address is None or not address:
+            await self.push("501 5.1.7 Bad sender address syntax")
+            return
+        if envelope.mail_given:
+            await self.push(replies.NESTED_MAIL)
+            return
+        if params_text and not self.session.extended_smtp:
+            await self.push(syntax_error)
+            return
+        params = mail_params(params_text or "", max_size=self.data_size_limit)
+        if params.error:
+            await self.push(params.error)
+            return
+        if address == "<>":
+            address = ""
+        status = await self._call_handler_hook("MAIL", address, params.options)
+        if status is MISSING:
+            status = replies.MAIL_OK
+        if status.startswith("2"):
+            envelope.mail_given = True
+            envelope.mail_from = address
+            envelope.mail_options = params.options
+            envelope.smtp_utf8 = params.smtputf8
+        await self.push(status)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        envelope: SinkEnvelope = self.envelope  # type: ignore[assignment]
+        if not envelope.mail_given:
+            await self.push(replies.NEED_MAIL)
+            return
+        syntax_error = "501 5.5.4 Syntax: RCPT TO:<address> [SP <mail-parameters>]"
+        rest = self._strip_command_keyword("TO:", arg or "")
+        if not rest:
+            await self.push(syntax_error)
+            return
+        address, params_text = self._getaddr(rest)
+        if address is None or not address or address == "<>":
+            await self.push("501 5.1.3 Bad recipient address syntax")
+            return
+        if params_text and not self.session.extended_smtp:
+            await self.push(syntax_error)
+            return
+        params = rcpt_params(params_text or "")
+        if params.error:
+            await self.push(params.error)
+            return
+        status = await self._call_handler_hook("RCPT", address, params.options)
+        if status is MISSING:
+            status = replies.RCPT_OK
+        if status.startswith("2"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_params.append(params.options)
+        await self.push(status)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push(replies.START_DATA)
+        self.in_data = True
+        try:
+            content, wire_size = await self._read_data()
+            self.transcript.add(DATA, f"[message data: {wire_size} bytes]")
+            if content is None:
+                status = replies.TOO_BIG
+            else:
+                self.envelope.content = self.envelope.original_content = content
+                status = await self._call_handler_hook("DATA")
+        finally:
+            # Reset even when the handler raised: aiosmtpd would keep the old envelope.
+            self._set_post_data_state()
+            self.in_data = False
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytes | None, int]:
+        """Read up to the lone dot; returns (content, bytes on the wire), content None if too big.
+
+        Reads in blocks up to the end-of-data marker instead of a line at a time. A CRLF is put in
+        front of the stream so that an empty message (".\r\n" straight away) ends the same way.
+        """
+        reader = self._reader
+        reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]  # private, also used by aiosmtpd
+        limit = self.data_size_limit
+        received = bytearray()
+        wire_size = -2
+        too_big = False
+        while True:
+            try:
+                block = await reader.readuntil(_END_OF_DATA)
+                done = True
+            except asyncio.LimitOverrunError as error:
+                block = await reader.readexactly(error.consumed)
+                done = False
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError("connection closed during DATA") from None
+            wire_size += len(block)
+            if not too_big:
+                received += block
+                if limit and wire_size > limit + 5:
+                    too_big = True
+                    received = bytearray()
+            self._reset_timeout()
+            if done:
+                break
+        if too_big:
+            return None, wire_size
+        del received[-3:]  # ".\r\n" of the marker; the CRLF before it ends the last line
+        content = received.replace(b"\r\n.", b"\r\n")  # RFC 5321 4.5.2 dot-unstuffing
+        del received
+        del content[:2]
+        return bytes(content), wire_size

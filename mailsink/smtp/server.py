@@ -1,0 +1,169 @@
+"""Listeners on the running loop, the set of live sessions, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+from mailsink.config import Settings, is_loopback
+from mailsink.smtp.handler import SinkHandler, auth_user
+from mailsink.smtp.protocol import SinkSMTP
+from mailsink.store.db import IncomingMessage, Store, Stored, insert_message, insert_session
+from mailsink.store.db import update_session as write_session
+from mailsink.text import visible
+
+log = logging.getLogger("mailsink")
+
+
+class SinkServer:
+    """The SMTP listener(s) of one mailsink, sharing the loop with whatever else runs (the TUI)."""
+
+    ident = "ESMTP mailsink"
+
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.handler = SinkHandler(self)
+        self.sessions: set[SinkSMTP] = set()
+        self.addresses: list[tuple[str, int]] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Whoever wants to know (the TUI, tests): called on the loop with the message's Stored.
+        self.on_message: list[Callable[[Stored], None]] = []
+
+    def _protocol(self) -> SinkSMTP:
+        smtp = self.settings.smtp
+        return SinkSMTP(
+            self.handler,
+            self,
+            data_size_limit=smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=smtp.hostname,
+            ident=self.ident,
+            timeout=smtp.timeout,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        smtp = self.settings.smtp
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._protocol, smtp.host, smtp.port)
+        self._servers.append(server)
+        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
+        for host, port in self.addresses:
+            log.info("listening on %s:%s (SMTP)", host, port)
+        if not is_loopback(smtp.host):
+            log.warning(
+                "listening on %s: other machines can reach this server (the default is 127.0.0.1)",
+                smtp.host,
+            )
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop listening, let messages in flight finish (up to `grace` s), close the rest."""
+        for server in self._servers:
+            server.close()
+        for protocol in list(self.sessions):
+            protocol.shutdown()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            for protocol in list(self.sessions):
+                protocol.end_reason = protocol.end_reason or "server_shutdown"
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+        self._servers.clear()
+
+    # ---- called by the protocol
+
+    def session_started(self, protocol: SinkSMTP) -> None:
+        self.sessions.add(protocol)
+        self._idle.clear()
+        self.store.submit(
+            partial(
+                insert_session,
+                session_id=protocol.session_id,
+                started_at=protocol.started_at,
+                peer=protocol.peer,
+            )
+        )
+
+    def session_ended(self, protocol: SinkSMTP) -> None:
+        self.sessions.discard(protocol)
+        if not self.sessions:
+            self._idle.set()
+        session = protocol.session
+        self.store.submit(
+            partial(
+                write_session,
+                session_id=protocol.session_id,
+                events=protocol.transcript.take(),
+                helo=session.host_name if session else None,
+                tls=bool(session and session.ssl is not None),
+                auth_user=auth_user(session) if session else None,
+                end_reason=protocol.end_reason,
+                ended_at=int(time.time() * 1000),
+                last_reply=protocol.last_reply,
+            )
+        )
+        seconds = (int(time.time() * 1000) - protocol.started_at) / 1000
+        log.info(
+            "session %s %s ended (%s) after %.2fs: %d message(s), %d transcript line(s)",
+            protocol.session_id,
+            protocol.peer,
+            protocol.end_reason,
+            seconds,
+            len(protocol.message_ids),
+            protocol.transcript.count,
+        )
+
+    async def save_message(self, protocol: SinkSMTP, message: IncomingMessage) -> Stored:
+        """Commit the message with the transcript so far; returns once it is on disk."""
+        events = protocol.transcript.take()
+
+        def write(conn):
+            write_session(
+                conn,
+                protocol.session_id,
+                events,
+                helo=message.envelope.helo,
+                tls=message.envelope.tls,
+                auth_user=message.envelope.auth_user,
+            )
+            return insert_message(conn, message)
+
+        try:
+            stored: Stored = await self.store.run(write)
+        except BaseException:
+            protocol.transcript.restore(events)
+            raise
+        protocol.message_ids.append(stored.id)
+        envelope = message.envelope
+        log.info(
+            "message %s from <%s> to %s, %s, subject %r%s",
+            stored.id,
+            visible(envelope.mail_from),
+            ", ".join(f"<{visible(r)}>" for r in envelope.rcpt_to),
+            format_bytes(len(message.raw)),
+            visible(stored.subject or ""),
+            f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",
+        )
+        for callback in self.on_message:
+            callback(stored)
+        return stored
+
+
+def format_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / 1024 / 1024:.1f} MiB"

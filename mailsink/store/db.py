@@ -1,0 +1,445 @@
+"""SQLite store: schema and migrations, and the single writer thread with group commit.
+
+One thread owns the write connection. Callers on the event loop hand it operations; it runs every
+operation that is waiting in one transaction, commits once (WAL, synchronous=FULL), and only then
+resolves the callers' futures. So a DATA reply of 250 is sent after its message is on disk, and a
+burst of messages costs one fsync, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from mailsink.mail.envelope import Envelope, findings
+from mailsink.mail.parse import parse_headers
+
+log = logging.getLogger("mailsink.store")
+
+SCHEMA_VERSION = 1
+MEMORY = ":memory:"
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at INTEGER NOT NULL,          -- ms since the epoch, UTC
+        ended_at INTEGER,
+        peer TEXT NOT NULL,
+        helo TEXT,
+        tls INTEGER NOT NULL DEFAULT 0,
+        auth_user TEXT,
+        end_reason TEXT,                      -- NULL while live
+        message_count INTEGER NOT NULL DEFAULT 0,
+        last_reply TEXT
+    );
+    CREATE TABLE session_events (
+        session_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,                  -- ms since the epoch
+        direction TEXT NOT NULL,              -- 'C' client line, 'S' server line, 'I' note
+        text TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        status TEXT NOT NULL,                 -- accepted | rejected
+        reply TEXT,
+        size INTEGER NOT NULL,
+        envelope TEXT NOT NULL,               -- JSON, the Envelope
+        headers TEXT NOT NULL,                -- JSON, decoded summary
+        findings TEXT NOT NULL,               -- JSON list
+        finding_count INTEGER NOT NULL,
+        mail_from TEXT NOT NULL,
+        subject TEXT,
+        search TEXT NOT NULL                  -- lower-cased addresses and subject, for LIKE
+    );
+    CREATE INDEX messages_session ON messages (session_id);
+    CREATE TABLE message_raw (
+        id INTEGER PRIMARY KEY,
+        raw BLOB NOT NULL
+    );
+    """,
+}
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or used, phrased for the user."""
+
+
+def default_path() -> Path:
+    return platformdirs.user_data_path("mailsink") / "mailsink.db"
+
+
+def resolve_path(path: str | None) -> str:
+    """'' or None -> the platform default; ':memory:' stays as it is."""
+    if not path:
+        return str(default_path())
+    return path
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the pragmas every mailsink connection uses."""
+    if path == MEMORY or path.startswith("file:"):
+        conn = sqlite3.connect(path, uri=path.startswith("file:"), check_same_thread=False)
+    else:
+        if readonly and not os.path.exists(path):
+            raise StoreError(f"no store at {path} (start `mailsink serve` or pass --db)")
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+    conn.isolation_level = None  # transactions are explicit
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not readonly and path != MEMORY and not path.startswith("file:"):
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = OFF")
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise StoreError(f"{path} is not a mailsink store: {error}") from None
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION; refuse a store written by a newer mailsink."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store has schema version {version}, newer than this mailsink "
+            f"understands ({SCHEMA_VERSION}); upgrade mailsink"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def check_version(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        raise StoreError("the store is empty or not a mailsink store")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"the store has schema version {version}; upgrade mailsink to read it")
+
+
+# ---- operations run by the writer thread -------------------------------------------------------
+
+
+@dataclass
+class SessionEvent:
+    seq: int
+    at: int
+    direction: str
+    text: str
+
+
+@dataclass
+class IncomingMessage:
+    session_id: int
+    envelope: Envelope
+    raw: bytes
+    received_at: int
+    status: str = "accepted"
+    reply: str | None = None
+
+
+def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
+    parts = [envelope.mail_from, *envelope.rcpt_to]
+    for key in ("from", "to", "cc", "reply_to"):
+        parts += headers[key]
+    parts.append(headers["subject"] or "")
+    return "\n".join(parts).lower()
+
+
+def _insert_events(conn: sqlite3.Connection, session_id: int, events: list[SessionEvent]) -> None:
+    if events:
+        conn.executemany(
+            "INSERT OR REPLACE INTO session_events (session_id, seq, at, direction, text)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(session_id, e.seq, e.at, e.direction, e.text) for e in events],
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    subject: str | None
+    finding_kinds: list[str]
+
+
+def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored:
+    """Parse the headers, derive findings and store the message."""
+    summary = parse_headers(message.raw)
+    headers = summary.as_json()
+    found = [f.as_json() for f in findings(message.envelope, summary)]
+    cursor = conn.execute(
+        "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"
+        " findings, finding_count, mail_from, subject, search)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.session_id,
+            message.received_at,
+            message.status,
+            message.reply,
+            len(message.raw),
+            json.dumps(message.envelope.as_json()),
+            json.dumps(headers),
+            json.dumps(found),
+            len(found),
+            message.envelope.mail_from,
+            headers["subject"],
+            _search_text(message.envelope, headers),
+        ),
+    )
+    message_id = cursor.lastrowid
+    assert message_id is not None
+    conn.execute("INSERT INTO message_raw (id, raw) VALUES (?, ?)", (message_id, message.raw))
+    if message.status == "accepted":
+        conn.execute(
+            "UPDATE sessions SET message_count = message_count + 1 WHERE id = ?",
+            (message.session_id,),
+        )
+    return Stored(message_id, headers["subject"], [f["kind"] for f in found])
+
+
+def insert_session(conn: sqlite3.Connection, session_id: int, started_at: int, peer: str) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO sessions (id, started_at, peer) VALUES (?, ?, ?)",
+        (session_id, started_at, peer),
+    )
+
+
+_SESSION_FIELDS = frozenset({"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply"})
+
+
+def update_session(
+    conn: sqlite3.Connection, session_id: int, events: list[SessionEvent], **fields: Any
+) -> None:
+    """Append transcript events and set session columns (only those named in _SESSION_FIELDS)."""
+    _insert_events(conn, session_id, events)
+    unknown = set(fields) - _SESSION_FIELDS
+    if unknown:
+        raise ValueError(f"not session fields: {sorted(unknown)}")
+    if fields:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        conn.execute(
+            f"UPDATE sessions SET {assignments} WHERE id = ?", (*fields.values(), session_id)
+        )
+
+
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+class Writer:
+    """The one thread that writes. Operations queued together commit together."""
+
+    MAX_BATCH = 512
+
+    def __init__(self, conn: sqlite3.Connection, max_messages: int):
+        self._conn = conn
+        self._queue: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any] | None] | None] = (
+            queue.SimpleQueue()
+        )
+        self.max_messages = max_messages
+        self._messages = _Retention(conn, "messages", [("message_raw", "id")])
+        self._sessions = _Retention(conn, "sessions", [("session_events", "session_id")])
+        self._thread = threading.Thread(target=self._run, name="mailsink-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
+        self._queue.put((operation, future))
+
+    def close(self) -> None:
+        """Finish everything queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= self.MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stopping = True
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Operation, asyncio.Future[Any] | None]]) -> None:
+        results: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]] = []
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcome = operation(conn)
+                    conn.execute("RELEASE op")
+                    results.append((future, outcome, None))
+                except Exception as error:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    log.exception("store operation failed")
+                    results.append((future, None, error))
+            self._prune(conn)
+            conn.execute("COMMIT")
+        except Exception as error:
+            log.exception("store commit failed")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            results = [(future, None, error) for _, future in batch]
+        _resolve(results)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Keep the newest max_messages messages, and as many sessions."""
+        self._messages.prune(conn, self.max_messages)
+        self._sessions.prune(conn, self.max_messages)
+
+
+class _Retention:
+    """Prunes one table to a cap without counting it on every commit.
+
+    Ids only grow, so the rows added since the last exact count are at most the id range since then;
+    an exact count is taken only when that estimate passes the cap (plus 1% slack, so that a full
+    store prunes in steps rather than on every commit).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, table: str, children: list[tuple[str, str]]):
+        self.table = table
+        self.children = children  # (table, id column) deleted along with the row
+        self.known_count, self.known_max_id = conn.execute(
+            f"SELECT count(*), coalesce(max(id), 0) FROM {table}"
+        ).fetchone()
+
+    def prune(self, conn: sqlite3.Connection, limit: int) -> None:
+        max_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0]
+        if self.known_count + (max_id - self.known_max_id) <= limit + limit // 100:
+            return
+        count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+        if count > limit:
+            cutoff = conn.execute(
+                f"SELECT id FROM {self.table} ORDER BY id DESC LIMIT 1 OFFSET ?", (limit,)
+            ).fetchone()[0]
+            for child, column in self.children:
+                conn.execute(f"DELETE FROM {child} WHERE {column} <= ?", (cutoff,))
+            conn.execute(f"DELETE FROM {self.table} WHERE id <= ?", (cutoff,))
+            count = limit
+        self.known_count, self.known_max_id = count, max_id
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for future, outcome, error in results:
+        if future is not None:
+            by_loop.setdefault(future.get_loop(), []).append((future, outcome, error))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has already closed
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, outcome, error in items:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outcome)
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class Store:
+    """The write side of a store: open (migrating), hand the writer operations, close."""
+
+    def __init__(self, path: str | None, max_messages: int = 50_000):
+        self.path = resolve_path(path)
+        self._lock_file = None
+        if self.path == MEMORY:
+            # Readers in this process need to see it too: a named shared-cache memory database.
+            self.path = f"file:mailsink-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        else:
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _lock(self.path)
+        try:
+            self._conn = connect(self.path)
+            migrate(self._conn)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
+        # Keeps a shared in-memory database alive while the store is open.
+        self._keepalive = connect(self.path) if self.path.startswith("file:") else None
+        row = self._conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'sessions'"
+        ).fetchone()
+        self._next_session_id = (row[0] if row else 0) + 1
+        self._writer = Writer(self._conn, max_messages)
+
+    def new_session_id(self) -> int:
+        session_id = self._next_session_id
+        self._next_session_id += 1
+        return session_id
+
+    def submit(self, operation: Operation) -> None:
+        """Queue a write without waiting for it."""
+        self._writer.submit(operation)
+
+    async def run(self, operation: Operation) -> Any:
+        """Queue a write and wait until it has committed; returns what the operation returned."""
+        future = asyncio.get_running_loop().create_future()
+        self._writer.submit(operation, future)
+        return await future
+
+    def close(self) -> None:
+        self._writer.close()
+        self._conn.close()
+        if self._keepalive is not None:
+            self._keepalive.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+
+def _lock(path: str):
+    """One server per store: session ids are handed out in memory."""
+    lock_file = open(f"{path}.lock", "w")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock_file.close()
+        raise StoreLocked(f"another mailsink server is using {path}") from None
+    return lock_file

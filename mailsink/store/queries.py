@@ -1,0 +1,251 @@
+"""The read side of the store: paged lists, search, single records.
+
+Each reader has its own connection; the server's writer thread is never involved.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mailsink.mail.envelope import Envelope
+from mailsink.mail.parse import ParsedMessage, parse_message
+from mailsink.store.db import StoreError, check_version, connect, resolve_path
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """Milliseconds since the epoch -> '2026-11-27T23:10:00.123Z'."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@dataclass
+class MessageRecord:
+    id: int
+    session_id: int
+    received_at: int
+    status: str
+    reply: str | None
+    size: int
+    envelope: Envelope
+    headers: dict[str, Any]
+    findings: list[dict[str, Any]]
+
+    def summary_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": iso_ms(self.received_at),
+            "status": self.status,
+            "mail_from": self.envelope.mail_from,
+            "rcpt_to": self.envelope.rcpt_to,
+            "from": self.headers["from"],
+            "to": self.headers["to"],
+            "subject": self.headers["subject"],
+            "size": self.size,
+            "findings": [f["kind"] for f in self.findings],
+        }
+
+
+@dataclass
+class SessionRecord:
+    id: int
+    started_at: int
+    ended_at: int | None
+    peer: str
+    helo: str | None
+    tls: bool
+    auth_user: str | None
+    end_reason: str | None
+    message_count: int
+    last_reply: str | None
+    message_ids: list[int]
+    events: list[tuple[int, str, str]]  # (at ms, direction, text)
+
+    def as_json(self, *, with_events: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "started_at": iso_ms(self.started_at),
+            "ended_at": iso_ms(self.ended_at),
+            "peer": self.peer,
+            "helo": self.helo,
+            "tls": self.tls,
+            "auth_user": self.auth_user,
+            "end_reason": self.end_reason,
+            "message_count": self.message_count,
+            "last_reply": self.last_reply,
+            "messages": self.message_ids,
+        }
+        if with_events:
+            data["transcript"] = [
+                {"at": iso_ms(at), "direction": direction, "text": text}
+                for at, direction, text in self.events
+            ]
+        return data
+
+
+_MESSAGE_COLUMNS = "id, session_id, received_at, status, reply, size, envelope, headers, findings"
+
+
+def _message(row: tuple[Any, ...]) -> MessageRecord:
+    envelope = json.loads(row[6])
+    return MessageRecord(
+        id=row[0],
+        session_id=row[1],
+        received_at=row[2],
+        status=row[3],
+        reply=row[4],
+        size=row[5],
+        envelope=Envelope(**envelope),
+        headers=json.loads(row[7]),
+        findings=json.loads(row[8]),
+    )
+
+
+def _like(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class Reader:
+    """Queries against a store written by a (possibly running) mailsink server."""
+
+    def __init__(self, path: str | None):
+        self.path = resolve_path(path)
+        try:
+            self.conn = connect(self.path, readonly=True)
+            check_version(self.conn)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---- messages
+
+    def _filters(
+        self, search: str | None, findings_only: bool, include_rejected: bool
+    ) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if not include_rejected:
+            clauses.append("status = 'accepted'")
+        if findings_only:
+            clauses.append("finding_count > 0")
+        if search:
+            clauses.append("search LIKE ? ESCAPE '\\'")
+            params.append(_like(search))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def list_messages(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        search: str | None = None,
+        findings_only: bool = False,
+        include_rejected: bool = False,
+    ) -> list[MessageRecord]:
+        """Newest first."""
+        where, params = self._filters(search, findings_only, include_rejected)
+        rows = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        ).fetchall()
+        return [_message(row) for row in rows]
+
+    def count_messages(
+        self,
+        *,
+        search: str | None = None,
+        findings_only: bool = False,
+        include_rejected: bool = False,
+    ) -> int:
+        where, params = self._filters(search, findings_only, include_rejected)
+        return self.conn.execute(f"SELECT count(*) FROM messages{where}", params).fetchone()[0]
+
+    def latest_id(self) -> int | None:
+        row = self.conn.execute("SELECT max(id) FROM messages").fetchone()
+        return row[0]
+
+    def get_message(self, message_id: int) -> MessageRecord | None:
+        row = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        return _message(row) if row else None
+
+    def get_raw(self, message_id: int) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT raw FROM message_raw WHERE id = ?", (message_id,)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def get_parsed(self, message_id: int) -> ParsedMessage | None:
+        raw = self.get_raw(message_id)
+        return None if raw is None else parse_message(raw)
+
+    def message_ids(self) -> list[int]:
+        return [row[0] for row in self.conn.execute("SELECT id FROM messages ORDER BY id")]
+
+    # ---- sessions
+
+    def list_sessions(self, *, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
+        rows = self.conn.execute(
+            "SELECT id FROM sessions ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+        return [s for (sid,) in rows if (s := self.get_session(sid, with_events=False))]
+
+    def get_session(self, session_id: int, *, with_events: bool = True) -> SessionRecord | None:
+        row = self.conn.execute(
+            "SELECT id, started_at, ended_at, peer, helo, tls, auth_user, end_reason,"
+            " message_count, last_reply FROM sessions WHERE id = ?",
+            (session_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        message_ids = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            )
+        ]
+        events = []
+        if with_events:
+            events = self.conn.execute(
+                "SELECT at, direction, text FROM session_events WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            ).fetchall()
+        return SessionRecord(
+            id=row[0],
+            started_at=row[1],
+            ended_at=row[2],
+            peer=row[3],
+            helo=row[4],
+            tls=bool(row[5]),
+            auth_user=row[6],
+            end_reason=row[7],
+            message_count=row[8],
+            last_reply=row[9],
+            message_ids=message_ids,
+            events=[tuple(e) for e in events],
+        )
+
+    # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
+
+    def clear(self) -> int:
+        """Delete every message and session; returns how many messages went."""
+        count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        self.conn.execute("BEGIN IMMEDIATE")
+        for table in ("message_raw", "messages", "session_events", "sessions"):
+            self.conn.execute(f"DELETE FROM {table}")
+        self.conn.execute("COMMIT")
+        return count
