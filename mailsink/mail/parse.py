@@ -166,13 +166,20 @@ def _decoded_payload(part: EmailMessage) -> bytes:
 
 
 def _text_content(part: EmailMessage, defects: list[str]) -> str:
+    if part.get_content_charset() in (None, "us-ascii", "ascii"):
+        payload = _decoded_payload(part)
+        if not payload.isascii():
+            # Undeclared 8-bit text is UTF-8 far more often than anything else.
+            return payload.decode("utf-8", "replace").replace("\r\n", "\n")
     try:
         content = part.get_content()
-        if isinstance(content, str):
-            return clean(content)
+        if not isinstance(content, str):
+            raise TypeError("not text")
+        text = clean(content)
     except Exception as error:  # unknown charset, broken transfer encoding
         defects.append(f"{part.get_content_type()} body could not be decoded: {error}")
-    return _decoded_payload(part).decode("utf-8", "replace")
+        text = _decoded_payload(part).decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
 
 
 def _filename(part: EmailMessage) -> str | None:

@@ -319,6 +319,10 @@ class SinkSMTP(SMTP):
             else:
                 self.envelope.content = self.envelope.original_content = content
                 status = await self._call_handler_hook("DATA")
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client went away before the end of the message (or before its reply).
+            self.end_reason = self.end_reason or "aborted"
+            raise
         finally:
             # Reset even when the handler raised: aiosmtpd would keep the old envelope.
             self._set_post_data_state()

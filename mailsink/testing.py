@@ -1,0 +1,95 @@
+"""A mailsink server on a thread of its own, for tests (mailsink's and yours).
+
+    with RunningSink(db=tmp_path / "mail.db") as sink:
+        smtplib.SMTP(sink.host, sink.port).sendmail(...)
+        with sink.reader() as reader:
+            assert reader.list_messages()[0].envelope.rcpt_to == [...]
+
+The server is the real one, on an ephemeral loopback port; a DATA answered with 250 is already in
+the store, so a test can read it straight away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailsink.config import Settings, SmtpSettings, StorageSettings
+from mailsink.smtp.server import SinkServer
+from mailsink.store.db import Store
+from mailsink.store.queries import Reader
+
+T = TypeVar("T")
+
+
+class RunningSink:
+    def __init__(self, db: str | Path, settings: Settings | None = None, **smtp: Any):
+        base = settings or Settings()
+        self.settings = dataclasses.replace(
+            base,
+            smtp=dataclasses.replace(base.smtp or SmtpSettings(), port=0, **smtp),
+            storage=dataclasses.replace(base.storage or StorageSettings(), path=str(db)),
+        )
+        self.db = str(db)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.store: Store | None = None
+        self.server: SinkServer | None = None
+
+    def _call(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self) -> RunningSink:
+        self._thread.start()
+
+        async def start() -> None:
+            storage = self.settings.storage
+            self.store = Store(storage.path, storage.max_messages)
+            self.server = SinkServer(self.settings, self.store)
+            await self.server.start()
+
+        self._call(start())
+        assert self.server is not None and self.store is not None
+        self.host, self.port = self.server.addresses[0][:2]
+        self.db = self.store.path
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.server is not None:
+            self._call(self.server.stop(grace))
+        if self.store is not None:
+            self.store.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+        self.server = self.store = None
+
+    def __enter__(self) -> RunningSink:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def reader(self) -> Reader:
+        return Reader(self.db)
+
+    def live_sessions(self) -> int:
+        assert self.server is not None
+        return len(self.server.sessions)
+
+    def wait_for(self, query: Callable[[Reader], T], timeout: float = 5.0) -> T:
+        """Poll the store until `query` returns something truthy (e.g. a session's end)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.reader() as reader:
+                result = query(reader)
+            if result or time.monotonic() > deadline:
+                return result
+            time.sleep(0.02)

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mailsink.cli import main
+from mailsink.testing import RunningSink
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[RunningSink]:
+    with RunningSink(tmp_path / "mail.db") as running:
+        yield running
+
+
+@pytest.fixture
+def client(sink: RunningSink) -> Iterator[smtplib.SMTP]:
+    connection = smtplib.SMTP(sink.host, sink.port, timeout=10)
+    yield connection
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        connection.quit()
+
+
+class RawClient:
+    """A bare socket speaking SMTP line by line, for what smtplib will not send."""
+
+    def __init__(self, host: str, port: int):
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> list[str]:
+        """One (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("server closed the connection")
+            text = line.decode("utf-8").rstrip("\r\n")
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                return lines
+
+    def command(self, line: str | bytes) -> list[str]:
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(sink: RunningSink) -> Iterator[RawClient]:
+    connection = RawClient(sink.host, sink.port)
+    yield connection
+    connection.close()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """Run the real entry point in-process, as the console script would."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        else:
+            code = 0
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def mailsink_process(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailsink", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        **kwargs,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+def message(
+    *,
+    sender: str = "Shop <noreply@shop.test>",
+    to: str = "a@x.test",
+    subject: str = "Your order",
+    body: str = "Thanks for your order.\r\n",
+    extra: str = "",
+) -> bytes:
+    head = (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        "Date: Fri, 27 Nov 2026 23:10:00 +0000\r\nMessage-ID: <m1@shop.test>\r\n"
+    )
+    return (head + extra + "\r\n" + body).encode()

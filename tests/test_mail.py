@@ -1,0 +1,138 @@
+"""Message parsing and envelope-vs-header findings; hostile and broken messages."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+
+import pytest
+from conftest import run_cli
+
+from mailsink.mail.addresses import syntax_error
+from mailsink.mail.envelope import Envelope, findings
+from mailsink.mail.parse import parse_headers, parse_message
+from mailsink.text import visible, visible_block
+
+
+def found(mail_from: str, rcpt_to: list[str], headers: bytes) -> dict[str, list]:
+    result: dict[str, list] = {}
+    for finding in findings(Envelope(mail_from, rcpt_to), parse_headers(headers + b"\r\n")):
+        result.setdefault(finding.kind, []).append(finding)
+    return result
+
+
+COMPLETE = b"Date: Fri, 27 Nov 2026 23:10:00 +0000\r\nMessage-ID: <x@y>\r\n"
+
+
+def test_matching_envelope_and_headers_have_no_findings():
+    headers = b"From: App <App@X.test>\r\nTo: a@x.test, B <b@x.test>\r\nCc: c@x.test\r\n" + COMPLETE
+    assert found("app@x.test", ["A@X.TEST", "b@x.test", "c@x.test"], headers) == {}
+
+
+def test_hidden_and_undelivered_recipients():
+    headers = b"From: app@x.test\r\nTo: a@x.test, never@x.test\r\n" + COMPLETE
+    result = found("app@x.test", ["a@x.test", "secret@y.test"], headers)
+    assert [f.address for f in result["hidden_recipient"]] == ["secret@y.test"]
+    assert [f.address for f in result["undelivered_header_recipient"]] == ["never@x.test"]
+    assert result["hidden_recipient"][0].severity == "warning"
+
+
+def test_bcc_header_present_is_an_error():
+    headers = b"From: app@x.test\r\nTo: a@x.test\r\nBcc: boss@x.test\r\n" + COMPLETE
+    result = found("app@x.test", ["a@x.test", "boss@x.test"], headers)
+    assert result["bcc_header_present"][0].severity == "error"
+    assert "boss@x.test" in result["bcc_header_present"][0].detail
+    assert "hidden_recipient" in result  # Bcc is not To/Cc
+
+
+def test_sender_mismatch_and_alignment():
+    headers = b"From: news@shop.test\r\nTo: a@x.test\r\n" + COMPLETE
+    aligned = found("bounces+123@mail.shop.test", ["a@x.test"], headers)
+    assert "sender_mismatch" in aligned and "domain_misaligned" not in aligned
+    misaligned = found("bounce@esp.test", ["a@x.test"], headers)
+    assert misaligned["domain_misaligned"][0].severity == "warning"
+    with_sender = b"From: news@shop.test\r\nSender: bounce@esp.test\r\nTo: a@x.test\r\n" + COMPLETE
+    assert "sender_mismatch" not in found("bounce@esp.test", ["a@x.test"], with_sender)
+
+
+def test_null_sender_and_missing_headers():
+    result = found("", ["a@x.test"], b"To: a@x.test\r\n")
+    assert result["null_sender"][0].severity == "info"
+    missing = sorted((f.severity, f.detail.split()[1]) for f in result["missing_header"])
+    assert missing == [("info", "Message-ID"), ("warning", "Date"), ("warning", "From")]
+
+
+def test_invalid_addresses_are_flagged_without_dns():
+    headers = b"From: app@x.test\r\nTo: a@x.test\r\n" + COMPLETE
+    result = found("not an address", ["a@x.test", "bad@@x.test"], headers)
+    flagged = sorted(f.address for f in result["invalid_address"])
+    assert flagged == ["bad@@x.test", "not an address"]
+    assert result["invalid_address"][0].severity == "error"
+
+
+@pytest.mark.parametrize("address", ["user@localhost", "a@mail.local", "a@x.test", "jörg@bücher.test", "u@[127.0.0.1]"])
+def test_development_addresses_are_valid(address):
+    assert syntax_error(address) is None
+
+
+def test_parse_message_bodies_attachments_and_tree():
+    raw = (
+        b"From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: multipart/alternative; boundary=C\r\n\r\n"
+        b"--C\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"caf=E9\r\n--C\r\nContent-Type: text/html\r\n\r\n<b>caf\xc3\xa9</b>\r\n--C--\r\n"
+        b"--B\r\nContent-Type: image/png; name=\"../../etc/passwd\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"iVBORw0KGgo=\r\n--B--\r\n"
+    )
+    parsed = parse_message(raw)
+    assert parsed.text == "café"
+    assert parsed.html == "<b>café</b>"
+    assert [(a.filename, a.content_type, a.size) for a in parsed.attachments] == [("../../etc/passwd", "image/png", 8)]
+    assert parsed.mime.content_type == "multipart/mixed"
+    assert [c.content_type for c in parsed.mime.children] == ["multipart/alternative", "image/png"]
+
+
+def test_unknown_charset_becomes_a_defect_not_a_crash():
+    raw = b"From: a@x.test\r\nContent-Type: text/plain; charset=x-klingon\r\n\r\nqapla\xff\r\n"
+    parsed = parse_message(raw)
+    assert parsed.text.startswith("qapla")
+    assert any("could not be decoded" in d for d in parsed.defects)
+
+
+BROKEN = (
+    b"From: J\xf6rg <j@x.test>\r\nTo: a@x.test\r\nSubject: caf\xe9 \xff\xfe\r\n"
+    b"Content-Type: multipart/mixed\r\n\r\n"  # multipart without a boundary
+    b"--nothing\r\nthis is not mime\r\n"
+)
+
+
+def test_broken_mime_and_non_utf8_headers_are_stored_and_shown(sink):
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.sendmail("j@x.test", ["a@x.test"], BROKEN)
+    with sink.reader() as reader:
+        (record,) = reader.list_messages()
+        assert reader.get_raw(record.id) == BROKEN
+    assert "caf" in record.headers["subject"]
+    shown = run_cli("show", str(record.id), "--db", sink.db)
+    assert shown.code == 0, shown.err
+    assert "Subject" in shown.out
+    data = json.loads(run_cli("show", str(record.id), "--db", sink.db, "--json").out)
+    assert any(f["kind"] == "parse_defect" for f in data["findings"])
+    assert run_cli("show", str(record.id), "--db", sink.db, "--headers").code == 0
+    assert run_cli("list", "--db", sink.db).code == 0
+
+
+def test_garbage_bytes_as_a_message(sink):
+    garbage = bytes(range(256)).replace(b"\r", b"").replace(b"\n", b"") * 4 + b"\r\n"
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.sendmail("a@x.test", ["b@x.test"], garbage)
+    result = run_cli("show", "latest", "--db", sink.db)
+    assert result.code == 0, result.err
+    assert "\x1b" not in result.out and "\x07" not in result.out
+
+
+def test_control_characters_become_visible():
+    assert visible("a\x1b[31mb\x07c\x08\x9b\u202e") == "a␛[31mb␇c␈<U+009B><U+202E>"
+    assert visible("tab\there") == "tab␉here"
+    assert visible_block("line1\r\nline2\ttab\x1b") == "line1\nline2\ttab␛"
+    assert visible("[bold red]Boom[/]") == "[bold red]Boom[/]"
