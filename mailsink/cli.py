@@ -225,10 +225,13 @@ def session(session_id: int, config: str | None, db: str | None, as_json: bool) 
 )
 def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, out: str) -> None:
     """Export messages (all accepted ones when no ID is given) as .eml files, mbox or Maildir."""
-    from mailsink.export import export_messages
+    from mailsink.export import ExportError, export_messages
 
     with _reader(config, db) as reader:
-        count = export_messages(reader, list(ids), fmt, Path(out))
+        try:
+            count = export_messages(reader, list(ids), fmt, Path(out))
+        except ExportError as error:
+            raise CliError(str(error)) from None
     click.echo(f"exported {count} message(s) to {out} ({fmt})")
 
 

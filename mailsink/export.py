@@ -9,10 +9,12 @@ from pathlib import Path
 from mailsink.store.queries import Reader
 
 
+class ExportError(Exception):
+    """Nothing was exported; the message says why."""
+
+
 def export_messages(reader: Reader, ids: list[int], fmt: str, out: Path) -> int:
     """Write the messages (all accepted ones if `ids` is empty); returns how many."""
-    from mailsink.cli import CliError
-
     if not ids:
         ids = [r.id for r in reader.list_messages(limit=2**62)][::-1]
     records = []
@@ -20,7 +22,7 @@ def export_messages(reader: Reader, ids: list[int], fmt: str, out: Path) -> int:
         record = reader.get_message(message_id)
         raw = reader.get_raw(message_id)
         if record is None or raw is None:
-            raise CliError(f"no message {message_id}; nothing exported")
+            raise ExportError(f"no message {message_id}; nothing exported")
         records.append((record, raw))
     try:
         if fmt == "eml":
@@ -29,7 +31,7 @@ def export_messages(reader: Reader, ids: list[int], fmt: str, out: Path) -> int:
                 (out / f"{record.id}.eml").write_bytes(raw)
         elif fmt == "mbox":
             if out.is_dir():
-                raise CliError(f"{out} is a directory; mbox needs a file path")
+                raise ExportError(f"{out} is a directory; mbox needs a file path")
             box = mailbox.mbox(out)
             try:
                 box.lock()
@@ -51,5 +53,5 @@ def export_messages(reader: Reader, ids: list[int], fmt: str, out: Path) -> int:
                 box.add(mailbox.MaildirMessage(raw))
             box.close()
     except OSError as error:
-        raise CliError(f"cannot write {out}: {error.strerror or error}") from None
+        raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
     return len(records)

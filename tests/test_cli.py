@@ -19,21 +19,28 @@ ATTACHED = (
     b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
     b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour invoice.\r\n"
     b"--XX\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Your <b>invoice</b>.</p>\r\n"
-    b"--XX\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=invoice.pdf\r\n"
+    b"--XX\r\nContent-Type: application/pdf\r\n"
+    b"Content-Disposition: attachment; filename=invoice.pdf\r\n"
     b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XX--\r\n"
 )
 
 
 @pytest.fixture
 def filled(sink):
-    """Three messages: plain with a hidden recipient, one with an attachment, one with a Bcc header."""
+    """Three messages: a hidden recipient, an attachment, a Bcc header."""
     with smtplib.SMTP(sink.host, sink.port) as client:
-        client.sendmail("bounce@app.test", ["a@x.test", "hidden@y.test"], message(subject="Welcome"))
+        client.sendmail(
+            "bounce@app.test", ["a@x.test", "hidden@y.test"], message(subject="Welcome")
+        )
         client.sendmail("billing@shop.test", ["a@x.test"], ATTACHED)
         client.sendmail(
             "noreply@shop.test",
             ["a@x.test", "c@z.test"],
-            message(sender="noreply@shop.test", subject="[bold red]Boom[/] \x1b[31mred", extra="Bcc: c@z.test\r\n"),
+            message(
+                sender="noreply@shop.test",
+                subject="[bold red]Boom[/] \x1b[31mred",
+                extra="Bcc: c@z.test\r\n",
+            ),
         )
     return sink
 
@@ -53,7 +60,18 @@ def test_list_json_contract(filled):
     summaries = json.loads(result.out)
     assert [s["id"] for s in summaries] == [3, 2, 1]
     first = summaries[2]
-    assert set(first) == {"id", "received_at", "status", "mail_from", "rcpt_to", "from", "to", "subject", "size", "findings"}
+    assert set(first) == {
+        "id",
+        "received_at",
+        "status",
+        "mail_from",
+        "rcpt_to",
+        "from",
+        "to",
+        "subject",
+        "size",
+        "findings",
+    }
     assert first["mail_from"] == "bounce@app.test"
     assert first["rcpt_to"] == ["a@x.test", "hidden@y.test"]
     assert first["from"] == ["Shop <noreply@shop.test>"] and first["to"] == ["a@x.test"]
@@ -62,8 +80,13 @@ def test_list_json_contract(filled):
 
 
 def test_list_limit_search_and_findings_filters(filled):
-    assert [s["id"] for s in json.loads(run_cli("list", "--db", filled.db, "--json", "-n", "2").out)] == [3, 2]
-    assert [s["id"] for s in json.loads(run_cli("list", "--db", filled.db, "--json", "--limit", "100000").out)] == [3, 2, 1]
+    assert [
+        s["id"] for s in json.loads(run_cli("list", "--db", filled.db, "--json", "-n", "2").out)
+    ] == [3, 2]
+    assert [
+        s["id"]
+        for s in json.loads(run_cli("list", "--db", filled.db, "--json", "--limit", "100000").out)
+    ] == [3, 2, 1]
     found = json.loads(run_cli("list", "--db", filled.db, "--json", "--search", "INVOICE").out)
     assert [s["id"] for s in found] == [2]
     found = json.loads(run_cli("list", "--db", filled.db, "--json", "--search", "hidden@").out)
@@ -75,7 +98,19 @@ def test_list_limit_search_and_findings_filters(filled):
 
 def test_show_json_contract(filled):
     data = json.loads(run_cli("show", "2", "--db", filled.db, "--json").out)
-    assert list(data) == ["id", "received_at", "size", "session_id", "status", "envelope", "headers", "findings", "attachments", "text", "html"]
+    assert list(data) == [
+        "id",
+        "received_at",
+        "size",
+        "session_id",
+        "status",
+        "envelope",
+        "headers",
+        "findings",
+        "attachments",
+        "text",
+        "html",
+    ]
     assert data["envelope"] == {
         "mail_from": "billing@shop.test",
         "rcpt_to": ["a@x.test"],
@@ -87,12 +122,20 @@ def test_show_json_contract(filled):
         "tls": False,
     }
     assert data["headers"] == {
-        "from": ["Billing <billing@shop.test>"], "sender": None, "reply_to": [], "to": ["a@x.test"],
-        "cc": [], "bcc": [], "subject": "Invoice", "date": "Fri, 27 Nov 2026 23:10:00 +0000",
+        "from": ["Billing <billing@shop.test>"],
+        "sender": None,
+        "reply_to": [],
+        "to": ["a@x.test"],
+        "cc": [],
+        "bcc": [],
+        "subject": "Invoice",
+        "date": "Fri, 27 Nov 2026 23:10:00 +0000",
         "message_id": "<inv@shop.test>",
     }
     assert data["findings"] == []
-    assert data["attachments"] == [{"filename": "invoice.pdf", "content_type": "application/pdf", "size": 9}]
+    assert data["attachments"] == [
+        {"filename": "invoice.pdf", "content_type": "application/pdf", "size": 9}
+    ]
     assert data["text"] == "Your invoice."  # the CRLF before a boundary belongs to it
     assert data["html"] == "<p>Your <b>invoice</b>.</p>"
     assert data["size"] == len(ATTACHED)
@@ -111,7 +154,8 @@ def test_show_text_latest_shows_envelope_headers_and_findings_safely(filled):
 def test_show_raw_headers_and_session(filled):
     raw = subprocess.run(
         [sys.executable, "-m", "mailsink", "show", "2", "--db", filled.db, "--raw"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     )
     assert raw.stdout == ATTACHED  # not a terminal: the bytes exactly as stored
     headers = run_cli("show", "2", "--db", filled.db, "--headers").out.splitlines()
@@ -129,7 +173,10 @@ def test_show_errors_are_one_line(filled, tmp_path):
         assert (result.code, result.err) == (1, expected)
     missing = tmp_path / "missing.db"
     result = run_cli("list", "--db", str(missing))
-    assert result.code == 1 and result.err == f"mailsink: no store at {missing} (start `mailsink serve` or pass --db)\n"
+    assert (
+        result.code == 1
+        and result.err == f"mailsink: no store at {missing} (start `mailsink serve` or pass --db)\n"
+    )
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not a database at all" * 100)
     result = run_cli("list", "--db", str(garbage))
@@ -149,7 +196,11 @@ def test_sessions_and_session_transcript(filled):
     assert "S: 220 mailsink ESMTP mailsink" in transcript.out
     assert "C: [message data:" in transcript.out
     detail = json.loads(run_cli("session", str(sessions[0]["id"]), "--db", filled.db, "--json").out)
-    assert detail["transcript"][0] == {"at": detail["transcript"][0]["at"], "direction": "S", "text": "220 mailsink ESMTP mailsink"}
+    assert detail["transcript"][0] == {
+        "at": detail["transcript"][0]["at"],
+        "direction": "S",
+        "text": "220 mailsink ESMTP mailsink",
+    }
     assert run_cli("session", "999", "--db", filled.db).err == "mailsink: no session 999\n"
 
 
@@ -158,9 +209,21 @@ def test_export_eml_mbox_maildir(filled, tmp_path):
         raws = {i: reader.get_raw(i) for i in (1, 2, 3)}
     result = run_cli("export", "--db", filled.db, "--format", "eml", "--out", str(tmp_path / "eml"))
     assert result.code == 0 and "exported 3 message(s)" in result.out
-    assert {p.name: p.read_bytes() for p in (tmp_path / "eml").iterdir()} == {f"{i}.eml": raws[i] for i in raws}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eml").iterdir()} == {
+        f"{i}.eml": raws[i] for i in raws
+    }
 
-    run_cli("export", "1", "2", "--db", filled.db, "--format", "mbox", "--out", str(tmp_path / "out.mbox"))
+    run_cli(
+        "export",
+        "1",
+        "2",
+        "--db",
+        filled.db,
+        "--format",
+        "mbox",
+        "--out",
+        str(tmp_path / "out.mbox"),
+    )
     box = mailbox.mbox(tmp_path / "out.mbox")
     assert [m["Subject"] for m in box] == ["Welcome", "Invoice"]
     assert box[0].get_from().startswith("bounce@app.test ")
@@ -177,10 +240,14 @@ def test_export_eml_mbox_maildir(filled, tmp_path):
 def test_clear(filled):
     assert run_cli("clear", "--db", filled.db).out == "deleted 3 message(s)\n"
     assert run_cli("list", "--db", filled.db).out == "no messages\n"
-    assert run_cli("show", "latest", "--db", filled.db).err == "mailsink: the store has no messages\n"
+    assert (
+        run_cli("show", "latest", "--db", filled.db).err == "mailsink: the store has no messages\n"
+    )
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["list"], ["show"], ["sessions"], ["session"], ["export"], ["clear"]])
+@pytest.mark.parametrize(
+    "command", [[], ["serve"], ["list"], ["show"], ["sessions"], ["session"], ["export"], ["clear"]]
+)
 def test_help_everywhere(command):
     result = run_cli(*command, "--help")
     assert result.code == 0 and result.out.startswith("Usage: mailsink")
@@ -214,12 +281,16 @@ def test_bare_mailsink_runs_the_server_and_port_in_use_is_one_line(tmp_path):
         second = mailsink_process("serve", "--port", str(port), "--db", str(tmp_path / "other.db"))
         _, err = second.communicate(timeout=15)
         assert second.returncode == 1
-        assert err.decode().splitlines()[-1].startswith(f"mailsink: cannot listen on 127.0.0.1:{port}")
+        assert (
+            err.decode().splitlines()[-1].startswith(f"mailsink: cannot listen on 127.0.0.1:{port}")
+        )
         assert "Traceback" not in err.decode()
         locked = mailsink_process("serve", "--port", "0", "--db", str(tmp_path / "bare.db"))
         _, err = locked.communicate(timeout=15)
         assert locked.returncode == 1
-        assert err.decode().endswith(f"mailsink: another mailsink server is using {tmp_path / 'bare.db'}\n")
+        assert err.decode().endswith(
+            f"mailsink: another mailsink server is using {tmp_path / 'bare.db'}\n"
+        )
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=15)

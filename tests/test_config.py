@@ -22,13 +22,21 @@ SAMPLES = sorted((ROOT / "sample_configs").glob("*.toml"))
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("25MiB", 25 * 1024 * 1024), ("10 KB", 10_000), ("512", 512), ("1.5MiB", 1572864), (2048, 2048)],
+    [
+        ("25MiB", 25 * 1024 * 1024),
+        ("10 KB", 10_000),
+        ("512", 512),
+        ("1.5MiB", 1572864),
+        (2048, 2048),
+    ],
 )
 def test_sizes(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("5m", 300.0), ("250ms", 0.25), ("30s", 30.0), ("2h", 7200.0), (7, 7.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5m", 300.0), ("250ms", 0.25), ("30s", 30.0), ("2h", 7200.0), (7, 7.0)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -54,7 +62,9 @@ def test_default_sample_lists_every_key_with_its_default():
     assert settings.smtp == SmtpSettings()
     assert settings.storage == StorageSettings()
     text = (ROOT / "sample_configs" / "default.toml").read_text()
-    for name in list(SmtpSettings.__dataclass_fields__) + list(StorageSettings.__dataclass_fields__):
+    for name in list(SmtpSettings.__dataclass_fields__) + list(
+        StorageSettings.__dataclass_fields__
+    ):
         assert f"\n{name} = " in text, name
 
 
@@ -66,8 +76,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_values_are_parsed(tmp_path):
     settings = load(
-        write(tmp_path, '[smtp]\nport = 2525\nmax_message_size = "1MiB"\ntimeout = "30s"\n'
-              '[storage]\npath = "/tmp/x.db"\nmax_messages = 10\n')
+        write(
+            tmp_path,
+            '[smtp]\nport = 2525\nmax_message_size = "1MiB"\ntimeout = "30s"\n'
+            '[storage]\npath = "/tmp/x.db"\nmax_messages = 10\n',
+        )
     )
     assert settings.smtp.port == 2525
     assert settings.smtp.max_message_size == 1024 * 1024

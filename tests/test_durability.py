@@ -1,4 +1,4 @@
-"""250 means stored: kill -9 the server while clients send, and every acknowledged message is there."""
+"""250 means stored: kill -9 the server while clients send; every acknowledged message is there."""
 
 from __future__ import annotations
 

@@ -70,7 +70,9 @@ def test_invalid_addresses_are_flagged_without_dns():
     assert result["invalid_address"][0].severity == "error"
 
 
-@pytest.mark.parametrize("address", ["user@localhost", "a@mail.local", "a@x.test", "jörg@bücher.test", "u@[127.0.0.1]"])
+@pytest.mark.parametrize(
+    "address", ["user@localhost", "a@mail.local", "a@x.test", "jörg@bücher.test", "u@[127.0.0.1]"]
+)
 def test_development_addresses_are_valid(address):
     assert syntax_error(address) is None
 
@@ -79,15 +81,19 @@ def test_parse_message_bodies_attachments_and_tree():
     raw = (
         b"From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
         b"--B\r\nContent-Type: multipart/alternative; boundary=C\r\n\r\n"
-        b"--C\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"--C\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         b"caf=E9\r\n--C\r\nContent-Type: text/html\r\n\r\n<b>caf\xc3\xa9</b>\r\n--C--\r\n"
-        b"--B\r\nContent-Type: image/png; name=\"../../etc/passwd\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b'--B\r\nContent-Type: image/png; name="../../etc/passwd"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
         b"iVBORw0KGgo=\r\n--B--\r\n"
     )
     parsed = parse_message(raw)
     assert parsed.text == "café"
     assert parsed.html == "<b>café</b>"
-    assert [(a.filename, a.content_type, a.size) for a in parsed.attachments] == [("../../etc/passwd", "image/png", 8)]
+    assert [(a.filename, a.content_type, a.size) for a in parsed.attachments] == [
+        ("../../etc/passwd", "image/png", 8)
+    ]
     assert parsed.mime.content_type == "multipart/mixed"
     assert [c.content_type for c in parsed.mime.children] == ["multipart/alternative", "image/png"]
 

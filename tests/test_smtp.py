@@ -50,14 +50,22 @@ def test_envelope_is_stored_apart_from_headers(sink, client):
 
 def test_several_messages_on_one_connection_each_stored(sink, client):
     for n in range(3):
-        client.sendmail("app@x.test", [f"user{n}@x.test"], message(to=f"user{n}@x.test", subject=f"n{n}"))
+        client.sendmail(
+            "app@x.test", [f"user{n}@x.test"], message(to=f"user{n}@x.test", subject=f"n{n}")
+        )
     client.quit()
     with sink.reader() as reader:
         records = reader.list_messages()
     assert [r.headers["subject"] for r in records] == ["n2", "n1", "n0"]
-    assert [r.envelope.rcpt_to for r in records] == [["user2@x.test"], ["user1@x.test"], ["user0@x.test"]]
+    assert [r.envelope.rcpt_to for r in records] == [
+        ["user2@x.test"],
+        ["user1@x.test"],
+        ["user0@x.test"],
+    ]
     assert len({r.session_id for r in records}) == 1
-    session = sink.wait_for(lambda r: (s := r.get_session(records[0].session_id)) and s.end_reason and s)
+    session = sink.wait_for(
+        lambda r: (s := r.get_session(records[0].session_id)) and s.end_reason and s
+    )
     assert session.end_reason == "quit"
     assert session.message_count == 3
     assert session.message_ids == sorted(r.id for r in records)
@@ -71,7 +79,9 @@ def test_rset_discards_the_transaction_in_progress(sink, raw):
     assert raw.command("MAIL FROM:<second@x.test>")[0].startswith("250")
     assert raw.command("RCPT TO:<kept@x.test>")[0].startswith("250")
     assert raw.command("DATA")[0].startswith("354")
-    assert raw.command(b"Subject: after rset\r\n\r\nhello\r\n.")[0].startswith("250 2.0.0 Ok: queued as")
+    assert raw.command(b"Subject: after rset\r\n\r\nhello\r\n.")[0].startswith(
+        "250 2.0.0 Ok: queued as"
+    )
     with sink.reader() as reader:
         (record,) = reader.list_messages()
     assert record.envelope.mail_from == "second@x.test"
@@ -83,7 +93,9 @@ def test_null_sender_is_kept_as_empty_string(sink, raw):
     assert raw.command("MAIL FROM:<>")[0].startswith("250")
     assert raw.command("RCPT TO:<user@x.test>")[0].startswith("250")
     raw.command("DATA")
-    assert raw.command(b"From: MAILER-DAEMON@x.test\r\nTo: user@x.test\r\n\r\nbounce\r\n.")[0].startswith("250")
+    assert raw.command(b"From: MAILER-DAEMON@x.test\r\nTo: user@x.test\r\n\r\nbounce\r\n.")[
+        0
+    ].startswith("250")
     with sink.reader() as reader:
         (record,) = reader.list_messages()
     assert record.envelope.mail_from == ""
@@ -218,7 +230,9 @@ def test_client_vanishing_mid_data_stores_nothing_and_records_abort(sink):
 def test_garbage_and_over_long_lines_get_5xx_and_others_keep_being_served(sink, raw):
     raw.command("EHLO x")
     assert raw.command(b"\xff\xfe\x00garbage")[0].startswith("500 5.5.2")
-    assert raw.command("FROBNICATE now")[0] == '500 5.5.2 Error: command "FROBNICATE" not recognized'
+    assert (
+        raw.command("FROBNICATE now")[0] == '500 5.5.2 Error: command "FROBNICATE" not recognized'
+    )
     assert raw.command("")[0].startswith("500 5.5.2")
     assert raw.command("NOOP " + "x" * 2000)[0].startswith("500 5.5.2")
     assert raw.command(b"X" * 200_000)[0].startswith("500 5.5.2")  # beyond the read buffer
@@ -241,11 +255,11 @@ def test_too_many_unrecognized_commands_close_the_connection(raw):
 def test_pipelined_commands_are_answered_in_order(sink, raw):
     ehlo = raw.command("EHLO x")
     assert "250-PIPELINING" in ehlo
-    raw.send(
-        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n"
-    )
+    raw.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\nDATA\r\n")
     assert [raw.reply()[0][:3] for _ in range(4)] == ["250", "250", "250", "354"]
-    raw.send(b"Subject: piped\r\n\r\nbody\r\n.\r\nMAIL FROM:<d@x.test>\r\nRCPT TO:<e@x.test>\r\nDATA\r\n")
+    raw.send(
+        b"Subject: piped\r\n\r\nbody\r\n.\r\nMAIL FROM:<d@x.test>\r\nRCPT TO:<e@x.test>\r\nDATA\r\n"
+    )
     assert raw.reply()[0].startswith("250 2.0.0 Ok: queued as")
     assert [raw.reply()[0][:3] for _ in range(3)] == ["250", "250", "354"]
     assert raw.command(b"Subject: second\r\n\r\n.")[0].startswith("250")
@@ -257,7 +271,14 @@ def test_ehlo_and_replies_carry_extensions_and_enhanced_codes(raw):
     assert raw.greeting == ["220 mailsink ESMTP mailsink"]
     ehlo = raw.command("EHLO client.test")
     assert ehlo[0] == "250-mailsink"
-    for keyword in ("SIZE 26214400", "8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES", "DSN"):
+    for keyword in (
+        "SIZE 26214400",
+        "8BITMIME",
+        "SMTPUTF8",
+        "PIPELINING",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+    ):
         assert f"250-{keyword}" in ehlo
     assert ehlo[-1] == "250 HELP"
     replies = [
@@ -290,7 +311,9 @@ def test_helo_without_extensions(sink, raw):
 def test_dsn_parameters_are_kept_per_recipient(sink, raw):
     raw.command("EHLO x")
     assert raw.command("MAIL FROM:<a@x.test> RET=HDRS ENVID=QQ314159")[0].startswith("250")
-    assert raw.command("RCPT TO:<b@x.test> NOTIFY=success,failure ORCPT=rfc822;B@x.test")[0].startswith("250")
+    assert raw.command("RCPT TO:<b@x.test> NOTIFY=success,failure ORCPT=rfc822;B@x.test")[
+        0
+    ].startswith("250")
     assert raw.command("RCPT TO:<c@x.test>")[0].startswith("250")
     assert raw.command("RCPT TO:<d@x.test> FOO=bar")[0].startswith("555 5.5.4")
     assert raw.command("RCPT TO:<d@x.test> NOTIFY=SOMETIMES")[0].startswith("501 5.5.4")

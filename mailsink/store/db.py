@@ -99,19 +99,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str, *, must_exist: bool = False) -> sqlite3.Connection:
     """A connection with the pragmas every mailsink connection uses."""
     if path == MEMORY or path.startswith("file:"):
         conn = sqlite3.connect(path, uri=path.startswith("file:"), check_same_thread=False)
     else:
-        if readonly and not os.path.exists(path):
+        if must_exist and not os.path.exists(path):
             raise StoreError(f"no store at {path} (start `mailsink serve` or pass --db)")
         conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
     conn.isolation_level = None  # transactions are explicit
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
-        if not readonly and path != MEMORY and not path.startswith("file:"):
-            conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = OFF")
     except sqlite3.DatabaseError as error:
@@ -399,6 +397,9 @@ class Store:
             self._lock_file = _lock(self.path)
         try:
             self._conn = connect(self.path)
+            if not self.path.startswith("file:"):
+                # Readers never block the writer, and a commit is one append to the log.
+                self._conn.execute("PRAGMA journal_mode = WAL")
             migrate(self._conn)
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path} is not a mailsink store: {error}") from None

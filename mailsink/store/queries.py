@@ -117,7 +117,7 @@ class Reader:
     def __init__(self, path: str | None):
         self.path = resolve_path(path)
         try:
-            self.conn = connect(self.path, readonly=True)
+            self.conn = connect(self.path, must_exist=True)
             check_version(self.conn)
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
