@@ -266,6 +266,7 @@ class Writer:
             queue.SimpleQueue()
         )
         self.max_messages = max_messages
+        self.commits = 0  # transactions committed: fewer than operations when batching works
         self._messages = _Retention(conn, "messages", [("message_raw", "id")])
         self._sessions = _Retention(conn, "sessions", [("session_events", "session_id")])
         self._thread = threading.Thread(target=self._run, name="mailsink-writer", daemon=True)
@@ -315,6 +316,7 @@ class Writer:
                     results.append((future, None, error))
             self._prune(conn)
             conn.execute("COMMIT")
+            self.commits += 1
         except Exception as error:
             log.exception("store commit failed")
             with contextlib.suppress(sqlite3.Error):
@@ -410,6 +412,10 @@ class Store:
         ).fetchone()
         self._next_session_id = (row[0] if row else 0) + 1
         self._writer = Writer(self._conn, max_messages)
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
 
     def new_session_id(self) -> int:
         session_id = self._next_session_id
