@@ -1,4 +1,4 @@
-"""The baseline for bench/ingest.py: a bare aiosmtpd server that answers DATA with 250 and keeps nothing.
+"""Baseline for bench/ingest.py: a bare aiosmtpd server; DATA gets 250 and nothing is kept.
 
 It runs aiosmtpd the way mailsink does (same SMTP class options, listener on the running loop), so
 the gap between the two is what mailsink adds: its command loop, transcripts, parsing and the

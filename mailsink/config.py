@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailsink.policy import Rule, RuleError, parse_rule
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -28,13 +30,23 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ConfigError(Exception):
-    """A config problem, phrased for the user: where it is and what is allowed."""
+    """A config problem, phrased for the user: FILE:LINE: key: what is wrong and what is allowed."""
 
-    def __init__(self, message: str, *, file: Path | None = None, key: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ):
         self.file = file
         self.key = key
-        where = ", ".join(part for part in (str(file) if file else "", key or "") if part)
-        super().__init__(f"{where}: {message}" if where else message)
+        self.line = line
+        self.reason = message
+        where = f"{file}:{line}" if file and line else str(file or "")
+        parts = [part for part in (where, key or "", message) if part]
+        super().__init__(": ".join(parts))
 
 
 def parse_size(value: int | str) -> int:
@@ -138,9 +150,44 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    mode: str = "optional"  # off | optional | required
+    users: dict[str, str] = field(default_factory=dict)
+    allow_insecure: bool = True
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    starttls: bool = False
+    require: bool = False
+    implicit_port: int = 0
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.starttls or self.require or bool(self.implicit_port)
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    addresses: str = "flag"  # off | flag | reject
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    rules: tuple[Rule, ...] = ()
     source: Path | None = None
 
     def with_overrides(
@@ -156,7 +203,46 @@ class Settings:
         return dataclasses.replace(self, smtp=smtp, storage=storage)
 
 
-# section -> key -> (converter raising ValueError, what is allowed)
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not allowed; use one of: {', '.join(allowed)}")
+        return value
+
+    return convert
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _users(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError('expected a table of login = "password" strings')
+    return dict(value)
+
+
+def _optional_port(value: Any) -> int:
+    return _port(value)
+
+
+def _file_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a file path string ("" = generated), got {value!r}')
+    return value
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0 (0 = random), got {value!r}")
+    return value
+
+
+# section -> key -> converter raising ValueError with what is allowed
 _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "smtp": (
         SmtpSettings,
@@ -169,33 +255,107 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         },
     ),
     "storage": (StorageSettings, {"path": _store_path, "max_messages": _max_messages}),
+    "auth": (
+        AuthSettings,
+        {
+            "mode": _choice("off", "optional", "required"),
+            "users": _users,
+            "allow_insecure": _flag,
+        },
+    ),
+    "tls": (
+        TlsSettings,
+        {
+            "starttls": _flag,
+            "require": _flag,
+            "implicit_port": _optional_port,
+            "cert": _file_path,
+            "key": _file_path,
+        },
+    ),
+    "validation": (ValidationSettings, {"addresses": _choice("off", "flag", "reject")}),
+    "faults": (FaultSettings, {"seed": _seed}),
 }
 
 
-def parse(data: dict[str, Any], file: Path | None = None) -> Settings:
-    """Validate a decoded TOML document into Settings."""
+def parse(data: dict[str, Any], file: Path | None = None, text: str = "") -> Settings:
+    """Validate a decoded TOML document into Settings; `text` lets errors carry a line number."""
+
+    def error(message: str, key: str, section: str, index: int | None = None) -> ConfigError:
+        return ConfigError(message, file=file, key=key, line=locate(text, section, key, index))
+
     sections: dict[str, Any] = {}
+    rules: list[Rule] = []
     for section, body in data.items():
+        if section == "fault":
+            rules = _parse_rules(body, error)
+            continue
         if section not in _SCHEMA:
-            allowed = ", ".join(f"[{name}]" for name in _SCHEMA)
-            raise ConfigError(f"unknown section; allowed: {allowed}", file=file, key=f"[{section}]")
+            allowed = ", ".join([*(f"[{name}]" for name in _SCHEMA), "[[fault]]"])
+            raise error(f"unknown section; allowed: {allowed}", f"[{section}]", section)
         if not isinstance(body, dict):
-            raise ConfigError("expected a table", file=file, key=f"[{section}]")
+            raise error("expected a table", f"[{section}]", section)
         cls, converters = _SCHEMA[section]
         values = {}
         for key, raw in body.items():
             dotted = f"{section}.{key}"
             if key not in converters:
                 allowed = ", ".join(converters)
-                raise ConfigError(
-                    f"unknown key; allowed in [{section}]: {allowed}", file=file, key=dotted
-                )
+                raise error(f"unknown key; allowed in [{section}]: {allowed}", dotted, section)
             try:
                 values[key] = converters[key](raw)
-            except ValueError as error:
-                raise ConfigError(str(error), file=file, key=dotted) from None
+            except ValueError as problem:
+                raise error(str(problem), dotted, section) from None
         sections[section] = cls(**values)
-    return Settings(**sections, source=file)
+    names = [rule.name for rule in rules]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            key = f"fault[{index + 1}].name"
+            raise error(f"another rule is already named {name!r}", key, "fault", index)
+    return Settings(**sections, rules=tuple(rules), source=file)
+
+
+def _parse_rules(body: Any, error: Callable[..., ConfigError]) -> list[Rule]:
+    if not isinstance(body, list):
+        raise error("write each rule as a [[fault]] table", "fault", "fault")
+    rules = []
+    for index, table in enumerate(body):
+        try:
+            rules.append(parse_rule(table, index, parse_size, parse_duration))
+        except RuleError as problem:
+            key = f"fault[{index + 1}]" + (f".{problem.key}" if problem.key else "")
+            raise error(str(problem), key, "fault", index) from None
+    return rules
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[")
+_MATCH_HEADER = re.compile(r"^\s*\[\s*fault\.match\s*\]")
+
+
+def locate(text: str, section: str, key: str, index: int | None = None) -> int | None:
+    """The line of `key` in `section` (the index-th [[fault]] for rules), else of the section."""
+    if not text:
+        return None
+    lines = text.splitlines()
+    leaf = key.rsplit(".", 1)[-1].split("[")[0].strip("[]")
+    if section == "fault":
+        header = re.compile(r"^\s*\[\[\s*fault\s*\]\]")
+    else:
+        header = re.compile(rf"^\s*\[\s*{re.escape(section)}\s*\]")
+    starts = [number for number, line in enumerate(lines) if header.match(line)]
+    if not starts:
+        return None
+    start = starts[min(index or 0, len(starts) - 1)]
+    assignment = re.compile(rf"^\s*{re.escape(leaf)}\s*=")
+    inline = re.compile(rf"[{{,]\s*{re.escape(leaf)}\s*=")
+    nested = ".match." in key
+    for number in range(start + 1, len(lines)):
+        line = lines[number]
+        if _TABLE_HEADER.match(line) and not _MATCH_HEADER.match(line):
+            break
+        if assignment.match(line) or (nested and inline.search(line)):
+            return number + 1
+    return start + 1
 
 
 def load(path: str | Path) -> Settings:
@@ -210,8 +370,11 @@ def load(path: str | Path) -> Settings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"invalid TOML: {error}", file=file) from None
-    return parse(data, file)
+        line = re.search(r"line (\d+)", str(error))
+        raise ConfigError(
+            f"invalid TOML: {error}", file=file, line=int(line.group(1)) if line else None
+        ) from None
+    return parse(data, file, text)
 
 
 def is_loopback(host: str) -> bool:

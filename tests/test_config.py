@@ -127,7 +127,7 @@ def test_cli_config_error_is_one_line(tmp_path):
     result = run_cli("serve", "--config", str(path))
     assert result.code == 1
     assert result.err.count("\n") == 1
-    assert result.err.startswith(f"mailsink: {path}, smtp.port: expected a port number")
+    assert result.err.startswith(f"mailsink: {path}:2: smtp.port: expected a port number")
     assert "Traceback" not in result.err
 
 
