@@ -1,4 +1,4 @@
-"""TLS for STARTTLS and the implicit-TLS listener; a self-signed localhost certificate by default."""
+"""TLS for STARTTLS and implicit-TLS listeners; by default a self-signed localhost certificate."""
 
 from __future__ import annotations
 

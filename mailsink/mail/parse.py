@@ -245,3 +245,17 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return ParsedMessage(
         summary, header_lines, text, html, attachments, _mime_tree(message), defects
     )
+
+
+def header_values(raw: bytes) -> dict[str, str]:
+    """Decoded header values by lower-cased name (the first of each), for fault rules' regexes."""
+    values: dict[str, str] = {}
+    try:
+        message = _HEADER_PARSER.parsebytes(raw)
+        for name in message:
+            key = name.lower()
+            if key not in values:
+                values[key] = _header_text(message, name, []) or ""
+    except Exception:
+        pass  # an unparseable header block matches no header rule
+    return values

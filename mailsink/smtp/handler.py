@@ -1,14 +1,22 @@
-"""The one aiosmtpd handler: its hooks decide each reply; DATA stores the message before 250."""
+"""The one aiosmtpd handler: its hooks decide each reply; DATA stores the message before 250.
+
+Each hook first asks the fault rules (which may delay, answer instead, or close the connection),
+then applies the configured server behaviour (address validation), then accepts.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 from typing import TYPE_CHECKING
 
+from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope
-from aiosmtpd.smtp import LoginPassword, Session
 
+from mailsink.mail.addresses import syntax_error
 from mailsink.mail.envelope import Envelope
+from mailsink.mail.parse import header_values
 from mailsink.smtp import replies
 from mailsink.store.db import IncomingMessage, now_ms
 
@@ -22,8 +30,8 @@ log = logging.getLogger("mailsink.smtp")
 _EXTRA_EHLO = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN")
 
 
-def auth_user(session: Session) -> str | None:
-    if not session.authenticated:
+def auth_user(session: Session | None) -> str | None:
+    if session is None or not session.authenticated:
         return None
     data = session.auth_data
     if isinstance(data, LoginPassword):
@@ -40,17 +48,35 @@ def envelope_of(protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope
         helo=session.host_name or None,
         peer=protocol.peer,
         auth_user=auth_user(session),
-        tls=session.ssl is not None,
+        tls=protocol.tls,
     )
+
+
+def _size_param(options: list[str]) -> int | None:
+    for option in options:
+        if option.startswith("SIZE="):
+            return int(option[5:])
+    return None
 
 
 class SinkHandler:
     def __init__(self, server: SinkServer):
         self.server = server
 
+    def _address_problem(self, address: str, smtputf8: bool) -> str | None:
+        """Why [validation] addresses = "reject" refuses `address`, or None."""
+        if self.server.settings.validation.addresses != "reject":
+            return None
+        if not smtputf8 and not address.isascii():
+            return "non-ASCII address needs SMTPUTF8"
+        return syntax_error(address)
+
     async def handle_HELO(
         self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope, hostname: str
     ) -> str:
+        reply = await protocol.fault(protocol.context("helo", helo=hostname))
+        if reply is not None:
+            return reply
         session.host_name = hostname
         return f"250 {protocol.hostname}"
 
@@ -62,9 +88,49 @@ class SinkHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
+        reply = await protocol.fault(protocol.context("helo", helo=hostname))
+        if reply is not None:
+            return [reply]
         session.host_name = hostname
         *lines, last = responses  # the last is "250 HELP"
+        if self.server.settings.auth.mode == "off":
+            lines = [line for line in lines if not line.startswith("250-AUTH")]
         return [*lines, *_EXTRA_EHLO, last]
+
+    async def handle_MAIL(
+        self,
+        protocol: SinkSMTP,
+        session: Session,
+        envelope: AiosmtpdEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        context = protocol.context("mail", sender=address, size=_size_param(options))
+        reply = await protocol.fault(context)
+        if reply is not None:
+            return reply
+        problem = address and self._address_problem(address, "SMTPUTF8" in options)
+        if problem:
+            code = "5.6.7" if "SMTPUTF8" in problem else "5.1.7"
+            return f"553 {code} Bad sender address syntax: {problem}"
+        return replies.MAIL_OK
+
+    async def handle_RCPT(
+        self,
+        protocol: SinkSMTP,
+        session: Session,
+        envelope: AiosmtpdEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        reply = await protocol.fault(protocol.context("rcpt", recipient=address))
+        if reply is not None:
+            return reply
+        problem = self._address_problem(address, envelope.smtp_utf8)
+        if problem:
+            code = "5.6.7" if "SMTPUTF8" in problem else "5.1.3"
+            return f"553 {code} Bad recipient address syntax: {problem}"
+        return replies.RCPT_OK
 
     async def handle_QUIT(
         self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope
@@ -75,12 +141,27 @@ class SinkHandler:
     async def handle_DATA(
         self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope
     ) -> str:
+        raw = envelope.original_content or b""
+        headers = None
+        if self.server.policy.needs_headers():
+            headers = await asyncio.to_thread(header_values, raw)  # parsing stays off the loop
+        decision = await protocol.consider(protocol.context("data", size=len(raw), headers=headers))
         message = IncomingMessage(
             session_id=protocol.session_id,
             envelope=envelope_of(protocol, session, envelope),
-            raw=envelope.original_content or b"",
+            raw=raw,
             received_at=now_ms(),
+            check_addresses=self.server.settings.validation.addresses != "off",
         )
+        if decision is not None and decision.answer is not None:
+            # Kept, marked rejected, so the developer sees what their app tried to send.
+            message.status = "rejected"
+            message.reply = "\n".join(decision.reply_lines) or f"({decision.answer.action})"
+            try:
+                await self.server.save_message(protocol, message)
+            except Exception:
+                log.exception("session %s: could not keep a rejected message", protocol.session_id)
+            return protocol.answer(decision) or ""
         try:
             stored = await self.server.save_message(protocol, message)
         except Exception:
@@ -92,8 +173,26 @@ class SinkHandler:
         log.error("internal error: %r", error, exc_info=error)
         return replies.INTERNAL_ERROR
 
+    def authenticate(
+        self,
+        protocol: SinkSMTP,
+        session: Session,
+        envelope: AiosmtpdEnvelope,
+        mechanism: str,
+        auth_data: object,
+    ) -> AuthResult:
+        """aiosmtpd's authenticator: the [auth] users table, or anything when it is empty."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        users = self.server.settings.auth.users
+        login = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        expected = users.get(login)
+        success = not users or (
+            expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+        )
+        protocol.note(f"AUTH {mechanism} as {login!r}: {'accepted' if success else 'refused'}")
+        return AuthResult(success=success, handled=False, auth_data=auth_data)
+
     def __repr__(self) -> str:  # aiosmtpd logs the handler
         return "SinkHandler()"
-
-
-__all__ = ["SinkHandler", "envelope_of"]

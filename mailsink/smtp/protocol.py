@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
+from mailsink.policy import Context, Decision
 from mailsink.smtp import replies
 from mailsink.smtp.params import mail_params, rcpt_params
 from mailsink.smtp.transcript import CLIENT, DATA, NOTE, SERVER, Transcript, redact
@@ -40,6 +41,16 @@ class SinkEnvelope(Envelope):
         self.rcpt_params: list[list[str]] = []
 
 
+def _live(read: Any) -> property:
+    """A setting read from the server's current config at each use, so a reload applies to the
+    next command of open connections too. aiosmtpd's own assignment in __init__ is ignored."""
+    return property(read, lambda self, value: None)
+
+
+# Returned by `fault` when the connection was closed without a reply.
+NO_REPLY = ""
+
+
 def format_peer(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
@@ -54,9 +65,22 @@ class SinkSMTP(SMTP):
     # DATA arrive in big blocks.
     line_length_limit = 64 * 1024
 
+    hostname = _live(lambda self: self.server.settings.smtp.hostname)
+    data_size_limit = _live(lambda self: self.server.settings.smtp.max_message_size)
+    _timeout_duration = _live(lambda self: self.server.settings.smtp.timeout)
+    _auth_require_tls = _live(lambda self: not self.server.settings.auth.allow_insecure)
+    require_starttls = _live(
+        lambda self: self.server.settings.tls.require and self.tls_context is not None
+    )
+
     def __init__(self, handler: Any, server: SinkServer, **kwargs: Any):
-        super().__init__(handler, **kwargs)
         self.server = server
+        super().__init__(handler, **kwargs)
+        self.tls = False
+        self.faults_fired = 0
+        self._refused = False  # a fault answered the greeting: only QUIT is served
+        self._close_after_reply = False
+        self._fault_reply: str | None = None
         self.session_id = 0
         self.transcript = Transcript()
         self.started_at = 0
@@ -78,8 +102,10 @@ class SinkSMTP(SMTP):
         starttls = self._original_transport is not None
         super().connection_made(transport)
         if starttls:
+            self.tls = True
             self.transcript.add(NOTE, "TLS established")
             return
+        self.tls = transport.get_extra_info("ssl_object") is not None
         assert self.session is not None
         self.session_id = self.server.store.new_session_id()
         self.started_at = now_ms()
@@ -129,9 +155,21 @@ class SinkSMTP(SMTP):
             self._auth_response_pending = True
 
     async def push(self, status: str | bytes) -> None:
-        line = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if self.transport is None or self.transport.is_closing():
+            return  # a fault dropped the connection: nothing more is said
+        exact = text == self._fault_reply  # configured replies are sent exactly as written
+        if exact:
+            self._fault_reply = None
+        for line in text.split("\r\n"):  # fault replies may be multi-line
+            await self._push_line(line, exact)
+        if self._close_after_reply and self.transport is not None:
+            self.transport.close()
+
+    async def _push_line(self, line: str, exact: bool) -> None:
         exempt = (
-            not self._greeted
+            exact
+            or not self._greeted
             or line.startswith(("334", "354"))
             or (self._command in ("EHLO", "HELO") and line.startswith("250"))
         )
@@ -149,7 +187,14 @@ class SinkSMTP(SMTP):
     # ---- the command loop
 
     async def _handle_client(self) -> None:
-        await self.push(f"220 {self.hostname} {self.server.ident}")
+        refusal = await self.fault(self.context("connect"))
+        if refusal == NO_REPLY:
+            return
+        if refusal is not None:
+            self._refused = True  # RFC 5321 3.1: after a 554 greeting only QUIT is served
+            await self.push(refusal)
+        else:
+            await self.push(f"220 {self.hostname} {self.server.ident}")
         unrecognized = 0
         while self.transport is not None:
             try:
@@ -167,6 +212,9 @@ class SinkSMTP(SMTP):
                 arg = arg_bytes.strip().decode("utf-8", "surrogateescape") or None
                 if not command:
                     await self.push(replies.BAD_SYNTAX)
+                    continue
+                if self._refused and command != "QUIT":
+                    await self.push("503 5.5.1 Error: no SMTP service here, only QUIT")
                     continue
                 if len(line) > _COMMAND_LIMITS.get(command, _COMMAND_LIMIT):
                     await self.push(replies.LINE_TOO_LONG)
@@ -228,6 +276,93 @@ class SinkSMTP(SMTP):
         line = line.rstrip(b"\r\n")
         self.transcript.add(CLIENT, redact(line.decode("utf-8", "replace")))
         return line
+
+    # ---- injected faults, authentication
+
+    def context(self, stage: str, **known: Any) -> Context:
+        """What a fault rule can match on at this point of the session."""
+        session = self.session
+        envelope: SinkEnvelope = self.envelope  # type: ignore[assignment]
+        peer = session.peer if session else None
+        defaults: dict[str, Any] = {
+            "peer_ip": str(peer[0]) if isinstance(peer, tuple) else "",
+            "helo": session.host_name if session else None,
+            "authenticated": bool(session and session.authenticated),
+            "sender": envelope.mail_from if envelope.mail_given else None,
+            "recipients": tuple(envelope.rcpt_tos),
+        }
+        return Context(stage=stage, **{**defaults, **known})
+
+    async def fault(self, context: Context) -> str | None:
+        """Apply the fault rules for this reply: wait, and return the reply to send instead
+        (NO_REPLY when the connection was closed), or None to carry on."""
+        return self.answer(await self.consider(context))
+
+    async def consider(self, context: Context) -> Decision | None:
+        """Which rules fire: recorded in the transcript, and their delays waited out."""
+        decision = self.server.policy.decide(context)
+        if decision is None:
+            return None
+        self._record_fault(decision, context.stage)
+        if decision.delay:
+            await asyncio.sleep(decision.delay)
+        return decision
+
+    def answer(self, decision: Decision | None) -> str | None:
+        """Carry out a decision's answer: the reply to send, NO_REPLY, or None to carry on."""
+        rule = decision.answer if decision else None
+        if rule is None or decision is None or self.transport is None:
+            return None
+        lines = decision.reply_lines
+        if rule.action == "drop" or (rule.action == "disconnect" and not lines):
+            self.end_reason = f"fault_{rule.action}"
+            self.transport.close()
+            return NO_REPLY
+        if rule.action == "disconnect":
+            self.end_reason = "fault_disconnect"
+            self._close_after_reply = True
+        self._fault_reply = "\r\n".join(lines)
+        return self._fault_reply
+
+    def note(self, text: str) -> None:
+        """Something mailsink observed, for the transcript."""
+        self.transcript.add(NOTE, text)
+
+    def _record_fault(self, decision: Decision, stage: str) -> None:
+        for rule in decision.fired:
+            self.faults_fired += 1
+            what = f" {rule.reply}" if rule.reply and rule is decision.answer else ""
+            delay = f" after {rule.delay:g}s" if rule.delay else ""
+            self.transcript.add(
+                NOTE, f"fault {rule.name!r} fired at {stage}: {rule.action}{what}{delay}"
+            )
+            log.info(
+                "session %s: fault %r fired at %s (%s)",
+                self.session_id,
+                rule.name,
+                stage,
+                rule.action,
+            )
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        """[auth] mode = "required": the transaction needs AUTH first (HELP, VRFY, NOOP do not)."""
+        if caller_method not in ("MAIL", "RCPT", "DATA"):
+            return False
+        if self.server.settings.auth.mode == "required" and not self.session.authenticated:
+            await self.push("530 5.7.0 Authentication required")
+            return True
+        return False
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.server.settings.auth.mode == "off":
+            await self.push("502 5.5.1 Error: AUTH is not available")
+            return
+        reply = await self.fault(self.context("auth"))
+        if reply is not None:
+            await self.push(reply)
+            return
+        await super().smtp_AUTH(arg)
 
     # ---- the transaction
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from functools import partial
 
 from mailsink.config import Settings, is_loopback
+from mailsink.policy import Policy
 from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
 from mailsink.store.db import IncomingMessage, Store, Stored, insert_message, insert_session
 from mailsink.store.db import update_session as write_session
 from mailsink.text import visible
+from mailsink.tls import server_context
 
 log = logging.getLogger("mailsink")
 
@@ -25,38 +28,52 @@ class SinkServer:
 
     def __init__(self, settings: Settings, store: Store):
         self.settings = settings
+        self.policy = Policy(list(settings.rules), settings.faults.seed)
         self.store = store
+        self.tls_context: ssl.SSLContext | None = None
         self.handler = SinkHandler(self)
         self.sessions: set[SinkSMTP] = set()
         self.addresses: list[tuple[str, int]] = []
+        self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()
         # Whoever wants to know (the TUI, tests): called on the loop with the message's Stored.
         self.on_message: list[Callable[[Stored], None]] = []
 
-    def _protocol(self) -> SinkSMTP:
-        smtp = self.settings.smtp
+    def _protocol(self, implicit_tls: bool = False) -> SinkSMTP:
+        tls = self.settings.tls
+        offers_starttls = not implicit_tls and (tls.starttls or tls.require)
         return SinkSMTP(
             self.handler,
             self,
-            data_size_limit=smtp.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=smtp.hostname,
             ident=self.ident,
-            timeout=smtp.timeout,
+            tls_context=self.tls_context if offers_starttls else None,
+            authenticator=self.handler.authenticate,
             loop=asyncio.get_running_loop(),
         )
 
     async def start(self) -> None:
-        smtp = self.settings.smtp
+        smtp, tls = self.settings.smtp, self.settings.tls
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._protocol, smtp.host, smtp.port)
-        self._servers.append(server)
-        self.addresses = [sock.getsockname()[:2] for sock in server.sockets]
-        for host, port in self.addresses:
-            log.info("listening on %s:%s (SMTP)", host, port)
+        if tls.enabled:
+            self.tls_context = await asyncio.to_thread(server_context, tls, self.store.directory)
+        listeners = [(smtp.port, None, "SMTP")]
+        if tls.implicit_port:
+            listeners.append((tls.implicit_port, self.tls_context, "SMTPS, implicit TLS"))
+        for port, context, label in listeners:
+            factory = partial(self._protocol, implicit_tls=context is not None)
+            server = await loop.create_server(factory, smtp.host, port, ssl=context)
+            self._servers.append(server)
+            for sock in server.sockets:
+                address = sock.getsockname()[:2]
+                self.addresses.append(address)
+                self.labels.append(label)
+                log.info("listening on %s:%s (%s)", address[0], address[1], label)
+        if tls.starttls or tls.require:
+            log.info("STARTTLS offered%s", " and required" if tls.require else "")
         if not is_loopback(smtp.host):
             log.warning(
                 "listening on %s: other machines can reach this server (the default is 127.0.0.1)",
@@ -107,11 +124,12 @@ class SinkServer:
                 session_id=protocol.session_id,
                 events=protocol.transcript.take(),
                 helo=session.host_name if session else None,
-                tls=bool(session and session.ssl is not None),
+                tls=protocol.tls,
                 auth_user=auth_user(session) if session else None,
                 end_reason=protocol.end_reason,
                 ended_at=int(time.time() * 1000),
                 last_reply=protocol.last_reply,
+                faults=protocol.faults_fired,
             )
         )
         seconds = (int(time.time() * 1000) - protocol.started_at) / 1000

@@ -46,7 +46,8 @@ _MIGRATIONS: dict[int, str] = {
         auth_user TEXT,
         end_reason TEXT,                      -- NULL while live
         message_count INTEGER NOT NULL DEFAULT 0,
-        last_reply TEXT
+        last_reply TEXT,
+        faults INTEGER NOT NULL DEFAULT 0     -- fault rules that fired in the session
     );
     CREATE TABLE session_events (
         session_id INTEGER NOT NULL,
@@ -166,6 +167,7 @@ class IncomingMessage:
     received_at: int
     status: str = "accepted"
     reply: str | None = None
+    check_addresses: bool = True  # [validation] addresses != "off"
 
 
 def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
@@ -196,7 +198,7 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     """Parse the headers, derive findings and store the message."""
     summary = parse_headers(message.raw)
     headers = summary.as_json()
-    found = [f.as_json() for f in findings(message.envelope, summary)]
+    found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"
         " findings, finding_count, mail_from, subject, search)"
@@ -234,7 +236,9 @@ def insert_session(conn: sqlite3.Connection, session_id: int, started_at: int, p
     )
 
 
-_SESSION_FIELDS = frozenset({"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply"})
+_SESSION_FIELDS = frozenset(
+    {"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply", "faults"}
+)
 
 
 def update_session(
@@ -416,6 +420,13 @@ class Store:
     @property
     def commits(self) -> int:
         return self._writer.commits
+
+    @property
+    def directory(self) -> Path:
+        """Where files that belong with the store go (the generated TLS certificate)."""
+        if self.path.startswith("file:"):
+            return default_path().parent
+        return Path(self.path).expanduser().resolve().parent
 
     def new_session_id(self) -> int:
         session_id = self._next_session_id
