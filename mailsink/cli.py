@@ -71,7 +71,8 @@ def _reader(config: str | None, db: str | None):
 def _run_server(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
     from mailsink.serve import run
 
-    run(_settings(config, host, port, db))
+    overrides = {"host": host, "port": port, "db": db}
+    run(_settings(config, host, port, db), overrides)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -242,6 +243,15 @@ def clear(config: str | None, db: str | None) -> None:
     with _reader(config, db) as reader:
         count = reader.clear()
     click.echo(f"deleted {count} message(s)")
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config(file: str) -> None:
+    """Validate a config file; print the effective settings and the fault rules in order."""
+    from mailsink import output
+
+    click.echo(output.settings_text(load(file)))
 
 
 def _print_json(data: Any) -> None:

@@ -5,9 +5,12 @@ Every string that comes from a message or a session passes through `visible`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import datetime
 from typing import Any
 
+from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.smtp.server import format_bytes
 from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
@@ -194,4 +197,33 @@ def transcript(record: SessionRecord) -> str:
         lines.append(
             f"{local_time(at, with_ms=True)[11:]}  {_ARROWS.get(direction, '??')} {visible(text)}"
         )
+    return "\n".join(lines)
+
+
+def settings_text(settings: Settings) -> str:
+    """The effective configuration, TOML-like, then the fault rules in the order they are tried."""
+    lines = [f"# {settings.source}: valid", ""]
+    for section in ("smtp", "storage", "auth", "tls", "validation", "faults"):
+        lines.append(f"[{section}]")
+        values = getattr(settings, section)
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if section == "auth" and field.name == "users":
+                shown = (
+                    f"{len(value)} user(s): {', '.join(sorted(value)) or 'any credentials pass'}"
+                )
+            elif field.name == "max_message_size":
+                shown = f"{value} bytes ({format_bytes(value)})"
+            elif field.name == "timeout":
+                shown = f"{value:g}s"
+            else:
+                shown = json.dumps(value)
+            lines.append(f"{field.name} = {shown}")
+        lines.append("")
+    if not settings.rules:
+        lines.append("no fault rules: every command is accepted")
+    else:
+        lines.append(f"{len(settings.rules)} fault rule(s), tried in this order:")
+        for number, rule in enumerate(settings.rules, 1):
+            lines.append(f"  {number}. {rule.name}: {rule.describe()}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from mailsink.config import Settings
 from mailsink.store.db import MEMORY, Store, StoreError
@@ -24,8 +25,15 @@ def configure_logging() -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGINT/SIGTERM when it is not given)."""
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None, overrides: dict[str, Any] | None = None
+) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM when it is not given).
+
+    With a config file, edits to it are applied live; `overrides` (the command line's --host,
+    --port, --db) keep winning over the file.
+    """
+    from mailsink.reload import ConfigWatcher
     from mailsink.smtp.server import SinkServer
 
     storage = settings.storage
@@ -45,14 +53,21 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
+        watcher = None
+        if settings.source is not None:
+            watcher = ConfigWatcher(settings.source, server, **(overrides or {}))
+            watching = asyncio.create_task(watcher.run(stop))
+            log.info("watching %s for changes", settings.source)
         await stop.wait()
         log.info("shutting down: finishing messages in flight")
         await server.stop()
+        if watcher is not None:
+            watching.cancel()
     finally:
         await asyncio.to_thread(store.close)
     log.info("stopped")
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, overrides: dict[str, Any] | None = None) -> None:
     configure_logging()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, overrides=overrides))

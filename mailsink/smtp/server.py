@@ -80,6 +80,16 @@ class SinkServer:
                 smtp.host,
             )
 
+    def apply_settings(self, settings: Settings) -> None:
+        """Swap in a reloaded config; it applies from each connection's next command."""
+        old = self.settings
+        self.settings = settings
+        if settings.rules != old.rules or settings.faults.seed != old.faults.seed:
+            policy = Policy(list(settings.rules), settings.faults.seed)
+            policy.carry_over(self.policy)
+            self.policy = policy
+        self.store.max_messages = settings.storage.max_messages
+
     @property
     def port(self) -> int:
         return self.addresses[0][1]

@@ -418,6 +418,14 @@ class Store:
         self._writer = Writer(self._conn, max_messages)
 
     @property
+    def max_messages(self) -> int:
+        return self._writer.max_messages
+
+    @max_messages.setter
+    def max_messages(self, value: int) -> None:
+        self._writer.max_messages = value  # read by the writer at its next commit
+
+    @property
     def commits(self) -> int:
         return self._writer.commits
 
