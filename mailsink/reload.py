@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsink")
 
 # Settings a running server cannot change: they are kept until a restart.
-RESTART_KEYS = ("smtp.host", "smtp.port", "storage.path", "tls.")
+RESTART_KEYS = frozenset({"smtp.host", "smtp.port", "storage.path"})
+RESTART_SECTIONS = ("tls.",)
 _SECTIONS = ("smtp", "storage", "auth", "tls", "validation", "faults")
 
 
@@ -42,7 +43,8 @@ def differences(old: Settings, new: Settings) -> tuple[list[str], list[str]]:
             a, b = getattr(before, field.name), getattr(after, field.name)
             if a != b:
                 text = f"{key}: {_shown(key, a)} -> {_shown(key, b)}"
-                (restart if key.startswith(RESTART_KEYS) else applied).append(text)
+                needs_restart = key in RESTART_KEYS or key.startswith(RESTART_SECTIONS)
+                (restart if needs_restart else applied).append(text)
     old_rules = {rule.name: rule for rule in old.rules}
     new_rules = {rule.name: rule for rule in new.rules}
     for name in new_rules.keys() - old_rules.keys():
@@ -92,11 +94,11 @@ class ConfigWatcher:
         new = new.with_overrides(**self.overrides)
         applied, restart = differences(self.server.settings, new)
         self.server.apply_settings(keep_restart_settings(self.server.settings, new))
-        self.error = None
-        self.reloads += 1
         log.info("config reloaded from %s: %s", self.path, "; ".join(applied) or "no changes")
         for change in restart:
             log.warning("config: %s needs a restart of mailsink to take effect", change)
+        self.error = None
+        self.reloads += 1
         self._notify()
         return True
 

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailsink.config import Settings, SmtpSettings, StorageSettings
+from mailsink.config import Settings, SmtpSettings, StorageSettings, load
+from mailsink.reload import ConfigWatcher
 from mailsink.smtp.server import SinkServer
 from mailsink.store.db import Store
 from mailsink.store.queries import Reader
@@ -28,8 +29,18 @@ T = TypeVar("T")
 
 
 class RunningSink:
-    def __init__(self, db: str | Path, settings: Settings | None = None, **smtp: Any):
-        base = settings or Settings()
+    """`config` (a TOML file) is loaded and then watched, as `mailsink serve --config` does."""
+
+    def __init__(
+        self,
+        db: str | Path,
+        settings: Settings | None = None,
+        *,
+        config: str | Path | None = None,
+        **smtp: Any,
+    ):
+        self.config = Path(config) if config else None
+        base = settings or (load(self.config) if self.config else Settings())
         self.settings = dataclasses.replace(
             base,
             smtp=dataclasses.replace(base.smtp or SmtpSettings(), port=0, **smtp),
@@ -42,6 +53,8 @@ class RunningSink:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.store: Store | None = None
         self.server: SinkServer | None = None
+        self.watcher: ConfigWatcher | None = None
+        self._stop_watching = asyncio.Event()
 
     def _call(self, coroutine: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -54,6 +67,10 @@ class RunningSink:
             self.store = Store(storage.path, storage.max_messages)
             self.server = SinkServer(self.settings, self.store)
             await self.server.start()
+            if self.config is not None:
+                self.watcher = ConfigWatcher(self.config, self.server, port=0, db=str(self.db))
+                self._watching = asyncio.ensure_future(self.watcher.run(self._stop_watching))
+                await asyncio.sleep(0.2)  # let the watch begin before a test edits the file
 
         self._call(start())
         assert self.server is not None and self.store is not None
@@ -62,6 +79,7 @@ class RunningSink:
         return self
 
     def stop(self, grace: float = 10.0) -> None:
+        self.loop.call_soon_threadsafe(self._stop_watching.set)
         if self.server is not None:
             self._call(self.server.stop(grace))
         if self.store is not None:

@@ -59,13 +59,17 @@ def test_every_sample_config_loads(path):
 
 def test_default_sample_lists_every_key_with_its_default():
     settings = load(ROOT / "sample_configs" / "default.toml")
-    assert settings.smtp == SmtpSettings()
-    assert settings.storage == StorageSettings()
+    defaults = Settings()
     text = (ROOT / "sample_configs" / "default.toml").read_text()
-    for name in list(SmtpSettings.__dataclass_fields__) + list(
-        StorageSettings.__dataclass_fields__
-    ):
-        assert f"\n{name} = " in text, name
+    for section in ("smtp", "storage", "auth", "tls", "validation", "faults"):
+        assert getattr(settings, section) == getattr(defaults, section), section
+        for name in type(getattr(defaults, section)).__dataclass_fields__:
+            assert f"\n{name} = " in text, f"{section}.{name}"
+    # the example rule documents every rule key, and is off
+    (example,) = settings.rules
+    assert not example.enabled
+    for key in ("name", "stage", "reply", "action", "delay", "probability", "times", "rate"):
+        assert f"\n{key} = " in text, key
 
 
 def write(tmp_path: Path, text: str) -> Path:
