@@ -87,8 +87,8 @@ class ConfigWatcher:
         except ConfigError as error:
             if error.reason == "file not found":
                 return False  # mid-rename: the new file is about to appear
-            self.error = str(error)
             log.error("config not applied, keeping the previous one: %s", error)
+            self.error = str(error)
             self._notify()
             return False
         new = new.with_overrides(**self.overrides)
