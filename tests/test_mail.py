@@ -142,3 +142,37 @@ def test_control_characters_become_visible():
     assert visible("tab\there") == "tab␉here"
     assert visible_block("line1\r\nline2\ttab\x1b") == "line1\nline2\ttab␛"
     assert visible("[bold red]Boom[/]") == "[bold red]Boom[/]"
+
+
+@pytest.mark.parametrize(
+    ("raw", "from_", "to", "subject"),
+    [
+        (
+            b"From: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <j@x.test>\r\n"
+            b'To: "Doe, John" <jd@x.test>, b@x.test\r\nCc: undisclosed-recipients:;\r\n'
+            b"Subject: =?utf-8?b?R3LDvMOfZQ==?= and more\r\n\r\nbody",
+            ["Jörg Müller <j@x.test>"],
+            ['"Doe, John" <jd@x.test>', "b@x.test"],
+            "Grüße and more",
+        ),
+        (
+            b"From: a@x.test\r\nTo: a@x.test,\r\n b@x.test\r\nTo: c@x.test\r\n"
+            b"Subject: folded\r\n  subject line\r\n\r\n",
+            ["a@x.test"],
+            ["a@x.test", "b@x.test", "c@x.test"],
+            "folded  subject line",
+        ),
+        (b"From: J\xf6rg <j@x.test>\r\nSubject: caf\xe9\r\n\r\n", ["J�rg <j@x.test>"], [], "caf�"),
+        (
+            "From: Zoë <zoë@bücher.test>\r\nSubject: grüße\r\n\r\n".encode(),
+            ["Zoë <zoë@bücher.test>"],
+            [],
+            "grüße",
+        ),
+        (b"From: Team: a@x.test, b@x.test;\r\nTo: <>\r\n\r\n", ["a@x.test", "b@x.test"], [], None),
+    ],
+)
+def test_header_summary_decodes_like_the_stdlib_default_policy(raw, from_, to, subject):
+    summary = parse_headers(raw)
+    assert (summary.from_, summary.to, summary.subject) == (from_, to, subject)
+    assert summary.cc == []
