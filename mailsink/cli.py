@@ -20,6 +20,8 @@ from mailsink.config import ConfigError, Settings, load
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR = 1
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+ID = click.IntRange(1, MAX_ID)
 
 
 class CliError(click.ClickException):
@@ -100,7 +102,7 @@ def serve(config: str | None, host: str | None, port: int | None, db: str | None
 @cli.command("list")
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="JSON array of message summaries.")
-@click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--limit", "-n", type=ID, default=50, show_default=True)
 @click.option("--search", "-s", help="Text in envelope or header addresses, or the subject.")
 @click.option("--findings", is_flag=True, help="Only messages with findings.")
 @click.option("--all", "include_rejected", is_flag=True, help="Include rejected messages.")
@@ -132,7 +134,7 @@ def _message_id(reader: Any, ident: str) -> int:
         if latest is None:
             raise CliError("the store has no messages")
         return latest
-    if not ident.isdigit():
+    if not (ident.isascii() and ident.isdigit()) or not 0 < int(ident) <= MAX_ID:
         raise CliError(f"{ident!r} is not a message id (a number, or 'latest')")
     return int(ident)
 
@@ -180,7 +182,7 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
 @cli.command()
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="JSON array of sessions.")
-@click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--limit", "-n", type=ID, default=50, show_default=True)
 def sessions(config: str | None, db: str | None, as_json: bool, limit: int) -> None:
     """List SMTP sessions, newest first (including those that delivered nothing)."""
     from mailsink import output
@@ -194,7 +196,7 @@ def sessions(config: str | None, db: str | None, as_json: bool, limit: int) -> N
 
 
 @cli.command()
-@click.argument("session_id", type=int)
+@click.argument("session_id", type=ID)
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="The session and its transcript as JSON.")
 def session(session_id: int, config: str | None, db: str | None, as_json: bool) -> None:
@@ -212,7 +214,7 @@ def session(session_id: int, config: str | None, db: str | None, as_json: bool) 
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.argument("ids", nargs=-1, type=ID, metavar="[ID]...")
 @store_options
 @click.option(
     "--format",

@@ -111,11 +111,17 @@ class ConfigWatcher:
         from watchfiles import awatch  # deferred: only a server with --config watches
 
         name = self.path.name
-        async for _changes in awatch(
-            self.path.parent,
-            watch_filter=lambda _change, changed: Path(changed).name == name,
-            recursive=False,
-            stop_event=stop,
-            step=50,
-        ):
-            await self.reload()
+        try:
+            async for _changes in awatch(
+                self.path.parent,
+                watch_filter=lambda _change, changed: Path(changed).name == name,
+                recursive=False,
+                stop_event=stop,
+                step=50,
+            ):
+                try:
+                    await self.reload()
+                except Exception:  # a bug here must not end the watch, nor the server
+                    log.exception("config reload failed")
+        except Exception as error:  # e.g. the directory was removed
+            log.error("stopped watching %s: %s", self.path, error)

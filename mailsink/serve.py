@@ -22,7 +22,7 @@ def configure_logging() -> None:
         stream=sys.stderr,
     )
     # aiosmtpd logs every connection at INFO; mailsink writes its own one line per session.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 async def serve(

@@ -16,6 +16,9 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses
 from typing import Any
 
+MAX_DECODED = 16 * 1024  # characters of one header value that are decoded for display
+MAX_HEADER_BLOCK = 1024 * 1024  # bytes of header block summarised at ingest
+
 _FAST_PARSER = BytesHeaderParser(policy=policy.compat32)
 _PARSER = BytesParser(policy=policy.default)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -100,11 +103,19 @@ def clean(text: str) -> str:
 
 
 def decode_value(value: str) -> str:
-    """A raw header value -> readable text: unfolded, RFC 2047 words decoded, bytes as UTF-8."""
+    """A raw header value -> readable text: unfolded, RFC 2047 words decoded, bytes as UTF-8.
+
+    Values longer than MAX_DECODED are cut first: decoding encoded words takes time that grows
+    faster than their number, and a header is read by people, who stop long before that."""
+    cut = len(value) > MAX_DECODED
+    if cut:
+        value = value[:MAX_DECODED].rsplit(" ", 1)[0]
     value = _FOLD.sub("", value)
     if "=?" in value:
         with contextlib.suppress(Exception):  # a malformed encoded word stays as it came
             value = str(make_header(decode_header(value)))
+    if cut:
+        value += " […]"
     return clean(value).strip()
 
 
@@ -140,8 +151,8 @@ def _raw_values(message: EmailMessage) -> dict[str, list[str]]:
 
 
 def _header_block(raw: bytes) -> bytes:
-    end = _HEADER_END.search(raw)
-    return raw[: end.end()] if end else raw
+    end = _HEADER_END.search(raw, 0, MAX_HEADER_BLOCK)
+    return raw[: end.end()] if end else raw[:MAX_HEADER_BLOCK]
 
 
 def parse_headers(raw: bytes) -> HeaderSummary:

@@ -39,7 +39,7 @@ def mail_params(text: str, *, max_size: int | None) -> Parsed:
     result = Parsed()
     for keyword, value in pairs:
         if keyword == "SIZE":
-            if value is None or not value.isdigit():
+            if value is None or not (value.isascii() and value.isdigit()):
                 return Parsed(error="501 5.5.4 SIZE takes a number of bytes")
             if max_size and int(value) > max_size:
                 return Parsed(error=TOO_BIG)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 
 from mailsink.policy import Context, Decision
 from mailsink.smtp import replies
@@ -24,12 +25,18 @@ if TYPE_CHECKING:
     from mailsink.smtp.server import SinkServer
 
 log = logging.getLogger("mailsink.smtp")
+# aiosmtpd's own AUTH code sets this deprecated attribute; the warning is not ours to act on.
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 _END_OF_DATA = b"\r\n.\r\n"
 _MAX_UNRECOGNIZED = 10
 # RFC 5321 4.5.3.1.4 allows 512 octets; DSN and SMTPUTF8 parameters make MAIL/RCPT longer.
 _COMMAND_LIMITS = {"MAIL": 1000, "RCPT": 1000, "AUTH": 1000}
 _COMMAND_LIMIT = 512
+
+
+class ClientFinished(Exception):
+    """The client closed its side and every command it sent has been answered."""
 
 
 class SinkEnvelope(Envelope):
@@ -68,7 +75,10 @@ class SinkSMTP(SMTP):
     hostname = _live(lambda self: self.server.settings.smtp.hostname)
     data_size_limit = _live(lambda self: self.server.settings.smtp.max_message_size)
     _timeout_duration = _live(lambda self: self.server.settings.smtp.timeout)
-    _auth_require_tls = _live(lambda self: not self.server.settings.auth.allow_insecure)
+    # TLS from STARTTLS or from an implicit-TLS listener both count.
+    _auth_require_tls = _live(
+        lambda self: not self.server.settings.auth.allow_insecure and not self.tls
+    )
     require_starttls = _live(
         lambda self: self.server.settings.tls.require and self.tls_context is not None
     )
@@ -81,6 +91,7 @@ class SinkSMTP(SMTP):
         self._refused = False  # a fault answered the greeting: only QUIT is served
         self._close_after_reply = False
         self._fault_reply: str | None = None
+        self._ended = False
         self.session_id = 0
         self.transcript = Transcript()
         self.started_at = 0
@@ -116,6 +127,9 @@ class SinkSMTP(SMTP):
         return format_peer(self.session.peer if self.session else None)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._ended:
+            return  # a failed TLS handshake ends the session before asyncio would
+        self._ended = True
         if self.end_reason is None:
             self.end_reason = "aborted" if self.in_data else "client_closed"
         if self.end_reason in ("aborted", "client_closed"):
@@ -123,8 +137,17 @@ class SinkSMTP(SMTP):
         self.server.session_ended(self)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        """The client has finished sending (it may still read): answer what it already sent.
+
+        aiosmtpd cancels the session here, dropping the replies to pipelined commands that are
+        still buffered, after the message they belong to may have been stored."""
+        self._reader.feed_eof()
+        return not self.tls  # keep a plain socket half-open; TLS transports cannot be
+
     def _timeout_cb(self) -> None:
         self.end_reason = "timeout"
+        self._auth_response_pending = False  # the client answered nothing
         self._send_now(replies.TIMEOUT.format(hostname=self.hostname))
         super()._timeout_cb()
 
@@ -145,10 +168,14 @@ class SinkSMTP(SMTP):
 
     # ---- replies
 
-    def _record_reply(self, line: str) -> None:
+    def _record_auth_response(self) -> None:
+        """aiosmtpd reads AUTH responses itself: record one, redacted, before what follows it."""
         if self._auth_response_pending:
             self._auth_response_pending = False
             self.transcript.add(CLIENT, "[auth response redacted]")
+
+    def _record_reply(self, line: str) -> None:
+        self._record_auth_response()
         self.transcript.add(SERVER, line)
         self.last_reply = line
         if line.startswith("334"):
@@ -209,7 +236,11 @@ class SinkSMTP(SMTP):
                     await self.push(replies.BAD_SYNTAX)
                     continue
                 self._command = command
-                arg = arg_bytes.strip().decode("utf-8", "surrogateescape") or None
+                try:
+                    arg = arg_bytes.strip().decode("utf-8") or None
+                except UnicodeDecodeError:
+                    await self.push("501 5.5.2 Error: the command is not valid UTF-8")
+                    continue
                 if not command:
                     await self.push(replies.BAD_SYNTAX)
                     continue
@@ -245,13 +276,22 @@ class SinkSMTP(SMTP):
                         return
                     await self.push(replies.NOT_RECOGNIZED.format(command=command[:40]))
                     continue
-                self._reset_timeout()
+                # The idle timeout measures the client, not mailsink's own work (fault delays,
+                # commits): it is paused while a command is handled.
+                self._pause_timeout()
                 await method(arg)
+                self._reset_timeout()
                 if self.closing and not self.in_data:
                     self.shutdown()
-            except (asyncio.CancelledError, ConnectionResetError):
+            except (ClientFinished, ConnectionResetError):
+                self._writer.close()
+                return
+            except asyncio.CancelledError:
                 self._writer.close()
                 raise
+            except TLSSetupException:
+                self._tls_failed()
+                return
             except Exception as error:
                 await self.push(await self.handle_exception(error))
 
@@ -270,12 +310,32 @@ class SinkSMTP(SMTP):
             self.transcript.add(CLIENT, f"[command line too long: {skipped} bytes]")
             await self.push(replies.LINE_TOO_LONG)
             return None
-        except asyncio.IncompleteReadError:
-            self.transport.close()
-            return None
+        except asyncio.IncompleteReadError as error:
+            if error.partial.strip():
+                self.transcript.add(CLIENT, redact(error.partial.decode("utf-8", "replace")))
+            raise ClientFinished from None
         line = line.rstrip(b"\r\n")
         self.transcript.add(CLIENT, redact(line.decode("utf-8", "replace")))
         return line
+
+    def _pause_timeout(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def _tls_failed(self) -> None:
+        """The STARTTLS handshake failed (often: the client rejected the self-signed
+        certificate). asyncio will not report the loss, so the session is ended here."""
+        self.end_reason = "tls_failed"
+        self.note("TLS handshake failed")
+        if self._original_transport is not None:
+            self._original_transport.close()
+        self.connection_lost(None)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # the stdlib address parser raises on some malformed input
+            return None, None
 
     # ---- injected faults, authentication
 
@@ -326,6 +386,7 @@ class SinkSMTP(SMTP):
 
     def note(self, text: str) -> None:
         """Something mailsink observed, for the transcript."""
+        self._record_auth_response()
         self.transcript.add(NOTE, text)
 
     def _record_fault(self, decision: Decision, stage: str) -> None:
@@ -448,6 +509,7 @@ class SinkSMTP(SMTP):
         self.in_data = True
         try:
             content, wire_size = await self._read_data()
+            self._pause_timeout()
             self.transcript.add(DATA, f"[message data: {wire_size} bytes]")
             if content is None:
                 status = replies.TOO_BIG
@@ -475,6 +537,7 @@ class SinkSMTP(SMTP):
         limit = self.data_size_limit
         received = bytearray()
         wire_size = -2
+        stuffed = 0  # lines starting with a dot: one byte each comes off in unstuffing
         too_big = False
         while True:
             try:
@@ -487,8 +550,11 @@ class SinkSMTP(SMTP):
                 raise ConnectionResetError("connection closed during DATA") from None
             wire_size += len(block)
             if not too_big:
+                start = max(0, len(received) - 2)  # a "\r\n." can straddle two blocks
                 received += block
-                if limit and wire_size > limit + 5:
+                stuffed += received.count(b"\r\n.", start)
+                # The marker's 3 bytes may be in; anything beyond them is content over the limit.
+                if limit and len(received) - 2 - stuffed > limit + 3:
                     too_big = True
                     received = bytearray()
             self._reset_timeout()
@@ -500,4 +566,6 @@ class SinkSMTP(SMTP):
         content = received.replace(b"\r\n.", b"\r\n")  # RFC 5321 4.5.2 dot-unstuffing
         del received
         del content[:2]
+        if limit and len(content) > limit:
+            return None, wire_size
         return bytes(content), wire_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -47,6 +48,9 @@ class SinkServer:
         return SinkSMTP(
             self.handler,
             self,
+            # Read live from the settings; given here so that aiosmtpd does not look up the
+            # machine's name (a blocking DNS query) for every connection.
+            hostname=self.settings.smtp.hostname,
             enable_SMTPUTF8=True,
             decode_data=False,
             ident=self.ident,
@@ -107,6 +111,10 @@ class SinkServer:
                 protocol.end_reason = protocol.end_reason or "server_shutdown"
                 if protocol.transport is not None:
                     protocol.transport.abort()
+            # connection_lost runs on the next loop iterations; it queues the sessions' last
+            # writes, which must reach the store before it closes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 1.0)
         self._servers.clear()
 
     # ---- called by the protocol
@@ -133,6 +141,8 @@ class SinkServer:
                 write_session,
                 session_id=protocol.session_id,
                 events=protocol.transcript.take(),
+                started_at=protocol.started_at,
+                peer=protocol.peer,
                 helo=session.host_name if session else None,
                 tls=protocol.tls,
                 auth_user=auth_user(session) if session else None,
@@ -162,6 +172,8 @@ class SinkServer:
                 conn,
                 protocol.session_id,
                 events,
+                protocol.started_at,
+                protocol.peer,
                 helo=message.envelope.helo,
                 tls=message.envelope.tls,
                 auth_user=message.envelope.auth_user,

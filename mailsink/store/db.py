@@ -16,9 +16,9 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +90,10 @@ def default_path() -> Path:
 
 
 def resolve_path(path: str | None) -> str:
-    """'' or None -> the platform default; ':memory:' stays as it is."""
+    """'' or None -> the platform default; '~' expanded; ':memory:' stays as it is."""
     if not path:
         return str(default_path())
-    return path
+    return path if path == MEMORY else str(Path(path).expanduser())
 
 
 def now_ms() -> int:
@@ -102,12 +102,9 @@ def now_ms() -> int:
 
 def connect(path: str, *, must_exist: bool = False) -> sqlite3.Connection:
     """A connection with the pragmas every mailsink connection uses."""
-    if path == MEMORY or path.startswith("file:"):
-        conn = sqlite3.connect(path, uri=path.startswith("file:"), check_same_thread=False)
-    else:
-        if must_exist and not os.path.exists(path):
-            raise StoreError(f"no store at {path} (start `mailsink serve` or pass --db)")
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+    if must_exist and (path == MEMORY or not os.path.exists(path)):
+        raise StoreError(f"no store at {path} (start `mailsink serve` or pass --db)")
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
     conn.isolation_level = None  # transactions are explicit
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
@@ -242,9 +239,17 @@ _SESSION_FIELDS = frozenset(
 
 
 def update_session(
-    conn: sqlite3.Connection, session_id: int, events: list[SessionEvent], **fields: Any
+    conn: sqlite3.Connection,
+    session_id: int,
+    events: list[SessionEvent],
+    started_at: int,
+    peer: str,
+    **fields: Any,
 ) -> None:
-    """Append transcript events and set session columns (only those named in _SESSION_FIELDS)."""
+    """Append transcript events and set session columns (only those named in _SESSION_FIELDS).
+
+    The row is created again if `mailsink clear` or pruning removed it while the session lived."""
+    insert_session(conn, session_id, started_at, peer)
     _insert_events(conn, session_id, events)
     unknown = set(fields) - _SESSION_FIELDS
     if unknown:
@@ -277,6 +282,8 @@ class Writer:
         self._thread.start()
 
     def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
+        if not self._thread.is_alive():
+            raise StoreError("the store is closed")
         self._queue.put((operation, future))
 
     def close(self) -> None:
@@ -394,23 +401,22 @@ class Store:
 
     def __init__(self, path: str | None, max_messages: int = 50_000):
         self.path = resolve_path(path)
-        self._lock_file = None
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
         if self.path == MEMORY:
-            # Readers in this process need to see it too: a named shared-cache memory database.
-            self.path = f"file:mailsink-{uuid.uuid4().hex}?mode=memory&cache=shared"
-        else:
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = _lock(self.path)
+            # "Keep nothing": a file in a temporary directory, removed on close. An SQLite
+            # in-memory database would lock readers out of the writer's tables (shared cache).
+            self._temporary = tempfile.TemporaryDirectory(prefix="mailsink-")
+            self.path = str(Path(self._temporary.name) / "mailsink.db")
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock(self.path)
         try:
             self._conn = connect(self.path)
-            if not self.path.startswith("file:"):
-                # Readers never block the writer, and a commit is one append to the log.
-                self._conn.execute("PRAGMA journal_mode = WAL")
+            # Readers never block the writer, and a commit is one append to the log.
+            self._conn.execute("PRAGMA journal_mode = WAL")
             migrate(self._conn)
         except sqlite3.DatabaseError as error:
+            self._lock_file.close()
             raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
-        # Keeps a shared in-memory database alive while the store is open.
-        self._keepalive = connect(self.path) if self.path.startswith("file:") else None
         row = self._conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'sessions'"
         ).fetchone()
@@ -432,9 +438,9 @@ class Store:
     @property
     def directory(self) -> Path:
         """Where files that belong with the store go (the generated TLS certificate)."""
-        if self.path.startswith("file:"):
+        if self._temporary is not None:
             return default_path().parent
-        return Path(self.path).expanduser().resolve().parent
+        return Path(self.path).resolve().parent
 
     def new_session_id(self) -> int:
         session_id = self._next_session_id
@@ -454,10 +460,9 @@ class Store:
     def close(self) -> None:
         self._writer.close()
         self._conn.close()
-        if self._keepalive is not None:
-            self._keepalive.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
+        self._lock_file.close()
+        if self._temporary is not None:
+            self._temporary.cleanup()
 
 
 def _lock(path: str):

@@ -242,10 +242,16 @@ class Reader:
     # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
 
     def clear(self) -> int:
-        """Delete every message and session; returns how many messages went."""
-        count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        """Delete every message and every finished session; returns how many messages went."""
         self.conn.execute("BEGIN IMMEDIATE")
-        for table in ("message_raw", "messages", "session_events", "sessions"):
-            self.conn.execute(f"DELETE FROM {table}")
+        count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        self.conn.execute("DELETE FROM message_raw")
+        self.conn.execute("DELETE FROM messages")
+        # Sessions still open stay: their server goes on writing to them.
+        self.conn.execute(
+            "DELETE FROM session_events WHERE session_id NOT IN"
+            " (SELECT id FROM sessions WHERE end_reason IS NULL)"
+        )
+        self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
         self.conn.execute("COMMIT")
         return count
