@@ -49,7 +49,7 @@ def unverified() -> ssl.SSLContext:
 # ---- 530: authentication required
 
 
-AUTH_REQUIRED = '[auth]\nmode = "required"\nusers = { dev = "secret" }\n'
+AUTH_REQUIRED = (ROOT / "sample_configs" / "auth-required.toml").read_text()
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
