@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from mailsink.config import Settings
@@ -68,6 +70,21 @@ async def serve(
     log.info("stopped")
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (`pip install 'mailsink[fast]'`) unless MAILSINK_LOOP=asyncio;
+    None means asyncio's own loop."""
+    if os.environ.get("MAILSINK_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run(settings: Settings, overrides: dict[str, Any] | None = None) -> None:
     configure_logging()
-    asyncio.run(serve(settings, overrides=overrides))
+    factory = loop_factory()
+    log.info("event loop: %s", "uvloop" if factory else "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(settings, overrides=overrides))

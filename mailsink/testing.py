@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from mailsink.config import Settings, SmtpSettings, StorageSettings, load
 from mailsink.reload import ConfigWatcher
+from mailsink.serve import loop_factory
 from mailsink.smtp.server import SinkServer
 from mailsink.store.db import Store
 from mailsink.store.queries import Reader
@@ -49,7 +50,7 @@ class RunningSink:
         self.db = str(db)
         self.host = "127.0.0.1"
         self.port = 0
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory() or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.store: Store | None = None
         self.server: SinkServer | None = None

@@ -436,3 +436,28 @@ def test_memory_store_keeps_messages_while_running(tmp_path):
         with sink.reader() as reader:
             assert reader.count_messages() == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "<a@b.test> SIZE=10 BODY=8BITMIME",
+        "<a@b.test>",
+        "  <a@b.test>  x",
+        "<üser@bü.test> SMTPUTF8",
+        "<a..b@x.test>",
+        '<"q x"@b.test>',
+        "<a@[127.0.0.1]>",
+        "<>",
+        "<@relay.test:a@b.test>",
+        "a@b.test",
+    ],
+)
+def test_fast_address_path_agrees_with_aiosmtpd(argument):
+    from aiosmtpd.smtp import SMTP
+
+    from mailsink.smtp.protocol import SinkSMTP
+
+    ours, theirs = SinkSMTP.__new__(SinkSMTP), SMTP.__new__(SMTP)  # the method needs no state
+    ours.local_part_limit = theirs.local_part_limit = 0
+    assert ours._getaddr(argument) == theirs._getaddr(argument)

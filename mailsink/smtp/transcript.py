@@ -33,7 +33,7 @@ class Transcript:
     def add(self, direction: str, text: str) -> None:
         self._seq += 1
         self.count += 1
-        self._pending.append(SessionEvent(self._seq, now_ms(), direction, text))
+        self._pending.append((self._seq, now_ms(), direction, text))
 
     def take(self) -> list[SessionEvent]:
         pending, self._pending = self._pending, []

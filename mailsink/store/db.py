@@ -49,13 +49,14 @@ _MIGRATIONS: dict[int, str] = {
         last_reply TEXT,
         faults INTEGER NOT NULL DEFAULT 0     -- fault rules that fired in the session
     );
-    CREATE TABLE session_events (
+    -- A session's transcript, written in chunks: the events gathered between two writes.
+    -- One row per chunk rather than per line: a message's ~20 lines cost one insert.
+    CREATE TABLE transcript_chunks (
         session_id INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        at INTEGER NOT NULL,                  -- ms since the epoch
-        direction TEXT NOT NULL,              -- 'C' client line, 'S' server line, 'I' note
-        text TEXT NOT NULL,
-        PRIMARY KEY (session_id, seq)
+        first_seq INTEGER NOT NULL,           -- sequence number of the chunk's first event
+        events TEXT NOT NULL,                 -- JSON [[at ms, direction, text], ...]; direction:
+                                              -- C client line, S server line, D data, I note
+        PRIMARY KEY (session_id, first_seq)
     ) WITHOUT ROWID;
     CREATE TABLE messages (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -125,15 +126,14 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"understands ({SCHEMA_VERSION}); upgrade mailsink"
         )
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
+        script = (
+            f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]};\nPRAGMA user_version = {target};\nCOMMIT;"
+        )
         try:
-            for statement in _MIGRATIONS[target].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
+            conn.executescript(script)  # all of a step, or (rolled back below) none of it
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
 
@@ -148,12 +148,8 @@ def check_version(conn: sqlite3.Connection) -> None:
 # ---- operations run by the writer thread -------------------------------------------------------
 
 
-@dataclass
-class SessionEvent:
-    seq: int
-    at: int
-    direction: str
-    text: str
+# (sequence number, ms since the epoch, direction, text)
+SessionEvent = tuple[int, int, str, str]
 
 
 @dataclass
@@ -177,10 +173,10 @@ def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
 
 def _insert_events(conn: sqlite3.Connection, session_id: int, events: list[SessionEvent]) -> None:
     if events:
-        conn.executemany(
-            "INSERT OR REPLACE INTO session_events (session_id, seq, at, direction, text)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(session_id, e.seq, e.at, e.direction, e.text) for e in events],
+        conn.execute(
+            "INSERT OR REPLACE INTO transcript_chunks (session_id, first_seq, events)"
+            " VALUES (?, ?, ?)",
+            (session_id, events[0][0], json.dumps([event[1:] for event in events])),
         )
 
 
@@ -277,7 +273,7 @@ class Writer:
         self.max_messages = max_messages
         self.commits = 0  # transactions committed: fewer than operations when batching works
         self._messages = _Retention(conn, "messages", [("message_raw", "id")])
-        self._sessions = _Retention(conn, "sessions", [("session_events", "session_id")])
+        self._sessions = _Retention(conn, "sessions", [("transcript_chunks", "session_id")])
         self._thread = threading.Thread(target=self._run, name="mailsink-writer", daemon=True)
         self._thread.start()
 

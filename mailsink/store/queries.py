@@ -218,12 +218,13 @@ class Reader:
                 "SELECT id FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
             )
         ]
-        events = []
+        events: list[tuple[int, str, str]] = []
         if with_events:
-            events = self.conn.execute(
-                "SELECT at, direction, text FROM session_events WHERE session_id = ? ORDER BY seq",
+            for (chunk,) in self.conn.execute(
+                "SELECT events FROM transcript_chunks WHERE session_id = ? ORDER BY first_seq",
                 (session_id,),
-            ).fetchall()
+            ):
+                events.extend(tuple(event) for event in json.loads(chunk))
         return SessionRecord(
             id=row[0],
             started_at=row[1],
@@ -236,7 +237,7 @@ class Reader:
             message_count=row[8],
             last_reply=row[9],
             message_ids=message_ids,
-            events=[tuple(e) for e in events],
+            events=events,
         )
 
     # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
@@ -249,7 +250,7 @@ class Reader:
         self.conn.execute("DELETE FROM messages")
         # Sessions still open stay: their server goes on writing to them.
         self.conn.execute(
-            "DELETE FROM session_events WHERE session_id NOT IN"
+            "DELETE FROM transcript_chunks WHERE session_id NOT IN"
             " (SELECT id FROM sessions WHERE end_reason IS NULL)"
         )
         self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
