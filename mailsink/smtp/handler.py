@@ -17,6 +17,7 @@ from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope
 from mailsink.mail.addresses import syntax_error
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import header_values
+from mailsink.policy import Context
 from mailsink.smtp import replies
 from mailsink.store.db import IncomingMessage, now_ms
 
@@ -106,14 +107,8 @@ class SinkHandler:
         options: list[str],
     ) -> str:
         context = protocol.context("mail", sender=address, size=_size_param(options))
-        reply = await protocol.fault(context)
-        if reply is not None:
-            return reply
-        problem = address and self._address_problem(address, "SMTPUTF8" in options)
-        if problem:
-            code = "5.6.7" if "SMTPUTF8" in problem else "5.1.7"
-            return f"553 {code} Bad sender address syntax: {problem}"
-        return replies.MAIL_OK
+        refusal = await self._refusal(protocol, context, address, "SMTPUTF8" in options)
+        return refusal or replies.MAIL_OK
 
     async def handle_RCPT(
         self,
@@ -123,14 +118,25 @@ class SinkHandler:
         address: str,
         options: list[str],
     ) -> str:
-        reply = await protocol.fault(protocol.context("rcpt", recipient=address))
+        context = protocol.context("rcpt", recipient=address)
+        refusal = await self._refusal(protocol, context, address, envelope.smtp_utf8)
+        return refusal or replies.RCPT_OK
+
+    async def _refusal(
+        self, protocol: SinkSMTP, context: Context, address: str, smtputf8: bool
+    ) -> str | None:
+        """The reply refusing a MAIL FROM or RCPT TO address: a fault rule's, else a 553 from
+        [validation] addresses = "reject"; None to accept it."""
+        reply = await protocol.fault(context)
         if reply is not None:
             return reply
-        problem = self._address_problem(address, envelope.smtp_utf8)
-        if problem:
-            code = "5.6.7" if "SMTPUTF8" in problem else "5.1.3"
-            return f"553 {code} Bad recipient address syntax: {problem}"
-        return replies.RCPT_OK
+        problem = address and self._address_problem(address, smtputf8)
+        if not problem:
+            return None
+        what, code = ("sender", "5.1.7") if context.stage == "mail" else ("recipient", "5.1.3")
+        if "SMTPUTF8" in problem:
+            code = "5.6.7"
+        return f"553 {code} Bad {what} address syntax: {problem}"
 
     async def handle_QUIT(
         self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope
