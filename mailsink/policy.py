@@ -358,11 +358,6 @@ class Policy:
     def needs_headers(self) -> bool:
         return any(r.enabled and r.stage == "data" and r.match.header for r in self.rules)
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
-        self.rules = [
-            Rule(**{**r.__dict__, "enabled": enabled}) if r.name == name else r for r in self.rules
-        ]
-
     def decide(self, context: Context) -> Decision | None:
         delay = 0.0
         fired: list[Rule] = []

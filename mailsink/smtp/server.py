@@ -7,7 +7,6 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from functools import partial
 
 from mailsink.config import Settings, is_loopback
@@ -39,8 +38,6 @@ class SinkServer:
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()
-        # Whoever wants to know (the TUI, tests): called on the loop with the message's Stored.
-        self.on_message: list[Callable[[Stored], None]] = []
 
     def _protocol(self, implicit_tls: bool = False) -> SinkSMTP:
         tls = self.settings.tls
@@ -196,8 +193,6 @@ class SinkServer:
             visible(stored.subject or ""),
             f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",
         )
-        for callback in self.on_message:
-            callback(stored)
         return stored
 
 
