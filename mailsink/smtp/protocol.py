@@ -86,25 +86,25 @@ class SinkSMTP(SMTP):
     )
 
     def __init__(self, handler: Any, server: SinkServer, **kwargs: Any):
-        self.server = server
+        self.server = server  # before aiosmtpd's __init__, which sets the live settings above
         super().__init__(handler, **kwargs)
-        self.tls = False
-        self.faults_fired = 0
-        self._refused = False  # a fault answered the greeting: only QUIT is served
-        self._close_after_reply = False
-        self._fault_reply: str | None = None
-        self._ended = False
         self.session_id = 0
-        self.transcript = Transcript()
         self.started_at = 0
+        self.transcript = Transcript()
+        self.tls = False
         self.end_reason: str | None = None
         self.in_data = False  # reading DATA or waiting for its commit
         self.closing = False  # server shutdown: close after the reply in flight
         self.message_ids: list[int] = []
         self.last_reply: str | None = None
-        self._command = ""
+        self.faults_fired = 0
+        self._command = ""  # the command being answered
         self._greeted = False
+        self._refused = False  # a fault answered the greeting: only QUIT is served
+        self._close_after_reply = False  # a fault's disconnect
+        self._fault_reply: str | None = None  # sent exactly as configured
         self._auth_response_pending = False
+        self._ended = False
 
     # ---- connection lifecycle
 
