@@ -12,9 +12,8 @@ from typing import Any
 
 from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
-from mailsink.smtp.server import format_bytes
 from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
-from mailsink.text import visible, visible_block
+from mailsink.text import format_bytes, visible, visible_block
 
 
 def terminal_safe(text: str) -> str:

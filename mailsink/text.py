@@ -27,3 +27,11 @@ def visible(text: str) -> str:
 def visible_block(text: str) -> str:
     """Like `visible`, but keeps newlines and tabs (message bodies); CR is dropped at line ends."""
     return _CONTROL_KEEP_LINES.sub(_placeholder, text.replace("\r\n", "\n"))
+
+
+def format_bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / 1024 / 1024:.1f} MiB"

@@ -82,3 +82,35 @@ def test_a_failed_commit_is_answered_451_and_the_session_goes_on(sink):
     with sink.reader() as reader:
         assert [r.headers["subject"] for r in reader.list_messages()] == ["before"]
     saboteur.close()
+
+
+def test_a_lowered_cap_is_reached_in_steps_not_one_long_commit(tmp_path):
+    from mailsink.mail.envelope import Envelope
+    from mailsink.store.db import IncomingMessage, insert_message
+    from mailsink.store.queries import Reader
+
+    store = Store(str(tmp_path / "cap.db"), max_messages=5000)
+
+    def fill(conn):
+        for n in range(2200):
+            raw = f"Subject: m{n}\r\n\r\nbody\r\n".encode()
+            insert_message(conn, IncomingMessage(1, Envelope("a@x.test", ["b@x.test"]), raw, n))
+
+    def noop(conn):
+        return None
+
+    async def run():
+        await store.run(fill)
+        store.max_messages = 100  # as a config reload would
+        counts = []
+        for _ in range(4):
+            await store.run(noop)
+            with Reader(store.path) as reader:
+                counts.append(reader.count_messages())
+        return counts
+
+    assert asyncio.run(run()) == [1200, 200, 100, 100]
+    with Reader(store.path) as reader:
+        assert [r.headers["subject"] for r in reader.list_messages(limit=1)] == ["m2199"]
+        assert reader.conn.execute("SELECT count(*) FROM message_search").fetchone() == (100,)
+    store.close()

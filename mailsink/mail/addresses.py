@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from email_validator import EmailNotValidError, validate_email
-
 # email-validator refuses special-use domains; developers point apps at exactly these.
 _LOCAL_DOMAINS = ("localhost", "local", "localdomain", "internal", "lan", "home.arpa")
 _STAND_IN_DOMAIN = "example.test"
@@ -30,6 +28,9 @@ def syntax_error(address: str) -> str | None:
     if at and domain.lower().rstrip(".").endswith(_LOCAL_DOMAINS):
         # Check the local part against a stand-in domain; the local name itself is fine.
         candidate = f"{local}@{_STAND_IN_DOMAIN}"
+    # Deferred: email-validator takes a noticeable share of a CLI command's start-up.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         validate_email(
             candidate,

@@ -15,7 +15,7 @@ from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
 from mailsink.store.db import IncomingMessage, Store, Stored, insert_message, insert_session
 from mailsink.store.db import update_session as write_session
-from mailsink.text import visible
+from mailsink.text import format_bytes, visible
 from mailsink.tls import server_context
 
 log = logging.getLogger("mailsink")
@@ -194,11 +194,3 @@ class SinkServer:
             f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",
         )
         return stored
-
-
-def format_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 1024 / 1024:.1f} MiB"

@@ -68,12 +68,14 @@ _MIGRATIONS: dict[int, str] = {
         envelope TEXT NOT NULL,               -- JSON, the Envelope
         headers TEXT NOT NULL,                -- JSON, decoded summary
         findings TEXT NOT NULL,               -- JSON list
-        finding_count INTEGER NOT NULL,
-        mail_from TEXT NOT NULL,
-        subject TEXT,
-        search TEXT NOT NULL                  -- lower-cased addresses and subject, for LIKE
+        finding_count INTEGER NOT NULL
     );
     CREATE INDEX messages_session ON messages (session_id);
+    -- Narrow on purpose: a substring search has to read every row, and reads only these.
+    CREATE TABLE message_search (
+        id INTEGER PRIMARY KEY,               -- the message's id
+        text TEXT NOT NULL                    -- lower-cased addresses and subject
+    );
     CREATE TABLE message_raw (
         id INTEGER PRIMARY KEY,
         raw BLOB NOT NULL
@@ -194,8 +196,8 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"
-        " findings, finding_count, mail_from, subject, search)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " findings, finding_count)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.session_id,
             message.received_at,
@@ -206,14 +208,15 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
             json.dumps(headers),
             json.dumps(found),
             len(found),
-            message.envelope.mail_from,
-            headers["subject"],
-            _search_text(message.envelope, headers),
         ),
     )
     message_id = cursor.lastrowid
     assert message_id is not None
     conn.execute("INSERT INTO message_raw (id, raw) VALUES (?, ?)", (message_id, message.raw))
+    conn.execute(
+        "INSERT INTO message_search (id, text) VALUES (?, ?)",
+        (message_id, _search_text(message.envelope, headers)),
+    )
     if message.status == "accepted":
         conn.execute(
             "UPDATE sessions SET message_count = message_count + 1 WHERE id = ?",
@@ -272,7 +275,9 @@ class Writer:
         )
         self.max_messages = max_messages
         self.commits = 0  # transactions committed: fewer than operations when batching works
-        self._messages = _Retention(conn, "messages", [("message_raw", "id")])
+        self._messages = _Retention(
+            conn, "messages", [("message_raw", "id"), ("message_search", "id")]
+        )
         self._sessions = _Retention(conn, "sessions", [("transcript_chunks", "session_id")])
         self._thread = threading.Thread(target=self._run, name="mailsink-writer", daemon=True)
         self._thread.start()
@@ -345,6 +350,10 @@ class _Retention:
     store prunes in steps rather than on every commit).
     """
 
+    # Rows deleted per commit at most: a big cut (max_messages lowered by a reload) is spread
+    # over several commits instead of holding up one batch of messages for a second.
+    STEP = 1000
+
     def __init__(self, conn: sqlite3.Connection, table: str, children: list[tuple[str, str]]):
         self.table = table
         self.children = children  # (table, id column) deleted along with the row
@@ -357,14 +366,15 @@ class _Retention:
         if self.known_count + (max_id - self.known_max_id) <= limit + limit // 100:
             return
         count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
-        if count > limit:
+        excess = min(count - limit, self.STEP)
+        if excess > 0:
             cutoff = conn.execute(
-                f"SELECT id FROM {self.table} ORDER BY id DESC LIMIT 1 OFFSET ?", (limit,)
+                f"SELECT id FROM {self.table} ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)
             ).fetchone()[0]
             for child, column in self.children:
                 conn.execute(f"DELETE FROM {child} WHERE {column} <= ?", (cutoff,))
             conn.execute(f"DELETE FROM {self.table} WHERE id <= ?", (cutoff,))
-            count = limit
+            count -= excess
         self.known_count, self.known_max_id = count, max_id
 
 

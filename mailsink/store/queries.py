@@ -142,7 +142,7 @@ class Reader:
         if findings_only:
             clauses.append("finding_count > 0")
         if search:
-            clauses.append("search LIKE ? ESCAPE '\\'")
+            clauses.append("id IN (SELECT id FROM message_search WHERE text LIKE ? ESCAPE '\\')")
             params.append(_like(search))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -247,6 +247,7 @@ class Reader:
         self.conn.execute("BEGIN IMMEDIATE")
         count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         self.conn.execute("DELETE FROM message_raw")
+        self.conn.execute("DELETE FROM message_search")
         self.conn.execute("DELETE FROM messages")
         # Sessions still open stay: their server goes on writing to them.
         self.conn.execute(
