@@ -133,18 +133,22 @@ class Reader:
 
     # ---- messages
 
-    def _filters(
+    def _filtered(
         self, search: str | None, findings_only: bool, include_rejected: bool
     ) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        """FROM and WHERE of a filtered list. A search walks the narrow search table newest
+        first and stops as soon as the page is full."""
+        source, clauses, params = "messages", [], []
+        if search:
+            source = "message_search CROSS JOIN messages USING (id)"  # CROSS: this join order
+            clauses.append("message_search.text LIKE ? ESCAPE '\\'")
+            params.append(_like(search))
         if not include_rejected:
             clauses.append("status = 'accepted'")
         if findings_only:
             clauses.append("finding_count > 0")
-        if search:
-            clauses.append("id IN (SELECT id FROM message_search WHERE text LIKE ? ESCAPE '\\')")
-            params.append(_like(search))
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return f" FROM {source}{where}", params
 
     def list_messages(
         self,
@@ -156,9 +160,9 @@ class Reader:
         include_rejected: bool = False,
     ) -> list[MessageRecord]:
         """Newest first."""
-        where, params = self._filters(search, findings_only, include_rejected)
+        query, params = self._filtered(search, findings_only, include_rejected)
         rows = self.conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT {_MESSAGE_COLUMNS}{query} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         ).fetchall()
         return [_message(row) for row in rows]
@@ -170,8 +174,8 @@ class Reader:
         findings_only: bool = False,
         include_rejected: bool = False,
     ) -> int:
-        where, params = self._filters(search, findings_only, include_rejected)
-        return self.conn.execute(f"SELECT count(*) FROM messages{where}", params).fetchone()[0]
+        query, params = self._filtered(search, findings_only, include_rejected)
+        return self.conn.execute(f"SELECT count(*){query}", params).fetchone()[0]
 
     def latest_id(self) -> int | None:
         row = self.conn.execute("SELECT max(id) FROM messages").fetchone()
