@@ -37,7 +37,12 @@ def _settings(
 
 def server_options(function: F) -> F:
     options = [
-        click.option("--config", "-c", type=click.Path(dir_okay=False), help="TOML config file."),
+        click.option(
+            "--config",
+            "-c",
+            type=click.Path(dir_okay=False),
+            help="TOML config file; edits to it apply while the server runs.",
+        ),
         click.option("--host", help="Address to listen on [default: 127.0.0.1, loopback only]."),
         click.option(
             "--port",
@@ -241,7 +246,7 @@ def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, o
 @cli.command()
 @store_options
 def clear(config: str | None, db: str | None) -> None:
-    """Delete every message and session in the store."""
+    """Delete every message and every finished session in the store."""
     with _reader(config, db) as reader:
         count = reader.clear()
     click.echo(f"deleted {count} message(s)")
