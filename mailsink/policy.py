@@ -346,6 +346,7 @@ class Policy:
         self._clock = clock
         self._wall_clock = wall_clock
         self.stats: dict[str, RuleStats] = {rule.name: RuleStats() for rule in rules}
+        self.stages = frozenset(rule.stage for rule in rules if rule.enabled)
         self._windows: dict[tuple[str, str], deque[float]] = {}
 
     def carry_over(self, previous: Policy) -> None:

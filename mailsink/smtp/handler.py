@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope
@@ -17,7 +17,6 @@ from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope
 from mailsink.mail.addresses import syntax_error
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import header_values
-from mailsink.policy import Context
 from mailsink.smtp import replies
 from mailsink.store.db import IncomingMessage, now_ms
 
@@ -75,7 +74,7 @@ class SinkHandler:
     async def handle_HELO(
         self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope, hostname: str
     ) -> str:
-        reply = await protocol.fault(protocol.context("helo", helo=hostname))
+        reply = await protocol.fault("helo", helo=hostname)
         if reply is not None:
             return reply
         session.host_name = hostname
@@ -89,7 +88,7 @@ class SinkHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        reply = await protocol.fault(protocol.context("helo", helo=hostname))
+        reply = await protocol.fault("helo", helo=hostname)
         if reply is not None:
             return [reply]
         session.host_name = hostname
@@ -106,8 +105,14 @@ class SinkHandler:
         address: str,
         options: list[str],
     ) -> str:
-        context = protocol.context("mail", sender=address, size=_size_param(options))
-        refusal = await self._refusal(protocol, context, address, "SMTPUTF8" in options)
+        refusal = await self._refusal(
+            protocol,
+            address,
+            "SMTPUTF8" in options,
+            "mail",
+            sender=address,
+            size=_size_param(options),
+        )
         return refusal or replies.MAIL_OK
 
     async def handle_RCPT(
@@ -118,22 +123,23 @@ class SinkHandler:
         address: str,
         options: list[str],
     ) -> str:
-        context = protocol.context("rcpt", recipient=address)
-        refusal = await self._refusal(protocol, context, address, envelope.smtp_utf8)
+        refusal = await self._refusal(
+            protocol, address, envelope.smtp_utf8, "rcpt", recipient=address
+        )
         return refusal or replies.RCPT_OK
 
     async def _refusal(
-        self, protocol: SinkSMTP, context: Context, address: str, smtputf8: bool
+        self, protocol: SinkSMTP, address: str, smtputf8: bool, stage: str, **known: Any
     ) -> str | None:
         """The reply refusing a MAIL FROM or RCPT TO address: a fault rule's, else a 553 from
         [validation] addresses = "reject"; None to accept it."""
-        reply = await protocol.fault(context)
+        reply = await protocol.fault(stage, **known)
         if reply is not None:
             return reply
         problem = address and self._address_problem(address, smtputf8)
         if not problem:
             return None
-        what, code = ("sender", "5.1.7") if context.stage == "mail" else ("recipient", "5.1.3")
+        what, code = ("sender", "5.1.7") if stage == "mail" else ("recipient", "5.1.3")
         if "SMTPUTF8" in problem:
             code = "5.6.7"
         return f"553 {code} Bad {what} address syntax: {problem}"
@@ -151,7 +157,7 @@ class SinkHandler:
         headers = None
         if self.server.policy.needs_headers():
             headers = await asyncio.to_thread(header_values, raw)  # parsing stays off the loop
-        decision = await protocol.consider(protocol.context("data", size=len(raw), headers=headers))
+        decision = await protocol.consider("data", size=len(raw), headers=headers)
         message = IncomingMessage(
             session_id=protocol.session_id,
             envelope=envelope_of(protocol, session, envelope),

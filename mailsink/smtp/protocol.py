@@ -216,7 +216,7 @@ class SinkSMTP(SMTP):
     # ---- the command loop
 
     async def _handle_client(self) -> None:
-        refusal = await self.fault(self.context("connect"))
+        refusal = await self.fault("connect")
         if refusal == NO_REPLY:
             return
         if refusal is not None:
@@ -363,17 +363,21 @@ class SinkSMTP(SMTP):
         }
         return Context(stage=stage, **{**defaults, **known})
 
-    async def fault(self, context: Context) -> str | None:
+    async def fault(self, stage: str, **known: Any) -> str | None:
         """Apply the fault rules for this reply: wait, and return the reply to send instead
         (NO_REPLY when the connection was closed), or None to carry on."""
-        return self.answer(await self.consider(context))
+        return self.answer(await self.consider(stage, **known))
 
-    async def consider(self, context: Context) -> Decision | None:
-        """Which rules fire: recorded in the transcript, and their delays waited out."""
-        decision = self.server.policy.decide(context)
+    async def consider(self, stage: str, **known: Any) -> Decision | None:
+        """Which rules fire: recorded in the transcript, and their delays waited out.
+        `known` adds to the context: what the reply is about (the address, the size, ...)."""
+        policy = self.server.policy
+        if stage not in policy.stages:
+            return None  # the common case: no rule for this stage, no context to build
+        decision = policy.decide(self.context(stage, **known))
         if decision is None:
             return None
-        self._record_fault(decision, context.stage)
+        self._record_fault(decision, stage)
         if decision.delay:
             await asyncio.sleep(decision.delay)
         return decision
@@ -429,7 +433,7 @@ class SinkSMTP(SMTP):
         if self.server.settings.auth.mode == "off":
             await self.push("502 5.5.1 Error: AUTH is not available")
             return
-        reply = await self.fault(self.context("auth"))
+        reply = await self.fault("auth")
         if reply is not None:
             await self.push(reply)
             return

@@ -248,16 +248,18 @@ def update_session(
     """Append transcript events and set session columns (only those named in _SESSION_FIELDS).
 
     The row is created again if `mailsink clear` or pruning removed it while the session lived."""
-    insert_session(conn, session_id, started_at, peer)
-    _insert_events(conn, session_id, events)
     unknown = set(fields) - _SESSION_FIELDS
     if unknown:
         raise ValueError(f"not session fields: {sorted(unknown)}")
-    if fields:
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        conn.execute(
-            f"UPDATE sessions SET {assignments} WHERE id = ?", (*fields.values(), session_id)
-        )
+    _insert_events(conn, session_id, events)
+    if not fields:
+        insert_session(conn, session_id, started_at, peer)
+        return
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    update = f"UPDATE sessions SET {assignments} WHERE id = ?"
+    if conn.execute(update, (*fields.values(), session_id)).rowcount == 0:
+        insert_session(conn, session_id, started_at, peer)
+        conn.execute(update, (*fields.values(), session_id))
 
 
 Operation = Callable[[sqlite3.Connection], Any]
