@@ -238,3 +238,71 @@ def test_cli_expands_home_and_refuses_huge_ids(tmp_path, monkeypatch):
         result = run_cli(*args, "--db", "~/home.db")
         assert result.code in (1, 2) and result.err.count("\n") == 1, result
         assert "Traceback" not in result.err and "internal error" not in result.err
+
+
+@pytest.mark.parametrize("where", ["in DATA", "after an AUTH challenge"])
+def test_a_silent_client_times_out_mid_command(tmp_path, where):
+    with RunningSink(tmp_path / "t.db", timeout=0.3) as sink:
+        raw = RawClient(sink.host, sink.port)
+        if where == "in DATA":
+            transaction(raw)
+            raw.send(b"Subject: half\r\n\r\nand then nothing")
+        else:
+            raw.command("EHLO x")
+            assert raw.command("AUTH LOGIN")[0].startswith("334")
+        assert raw.reply()[0].startswith("421 4.4.2")
+        raw.close()
+        assert last_session(sink).end_reason == "timeout"
+
+
+def test_header_parsing_never_fails_a_message(sink):
+    nested = b"To: " + b"(" * 600 + b"\r\nSubject: nested\r\n\r\nbody\r\n"
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.sendmail("a@x.test", ["b@x.test"], nested)
+    with sink.reader() as reader:
+        (record,) = reader.list_messages()
+    assert record.headers["subject"] == "nested"
+    assert any(f["kind"] == "parse_defect" and "To header" in f["detail"] for f in record.findings)
+
+
+def test_encoded_words_beside_raw_utf8_and_unknown_charsets_decode():
+    from mailsink.mail.parse import parse_headers
+
+    summary = parse_headers(
+        "Subject: =?utf-8?q?caf=C3=A9?= Grüße\r\nFrom: =?utf-8?q?J=C3=B6rg?= Müller <j@x.test>\r\n"
+        "To: a@x.test, b@x.test,\r\nCc: a@x.test (Smith, Alice), c@x.test\r\n\r\n".encode()
+    )
+    assert summary.subject == "café Grüße"
+    assert summary.from_ == ["Jörg Müller <j@x.test>"]
+    assert summary.to_addrs == ["a@x.test", "b@x.test"]  # a trailing comma drops nothing
+    assert summary.cc_addrs == ["a@x.test", "c@x.test"]
+    odd = parse_headers(b"Subject: =?x-unknown?q?abc?= and =?utf-8?q?caf=C3=A9?=\r\n\r\n")
+    assert odd.subject == "abc and café"
+
+
+def test_pruning_never_removes_a_live_session(tmp_path):
+    from mailsink.config import Settings, StorageSettings
+
+    settings = Settings(storage=StorageSettings(max_messages=3))
+    with RunningSink(tmp_path / "p.db", settings) as sink:
+        live = RawClient(sink.host, sink.port)
+        transaction(live)  # a message: the transcript so far is written with it
+        assert live.command(message(subject="first") + b".")[0].startswith("250")
+        live.command("EHLO long.lived")
+        for n in range(6):
+            with smtplib.SMTP(sink.host, sink.port) as client:
+                client.sendmail("a@x.test", ["b@x.test"], message(subject=f"n{n}"))
+        live.command("QUIT")
+        live.close()
+        session = sink.wait_for(
+            lambda r: (
+                next((s for s in r.list_sessions() if s.helo == "long.lived"), None)
+                if r.list_sessions()[0].end_reason
+                else None
+            )
+        )
+        with sink.reader() as reader:
+            record = reader.get_session(session.id)
+        texts = [text for _, _, text in record.events]
+        assert texts[0] == "220 mailsink ESMTP mailsink"  # the start of its transcript survived
+        assert record.end_reason == "quit" and record.message_count == 1

@@ -451,6 +451,13 @@ def test_memory_store_keeps_messages_while_running(tmp_path):
         "<>",
         "<@relay.test:a@b.test>",
         "a@b.test",
+        "<a@example..com>",
+        "<a@.example.com>",
+        "<a@example.com.>",
+        "<a@.>",
+        "<a@example.com>(comment)",
+        "<a@b.test>   ",
+        "<a@b.test>\tSIZE=1",
     ],
 )
 def test_fast_address_path_agrees_with_aiosmtpd(argument):

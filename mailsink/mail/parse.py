@@ -7,10 +7,11 @@ went wrong is reported in `defects` (it becomes a `parse_defect` finding).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from dataclasses import dataclass, field
 from email import policy
-from email.header import decode_header, make_header
+from email._header_value_parser import get_unstructured
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses
@@ -18,6 +19,10 @@ from typing import Any
 
 MAX_DECODED = 16 * 1024  # characters of one header value that are decoded for display
 MAX_HEADER_BLOCK = 1024 * 1024  # bytes of header block summarised at ingest
+
+# Since 3.11.10/3.12.6, getaddresses(strict=True) by default drops a whole header over one odd
+# address (a trailing comma, a comment with a comma); a sink must show what was sent.
+_LENIENT = {"strict": False} if "strict" in inspect.signature(getaddresses).parameters else {}
 
 _FAST_PARSER = BytesHeaderParser(policy=policy.compat32)
 _PARSER = BytesParser(policy=policy.default)
@@ -112,8 +117,10 @@ def decode_value(value: str) -> str:
         value = value[:MAX_DECODED].rsplit(" ", 1)[0]
     value = _FOLD.sub("", value)
     if "=?" in value:
-        with contextlib.suppress(Exception):  # a malformed encoded word stays as it came
-            value = str(make_header(decode_header(value)))
+        # The unstructured-text parser policy.default uses: it decodes each encoded word on its
+        # own (a bad one stays as it came) and leaves raw 8-bit bytes to `clean` below.
+        with contextlib.suppress(Exception):
+            value = str(get_unstructured(value))
     if cut:
         value += " […]"
     return clean(value).strip()
@@ -131,7 +138,7 @@ def _addresses(values: list[str]) -> tuple[list[str], list[str]]:
     """Raw address header values -> (display forms, addr-specs)."""
     shown: list[str] = []
     specs: list[str] = []
-    for name, address in getaddresses([_FOLD.sub("", v) for v in values]):
+    for name, address in getaddresses([_FOLD.sub("", v) for v in values], **_LENIENT):
         address = clean(address)
         if not address or address == "<>":
             continue  # an empty group such as "undisclosed-recipients:;"
@@ -169,7 +176,12 @@ def parse_headers(raw: bytes) -> HeaderSummary:
     raw_values = _raw_values(message)
 
     def addresses(name: str) -> tuple[list[str], list[str]]:
-        return _addresses(raw_values.get(name.lower(), []))
+        values = raw_values.get(name.lower(), [])
+        try:
+            return _addresses(values)
+        except Exception as error:  # e.g. RecursionError on deeply nested comments
+            summary.defects.append(f"{name} header could not be parsed: {type(error).__name__}")
+            return [decode_value(v)[:200] for v in values], []
 
     def text(name: str) -> str | None:
         values = raw_values.get(name.lower())

@@ -30,7 +30,9 @@ log = logging.getLogger("mailsink.smtp")
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 _END_OF_DATA = b"\r\n.\r\n"
-_SIMPLE_PATH = re.compile(r'\s*<([^\s<>()\[\]\\",;:@]+@[^\s<>()\[\]\\",;:@]+)>\s*(.*)', re.DOTALL)
+_ATOM = r'[^\s<>()\[\]\\",;:@.]+'
+# <local@dot.separated.domain>, then nothing or whitespace and the parameters.
+_SIMPLE_PATH = re.compile(rf'\s*<([^\s<>()\[\]\\",;:@]+@{_ATOM}(?:\.{_ATOM})*)>(\s.*)?', re.DOTALL)
 _MAX_UNRECOGNIZED = 10
 # RFC 5321 4.5.3.1.4 allows 512 octets; DSN and SMTPUTF8 parameters make MAIL/RCPT longer.
 _COMMAND_LIMITS = {"MAIL": 1000, "RCPT": 1000, "AUTH": 1000}
@@ -278,9 +280,7 @@ class SinkSMTP(SMTP):
                         return
                     await self.push(replies.NOT_RECOGNIZED.format(command=command[:40]))
                     continue
-                # The idle timeout measures the client, not mailsink's own work (fault delays,
-                # commits): it is paused while a command is handled.
-                self._pause_timeout()
+                self._reset_timeout()
                 await method(arg)
                 self._reset_timeout()
                 if self.closing and not self.in_data:
@@ -339,9 +339,9 @@ class SinkSMTP(SMTP):
         Plain <local@domain> paths, nearly all of them, are taken apart with a regular
         expression; anything else (quoting, source routes, literals) goes to aiosmtpd's parser,
         which uses the stdlib's and costs ten times more."""
-        simple = _SIMPLE_PATH.match(arg)
+        simple = _SIMPLE_PATH.fullmatch(arg)
         if simple:
-            return simple.group(1), simple.group(2)
+            return simple.group(1), (simple.group(2) or "").strip()
         try:
             return super()._getaddr(arg)
         except Exception:  # the stdlib address parser raises on some malformed input
@@ -379,7 +379,10 @@ class SinkSMTP(SMTP):
             return None
         self._record_fault(decision, stage)
         if decision.delay:
+            # The idle timeout measures the client, not mailsink's own waits.
+            self._pause_timeout()
             await asyncio.sleep(decision.delay)
+            self._reset_timeout()
         return decision
 
     def answer(self, decision: Decision | None) -> str | None:
@@ -523,7 +526,7 @@ class SinkSMTP(SMTP):
         self.in_data = True
         try:
             content, wire_size = await self._read_data()
-            self._pause_timeout()
+            self._pause_timeout()  # from here mailsink is working (faults, commit), not waiting
             self.transcript.add(DATA, f"[message data: {wire_size} bytes]")
             if content is None:
                 status = replies.TOO_BIG

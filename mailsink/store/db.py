@@ -280,7 +280,9 @@ class Writer:
         self._messages = _Retention(
             conn, "messages", [("message_raw", "id"), ("message_search", "id")]
         )
-        self._sessions = _Retention(conn, "sessions", [("transcript_chunks", "session_id")])
+        self._sessions = _Retention(
+            conn, "sessions", [("transcript_chunks", "session_id")], "end_reason IS NOT NULL"
+        )
         self._thread = threading.Thread(target=self._run, name="mailsink-writer", daemon=True)
         self._thread.start()
 
@@ -356,9 +358,16 @@ class _Retention:
     # over several commits instead of holding up one batch of messages for a second.
     STEP = 1000
 
-    def __init__(self, conn: sqlite3.Connection, table: str, children: list[tuple[str, str]]):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        table: str,
+        children: list[tuple[str, str]],
+        removable: str = "1",
+    ):
         self.table = table
         self.children = children  # (table, id column) deleted along with the row
+        self.removable = removable  # SQL condition: rows that may go (live sessions may not)
         self.known_count, self.known_max_id = conn.execute(
             f"SELECT count(*), coalesce(max(id), 0) FROM {table}"
         ).fetchone()
@@ -369,14 +378,23 @@ class _Retention:
             return
         count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
         excess = min(count - limit, self.STEP)
+        row = None
         if excess > 0:
-            cutoff = conn.execute(
-                f"SELECT id FROM {self.table} ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)
-            ).fetchone()[0]
+            row = conn.execute(
+                f"SELECT id FROM {self.table} WHERE {self.removable} ORDER BY id LIMIT 1 OFFSET ?",
+                (excess - 1,),
+            ).fetchone()
+        if row is not None:
+            kept = f"SELECT id FROM {self.table} WHERE id <= ? AND NOT ({self.removable})"
             for child, column in self.children:
-                conn.execute(f"DELETE FROM {child} WHERE {column} <= ?", (cutoff,))
-            conn.execute(f"DELETE FROM {self.table} WHERE id <= ?", (cutoff,))
-            count -= excess
+                conn.execute(
+                    f"DELETE FROM {child} WHERE {column} <= ? AND {column} NOT IN ({kept})",
+                    (row[0], row[0]),
+                )
+            deleted = conn.execute(
+                f"DELETE FROM {self.table} WHERE id <= ? AND {self.removable}", (row[0],)
+            ).rowcount
+            count -= deleted
         self.known_count, self.known_max_id = count, max_id
 
 
@@ -417,14 +435,22 @@ class Store:
             self.path = str(Path(self._temporary.name) / "mailsink.db")
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock(self.path)
+        conn = None
         try:
-            self._conn = connect(self.path)
+            conn = connect(self.path)
             # Readers never block the writer, and a commit is one append to the log.
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            migrate(self._conn)
-        except sqlite3.DatabaseError as error:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrate(conn)
+        except (sqlite3.DatabaseError, StoreError) as error:
+            if conn is not None:
+                conn.close()
             self._lock_file.close()
+            if self._temporary is not None:
+                self._temporary.cleanup()
+            if isinstance(error, StoreError):
+                raise
             raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
+        self._conn = conn
         row = self._conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'sessions'"
         ).fetchone()
