@@ -293,6 +293,7 @@ def test_ehlo_and_replies_carry_extensions_and_enhanced_codes(raw):
     ]
     for reply in replies:
         assert ENHANCED.match(reply[0]), reply
+    assert replies[1][0].startswith("214 2.0.0 Supported commands:")
     assert replies[2][0].startswith("252 2.0.0")
     assert replies[-1][0].startswith("221 2.0.0")
 

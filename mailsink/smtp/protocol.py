@@ -205,6 +205,8 @@ class SinkSMTP(SMTP):
             or (self._command in ("EHLO", "HELO") and line.startswith("250"))
         )
         if not exempt:
+            if self._command == "HELP" and line.startswith("250 "):
+                line = "214" + line[3:]  # RFC 5321 4.2.2: help is 214; aiosmtpd says 250
             line = replies.with_enhanced_code(line)
         self._greeted = True
         self._record_reply(line)
