@@ -87,15 +87,8 @@ def positive(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
-        description="Ingest throughput of mailsink against a bare aiosmtpd server."
-    )
-    parser.add_argument("--messages", type=positive, default=4000, help="messages per run")
-    parser.add_argument("--sessions", type=positive, default=8, help="concurrent SMTP sessions")
-    parser.add_argument("--size", type=positive, default=5120, help="message size in bytes")
-    parser.add_argument("--rounds", type=positive, default=2, help="runs per server and mode")
-    parser.add_argument("--modes", type=parse_modes, default=MODES, help="reused,new")
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """--json [PATH], shared by the bench scripts."""
     parser.add_argument(
         "--json",
         dest="json_path",
@@ -105,6 +98,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="also write the results as JSON to PATH; without PATH, to stdout "
         "(the human-readable report then goes to stderr)",
     )
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        description="Ingest throughput of mailsink against a bare aiosmtpd server."
+    )
+    parser.add_argument("--messages", type=positive, default=4000, help="messages per run")
+    parser.add_argument("--sessions", type=positive, default=8, help="concurrent SMTP sessions")
+    parser.add_argument("--size", type=positive, default=5120, help="message size in bytes")
+    parser.add_argument("--rounds", type=positive, default=2, help="runs per server and mode")
+    parser.add_argument("--modes", type=parse_modes, default=MODES, help="reused,new")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     return Options(
         messages=args.messages,

@@ -106,15 +106,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--sessions", type=ingest.positive, default=8, help="concurrent SMTP sessions (--ingest)"
     )
-    parser.add_argument(
-        "--json",
-        dest="json_path",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="also write the results as JSON to PATH; without PATH, to stdout "
-        "(the human-readable report then goes to stderr)",
-    )
+    ingest.add_json_option(parser)
     args = parser.parse_args(argv)
     return Options(
         messages=args.messages,
