@@ -15,11 +15,12 @@ class ExportError(Exception):
 
 def export_messages(reader: Reader, ids: list[int], fmt: str, out: Path) -> int:
     """Write the messages (all accepted ones if `ids` is empty); returns how many."""
-    if not ids:
-        ids = [r.id for r in reader.list_messages(limit=2**62)][::-1]
+    if ids:
+        chosen = [(message_id, reader.get_message(message_id)) for message_id in ids]
+    else:
+        chosen = [(r.id, r) for r in reversed(reader.list_messages(limit=2**62))]
     records = []
-    for message_id in ids:
-        record = reader.get_message(message_id)
+    for message_id, record in chosen:
         raw = reader.get_raw(message_id)
         if record is None or raw is None:
             raise ExportError(f"no message {message_id}; nothing exported")
