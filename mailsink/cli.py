@@ -1,4 +1,4 @@
-"""Command line: `mailsink` (server; later the TUI), `serve`, and the store commands.
+"""Command line: `mailsink` (server + TUI), `serve`, `tui --attach`, and the store commands.
 
 Errors are one plain line on stderr and a non-zero exit; tracebacks only with MAILSINK_DEBUG=1.
 """
@@ -82,6 +82,19 @@ def _run_server(config: str | None, host: str | None, port: int | None, db: str 
     run(_settings(config, host, port, db), overrides)
 
 
+def _has_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _run_tui(
+    config: str | None, host: str | None, port: int | None, db: str | None, attach: bool = False
+) -> None:
+    from mailsink.tui.app import run
+
+    overrides = {"host": host, "port": port, "db": db}
+    run(_settings(config, host, port, db), overrides, attach=attach)
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @server_options
 @click.version_option(__version__, prog_name="mailsink")
@@ -91,10 +104,15 @@ def cli(
 ) -> None:
     """A local SMTP sink for development: point your app at 127.0.0.1:1025.
 
-    Without a command, runs the server (the terminal UI arrives in a later release).
+    Without a command, runs the server with the terminal UI (`mailsink tui`); without a
+    terminal (a pipe, a container), the server alone (`mailsink serve`).
     """
     if ctx.invoked_subcommand is None:
-        _run_server(config, host, port, db)
+        if _has_terminal():
+            _run_tui(config, host, port, db)
+        else:
+            click.echo("mailsink: no terminal for the UI; running the server alone", err=True)
+            _run_server(config, host, port, db)
 
 
 @cli.command()
@@ -102,6 +120,24 @@ def cli(
 def serve(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
     """Run the SMTP server without a UI; one log line per session and per message."""
     _run_server(config, host, port, db)
+
+
+@cli.command()
+@server_options
+@click.option(
+    "--attach",
+    is_flag=True,
+    help="Only show the store (--db) that a running `mailsink serve` writes; start no server.",
+)
+def tui(
+    config: str | None, host: str | None, port: int | None, db: str | None, attach: bool
+) -> None:
+    """The SMTP server and the terminal UI in one process (what bare `mailsink` does)."""
+    if not _has_terminal():
+        raise CliError("the UI needs a terminal; use `mailsink serve` to run without one")
+    if attach and (host or port is not None):
+        raise CliError("--attach starts no server: --host and --port do not apply")
+    _run_tui(config, host, port, db, attach)
 
 
 @cli.command("list")

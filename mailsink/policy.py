@@ -6,6 +6,7 @@ same decisions for the same traffic, and tests can drive time.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import ipaddress
 import os
@@ -351,7 +352,9 @@ class Policy:
 
     def carry_over(self, previous: Policy) -> None:
         """Keep hit counts and rate windows of rules that a reload left unchanged."""
-        unchanged = {r.name for r in self.rules if r in previous.rules}
+        # Switching a rule off and on again is not a change: its counts stay.
+        before = [dataclasses.replace(r, enabled=True) for r in previous.rules]
+        unchanged = {r.name for r in self.rules if dataclasses.replace(r, enabled=True) in before}
         for name in unchanged:
             self.stats[name] = previous.stats[name]
         self._windows = {k: v for k, v in previous._windows.items() if k[0] in unchanged}

@@ -81,6 +81,7 @@ class Attachment:
 class MimePart:
     content_type: str
     size: int
+    index: int = 0  # position in message.walk() order, for `part_payload`
     filename: str | None = None
     disposition: str | None = None
     charset: str | None = None
@@ -244,12 +245,18 @@ def _filename(part: EmailMessage) -> str | None:
     return clean(name) if name else None
 
 
-def _mime_tree(part: EmailMessage) -> MimePart:
-    children = [_mime_tree(child) for child in part.iter_parts()] if part.is_multipart() else []
+def _mime_tree(part: EmailMessage, counter: list[int] | None = None) -> MimePart:
+    counter = counter if counter is not None else [0]
+    index = counter[0]
+    counter[0] += 1
+    children = (
+        [_mime_tree(child, counter) for child in part.iter_parts()] if part.is_multipart() else []
+    )
     size = 0 if children else len(_decoded_payload(part))
     return MimePart(
         content_type=part.get_content_type(),
         size=size,
+        index=index,
         filename=_filename(part),
         disposition=part.get_content_disposition(),
         charset=part.get_content_charset(),
@@ -301,3 +308,15 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return ParsedMessage(
         summary, header_lines, text, html, attachments, _mime_tree(message), defects
     )
+
+
+def part_payload(raw: bytes, index: int) -> bytes | None:
+    """The decoded content of the part at `index` (MimePart.index), None if there is none."""
+    try:
+        message = _PARSER.parsebytes(raw)
+    except Exception:
+        return None
+    for position, part in enumerate(message.walk()):
+        if position == index:
+            return None if part.is_multipart() else _decoded_payload(part)
+    return None

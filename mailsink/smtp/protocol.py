@@ -130,6 +130,13 @@ class SinkSMTP(SMTP):
     def peer(self) -> str:
         return format_peer(self.session.peer if self.session else None)
 
+    @property
+    def state(self) -> str:
+        """What the session is at, for the TUI: the last command, DATA while a message arrives."""
+        if self.in_data:
+            return "DATA"
+        return self._command or "connected"
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._ended:
             return  # a failed TLS handshake ends the session before asyncio would

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from functools import partial
 
 from mailsink.config import Settings, is_loopback
-from mailsink.policy import Policy
+from mailsink.policy import Policy, Rule
+from mailsink.presets import BY_KEY
 from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
 from mailsink.store.db import IncomingMessage, Store, Stored, insert_message, insert_session
@@ -28,7 +31,12 @@ class SinkServer:
 
     def __init__(self, settings: Settings, store: Store):
         self.settings = settings
-        self.policy = Policy(list(settings.rules), settings.faults.seed)
+        # Changes made while running (the TUI's Faults screen), kept over config reloads.
+        self.toggles: dict[str, bool] = {}
+        self.presets: dict[str, Rule] = {}
+        self.policy = Policy(self._rules(), settings.faults.seed)
+        # Called after every change of the rules in force (reload, toggle, preset).
+        self.policy_listeners: list[Callable[[], None]] = []
         self.store = store
         self.tls_context: ssl.SSLContext | None = None
         self.handler = SinkHandler(self)
@@ -85,11 +93,42 @@ class SinkServer:
         """Swap in a reloaded config; it applies from each connection's next command."""
         old = self.settings
         self.settings = settings
+        names = {rule.name for rule in settings.rules}
+        self.toggles = {name: on for name, on in self.toggles.items() if name in names}
         if settings.rules != old.rules or settings.faults.seed != old.faults.seed:
-            policy = Policy(list(settings.rules), settings.faults.seed)
-            policy.carry_over(self.policy)
-            self.policy = policy
+            self._new_policy()
         self.store.max_messages = settings.storage.max_messages
+
+    # ---- run-time control of the rules (the TUI's Faults screen)
+
+    def _rules(self) -> list[Rule]:
+        configured = [
+            dataclasses.replace(rule, enabled=self.toggles.get(rule.name, rule.enabled))
+            for rule in self.settings.rules
+        ]
+        return [*self.presets.values(), *configured]
+
+    def _new_policy(self) -> None:
+        policy = Policy(self._rules(), self.settings.faults.seed)
+        policy.carry_over(self.policy)
+        self.policy = policy
+        for listener in self.policy_listeners:
+            listener()
+
+    def set_rule_enabled(self, name: str, enabled: bool) -> None:
+        """Switch a configured rule on or off from the next SMTP command on."""
+        if name not in {rule.name for rule in self.settings.rules}:
+            raise KeyError(name)
+        self.toggles[name] = enabled
+        self._new_policy()
+
+    def toggle_preset(self, key: str) -> bool:
+        """Switch a preset (mailsink.presets) on or off; True when it is now on."""
+        preset = BY_KEY[key]
+        if self.presets.pop(key, None) is None:
+            self.presets[key] = preset.rule()
+        self._new_policy()
+        return key in self.presets
 
     @property
     def port(self) -> int:

@@ -39,6 +39,10 @@ class Transcript:
         pending, self._pending = self._pending, []
         return pending
 
+    def pending(self) -> list[SessionEvent]:
+        """Events not yet handed to the store (a copy), for live views."""
+        return list(self._pending)
+
     def restore(self, events: list[SessionEvent]) -> None:
         """Put back events whose write failed, ahead of anything newer."""
         self._pending = events + self._pending

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sqlite3
 import tempfile
 import threading
@@ -165,6 +166,12 @@ class IncomingMessage:
     check_addresses: bool = True  # [validation] addresses != "off"
 
 
+# The list's attachment badge, without parsing the MIME tree at ingest: a part header naming a
+# file or an attachment. The first MiBs are enough: part headers come before their content.
+_ATTACHMENT_HINT = re.compile(rb"(?im)^content-disposition:[ \t]*attachment|[ \t;]filename\*?=")
+ATTACHMENT_SCAN = 4 * 1024 * 1024
+
+
 def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
     parts = [envelope.mail_from, *envelope.rcpt_to]
     for key in ("from", "to", "cc", "reply_to"):
@@ -193,6 +200,8 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     """Parse the headers, derive findings and store the message."""
     summary = parse_headers(message.raw)
     headers = summary.as_json()
+    # Stored beside the summary; the reader takes it out again (MessageRecord.has_attachments).
+    headers["attachments"] = _ATTACHMENT_HINT.search(message.raw, 0, ATTACHMENT_SCAN) is not None
     found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +37,7 @@ class MessageRecord:
     envelope: Envelope
     headers: dict[str, Any]
     findings: list[dict[str, Any]]
+    has_attachments: bool = False  # a hint found at ingest, for the list's badge
 
     def summary_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,7 @@ class SessionRecord:
     end_reason: str | None
     message_count: int
     last_reply: str | None
+    faults: int
     message_ids: list[int]
     events: list[tuple[int, str, str]]  # (at ms, direction, text)
 
@@ -78,6 +82,7 @@ class SessionRecord:
             "end_reason": self.end_reason,
             "message_count": self.message_count,
             "last_reply": self.last_reply,
+            "faults": self.faults,
             "messages": self.message_ids,
         }
         if with_events:
@@ -93,6 +98,8 @@ _MESSAGE_COLUMNS = "id, session_id, received_at, status, reply, size, envelope, 
 
 def _message(row: tuple[Any, ...]) -> MessageRecord:
     envelope = json.loads(row[6])
+    headers = json.loads(row[7])
+    has_attachments = bool(headers.pop("attachments", False))
     return MessageRecord(
         id=row[0],
         session_id=row[1],
@@ -101,8 +108,9 @@ def _message(row: tuple[Any, ...]) -> MessageRecord:
         reply=row[4],
         size=row[5],
         envelope=Envelope(**envelope),
-        headers=json.loads(row[7]),
+        headers=headers,
         findings=json.loads(row[8]),
+        has_attachments=has_attachments,
     )
 
 
@@ -177,6 +185,41 @@ class Reader:
         query, params = self._filtered(search, findings_only, include_rejected)
         return self.conn.execute(f"SELECT count(*){query}", params).fetchone()[0]
 
+    def message_index(
+        self,
+        *,
+        search: str | None = None,
+        findings_only: bool = False,
+        include_rejected: bool = True,
+        above: int = 0,
+    ) -> array[int]:
+        """Ids of the filtered list in ascending order (8 bytes each), those above `above` only.
+
+        A view pages through a list of any length with it; only the rows on screen are loaded."""
+        query, params = self._filtered(search, findings_only, include_rejected)
+        query += (" AND " if " WHERE " in query else " WHERE ") + "id > ?"
+        cursor = self.conn.execute(f"SELECT id{query} ORDER BY id", (*params, above))
+        return array("q", (row[0] for row in cursor))
+
+    def messages_by_id(self, ids: Iterable[int]) -> dict[int, MessageRecord]:
+        wanted = list(ids)
+        found: dict[int, MessageRecord] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", chunk
+            ):
+                found[row[0]] = _message(row)
+        return found
+
+    def first_id(self) -> int | None:
+        return self.conn.execute("SELECT min(id) FROM messages").fetchone()[0]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (a server, a CLI) commits to the store."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
     def latest_id(self) -> int | None:
         row = self.conn.execute("SELECT max(id) FROM messages").fetchone()
         return row[0]
@@ -211,7 +254,7 @@ class Reader:
     def get_session(self, session_id: int, *, with_events: bool = True) -> SessionRecord | None:
         row = self.conn.execute(
             "SELECT id, started_at, ended_at, peer, helo, tls, auth_user, end_reason,"
-            " message_count, last_reply FROM sessions WHERE id = ?",
+            " message_count, last_reply, faults FROM sessions WHERE id = ?",
             (session_id,),
         ).fetchone()
         if row is None:
@@ -240,11 +283,25 @@ class Reader:
             end_reason=row[7],
             message_count=row[8],
             last_reply=row[9],
+            faults=row[10],
             message_ids=message_ids,
             events=events,
         )
 
     # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
+
+    def delete_message(self, message_id: int) -> bool:
+        """Delete one message; False when it was already gone."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            gone = self.conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount
+            self.conn.execute("DELETE FROM message_raw WHERE id = ?", (message_id,))
+            self.conn.execute("DELETE FROM message_search WHERE id = ?", (message_id,))
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return gone > 0
 
     def clear(self) -> int:
         """Delete every message and every finished session; returns how many messages went."""

@@ -1,0 +1,48 @@
+"""Saving a message part to disk under a name that cannot leave the chosen directory."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"|?*\u202a-\u202e\u2066-\u2069]')
+_RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$", re.IGNORECASE)
+MAX_NAME = 150
+
+
+def safe_filename(name: str | None, fallback: str) -> str:
+    """A plain file name: no directories, no controls, no leading dots, not empty."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]  # a path's last component only
+    name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
+    if _RESERVED.match(name):
+        name = f"_{name}"
+    if len(name) > MAX_NAME:
+        stem, dot, suffix = name.rpartition(".")
+        name = (
+            (stem[: MAX_NAME - len(suffix) - 1] + dot + suffix)
+            if dot and len(suffix) < 16
+            else name[:MAX_NAME]
+        )
+    return name or fallback
+
+
+def save_part(payload: bytes, name: str | None, directory: Path, fallback: str) -> Path:
+    """Write `payload` into `directory` (created if needed) without replacing any file;
+    "report.pdf" becomes "report (1).pdf" when taken. Returns the path written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    filename = safe_filename(name, fallback)
+    stem, dot, suffix = filename.rpartition(".")
+    if not stem:
+        stem, dot, suffix = filename, "", ""
+    for attempt in range(1000):
+        candidate = filename if attempt == 0 else f"{stem} ({attempt}){dot}{suffix}"
+        path = directory / candidate
+        try:
+            with open(path, "xb") as file:  # x: never follows or replaces an existing entry
+                file.write(payload)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free name for {filename} in {directory}")

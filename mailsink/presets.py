@@ -1,0 +1,66 @@
+"""One-key fault presets: the rejections applications most often have to survive.
+
+Each is an ordinary rule (as a [[fault]] table would give), switched on and off from the TUI and
+tried before the config file's rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mailsink.config import parse_duration, parse_size
+from mailsink.policy import Rule, parse_rule
+
+
+@dataclass(frozen=True)
+class Preset:
+    key: str  # the key that toggles it on the Faults screen
+    title: str
+    table: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"preset: {self.title}"
+
+    def rule(self) -> Rule:
+        return parse_rule({"name": self.name, **self.table}, 0, parse_size, parse_duration)
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        "1",
+        "530 authentication required",
+        {"stage": "mail", "reply": "530 5.7.0 Authentication required"},
+    ),
+    Preset(
+        "2",
+        "550 5.7.1 not permitted",
+        {"stage": "rcpt", "reply": "550 5.7.1 Delivery not permitted"},
+    ),
+    Preset(
+        "3",
+        "452 4.5.3 too many recipients (over 1)",
+        {
+            "stage": "rcpt",
+            "reply": "452 4.5.3 Too many recipients",
+            "match": {"recipients_over": 1},
+        },
+    ),
+    Preset(
+        "4",
+        "452 4.3.1 insufficient storage",
+        {"stage": "data", "reply": "452 4.3.1 Insufficient system storage"},
+    ),
+    Preset(
+        "5",
+        "421 service closing, disconnect",
+        {
+            "stage": "mail",
+            "action": "disconnect",
+            "reply": "421 4.3.2 Service not available, closing transmission channel",
+        },
+    ),
+)
+
+BY_KEY = {preset.key: preset for preset in PRESETS}

@@ -1,0 +1,199 @@
+"""The Textual app: one loop for the SMTP server and the UI (or a view of another's store).
+
+`create_app` is the factory the CLI and the tests share; `run` is `mailsink` / `mailsink tui`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from mailsink.config import ConfigError, Settings
+from mailsink.presets import PRESETS
+from mailsink.store.db import StoreError
+from mailsink.store.queries import Reader
+from mailsink.tui.backend import Backend, running
+from mailsink.tui.widgets.dialogs import Help
+from mailsink.tui.widgets.faults.screen import FaultsScreen
+from mailsink.tui.widgets.messages.screen import MainScreen
+from mailsink.tui.widgets.sessions.screen import SessionsScreen
+
+POLL_SECONDS = 0.1  # how often the store is asked whether anything was committed
+
+
+class RecentLog(logging.Handler):
+    """Keeps what the server logs while the UI owns the terminal; warnings become notices."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: deque[logging.LogRecord] = deque(maxlen=1000)
+        self.unseen: deque[logging.LogRecord] = deque(maxlen=50)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if record.levelno >= logging.WARNING:
+            self.unseen.append(record)
+
+
+class MailsinkApp(App[None]):
+    backend: Backend
+    main: MainScreen
+    CSS_PATH = "mailsink.tcss"
+    TITLE = "mailsink"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("s", "sessions", "Sessions"),
+        Binding("f", "faults", "Faults"),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        attach: bool = False,
+        overrides: dict[str, Any] | None = None,
+        log_handler: RecentLog | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.attach = attach
+        self.overrides = overrides
+        self.log_handler = log_handler
+        self.startup_error: Exception | None = None
+        self._resources = contextlib.AsyncExitStack()
+        self._data_version: int | None = None
+        self._polling = False
+
+    async def on_load(self) -> None:
+        """Start the store and the server before the UI takes the terminal, so that a port in
+        use or a missing store is one line on stderr (see `run`)."""
+        try:
+            self.backend = await self._resources.enter_async_context(
+                running(self.settings, attach=self.attach, overrides=self.overrides)
+            )
+        except (StoreError, ConfigError) as error:
+            self.startup_error = error
+            self.exit(return_code=1)
+            return
+        self.main = MainScreen(self.backend)
+
+    async def on_unmount(self) -> None:
+        await self._resources.aclose()  # the listener closes; messages in flight finish
+
+    def on_mount(self) -> None:
+        self.push_screen(self.main)
+        self.set_interval(POLL_SECONDS, self._poll)
+        if self.backend.watcher is not None:
+            self.backend.watcher.listeners.append(self._config_changed)
+
+    async def _poll(self) -> None:
+        if self._polling:
+            return
+        self._polling = True
+        try:
+            version = await self.backend.read(Reader.data_version)
+            if version != self._data_version:
+                self._data_version = version
+                await self.main.message_list.catch_up()
+        finally:
+            self._polling = False
+        while self.log_handler is not None and self.log_handler.unseen:
+            record = self.log_handler.unseen.popleft()
+            self.notify(record.getMessage(), severity="warning", markup=False, timeout=6)
+
+    def _config_changed(self, watcher: Any) -> None:
+        self.main.status.config_reloaded(watcher.error)
+        if watcher.error:
+            self.notify(
+                f"config not applied: {watcher.error}", severity="error", markup=False, timeout=8
+            )
+        else:
+            self.notify("config reloaded", timeout=3)
+
+    # ---- screens
+
+    def _show(self, screen_type: type[Screen[Any]]) -> None:
+        if isinstance(self.screen, screen_type):
+            return
+        if len(self.screen_stack) > 2:  # one of the others is open: replace it
+            self.pop_screen()
+        self.push_screen(screen_type(self.backend))
+
+    def action_sessions(self) -> None:
+        self._show(SessionsScreen)
+
+    def action_faults(self) -> None:
+        self._show(FaultsScreen)
+
+    def action_help(self) -> None:
+        self.push_screen(Help())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        main = self.main
+        yield SystemCommand("Sessions", "Live and finished SMTP sessions", self.action_sessions)
+        yield SystemCommand("Faults", "Switch fault rules on and off", self.action_faults)
+        yield SystemCommand(
+            "Filter messages", "By sender, recipient or subject", main.action_filter
+        )
+        yield SystemCommand(
+            "Findings only", "Only messages with findings (toggle)", main.action_findings_only
+        )
+        yield SystemCommand("Delete message", "Delete the selected message", main.action_delete)
+        yield SystemCommand(
+            "Clear all messages", "Delete every message (asks first)", main.action_clear
+        )
+        yield SystemCommand(
+            "Export message", "Save the selected message as .eml", main.action_export
+        )
+        yield SystemCommand("Help", "Keys and what they do", self.action_help)
+        if self.backend.server is not None:
+            server = self.backend.server
+            for preset in PRESETS:
+                yield SystemCommand(
+                    f"Fault preset: {preset.title}",
+                    f"Switch it on or off (key {preset.key} on the Faults screen)",
+                    lambda key=preset.key: server.toggle_preset(key),
+                )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    attach: bool = False,
+    overrides: dict[str, Any] | None = None,
+    log_handler: RecentLog | None = None,
+) -> MailsinkApp:
+    """The app the CLI runs and the tests drive: it starts (or attaches to) everything itself."""
+    return MailsinkApp(settings, attach=attach, overrides=overrides, log_handler=log_handler)
+
+
+def run(
+    settings: Settings, overrides: dict[str, Any] | None = None, *, attach: bool = False
+) -> None:
+    """`mailsink` / `mailsink tui`: until the user quits; then in-flight messages finish."""
+    from mailsink.serve import loop_factory
+
+    handler = RecentLog()
+    logger = logging.getLogger("mailsink")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the terminal belongs to the UI
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    sys.setswitchinterval(0.001)  # as in `serve`: commits and the loop take short turns
+
+    app = create_app(settings, attach=attach, overrides=overrides, log_handler=handler)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(app.run_async())
+    if app.startup_error is not None:
+        raise app.startup_error

@@ -1,0 +1,198 @@
+"""Message and session content as Rich Text: every untrusted string goes in as plain text
+(Text.append never reads markup) after `visible` has made its control characters harmless."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from mailsink.mail.parse import MimePart, ParsedMessage
+from mailsink.store.queries import MessageRecord, SessionRecord
+from mailsink.text import format_bytes, visible, visible_block
+
+SEVERITY_STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SEVERITY_MARKS = {"error": "✗", "warning": "!", "info": "i"}
+DIRECTION_STYLES = {"C": "bold", "S": "green", "D": "dim", "I": "yellow"}
+HIDDEN = "yellow"
+UNDELIVERED = "bold red"
+MISMATCH = "yellow"
+
+
+def plain(text: str | None, style: str = "") -> Text:
+    return Text(visible(text or ""), style=style)
+
+
+def local_time(ms: int | None, *, with_ms: bool = False) -> str:
+    if ms is None:
+        return ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+    return f"{stamp}.{ms % 1000:03d}" if with_ms else stamp
+
+
+def _lines(*parts: Text) -> Text:
+    return Text("\n").join(part for part in parts if part.plain)
+
+
+def _labelled(label: str, value: Text) -> Text:
+    return Text.assemble((f"{label}: ", "bold"), value)
+
+
+def _address_lines(label: str, values: list[str], marks: dict[str, tuple[str, str]]) -> list[Text]:
+    lines = []
+    for value in values:
+        line = Text.assemble((f"{label}: ", "bold"), plain(value))
+        for address, (note, style) in marks.items():
+            if address and address in value.lower():
+                line.stylize(style, len(label) + 2)
+                line.append(f"  ← {note}", style)
+                break
+        lines.append(line)
+    return lines
+
+
+def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
+    """Envelope beside headers, what differs marked, then the findings with their explanation."""
+    envelope, headers = record.envelope, parsed.headers
+    header_recipients = {
+        a.lower() for a in (*headers.to_addrs, *headers.cc_addrs, *headers.bcc_addrs)
+    }
+    delivered = {r.lower() for r in envelope.rcpt_to}
+    sender_differs = bool(headers.from_addrs) and envelope.mail_from.lower() not in {
+        a.lower() for a in headers.from_addrs
+    }
+
+    left: list[Text] = []
+    mail_from = _labelled("MAIL FROM", plain(f"<{envelope.mail_from}>"))
+    if sender_differs:
+        mail_from.stylize(MISMATCH, len("MAIL FROM: "))
+        mail_from.append("  ≠ From", MISMATCH)
+    left.append(mail_from)
+    for recipient in envelope.rcpt_to:
+        line = _labelled("RCPT TO", plain(f"<{recipient}>"))
+        if recipient.lower() not in header_recipients:
+            line.stylize(HIDDEN, len("RCPT TO: "))
+            line.append("  ← hidden (in no To/Cc)", HIDDEN)
+        left.append(line)
+    left.append(Text())
+    left.append(_labelled("HELO", plain(envelope.helo or "")))
+    left.append(_labelled("Peer", plain(envelope.peer)))
+    left.append(_labelled("TLS", Text("yes" if envelope.tls else "no")))
+    if envelope.auth_user:
+        left.append(_labelled("AUTH", plain(envelope.auth_user)))
+    left.append(_labelled("Size", Text(format_bytes(record.size))))
+    status = Text(record.status, "bold red" if record.status != "accepted" else "green")
+    if record.reply:
+        status.append("  ")
+        status.append_text(plain(record.reply))
+    left.append(_labelled("Status", status))
+
+    undelivered = {
+        a.lower(): ("not delivered to (no RCPT TO)", UNDELIVERED)
+        for a in (*headers.to_addrs, *headers.cc_addrs, *headers.bcc_addrs)
+        if a.lower() not in delivered
+    }
+    right: list[Text] = []
+    from_marks = (
+        {a.lower(): ("≠ MAIL FROM", MISMATCH) for a in headers.from_addrs} if sender_differs else {}
+    )
+    right += _address_lines("From", headers.from_ or ["(none)"], from_marks)
+    if headers.sender:
+        right += _address_lines("Sender", [headers.sender], {})
+    right += _address_lines("Reply-To", headers.reply_to, {})
+    right += _address_lines("To", headers.to, undelivered)
+    right += _address_lines("Cc", headers.cc, undelivered)
+    right += _address_lines("Bcc", headers.bcc, undelivered)
+    right.append(Text())
+    right.append(_labelled("Subject", plain(headers.subject)))
+    right.append(_labelled("Date", plain(headers.date)))
+    right.append(_labelled("Message-ID", plain(headers.message_id)))
+
+    table = Table(expand=True, box=None, padding=(0, 2), show_edge=False)
+    table.add_column(Text("Envelope (SMTP: who it was really for)", "bold underline"), ratio=1)
+    table.add_column(Text("Headers (what the message says)", "bold underline"), ratio=1)
+    table.add_row(Text("\n").join(left), Text("\n").join(right))
+
+    found = Text()
+    if record.findings:
+        found.append(f"\nFindings ({len(record.findings)})\n", "bold underline")
+        for finding in record.findings:
+            severity = str(finding.get("severity", "info"))
+            style = SEVERITY_STYLES.get(severity, "")
+            found.append(f" {SEVERITY_MARKS.get(severity, '?')} {severity:<7} ", style)
+            found.append(visible(str(finding.get("kind", ""))), "bold")
+            found.append("  ")
+            found.append(visible(str(finding.get("detail", ""))))
+            found.append("\n")
+    else:
+        found.append("\nNo findings: envelope and headers agree.\n", "green")
+    if parsed.attachments:
+        found.append(f"\nAttachments ({len(parsed.attachments)})\n", "bold underline")
+        for attachment in parsed.attachments:
+            found.append(f" @ {visible(attachment.filename or '(no name)')}")
+            found.append(
+                f"  {visible(attachment.content_type)}, {format_bytes(attachment.size)}\n", "dim"
+            )
+    return Group(table, found)
+
+
+def body(text: str | None, missing: str) -> str:
+    return visible_block(text) if text is not None else missing
+
+
+def header_text(parsed: ParsedMessage) -> Text:
+    out = Text()
+    for name, value in parsed.header_lines:
+        out.append(visible(name), "bold")
+        out.append(": ")
+        out.append(visible(value))
+        out.append("\n")
+    return out
+
+
+def raw_header_block(raw: bytes) -> str:
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    block = raw if end < 0 else raw[:end]
+    return visible_block(block[: 1024 * 1024].decode("utf-8", "replace"))
+
+
+def transcript_line(event: tuple[int, str, str]) -> Text:
+    at, direction, text = event
+    line = Text(local_time(at, with_ms=True)[11:], "dim")
+    line.append(f" {direction} ", DIRECTION_STYLES.get(direction, ""))
+    line.append(visible(text), DIRECTION_STYLES.get(direction, "") if direction != "C" else "")
+    return line
+
+
+def transcript(session: SessionRecord | None, events: Iterable[tuple[int, str, str]] = ()) -> Text:
+    if session is None:
+        return Text("The session that delivered this message was pruned from the store.", "dim")
+    head = Text.assemble(
+        (f"Session {session.id}", "bold"),
+        f"  {visible(session.peer)}  HELO {visible(session.helo or '-')}",
+        f"  TLS {'yes' if session.tls else 'no'}",
+        f"  started {local_time(session.started_at)}",
+        f"  ended {local_time(session.ended_at)} ({visible(session.end_reason)})"
+        if session.end_reason
+        else "  (still open)",
+        "\n",
+    )
+    lines = [transcript_line(event) for event in (*session.events, *events)]
+    return Text("\n").join([head, *lines])
+
+
+def mime_label(part: MimePart) -> Text:
+    label = Text(visible(part.content_type), "bold" if part.children else "")
+    if part.filename:
+        label.append("  ")
+        label.append(visible(part.filename), "cyan")
+    if not part.children:
+        label.append(f"  {format_bytes(part.size)}", "dim")
+    if part.disposition:
+        label.append(f"  {visible(part.disposition)}", "dim")
+    return label

@@ -1,0 +1,149 @@
+"""Faults: the rules in force, switched on and off here; presets for the usual rejections."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from mailsink.policy import Rule
+from mailsink.presets import BY_KEY, PRESETS
+from mailsink.text import visible
+from mailsink.tui.backend import Backend
+
+COLUMNS = ("Key", "On", "Rule", "Stage", "Does", "Hits", "Last fired")
+
+EXPLAIN = (
+    " Faults  space/enter: switch the selected rule on or off · 1-5: presets ·"
+    " changes apply from the next SMTP command"
+)
+ATTACHED = (
+    "Attached to a store written by another process: its fault rules belong to that"
+    " `mailsink serve`. Edit its --config file; it is reloaded while it runs."
+)
+
+
+def _does(rule: Rule) -> str:
+    text = rule.action
+    if rule.reply:
+        text = str(rule.reply).replace("\r\n", " / ")
+        if rule.action == "disconnect":
+            text += ", then disconnect"
+    if rule.delay:
+        text += f" after {rule.delay:g}s"
+    return text
+
+
+class FaultsScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape,f", "app.pop_screen", "Back"),
+        Binding("space", "toggle", "On/off"),
+        Binding("1,2,3,4,5", "noop", "Presets"),
+        Binding("s", "app.sessions", "Sessions"),
+    ]
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self.backend = backend
+        self.names: list[str] = []  # rule name of each row
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(EXPLAIN, "bold"), classes="title")
+        table: DataTable[Text] = DataTable(id="rules", cursor_type="row")
+        table.add_columns(*COLUMNS)
+        yield table
+        yield Static(id="fault-note")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        server = self.backend.server
+        if server is None:
+            self.query_one("#fault-note", Static).update(Text(ATTACHED, "yellow"))
+            return
+        server.policy_listeners.append(self.redraw)
+        self.redraw()
+        self.set_interval(0.5, self.redraw)  # hit counters move on their own
+
+    def on_unmount(self) -> None:
+        server = self.backend.server
+        if server is not None and self.redraw in server.policy_listeners:
+            server.policy_listeners.remove(self.redraw)
+
+    def redraw(self) -> None:
+        server = self.backend.server
+        if server is None or not self.is_attached:
+            return
+        policy = server.policy
+        rules = {rule.name: rule for rule in policy.rules}
+        rows: list[tuple[str, Rule, bool]] = []
+        for preset in PRESETS:
+            rule = rules.get(preset.name) or preset.rule()
+            rows.append((preset.key, rule, preset.name in rules))
+        rows += [("", rule, rule.enabled) for rule in server.settings.rules if rule.name in rules]
+        table: DataTable[Text] = self.query_one("#rules", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        self.names = []
+        for key, rule, on_ in rows:
+            rule = rules.get(rule.name, rule)
+            stats = policy.stats.get(rule.name)
+            hits = stats.hits if stats else 0
+            last = stats.last_fired if stats else None
+            table.add_row(
+                Text(key, "bold cyan"),
+                Text(
+                    "● on" if on_ and rule.enabled else "○ off",
+                    "bold green" if on_ and rule.enabled else "dim",
+                ),
+                Text(visible(rule.name)),
+                Text(rule.stage),
+                Text(visible(_does(rule))),
+                Text(str(hits), justify="right"),
+                Text(time.strftime("%H:%M:%S", time.localtime(last)) if last else ""),
+            )
+            self.names.append(rule.name)
+        if 0 <= cursor < len(self.names):
+            table.move_cursor(row=cursor, animate=False)
+        configured = len(server.settings.rules)
+        note = f" {configured} rule(s) from " + (
+            visible(str(server.settings.source)) if server.settings.source else "no config file"
+        )
+        self.query_one("#fault-note", Static).update(Text(note, "dim"))
+
+    def action_noop(self) -> None:
+        """The preset keys are handled in on_key; this binding only labels them in the footer."""
+
+    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+        if event.key in BY_KEY and self.backend.server is not None:
+            event.stop()
+            self.toggle_preset(event.key)
+
+    def toggle_preset(self, key: str) -> None:
+        server = self.backend.server
+        if server is None:
+            return
+        now_on = server.toggle_preset(key)
+        self.notify(f"{BY_KEY[key].title}: {'on' if now_on else 'off'}", markup=False, timeout=3)
+
+    def action_toggle(self) -> None:
+        server = self.backend.server
+        table: DataTable[Text] = self.query_one("#rules", DataTable)
+        if server is None or not 0 <= table.cursor_row < len(self.names):
+            return
+        name = self.names[table.cursor_row]
+        preset = next((p for p in PRESETS if p.name == name), None)
+        if preset is not None:
+            self.toggle_preset(preset.key)
+            return
+        rule = next(r for r in server.policy.rules if r.name == name)
+        server.set_rule_enabled(name, not rule.enabled)
+        self.notify(f"{name}: {'off' if rule.enabled else 'on'}", markup=False, timeout=3)
+
+    @on(DataTable.RowSelected, "#rules")
+    def _selected(self) -> None:
+        self.action_toggle()

@@ -1,0 +1,251 @@
+"""The selected message, in tabs: Overview, Text, HTML, Headers, Parts, Raw, Session."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import webbrowser
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
+
+from mailsink.mail.attachments import save_part
+from mailsink.mail.html import html_to_text
+from mailsink.mail.parse import MimePart, ParsedMessage, parse_message, part_payload
+from mailsink.store.queries import MessageRecord, Reader, SessionRecord
+from mailsink.text import format_bytes, visible
+from mailsink.tui import render
+from mailsink.tui.backend import Backend
+
+RAW_SHOWN = 512 * 1024  # bytes of a message the Raw tab shows; the rest is cut with a notice
+CACHED_MESSAGES = 8
+
+
+@dataclass
+class Loaded:
+    record: MessageRecord
+    raw: bytes
+    parsed: ParsedMessage
+    session: SessionRecord | None
+    html_text: str | None
+
+
+def load(reader: Reader, message_id: int) -> Loaded | None:
+    """Everything the tabs show, read and parsed on the reader thread."""
+    record = reader.get_message(message_id)
+    raw = reader.get_raw(message_id)
+    if record is None or raw is None:
+        return None
+    parsed = parse_message(raw)
+    html_text = html_to_text(parsed.html) if parsed.html is not None else None
+    return Loaded(record, raw, parsed, reader.get_session(record.session_id), html_text)
+
+
+class Document(TextArea):
+    """Read-only, scrollable text: handles long bodies without rendering them all."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)  # type: ignore[arg-type]
+        self.cursor_blink = False
+
+
+class MessageDetail(Vertical):
+    BINDINGS = [
+        Binding("o", "open_html", "Open HTML"),
+        Binding("r", "toggle_raw_headers", "Raw headers", show=False),
+        Binding("a", "save_attachment", "Save part", show=False),
+    ]
+
+    def __init__(self, backend: Backend, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.backend = backend
+        self.message_id: int | None = None
+        self.loaded: Loaded | None = None
+        self.raw_headers = False
+        self._cache: OrderedDict[int, Loaded] = OrderedDict()
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="tabs"):
+            with TabPane("Overview", id="overview"), VerticalScroll():
+                yield Static(Text("No message selected.", "dim"), id="overview-body")
+            with TabPane("Text", id="text"):
+                yield Document(id="text-body")
+            with TabPane("HTML", id="html"):
+                yield Document(id="html-body")
+            with TabPane("Headers", id="headers"), VerticalScroll():
+                yield Static(id="headers-body")
+            with TabPane("Parts", id="parts"):
+                tree: Tree[MimePart] = Tree(Text("MIME parts"), id="parts-tree")
+                tree.show_root = False
+                yield tree
+            with TabPane("Raw", id="raw"):
+                yield Document(id="raw-body")
+            with TabPane("Session", id="session"), VerticalScroll():
+                yield Static(id="session-body")
+
+    def show(self, message_id: int | None) -> None:
+        self.message_id = message_id
+        self._load(message_id)
+
+    def reload(self) -> None:
+        if self.message_id is not None:
+            self._cache.pop(self.message_id, None)
+        self._load(self.message_id)
+
+    @work(exclusive=True, group="detail")
+    async def _load(self, message_id: int | None) -> None:
+        if message_id is None:
+            self._fill(None)
+            return
+        loaded = self._cache.get(message_id)
+        if loaded is None:
+            await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
+            loaded = await self.backend.read(load, message_id)
+            if loaded is not None:
+                self._cache[message_id] = loaded
+                while len(self._cache) > CACHED_MESSAGES:
+                    self._cache.popitem(last=False)
+        if message_id == self.message_id:
+            self._fill(loaded)
+
+    def _fill(self, loaded: Loaded | None) -> None:
+        self.loaded = loaded
+        overview = self.query_one("#overview-body", Static)
+        if loaded is None:
+            gone = "No message selected." if self.message_id is None else "This message is gone."
+            overview.update(Text(gone, "dim"))
+            for name in ("text", "html", "raw"):
+                self.query_one(f"#{name}-body", Document).load_text("")
+            self.query_one("#headers-body", Static).update("")
+            self.query_one("#session-body", Static).update("")
+            self.query_one("#parts-tree", Tree).clear()
+            return
+        parsed = loaded.parsed
+        overview.update(render.overview(loaded.record, parsed))
+        self.query_one("#text-body", Document).load_text(
+            render.body(parsed.text, "(no text/plain part)")
+        )
+        html = "(no text/html part)"
+        if loaded.html_text is not None:
+            html = render.body(loaded.html_text, "") + "\n(press o to open the HTML in a browser)"
+        self.query_one("#html-body", Document).load_text(html)
+        self._fill_headers()
+        self._fill_parts(parsed.mime)
+        raw = loaded.raw[:RAW_SHOWN].decode("utf-8", "replace")
+        shown = render.body(raw, "")
+        if len(loaded.raw) > RAW_SHOWN:
+            shown += (
+                f"\n\n[truncated: showing {format_bytes(RAW_SHOWN)} of"
+                f" {format_bytes(len(loaded.raw))};"
+                f" `mailsink show {loaded.record.id} --raw` has it all]"
+            )
+        self.query_one("#raw-body", Document).load_text(shown)
+        self.query_one("#session-body", Static).update(render.transcript(loaded.session))
+
+    def _fill_headers(self) -> None:
+        if self.loaded is None:
+            return
+        body = self.query_one("#headers-body", Static)
+        if self.raw_headers:
+            body.update(Text(render.raw_header_block(self.loaded.raw)))
+        else:
+            body.update(render.header_text(self.loaded.parsed))
+
+    def _fill_parts(self, mime: MimePart) -> None:
+        tree: Tree[MimePart] = self.query_one("#parts-tree", Tree)
+        tree.clear()
+
+        def add(node, part: MimePart) -> None:  # type: ignore[no-untyped-def]
+            if part.children:
+                branch = node.add(render.mime_label(part), data=part, expand=True)
+                for child in part.children:
+                    add(branch, child)
+            else:
+                node.add_leaf(render.mime_label(part), data=part)
+
+        add(tree.root, mime)
+
+    # ---- actions
+
+    def action_toggle_raw_headers(self) -> None:
+        self.raw_headers = not self.raw_headers
+        self._fill_headers()
+        self.query_one(TabbedContent).active = "headers"
+        self.notify("raw header block" if self.raw_headers else "decoded headers", timeout=2)
+
+    async def action_open_html(self) -> None:
+        loaded = self.loaded
+        if loaded is None or loaded.parsed.html is None:
+            self.notify("This message has no HTML part.", severity="warning")
+            return
+
+        def write_and_open() -> str:
+            with tempfile.NamedTemporaryFile(
+                "w",
+                suffix=".html",
+                prefix=f"mailsink-{loaded.record.id}-",
+                delete=False,
+                encoding="utf-8",
+            ) as file:
+                file.write(loaded.parsed.html or "")
+            webbrowser.open(Path(file.name).as_uri())
+            return file.name
+
+        name = await asyncio.to_thread(write_and_open)
+        self.notify(f"Opened {visible(name)} in the browser", markup=False)
+
+    def selected_part(self) -> MimePart | None:
+        node = self.query_one("#parts-tree", Tree).cursor_node
+        part = node.data if node is not None else None
+        return part if isinstance(part, MimePart) and not part.children else None
+
+    def action_save_attachment(self) -> None:
+        from mailsink.tui.widgets.dialogs import PathPrompt
+
+        part = self.selected_part()
+        if self.loaded is None or part is None:
+            self.notify("Choose a part in the Parts tab first.", severity="warning")
+            self.query_one(TabbedContent).active = "parts"
+            return
+        loaded = self.loaded
+
+        async def save(directory: str | None) -> None:
+            if not directory:
+                return
+            fallback = f"message-{loaded.record.id}-part-{part.index}.bin"
+            target = Path(directory).expanduser()
+
+            def extract_and_save() -> Path | None:
+                payload = part_payload(loaded.raw, part.index)
+                return (
+                    None if payload is None else save_part(payload, part.filename, target, fallback)
+                )
+
+            try:
+                path = await asyncio.to_thread(extract_and_save)
+            except OSError as error:
+                self.notify(f"Not saved: {error}", severity="error", markup=False)
+                return
+            if path is None:
+                self.notify("That part has no content.", severity="warning")
+            else:
+                self.notify(f"Saved {visible(str(path))}", markup=False)
+
+        self.app.push_screen(
+            PathPrompt(
+                f"Save {visible(part.filename or 'the part')} into directory:", str(Path.cwd())
+            ),
+            save,
+        )
+
+    @on(Tree.NodeSelected, "#parts-tree")
+    def _part_chosen(self) -> None:
+        if self.selected_part() is not None:
+            self.action_save_attachment()
