@@ -3,12 +3,14 @@
     python bench/scale.py [--messages N] [--seed S] [--json [PATH]]   # fill, queries, pruning
     python bench/scale.py --ingest [--messages N] [--sessions S]      # N messages over SMTP
     python bench/scale.py --big                                       # one 25 MB message + traffic
+    python bench/scale.py --tui [--messages N]                        # the TUI on the filled store
 
 The default run fills a fresh store in-process (the writer thread and the operations the server
 uses, without SMTP), then times the store commands as whole processes and in-process, then the
-writer's pruning when max_messages is lowered below what the store holds. `--ingest` and `--big`
-run only their own phase (each starts `mailsink serve` on a fresh store), so every run stays within
-a few minutes; pass both to run both.
+writer's pruning when max_messages is lowered below what the store holds. `--ingest`, `--big` and
+`--tui` run only their own phase (`--ingest` and `--big` each start `mailsink serve` on a fresh
+store; `--tui` fills a store as the default run does, then drives the TUI on it, headless, in a
+process of its own), so every run stays within a few minutes; pass several to run several.
 
 Figures are printed beside their targets. This is a report, not a test: the exit status is 1 only
 when the benchmark itself could not run.
@@ -23,6 +25,7 @@ import contextlib
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import shlex
@@ -33,12 +36,13 @@ import tempfile
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ingest  # bench/ingest.py: the SMTP client steps, server process helpers, machine info
 
@@ -53,6 +57,12 @@ from mailsink.store.db import (
 )
 from mailsink.store.queries import Reader
 
+if TYPE_CHECKING:
+    from textual.app import App
+    from textual.pilot import Pilot
+
+    from mailsink.tui.widgets.messages.message_list import MessageList
+
 MIB = 1024 * 1024
 CLI_TARGET_S = 0.3
 CLI_RUNS = 5
@@ -66,6 +76,14 @@ PRUNE_FRACTION = 0.9
 FILL_CHUNK = 2000  # messages generated per step; two steps in flight bound the memory
 SEARCH_MISS = "no-such-text-xyzzy"
 DEFAULT_MAX_MESSAGES = 50_000  # `mailsink serve` without a config: pruning starts past this
+TUI_SIZE = (120, 40)  # columns, lines of the headless terminal
+TUI_FIRST_PAINT_TARGET_S = 1.0
+TUI_PAGE_TARGET_MS = 100.0  # "instant"; the figures should be well under it
+TUI_PAGES = 100  # pagedown presses timed first
+TUI_MORE_PAGES = 2000  # then these, to show that the row cache keeps memory flat
+TUI_TRACE_EVERY = 500  # pages between RSS samples
+TUI_POLL_S = 0.005
+TUI_TIMEOUT_S = 30.0  # for one wait: a list that never fills is an error, not a hang
 
 
 class ScaleError(Exception):
@@ -82,11 +100,12 @@ class Options:
     ingest: bool
     big: bool
     sessions: int
+    tui: bool
     json_path: str | None
 
     @property
     def store_phases(self) -> bool:
-        return not (self.ingest or self.big)
+        return not (self.ingest or self.big or self.tui)
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -104,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="instead of the store phases: one 25 MB message while small ones keep flowing",
     )
     parser.add_argument(
+        "--tui",
+        action="store_true",
+        help="instead of the store commands and pruning: fill the store, then time the TUI on it "
+        "(first paint, paging, RSS)",
+    )
+    parser.add_argument(
         "--sessions", type=ingest.positive, default=8, help="concurrent SMTP sessions (--ingest)"
     )
     ingest.add_json_option(parser)
@@ -114,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         ingest=args.ingest,
         big=args.big,
         sessions=args.sessions,
+        tui=args.tui,
         json_path=args.json_path,
     )
 
@@ -1134,6 +1160,247 @@ def big_phase() -> BigResult:
     )
 
 
+# ---- phase 6: --tui
+
+
+@dataclass
+class KeyTimings:
+    """From a key press until every row then on screen is loaded, in ms. `reads`: the presses
+    that had to wait for a page read (a row coming into view was not in the row cache)."""
+
+    presses: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    reads: int
+    read_p50_ms: float | None
+    read_max_ms: float | None
+
+
+def key_timings(presses: list[tuple[float, bool]]) -> KeyTimings:
+    every = [ms for ms, _ in presses]
+    reading = [ms for ms, read in presses if read]
+    return KeyTimings(
+        presses=len(presses),
+        p50_ms=ingest.percentile(every, 0.5),
+        p99_ms=ingest.percentile(every, 0.99),
+        max_ms=max(every),
+        reads=len(reading),
+        read_p50_ms=ingest.percentile(reading, 0.5) if reading else None,
+        read_max_ms=max(reading, default=None),
+    )
+
+
+@dataclass
+class RssMark:
+    label: str
+    rss_bytes: int  # VmRSS
+    peak_bytes: int  # VmHWM
+
+
+@dataclass
+class TuiResult:
+    loop: str
+    rows: int  # in the message list
+    visible_rows: int
+    running_s: float  # run_test entered: the app is mounted, its screen composed
+    index_s: float  # the list's id index read (as the first poll after it saw it)
+    first_paint_s: float  # the index, and every row on screen loaded
+    cold_index_s: float  # the same with the store evicted from the page cache first
+    cold_first_paint_s: float
+    poll_ms: float  # mean length of one poll: the resolution of every timing
+    pages: KeyTimings
+    more_pages: KeyTimings
+    end_ms: float
+    end_read: bool
+    home_ms: float
+    home_read: bool
+    cached_rows: int  # in the list's row cache at the end
+    rss: list[RssMark]
+    rss_trace: list[tuple[int, int]]  # (pages pressed, RSS bytes)
+
+
+def own_rss(label: str) -> RssMark:
+    pid = os.getpid()
+    return RssMark(label, rss_bytes(pid, "VmRSS"), rss_bytes(pid, "VmHWM"))
+
+
+def on_screen(rows: MessageList, top: int) -> range:
+    return range(top, min(rows.count, top + rows.scrollable_content_region.height))
+
+
+def all_loaded(rows: MessageList, span: range) -> bool:
+    return all(rows.id_at(row) in rows._rows for row in span)
+
+
+def painted(rows: MessageList) -> bool:
+    """The index is read and no row on screen shows the placeholder."""
+    return (
+        rows.loaded
+        and rows.scrollable_content_region.height > 0
+        and all_loaded(rows, on_screen(rows, int(rows.scroll_y)))
+    )
+
+
+class Poller:
+    """Waits by polling every TUI_POLL_S, as a test would; keeps count of the polls' length."""
+
+    def __init__(self, pilot: Pilot[Any]) -> None:
+        self.pilot = pilot
+        self.polls = 0
+        self.seconds = 0.0
+
+    async def until(self, done: Callable[[], bool], what: str) -> None:
+        start = time.perf_counter()
+        while not done():
+            if time.perf_counter() - start > TUI_TIMEOUT_S:
+                raise ScaleError(f"TUI: {what}: not within {TUI_TIMEOUT_S:.0f} s")
+            mark = time.perf_counter()
+            await self.pilot.pause(TUI_POLL_S)
+            self.seconds += time.perf_counter() - mark
+            self.polls += 1
+
+
+async def press(
+    app: App[Any], rows: MessageList, poller: Poller, key: str, target: int
+) -> tuple[float, bool]:
+    """Press `key`, which moves the cursor to row `target`: (ms until every row then on screen
+    is loaded, whether one of them was not in the row cache when the key went in)."""
+    # Where the view will be: MessageList.scroll_to_cursor keeps the cursor just in view.
+    height = rows.scrollable_content_region.height
+    top = int(rows.scroll_y)
+    if target < top:
+        top = target
+    elif target >= top + height:
+        top = target - height + 1
+    read = not all_loaded(rows, on_screen(rows, top))
+    start = time.perf_counter()
+    # As a terminal's key would arrive; Pilot.press would add its own waits for an idle CPU.
+    app.simulate_key(key)
+    await poller.until(lambda: rows.cursor == target and painted(rows), f"{key} to row {target}")
+    return (time.perf_counter() - start) * 1000, read
+
+
+def tui_settings(db: Path) -> Any:
+    from mailsink.config import Settings, StorageSettings
+
+    return replace(Settings(), storage=replace(StorageSettings(), path=str(db)))
+
+
+async def first_paint(app: App[Any], pilot: Pilot[Any], start: float) -> tuple[float, float]:
+    """(s until the id index is read, s until every row on screen is loaded) since `start`."""
+    from mailsink.tui.app import MailsinkApp
+
+    assert isinstance(app, MailsinkApp)
+    rows = app.main.message_list
+    poller = Poller(pilot)
+    await poller.until(lambda: rows.loaded, "the list's id index")
+    index = time.perf_counter() - start
+    await poller.until(lambda: painted(rows), "the first screen of rows")
+    return index, time.perf_counter() - start
+
+
+async def drive_tui(db: Path, result: dict[str, Any]) -> None:
+    from mailsink.tui.app import create_app
+
+    result["rss"] = [own_rss("before the app (modules imported)")]
+    app = create_app(tui_settings(db), attach=True)
+    start = time.perf_counter()
+    async with app.run_test(size=TUI_SIZE) as pilot:
+        result["running_s"] = time.perf_counter() - start
+        result["index_s"], result["first_paint_s"] = await first_paint(app, pilot, start)
+        result["rss"].append(own_rss("first paint"))
+        rows = app.main.message_list
+        poller = Poller(pilot)
+        trace = [(0, result["rss"][-1].rss_bytes)]
+        presses = []
+        for page in range(1, TUI_PAGES + TUI_MORE_PAGES + 1):
+            step = max(1, rows.scrollable_content_region.height - 1)  # MessageList.action_page
+            target = min(rows.count - 1, rows.cursor + step)
+            presses.append(await press(app, rows, poller, "pagedown", target))
+            if page == TUI_PAGES:
+                result["rss"].append(own_rss(f"after {TUI_PAGES} pages"))
+            if page % TUI_TRACE_EVERY == 0:
+                trace.append((page, rss_bytes(os.getpid(), "VmRSS")))
+        result["rss"].append(own_rss(f"after {TUI_PAGES + TUI_MORE_PAGES} pages"))
+        # The oldest rows were never on screen; the newest have left the row cache by now.
+        result["end_ms"], result["end_read"] = await press(app, rows, poller, "end", rows.count - 1)
+        result["home_ms"], result["home_read"] = await press(app, rows, poller, "home", 0)
+        result["rss"].append(own_rss("after end and home"))
+        result |= {
+            "rows": rows.count,
+            "visible_rows": rows.scrollable_content_region.height,
+            "poll_ms": poller.seconds / max(1, poller.polls) * 1000,
+            "pages": key_timings(presses[:TUI_PAGES]),
+            "more_pages": key_timings(presses[TUI_PAGES:]),
+            "cached_rows": len(rows._rows),
+            "rss_trace": trace,
+        }
+
+
+async def cold_first_paint(db: Path) -> tuple[float, float]:
+    from mailsink.tui.app import create_app
+
+    app = create_app(tui_settings(db), attach=True)
+    start = time.perf_counter()
+    async with app.run_test(size=TUI_SIZE) as pilot:
+        return await first_paint(app, pilot, start)
+
+
+def evict_from_page_cache(db: Path) -> None:
+    """Drop this store's pages from the kernel's page cache, as after a reboot (only clean pages
+    of these files go; no privileges needed)."""
+    for path in (db, Path(f"{db}-wal")):
+        if path.exists():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def tui_child(db: str) -> dict[str, Any]:
+    """The --tui measurements, in a fresh process: its RSS is the TUI's, not the fill's."""
+    # Imported before the first RSS mark: the growth is the app's and the rows'.
+    import mailsink.tui.app  # noqa: F401
+    from mailsink.serve import loop_factory
+    from mailsink.store.db import StoreError
+
+    # As `mailsink tui` runs it (mailsink.tui.app.run): its loop, a 1 ms GIL switch interval.
+    factory = loop_factory()
+    sys.setswitchinterval(0.001)
+    result: dict[str, Any] = {"loop": "uvloop" if factory else "asyncio"}
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(drive_tui(Path(db), result))
+        evict_from_page_cache(Path(db))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result["cold_index_s"], result["cold_first_paint_s"] = runner.run(
+                cold_first_paint(Path(db))
+            )
+    except (ScaleError, StoreError) as error:
+        return {"error": str(error)}
+    return asdict(TuiResult(**result))
+
+
+def tui_phase(db: Path) -> TuiResult:
+    # spawn: a new interpreter rather than a fork of this one, which holds the fill's memory
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        document = pool.submit(tui_child, str(db)).result()
+    if "error" in document:
+        raise ScaleError(document["error"])
+    return TuiResult(
+        **document
+        | {
+            "pages": KeyTimings(**document["pages"]),
+            "more_pages": KeyTimings(**document["more_pages"]),
+            "rss": [RssMark(**mark) for mark in document["rss"]],
+            "rss_trace": [tuple(sample) for sample in document["rss_trace"]],
+        }
+    )
+
+
 # ---- report
 
 
@@ -1256,10 +1523,63 @@ def big_lines(result: BigResult) -> list[str]:
     ]
 
 
+def timing_line(label: str, timings: KeyTimings) -> str:
+    line = (
+        f"  {label}: p50 {timings.p50_ms:.1f} ms, p99 {timings.p99_ms:.1f} ms, "
+        f"max {timings.max_ms:.1f} ms"
+    )
+    if timings.reads:
+        line += (
+            f"; the {timings.reads} that waited for a page read: p50 {timings.read_p50_ms:.1f} ms,"
+            f" max {timings.read_max_ms:.1f} ms"
+        )
+    ok = timings.max_ms < TUI_PAGE_TARGET_MS
+    return f"{line}; target < {TUI_PAGE_TARGET_MS:.0f} ms: {verdict(ok)}"
+
+
+def cached(read: bool) -> str:
+    return "needed a page read" if read else "rows were cached"
+
+
+def tui_lines(result: TuiResult) -> list[str]:
+    width, height = TUI_SIZE
+    base = result.rss[0].rss_bytes
+    marks = "; ".join(
+        f"{mark.label} {mib(mark.rss_bytes)} (peak {mib(mark.peak_bytes)})"
+        + ("" if mark is result.rss[0] else f" +{(mark.rss_bytes - base) / MIB:.1f}")
+        for mark in result.rss
+    )
+    trace = ", ".join(f"{pages}: {rss / MIB:.1f}" for pages, rss in result.rss_trace)
+    first_ok = result.first_paint_s < TUI_FIRST_PAINT_TARGET_S
+    cold_ok = result.cold_first_paint_s < TUI_FIRST_PAINT_TARGET_S
+    # before the app, first paint, after TUI_PAGES, after TUI_MORE_PAGES more, after end and home
+    added = result.rss[3].rss_bytes - result.rss[2].rss_bytes
+    return [
+        "",
+        f"TUI (create_app(attach=True), headless {width}x{height}, {result.loop} loop; "
+        f"{result.rows} rows in the list, {result.visible_rows} on screen; timings poll every "
+        f"{TUI_POLL_S * 1000:.0f} ms, a poll took {result.poll_ms:.1f} ms):",
+        f"  first paint: {result.first_paint_s:.2f} s (app running {result.running_s:.2f} s, "
+        f"id index read {result.index_s:.2f} s), target < {TUI_FIRST_PAINT_TARGET_S:.0f} s: "
+        f"{verdict(first_ok)}",
+        f"  first paint with the store evicted from the page cache: "
+        f"{result.cold_first_paint_s:.2f} s (id index read {result.cold_index_s:.2f} s): "
+        f"{verdict(cold_ok)}",
+        timing_line(f"pagedown x{result.pages.presses}", result.pages),
+        timing_line(f"pagedown x{result.more_pages.presses} more", result.more_pages),
+        f"  end (oldest message): {result.end_ms:.1f} ms, {cached(result.end_read)}; "
+        f"home: {result.home_ms:.1f} ms, {cached(result.home_read)}",
+        f"  RSS: {marks}; MiB",
+        f"  RSS MiB by pages pressed: {trace}; {result.more_pages.presses} pages after the first "
+        f"{result.pages.presses} added {added / MIB:.1f} MiB; row cache {result.cached_rows} rows",
+    ]
+
+
 # ---- main
 
 
 def run_store_phases(options: Options, report: dict[str, Any], lines: list[str]) -> None:
+    """The fill, then the store commands and pruning (the default run), or the TUI (--tui)."""
     with tempfile.TemporaryDirectory(prefix="mailsink-scale-") as tmp:
         db = Path(tmp) / "scale.db"
         factory = MailFactory(options.seed)
@@ -1267,7 +1587,15 @@ def run_store_phases(options: Options, report: dict[str, Any], lines: list[str])
         filled = fill(db, factory, options.messages)
         report["fill"] = asdict(filled) | {"attachment_ids": len(filled.attachment_ids)}
         lines += fill_lines(filled)
-        progress(f"  {filled.rate:.0f} msg/s; timing the store commands...")
+        progress(f"  {filled.rate:.0f} msg/s")
+        if options.tui:
+            progress("driving the TUI...")
+            tui = tui_phase(db)
+            report["tui"] = asdict(tui)
+            lines += tui_lines(tui)
+        if not options.store_phases:
+            return
+        progress("timing the store commands...")
         phase = query_phase(db, filled)
         report["queries"] = asdict(phase)
         lines += query_lines(phase)
@@ -1284,7 +1612,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"command": sys.orig_argv, "machine": info, "options": asdict(options)}
     lines = header_lines(info)
     try:
-        if options.store_phases:
+        if options.store_phases or options.tui:
             run_store_phases(options, report, lines)
         if options.ingest:
             progress(f"sending {options.messages} messages over SMTP...")

@@ -15,6 +15,7 @@ from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mailsink.config import ConfigError, Settings
@@ -101,10 +102,14 @@ class MailsinkApp(App[None]):
             return
         self._polling = True
         try:
+            try:
+                listing = self.main.message_list
+            except NoMatches:
+                return  # not composed yet, or already shutting down
             version = await self.backend.read(Reader.data_version)
             if version != self._data_version:
                 self._data_version = version
-                await self.main.message_list.catch_up()
+                await listing.catch_up()
         finally:
             self._polling = False
         while self.log_handler is not None and self.log_handler.unseen:

@@ -121,6 +121,7 @@ class MessageList(ScrollView, can_focus=True):
         self._pending_pages: set[int] = set()
         self._selected_id: int | None = None
         self._announced: int | bool | None = False  # last id posted with Selected
+        self._generation = 0  # counts full reloads
 
     # ---- the index
 
@@ -153,6 +154,7 @@ class MessageList(ScrollView, can_focus=True):
         )
         if f != self.filter:
             return  # a newer filter is being loaded
+        self._generation += 1  # what catch_up read before this is stale
         keep = self._selected_id
         self.ids = ids
         self.loaded = True
@@ -169,7 +171,7 @@ class MessageList(ScrollView, can_focus=True):
 
     async def catch_up(self) -> None:
         """Take in messages stored since the last look, and drop pruned ones."""
-        f = self.filter
+        f, generation = self.filter, self._generation
         above = self.ids[-1] if self.ids else 0
         new, first = await self.backend.read(
             lambda r: (
@@ -179,7 +181,7 @@ class MessageList(ScrollView, can_focus=True):
                 Reader.first_id(r),
             )
         )
-        if f != self.filter:
+        if f != self.filter or generation != self._generation:
             return
         changed = False
         if first is None:

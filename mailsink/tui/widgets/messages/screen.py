@@ -34,6 +34,10 @@ class MainScreen(Screen[None]):
         Binding("D", "clear", "Clear all"),
         Binding("e", "export", "Export .eml"),
         Binding("escape", "leave_filter", "Back", show=False),
+        # The detail's own keys, for when the list has the focus.
+        Binding("o", "detail('open_html')", "Open HTML", show=False),
+        Binding("r", "detail('toggle_raw_headers')", "Raw headers", show=False),
+        Binding("a", "detail('save_attachment')", "Save part", show=False),
     ]
 
     def __init__(self, backend: Backend) -> None:
@@ -83,6 +87,9 @@ class MainScreen(Screen[None]):
         self.status.shown = self.message_list.count
         self.status.filter_text = self.message_list.filter.describe()
         self.status.redraw()
+
+    async def action_detail(self, action: str) -> None:
+        await self.detail.run_action(action)
 
     # ---- filter
 

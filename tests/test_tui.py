@@ -1,0 +1,547 @@
+"""The TUI driven with Pilot: real server on loopback, real smtplib clients, real store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import smtplib
+import sqlite3
+import stat
+import sys
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from conftest import RawClient, free_port, mailsink_process, message, run_cli, wait_for_port
+from tui_support import (
+    list_rows,
+    log_text,
+    run,
+    screen_text,
+    send,
+    settings_for,
+    smtp_send,
+    squeezed,
+    static_text,
+    tui,
+    wait_until,
+)
+
+from mailsink.store.queries import Reader
+from mailsink.tui.app import create_app
+from mailsink.tui.widgets.faults.screen import FaultsScreen
+from mailsink.tui.widgets.message.detail import MessageDetail
+from mailsink.tui.widgets.message.screen import MessageScreen
+from mailsink.tui.widgets.sessions.screen import SessionsScreen
+
+
+def test_send_open_hidden_recipient_then_550_preset_rejects_and_sessions_show_it(tmp_path):
+    """The issue's flow end to end."""
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            await send(
+                app,
+                "shop@x.test",
+                ["a@x.test", "audit@x.test"],
+                message(sender="Shop <shop@x.test>", to="a@x.test", subject="Receipt 42"),
+            )
+            waited = await wait_until(pilot, lambda: listing.count == 1)
+            assert waited < 1.0  # polled every 100 ms; the issue asks for 250 ms
+            await wait_until(pilot, lambda: "Receipt 42" in " ".join(list_rows(app)))
+            row = list_rows(app)[0]
+            assert "shop@x.test" in row and "Shop <shop@x.test>" in row and "!1" in row
+
+            await pilot.press("enter")
+            assert isinstance(app.screen, MessageScreen)
+            await wait_until(pilot, lambda: app.screen.query_one(MessageDetail).loaded)
+            overview = static_text(app, "#overview-body")
+            assert "RCPT TO: <audit@x.test>  ← hidden (in no To/Cc)" in overview
+            assert "hidden_recipient" in overview
+            await pilot.press("escape")
+            assert app.screen is app.main
+
+            await pilot.press("f")
+            assert isinstance(app.screen, FaultsScreen)
+            await pilot.press("2")
+            assert app.backend.server is not None
+            assert [r.name for r in app.backend.server.policy.rules] == [
+                "preset: 550 5.7.1 not permitted"
+            ]
+            await pilot.press("escape")
+            assert "faults: 1 on" in screen_text(app)
+
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                await send(app, "shop@x.test", ["b@x.test"], message(to="b@x.test"))
+            assert refused.value.recipients["b@x.test"] == (550, b"5.7.1 Delivery not permitted")
+
+            await pilot.press("s")
+            sessions = app.screen
+            assert isinstance(sessions, SessionsScreen)
+            await wait_until(pilot, lambda: len(sessions.order) == 2)
+            await wait_until(pilot, lambda: sessions.shown_session == 2)
+            transcript = lambda: log_text(app, "#transcript")  # noqa: E731
+            await wait_until(
+                pilot, lambda: squeezed("550 5.7.1 Delivery not permitted") in transcript()
+            )
+            assert squeezed("rcpt TO:<b@x.test>") in transcript()
+            # The transcript names the rule that answered.
+            assert squeezed("fault 'preset: 550 5.7.1 not permitted' fired at rcpt") in transcript()
+            assert sessions.rows[2].faults == 1
+            assert listing.count == 1  # nothing was stored
+
+    run(scenario)
+
+
+def test_new_mail_moves_neither_selection_nor_scroll(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            assert app.backend.server is not None
+            port = app.backend.server.port
+
+            def burst(count: int, start: int) -> None:
+                with smtplib.SMTP("127.0.0.1", port) as client:
+                    for n in range(start, start + count):
+                        client.sendmail("a@x.test", ["b@x.test"], message(subject=f"n{n}"))
+
+            await asyncio.to_thread(burst, 60, 0)
+            await wait_until(pilot, lambda: listing.count == 60)
+            assert listing.id_at(listing.cursor) == listing.selected_id
+            await pilot.press("home")
+            for _ in range(40):
+                await pilot.press("down")
+            selected, cursor, top = listing.selected_id, listing.cursor, listing.scroll_y
+            assert cursor == 40 and top > 0
+
+            await asyncio.to_thread(burst, 5, 60)
+            await wait_until(pilot, lambda: listing.count == 65)
+            assert listing.selected_id == selected  # the same message stays selected
+            assert listing.cursor == cursor + 5  # ... five rows further down
+            assert listing.scroll_y == top + 5  # and the view moved with it: nothing jumps
+            assert app.main.detail.message_id == selected
+
+            await pilot.press("home")
+            assert listing.cursor == 0 and listing.scroll_y == 0
+            newest = listing.selected_id
+            await asyncio.to_thread(burst, 1, 65)
+            await wait_until(pilot, lambda: listing.count == 66)
+            assert listing.selected_id == newest and listing.cursor == 1
+            assert listing.scroll_y == 0  # at the top, new mail shows up above
+            await wait_until(pilot, lambda: "n65" in list_rows(app)[0])
+
+    run(scenario)
+
+
+def test_filter_findings_toggle_delete_and_clear(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            news, bills = "news@list.test", "bills@x.test"
+            await send(
+                app, news, ["ann@x.test"], message(sender=news, to="ann@x.test", subject="Weekly")
+            )
+            await send(
+                app,
+                bills,
+                ["bob@x.test"],
+                message(sender=bills, to="bob@x.test", subject="Invoice"),
+            )
+            # Header To differs from RCPT TO: findings.
+            await send(
+                app, bills, ["carl@x.test"], message(sender=bills, to="dora@x.test", subject="Oops")
+            )
+            await wait_until(pilot, lambda: listing.count == 3)
+
+            await pilot.press("slash")
+            await pilot.press(*"list.test")
+            await wait_until(pilot, lambda: listing.count == 1 and "Weekly" in list_rows(app)[0])
+            assert "1 message matching 'list.test'" in screen_text(app)
+            await pilot.press("enter")  # back to the list, filter kept
+            assert listing.has_focus and listing.count == 1
+
+            await pilot.press("slash", *["backspace"] * 12, *"bob@x", "enter")
+            await wait_until(pilot, lambda: listing.count == 1 and "Invoice" in list_rows(app)[0])
+
+            await pilot.press("slash", *["backspace"] * 12, "enter")
+            await wait_until(pilot, lambda: listing.count == 3)
+            await pilot.press("exclamation_mark")
+            await wait_until(pilot, lambda: listing.count == 1 and "Oops" in list_rows(app)[0])
+            await pilot.press("exclamation_mark")
+            await wait_until(pilot, lambda: listing.count == 3)
+
+            doomed = listing.selected_id
+            await pilot.press("d")
+            await wait_until(pilot, lambda: listing.count == 2)
+            with Reader(app.backend.db_path) as reader:
+                assert reader.get_message(doomed) is None
+                assert len(reader.message_ids()) == 2
+            assert listing.selected_id is not None and listing.cursor == 0
+
+            await pilot.press("D")
+            await pilot.press("n")  # no: nothing happens
+            assert listing.count == 2
+            await pilot.press("D", "y")
+            await wait_until(pilot, lambda: listing.count == 0)
+            with Reader(app.backend.db_path) as reader:
+                assert reader.message_ids() == []
+            assert "No messages yet." in screen_text(app)
+
+    run(scenario)
+
+
+def _with_attachment(filename: str) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = "a@x.test"
+    mail["To"] = "b@x.test"
+    mail["Subject"] = "Report"
+    mail.set_content("See attached.")
+    mail.add_alternative(
+        "<html><body><h1>Report</h1><p>See <b>attached</b>.</p></body></html>", subtype="html"
+    )
+    mail.add_attachment(
+        b"%PDF-1.4 secret", maintype="application", subtype="pdf", filename=filename
+    )
+    return mail.as_bytes()
+
+
+def test_parts_save_attachment_sanitized_and_export_eml(tmp_path):
+    out = tmp_path / "out"
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            raw = _with_attachment("../../escape\x1b[2J.pdf")
+            await send(app, "a@x.test", ["b@x.test"], raw)
+            await wait_until(pilot, lambda: listing.count == 1)
+            await wait_until(pilot, lambda: "@" in list_rows(app)[0][-6:])  # attachment badge
+
+            await pilot.press("enter")
+            detail = app.screen.query_one(MessageDetail)
+            await wait_until(pilot, lambda: detail.loaded is not None)
+            html = detail.query_one("#html-body").text
+            assert "Report\n\nSee attached." in html
+            assert "escape␛[2J.pdf" in static_text(app, "#overview-body")
+
+            detail.query_one("TabbedContent").active = "parts"
+            tree = detail.query_one("#parts-tree")
+            tree.focus()
+            await pilot.pause()
+            leaves = [n for n in tree.root.children[0].children if n.data.filename]
+            tree.move_cursor(leaves[0])
+            await pilot.press("a")
+            prompt = app.screen
+            prompt.query_one("#path").value = str(out)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: out.exists() and any(out.iterdir()))
+            (saved,) = list(out.iterdir())
+            assert saved.name == "escape_[2J.pdf"  # no directories, no ESC
+            assert saved.read_bytes() == b"%PDF-1.4 secret"
+            assert not (tmp_path / "escape_[2J.pdf").exists()
+
+            await pilot.press("escape")  # back to the list
+            await pilot.press("e")
+            app.screen.query_one("#path").value = str(out / "eml")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: (out / "eml" / "1.eml").exists())
+            with Reader(app.backend.db_path) as reader:
+                assert (out / "eml" / "1.eml").read_bytes() == reader.get_raw(1)
+
+    run(scenario)
+
+
+def test_open_html_writes_a_file_for_the_browser(tmp_path, monkeypatch):
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(browser.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("BROWSER", str(browser))
+    import webbrowser
+
+    monkeypatch.setattr(webbrowser, "_tryorder", None)  # read BROWSER again
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            await send(app, "a@x.test", ["b@x.test"], _with_attachment("r.pdf"))
+            await wait_until(pilot, lambda: app.main.detail.loaded is not None)
+            await pilot.press("o")
+            await wait_until(pilot, lambda: opened.exists() and opened.read_text().strip())
+
+    run(scenario)
+    uri = opened.read_text().strip()
+    assert uri.startswith("file://") and uri.endswith(".html")
+    html = Path(uri.removeprefix("file://")).read_text()
+    assert "<h1>Report</h1>" in html
+    Path(uri.removeprefix("file://")).unlink()
+
+
+def test_headers_raw_toggle_and_raw_tab(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            subject = "=?utf-8?q?Caf=C3=A9?="
+            await send(app, "a@x.test", ["a@x.test"], message(to="a@x.test", subject=subject))
+            detail = app.main.detail
+            await wait_until(pilot, lambda: detail.loaded is not None)
+            assert "Subject: Café" in static_text(app, "#headers-body")
+            await pilot.press("r")
+            assert f"Subject: {subject}" in static_text(app, "#headers-body")
+            assert "Subject: =?utf-8?q?Caf=C3=A9?=" in detail.query_one("#raw-body").text
+
+    run(scenario)
+
+
+def test_big_message_raw_is_truncated_with_a_notice(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            body = ("x" * 998 + "\r\n") * 1100  # about 1.1 MB
+            await send(app, "a@x.test", ["a@x.test"], message(to="a@x.test", body=body))
+            detail = app.main.detail
+            await wait_until(pilot, lambda: detail.loaded is not None, timeout=10)
+            raw = detail.query_one("#raw-body").text
+            assert "[truncated: showing 512.0 KiB of 1.0 MiB;" in raw
+            assert "`mailsink show 1 --raw` has it all]" in raw
+
+    run(scenario)
+
+
+def test_sessions_screen_streams_a_live_session(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            assert app.backend.server is not None
+            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+            try:
+                await asyncio.to_thread(client.command, "EHLO live.test")
+                await pilot.press("s")
+                sessions = app.screen
+                assert isinstance(sessions, SessionsScreen)
+                await wait_until(pilot, lambda: sessions.rows.get(1) and sessions.rows[1].active)
+                await wait_until(pilot, lambda: "EHLO live.test" in screen_text(app))
+                assert "●" in screen_text(app)
+                await asyncio.to_thread(client.command, "MAIL FROM:<live@x.test>")
+                await wait_until(pilot, lambda: "MAIL FROM:<live@x.test>" in screen_text(app))
+                assert sessions.rows[1].state == "MAIL"
+                await asyncio.to_thread(client.command, "QUIT")
+            finally:
+                client.close()
+            await wait_until(pilot, lambda: sessions.rows.get(1) and not sessions.rows[1].active)
+            assert sessions.rows[1].state == "quit"
+
+    run(scenario)
+
+
+def test_faults_screen_toggles_config_rules_and_follows_reloads(tmp_path):
+    config = tmp_path / "mailsink.toml"
+    config.write_text(
+        '[[fault]]\nname = "no marketing"\nstage = "mail"\nreply = "550 5.7.1 No"\n'
+        'match = { sender = "*@marketing.test" }\n'
+    )
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db", config)) as (app, pilot):
+            await pilot.press("f")
+            faults = app.screen
+            assert isinstance(faults, FaultsScreen)
+            assert faults.names[-1] == "no marketing"
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                await send(app, "x@marketing.test", ["a@x.test"], message())
+            await wait_until(pilot, lambda: "● on" in screen_text(app))
+            faults.query_one("#rules").move_cursor(row=len(faults.names) - 1)
+            await pilot.press("space")
+            await send(app, "x@marketing.test", ["a@x.test"], message())  # now accepted
+            assert app.backend.server is not None
+            assert app.backend.server.policy.stats["no marketing"].hits == 1
+
+            config.write_text(
+                config.read_text()
+                + '\n[[fault]]\nname = "slow"\nstage = "helo"\naction = "delay"\ndelay = "1ms"\n'
+            )
+            await wait_until(pilot, lambda: "slow" in faults.names, timeout=10)
+            # The switch made here outlives the reload.
+            assert not next(
+                r for r in app.backend.server.policy.rules if r.name == "no marketing"
+            ).enabled
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: "config reloaded" in screen_text(app))
+
+            config.write_text("[smtp]\nport = 'x'\n")
+            await wait_until(pilot, lambda: "config error:" in screen_text(app), timeout=10)
+
+    run(scenario)
+
+
+def test_help_screen_and_command_palette(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            await pilot.press("question_mark")
+            assert "command palette: every action by name" in screen_text(app)
+            await pilot.press("escape")
+            assert app.screen is app.main
+            await pilot.press("ctrl+p")
+            await pilot.press(*"Sessions")
+            await wait_until(pilot, lambda: "Live and finished SMTP sessions" in screen_text(app))
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, SessionsScreen))
+
+    run(scenario)
+
+
+def test_mouse_click_selects_and_double_click_opens(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            for n in range(3):
+                await send(app, "a@x.test", ["b@x.test"], message(subject=f"m{n}"))
+            await wait_until(pilot, lambda: listing.count == 3)
+            await pilot.click("#messages", offset=(10, 2))
+            assert listing.cursor == 2
+            await pilot.click("#messages", offset=(10, 1), times=2)
+            assert isinstance(app.screen, MessageScreen)
+            assert app.screen.message_id == listing.id_at(1)
+
+    run(scenario)
+
+
+def test_quit_lets_a_transaction_in_flight_finish(tmp_path):
+    replies: list[str] = []
+    ready = threading.Event()
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            assert app.backend.server is not None
+            port = app.backend.server.port
+
+            def slow_client() -> None:
+                client = RawClient("127.0.0.1", port)
+                client.command("EHLO slow.test")
+                client.command("MAIL FROM:<a@x.test>")
+                client.command("RCPT TO:<b@x.test>")
+                client.command("DATA")
+                client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+                ready.set()
+                time.sleep(0.5)  # the user quits meanwhile
+                client.send(b"second half\r\n.\r\n")
+                replies.extend(client.reply())
+                client.close()
+
+            thread = threading.Thread(target=slow_client)
+            thread.start()
+            await asyncio.to_thread(ready.wait, 5)
+            await pilot.press("q")
+        await asyncio.to_thread(thread.join, 10)
+
+    run(scenario)
+    assert replies and replies[0].startswith("250 ")
+    with Reader(str(tmp_path / "mail.db")) as reader:
+        (stored,) = reader.list_messages()
+        assert stored.headers["subject"] == "in flight"
+
+
+def test_attach_shows_another_process_store_live(tmp_path):
+    db = tmp_path / "served.db"
+    port = free_port()
+    server = mailsink_process("serve", "--port", str(port), "--db", str(db))
+    try:
+        wait_for_port(port)
+        smtp_send(port, "a@x.test", ["b@x.test"], message(subject="before"))
+
+        async def scenario() -> None:
+            async with tui(settings_for(db), attach=True) as (app, pilot):
+                listing = app.main.message_list
+                await wait_until(pilot, lambda: listing.count == 1)
+                assert "attached to" in screen_text(app)
+                await asyncio.to_thread(
+                    smtp_send, port, "a@x.test", ["b@x.test"], message(subject="after")
+                )
+                waited = await wait_until(pilot, lambda: listing.count == 2)
+                assert waited < 1.0
+                await wait_until(pilot, lambda: "after" in list_rows(app)[0])
+                await pilot.press("f")
+                assert "belong to that `mailsink serve`" in screen_text(app)
+                await pilot.press("escape", "s")
+                sessions = app.screen
+                assert isinstance(sessions, SessionsScreen)
+                # wait_for_port's probe was a session too.
+                await wait_until(pilot, lambda: len(sessions.order) == 3)
+                assert [sessions.rows[i].messages for i in sessions.order] == [1, 1, 0]
+
+        run(scenario)
+    finally:
+        server.terminate()
+        server.communicate(timeout=15)
+
+
+def test_attach_to_a_missing_store_is_one_clear_error(tmp_path):
+    async def scenario() -> None:
+        app = create_app(settings_for(tmp_path / "none.db"), attach=True)
+        async with app.run_test():
+            pass
+        assert app.startup_error is not None
+        assert str(app.startup_error).startswith("no store at")
+        assert app.return_code == 1
+
+    run(scenario)
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_tui_without_a_terminal_is_one_line(tmp_path):
+    result = run_cli("tui", "--db", str(tmp_path / "x.db"))
+    assert result.code == 1
+    assert result.err == (
+        "mailsink: the UI needs a terminal; use `mailsink serve` to run without one\n"
+    )
+    result = run_cli("tui", "--attach", "--port", "2525")
+    assert result.code == 1
+
+
+def test_bare_mailsink_in_a_terminal_runs_the_tui(tmp_path):
+    """A real pseudo-terminal: the UI starts, shows its status line, and quits on q."""
+    import os
+    import pty
+    import select
+
+    port = free_port()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: mailsink on the pty
+        os.environ["TERM"] = "xterm-256color"
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "mailsink",
+                "--port",
+                str(port),
+                "--db",
+                str(tmp_path / "pty.db"),
+            ],
+        )
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"messages" not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                seen += os.read(fd, 65536)
+        assert b"messages" in seen
+        wait_for_port(port)
+        smtp_send(port, "a@x.test", ["b@x.test"], message())
+        os.write(fd, b"q")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if select.select([fd], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(fd, 65536)
+        else:
+            raise AssertionError("mailsink did not quit on q")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+        os.close(fd)
+    with sqlite3.connect(tmp_path / "pty.db") as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
