@@ -1211,6 +1211,7 @@ class TuiResult:
     poll_ms: float  # mean length of one poll: the resolution of every timing
     pages: KeyTimings
     more_pages: KeyTimings
+    turns: int  # times the paging reached an end of the list and went back with pageup/pagedown
     end_ms: float
     end_read: bool
     home_ms: float
@@ -1314,10 +1315,14 @@ async def drive_tui(db: Path, result: dict[str, Any]) -> None:
         poller = Poller(pilot)
         trace = [(0, result["rss"][-1].rss_bytes)]
         presses = []
+        direction, turns = 1, 0
         for page in range(1, TUI_PAGES + TUI_MORE_PAGES + 1):
+            if rows.cursor == (rows.count - 1 if direction > 0 else 0):
+                direction, turns = -direction, turns + 1  # a short list: back the other way
             step = max(1, rows.scrollable_content_region.height - 1)  # MessageList.action_page
-            target = min(rows.count - 1, rows.cursor + step)
-            presses.append(await press(app, rows, poller, "pagedown", target))
+            target = max(0, min(rows.count - 1, rows.cursor + direction * step))
+            key = "pagedown" if direction > 0 else "pageup"
+            presses.append(await press(app, rows, poller, key, target))
             if page == TUI_PAGES:
                 result["rss"].append(own_rss(f"after {TUI_PAGES} pages"))
             if page % TUI_TRACE_EVERY == 0:
@@ -1333,6 +1338,7 @@ async def drive_tui(db: Path, result: dict[str, Any]) -> None:
             "poll_ms": poller.seconds / max(1, poller.polls) * 1000,
             "pages": key_timings(presses[:TUI_PAGES]),
             "more_pages": key_timings(presses[TUI_PAGES:]),
+            "turns": turns,
             "cached_rows": len(rows._rows),
             "rss_trace": trace,
         }
@@ -1550,6 +1556,7 @@ def tui_lines(result: TuiResult) -> list[str]:
         for mark in result.rss
     )
     trace = ", ".join(f"{pages}: {rss / MIB:.1f}" for pages, rss in result.rss_trace)
+    turned = f" (turned {result.turns}x at an end of the list)" if result.turns else ""
     first_ok = result.first_paint_s < TUI_FIRST_PAINT_TARGET_S
     cold_ok = result.cold_first_paint_s < TUI_FIRST_PAINT_TARGET_S
     # before the app, first paint, after TUI_PAGES, after TUI_MORE_PAGES more, after end and home
@@ -1566,7 +1573,7 @@ def tui_lines(result: TuiResult) -> list[str]:
         f"{result.cold_first_paint_s:.2f} s (id index read {result.cold_index_s:.2f} s): "
         f"{verdict(cold_ok)}",
         timing_line(f"pagedown x{result.pages.presses}", result.pages),
-        timing_line(f"pagedown x{result.more_pages.presses} more", result.more_pages),
+        timing_line(f"pagedown x{result.more_pages.presses} more{turned}", result.more_pages),
         f"  end (oldest message): {result.end_ms:.1f} ms, {cached(result.end_read)}; "
         f"home: {result.home_ms:.1f} ms, {cached(result.home_read)}",
         f"  RSS: {marks}; MiB",

@@ -30,7 +30,7 @@ class Preset:
 PRESETS: tuple[Preset, ...] = (
     Preset(
         "1",
-        "530 authentication required",
+        "530 auth required",
         {"stage": "mail", "reply": "530 5.7.0 Authentication required"},
     ),
     Preset(
@@ -40,7 +40,7 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         "3",
-        "452 4.5.3 too many recipients (over 1)",
+        "452 4.5.3 too many rcpts (>1)",
         {
             "stage": "rcpt",
             "reply": "452 4.5.3 Too many recipients",
@@ -49,12 +49,12 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         "4",
-        "452 4.3.1 insufficient storage",
+        "452 4.3.1 no storage",
         {"stage": "data", "reply": "452 4.3.1 Insufficient system storage"},
     ),
     Preset(
         "5",
-        "421 service closing, disconnect",
+        "421 closing, disconnect",
         {
             "stage": "mail",
             "action": "disconnect",

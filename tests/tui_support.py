@@ -115,3 +115,11 @@ def log_text(app: MailsinkApp, selector: str) -> str:
 
 def squeezed(text: str) -> str:
     return "".join(text.split())
+
+
+def rows_loaded(app: MailsinkApp) -> bool:
+    """Every row on screen is loaded (none shows the placeholder)."""
+    widget = app.main.message_list
+    top = int(widget.scroll_y)
+    visible = range(top, min(widget.count, top + widget.scrollable_content_region.height))
+    return all(widget.id_at(row) in widget._rows for row in visible)

@@ -16,10 +16,19 @@ from mailsink.presets import BY_KEY, PRESETS
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
 
-COLUMNS = ("Key", "On", "Rule", "Stage", "Does", "Hits", "Last fired")
+# (title, width): they fit 120 columns
+COLUMNS = (
+    ("Key", 3),
+    ("On", 5),
+    ("Rule", 32),
+    ("Stage", 7),
+    ("Does", 40),
+    ("Hits", 5),
+    ("Last fired", 10),
+)
 
 EXPLAIN = (
-    " Faults  space/enter: switch the selected rule on or off · 1-5: presets ·"
+    " Faults  space or enter: switch the selected rule on or off · 1-5: presets ·"
     " changes apply from the next SMTP command"
 )
 ATTACHED = (
@@ -55,7 +64,8 @@ class FaultsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(Text(EXPLAIN, "bold"), classes="title")
         table: DataTable[Text] = DataTable(id="rules", cursor_type="row")
-        table.add_columns(*COLUMNS)
+        for title, width in COLUMNS:
+            table.add_column(title, width=width)
         yield table
         yield Static(id="fault-note")
         yield Footer()

@@ -283,6 +283,10 @@ class MessageList(ScrollView, can_focus=True):
 
     # ---- rendering
 
+    def _style(self, name: str) -> Style:
+        # partial: without the widget's background, so the cursor's shows through
+        return self.get_component_rich_style(f"message-list--{name}", partial=True)
+
     def render_line(self, y: int) -> Strip:
         row = int(self.scroll_y) + y
         width = self.scrollable_content_region.width
@@ -290,25 +294,25 @@ class MessageList(ScrollView, can_focus=True):
         if message_id is None:
             if row == 0 and self.loaded:
                 text = "No messages yet." if not self.filter.describe() else "No messages match."
-                style = self.get_component_rich_style("message-list--dim")
+                style = self._style("dim")
                 return Strip([Segment(_cell(f"  {text}", width), style)], width)
             return Strip.blank(width, self.rich_style)
         cached = self._rows.get(message_id)
         if cached is None:
             self._want(row)
-            style = self.get_component_rich_style("message-list--dim")
+            style = self._style("dim")
             segments = [Segment(_cell(f"  … message {message_id}", width), style)]
         else:
             self._rows.move_to_end(message_id)
             segments = self._segments(cached, width)
         strip = Strip(segments)
         if row == self.cursor:
-            strip = strip.apply_style(self.get_component_rich_style("message-list--cursor"))
+            strip = strip.apply_style(self._style("cursor"))
         return strip.adjust_cell_length(width, self.rich_style).crop(0, width)
 
     def _segments(self, row: Row, width: int) -> list[Segment]:
         widths = _widths(width)
-        base = self.get_component_rich_style("message-list--rejected") if row.rejected else Style()
+        base = self._style("rejected") if row.rejected else Style()
         texts = (row.time, row.sender, row.from_, row.to, row.subject, row.size)
         segments: list[Segment] = []
         for text, cells in zip(texts, widths, strict=False):
@@ -318,12 +322,12 @@ class MessageList(ScrollView, can_focus=True):
                 segments.append(Segment(_cell(text, cells) + " ", base))
         badges: list[Segment] = []
         if row.findings:
-            kind = f"message-list--{row.worst or 'info'}"
-            badges.append(Segment(f"!{min(row.findings, 9)}", self.get_component_rich_style(kind)))
+            kind = row.worst or "info"
+            badges.append(Segment(f"!{min(row.findings, 9)}", self._style(kind)))
         if row.attachments:
-            badges.append(Segment("@", self.get_component_rich_style("message-list--attachment")))
+            badges.append(Segment("@", self._style("attachment")))
         if row.rejected:
-            badges.append(Segment("✗", self.get_component_rich_style("message-list--error")))
+            badges.append(Segment("✗", self._style("error")))
         used = sum(cell_len(b.text) for b in badges)
         segments += badges
         segments.append(Segment(" " * max(0, widths[-1] - used)))

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
@@ -68,9 +68,9 @@ class SessionsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(
-            Text(" Sessions  (● live; select one for its transcript)", "bold"), classes="title"
+            Text(" Sessions  (● live; select one for its transcript below)", "bold"), classes="title"
         )
-        with Horizontal():
+        with Vertical():
             table: DataTable[Text] = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
             table.add_columns(*COLUMNS)
             yield table

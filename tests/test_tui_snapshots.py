@@ -1,0 +1,359 @@
+"""Snapshots of the TUI at 120x40 (pytest-textual-snapshot's SVG format), and the hostile-content
+corpus: nothing from a message or a session may act as markup or as a terminal control.
+
+The store is filled through the store's own write path with fixed times, so the pictures only
+change when the UI does. Update them with `pytest tests/test_tui_snapshots.py --snapshot-update`
+and look at every changed SVG before committing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RawClient, message
+from pytest_textual_snapshot import SVGImageExtension
+from tui_support import (
+    list_rows,
+    rows_loaded,
+    run,
+    screen_text,
+    send,
+    settings_for,
+    static_text,
+    tui,
+    wait_until,
+)
+
+from mailsink.mail.envelope import Envelope
+from mailsink.store.db import IncomingMessage, Store, insert_message, insert_session, update_session
+from mailsink.tui.app import MailsinkApp
+from mailsink.tui.widgets.message.detail import MessageDetail
+from mailsink.tui.widgets.sessions.screen import SessionsScreen
+
+BASE = 1_795_770_000_000  # 2026-11-26 21:00:00 UTC, in ms
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def snapshot_svg(snapshot):
+    return snapshot.use_extension(SVGImageExtension)
+
+
+def _session(number: int, peer: str, helo: str, lines: list[tuple[str, str]], end: str) -> list:
+    started = BASE + number * 60_000
+    events = [(seq, started + seq * 7, d, t) for seq, (d, t) in enumerate(lines, 1)]
+    return [
+        (insert_session, {"session_id": number, "started_at": started, "peer": peer}),
+        (
+            update_session,
+            {
+                "session_id": number,
+                "events": events,
+                "started_at": started,
+                "peer": peer,
+                "helo": helo,
+                "end_reason": end,
+                "ended_at": started + 900,
+                "last_reply": lines[-1][1] if lines[-1][0] == "S" else None,
+            },
+        ),
+    ]
+
+
+def _message(number: int, session: int, mail_from: str, rcpt: list[str], raw: bytes, **kw) -> tuple:
+    envelope = Envelope(mail_from, rcpt, helo="app.local", peer="127.0.0.1:50123")
+    incoming = IncomingMessage(session, envelope, raw, BASE + number * 60_000 + 500, **kw)
+    return (insert_message, {"message": incoming})
+
+
+def fill(path: Path) -> None:
+    """Three sessions and five messages, one of them hostile, one rejected."""
+    conversation = [
+        ("S", "220 mailsink ESMTP mailsink"),
+        ("C", "EHLO app.local"),
+        ("S", "250-mailsink"),
+        ("S", "250 HELP"),
+        ("C", "MAIL FROM:<orders@shop.test>"),
+        ("S", "250 2.1.0 Ok"),
+        ("C", "RCPT TO:<customer@x.test>"),
+        ("S", "250 2.1.5 Ok"),
+        ("C", "RCPT TO:<audit@shop.test>"),
+        ("S", "250 2.1.5 Ok"),
+        ("C", "DATA"),
+        ("S", "354 End data with <CR><LF>.<CR><LF>"),
+        ("D", "[message data: 412 bytes]"),
+        ("S", "250 2.0.0 Ok: queued as 1"),
+        ("C", "QUIT"),
+        ("S", "221 2.0.0 Bye"),
+    ]
+    refused = [
+        ("S", "220 mailsink ESMTP mailsink"),
+        ("C", "EHLO [bold red]x\x1b[2J"),
+        ("S", "250 HELP"),
+        ("C", "MAIL FROM:<spam@marketing.test>"),
+        ("I", "fault 'no marketing' fired at mail: reply 550 5.7.1 Not permitted"),
+        ("S", "550 5.7.1 Not permitted"),
+        ("C", "QUIT"),
+        ("S", "221 2.0.0 Bye"),
+    ]
+    operations = [
+        *_session(1, "127.0.0.1:50123", "app.local", conversation, "quit"),
+        *_session(2, "127.0.0.1:50124", "app.local", conversation[:-2], "client_closed"),
+        *_session(3, "127.0.0.1:50125", "[bold red]x\x1b[2J", refused, "quit"),
+    ]
+    operations += [
+        _message(
+            1,
+            1,
+            "orders@shop.test",
+            ["customer@x.test", "audit@shop.test"],
+            message(
+                sender="Shop <orders@shop.test>",
+                to="customer@x.test",
+                subject="Order #1042 confirmed",
+            ),
+        ),
+        _message(
+            2,
+            1,
+            "bounces@mailer.test",
+            ["ann@x.test"],
+            message(
+                sender="News <news@shop.test>", to="ann@x.test, bob@x.test", subject="Weekly deals"
+            ),
+        ),
+        _message(
+            3,
+            2,
+            "reset@shop.test",
+            ["carl@x.test"],
+            message(
+                sender="reset@shop.test",
+                to="carl@x.test",
+                subject="Password reset",
+                extra='Content-Type: multipart/mixed; boundary="b"\r\n',
+                body=(
+                    "--b\r\nContent-Type: text/plain\r\n\r\nHi\r\n--b\r\n"
+                    'Content-Disposition: attachment; filename="a.pdf"\r\n\r\nx\r\n--b--\r\n'
+                ),
+            ),
+        ),
+        _message(
+            4,
+            2,
+            "[@click=app.quit]x@evil.test",
+            ["dora@x.test"],
+            message(
+                sender="[bold red]Boom[/] <evil@x.test>",
+                to="dora@x.test",
+                subject="[@click=app.quit]click me[/] \x1b[31mred\x07\x08 \u202egnp.exe",
+            ),
+        ),
+        _message(
+            5,
+            2,
+            "big@shop.test",
+            ["erin@x.test"],
+            message(sender="big@shop.test", to="erin@x.test", subject="Too big"),
+            status="rejected",
+            reply="552 5.3.4 Message size exceeds fixed maximum message size",
+        ),
+    ]
+
+    async def write() -> None:
+        store = Store(str(path))
+        try:
+            for operation, arguments in operations:
+                await store.run(lambda conn, o=operation, a=arguments: o(conn, **a))
+        finally:
+            store.close()
+
+    asyncio.run(write())
+
+
+def picture(app: MailsinkApp) -> str:
+    """The screenshot, with the only thing that differs between runs (the port) fixed."""
+    assert app.backend.server is not None
+    svg = app.export_screenshot()
+    svg = svg.replace(f":{app.backend.server.port}", ":10025")  # ephemeral ports: 5 digits
+    return re.sub(r"terminal-\d+", "terminal-mailsink", svg)
+
+
+@pytest.fixture
+def filled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: nothing run-specific on screen
+    Path("mailsink.toml").write_text(
+        '[[fault]]\nname = "no marketing"\nstage = "mail"\nreply = "550 5.7.1 Not permitted"\n'
+        'match = { sender = "*@marketing.test" }\n\n'
+        '[[fault]]\nname = "slow greeting"\nstage = "connect"\naction = "delay"\ndelay = "2s"\n'
+        "enabled = false\n"
+    )
+    fill(tmp_path / "mail.db")
+    return settings_for("mail.db", Path("mailsink.toml"))
+
+
+async def _settled(app, pilot) -> None:
+    await wait_until(pilot, lambda: rows_loaded(app))
+    await wait_until(pilot, lambda: app.main.detail.loaded is not None)
+    await pilot.pause(0.1)
+    await pilot.wait_for_scheduled_animations()
+
+
+def test_main_screen(filled, snapshot_svg):
+    async def scenario() -> str:
+        async with tui(filled) as (app, pilot):
+            await _settled(app, pilot)
+            return picture(app)
+
+    assert run(scenario) == snapshot_svg
+
+
+def test_overview_of_an_opened_message(filled, snapshot_svg):
+    async def scenario() -> str:
+        async with tui(filled) as (app, pilot):
+            await _settled(app, pilot)
+            await pilot.press("end", "enter")  # the oldest: hidden recipient, sender as From
+            await wait_until(pilot, lambda: app.screen.query_one(MessageDetail).loaded is not None)
+            await pilot.pause(0.1)
+            await pilot.wait_for_scheduled_animations()
+            return picture(app)
+
+    assert run(scenario) == snapshot_svg
+
+
+def test_sessions_screen(filled, snapshot_svg):
+    async def scenario() -> str:
+        async with tui(filled) as (app, pilot):
+            await _settled(app, pilot)
+            await pilot.press("s")
+            sessions = app.screen
+            assert isinstance(sessions, SessionsScreen)
+            await wait_until(
+                pilot, lambda: sessions.shown_session == 3 and sessions.shown_events == 8
+            )
+            await pilot.pause(0.1)
+            return picture(app)
+
+    assert run(scenario) == snapshot_svg
+
+
+def test_faults_screen(filled, snapshot_svg):
+    async def scenario() -> str:
+        async with tui(filled) as (app, pilot):
+            await _settled(app, pilot)
+            await pilot.press("f", "2")  # 550 5.7.1 preset on
+            await pilot.pause(0.1)
+            return picture(app)
+
+    assert run(scenario) == snapshot_svg
+
+
+def test_help_screen(filled, snapshot_svg):
+    async def scenario() -> str:
+        async with tui(filled) as (app, pilot):
+            await _settled(app, pilot)
+            await pilot.press("question_mark")
+            await pilot.pause(0.1)
+            return picture(app)
+
+    assert run(scenario) == snapshot_svg
+
+
+# ---- hostile content -----------------------------------------------------------------------------
+
+HOSTILE_SUBJECTS = [
+    "[bold red]Boom[/]",
+    "[@click=app.quit]x",
+    "[link=https://evil.test]y[/link]",
+    "esc\x1b[2J\x1b]0;title\x07",
+    "bell\x07 back\x08space del\x7f",
+    "c1\u009bcsi \u0085nel",
+    "rtl\u202egnp.exe",
+]
+SHOWN_AS = [
+    "[bold red]Boom[/]",
+    "[@click=app.quit]x",
+    "[link=https://evil.test]y[/link]",
+    "esc␛[2J␛]0;title␇",
+    "bell␇ back␈space del␡",
+    "c1<U+009B>csi <U+0085>nel",
+    "rtl<U+202E>gnp.exe",
+]
+RAW_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _hostile_message(subject: str) -> bytes:
+    return (
+        f"From: {subject} <a@x.test>\r\nTo: b@x.test\r\nSubject: {subject}\r\n"
+        f"Date: Fri, 27 Nov 2026 23:10:00 +0000\r\n\r\n{subject}\r\n"
+    ).encode()
+
+
+def test_hostile_strings_show_literally_everywhere(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            for subject in HOSTILE_SUBJECTS:
+                await send(app, "a@x.test", ["b@x.test"], _hostile_message(subject))
+            assert app.backend.server is not None
+            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+            await asyncio.to_thread(client.command, "EHLO [bold]x\x1b[2J\x07")
+            await asyncio.to_thread(client.command, "QUIT")
+            client.close()
+            await wait_until(pilot, lambda: listing.count == len(HOSTILE_SUBJECTS))
+            await wait_until(pilot, lambda: rows_loaded(app))
+
+            rows = list_rows(app)
+            shown = screen_text(app)
+            assert not RAW_CONTROLS.search(shown), repr(RAW_CONTROLS.findall(shown))
+            for expected in SHOWN_AS:
+                # The subject column is narrower than some: its start is enough here.
+                assert any(expected[:12] in row for row in rows), expected
+
+            detail = app.main.detail
+            for row in range(len(HOSTILE_SUBJECTS)):
+                listing.cursor = row
+                await wait_until(
+                    pilot,
+                    lambda: (
+                        detail.loaded is not None and detail.loaded.record.id == listing.selected_id
+                    ),
+                )
+                expected = SHOWN_AS[-1 - row]
+                assert f"Subject: {expected}" in static_text(app, "#overview-body")
+                assert expected in detail.query_one("#text-body").text
+                assert f"Subject: {expected}" in static_text(app, "#headers-body")
+                for tab in ("overview", "text", "headers", "parts", "raw", "session"):
+                    detail.query_one("TabbedContent").active = tab
+                    await pilot.pause(0.02)
+                    shown = screen_text(app)
+                    assert not RAW_CONTROLS.search(shown), (tab, repr(RAW_CONTROLS.findall(shown)))
+
+            # Clicking the row that says [@click=app.quit] selects it; the app keeps running.
+            clickable = next(i for i, r in enumerate(rows) if "[@click=app.quit]x" in r)
+            await pilot.click("#messages", offset=(60, clickable))
+            await pilot.pause(0.1)
+            assert app.is_running and listing.cursor == clickable
+
+            await pilot.press("s")
+            sessions = app.screen
+            assert isinstance(sessions, SessionsScreen)
+            await wait_until(pilot, lambda: len(sessions.order) == len(HOSTILE_SUBJECTS) + 1)
+            sessions.query_one("#sessions").move_cursor(row=0)
+            await wait_until(pilot, lambda: sessions.shown_session == sessions.order[0])
+            await wait_until(pilot, lambda: "EHLO [bold]x␛[2J␇" in screen_text(app))
+            assert not RAW_CONTROLS.search(screen_text(app))
+
+    run(scenario)
