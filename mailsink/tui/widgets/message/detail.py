@@ -25,7 +25,8 @@ from mailsink.tui import render
 from mailsink.tui.backend import Backend
 
 RAW_SHOWN = 512 * 1024  # bytes of a message the Raw tab shows; the rest is cut with a notice
-CACHED_MESSAGES = 8
+CACHED_MESSAGES = 8  # parsed messages kept for going back and forth...
+CACHED_BYTES = 16 * 1024 * 1024  # ... as long as their raw sizes add up to no more than this
 
 
 @dataclass
@@ -108,9 +109,11 @@ class MessageDetail(Vertical):
         if loaded is None:
             await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
             loaded = await self.backend.read(load, message_id)
-            if loaded is not None:
+            if loaded is not None and len(loaded.raw) <= CACHED_BYTES:
                 self._cache[message_id] = loaded
-                while len(self._cache) > CACHED_MESSAGES:
+                while len(self._cache) > CACHED_MESSAGES or (
+                    sum(len(c.raw) for c in self._cache.values()) > CACHED_BYTES
+                ):
                     self._cache.popitem(last=False)
         if message_id == self.message_id:
             self._fill(loaded)

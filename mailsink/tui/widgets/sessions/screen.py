@@ -68,7 +68,8 @@ class SessionsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(
-            Text(" Sessions  (● live; select one for its transcript below)", "bold"), classes="title"
+            Text(" Sessions  (● live; select one for its transcript below)", "bold"),
+            classes="title",
         )
         with Vertical():
             table: DataTable[Text] = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
