@@ -14,6 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 
 from mailsink.mail.attachments import save_part
@@ -58,6 +59,9 @@ class Document(TextArea):
 
 
 class MessageDetail(Vertical):
+    class Filled(Message):
+        """The tabs now show `loaded` (None: no message, or it is gone)."""
+
     BINDINGS = [
         Binding("o", "open_html", "Open HTML"),
         Binding("r", "toggle_raw_headers", "Raw headers", show=False),
@@ -120,6 +124,7 @@ class MessageDetail(Vertical):
 
     def _fill(self, loaded: Loaded | None) -> None:
         self.loaded = loaded
+        self.post_message(self.Filled())
         overview = self.query_one("#overview-body", Static)
         if loaded is None:
             gone = "No message selected." if self.message_id is None else "This message is gone."
