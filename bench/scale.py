@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from textual.pilot import Pilot
 
     from mailsink.tui.widgets.messages.message_list import MessageList
+    from mailsink.tui.widgets.messages.screen import MainScreen
 
 MIB = 1024 * 1024
 CLI_TARGET_S = 0.3
@@ -1288,12 +1289,30 @@ def tui_settings(db: Path) -> Any:
     return replace(Settings(), storage=replace(StorageSettings(), path=str(db)))
 
 
-async def first_paint(app: App[Any], pilot: Pilot[Any], start: float) -> tuple[float, float]:
-    """(s until the id index is read, s until every row on screen is loaded) since `start`."""
+def main_screen(app: App[Any]) -> MainScreen:
     from mailsink.tui.app import MailsinkApp
 
     assert isinstance(app, MailsinkApp)
-    rows = app.main.message_list
+    return app.main
+
+
+async def settle(app: App[Any], poller: Poller) -> None:
+    """Wait until the detail pane shows the selected message before leaving run_test: a detail
+    read still in flight when the app exits fills a pane whose children are gone, and the app
+    fails with NoMatches('#overview-body') (mailsink's bug, seen about once in 60 exits)."""
+    screen = main_screen(app)
+    rows, detail = screen.message_list, screen.detail
+
+    def shown() -> bool:
+        loaded = detail.loaded
+        return loaded is not None and loaded.record.id == rows.selected_id
+
+    await poller.until(shown, "the detail pane")
+
+
+async def first_paint(app: App[Any], pilot: Pilot[Any], start: float) -> tuple[float, float]:
+    """(s until the id index is read, s until every row on screen is loaded) since `start`."""
+    rows = main_screen(app).message_list
     poller = Poller(pilot)
     await poller.until(lambda: rows.loaded, "the list's id index")
     index = time.perf_counter() - start
@@ -1311,7 +1330,7 @@ async def drive_tui(db: Path, result: dict[str, Any]) -> None:
         result["running_s"] = time.perf_counter() - start
         result["index_s"], result["first_paint_s"] = await first_paint(app, pilot, start)
         result["rss"].append(own_rss("first paint"))
-        rows = app.main.message_list
+        rows = main_screen(app).message_list
         poller = Poller(pilot)
         trace = [(0, result["rss"][-1].rss_bytes)]
         presses = []
@@ -1332,6 +1351,7 @@ async def drive_tui(db: Path, result: dict[str, Any]) -> None:
         result["end_ms"], result["end_read"] = await press(app, rows, poller, "end", rows.count - 1)
         result["home_ms"], result["home_read"] = await press(app, rows, poller, "home", 0)
         result["rss"].append(own_rss("after end and home"))
+        await settle(app, poller)
         result |= {
             "rows": rows.count,
             "visible_rows": rows.scrollable_content_region.height,
@@ -1350,7 +1370,9 @@ async def cold_first_paint(db: Path) -> tuple[float, float]:
     app = create_app(tui_settings(db), attach=True)
     start = time.perf_counter()
     async with app.run_test(size=TUI_SIZE) as pilot:
-        return await first_paint(app, pilot, start)
+        times = await first_paint(app, pilot, start)
+        await settle(app, Poller(pilot))
+        return times
 
 
 def evict_from_page_cache(db: Path) -> None:

@@ -204,71 +204,45 @@ def filled(tmp_path, monkeypatch):
     return settings_for("mail.db", Path("mailsink.toml"))
 
 
-async def _settled(app, pilot) -> None:
-    await wait_until(pilot, lambda: rows_loaded(app))
-    await wait_until(pilot, lambda: app.main.detail.loaded is not None)
-    await pilot.pause(0.1)
-    await pilot.wait_for_scheduled_animations()
+def shot(settings, *keys: str, ready=lambda app: True) -> str:
+    """The screenshot after the store is on screen, `keys` are pressed and `ready(app)` holds."""
 
-
-def test_main_screen(filled, snapshot_svg):
     async def scenario() -> str:
-        async with tui(filled) as (app, pilot):
-            await _settled(app, pilot)
-            return picture(app)
-
-    assert run(scenario) == snapshot_svg
-
-
-def test_overview_of_an_opened_message(filled, snapshot_svg):
-    async def scenario() -> str:
-        async with tui(filled) as (app, pilot):
-            await _settled(app, pilot)
-            await pilot.press("end", "enter")  # the oldest: hidden recipient, sender as From
-            await wait_until(pilot, lambda: app.screen.query_one(MessageDetail).loaded is not None)
+        async with tui(settings) as (app, pilot):
+            await wait_until(pilot, lambda: rows_loaded(app) and app.main.detail.loaded)
+            await pilot.press(*keys)
+            await wait_until(pilot, lambda: ready(app))
             await pilot.pause(0.1)
             await pilot.wait_for_scheduled_animations()
             return picture(app)
 
-    assert run(scenario) == snapshot_svg
+    return run(scenario)
+
+
+def test_main_screen(filled, snapshot_svg):
+    assert shot(filled) == snapshot_svg
+
+
+def test_overview_of_an_opened_message(filled, snapshot_svg):
+    # The oldest message: a hidden recipient, the bounce address equal to From.
+    opened = lambda app: app.screen.query_one(MessageDetail).loaded  # noqa: E731
+    assert shot(filled, "end", "enter", ready=opened) == snapshot_svg
 
 
 def test_sessions_screen(filled, snapshot_svg):
-    async def scenario() -> str:
-        async with tui(filled) as (app, pilot):
-            await _settled(app, pilot)
-            await pilot.press("s")
-            sessions = app.screen
-            assert isinstance(sessions, SessionsScreen)
-            await wait_until(
-                pilot, lambda: sessions.shown_session == 3 and sessions.shown_events == 8
-            )
-            await pilot.pause(0.1)
-            return picture(app)
+    def streamed(app: MailsinkApp) -> bool:
+        screen = app.screen
+        return isinstance(screen, SessionsScreen) and screen.shown_events == 8
 
-    assert run(scenario) == snapshot_svg
+    assert shot(filled, "s", ready=streamed) == snapshot_svg
 
 
 def test_faults_screen(filled, snapshot_svg):
-    async def scenario() -> str:
-        async with tui(filled) as (app, pilot):
-            await _settled(app, pilot)
-            await pilot.press("f", "2")  # 550 5.7.1 preset on
-            await pilot.pause(0.1)
-            return picture(app)
-
-    assert run(scenario) == snapshot_svg
+    assert shot(filled, "f", "2") == snapshot_svg  # the 550 5.7.1 preset switched on
 
 
 def test_help_screen(filled, snapshot_svg):
-    async def scenario() -> str:
-        async with tui(filled) as (app, pilot):
-            await _settled(app, pilot)
-            await pilot.press("question_mark")
-            await pilot.pause(0.1)
-            return picture(app)
-
-    assert run(scenario) == snapshot_svg
+    assert shot(filled, "question_mark") == snapshot_svg
 
 
 # ---- hostile content -----------------------------------------------------------------------------

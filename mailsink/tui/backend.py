@@ -18,7 +18,6 @@ from mailsink.store.queries import Reader
 if TYPE_CHECKING:
     from mailsink.reload import ConfigWatcher
     from mailsink.smtp.server import SinkServer
-    from mailsink.store.db import Store
 
 T = TypeVar("T")
 log = logging.getLogger("mailsink")
@@ -66,7 +65,7 @@ async def running(
     """The backend for one TUI run: with `attach`, only a reader of an existing store; otherwise
     the store, the SMTP server and (with a config file) its watcher, all on the running loop.
     Leaving stops the listener and lets transactions in flight finish."""
-    from mailsink.store.db import Store, StoreError, resolve_path
+    from mailsink.store.db import resolve_path
 
     if attach:
         path = resolve_path(settings.storage.path)
@@ -78,34 +77,11 @@ async def running(
             await backend.close()
         return
 
-    from mailsink.reload import ConfigWatcher
-    from mailsink.smtp.server import SinkServer
+    from mailsink.serve import serving
 
-    storage = settings.storage
-    store: Store = await asyncio.to_thread(Store, storage.path, storage.max_messages)
-    server = SinkServer(settings, store)
-    stop_watching = asyncio.Event()
-    watching = None
-    try:
-        try:
-            await server.start()
-        except OSError as error:
-            smtp = settings.smtp
-            raise StoreError(
-                f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
-            ) from None
-        watcher = None
-        if settings.source is not None:
-            watcher = ConfigWatcher(settings.source, server, **(overrides or {}))
-            watching = asyncio.create_task(watcher.run(stop_watching))
-        backend = Backend(store.path, settings, server, watcher)
+    async with serving(settings, overrides) as (server, watcher):
+        backend = Backend(server.store.path, settings, server, watcher)
         try:
             yield backend
         finally:
             await backend.close()
-            stop_watching.set()
-            await server.stop()
-            if watching is not None:
-                watching.cancel()
-    finally:
-        await asyncio.to_thread(store.close)
