@@ -1299,7 +1299,7 @@ def main_screen(app: App[Any]) -> MainScreen:
 async def settle(app: App[Any], poller: Poller) -> None:
     """Wait until the detail pane shows the selected message before leaving run_test: a detail
     read still in flight when the app exits fills a pane whose children are gone, and the app
-    fails with NoMatches('#overview-body') (mailsink's bug, seen about once in 60 exits)."""
+    fails with NoMatches("#overview-body") (mailsink's bug: 2 in 420 exits soon after a key)."""
     screen = main_screen(app)
     rows, detail = screen.message_list, screen.detail
 
@@ -1573,7 +1573,7 @@ def tui_lines(result: TuiResult) -> list[str]:
     width, height = TUI_SIZE
     base = result.rss[0].rss_bytes
     marks = "; ".join(
-        f"{mark.label} {mib(mark.rss_bytes)} (peak {mib(mark.peak_bytes)})"
+        f"{mark.label} {mark.rss_bytes / MIB:.1f}/{mark.peak_bytes / MIB:.1f}"
         + ("" if mark is result.rss[0] else f" +{(mark.rss_bytes - base) / MIB:.1f}")
         for mark in result.rss
     )
@@ -1598,7 +1598,7 @@ def tui_lines(result: TuiResult) -> list[str]:
         timing_line(f"pagedown x{result.more_pages.presses} more{turned}", result.more_pages),
         f"  end (oldest message): {result.end_ms:.1f} ms, {cached(result.end_read)}; "
         f"home: {result.home_ms:.1f} ms, {cached(result.home_read)}",
-        f"  RSS: {marks}; MiB",
+        f"  RSS MiB (current/peak, +growth): {marks}",
         f"  RSS MiB by pages pressed: {trace}; {result.more_pages.presses} pages after the first "
         f"{result.pages.presses} added {added / MIB:.1f} MiB; row cache {result.cached_rows} rows",
     ]

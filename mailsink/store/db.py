@@ -32,7 +32,7 @@ from mailsink.mail.parse import parse_headers
 
 log = logging.getLogger("mailsink.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MEMORY = ":memory:"
 
 _MIGRATIONS: dict[int, str] = {
@@ -82,6 +82,8 @@ _MIGRATIONS: dict[int, str] = {
         raw BLOB NOT NULL
     );
     """,
+    # The TUI's "findings only" list reads its ids from here, not from the wide messages rows.
+    2: "CREATE INDEX messages_findings ON messages (finding_count) WHERE finding_count > 0",
 }
 
 

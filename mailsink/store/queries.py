@@ -197,9 +197,16 @@ class Reader:
 
         A view pages through a list of any length with it; only the rows on screen are loaded."""
         query, params = self._filtered(search, findings_only, include_rejected)
-        query += (" AND " if " WHERE " in query else " WHERE ") + "id > ?"
-        cursor = self.conn.execute(f"SELECT id{query} ORDER BY id", (*params, above))
-        return array("q", (row[0] for row in cursor))
+        if above:  # (a catch-up: the rowid is the way to the few new rows)
+            query += (" AND " if " WHERE " in query else " WHERE ") + "id > ?"
+            params.append(above)
+        # One row, not one per id: Python's sqlite3 gives the GIL up between rows, which lets a
+        # busy UI thread stretch 100 000 rows to seconds. No ORDER BY either, so that SQLite
+        # can read the ids from a narrow index instead of walking the wide table.
+        (joined,) = self.conn.execute(
+            f"SELECT group_concat(id) FROM (SELECT id{query})", params
+        ).fetchone()
+        return array("q", sorted(map(int, joined.split(","))) if joined else ())
 
     def messages_by_id(self, ids: Iterable[int]) -> dict[int, MessageRecord]:
         wanted = list(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import webbrowser
 from collections import OrderedDict
@@ -14,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 
@@ -120,7 +122,8 @@ class MessageDetail(Vertical):
                 ):
                     self._cache.popitem(last=False)
         if message_id == self.message_id:
-            self._fill(loaded)
+            with contextlib.suppress(NoMatches):  # the app is closing: the tabs are gone
+                self._fill(loaded)
 
     def _fill(self, loaded: Loaded | None) -> None:
         self.loaded = loaded

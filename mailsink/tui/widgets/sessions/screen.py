@@ -105,6 +105,8 @@ class SessionsScreen(Screen[None]):
     @work(exclusive=True, group="sessions")
     async def refresh_sessions(self) -> None:
         stored = await self.backend.read(lambda r: Reader.list_sessions(r, limit=LISTED))
+        if not self.is_attached:
+            return  # closed while reading
         live = self._live()
         rows: dict[int, SessionRow] = {}
         for record in stored:
@@ -146,6 +148,8 @@ class SessionsScreen(Screen[None]):
         if session_id is None:
             return
         record = await self.backend.read(Reader.get_session, session_id)
+        if not self.is_attached or session_id != self.selected_id():
+            return  # closed, or another session was chosen while reading
         events = list(record.events) if record else []
         protocol = self._protocol(session_id)
         if protocol is not None:
