@@ -350,8 +350,11 @@ class Policy:
         self.stages = frozenset(rule.stage for rule in rules if rule.enabled)
         self._windows: dict[tuple[str, str], deque[float]] = {}
 
-    def carry_over(self, previous: Policy) -> None:
-        """Keep hit counts and rate windows of rules that a reload left unchanged."""
+    def carry_over(self, previous: Policy, *, same_random: bool = False) -> None:
+        """Keep hit counts and rate windows of rules that a reload left unchanged; with
+        `same_random` (a rule switched on or off, not a reload) also the random sequence."""
+        if same_random and previous.seed == self.seed:
+            self._random = previous._random
         # Switching a rule off and on again is not a change: its counts stay.
         before = [dataclasses.replace(r, enabled=True) for r in previous.rules]
         unchanged = {r.name for r in self.rules if dataclasses.replace(r, enabled=True) in before}

@@ -6,6 +6,8 @@ tried before the config file's rules.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +66,9 @@ PRESETS: tuple[Preset, ...] = (
 )
 
 BY_KEY = {preset.key: preset for preset in PRESETS}
+
+
+@functools.cache
+def preset_rules() -> tuple[Rule, ...]:
+    """Every preset as a rule, switched off."""
+    return tuple(dataclasses.replace(preset.rule(), enabled=False) for preset in PRESETS)

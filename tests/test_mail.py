@@ -176,3 +176,26 @@ def test_header_summary_decodes_like_the_stdlib_default_policy(raw, from_, to, s
     summary = parse_headers(raw)
     assert (summary.from_, summary.to, summary.subject) == (from_, to, subject)
     assert summary.cc == []
+
+
+@pytest.mark.timeout(20)
+def test_html_to_text_is_linear_on_hostile_markup():
+    from mailsink.mail.html import html_to_text
+
+    # HTMLParser needs minutes for the first of these (it rescans unfinished tags).
+    for hostile in ("<a " * 50_000, "<!--" * 100_000, "<script>" * 50_000, "<" * 500_000):
+        assert isinstance(html_to_text(hostile), str)
+    text = html_to_text('<p>Hi &amp; <a href="https://x.test/?a=1&amp;b=2">there</a></p><ul><li>1')
+    assert text == "Hi & there <https://x.test/?a=1&b=2>\n\n• 1\n"
+
+
+def test_attachment_names_fit_the_file_system(tmp_path):
+    from mailsink.mail.attachments import save_part
+
+    for name in ("é" * 200 + ".pdf", "😀" * 100, "日本" * 100 + ".txt", "../" * 100 + "x"):
+        first = save_part(b"1", name, tmp_path, "fallback.bin")
+        second = save_part(b"2", name, tmp_path, "fallback.bin")
+        assert first.parent == second.parent == tmp_path
+        assert first != second and first.read_bytes() == b"1" and second.read_bytes() == b"2"
+        assert len(second.name.encode()) <= 255
+    assert (tmp_path / ("é" * 98 + ".pdf")).exists()  # cut on whole characters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import smtplib
 import sqlite3
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RawClient, free_port, mailsink_process, message, run_cli, wait_for_port
+from textual.widgets import RichLog
 from tui_support import (
     list_rows,
     log_text,
@@ -30,7 +32,7 @@ from tui_support import (
 )
 
 from mailsink.store.queries import Reader
-from mailsink.tui.app import create_app
+from mailsink.tui.app import MailsinkApp, create_app
 from mailsink.tui.widgets.faults.screen import FaultsScreen
 from mailsink.tui.widgets.message.detail import MessageDetail
 from mailsink.tui.widgets.message.screen import MessageScreen
@@ -68,9 +70,8 @@ def test_send_open_hidden_recipient_then_550_preset_rejects_and_sessions_show_it
             assert isinstance(app.screen, FaultsScreen)
             await pilot.press("2")
             assert app.backend.server is not None
-            assert [r.name for r in app.backend.server.policy.rules] == [
-                "preset: 550 5.7.1 not permitted"
-            ]
+            rules = app.backend.server.policy.rules
+            assert [r.name for r in rules if r.enabled] == ["preset: 550 5.7.1 not permitted"]
             await pilot.press("escape")
             assert "faults: 1 on" in screen_text(app)
 
@@ -545,3 +546,104 @@ def test_bare_mailsink_in_a_terminal_runs_the_tui(tmp_path):
         os.close(fd)
     with sqlite3.connect(tmp_path / "pty.db") as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+
+
+def test_live_transcript_is_complete_and_in_order(tmp_path):
+    """Lines from the store and from the live session meet without gaps or repeats."""
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            assert app.backend.server is not None
+            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+            await asyncio.to_thread(client.command, "EHLO order.test")
+            await pilot.press("s")
+            sessions = app.screen
+            assert isinstance(sessions, SessionsScreen)
+            await wait_until(pilot, lambda: sessions.shown_session == 1)
+            for n in range(4):
+                for line in ("MAIL FROM:<a@x.test>", f"RCPT TO:<b{n}@x.test>", "DATA"):
+                    await asyncio.to_thread(client.command, line)
+                await asyncio.to_thread(client.command, f"Subject: {n}\r\n\r\nbody\r\n.")
+                await asyncio.to_thread(client.command, "NOOP")
+                await pilot.pause(0.05)
+            await asyncio.to_thread(client.command, "QUIT")
+            client.close()
+            await wait_until(pilot, lambda: sessions.rows[1].state == "quit")
+            with Reader(app.backend.db_path) as reader:
+                stored = reader.session_events(1)
+            await wait_until(pilot, lambda: sessions.last_seq == stored[-1][0])
+            log = sessions.query_one("#transcript", RichLog)
+            # The event lines (not the session's header, which may wrap).
+            shown = [s.text for s in log.lines if re.match(r"\d\d:\d\d:\d\d\.\d{3} ", s.text)]
+            assert len(shown) == len(stored)
+            for line, (_, _, direction, text) in zip(shown, stored, strict=True):
+                assert line.split(f" {direction} ", 1)[1].rstrip() == text.rstrip()
+
+    run(scenario)
+
+
+def test_deleted_elsewhere_disappears_from_the_list(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            for n in range(5):
+                await send(app, "a@x.test", ["b@x.test"], message(subject=f"m{n}"))
+            await wait_until(pilot, lambda: listing.count == 5)
+            await pilot.press("down")  # message 4 selected
+            with Reader(app.backend.db_path) as other:  # as a second `mailsink tui` would
+                other.delete_message(2)
+            await wait_until(pilot, lambda: listing.count == 4)
+            assert 2 not in listing.ids and listing.selected_id == 4
+            result = await asyncio.to_thread(run_cli, "clear", "--db", app.backend.db_path)
+            assert result.code == 0
+            await wait_until(pilot, lambda: listing.count == 0)
+
+    run(scenario)
+
+
+def test_faults_screen_shows_what_is_in_force(tmp_path):
+    config = tmp_path / "mailsink.toml"
+    config.write_text(
+        '[[fault]]\nname = "later"\nstage = "mail"\nreply = "550 5.7.1 No"\nenabled = false\n'
+    )
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db", config)) as (app, pilot):
+            server = app.backend.server
+            assert server is not None
+            await pilot.press("f")
+            faults = app.screen
+            assert isinstance(faults, FaultsScreen)
+            faults.query_one("#rules").move_cursor(row=faults.names.index("later"))
+            await pilot.press("space")
+            await wait_until(pilot, lambda: "● on" in _row_text(faults, "later"))
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                await send(app, "a@x.test", ["b@x.test"], message())
+
+            # Off and on again is no change: the preset's hits stay.
+            await pilot.press("1")
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                await send(app, "a@x.test", ["b@x.test"], message())
+            assert refused.value.smtp_code == 530
+            await pilot.press("1", "1")
+            assert server.policy.stats["preset: 530 auth required"].hits == 1
+            assert server.policy.stats["later"].hits == 1
+
+    run(scenario)
+
+
+def _row_text(faults: FaultsScreen, name: str) -> str:
+    table = faults.query_one("#rules")
+    return " ".join(str(cell) for cell in table.get_row_at(faults.names.index(name)))
+
+
+def test_startup_failure_is_kept_for_the_cli(tmp_path):
+    async def scenario() -> MailsinkApp:
+        app = create_app(settings_for("/proc/no/such/dir/mail.db"))
+        async with app.run_test():
+            pass
+        return app
+
+    app = run(scenario)
+    assert isinstance(app.startup_error, OSError)
+    assert app.return_code == 1

@@ -232,7 +232,7 @@ def test_overview_of_an_opened_message(filled, snapshot_svg):
 def test_sessions_screen(filled, snapshot_svg):
     def streamed(app: MailsinkApp) -> bool:
         screen = app.screen
-        return isinstance(screen, SessionsScreen) and screen.shown_events == 8
+        return isinstance(screen, SessionsScreen) and screen.last_seq == 8
 
     assert shot(filled, "s", ready=streamed) == snapshot_svg
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"|?*\u202a-\u202e\u2066-\u2069]')
 _RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$", re.IGNORECASE)
-MAX_NAME = 150
+# In UTF-8 bytes: file systems limit names to 255 bytes, and " (999)" may be added.
+MAX_NAME = 200
 
 
 def safe_filename(name: str | None, fallback: str) -> str:
@@ -18,13 +19,13 @@ def safe_filename(name: str | None, fallback: str) -> str:
     name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
     if _RESERVED.match(name):
         name = f"_{name}"
-    if len(name) > MAX_NAME:
+    if len(name.encode()) > MAX_NAME:
         stem, dot, suffix = name.rpartition(".")
-        name = (
-            (stem[: MAX_NAME - len(suffix) - 1] + dot + suffix)
-            if dot and len(suffix) < 16
-            else name[:MAX_NAME]
-        )
+        if not (dot and stem and len(suffix.encode()) < 16):
+            stem, dot, suffix = name, "", ""
+        room = MAX_NAME - len(f"{dot}{suffix}".encode())
+        stem = stem.encode()[:room].decode("utf-8", "ignore")  # whole characters only
+        name = f"{stem}{dot}{suffix}"
     return name or fallback
 
 

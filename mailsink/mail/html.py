@@ -1,112 +1,88 @@
 """HTML bodies as readable text for a terminal: blocks on their own lines, links kept.
 
 Not a browser: scripts and styles are dropped, tables become lines of cells. `o` in the TUI opens
-the real HTML in a browser.
+the real HTML in a browser. A single linear pass over tags and text: the stdlib's HTMLParser
+rescans unfinished tags and takes minutes on hostile input such as "<a " repeated 50 000 times.
 """
 
 from __future__ import annotations
 
+import html
 import re
-from html.parser import HTMLParser
 
-_BLOCKS = frozenset(
-    [
-        "address",
-        "article",
-        "aside",
-        "blockquote",
-        "dd",
-        "div",
-        "dl",
-        "dt",
-        "fieldset",
-        "figcaption",
-        "figure",
-        "footer",
-        "form",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "header",
-        "hr",
-        "li",
-        "main",
-        "nav",
-        "ol",
-        "p",
-        "pre",
-        "section",
-        "table",
-        "tr",
-        "ul",
-    ]
-)
-_SKIPPED = frozenset({"script", "style", "head", "title", "template", "noscript"})
+MAX_HTML = 2 * 1024 * 1024  # characters converted; the rest is cut with a notice
+
+_TOKEN = re.compile(r"<!--.*?(?:-->|\Z)|<[^<>]*>|[^<]+|<", re.DOTALL)
+_TAG = re.compile(r"<\s*(/?)\s*([a-zA-Z][a-zA-Z0-9]*)([^>]*)>?")
+_HREF = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+_ALT = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t\r\n\f]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
-
-class _TextBuilder(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.skipping = 0
-        self.pre = 0
-        self.links: list[str | None] = []
-
-    def _newline(self, count: int = 1) -> None:
-        self.out.append("\n" * count)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED:
-            self.skipping += 1
-        elif tag == "br":
-            self._newline()
-        elif tag == "pre":
-            self.pre += 1
-            self._newline(2)
-        elif tag == "li":
-            self._newline()
-            self.out.append("• ")
-        elif tag in ("td", "th"):
-            self.out.append(" | ")
-        elif tag == "img":
-            alt = dict(attrs).get("alt")
-            if alt:
-                self.out.append(f"[image: {alt}]")
-        elif tag in _BLOCKS:
-            self._newline(2 if tag in ("p", "h1", "h2", "h3", "table", "blockquote") else 1)
-        if tag == "a":
-            self.links.append(dict(attrs).get("href"))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED:
-            self.skipping = max(0, self.skipping - 1)
-        elif tag == "pre":
-            self.pre = max(0, self.pre - 1)
-            self._newline(2)
-        elif tag == "a" and self.links:
-            href = self.links.pop()
-            if href and not href.startswith(("#", "mailto:")):
-                self.out.append(f" <{href}>")
-        elif tag in _BLOCKS:
-            self._newline(2 if tag in ("p", "h1", "h2", "h3", "table", "blockquote") else 1)
-
-    def handle_data(self, data: str) -> None:
-        if self.skipping:
-            return
-        self.out.append(data if self.pre else _SPACES.sub(" ", data))
+_BLOCKS = frozenset(
+    {
+        *("address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset"),
+        *("figcaption", "figure", "footer", "form", "h4", "h5", "h6", "header", "hr", "li"),
+        *("main", "nav", "ol", "section", "tr", "ul"),
+    }
+)
+_PARAGRAPHS = frozenset({"p", "h1", "h2", "h3", "table", "blockquote", "pre"})
+_SKIPPED = frozenset({"script", "style", "head", "title", "template", "noscript"})
 
 
-def html_to_text(html: str) -> str:
-    builder = _TextBuilder()
-    try:
-        builder.feed(html)
-        builder.close()
-    except Exception:  # HTMLParser is lenient; this is a last resort
-        return html
-    lines = [line.strip(" ") for line in "".join(builder.out).split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n") + "\n"
+def _attribute(pattern: re.Pattern[str], attributes: str) -> str | None:
+    match = pattern.search(attributes)
+    if not match:
+        return None
+    return html.unescape(next(group for group in match.groups() if group is not None))
+
+
+def html_to_text(document: str) -> str:
+    cut = len(document) > MAX_HTML
+    out: list[str] = []
+    skipping: str | None = None  # inside <script> and the like, until its end tag
+    pre = 0
+    links: list[str | None] = []
+    for token in _TOKEN.finditer(document, 0, MAX_HTML):
+        text = token.group()
+        tag = _TAG.match(text) if text.startswith("<") and len(text) > 1 else None
+        if tag is None:
+            if skipping is None and not text.startswith("<!--"):
+                data = html.unescape(text)
+                out.append(data if pre else _SPACES.sub(" ", data))
+            continue
+        closing, name, attributes = tag.group(1) == "/", tag.group(2).lower(), tag.group(3)
+        if skipping is not None:
+            if closing and name == skipping:
+                skipping = None
+            continue
+        if name in _SKIPPED and not closing:
+            skipping = None if attributes.rstrip().endswith("/") else name
+        elif name == "br":
+            out.append("\n")
+        elif name == "pre":
+            pre = max(0, pre + (-1 if closing else 1))
+            out.append("\n\n")
+        elif name == "li" and not closing:
+            out.append("\n• ")
+        elif name in ("td", "th") and not closing:
+            out.append(" | ")
+        elif name == "img" and (alt := _attribute(_ALT, attributes)):
+            out.append(f"[image: {alt}]")
+        elif name == "a":
+            if not closing:
+                links.append(_attribute(_HREF, attributes))
+            elif links:
+                href = links.pop()
+                if href and not href.startswith(("#", "mailto:")):
+                    out.append(f" <{href}>")
+        elif name in _PARAGRAPHS:
+            out.append("\n\n")
+        elif name in _BLOCKS:
+            out.append("\n")
+    # Collapsed text leaves at most one space at a line's start; <pre> keeps its indentation.
+    lines = [line.removeprefix(" ").rstrip(" ") for line in "".join(out).split("\n")]
+    text = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n") + "\n"
+    if cut:
+        text += f"\n[cut: only the first {MAX_HTML // (1024 * 1024)} MiB of the HTML is shown]\n"
+    return text

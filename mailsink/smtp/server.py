@@ -13,7 +13,7 @@ from functools import partial
 
 from mailsink.config import Settings, is_loopback
 from mailsink.policy import Policy, Rule
-from mailsink.presets import BY_KEY
+from mailsink.presets import BY_KEY, preset_rules
 from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
 from mailsink.store.db import IncomingMessage, Store, Stored, insert_message, insert_session
@@ -33,7 +33,6 @@ class SinkServer:
         self.settings = settings
         # Changes made while running (the TUI's Faults screen), kept over config reloads.
         self.toggles: dict[str, bool] = {}
-        self.presets: dict[str, Rule] = {}
         self.policy = Policy(self._rules(), settings.faults.seed)
         # Called after every change of the rules in force (reload, toggle, preset).
         self.policy_listeners: list[Callable[[], None]] = []
@@ -93,7 +92,7 @@ class SinkServer:
         """Swap in a reloaded config; it applies from each connection's next command."""
         old = self.settings
         self.settings = settings
-        names = {rule.name for rule in settings.rules}
+        names = {rule.name for rule in (*preset_rules(), *settings.rules)}
         self.toggles = {name: on for name, on in self.toggles.items() if name in names}
         if settings.rules != old.rules or settings.faults.seed != old.faults.seed:
             self._new_policy()
@@ -102,33 +101,33 @@ class SinkServer:
     # ---- run-time control of the rules (the TUI's Faults screen)
 
     def _rules(self) -> list[Rule]:
-        configured = [
+        """Presets (off unless switched on) before the config's rules; the switches applied."""
+        return [
             dataclasses.replace(rule, enabled=self.toggles.get(rule.name, rule.enabled))
-            for rule in self.settings.rules
+            for rule in (*preset_rules(), *self.settings.rules)
         ]
-        return [*self.presets.values(), *configured]
 
-    def _new_policy(self) -> None:
+    def _new_policy(self, *, same_random: bool = False) -> None:
         policy = Policy(self._rules(), self.settings.faults.seed)
-        policy.carry_over(self.policy)
+        policy.carry_over(self.policy, same_random=same_random)
         self.policy = policy
         for listener in self.policy_listeners:
             listener()
 
     def set_rule_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a configured rule on or off from the next SMTP command on."""
-        if name not in {rule.name for rule in self.settings.rules}:
+        """Switch a rule (a preset or the config's) on or off from the next SMTP command on.
+        Its hit count stays, and so does the sequence of a seeded `probability`."""
+        if name not in {rule.name for rule in self.policy.rules}:
             raise KeyError(name)
         self.toggles[name] = enabled
-        self._new_policy()
+        self._new_policy(same_random=True)
 
     def toggle_preset(self, key: str) -> bool:
         """Switch a preset (mailsink.presets) on or off; True when it is now on."""
-        preset = BY_KEY[key]
-        if self.presets.pop(key, None) is None:
-            self.presets[key] = preset.rule()
-        self._new_policy()
-        return key in self.presets
+        name = BY_KEY[key].name
+        enabled = not next(rule.enabled for rule in self.policy.rules if rule.name == name)
+        self.set_rule_enabled(name, enabled)
+        return enabled
 
     @property
     def port(self) -> int:

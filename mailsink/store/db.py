@@ -82,8 +82,17 @@ _MIGRATIONS: dict[int, str] = {
         raw BLOB NOT NULL
     );
     """,
-    # The TUI's "findings only" list reads its ids from here, not from the wide messages rows.
-    2: "CREATE INDEX messages_findings ON messages (finding_count) WHERE finding_count > 0",
+    2: """
+    -- The TUI's "findings only" list reads its ids from here, not from the wide messages rows.
+    CREATE INDEX messages_findings ON messages (finding_count) WHERE finding_count > 0;
+    -- Counts deletions other than retention's (which only ever removes the oldest), so that a
+    -- view of the store knows when messages vanished from the middle of its list.
+    CREATE TABLE store_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        deletions INTEGER NOT NULL
+    );
+    INSERT INTO store_state (id, deletions) VALUES (1, 0);
+    """,
 }
 
 

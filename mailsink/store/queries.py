@@ -15,7 +15,7 @@ from typing import Any
 
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
-from mailsink.store.db import StoreError, check_version, connect, resolve_path
+from mailsink.store.db import SessionEvent, StoreError, check_version, connect, resolve_path
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -112,6 +112,9 @@ def _message(row: tuple[Any, ...]) -> MessageRecord:
         findings=json.loads(row[8]),
         has_attachments=has_attachments,
     )
+
+
+_COUNT_DELETION = "UPDATE store_state SET deletions = deletions + 1"
 
 
 def _like(text: str) -> str:
@@ -223,6 +226,10 @@ class Reader:
     def first_id(self) -> int | None:
         return self.conn.execute("SELECT min(id) FROM messages").fetchone()[0]
 
+    def deletions(self) -> int:
+        """How many times messages were deleted (not counting retention's pruning)."""
+        return self.conn.execute("SELECT deletions FROM store_state").fetchone()[0]
+
     def data_version(self) -> int:
         """Changes whenever another connection (a server, a CLI) commits to the store."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
@@ -295,6 +302,22 @@ class Reader:
             events=events,
         )
 
+    def session_events(self, session_id: int, after_seq: int = 0) -> list[SessionEvent]:
+        """The session's transcript events numbered above `after_seq`: (seq, at ms, direction,
+        text). Only the chunks that hold them are read."""
+        rows = self.conn.execute(
+            "SELECT first_seq, events FROM transcript_chunks WHERE session_id = ? AND first_seq >="
+            " (SELECT coalesce(max(first_seq), 0) FROM transcript_chunks"
+            "  WHERE session_id = ? AND first_seq <= ?) ORDER BY first_seq",
+            (session_id, session_id, after_seq + 1),
+        )
+        events: list[SessionEvent] = []
+        for first_seq, chunk in rows:
+            for seq, (at, direction, text) in enumerate(json.loads(chunk), first_seq):
+                if seq > after_seq:
+                    events.append((seq, at, direction, text))
+        return events
+
     # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
 
     def delete_message(self, message_id: int) -> bool:
@@ -304,6 +327,7 @@ class Reader:
             gone = self.conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount
             self.conn.execute("DELETE FROM message_raw WHERE id = ?", (message_id,))
             self.conn.execute("DELETE FROM message_search WHERE id = ?", (message_id,))
+            self.conn.execute(_COUNT_DELETION)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -323,5 +347,6 @@ class Reader:
             " (SELECT id FROM sessions WHERE end_reason IS NULL)"
         )
         self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
+        self.conn.execute(_COUNT_DELETION)
         self.conn.execute("COMMIT")
         return count

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import sys
 from collections import deque
 from collections.abc import Iterable
@@ -18,9 +19,8 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
-from mailsink.config import ConfigError, Settings
+from mailsink.config import Settings
 from mailsink.presets import PRESETS
-from mailsink.store.db import StoreError
 from mailsink.store.queries import Reader
 from mailsink.tui.backend import Backend, running
 from mailsink.tui.widgets.dialogs import Help
@@ -82,7 +82,7 @@ class MailsinkApp(App[None]):
             self.backend = await self._resources.enter_async_context(
                 running(self.settings, attach=self.attach, overrides=self.overrides)
             )
-        except (StoreError, ConfigError) as error:
+        except Exception as error:  # shown by the CLI as one line once the terminal is back
             self.startup_error = error
             self.exit(return_code=1)
             return
@@ -109,7 +109,11 @@ class MailsinkApp(App[None]):
             version = await self.backend.read(Reader.data_version)
             if version != self._data_version:
                 self._data_version = version
-                await listing.catch_up()
+                if not await listing.catch_up():
+                    self._data_version = None  # overtaken by a reload: look again next time
+        except sqlite3.Error as error:  # e.g. the store is locked: say so, and try again
+            self._data_version = None
+            self.notify(f"store: {error}", severity="error", markup=False, timeout=3)
         finally:
             self._polling = False
         while self.log_handler is not None and self.log_handler.unseen:
@@ -202,3 +206,5 @@ def run(
         runner.run(app.run_async())
     if app.startup_error is not None:
         raise app.startup_error
+    if app.return_code:  # Textual has shown what went wrong
+        raise SystemExit(app.return_code)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -17,6 +16,8 @@ from mailsink.text import format_bytes, visible, visible_block
 SEVERITY_STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SEVERITY_MARKS = {"error": "✗", "warning": "!", "info": "i"}
 DIRECTION_STYLES = {"C": "bold", "S": "green", "D": "dim", "I": "yellow"}
+ATTACHMENTS_SHOWN = 50
+HEADERS_SHOWN = 1000
 HIDDEN = "yellow"
 UNDELIVERED = "bold red"
 MISMATCH = "yellow"
@@ -131,11 +132,13 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
         found.append("\nNo findings: envelope and headers agree.\n", "green")
     if parsed.attachments:
         found.append(f"\nAttachments ({len(parsed.attachments)})\n", "bold underline")
-        for attachment in parsed.attachments:
+        for attachment in parsed.attachments[:ATTACHMENTS_SHOWN]:
             found.append(f" @ {visible(attachment.filename or '(no name)')}")
             found.append(
                 f"  {visible(attachment.content_type)}, {format_bytes(attachment.size)}\n", "dim"
             )
+        if len(parsed.attachments) > ATTACHMENTS_SHOWN:
+            found.append(f" … and {len(parsed.attachments) - ATTACHMENTS_SHOWN} more\n", "dim")
     return Group(table, found)
 
 
@@ -145,11 +148,14 @@ def body(text: str | None, missing: str) -> str:
 
 def header_text(parsed: ParsedMessage) -> Text:
     out = Text()
-    for name, value in parsed.header_lines:
+    for name, value in parsed.header_lines[:HEADERS_SHOWN]:
         out.append(visible(name), "bold")
         out.append(": ")
         out.append(visible(value))
         out.append("\n")
+    if len(parsed.header_lines) > HEADERS_SHOWN:
+        more = len(parsed.header_lines) - HEADERS_SHOWN
+        out.append(f"… {more} more header fields (r shows the raw block)\n", "dim")
     return out
 
 
@@ -169,7 +175,7 @@ def transcript_line(event: tuple[int, str, str]) -> Text:
     return line
 
 
-def transcript(session: SessionRecord | None, events: Iterable[tuple[int, str, str]] = ()) -> Text:
+def transcript(session: SessionRecord | None, *, limit: int | None = None) -> Text:
     if session is None:
         return Text("The session that delivered this message was pruned from the store.", "dim")
     head = Text.assemble(
@@ -182,7 +188,11 @@ def transcript(session: SessionRecord | None, events: Iterable[tuple[int, str, s
         else "  (still open)",
         "\n",
     )
-    lines = [transcript_line(event) for event in (*session.events, *events)]
+    events = session.events if limit is None else session.events[:limit]
+    lines = [transcript_line(event) for event in events]
+    if len(session.events) > len(events):
+        more = len(session.events) - len(events)
+        lines.append(Text(f"… {more} more lines: mailsink session {session.id}", "dim"))
     return Text("\n").join([head, *lines])
 
 

@@ -89,27 +89,19 @@ class FaultsScreen(Screen[None]):
         if server is None or not self.is_attached:
             return
         policy = server.policy
-        rules = {rule.name: rule for rule in policy.rules}
-        rows: list[tuple[str, Rule, bool]] = []
-        for preset in PRESETS:
-            rule = rules.get(preset.name) or preset.rule()
-            rows.append((preset.key, rule, preset.name in rules))
-        rows += [("", rule, rule.enabled) for rule in server.settings.rules if rule.name in rules]
+        keys = {preset.name: preset.key for preset in PRESETS}
+        rows = [(keys.get(rule.name, ""), rule, rule.enabled) for rule in policy.rules]
         table: DataTable[Text] = self.query_one("#rules", DataTable)
         cursor = table.cursor_row
         table.clear()
         self.names = []
         for key, rule, on_ in rows:
-            rule = rules.get(rule.name, rule)
             stats = policy.stats.get(rule.name)
             hits = stats.hits if stats else 0
             last = stats.last_fired if stats else None
             table.add_row(
                 Text(key, "bold cyan"),
-                Text(
-                    "● on" if on_ and rule.enabled else "○ off",
-                    "bold green" if on_ and rule.enabled else "dim",
-                ),
+                Text("● on" if on_ else "○ off", "bold green" if on_ else "dim"),
                 Text(visible(rule.name)),
                 Text(rule.stage),
                 Text(visible(_does(rule))),
@@ -146,13 +138,9 @@ class FaultsScreen(Screen[None]):
         if server is None or not 0 <= table.cursor_row < len(self.names):
             return
         name = self.names[table.cursor_row]
-        preset = next((p for p in PRESETS if p.name == name), None)
-        if preset is not None:
-            self.toggle_preset(preset.key)
-            return
-        rule = next(r for r in server.policy.rules if r.name == name)
-        server.set_rule_enabled(name, not rule.enabled)
-        self.notify(f"{name}: {'off' if rule.enabled else 'on'}", markup=False, timeout=3)
+        enabled = not next(r.enabled for r in server.policy.rules if r.name == name)
+        server.set_rule_enabled(name, enabled)
+        self.notify(f"{name}: {'on' if enabled else 'off'}", markup=False, timeout=3)
 
     @on(DataTable.RowSelected, "#rules")
     def _selected(self) -> None:

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import RenderableType
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -22,34 +23,74 @@ from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 from mailsink.mail.attachments import save_part
 from mailsink.mail.html import html_to_text
 from mailsink.mail.parse import MimePart, ParsedMessage, parse_message, part_payload
-from mailsink.store.queries import MessageRecord, Reader, SessionRecord
+from mailsink.store.queries import MessageRecord, Reader
 from mailsink.text import format_bytes, visible
 from mailsink.tui import render
 from mailsink.tui.backend import Backend
 
-RAW_SHOWN = 512 * 1024  # bytes of a message the Raw tab shows; the rest is cut with a notice
+SHOWN = 512 * 1024  # characters of a body or bytes of a message a tab shows; then a notice
+PARTS_SHOWN = 500  # MIME tree nodes
+TRANSCRIPT_SHOWN = 2000  # session events
 CACHED_MESSAGES = 8  # parsed messages kept for going back and forth...
 CACHED_BYTES = 16 * 1024 * 1024  # ... as long as their raw sizes add up to no more than this
 
 
 @dataclass
 class Loaded:
+    """A message as the tabs show it, prepared on the reader thread: all that is proportional to
+    the message's size happens there, and the loop only hands finished text to the widgets."""
+
     record: MessageRecord
     raw: bytes
     parsed: ParsedMessage
-    session: SessionRecord | None
-    html_text: str | None
+    overview: RenderableType
+    text: str
+    html: str
+    headers: Text
+    raw_headers: Text
+    raw_shown: str
+    transcript: Text
+
+
+def _cut(text: str, notice: str) -> str:
+    if len(text) <= SHOWN:
+        return text
+    shown = f"showing {SHOWN // 1024} K of {len(text) // 1024} K characters"
+    return f"{text[:SHOWN]}\n\n[cut: {shown}; {notice}]"
 
 
 def load(reader: Reader, message_id: int) -> Loaded | None:
-    """Everything the tabs show, read and parsed on the reader thread."""
+    """Everything the tabs show, read, parsed and made safe on the reader thread."""
     record = reader.get_message(message_id)
     raw = reader.get_raw(message_id)
     if record is None or raw is None:
         return None
     parsed = parse_message(raw)
-    html_text = html_to_text(parsed.html) if parsed.html is not None else None
-    return Loaded(record, raw, parsed, reader.get_session(record.session_id), html_text)
+    whole = f"`mailsink show {message_id}` has it all"
+    text = _cut(render.body(parsed.text, "(no text/plain part)"), whole)
+    html = "(no text/html part)"
+    if parsed.html is not None:
+        html = _cut(render.body(html_to_text(parsed.html), ""), "press o for the whole HTML")
+        html += "\n(press o to open the HTML in a browser)"
+    raw_shown = render.body(raw[:SHOWN].decode("utf-8", "replace"), "")
+    if len(raw) > SHOWN:
+        raw_shown += (
+            f"\n\n[truncated: showing {format_bytes(SHOWN)} of {format_bytes(len(raw))};"
+            f" `mailsink show {message_id} --raw` has it all]"
+        )
+    session = reader.get_session(record.session_id)
+    return Loaded(
+        record=record,
+        raw=raw,
+        parsed=parsed,
+        overview=render.overview(record, parsed),
+        text=text,
+        html=html,
+        headers=render.header_text(parsed),
+        raw_headers=Text(_cut(render.raw_header_block(raw), "`mailsink show --headers`")),
+        raw_shown=raw_shown,
+        transcript=render.transcript(session, limit=TRANSCRIPT_SHOWN),
+    )
 
 
 class Document(TextArea):
@@ -138,42 +179,31 @@ class MessageDetail(Vertical):
             self.query_one("#session-body", Static).update("")
             self.query_one("#parts-tree", Tree).clear()
             return
-        parsed = loaded.parsed
-        overview.update(render.overview(loaded.record, parsed))
-        self.query_one("#text-body", Document).load_text(
-            render.body(parsed.text, "(no text/plain part)")
-        )
-        html = "(no text/html part)"
-        if loaded.html_text is not None:
-            html = render.body(loaded.html_text, "") + "\n(press o to open the HTML in a browser)"
-        self.query_one("#html-body", Document).load_text(html)
+        overview.update(loaded.overview)
+        self.query_one("#text-body", Document).load_text(loaded.text)
+        self.query_one("#html-body", Document).load_text(loaded.html)
         self._fill_headers()
-        self._fill_parts(parsed.mime)
-        raw = loaded.raw[:RAW_SHOWN].decode("utf-8", "replace")
-        shown = render.body(raw, "")
-        if len(loaded.raw) > RAW_SHOWN:
-            shown += (
-                f"\n\n[truncated: showing {format_bytes(RAW_SHOWN)} of"
-                f" {format_bytes(len(loaded.raw))};"
-                f" `mailsink show {loaded.record.id} --raw` has it all]"
-            )
-        self.query_one("#raw-body", Document).load_text(shown)
-        self.query_one("#session-body", Static).update(render.transcript(loaded.session))
+        self._fill_parts(loaded.parsed.mime)
+        self.query_one("#raw-body", Document).load_text(loaded.raw_shown)
+        self.query_one("#session-body", Static).update(loaded.transcript)
 
     def _fill_headers(self) -> None:
         if self.loaded is None:
             return
         body = self.query_one("#headers-body", Static)
-        if self.raw_headers:
-            body.update(Text(render.raw_header_block(self.loaded.raw)))
-        else:
-            body.update(render.header_text(self.loaded.parsed))
+        body.update(self.loaded.raw_headers if self.raw_headers else self.loaded.headers)
 
     def _fill_parts(self, mime: MimePart) -> None:
         tree: Tree[MimePart] = self.query_one("#parts-tree", Tree)
         tree.clear()
 
+        added = 0
+
         def add(node, part: MimePart) -> None:  # type: ignore[no-untyped-def]
+            nonlocal added
+            added += 1
+            if added > PARTS_SHOWN:
+                return
             if part.children:
                 branch = node.add(render.mime_label(part), data=part, expand=True)
                 for child in part.children:
@@ -182,6 +212,10 @@ class MessageDetail(Vertical):
                 node.add_leaf(render.mime_label(part), data=part)
 
         add(tree.root, mime)
+        if added > PARTS_SHOWN:
+            tree.root.add_leaf(
+                Text(f"… {added - PARTS_SHOWN} more parts not shown (mailsink show --json)", "dim")
+            )
 
     # ---- actions
 

@@ -122,6 +122,7 @@ class MessageList(ScrollView, can_focus=True):
         self._selected_id: int | None = None
         self._announced: int | bool | None = False  # last id posted with Selected
         self._generation = 0  # counts full reloads
+        self._deletions = -1  # the store's deletion count when the index was read
 
     # ---- the index
 
@@ -147,13 +148,15 @@ class MessageList(ScrollView, can_focus=True):
         if new_filter is not None:
             self.filter = new_filter
         f = self.filter
-        ids = await self.backend.read(
-            lambda r: Reader.message_index(
-                r, search=f.search or None, findings_only=f.findings_only
+        ids, deletions = await self.backend.read(
+            lambda r: (
+                Reader.message_index(r, search=f.search or None, findings_only=f.findings_only),
+                Reader.deletions(r),
             )
         )
         if f != self.filter:
             return  # a newer filter is being loaded
+        self._deletions = deletions
         self._generation += 1  # what catch_up read before this is stale
         keep = self._selected_id
         self.ids = ids
@@ -169,20 +172,25 @@ class MessageList(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.Changed())
 
-    async def catch_up(self) -> None:
-        """Take in messages stored since the last look, and drop pruned ones."""
+    async def catch_up(self) -> bool:
+        """Take in messages stored since the last look and drop pruned ones (a deletion in the
+        middle means a full reload). False when a reload overtook it: look again."""
         f, generation = self.filter, self._generation
         above = self.ids[-1] if self.ids else 0
-        new, first = await self.backend.read(
+        new, first, deletions = await self.backend.read(
             lambda r: (
                 Reader.message_index(
                     r, search=f.search or None, findings_only=f.findings_only, above=above
                 ),
                 Reader.first_id(r),
+                Reader.deletions(r),
             )
         )
         if f != self.filter or generation != self._generation:
-            return
+            return False
+        if deletions != self._deletions:
+            await self.reload()
+            return True
         changed = False
         if first is None:
             if self.ids:
@@ -195,7 +203,7 @@ class MessageList(ScrollView, can_focus=True):
             self.ids.extend(new)
             changed = True
         if not changed:
-            return
+            return True
         at_top = self.scroll_y == 0
         self._resize()
         if self._selected_id is not None and (row := self.row_of_id(self._selected_id)) is not None:
@@ -206,6 +214,7 @@ class MessageList(ScrollView, can_focus=True):
             self.cursor = min(self.cursor, max(0, len(self.ids) - 1))
         self.refresh()
         self.post_message(self.Changed())
+        return True
 
     def forget(self, message_id: int) -> None:
         """A message deleted from here: drop its row, select the one that takes its place."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from rich.text import Text
@@ -137,7 +138,11 @@ class MainScreen(Screen[None]):
         message_id = self.message_list.selected_id
         if message_id is None:
             return
-        await self.backend.read(Reader.delete_message, message_id)
+        try:
+            await self.backend.read(Reader.delete_message, message_id)
+        except sqlite3.Error as error:
+            self.notify(f"Not deleted: {error}", severity="error", markup=False)
+            return
         self.message_list.forget(message_id)
         self.notify(f"deleted message {message_id}", timeout=2)
 
@@ -146,7 +151,11 @@ class MainScreen(Screen[None]):
 
         async def answered(yes: bool | None) -> None:
             if yes:
-                deleted = await self.backend.read(Reader.clear)
+                try:
+                    deleted = await self.backend.read(Reader.clear)
+                except sqlite3.Error as error:
+                    self.notify(f"Not deleted: {error}", severity="error", markup=False)
+                    return
                 await self.message_list.reload()
                 self.notify(f"deleted {deleted:,} message(s)")
 
@@ -167,7 +176,7 @@ class MainScreen(Screen[None]):
             target = Path(directory).expanduser()
             try:
                 await self.backend.read(lambda r: export_messages(r, [message_id], "eml", target))
-            except (ExportError, OSError) as error:
+            except (ExportError, OSError, sqlite3.Error) as error:
                 self.notify(f"Not exported: {error}", severity="error", markup=False)
                 return
             self.notify(f"Exported {visible(str(target / f'{message_id}.eml'))}", markup=False)

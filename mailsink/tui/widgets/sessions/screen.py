@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -16,6 +17,9 @@ from mailsink.store.queries import Reader, SessionRecord
 from mailsink.text import visible
 from mailsink.tui import render
 from mailsink.tui.backend import Backend
+
+if TYPE_CHECKING:
+    from mailsink.smtp.protocol import SinkSMTP
 
 LISTED = 300  # newest sessions shown; `mailsink sessions -n N` reaches further back
 
@@ -64,7 +68,11 @@ class SessionsScreen(Screen[None]):
         self.rows: dict[int, SessionRow] = {}
         self.order: list[int] = []
         self.shown_session: int | None = None
-        self.shown_events = 0
+        self.last_seq = 0  # the transcript shows events 1..last_seq of shown_session
+        self._header_shown = False
+        # Sessions seen live, kept until the store has their end: between the server letting go
+        # of a session and the store's commit of its last row, this is all that knows it ended.
+        self._recent: dict[int, SinkSMTP] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(
@@ -82,36 +90,31 @@ class SessionsScreen(Screen[None]):
         self.refresh_sessions()
         self.set_interval(0.25, self.refresh_sessions)
 
-    def _live(self) -> dict[int, SessionRow]:
+    def _live(self) -> dict[int, SinkSMTP]:
         server = self.backend.server
         if server is None:
             return {}
-        live = {}
         for protocol in list(server.sessions):
-            session = protocol.session
-            live[protocol.session_id] = SessionRow(
-                id=protocol.session_id,
-                active=True,
-                started=render.local_time(protocol.started_at)[11:],
-                peer=protocol.peer,
-                helo=(session.host_name or "") if session else "",
-                state=protocol.state,
-                messages=len(protocol.message_ids),
-                last_reply=protocol.last_reply or "",
-                faults=protocol.faults_fired,
-            )
-        return live
+            self._recent[protocol.session_id] = protocol
+        return dict(self._recent)
 
     @work(exclusive=True, group="sessions")
     async def refresh_sessions(self) -> None:
+        """The table, then the selected session's new transcript lines; one at a time (a newer
+        call cancels an older one while it waits for the store, before it changed anything)."""
         stored = await self.backend.read(lambda r: Reader.list_sessions(r, limit=LISTED))
         if not self.is_attached:
             return  # closed while reading
-        live = self._live()
+        known = self._live()
         rows: dict[int, SessionRow] = {}
         for record in stored:
-            rows[record.id] = live.pop(record.id, None) or _stored_row(record)
-        rows.update(live)  # live ones the store has not seen yet
+            protocol = known.pop(record.id, None)
+            if record.end_reason is not None:
+                self._recent.pop(record.id, None)
+                rows[record.id] = _stored_row(record)
+            else:
+                rows[record.id] = _live_row(protocol) if protocol else _stored_row(record)
+        rows.update((i, _live_row(p)) for i, p in known.items())  # not in the store yet
         self._show_rows(rows)
         await self._stream_transcript()
 
@@ -126,10 +129,10 @@ class SessionsScreen(Screen[None]):
             if selected is not None and selected in rows:
                 table.move_cursor(row=table.get_row_index(str(selected)), animate=False)
         else:
-            for session_id in order:
+            for row, session_id in enumerate(order):
                 if rows[session_id] != self.rows.get(session_id):
                     for column, cell in enumerate(rows[session_id].cells()):
-                        table.update_cell_at((order.index(session_id), column), cell)
+                        table.update_cell_at((row, column), cell)
         self.rows, self.order = rows, order
 
     def selected_id(self) -> int | None:
@@ -140,38 +143,61 @@ class SessionsScreen(Screen[None]):
 
     @on(DataTable.RowHighlighted, "#sessions")
     def _highlighted(self) -> None:
-        self.run_worker(self._stream_transcript(), group="transcript", exclusive=True)
+        self.refresh_sessions()
 
     async def _stream_transcript(self) -> None:
+        """Append the selected session's events after `last_seq`, in sequence order. They come
+        from the store and, for a live session, from the server's not yet written ones; while a
+        message commits the two can briefly miss a stretch, so a live transcript waits at a gap
+        instead of skipping it."""
         session_id = self.selected_id()
-        log = self.query_one("#transcript", RichLog)
         if session_id is None:
             return
-        record = await self.backend.read(Reader.get_session, session_id)
-        if not self.is_attached or session_id != self.selected_id():
-            return  # closed, or another session was chosen while reading
-        events = list(record.events) if record else []
-        protocol = self._protocol(session_id)
-        if protocol is not None:
-            events += [
-                (at, direction, text) for _, at, direction, text in protocol.transcript.pending()
-            ]
+        log = self.query_one("#transcript", RichLog)
         if session_id != self.shown_session:
             log.clear()
-            self.shown_session, self.shown_events = session_id, 0
-            if record is not None:
-                log.write(render.transcript(record).split("\n")[0])
-        # The store and the live session can briefly disagree while a message commits:
-        # only ever append, so lines never jump.
-        for event in events[self.shown_events :]:
-            log.write(render.transcript_line(event))
-        self.shown_events = max(self.shown_events, len(events))
+            self.shown_session, self.last_seq, self._header_shown = session_id, 0, False
+        after = self.last_seq
+        record, stored = await self.backend.read(
+            lambda r: (
+                Reader.get_session(r, session_id, with_events=False),
+                Reader.session_events(r, session_id, after),
+            )
+        )
+        if not self.is_attached or session_id != self.shown_session or after != self.last_seq:
+            return  # closed, or moved on while reading
+        if record is not None and not self._header_shown:
+            log.write(render.transcript(record).split("\n")[0])
+            self._header_shown = True
+        events = {seq: (at, direction, text) for seq, at, direction, text in stored}
+        protocol = self._recent.get(session_id)
+        live = protocol is not None and (record is None or record.end_reason is None)
+        if protocol is not None:
+            for seq, at, direction, text in protocol.transcript.pending():
+                if seq > after:
+                    events[seq] = (at, direction, text)
+        following = [seq for seq in sorted(events) if seq > after]
+        for seq in following:
+            if live and seq != self.last_seq + 1:
+                break
+            log.write(render.transcript_line(events[seq]))
+            self.last_seq = seq
 
-    def _protocol(self, session_id: int):  # type: ignore[no-untyped-def]
-        server = self.backend.server
-        if server is None:
-            return None
-        return next((p for p in list(server.sessions) if p.session_id == session_id), None)
+
+def _live_row(protocol: SinkSMTP) -> SessionRow:
+    session = protocol.session
+    ended = protocol.end_reason if protocol not in protocol.server.sessions else None
+    return SessionRow(
+        id=protocol.session_id,
+        active=ended is None,
+        started=render.local_time(protocol.started_at)[11:],
+        peer=protocol.peer,
+        helo=(session.host_name or "") if session else "",
+        state=ended or protocol.state,
+        messages=len(protocol.message_ids),
+        last_reply=protocol.last_reply or "",
+        faults=protocol.faults_fired,
+    )
 
 
 def _stored_row(record: SessionRecord) -> SessionRow:
