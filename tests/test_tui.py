@@ -589,7 +589,7 @@ def test_deleted_elsewhere_disappears_from_the_list(tmp_path):
             for n in range(5):
                 await send(app, "a@x.test", ["b@x.test"], message(subject=f"m{n}"))
             await wait_until(pilot, lambda: listing.count == 5)
-            await pilot.press("down")  # message 4 selected
+            await pilot.press("home", "down")  # message 4 selected
             with Reader(app.backend.db_path) as other:  # as a second `mailsink tui` would
                 other.delete_message(2)
             await wait_until(pilot, lambda: listing.count == 4)
