@@ -6,7 +6,7 @@ import json
 import smtplib
 
 import pytest
-from conftest import run_cli
+from conftest import message, run_cli
 
 from mailsink.mail.addresses import syntax_error
 from mailsink.mail.envelope import Envelope, findings
@@ -199,3 +199,12 @@ def test_attachment_names_fit_the_file_system(tmp_path):
         assert first != second and first.read_bytes() == b"1" and second.read_bytes() == b"2"
         assert len(second.name.encode()) <= 255
     assert (tmp_path / ("é" * 98 + ".pdf")).exists()  # cut on whole characters
+
+
+def test_attachment_hint_at_ingest():
+    from mailsink.store.db import has_attachment_hint
+
+    assert has_attachment_hint(b"Content-Disposition: ATTACHMENT\r\n\r\nx")
+    assert has_attachment_hint(b'Content-Disposition: inline; filename="a.png"\r\n')
+    assert has_attachment_hint(b"Content-Type: text/plain;\r\n\tFileName*0*=utf-8''a%20b\r\n")
+    assert not has_attachment_hint(message())

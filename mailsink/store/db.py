@@ -179,8 +179,16 @@ class IncomingMessage:
 
 # The list's attachment badge, without parsing the MIME tree at ingest: a part header naming a
 # file or an attachment. The first MiBs are enough: part headers come before their content.
-_ATTACHMENT_HINT = re.compile(rb"(?im)^content-disposition:[ \t]*attachment|[ \t;]filename\*?=")
+# Two searches with literal prefixes on lowered bytes: an alternation (or IGNORECASE) makes re
+# test every position, 100 us for 5 KB against 5 us.
+_FILENAME = re.compile(rb"filename[*0-9]*=")  # RFC 2231: filename*0*=
+_DISPOSITION = re.compile(rb"disposition:[ \t]*attachment")
 ATTACHMENT_SCAN = 4 * 1024 * 1024
+
+
+def has_attachment_hint(raw: bytes) -> bool:
+    head = raw[:ATTACHMENT_SCAN].lower()
+    return _FILENAME.search(head) is not None or _DISPOSITION.search(head) is not None
 
 
 def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
@@ -212,7 +220,7 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     summary = parse_headers(message.raw)
     headers = summary.as_json()
     # Stored beside the summary; the reader takes it out again (MessageRecord.has_attachments).
-    headers["attachments"] = _ATTACHMENT_HINT.search(message.raw, 0, ATTACHMENT_SCAN) is not None
+    headers["attachments"] = has_attachment_hint(message.raw)
     found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"
