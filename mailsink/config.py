@@ -302,6 +302,11 @@ def parse(data: dict[str, Any], file: Path | None = None, text: str = "") -> Set
         sections[section] = cls(**values)
     names = [rule.name for rule in rules]
     for index, name in enumerate(names):
+        if name.startswith("preset:"):
+            key = f"fault[{index + 1}].name"
+            raise error(
+                "names starting with 'preset:' belong to the TUI's presets", key, "fault", index
+            )
         if name in names[:index]:
             key = f"fault[{index + 1}].name"
             raise error(f"another rule is already named {name!r}", key, "fault", index)

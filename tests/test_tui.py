@@ -647,3 +647,20 @@ def test_startup_failure_is_kept_for_the_cli(tmp_path):
     app = run(scenario)
     assert isinstance(app.startup_error, OSError)
     assert app.return_code == 1
+
+
+def test_a_message_that_breaks_the_parser_does_not_break_the_ui(tmp_path):
+    nasty = message(extra="Content-Disposition: attachment; filename=" + "(" * 2000 + "\r\n")
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            await send(app, "a@x.test", ["b@x.test"], nasty)
+            await send(app, "a@x.test", ["b@x.test"], message(subject="after"))
+            await wait_until(pilot, lambda: app.main.message_list.count == 2)
+            await pilot.press("down")  # the nasty one
+            await pilot.pause(0.3)
+            assert app.is_running
+            await pilot.press("up")
+            await wait_until(pilot, lambda: app.main.detail.loaded is not None)
+
+    run(scenario)

@@ -32,7 +32,7 @@ from mailsink.mail.parse import parse_headers
 
 log = logging.getLogger("mailsink.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MEMORY = ":memory:"
 
 _MIGRATIONS: dict[int, str] = {
@@ -85,6 +85,8 @@ _MIGRATIONS: dict[int, str] = {
     2: """
     -- The TUI's "findings only" list reads its ids from here, not from the wide messages rows.
     CREATE INDEX messages_findings ON messages (finding_count) WHERE finding_count > 0;
+    """,
+    3: """
     -- Counts deletions other than retention's (which only ever removes the oldest), so that a
     -- view of the store knows when messages vanished from the middle of its list.
     CREATE TABLE store_state (

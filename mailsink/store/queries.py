@@ -337,16 +337,20 @@ class Reader:
     def clear(self) -> int:
         """Delete every message and every finished session; returns how many messages went."""
         self.conn.execute("BEGIN IMMEDIATE")
-        count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-        self.conn.execute("DELETE FROM message_raw")
-        self.conn.execute("DELETE FROM message_search")
-        self.conn.execute("DELETE FROM messages")
-        # Sessions still open stay: their server goes on writing to them.
-        self.conn.execute(
-            "DELETE FROM transcript_chunks WHERE session_id NOT IN"
-            " (SELECT id FROM sessions WHERE end_reason IS NULL)"
-        )
-        self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
-        self.conn.execute(_COUNT_DELETION)
+        try:
+            count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+            self.conn.execute("DELETE FROM message_raw")
+            self.conn.execute("DELETE FROM message_search")
+            self.conn.execute("DELETE FROM messages")
+            # Sessions still open stay: their server goes on writing to them.
+            self.conn.execute(
+                "DELETE FROM transcript_chunks WHERE session_id NOT IN"
+                " (SELECT id FROM sessions WHERE end_reason IS NULL)"
+            )
+            self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
+            self.conn.execute(_COUNT_DELETION)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.conn.execute("COMMIT")
         return count

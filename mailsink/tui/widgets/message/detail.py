@@ -155,7 +155,19 @@ class MessageDetail(Vertical):
         loaded = self._cache.get(message_id)
         if loaded is None:
             await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
-            loaded = await self.backend.read(load, message_id)
+            try:
+                loaded = await self.backend.read(load, message_id)
+            except Exception as error:  # a message that breaks the parser must not break the UI
+                if message_id == self.message_id:
+                    with contextlib.suppress(NoMatches):
+                        self._fill(None)
+                        problem = (
+                            f"This message could not be shown: {type(error).__name__}: {error}"
+                        )
+                        self.query_one("#overview-body", Static).update(
+                            Text(visible(problem), "red")
+                        )
+                return
             if loaded is not None and len(loaded.raw) <= CACHED_BYTES:
                 self._cache[message_id] = loaded
                 while len(self._cache) > CACHED_MESSAGES or (

@@ -21,6 +21,7 @@ from mailsink.tui.backend import Backend
 if TYPE_CHECKING:
     from mailsink.smtp.protocol import SinkSMTP
 
+SHOWN_LINES = 2000  # transcript lines shown at first; more stream in
 LISTED = 300  # newest sessions shown; `mailsink sessions -n N` reaches further back
 
 
@@ -177,6 +178,11 @@ class SessionsScreen(Screen[None]):
                 if seq > after:
                     events[seq] = (at, direction, text)
         following = [seq for seq in sorted(events) if seq > after]
+        if after == 0 and len(following) > SHOWN_LINES:  # the latest lines; the CLI has all
+            skipped = len(following) - SHOWN_LINES
+            log.write(Text(f"… {skipped} earlier lines: mailsink session {session_id}", "dim"))
+            following = following[skipped:]
+            self.last_seq = following[0] - 1
         for seq in following:
             if live and seq != self.last_seq + 1:
                 break
