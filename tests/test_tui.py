@@ -23,6 +23,7 @@ from tui_support import (
     run,
     screen_text,
     send,
+    send_numbered,
     settings_for,
     smtp_send,
     squeezed,
@@ -393,9 +394,7 @@ def test_mouse_click_selects_and_double_click_opens(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
             listing = app.main.message_list
-            for n in range(3):
-                await send(app, "a@x.test", ["b@x.test"], message(subject=f"m{n}"))
-            await wait_until(pilot, lambda: listing.count == 3)
+            await send_numbered(app, pilot, 3)
             await pilot.click("#messages", offset=(10, 2))
             assert listing.cursor == 2
             await pilot.click("#messages", offset=(10, 1), times=2)
@@ -586,9 +585,7 @@ def test_deleted_elsewhere_disappears_from_the_list(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
             listing = app.main.message_list
-            for n in range(5):
-                await send(app, "a@x.test", ["b@x.test"], message(subject=f"m{n}"))
-            await wait_until(pilot, lambda: listing.count == 5)
+            await send_numbered(app, pilot, 5)
             await pilot.press("home", "down")  # message 4 selected
             with Reader(app.backend.db_path) as other:  # as a second `mailsink tui` would
                 other.delete_message(2)

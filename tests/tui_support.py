@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from conftest import message
 from rich.console import Console, RenderableType
 from textual.pilot import Pilot
 from textual.widgets import Static
@@ -123,3 +124,10 @@ def rows_loaded(app: MailsinkApp) -> bool:
     top = int(widget.scroll_y)
     visible = range(top, min(widget.count, top + widget.scrollable_content_region.height))
     return all(widget.id_at(row) in widget._rows for row in visible)
+
+
+async def send_numbered(app: MailsinkApp, pilot: Pilot[Any], count: int) -> None:
+    """`count` messages with subjects m0, m1, ...; returns once the list shows them all."""
+    for n in range(count):
+        await send(app, "a@x.test", ["b@x.test"], message(subject=f"m{n}"))
+    await wait_until(pilot, lambda: app.main.message_list.count >= count)
