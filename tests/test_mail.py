@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import time
 
 import pytest
 from conftest import message, run_cli
@@ -187,6 +188,43 @@ def test_html_to_text_is_linear_on_hostile_markup():
         assert isinstance(html_to_text(hostile), str)
     text = html_to_text('<p>Hi &amp; <a href="https://x.test/?a=1&amp;b=2">there</a></p><ul><li>1')
     assert text == "Hi & there <https://x.test/?a=1&b=2>\n\n• 1\n"
+
+
+@pytest.mark.timeout(20)
+def test_html_to_text_quoted_attributes_stay_linear():
+    from mailsink.mail.html import html_to_text
+
+    # Each attempt to match a tag stops at the next "<": unfinished quotes cost no rescans.
+    for hostile in ('<a "' * 50_000, "<a '" * 50_000, "<a " * 50_000, "<" * 100_000, "<!" * 50_000):
+        start = time.process_time()
+        assert isinstance(html_to_text(hostile), str)
+        assert time.process_time() - start < 2, hostile[:8]
+
+
+def test_html_to_text_reads_quoted_greater_than_and_whole_attribute_names():
+    from mailsink.mail.html import html_to_text
+
+    assert html_to_text('<a title="x>y" href="http://e/">link</a>') == "link <http://e/>\n"
+    assert html_to_text("<img alt='1 > 0' src=x>") == "[image: 1 > 0]\n"
+    tricky = '<a data-href="http://bad/" href="http://good/">a</a> <a title="href=x">b</a>'
+    assert html_to_text(tricky) == "a <http://good/> b\n"
+
+
+def test_html_to_text_drops_declarations_and_keeps_a_bare_less_than():
+    from mailsink.mail.html import html_to_text
+
+    document = (
+        '<?xml version="1.0"?><!DOCTYPE html><html><body><p>a<![CDATA[x]]>b'
+        "<![if !mso]>c<![endif]>d</p><p>if a < b and c > d, then 1 <2</p></body></html>"
+    )
+    assert html_to_text(document) == "abcd\n\nif a < b and c > d, then 1 <2\n"
+
+
+def test_html_to_text_keeps_preformatted_indentation():
+    from mailsink.mail.html import html_to_text
+
+    document = "<p>Code:</p><pre> one\n   three\n\ttab</pre><div>\n  after  <b>it</b></div>"
+    assert html_to_text(document) == "Code:\n\n one\n   three\n\ttab\n\nafter it\n"
 
 
 def test_attachment_names_fit_the_file_system(tmp_path):

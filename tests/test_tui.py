@@ -28,11 +28,13 @@ from tui_support import (
     smtp_send,
     squeezed,
     static_text,
+    text_of,
     tui,
     wait_until,
 )
 
 from mailsink.store.queries import Reader
+from mailsink.tui import render
 from mailsink.tui.app import MailsinkApp, create_app
 from mailsink.tui.widgets.faults.screen import FaultsScreen
 from mailsink.tui.widgets.message.detail import MessageDetail
@@ -309,6 +311,49 @@ def test_big_message_raw_is_truncated_with_a_notice(tmp_path):
     run(scenario)
 
 
+def _stored(sink, sender: str, recipients: list[str], content: bytes):
+    smtp_send(sink.port, sender, recipients, content)
+    with sink.reader() as reader:
+        (record,) = reader.list_messages(limit=1)
+        return record, reader.get_parsed(record.id)
+
+
+def test_overview_of_forty_thousand_recipients_is_quick_and_capped(sink):
+    to = ", ".join(f"U{n} <u{n}@x.test>" for n in range(40_000))
+    record, parsed = _stored(sink, "app@x.test", ["u0@x.test", "u39999@x.test"], message(to=to))
+    start = time.process_time()
+    shown = text_of(render.overview(record, parsed), width=200)
+    assert time.process_time() - start < 2
+    assert re.search(r"To: U0 <u0@x.test> *$", shown, re.MULTILINE)
+    assert "To: U1 <u1@x.test>  ← not delivered to (no RCPT TO)" in shown
+    assert "U200 <" not in shown  # the first 200 only
+    assert "To: … and 39,800 more; 39,799 of them not delivered to (no RCPT TO)" in shown
+
+
+def test_overview_marks_addresses_by_their_own_address(sink):
+    # "x@y.test" is part of "bx@y.test": only the undelivered one is marked.
+    content = message(to="x@y.test", extra="Cc: Bob <bx@y.test>\r\nReply-To: x@y.test\r\n")
+    record, parsed = _stored(sink, "bounce@shop.test", ["bx@y.test"], content)
+    shown = text_of(render.overview(record, parsed))
+    marked = re.findall(r"\b((?:From|To|Cc|Reply-To): .*?  [←≠] .*?) *$", shown, re.MULTILINE)
+    assert marked == [
+        "From: Shop <noreply@shop.test>  ← ≠ MAIL FROM",
+        "To: x@y.test  ← not delivered to (no RCPT TO)",
+    ]
+    assert "Cc: Bob <bx@y.test>" in shown
+
+
+def test_headers_tab_caps_the_text_of_huge_folded_fields(sink):
+    fold = "\r\n ".join(["x" * 70] * 700)  # 50 KB per field
+    extra = "".join(f"X-Big-{n}: {fold}\r\n" for n in range(300))
+    _, parsed = _stored(sink, "a@x.test", ["a@x.test"], message(extra=extra))
+    text = render.header_text(parsed).plain
+    assert len(text) < 257 * 1024  # not the 4.8 MB decoded
+    assert text.startswith("From: Shop <noreply@shop.test>\n")
+    assert text.rstrip().endswith("more header fields (r shows the raw block)]")
+    assert "[cut: only the first 256 KiB of header text is shown;" in text
+
+
 def test_sessions_screen_streams_a_live_session(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
@@ -330,6 +375,37 @@ def test_sessions_screen_streams_a_live_session(tmp_path):
                 client.close()
             await wait_until(pilot, lambda: sessions.rows.get(1) and not sessions.rows[1].active)
             assert sessions.rows[1].state == "quit"
+
+    run(scenario)
+
+
+def test_sessions_screen_drops_a_session_cleared_as_it_ended(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            assert app.backend.server is not None
+            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+            await asyncio.to_thread(client.command, "EHLO gone.test")
+            await pilot.press("s")
+            sessions = app.screen
+            assert isinstance(sessions, SessionsScreen)
+            await wait_until(pilot, lambda: sessions.rows.get(1) and sessions.rows[1].active)
+
+            def quit_then_clear(reader: Reader) -> None:
+                # On the TUI's reader thread: the screen reads nothing in between, so it never
+                # sees the session's stored end, only the session gone from the server.
+                client.command("QUIT")
+                client.close()
+                deadline = time.monotonic() + 5
+                while (record := reader.get_session(1, with_events=False)) is None or (
+                    record.end_reason is None
+                ):
+                    assert time.monotonic() < deadline, "the session's end was not stored"
+                    time.sleep(0.01)
+                reader.clear()
+
+            await app.backend.read(quit_then_clear)
+            await wait_until(pilot, lambda: 1 not in sessions.rows)
+            assert "gone.test" not in screen_text(app)
 
     run(scenario)
 
@@ -594,6 +670,41 @@ def test_deleted_elsewhere_disappears_from_the_list(tmp_path):
             result = await asyncio.to_thread(run_cli, "clear", "--db", app.backend.db_path)
             assert result.code == 0
             await wait_until(pilot, lambda: listing.count == 0)
+
+    run(scenario)
+
+
+def test_deleting_here_needs_no_full_reload(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            await send_numbered(app, pilot, 3)
+            reloads = listing._generation  # counts full reloads
+            await pilot.press("home", "d")
+            await wait_until(pilot, lambda: listing.count == 2)
+            await send(app, "a@x.test", ["b@x.test"], message(subject="after"))
+            await wait_until(pilot, lambda: listing.count == 3)  # a catch-up took it in
+            assert listing._generation == reloads
+            assert 3 not in listing.ids
+
+    run(scenario)
+
+
+def test_catching_up_on_an_empty_filtered_list_reads_only_new_ids(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            await send_numbered(app, pilot, 3)
+            await pilot.press("slash", *"nothing-matches", "enter")
+            await wait_until(pilot, lambda: listing.count == 0 and listing.filter.search)
+            statements: list[str] = []
+            await app.backend.read(lambda r: r.conn.set_trace_callback(statements.append))
+            await send(app, "a@x.test", ["b@x.test"], message(subject="unmatched"))
+            await send(app, "a@x.test", ["b@x.test"], message(subject="nothing-matches"))
+            await wait_until(pilot, lambda: listing.count == 1)
+            await app.backend.read(lambda r: r.conn.set_trace_callback(None))
+            index_reads = [s for s in statements if "group_concat(id)" in s]
+            assert index_reads and all(" id > " in s for s in index_reads), index_reads
 
     run(scenario)
 

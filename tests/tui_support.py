@@ -46,6 +46,7 @@ async def tui(
 ) -> AsyncIterator[tuple[MailsinkApp, Pilot[None]]]:
     app = create_app(settings, attach=attach)
     async with app.run_test(size=size) as pilot:
+        assert app.startup_error is None, app.startup_error
         await wait_until(pilot, lambda: app.main.message_list.loaded)
         yield app, pilot
 

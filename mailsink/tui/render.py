@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -18,6 +19,9 @@ SEVERITY_MARKS = {"error": "✗", "warning": "!", "info": "i"}
 DIRECTION_STYLES = {"C": "bold", "S": "green", "D": "dim", "I": "yellow"}
 ATTACHMENTS_SHOWN = 50
 HEADERS_SHOWN = 1000
+HEADER_CHARS = 256 * 1024  # of header text: 300 folded 50 KB fields would stall the UI for seconds
+ADDRESSES_SHOWN = 200  # lines per address field; a message can name tens of thousands
+FINDINGS_SHOWN = 200  # and have a finding for each of them
 HIDDEN = "yellow"
 UNDELIVERED = "bold red"
 MISMATCH = "yellow"
@@ -42,17 +46,36 @@ def _labelled(label: str, value: Text) -> Text:
     return Text.assemble((f"{label}: ", "bold"), value)
 
 
-def _address_lines(label: str, values: list[str], marks: dict[str, tuple[str, str]]) -> list[Text]:
+def _address_lines(
+    label: str, values: list[str], specs: list[str], marks: dict[str, tuple[str, str]]
+) -> list[Text]:
+    """One line per address, marked by its addr-spec. parse.py keeps `values` (display forms) and
+    `specs` in step; when it could not (a header it failed to parse), nothing is marked."""
+    paired = len(specs) == len(values)
     lines = []
-    for value in values:
-        line = Text.assemble((f"{label}: ", "bold"), plain(value))
-        for address, (note, style) in marks.items():
-            if address and address in value.lower():
-                line.stylize(style, len(label) + 2)
-                line.append(f"  ← {note}", style)
-                break
+    for position, value in enumerate(values[:ADDRESSES_SHOWN]):
+        line = _labelled(label, plain(value))
+        mark = marks.get(specs[position].lower()) if paired else None
+        if mark is not None:
+            note, style = mark
+            line.stylize(style, len(label) + 2)
+            line.append(f"  ← {note}", style)
         lines.append(line)
+    if len(values) > ADDRESSES_SHOWN:
+        rest = specs[ADDRESSES_SHOWN:] if paired else []
+        lines.append(_more_addresses(label, len(values) - ADDRESSES_SHOWN, rest, marks))
     return lines
+
+
+def _more_addresses(
+    label: str, more: int, specs: list[str], marks: dict[str, tuple[str, str]]
+) -> Text:
+    """The line that stands for the addresses not shown, with how many of them are marked."""
+    line = Text(f"{label}: … and {more:,} more", "dim")
+    marked = Counter(mark for spec in specs if (mark := marks.get(spec.lower())))
+    for (note, style), count in marked.items():
+        line.append(f"; {count:,} of them {note}", style)
+    return line
 
 
 def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
@@ -72,12 +95,13 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
         mail_from.stylize(MISMATCH, len("MAIL FROM: "))
         mail_from.append("  ≠ From", MISMATCH)
     left.append(mail_from)
-    for recipient in envelope.rcpt_to:
-        line = _labelled("RCPT TO", plain(f"<{recipient}>"))
-        if recipient.lower() not in header_recipients:
-            line.stylize(HIDDEN, len("RCPT TO: "))
-            line.append("  ← hidden (in no To/Cc)", HIDDEN)
-        left.append(line)
+    hidden = {
+        r.lower(): ("hidden (in no To/Cc)", HIDDEN)
+        for r in envelope.rcpt_to
+        if r.lower() not in header_recipients
+    }
+    shown = [f"<{recipient}>" for recipient in envelope.rcpt_to]
+    left += _address_lines("RCPT TO", shown, envelope.rcpt_to, hidden)
     left.append(Text())
     left.append(_labelled("HELO", plain(envelope.helo or "")))
     left.append(_labelled("Peer", plain(envelope.peer)))
@@ -100,13 +124,13 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     from_marks = (
         {a.lower(): ("≠ MAIL FROM", MISMATCH) for a in headers.from_addrs} if sender_differs else {}
     )
-    right += _address_lines("From", headers.from_ or ["(none)"], from_marks)
+    right += _address_lines("From", headers.from_ or ["(none)"], headers.from_addrs, from_marks)
     if headers.sender:
-        right += _address_lines("Sender", [headers.sender], {})
-    right += _address_lines("Reply-To", headers.reply_to, {})
-    right += _address_lines("To", headers.to, undelivered)
-    right += _address_lines("Cc", headers.cc, undelivered)
-    right += _address_lines("Bcc", headers.bcc, undelivered)
+        right += _address_lines("Sender", [headers.sender], [], {})
+    right += _address_lines("Reply-To", headers.reply_to, [], {})
+    right += _address_lines("To", headers.to, headers.to_addrs, undelivered)
+    right += _address_lines("Cc", headers.cc, headers.cc_addrs, undelivered)
+    right += _address_lines("Bcc", headers.bcc, headers.bcc_addrs, undelivered)
     right.append(Text())
     right.append(_labelled("Subject", plain(headers.subject)))
     right.append(_labelled("Date", plain(headers.date)))
@@ -120,7 +144,7 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     found = Text()
     if record.findings:
         found.append(f"\nFindings ({len(record.findings)})\n", "bold underline")
-        for finding in record.findings:
+        for finding in record.findings[:FINDINGS_SHOWN]:
             severity = str(finding.get("severity", "info"))
             style = SEVERITY_STYLES.get(severity, "")
             found.append(f" {SEVERITY_MARKS.get(severity, '?')} {severity:<7} ", style)
@@ -128,6 +152,9 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
             found.append("  ")
             found.append(visible(str(finding.get("detail", ""))))
             found.append("\n")
+        if len(record.findings) > FINDINGS_SHOWN:
+            more = len(record.findings) - FINDINGS_SHOWN
+            found.append(f" … and {more:,} more: mailsink show {record.id}\n", "dim")
     else:
         found.append("\nNo findings: envelope and headers agree.\n", "green")
     if parsed.attachments:
@@ -147,11 +174,23 @@ def body(text: str | None, missing: str) -> str:
 
 
 def header_text(parsed: ParsedMessage) -> Text:
+    """The decoded header fields, up to HEADERS_SHOWN of them and HEADER_CHARS of text."""
     out = Text()
-    for name, value in parsed.header_lines[:HEADERS_SHOWN]:
-        out.append(visible(name), "bold")
+    room = HEADER_CHARS
+    for index, (name, value) in enumerate(parsed.header_lines[:HEADERS_SHOWN]):
+        name, value = visible(name), visible(value)
+        room -= len(name) + len(value) + 3
+        if room < 0:
+            left = len(parsed.header_lines) - index
+            out.append(
+                f"[cut: only the first {HEADER_CHARS // 1024} KiB of header text is shown;"
+                f" {left:,} more header fields (r shows the raw block)]\n",
+                "dim",
+            )
+            return out
+        out.append(name, "bold")
         out.append(": ")
-        out.append(visible(value))
+        out.append(value)
         out.append("\n")
     if len(parsed.header_lines) > HEADERS_SHOWN:
         more = len(parsed.header_lines) - HEADERS_SHOWN

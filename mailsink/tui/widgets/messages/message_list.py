@@ -123,6 +123,9 @@ class MessageList(ScrollView, can_focus=True):
         self._announced: int | bool | None = False  # last id posted with Selected
         self._generation = 0  # counts full reloads
         self._deletions = -1  # the store's deletion count when the index was read
+        # The newest id in the store when the index was last read, matching the filter or not:
+        # a catch-up reads only above it, even when nothing matched (an empty list).
+        self._seen = 0
 
     # ---- the index
 
@@ -148,15 +151,20 @@ class MessageList(ScrollView, can_focus=True):
         if new_filter is not None:
             self.filter = new_filter
         f = self.filter
-        ids, deletions = await self.backend.read(
+        # Each read sees the store as it is then, so the order matters: the deletion count and
+        # the newest id before the index, so that a deletion or a message committed in between
+        # is not taken as already in it.
+        deletions, latest, ids = await self.backend.read(
             lambda r: (
-                Reader.message_index(r, search=f.search or None, findings_only=f.findings_only),
                 Reader.deletions(r),
+                Reader.latest_id(r),
+                Reader.message_index(r, search=f.search or None, findings_only=f.findings_only),
             )
         )
         if f != self.filter:
             return  # a newer filter is being loaded
         self._deletions = deletions
+        self._seen = latest or 0
         self._generation += 1  # what catch_up read before this is stale
         keep = self._selected_id
         self.ids = ids
@@ -176,9 +184,10 @@ class MessageList(ScrollView, can_focus=True):
         """Take in messages stored since the last look and drop pruned ones (a deletion in the
         middle means a full reload). False when a reload overtook it: look again."""
         f, generation = self.filter, self._generation
-        above = self.ids[-1] if self.ids else 0
-        new, first, deletions = await self.backend.read(
+        above = max(self.ids[-1] if self.ids else 0, self._seen)
+        latest, new, first, deletions = await self.backend.read(
             lambda r: (
+                Reader.latest_id(r),  # before the index: see reload
                 Reader.message_index(
                     r, search=f.search or None, findings_only=f.findings_only, above=above
                 ),
@@ -191,6 +200,7 @@ class MessageList(ScrollView, can_focus=True):
         if deletions != self._deletions:
             await self.reload()
             return True
+        self._seen = max(self._seen, latest or 0)
         changed = False
         if first is None:
             if self.ids:
@@ -217,7 +227,12 @@ class MessageList(ScrollView, can_focus=True):
         return True
 
     def forget(self, message_id: int) -> None:
-        """A message deleted from here: drop its row, select the one that takes its place."""
+        """A message deleted from here: drop its row, select the one that takes its place.
+
+        The store counted the deletion; counting it here too tells the next catch-up that no
+        other deletion happened, so it needs no full reload."""
+        if self._deletions >= 0:
+            self._deletions += 1
         row = self.row_of_id(message_id)
         if row is None:
             return

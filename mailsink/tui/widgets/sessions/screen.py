@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +15,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
+from mailsink.store.db import StoreError
 from mailsink.store.queries import Reader, SessionRecord
 from mailsink.text import visible
 from mailsink.tui import render
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
 
 SHOWN_LINES = 2000  # transcript lines shown at first; more stream in
 LISTED = 300  # newest sessions shown; `mailsink sessions -n N` reaches further back
+# A store operation that writes nothing, to wait on the writer's queue with. A stdlib callable:
+# operations are pickled by name for the store's writer, which should not import the TUI.
+_NOTHING = operator.attrgetter("total_changes")
 
 
 @dataclass
@@ -74,6 +80,10 @@ class SessionsScreen(Screen[None]):
         # Sessions seen live, kept until the store has their end: between the server letting go
         # of a session and the store's commit of its last row, this is all that knows it ended.
         self._recent: dict[int, SinkSMTP] = {}
+        # Ended sessions whose last row the store has committed (see _flush): if the store does
+        # not list one of them, `mailsink clear` or pruning removed it, and the table drops it.
+        self._written: set[int] = set()
+        self._flushing = False
 
     def compose(self) -> ComposeResult:
         yield Static(
@@ -87,9 +97,25 @@ class SessionsScreen(Screen[None]):
             yield RichLog(id="transcript", wrap=True, markup=False, highlight=False)
         yield Footer()
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
+        # Sessions that ended just before the screen opened may still be queued in the store's
+        # writer (a session's rows wait to share the next message's commit): commit them, so
+        # that the first listing has them and the newest is selected.
+        await self._queued_writes_committed()
         self.refresh_sessions()
         self.set_interval(0.25, self.refresh_sessions)
+
+    async def _queued_writes_committed(self) -> bool:
+        """The store's writer commits in the order writes were queued: once a write queued now
+        has committed, so has everything queued before it. False if the store is closing."""
+        server = self.backend.server
+        if server is None:
+            return True  # attached: another process writes, and it commits promptly
+        try:
+            await server.store.run(_NOTHING)
+        except (StoreError, sqlite3.Error):
+            return False
+        return True
 
     def _live(self) -> dict[int, SinkSMTP]:
         server = self.backend.server
@@ -103,21 +129,52 @@ class SessionsScreen(Screen[None]):
     async def refresh_sessions(self) -> None:
         """The table, then the selected session's new transcript lines; one at a time (a newer
         call cancels an older one while it waits for the store, before it changed anything)."""
+        written = set(self._written)  # known before the read starts: the read shows their rows
         stored = await self.backend.read(lambda r: Reader.list_sessions(r, limit=LISTED))
         if not self.is_attached:
             return  # closed while reading
+        self._drop_removed({record.id for record in stored}, written)
         known = self._live()
         rows: dict[int, SessionRow] = {}
         for record in stored:
             protocol = known.pop(record.id, None)
             if record.end_reason is not None:
                 self._recent.pop(record.id, None)
+                self._written.discard(record.id)
                 rows[record.id] = _stored_row(record)
             else:
                 rows[record.id] = _live_row(protocol) if protocol else _stored_row(record)
         rows.update((i, _live_row(p)) for i, p in known.items())  # not in the store yet
         self._show_rows(rows)
         await self._stream_transcript()
+
+    def _drop_removed(self, stored: set[int], written: set[int]) -> None:
+        """Forget ended sessions that the store does not list. Not listed may also mean not
+        written yet, so only those whose last row is known to be committed go; for the others,
+        _flush finds that out."""
+        ended = [
+            session_id
+            for session_id, protocol in self._recent.items()
+            if protocol not in protocol.server.sessions and session_id not in stored
+        ]
+        for session_id in ended:
+            if session_id in written:
+                del self._recent[session_id]
+                self._written.discard(session_id)
+        unsure = [session_id for session_id in ended if session_id not in written]
+        if unsure and not self._flushing:
+            self._flushing = True
+            self._flush(unsure)
+
+    @work(group="flush")
+    async def _flush(self, session_ids: list[int]) -> None:
+        """Once the writes queued so far have committed, so have these sessions' last rows."""
+        try:
+            committed = await self._queued_writes_committed()
+        finally:
+            self._flushing = False
+        if committed:
+            self._written.update(session_ids)
 
     def _show_rows(self, rows: dict[int, SessionRow]) -> None:
         table: DataTable[Text] = self.query_one("#sessions", DataTable)
@@ -152,9 +209,12 @@ class SessionsScreen(Screen[None]):
         message commits the two can briefly miss a stretch, so a live transcript waits at a gap
         instead of skipping it."""
         session_id = self.selected_id()
-        if session_id is None:
-            return
         log = self.query_one("#transcript", RichLog)
+        if session_id is None:
+            if self.shown_session is not None:  # its session was cleared: so is the table
+                log.clear()
+                self.shown_session = None
+            return
         if session_id != self.shown_session:
             log.clear()
             self.shown_session, self.last_seq, self._header_shown = session_id, 0, False
