@@ -382,8 +382,35 @@ def proc_status_kib(pid: int, key: str) -> int | None:
     return None
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants: mailsink's writer runs in a child of a fork server."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, index = [pid], 0
+    while index < len(tree):
+        tree += parents.get(tree[index], [])
+        index += 1
+    return tree
+
+
+def tree_peak_rss_kib(pid: int) -> int | None:
+    """Peak RSS summed over the process tree: an upper bound of the peak they had together."""
+    peaks = [proc_status_kib(member, "VmHWM") for member in process_tree(pid)]
+    known = [peak for peak in peaks if peak is not None]
+    return sum(known) if known else None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(member) for member in process_tree(pid))
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system time of every thread of the process (mailsink's writer thread included)."""
+    """User + system time of every thread of the process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -437,15 +464,15 @@ def measure(
     process: subprocess.Popen[bytes], port: int, mode: str, options: Options, use_source: bool
 ) -> tuple[float, float, LoadResult, float]:
     """Elapsed for the throughput figure, server CPU seconds, the built-in load, its CPU share."""
-    cpu_before = cpu_seconds(process.pid)
+    cpu_before = tree_cpu_seconds(process.pid)
     if use_source:
         elapsed = run_smtp_source(port, mode, options)
-        cpu_after = cpu_seconds(process.pid)
+        cpu_after = tree_cpu_seconds(process.pid)
         # smtp-source gives no latencies: a second, built-in pass does.
         load = run_builtin(port, mode, options)
         return elapsed, cpu_after - cpu_before, load, elapsed
     load = run_builtin(port, mode, options)
-    return load.elapsed, cpu_seconds(process.pid) - cpu_before, load, load.elapsed
+    return load.elapsed, tree_cpu_seconds(process.pid) - cpu_before, load, load.elapsed
 
 
 def one_run(server: str, mode: str, number: int, options: Options, use_source: bool) -> Run:
@@ -454,7 +481,7 @@ def one_run(server: str, mode: str, number: int, options: Options, use_source: b
         port = free_port()
         with running_server(server_command(server, port, db), port, Path(tmp) / "server.log") as p:
             elapsed, server_cpu, load, cpu_wall = measure(p, port, mode, options, use_source)
-            peak = proc_status_kib(p.pid, "VmHWM")  # before stopping: /proc is gone after
+            peak = tree_peak_rss_kib(p.pid)  # before stopping: /proc is gone after
         # After a clean stop, so the count does not race the last commits.
         latest = stored_latest_id(db) if server == "mailsink" else None
     latency_ms = [s * 1000 for s in load.latencies]

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ from mailsink.store.db import (
     SessionEvent,
     Store,
     Stored,
-    insert_message,
+    store_message,
     update_session,
 )
 from mailsink.store.queries import Reader
@@ -440,32 +441,30 @@ def message_operation(
     session_id: int, started_at: int, events: list[SessionEvent], message: IncomingMessage
 ) -> Callable[[Any], Stored]:
     """What SinkServer.save_message hands the writer: the transcript so far, then the message."""
-
-    def write(conn: Any) -> Stored:
-        update_session(
-            conn, session_id, events, started_at, message.envelope.peer or "", helo="app.local"
-        )
-        return insert_message(conn, message)
-
-    return write
+    peer = message.envelope.peer or ""
+    return partial(
+        store_message,
+        session_id=session_id,
+        events=events,
+        started_at=started_at,
+        peer=peer,
+        message=message,
+    )
 
 
 def session_end_operation(
     session_id: int, started_at: int, events: list[SessionEvent], ended_at: int, peer: str
 ) -> Callable[[Any], None]:
-    def write(conn: Any) -> None:
-        update_session(
-            conn,
-            session_id,
-            events,
-            started_at,
-            peer,
-            end_reason="quit",
-            ended_at=ended_at,
-            last_reply="221 2.0.0 Bye",
-        )
-
-    return write
+    return partial(
+        update_session,
+        session_id=session_id,
+        events=events,
+        started_at=started_at,
+        peer=peer,
+        end_reason="quit",
+        ended_at=ended_at,
+        last_reply="221 2.0.0 Bye",
+    )
 
 
 @dataclass

@@ -7,6 +7,7 @@ import signal
 import smtplib
 import threading
 import time
+from pathlib import Path
 
 from conftest import free_port, mailsink_process, message, wait_for_port
 
@@ -61,3 +62,79 @@ def test_sigkill_while_four_clients_send_loses_no_acknowledged_message(tmp_path)
             assert record is not None, f"message {message_id} was acknowledged but is gone"
             assert record.headers["subject"] == subject
             assert reader.get_raw(message_id) == message(subject=subject)
+
+
+def test_a_killed_writer_is_replaced_and_no_acknowledged_message_is_lost(sink, caplog):
+    acknowledged: dict[int, str] = {}
+    refused: list[int] = []
+    first_writer = sink.store.writer_pid
+    killed = threading.Event()
+
+    def sender(worker: int) -> None:
+        with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
+            client.ehlo()
+            for n in range(60):
+                if n == 20 and worker == 0:
+                    os.kill(first_writer, signal.SIGKILL)
+                    killed.set()
+                subject = f"w{worker}-{n}"
+                client.mail("app@x.test")
+                client.rcpt(f"user{worker}@x.test")
+                code, reply = client.data(message(subject=subject))
+                if code == 250:
+                    acknowledged[int(reply.rsplit(b" ", 1)[1])] = subject
+                else:
+                    assert code == 451, reply  # not stored, and the client was told to retry
+                    refused.append(code)
+                    client.rset()
+
+    threads = [threading.Thread(target=sender, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert killed.is_set()
+    assert sink.store.writer_pid != first_writer
+    assert "writer process ended; starting a new one" in caplog.text
+    assert len(acknowledged) + len(refused) == 240 and len(acknowledged) >= 200
+    with sink.reader() as reader:
+        for message_id, subject in acknowledged.items():
+            record = reader.get_message(message_id)
+            assert record is not None, f"message {message_id} was acknowledged but is gone"
+            assert record.headers["subject"] == subject
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_ctrl_c_in_a_terminal_stops_the_server_and_its_writer_cleanly(tmp_path):
+    port = free_port()
+    db = tmp_path / "ctrl-c.db"
+    # Its own process group, as a shell gives a foreground job: Ctrl-C signals the whole group.
+    process = mailsink_process(
+        "serve", "--port", str(port), "--db", str(db), start_new_session=True
+    )
+    wait_for_port(port)
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        client.sendmail("a@x.test", ["b@x.test"], message(subject="kept"))
+    helpers = _children(process.pid)
+    writers = [pid for helper in helpers for pid in _children(helper)]
+    assert helpers and writers
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(15) == 0
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in helpers + writers):
+        assert time.monotonic() < deadline, "the writer outlived its server"
+        time.sleep(0.05)
+    with Reader(str(db)) as reader:
+        assert [r.headers["subject"] for r in reader.list_messages()] == ["kept"]

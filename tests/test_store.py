@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import sqlite3
+from functools import partial
 
 import pytest
 from conftest import RawClient, message, run_cli
 
-from mailsink.store.db import SCHEMA_VERSION, Store, StoreError, StoreLocked
+from mailsink.mail.envelope import Envelope
+from mailsink.store.db import (
+    SCHEMA_VERSION,
+    IncomingMessage,
+    Store,
+    StoreError,
+    StoreLocked,
+    insert_message,
+    insert_session,
+    update_session,
+)
+from mailsink.store.queries import Reader
 
 
 def test_operations_waiting_together_commit_together(tmp_path):
@@ -18,11 +30,8 @@ def test_operations_waiting_together_commit_together(tmp_path):
     blocker = sqlite3.connect(path, isolation_level=None)
 
     def write(n):
-        return lambda conn: (
-            conn.execute(
-                "INSERT INTO sessions (started_at, peer) VALUES (?, ?)", (n, "p")
-            ).lastrowid
-        )
+        raw = f"Subject: {n}\r\n\r\n".encode()
+        return partial(insert_message, message=IncomingMessage(1, Envelope("a@x.test", []), raw, n))
 
     async def burst():
         blocker.execute("BEGIN IMMEDIATE")  # the writer waits on this lock ...
@@ -34,7 +43,7 @@ def test_operations_waiting_together_commit_together(tmp_path):
         return await asyncio.gather(first, *rest)
 
     before = store.commits
-    ids = asyncio.run(burst())
+    ids = [stored.id for stored in asyncio.run(burst())]
     assert len(set(ids)) == 50
     assert store.commits - before <= 2  # the first alone, then the other 49 in one transaction
     store.close()
@@ -85,22 +94,18 @@ def test_a_failed_commit_is_answered_451_and_the_session_goes_on(sink):
 
 
 def test_a_lowered_cap_is_reached_in_steps_not_one_long_commit(tmp_path):
-    from mailsink.mail.envelope import Envelope
-    from mailsink.store.db import IncomingMessage, insert_message
-    from mailsink.store.queries import Reader
-
     store = Store(str(tmp_path / "cap.db"), max_messages=5000)
 
-    def fill(conn):
-        for n in range(2200):
-            raw = f"Subject: m{n}\r\n\r\nbody\r\n".encode()
-            insert_message(conn, IncomingMessage(1, Envelope("a@x.test", ["b@x.test"]), raw, n))
+    def fill(n):
+        raw = f"Subject: m{n}\r\n\r\nbody\r\n".encode()
+        message = IncomingMessage(1, Envelope("a@x.test", ["b@x.test"]), raw, n)
+        return partial(insert_message, message=message)
 
-    def noop(conn):
-        return None
+    # A write that changes nothing: session 1 exists once the messages are in.
+    noop = partial(insert_session, session_id=1, started_at=0, peer="p")
 
     async def run():
-        await store.run(fill)
+        await asyncio.gather(*(store.run(fill(n)) for n in range(2200)))
         store.max_messages = 100  # as a config reload would
         counts = []
         for _ in range(4):
@@ -114,3 +119,46 @@ def test_a_lowered_cap_is_reached_in_steps_not_one_long_commit(tmp_path):
         assert [r.headers["subject"] for r in reader.list_messages(limit=1)] == ["m2199"]
         assert reader.conn.execute("SELECT count(*) FROM message_search").fetchone() == (100,)
     store.close()
+
+
+def test_a_failing_operation_takes_nothing_else_in_its_batch_with_it(tmp_path):
+    path = str(tmp_path / "isolated.db")
+    store = Store(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+
+    def write(n):
+        raw = f"Subject: {n}\r\n\r\n".encode()
+        return partial(insert_message, message=IncomingMessage(1, Envelope("a@x.test", []), raw, n))
+
+    bad = partial(update_session, session_id=1, events=[], started_at=0, peer="p", color="red")
+
+    async def burst():
+        blocker.execute("BEGIN IMMEDIATE")  # everything below queues up and commits together
+        futures = [asyncio.ensure_future(store.run(op)) for op in (write(0), bad, write(1))]
+        await asyncio.sleep(0.2)
+        blocker.execute("ROLLBACK")
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    before = store.commits
+    first, failure, second = asyncio.run(burst())
+    assert store.commits - before == 1
+    assert isinstance(failure, ValueError) and "color" in str(failure)  # its own type, unpickled
+    with Reader(path) as reader:
+        assert [r.headers["subject"] for r in reader.list_messages()] == ["1", "0"]
+        assert [first.id, second.id] == [1, 2]
+    store.close()
+    blocker.close()
+
+
+def test_an_operation_the_writer_process_cannot_receive_is_refused_at_once(tmp_path):
+    store = Store(str(tmp_path / "closure.db"))
+
+    async def run():
+        with pytest.raises(StoreError, match="must pickle"):
+            await store.run(lambda conn: conn.execute("DELETE FROM messages"))
+        return await store.run(partial(insert_session, session_id=7, started_at=0, peer="p"))
+
+    assert asyncio.run(run()) is None  # and the store goes on working
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.submit(partial(insert_session, session_id=8, started_at=0, peer="p"))

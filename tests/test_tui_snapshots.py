@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,7 @@ def fill(path: Path) -> None:
         store = Store(str(path))
         try:
             for operation, arguments in operations:
-                await store.run(lambda conn, o=operation, a=arguments: o(conn, **a))
+                await store.run(partial(operation, **arguments))
         finally:
             store.close()
 

@@ -16,7 +16,7 @@ from mailsink.policy import Policy, Rule
 from mailsink.presets import BY_KEY, preset_rules
 from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
-from mailsink.store.db import IncomingMessage, Store, Stored, insert_message, insert_session
+from mailsink.store.db import IncomingMessage, Store, Stored, insert_session, store_message
 from mailsink.store.db import update_session as write_session
 from mailsink.text import format_bytes, visible
 from mailsink.tls import server_context
@@ -201,20 +201,14 @@ class SinkServer:
     async def save_message(self, protocol: SinkSMTP, message: IncomingMessage) -> Stored:
         """Commit the message with the transcript so far; returns once it is on disk."""
         events = protocol.transcript.take()
-
-        def write(conn):
-            write_session(
-                conn,
-                protocol.session_id,
-                events,
-                protocol.started_at,
-                protocol.peer,
-                helo=message.envelope.helo,
-                tls=message.envelope.tls,
-                auth_user=message.envelope.auth_user,
-            )
-            return insert_message(conn, message)
-
+        write = partial(
+            store_message,
+            session_id=protocol.session_id,
+            events=events,
+            started_at=protocol.started_at,
+            peer=protocol.peer,
+            message=message,
+        )
         try:
             stored: Stored = await self.store.run(write)
         except BaseException:

@@ -1,24 +1,16 @@
-"""SQLite store: schema and migrations, and the single writer thread with group commit.
-
-One thread owns the write connection. Callers on the event loop hand it operations; it runs every
-operation that is waiting in one transaction, commits once (WAL, synchronous=FULL), and only then
-resolves the callers' futures. So a DATA reply of 250 is sent after its message is on disk, and a
-burst of messages costs one fsync, not one each.
-"""
+"""SQLite store: schema and migrations, the operations the writer runs, and the Store that
+hands them to it (the writer itself, a process with group commit, is in writer.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import logging
 import os
-import queue
 import re
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,6 +247,29 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     return Stored(message_id, headers["subject"], [f["kind"] for f in found])
 
 
+def store_message(
+    conn: sqlite3.Connection,
+    session_id: int,
+    events: list[SessionEvent],
+    started_at: int,
+    peer: str,
+    message: IncomingMessage,
+) -> Stored:
+    """A message with its session's transcript so far: what the server commits before 250."""
+    envelope = message.envelope
+    update_session(
+        conn,
+        session_id,
+        events,
+        started_at,
+        peer,
+        helo=envelope.helo,
+        tls=envelope.tls,
+        auth_user=envelope.auth_user,
+    )
+    return insert_message(conn, message)
+
+
 def insert_session(conn: sqlite3.Connection, session_id: int, started_at: int, peer: str) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO sessions (id, started_at, peer) VALUES (?, ?, ?)",
@@ -292,160 +307,9 @@ def update_session(
         conn.execute(update, (*fields.values(), session_id))
 
 
+# What the writer runs: a module-level function taking the write connection, usually a
+# functools.partial of one, so that it pickles on its way to the writer process.
 Operation = Callable[[sqlite3.Connection], Any]
-
-
-class Writer:
-    """The one thread that writes. Operations queued together commit together."""
-
-    MAX_BATCH = 512
-
-    def __init__(self, conn: sqlite3.Connection, max_messages: int):
-        self._conn = conn
-        self._queue: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any] | None] | None] = (
-            queue.SimpleQueue()
-        )
-        self.max_messages = max_messages
-        self.commits = 0  # transactions committed: fewer than operations when batching works
-        self._messages = _Retention(
-            conn, "messages", [("message_raw", "id"), ("message_search", "id")]
-        )
-        self._sessions = _Retention(
-            conn, "sessions", [("transcript_chunks", "session_id")], "end_reason IS NOT NULL"
-        )
-        self._thread = threading.Thread(target=self._run, name="mailsink-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
-        if not self._thread.is_alive():
-            raise StoreError("the store is closed")
-        self._queue.put((operation, future))
-
-    def close(self) -> None:
-        """Finish everything queued, then stop."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            batch = []
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= self.MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            else:
-                stopping = True
-            if batch:
-                self._commit(batch)
-
-    def _commit(self, batch: list[tuple[Operation, asyncio.Future[Any] | None]]) -> None:
-        results: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]] = []
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for operation, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcome = operation(conn)
-                    conn.execute("RELEASE op")
-                    results.append((future, outcome, None))
-                except Exception as error:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    log.exception("store operation failed")
-                    results.append((future, None, error))
-            self._prune(conn)
-            conn.execute("COMMIT")
-            self.commits += 1
-        except Exception as error:
-            log.exception("store commit failed")
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            results = [(future, None, error) for _, future in batch]
-        _resolve(results)
-
-    def _prune(self, conn: sqlite3.Connection) -> None:
-        """Keep the newest max_messages messages, and as many sessions."""
-        self._messages.prune(conn, self.max_messages)
-        self._sessions.prune(conn, self.max_messages)
-
-
-class _Retention:
-    """Prunes one table to a cap without counting it on every commit.
-
-    Ids only grow, so the rows added since the last exact count are at most the id range since then;
-    an exact count is taken only when that estimate passes the cap (plus 1% slack, so that a full
-    store prunes in steps rather than on every commit).
-    """
-
-    # Rows deleted per commit at most: a big cut (max_messages lowered by a reload) is spread
-    # over several commits instead of holding up one batch of messages for a second.
-    STEP = 1000
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        table: str,
-        children: list[tuple[str, str]],
-        removable: str = "1",
-    ):
-        self.table = table
-        self.children = children  # (table, id column) deleted along with the row
-        self.removable = removable  # SQL condition: rows that may go (live sessions may not)
-        self.known_count, self.known_max_id = conn.execute(
-            f"SELECT count(*), coalesce(max(id), 0) FROM {table}"
-        ).fetchone()
-
-    def prune(self, conn: sqlite3.Connection, limit: int) -> None:
-        max_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0]
-        if self.known_count + (max_id - self.known_max_id) <= limit + limit // 100:
-            return
-        count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
-        excess = min(count - limit, self.STEP)
-        row = None
-        if excess > 0:
-            row = conn.execute(
-                f"SELECT id FROM {self.table} WHERE {self.removable} ORDER BY id LIMIT 1 OFFSET ?",
-                (excess - 1,),
-            ).fetchone()
-        if row is not None:
-            kept = f"SELECT id FROM {self.table} WHERE id <= ? AND NOT ({self.removable})"
-            for child, column in self.children:
-                conn.execute(
-                    f"DELETE FROM {child} WHERE {column} <= ? AND {column} NOT IN ({kept})",
-                    (row[0], row[0]),
-                )
-            deleted = conn.execute(
-                f"DELETE FROM {self.table} WHERE id <= ? AND {self.removable}", (row[0],)
-            ).rowcount
-            count -= deleted
-        self.known_count, self.known_max_id = count, max_id
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]]) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-    for future, outcome, error in results:
-        if future is not None:
-            by_loop.setdefault(future.get_loop(), []).append((future, outcome, error))
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop has already closed
-            loop.call_soon_threadsafe(_settle, items)
-
-
-def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, outcome, error in items:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(outcome)
 
 
 class StoreLocked(StoreError):
@@ -465,27 +329,17 @@ class Store:
             self.path = str(Path(self._temporary.name) / "mailsink.db")
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock(self.path)
-        conn = None
         try:
-            conn = connect(self.path)
-            # Readers never block the writer, and a commit is one append to the log.
-            conn.execute("PRAGMA journal_mode = WAL")
-            migrate(conn)
-        except (sqlite3.DatabaseError, StoreError) as error:
-            if conn is not None:
-                conn.close()
+            self._next_session_id = _prepare(self.path)
+            # Imported here: the writer module imports this one.
+            from mailsink.store.writer import WriterProcess
+
+            self._writer = WriterProcess(self.path, max_messages)
+        except BaseException:
             self._lock_file.close()
             if self._temporary is not None:
                 self._temporary.cleanup()
-            if isinstance(error, StoreError):
-                raise
-            raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
-        self._conn = conn
-        row = self._conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'sessions'"
-        ).fetchone()
-        self._next_session_id = (row[0] if row else 0) + 1
-        self._writer = Writer(self._conn, max_messages)
+            raise
 
     @property
     def max_messages(self) -> int:
@@ -498,6 +352,11 @@ class Store:
     @property
     def commits(self) -> int:
         return self._writer.commits
+
+    @property
+    def writer_pid(self) -> int:
+        """The writer process's id (it changes if the process had to be replaced)."""
+        return self._writer.pid
 
     @property
     def directory(self) -> Path:
@@ -523,10 +382,26 @@ class Store:
 
     def close(self) -> None:
         self._writer.close()
-        self._conn.close()
         self._lock_file.close()
         if self._temporary is not None:
             self._temporary.cleanup()
+
+
+def _prepare(path: str) -> int:
+    """Migrate the store and put it in WAL mode; returns the next session id."""
+    conn = None
+    try:
+        conn = connect(path)
+        # Readers never block the writer, and a commit is one append to the log.
+        conn.execute("PRAGMA journal_mode = WAL")
+        migrate(conn)
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sessions'").fetchone()
+        return (row[0] if row else 0) + 1
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"{path} is not a mailsink store: {error}") from None
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 def _lock(path: str):

@@ -1,0 +1,128 @@
+"""Starting writer processes quickly and cleanly.
+
+A new interpreter per store costs about 200 ms (start-up and imports), and a plain fork of the
+server would copy its threads and locks. So the first store of a process starts a small helper,
+`python -m mailsink.store.spawn`, which imports the writer once and then forks one writer per
+request (a few ms each), handing it the store's socket. Unlike multiprocessing's fork server it
+never runs the user's `__main__` module again, and it needs no resource-tracker process.
+
+The helper ends when the server does (its control socket closes); each writer ends when its own
+socket closes, after finishing what it was sent.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+from mailsink.store.db import StoreError
+
+START_TIMEOUT = 30.0
+
+
+class _Spawner:
+    """The server's handle on the helper process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # stores may open from several threads
+        self._control: socket.socket | None = None
+        self._helper: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, path: str, max_messages: int, channel: socket.socket) -> int:
+        """Fork a writer for the store at `path`, talking over `channel`; returns its pid."""
+        # Absolute: the helper keeps the directory it started in, not the caller's current one.
+        request = pickle.dumps((os.path.abspath(path), max_messages))
+        with self._lock:
+            for attempt in range(2):  # a helper that has gone away is replaced once
+                control = self._running_helper()
+                try:
+                    socket.send_fds(control, [request], [channel.fileno()])
+                    control.settimeout(START_TIMEOUT)
+                    answer = control.recv(64)
+                except OSError:
+                    answer = b""
+                if answer:
+                    return int(answer)
+                self._stop_helper()
+                if attempt:
+                    raise StoreError("the store's writer could not be started")
+        raise AssertionError("unreachable")
+
+    def _running_helper(self) -> socket.socket:
+        if self._control is not None:
+            return self._control
+        ours, theirs = socket.socketpair()
+        try:
+            self._helper = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                cwd="/",  # holds no directory of the caller's in use
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                # Its errors come back over the store's socket; a terminal UI owns the screen.
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the server, which stops the writers
+            )
+        except OSError as error:
+            ours.close()
+            raise StoreError(f"the store's writer could not be started: {error}") from None
+        finally:
+            theirs.close()
+        self._control = ours
+        return ours
+
+    def _stop_helper(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._helper is not None:
+            self._helper.wait(5)
+            self._helper = None
+
+
+_spawner = _Spawner()
+
+
+def spawn_writer(path: str, max_messages: int, channel: socket.socket) -> int:
+    return _spawner.spawn(path, max_messages, channel)
+
+
+# ---- the helper process ------------------------------------------------------------------------
+
+
+def _serve(control: socket.socket) -> None:
+    # Imported now, so that no writer pays for it with its first message.
+    import email_validator  # noqa: F401
+
+    from mailsink.store.writer import writer_main
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # writers are reaped as they end
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 64 * 1024, 1)
+        except OSError:
+            return
+        if not data or not fds:
+            return  # the server is gone
+        path, max_messages = pickle.loads(data)
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            code = 1
+            try:
+                writer_main(path, max_messages, socket.socket(fileno=fds[0]))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        control.sendall(str(pid).encode())
+
+
+if __name__ == "__main__":
+    _serve(socket.socket(fileno=int(sys.argv[1])))

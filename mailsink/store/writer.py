@@ -1,0 +1,509 @@
+"""The store's one writer, in a process of its own, with group commit.
+
+The writer parses each message's headers, derives its findings and runs the SQL: most of the CPU
+a message costs. In a thread it would share the server's GIL with the event loop; in a process
+it runs on another core while the loop goes on with the SMTP sessions.
+
+The server side (`WriterProcess`) pickles each operation (a module-level function, usually a
+`functools.partial` of one, so that it pickles by name) and writes it to a socket from the
+event loop, without blocking; the loop also reads the answers, so no thread of the server waits
+for the GIL on the way. The process takes every operation that is waiting, runs them in one
+transaction, commits once (WAL, synchronous=FULL), and only then answers. So a DATA reply of 250
+is sent after its message is on disk, and a burst of messages costs one fsync, not one each.
+
+If the process dies, the operations it had not answered fail (the server answers 451, so
+nothing acknowledged is lost) and a new process takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from typing import Any
+
+from mailsink.store.db import Operation, StoreError, connect
+from mailsink.store.spawn import spawn_writer
+
+log = logging.getLogger("mailsink.store")
+
+START_TIMEOUT = 30.0  # seconds for a new writer process to open the store
+STOP_TIMEOUT = 60.0  # seconds for it to finish what is queued when the store closes
+# Writes nobody waits for (a session's start and end) wait this long for one that somebody
+# does, so that they share its commit instead of paying an fsync of their own.
+LAZY_COMMIT = 0.05
+
+# Frames on the socket: an 8-byte length, then a pickle. To the process: (id, operation, awaited),
+# ("max_messages", n), or None for "finish and stop". Back: ("ready",) or ("failed", why) once,
+# then ("done", commits, [(id, result, error), ...]) after each commit.
+Result = tuple[int, Any, BaseException | None]
+_LENGTH = struct.Struct("!Q")
+_READ_SIZE = 1024 * 1024
+
+
+def frame(item: Any) -> bytes:
+    data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+class Frames:
+    """Splits a byte stream back into the items framed in it."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buffer = self._buffer
+        buffer += data
+        items, start = [], 0
+        while len(buffer) - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + length
+            if len(buffer) < end:
+                break
+            items.append(pickle.loads(memoryview(buffer)[start + _LENGTH.size : end]))
+            start = end
+        del buffer[:start]
+        return items
+
+
+# ---- in the writer process ---------------------------------------------------------------------
+
+
+def writer_main(path: str, max_messages: int, channel: socket.socket) -> None:
+    """The writer process: open the store, then commit what arrives until told to stop."""
+    # Ctrl-C in a terminal reaches the whole process group; the server decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel.setblocking(True)
+    try:
+        writer = Writer(connect(path), max_messages, channel)
+    except (sqlite3.Error, StoreError) as error:
+        channel.sendall(frame(("failed", str(error))))
+        return
+    channel.sendall(frame(("ready",)))
+    writer.run()
+
+
+class Writer:
+    """Runs operations in batches: those waiting together commit together."""
+
+    def __init__(self, conn: sqlite3.Connection, max_messages: int, channel: socket.socket):
+        self._conn = conn
+        self._channel = channel
+        self._frames = Frames()
+        self.max_messages = max_messages
+        self.commits = 0
+        self._messages = _Retention(
+            conn, "messages", [("message_raw", "id"), ("message_search", "id")]
+        )
+        self._sessions = _Retention(
+            conn, "sessions", [("transcript_chunks", "session_id")], "end_reason IS NOT NULL"
+        )
+
+    def run(self) -> None:
+        batch: list[tuple[int, Operation, bool]] = []
+        urgent = stopping = False
+        deadline = 0.0  # when the oldest waiting operation that nobody awaits must commit
+        while not stopping:
+            timeout = None if not batch else max(0.0, deadline - time.monotonic())
+            requests = self._waiting(timeout)
+            if requests is None:  # the server is gone: nothing more can arrive
+                break
+            for request in requests:
+                if request is None:
+                    stopping = True
+                    break
+                if request[0] == "max_messages":
+                    self.max_messages = request[1]
+                    continue
+                if not batch:
+                    deadline = time.monotonic() + LAZY_COMMIT
+                batch.append(request)
+                urgent = urgent or request[2]
+            if batch and (urgent or time.monotonic() >= deadline):
+                self._answer(self._commit(batch))
+                batch, urgent = [], False
+        if batch:
+            self._answer(self._commit(batch))
+        self._conn.close()
+
+    def _waiting(self, timeout: float | None) -> list[Any] | None:
+        """Waits up to `timeout` (None: for ever) for a request, then takes all that have
+        arrived; None at the end of the stream."""
+        channel, requests = self._channel, []
+        channel.settimeout(timeout)
+        try:
+            data = channel.recv(_READ_SIZE)
+        except (TimeoutError, BlockingIOError):  # 0 s left: the socket does not block at all
+            return []
+        channel.settimeout(0)
+        while data:
+            requests += self._frames.feed(data)
+            try:
+                data = channel.recv(_READ_SIZE)
+            except BlockingIOError:
+                if requests:
+                    return requests
+                channel.settimeout(None)  # only part of a request is here: wait for the rest
+                data = channel.recv(_READ_SIZE)
+                channel.settimeout(0)
+        return requests or None  # the end of the stream
+
+    def _answer(self, results: list[Result]) -> None:
+        try:
+            data = frame(("done", self.commits, results))
+        except (pickle.PicklingError, TypeError, AttributeError):
+            data = frame(("done", self.commits, [_portable_result(r) for r in results]))
+        self._channel.settimeout(None)
+        self._channel.sendall(data)
+
+    def _commit(self, batch: list[tuple[int, Operation, bool]]) -> list[Result]:
+        """One transaction for the batch. Operations run bare; only if one fails is the batch
+        run again with a savepoint around each, so that the failure takes nothing else with it
+        (two statements fewer per operation when nothing fails, which is nearly always)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [
+                    (request_id, operation(conn), None) for request_id, operation, _ in batch
+                ]
+            except Exception:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                results = [self._isolated(conn, request) for request in batch]
+            self._messages.prune(conn, self.max_messages)
+            self._sessions.prune(conn, self.max_messages)
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = _portable(error)
+            results = [(request_id, None, failure) for request_id, _, _ in batch]
+        return results
+
+    @staticmethod
+    def _isolated(conn: sqlite3.Connection, request: tuple[int, Operation, bool]) -> Result:
+        request_id, operation, _ = request
+        conn.execute("SAVEPOINT op")
+        try:
+            outcome = operation(conn)
+        except Exception as error:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return request_id, None, _portable(error)
+        conn.execute("RELEASE op")
+        return request_id, outcome, None
+
+
+def _portable(error: Exception) -> BaseException:
+    """The error itself if it survives pickling, else a StoreError that says what it was."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return StoreError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _portable_result(result: Result) -> Result:
+    request_id, outcome, _ = result
+    try:
+        pickle.dumps(outcome)
+    except Exception as problem:
+        return request_id, None, StoreError(f"a store operation's result must pickle: {problem}")
+    return result
+
+
+class _Retention:
+    """Prunes one table to a cap without counting it on every commit.
+
+    Ids only grow, so the rows added since the last exact count are at most the id range since then;
+    an exact count is taken only when that estimate passes the cap (plus 1% slack, so that a full
+    store prunes in steps rather than on every commit).
+    """
+
+    # Rows deleted per commit at most: a big cut (max_messages lowered by a reload) is spread
+    # over several commits instead of holding up one batch of messages for a second.
+    STEP = 1000
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        table: str,
+        children: list[tuple[str, str]],
+        removable: str = "1",
+    ):
+        self.table = table
+        self.children = children  # (table, id column) deleted along with the row
+        self.removable = removable  # SQL condition: rows that may go (live sessions may not)
+        self.known_count, self.known_max_id = conn.execute(
+            f"SELECT count(*), coalesce(max(id), 0) FROM {table}"
+        ).fetchone()
+
+    def prune(self, conn: sqlite3.Connection, limit: int) -> None:
+        max_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0]
+        if self.known_count + (max_id - self.known_max_id) <= limit + limit // 100:
+            return
+        count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+        excess = min(count - limit, self.STEP)
+        row = None
+        if excess > 0:
+            row = conn.execute(
+                f"SELECT id FROM {self.table} WHERE {self.removable} ORDER BY id LIMIT 1 OFFSET ?",
+                (excess - 1,),
+            ).fetchone()
+        if row is not None:
+            kept = f"SELECT id FROM {self.table} WHERE id <= ? AND NOT ({self.removable})"
+            for child, column in self.children:
+                conn.execute(
+                    f"DELETE FROM {child} WHERE {column} <= ? AND {column} NOT IN ({kept})",
+                    (row[0], row[0]),
+                )
+            deleted = conn.execute(
+                f"DELETE FROM {self.table} WHERE id <= ? AND {self.removable}", (row[0],)
+            ).rowcount
+            count -= deleted
+        self.known_count, self.known_max_id = count, max_id
+
+
+# ---- in the server -----------------------------------------------------------------------------
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class WriterProcess:
+    """The server's side of the writer: submit operations, get their results on the loop.
+
+    Submitting needs a running event loop: the socket is driven by that loop's reader and
+    writer callbacks. `close` may come from any thread.
+    """
+
+    def __init__(self, path: str, max_messages: int):
+        self.path = path
+        self._max_messages = max_messages
+        self.commits = 0  # transactions committed: fewer than operations when batching works
+        self._next_id = 0
+        self._closing = False
+        self._refusal = "the store is closed"  # why submit fails once closing
+        self._ended = threading.Event()  # the process has gone and its answers are read
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start()
+
+    @property
+    def max_messages(self) -> int:
+        return self._max_messages
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @max_messages.setter
+    def max_messages(self, value: int) -> None:
+        self._max_messages = value
+        self._send(frame(("max_messages", value)))
+
+    def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
+        if self._closing:
+            raise StoreError(self._refusal)
+        self._next_id += 1
+        try:
+            data = frame((self._next_id, operation, future is not None))
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            raise StoreError(f"a store operation must pickle: {error}") from None
+        self._pending[self._next_id] = future
+        self._send(data)
+
+    def close(self) -> None:
+        """Finish everything queued, then stop the process."""
+        if self._closing:
+            return
+        self._closing = True
+        loop = self._loop
+        if loop is not None and loop.is_running() and _running_loop() is not loop:
+            # The loop still reads the answers; this thread only waits for the end.
+            loop.call_soon_threadsafe(self._send, frame(None))
+            finished = self._ended.wait(STOP_TIMEOUT)
+        else:
+            finished = self._finish_here()
+        if not finished:
+            log.error("the store's writer did not stop in %.0f s; ending it", STOP_TIMEOUT)
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+
+    # ---- the process and its socket
+
+    def _start(self) -> None:
+        here, there = socket.socketpair()
+        try:
+            pid = spawn_writer(self.path, self._max_messages, there)
+        except BaseException:
+            here.close()
+            raise
+        finally:
+            there.close()
+        greeting = self._greeting(here)
+        if greeting[0] != "ready":
+            here.close()
+            raise StoreError(f"the store's writer process could not start: {greeting[1]}")
+        here.setblocking(False)
+        self._pid, self._channel = pid, here
+        self._frames = Frames()
+        self._outgoing = bytearray()
+        self._pending: dict[int, asyncio.Future[Any] | None] = {}
+        self._writing = False
+        self._ended.clear()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.add_reader(here.fileno(), self._readable)
+
+    @staticmethod
+    def _greeting(channel: socket.socket) -> tuple[Any, ...]:
+        channel.settimeout(START_TIMEOUT)
+        frames = Frames()
+        while True:
+            try:
+                data = channel.recv(4096)
+            except OSError:  # the timeout included
+                return ("failed", "no answer")
+            if not data:
+                return ("failed", "it ended at once")
+            items = frames.feed(data)
+            if items:
+                return items[0]
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drive the socket from this loop (a test may use several loops in turn)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._channel.fileno())
+            self._loop.remove_writer(self._channel.fileno())
+        self._loop, self._writing = loop, False
+        loop.add_reader(self._channel.fileno(), self._readable)
+
+    def _send(self, data: bytes) -> None:
+        self._outgoing += data
+        loop = _running_loop()
+        if loop is None:
+            return  # sent once a loop submits something, or by close
+        if loop is not self._loop:
+            self._attach(loop)
+        if not self._writing:
+            self._writable()
+
+    def _writable(self) -> None:
+        try:
+            sent = self._channel.send(self._outgoing)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the process is gone: the reader sees the end and fails what it owed
+        del self._outgoing[:sent]
+        if self._outgoing and not self._writing:
+            self._loop.add_writer(self._channel.fileno(), self._writable)
+            self._writing = True
+        elif not self._outgoing and self._writing:
+            self._loop.remove_writer(self._channel.fileno())
+            self._writing = False
+
+    def _readable(self) -> None:
+        try:
+            data = self._channel.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._answers(self._frames.feed(data))
+        else:
+            self._gone()
+
+    def _answers(self, answers: list[Any]) -> None:
+        settled = []
+        for _, self.commits, results in answers:
+            for request_id, outcome, error in results:
+                future = self._pending.pop(request_id, None)
+                if future is not None:
+                    settled.append((future, outcome, error))
+                elif error is not None:
+                    log.error("store operation failed: %s", error)
+        _settle(settled)
+
+    def _gone(self) -> None:
+        """End of the stream: the process has stopped. Fail what it owed; unless the store is
+        closing, start another."""
+        loop, channel = self._loop, self._channel
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(channel.fileno())
+            if self._writing:
+                loop.remove_writer(channel.fileno())
+        channel.close()
+        owed = [future for future in self._pending.values() if future is not None]
+        self._pending.clear()
+        failure = StoreError("the store's writer process ended before it answered")
+        _settle([(future, None, failure) for future in owed])
+        if not self._closing:
+            log.error("the store's writer process ended; starting a new one")
+            try:
+                self._start()
+                return
+            except (StoreError, OSError) as error:
+                log.error("%s", error)
+                self._closing = True  # every later write fails: the server answers 451
+                self._refusal = str(error)
+        self._ended.set()
+
+    def _finish_here(self) -> bool:
+        """Close from the loop's own thread, or with no loop running: blocking I/O is fine
+        here, the server is stopping. False if the process did not finish in time."""
+        loop, channel = self._loop, self._channel
+        if channel.fileno() < 0:
+            return True  # already gone
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(channel.fileno())
+            loop.remove_writer(channel.fileno())
+        channel.settimeout(STOP_TIMEOUT)
+        finished = False
+        try:
+            channel.sendall(bytes(self._outgoing) + frame(None))
+            self._outgoing.clear()
+            while data := channel.recv(_READ_SIZE):
+                self._answers(self._frames.feed(data))
+            finished = True
+        except OSError:
+            pass
+        self._loop = None  # _gone must not touch the loop's callbacks again
+        self._gone()
+        return finished
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """Resolve futures: directly on the running loop, through call_soon_threadsafe on others."""
+    here = _running_loop()
+    for future, outcome, error in items:
+        loop = future.get_loop()
+        if loop is here:
+            _set(future, outcome, error)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop has already closed
+                loop.call_soon_threadsafe(_set, future, outcome, error)
+
+
+def _set(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(outcome)
