@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from mailsink.mail.addresses import syntax_error
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import header_values
 from mailsink.smtp import replies
+from mailsink.smtp.protocol import introspected_names
 from mailsink.store.db import IncomingMessage, now_ms
 
 if TYPE_CHECKING:
@@ -208,3 +210,12 @@ class SinkHandler:
 
     def __repr__(self) -> str:  # aiosmtpd logs the handler
         return "SinkHandler()"
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd finds the hooks with dir() on every connection; see SinkSMTP.__dir__.
+        return introspected_names(type(self), ("handle_", "auth_"))
+
+
+# aiosmtpd calls inspect.signature(handle_EHLO) on every connection to tell its two forms
+# apart; a precomputed __signature__ answers at once.
+SinkHandler.handle_EHLO.__signature__ = inspect.signature(SinkHandler.handle_EHLO)  # type: ignore[attr-defined]
