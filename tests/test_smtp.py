@@ -154,6 +154,21 @@ def test_lines_starting_with_a_dot_round_trip_byte_exact(sink, raw):
         assert reader.get_raw(record.id) == original
 
 
+def test_dot_stuffing_across_read_blocks_and_on_the_first_line_round_trips(sink, raw):
+    # DATA is read in 64 KiB blocks: lines of every length put a "\r\n." at every offset of a
+    # block boundary, and the first line starts with a dot too.
+    lines = [b"." * (n % 3) + b"x" * (n % 97) for n in range(12_000)]
+    original = b".first\r\n" + b"\r\n".join(lines) + b"\r\n"
+    stuffed = b"." + original.replace(b"\r\n.", b"\r\n..")
+    raw.command("EHLO x")
+    raw.command("MAIL FROM:<a@x.test>")
+    raw.command("RCPT TO:<b@x.test>")
+    raw.command("DATA")
+    assert raw.command(stuffed + b".")[0].startswith("250")
+    with sink.reader() as reader:
+        assert reader.get_raw(reader.latest_id()) == original
+
+
 def test_smtplib_dot_stuffing_round_trips(sink, client):
     original = b"Subject: dots\r\n\r\n.\r\n..\r\n.x\r\n"
     client.sendmail("a@x.test", ["b@x.test"], original)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import re
 import warnings
@@ -586,13 +587,17 @@ class SinkSMTP(SMTP):
 
         Reads in blocks up to the end-of-data marker instead of a line at a time. A CRLF is put in
         front of the stream so that an empty message (".\r\n" straight away) ends the same way.
+        The content is gathered in a BytesIO, whose getvalue() hands over its buffer without a
+        copy: a 25 MB message is held once, not twice, unless it has dot-stuffed lines.
         """
         reader = self._reader
         reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]  # private, also used by aiosmtpd
         limit = self.data_size_limit
-        received = bytearray()
-        wire_size = -2
-        stuffed = 0  # lines starting with a dot: one byte each comes off in unstuffing
+        content = io.BytesIO()
+        wire_size, size = -2, 0
+        skip = 2  # the CRLF put in front
+        tail = b""  # the previous block's last two bytes: a "\r\n." can straddle two blocks
+        stuffed = 0  # "\r\n." seen: the marker's own and one per dot-stuffed line
         too_big = False
         while True:
             try:
@@ -605,22 +610,25 @@ class SinkSMTP(SMTP):
                 raise ConnectionResetError("connection closed during DATA") from None
             wire_size += len(block)
             if not too_big:
-                start = max(0, len(received) - 2)  # a "\r\n." can straddle two blocks
-                received += block
-                stuffed += received.count(b"\r\n.", start)
+                stuffed += (tail + block[:2]).count(b"\r\n.") + block.count(b"\r\n.")
+                tail = (tail + block)[-2:] if len(block) < 2 else block[-2:]
+                cut, skip = min(skip, len(block)), max(0, skip - len(block))
+                size += content.write(memoryview(block)[cut:])
                 # The marker's 3 bytes may be in; anything beyond them is content over the limit.
-                if limit and len(received) - 2 - stuffed > limit + 3:
-                    too_big = True
-                    received = bytearray()
+                if limit and size - stuffed > limit + 3:
+                    too_big, content = True, io.BytesIO()
             self._reset_timeout()
             if done:
                 break
         if too_big:
             return None, wire_size
-        del received[-3:]  # ".\r\n" of the marker; the CRLF before it ends the last line
-        content = received.replace(b"\r\n.", b"\r\n")  # RFC 5321 4.5.2 dot-unstuffing
-        del received
-        del content[:2]
-        if limit and len(content) > limit:
+        content.truncate(size - 3)  # ".\r\n" of the marker; the CRLF before it ends the last line
+        data = content.getvalue()
+        del content
+        if stuffed > 1:  # RFC 5321 4.5.2 dot-unstuffing
+            data = data.replace(b"\r\n.", b"\r\n")
+        if data.startswith(b"."):  # the first line is stuffed too
+            data = data[1:]
+        if limit and len(data) > limit:
             return None, wire_size
-        return bytes(content), wire_size
+        return data, wire_size

@@ -18,7 +18,9 @@ nothing acknowledged is lost) and a new process takes over.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import os
 import pickle
@@ -45,13 +47,20 @@ LAZY_COMMIT = 0.05
 # ("max_messages", n), or None for "finish and stop". Back: ("ready",) or ("failed", why) once,
 # then ("done", commits, [(id, result, error), ...]) after each commit.
 Result = tuple[int, Any, BaseException | None]
-_LENGTH = struct.Struct("!Q")
+_HEAD = struct.Struct("!QI")  # the pickle's length, how many buffers follow it
+_LENGTH = struct.Struct("!Q")  # each buffer's
 _READ_SIZE = 1024 * 1024
+_IOV_MAX = 512  # buffers per sendmsg; Linux takes up to 1024
 
 
-def frame(item: Any) -> bytes:
-    data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
+def frame(item: Any) -> list[Any]:
+    """A frame's parts: head, pickle and the pickle's out-of-band buffers (a raw message goes
+    as one, so that it is sent from where it is instead of being copied into the pickle)."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(item, 5, buffer_callback=buffers.append)
+    views = [buffer.raw() for buffer in buffers]
+    head = _HEAD.pack(len(data), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
+    return [head, data, *views]
 
 
 class Frames:
@@ -64,15 +73,35 @@ class Frames:
         buffer = self._buffer
         buffer += data
         items, start = [], 0
-        while len(buffer) - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            end = start + _LENGTH.size + length
-            if len(buffer) < end:
-                break
-            items.append(pickle.loads(memoryview(buffer)[start + _LENGTH.size : end]))
-            start = end
+        while (item := self._next(start)) is not None:
+            items.append(item[0])
+            start = item[1]
         del buffer[:start]
         return items
+
+    def _next(self, start: int) -> tuple[Any, int] | None:
+        """The item framed at `start` and where the next begins, or None if it is incomplete."""
+        buffer = self._buffer
+        if len(buffer) - start < _HEAD.size:
+            return None
+        size, count = _HEAD.unpack_from(buffer, start)
+        at = start + _HEAD.size
+        if len(buffer) < at + count * _LENGTH.size:
+            return None
+        sizes = [_LENGTH.unpack_from(buffer, at + n * _LENGTH.size)[0] for n in range(count)]
+        at += count * _LENGTH.size
+        if len(buffer) < at + size + sum(sizes):
+            return None
+        with memoryview(buffer) as view:
+            data = view[at : at + size]
+            at += size
+            buffers = []
+            for length in sizes:
+                buffers.append(bytes(view[at : at + length]))
+                at += length
+            item = pickle.loads(data, buffers=buffers)
+            data.release()
+        return item, at
 
 
 # ---- in the writer process ---------------------------------------------------------------------
@@ -86,9 +115,9 @@ def writer_main(path: str, max_messages: int, channel: socket.socket) -> None:
     try:
         writer = Writer(connect(path), max_messages, channel)
     except (sqlite3.Error, StoreError) as error:
-        channel.sendall(frame(("failed", str(error))))
+        channel.sendall(b"".join(frame(("failed", str(error)))))
         return
-    channel.sendall(frame(("ready",)))
+    channel.sendall(b"".join(frame(("ready",))))
     writer.run()
 
 
@@ -163,7 +192,7 @@ class Writer:
         except (pickle.PicklingError, TypeError, AttributeError):
             data = frame(("done", self.commits, [_portable_result(r) for r in results]))
         self._channel.settimeout(None)
-        self._channel.sendall(data)
+        self._channel.sendall(b"".join(data))
 
     def _commit(self, batch: list[tuple[int, Operation, bool]]) -> list[Result]:
         """One transaction for the batch. Operations run bare; only if one fails is the batch
@@ -362,7 +391,7 @@ class WriterProcess:
         here.setblocking(False)
         self._pid, self._channel = pid, here
         self._frames = Frames()
-        self._outgoing = bytearray()
+        self._outgoing: collections.deque[memoryview] = collections.deque()
         self._pending: dict[int, asyncio.Future[Any] | None] = {}
         self._writing = False
         self._ended.clear()
@@ -392,8 +421,8 @@ class WriterProcess:
         self._loop, self._writing = loop, False
         loop.add_reader(self._channel.fileno(), self._readable)
 
-    def _send(self, data: bytes) -> None:
-        self._outgoing += data
+    def _send(self, parts: list[bytes]) -> None:
+        self._outgoing.extend(memoryview(part) for part in parts if len(part))
         loop = _running_loop()
         if loop is None:
             return  # sent once a loop submits something, or by close
@@ -403,17 +432,24 @@ class WriterProcess:
             self._writable()
 
     def _writable(self) -> None:
-        try:
-            sent = self._channel.send(self._outgoing)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return  # the process is gone: the reader sees the end and fails what it owed
-        del self._outgoing[:sent]
-        if self._outgoing and not self._writing:
+        outgoing = self._outgoing
+        while outgoing:
+            chunks = list(itertools.islice(outgoing, _IOV_MAX))
+            try:
+                sent = self._channel.sendmsg(chunks)  # many frames, one system call
+            except BlockingIOError:
+                break
+            except OSError:
+                return  # the process is gone: the reader sees the end and fails what it owed
+            while outgoing and len(outgoing[0]) <= sent:
+                sent -= len(outgoing.popleft())
+            if sent:
+                outgoing[0] = outgoing[0][sent:]
+                break  # the socket is full
+        if outgoing and not self._writing:
             self._loop.add_writer(self._channel.fileno(), self._writable)
             self._writing = True
-        elif not self._outgoing and self._writing:
+        elif not outgoing and self._writing:
             self._loop.remove_writer(self._channel.fileno())
             self._writing = False
 
@@ -476,7 +512,8 @@ class WriterProcess:
         channel.settimeout(STOP_TIMEOUT)
         finished = False
         try:
-            channel.sendall(bytes(self._outgoing) + frame(None))
+            for chunk in [*self._outgoing, *frame(None)]:
+                channel.sendall(chunk)
             self._outgoing.clear()
             while data := channel.recv(_READ_SIZE):
                 self._answers(self._frames.feed(data))
