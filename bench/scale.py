@@ -969,7 +969,7 @@ async def drive_ingest(port: int, pid: int, options: Options) -> IngestLoad:
 def ingest_phase(options: Options) -> IngestResult:
     with tempfile.TemporaryDirectory(prefix="mailsink-scale-") as tmp:
         with mailsink_server(Path(tmp)) as (process, port, db):
-            cpu_before = ingest.cpu_seconds(process.pid)
+            cpu_before = ingest.tree_cpu_seconds(process.pid)
             start = time.perf_counter()
             try:
                 load = asyncio.run(drive_ingest(port, process.pid, options))
@@ -978,7 +978,7 @@ def ingest_phase(options: Options) -> IngestResult:
             seconds = time.perf_counter() - start
             if load.sent != options.messages:
                 raise ScaleError(f"sent {load.sent} of {options.messages} messages")
-            cpu = ingest.cpu_seconds(process.pid) - cpu_before
+            cpu = ingest.tree_cpu_seconds(process.pid) - cpu_before
             peak = server_rss_bytes(process.pid, "VmHWM")
             current = server_rss_bytes(process.pid, "VmRSS")
         with Reader(str(db)) as reader:
