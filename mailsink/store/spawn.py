@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from mailsink.store.db import StoreError
 
@@ -57,9 +58,13 @@ class _Spawner:
         if self._control is not None:
             return self._control
         ours, theirs = socket.socketpair()
+        # The helper runs in "/" and must import this very mailsink, installed or not.
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         try:
             self._helper = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(theirs.fileno())],
+                env={**os.environ, "PYTHONPATH": path},
                 pass_fds=[theirs.fileno()],
                 cwd="/",  # holds no directory of the caller's in use
                 stdin=subprocess.DEVNULL,
