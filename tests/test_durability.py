@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import free_port, mailsink_process, message, wait_for_port
 
 from mailsink.store.queries import Reader
@@ -138,3 +141,60 @@ def test_ctrl_c_in_a_terminal_stops_the_server_and_its_writer_cleanly(tmp_path):
         time.sleep(0.05)
     with Reader(str(db)) as reader:
         assert [r.headers["subject"] for r in reader.list_messages()] == ["kept"]
+
+
+_DIES_WITH_ANSWERS_UNREAD = """
+import asyncio, os, signal, sys, time
+from functools import partial
+from mailsink.store.db import Store, insert_session
+
+store = Store(sys.argv[1])
+
+async def main():
+    for n in range(1, 11):
+        store.submit(partial(insert_session, session_id=n, started_at=n, peer="p"))
+    time.sleep(0.3)  # the loop is busy: the writer's answer waits unread in the socket
+    for n in range(11, 21):
+        store.submit(partial(insert_session, session_id=n, started_at=n, peer="p"))
+    print(store.writer_pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_writes_the_writer_received_are_committed_when_the_server_dies(tmp_path):
+    db = tmp_path / "orphan.db"
+    done = subprocess.run(
+        [sys.executable, "-c", _DIES_WITH_ANSWERS_UNREAD, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == -signal.SIGKILL
+    writer = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{writer}").exists():  # it finishes what it got, then ends
+        assert time.monotonic() < deadline, "the writer outlived its server"
+        time.sleep(0.05)
+    with Reader(str(db)) as reader:
+        assert [s.id for s in reader.list_sessions(limit=100)] == list(range(20, 0, -1))
+
+
+def test_without_a_writer_the_server_answers_451_and_sessions_end(sink, caplog):
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.sendmail("a@x.test", ["b@x.test"], message(subject="kept"))
+    os.rename(sink.db, sink.db + ".moved")  # a new writer finds no mailsink store there
+    os.kill(sink.store.writer_pid, signal.SIGKILL)
+    time.sleep(0.5)
+    for _ in range(2):
+        with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@x.test", ["b@x.test"], message(subject="refused"))
+            assert refused.value.smtp_code == 451
+    deadline = time.monotonic() + 5
+    while sink.live_sessions():
+        assert time.monotonic() < deadline, "sessions never ended"
+        time.sleep(0.05)
+    assert "could not start" in caplog.text
+    assert "session rows are not being stored" in caplog.text

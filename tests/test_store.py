@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import smtplib
 import sqlite3
+import time
 from functools import partial
 
 import pytest
@@ -162,3 +164,48 @@ def test_an_operation_the_writer_process_cannot_receive_is_refused_at_once(tmp_p
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.submit(partial(insert_session, session_id=8, started_at=0, peer="p"))
+
+
+def test_closing_with_a_long_queue_from_the_loop_neither_deadlocks_nor_loses_writes(tmp_path):
+    # Both socket buffers fill up: answers the server has not read, requests it has not sent.
+    path = str(tmp_path / "queue.db")
+    store = Store(path)
+    count = 200_000
+
+    async def queue_then_close():
+        for n in range(1, count + 1):
+            store.submit(partial(insert_session, session_id=n, started_at=n, peer="p" * 100))
+            if n % 1000 == 0:
+                await asyncio.sleep(0)
+        started = time.monotonic()
+        store.close()  # on the loop's own thread
+        return time.monotonic() - started
+
+    assert asyncio.run(queue_then_close()) < 20
+    with Reader(path) as reader:
+        assert reader.conn.execute("SELECT count(*) FROM sessions").fetchone() == (count,)
+
+
+def writer_cannot_import_this(conn):  # the writer process has no tests/ on its path
+    return "never"
+
+
+def test_an_operation_the_writer_cannot_load_fails_alone(tmp_path):
+    store = Store(str(tmp_path / "import.db"))
+    writer = store.writer_pid
+
+    async def run():
+        results = await asyncio.gather(
+            store.run(writer_cannot_import_this),
+            store.run(operator.methodcaller("execute", "SELECT 1")),  # a Cursor: no way back
+            store.run(partial(insert_session, session_id=3, started_at=0, peer="p")),
+            return_exceptions=True,
+        )
+        return results
+
+    cannot_load, cannot_return, fine = asyncio.run(run())
+    assert isinstance(cannot_load, StoreError) and "cannot load" in str(cannot_load)
+    assert isinstance(cannot_return, StoreError) and "must pickle" in str(cannot_return)
+    assert fine is None
+    assert store.writer_pid == writer  # nothing had to be restarted
+    store.close()

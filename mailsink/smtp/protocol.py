@@ -160,8 +160,10 @@ class SinkSMTP(SMTP):
             self.end_reason = "aborted" if self.in_data else "client_closed"
         if self.end_reason in ("aborted", "client_closed"):
             self.transcript.add(NOTE, "connection closed by the client")
-        self.server.session_ended(self)
-        super().connection_lost(error)
+        try:
+            self.server.session_ended(self)
+        finally:
+            super().connection_lost(error)  # aiosmtpd's clean-up, whatever happened above
 
     def eof_received(self) -> bool | None:
         """The client has finished sending (it may still read): answer what it already sent.

@@ -16,7 +16,15 @@ from mailsink.policy import Policy, Rule
 from mailsink.presets import BY_KEY, preset_rules
 from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
-from mailsink.store.db import IncomingMessage, Store, Stored, insert_session, store_message
+from mailsink.store.db import (
+    IncomingMessage,
+    Operation,
+    Store,
+    Stored,
+    StoreError,
+    insert_session,
+    store_message,
+)
 from mailsink.store.db import update_session as write_session
 from mailsink.text import format_bytes, visible
 from mailsink.tls import server_context
@@ -44,6 +52,7 @@ class SinkServer:
         self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
+        self._store_refused = False  # the last session row could not be handed to the store
         self._idle.set()
 
     def _protocol(self, implicit_tls: bool = False) -> SinkSMTP:
@@ -157,7 +166,7 @@ class SinkServer:
     def session_started(self, protocol: SinkSMTP) -> None:
         self.sessions.add(protocol)
         self._idle.clear()
-        self.store.submit(
+        self._record(
             partial(
                 insert_session,
                 session_id=protocol.session_id,
@@ -171,7 +180,7 @@ class SinkServer:
         if not self.sessions:
             self._idle.set()
         session = protocol.session
-        self.store.submit(
+        self._record(
             partial(
                 write_session,
                 session_id=protocol.session_id,
@@ -197,6 +206,18 @@ class SinkServer:
             len(protocol.message_ids),
             protocol.transcript.count,
         )
+
+    def _record(self, operation: Operation) -> None:
+        """A session's row, which nobody waits for: a store that cannot take it is logged (once)
+        and the session goes on; its DATA will get 451."""
+        try:
+            self.store.submit(operation)
+        except StoreError as error:
+            if not self._store_refused:
+                log.error("session rows are not being stored: %s", error)
+            self._store_refused = True
+        else:
+            self._store_refused = False
 
     async def save_message(self, protocol: SinkSMTP, message: IncomingMessage) -> Stored:
         """Commit the message with the transcript so far; returns once it is on disk."""

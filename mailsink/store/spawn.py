@@ -86,7 +86,8 @@ class _Spawner:
             self._control.close()
             self._control = None
         if self._helper is not None:
-            self._helper.wait(5)
+            self._helper.kill()  # it may be stuck rather than gone; its writers live on
+            self._helper.wait()
             self._helper = None
 
 

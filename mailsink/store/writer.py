@@ -24,12 +24,14 @@ import itertools
 import logging
 import os
 import pickle
+import selectors
 import signal
 import socket
 import sqlite3
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mailsink.store.db import Operation, StoreError, connect
@@ -47,20 +49,31 @@ LAZY_COMMIT = 0.05
 # ("max_messages", n), or None for "finish and stop". Back: ("ready",) or ("failed", why) once,
 # then ("done", commits, [(id, result, error), ...]) after each commit.
 Result = tuple[int, Any, BaseException | None]
-_HEAD = struct.Struct("!QI")  # the pickle's length, how many buffers follow it
+# The pickle's length, how many buffers follow it, and a tag: a request's id, so that a request
+# that does not unpickle can still be answered.
+_HEAD = struct.Struct("!QIQ")
 _LENGTH = struct.Struct("!Q")  # each buffer's
 _READ_SIZE = 1024 * 1024
 _IOV_MAX = 512  # buffers per sendmsg; Linux takes up to 1024
 
 
-def frame(item: Any) -> list[Any]:
+def frame(item: Any, tag: int = 0) -> list[Any]:
     """A frame's parts: head, pickle and the pickle's out-of-band buffers (a raw message goes
     as one, so that it is sent from where it is instead of being copied into the pickle)."""
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(item, 5, buffer_callback=buffers.append)
     views = [buffer.raw() for buffer in buffers]
-    head = _HEAD.pack(len(data), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
-    return [head, data, *views]
+    head = _HEAD.pack(len(data), len(views), tag)
+    return [head + b"".join(_LENGTH.pack(v.nbytes) for v in views), data, *views]
+
+
+@dataclass(frozen=True)
+class BrokenFrame:
+    """In place of an item that did not unpickle (say, an operation defined in a module the
+    writer cannot import): its tag and why."""
+
+    tag: int
+    reason: str
 
 
 class Frames:
@@ -84,7 +97,7 @@ class Frames:
         buffer = self._buffer
         if len(buffer) - start < _HEAD.size:
             return None
-        size, count = _HEAD.unpack_from(buffer, start)
+        size, count, tag = _HEAD.unpack_from(buffer, start)
         at = start + _HEAD.size
         if len(buffer) < at + count * _LENGTH.size:
             return None
@@ -99,8 +112,12 @@ class Frames:
             for length in sizes:
                 buffers.append(bytes(view[at : at + length]))
                 at += length
-            item = pickle.loads(data, buffers=buffers)
-            data.release()
+            try:
+                item = pickle.loads(data, buffers=buffers)
+            except Exception as error:
+                item = BrokenFrame(tag, f"{type(error).__name__}: {error}")
+            finally:
+                data.release()  # else the buffer stays exported and can never grow again
         return item, at
 
 
@@ -128,6 +145,7 @@ class Writer:
         self._conn = conn
         self._channel = channel
         self._frames = Frames()
+        self._deaf = False  # the server went away: nothing more is answered
         self.max_messages = max_messages
         self.commits = 0
         self._messages = _Retention(
@@ -146,10 +164,15 @@ class Writer:
             requests = self._waiting(timeout)
             if requests is None:  # the server is gone: nothing more can arrive
                 break
+            refused: list[Result] = []
             for request in requests:
                 if request is None:
                     stopping = True
                     break
+                if isinstance(request, BrokenFrame):
+                    why = f"the store's writer cannot load this operation: {request.reason}"
+                    refused.append((request.tag, None, StoreError(why)))
+                    continue
                 if request[0] == "max_messages":
                     self.max_messages = request[1]
                     continue
@@ -157,6 +180,8 @@ class Writer:
                     deadline = time.monotonic() + LAZY_COMMIT
                 batch.append(request)
                 urgent = urgent or request[2]
+            if refused:
+                self._answer(refused)
             if batch and (urgent or time.monotonic() >= deadline):
                 self._answer(self._commit(batch))
                 batch, urgent = [], False
@@ -173,6 +198,8 @@ class Writer:
             data = channel.recv(_READ_SIZE)
         except (TimeoutError, BlockingIOError):  # 0 s left: the socket does not block at all
             return []
+        except ConnectionResetError:  # the server died with answers unread: still the end
+            return None
         channel.settimeout(0)
         while data:
             requests += self._frames.feed(data)
@@ -182,17 +209,31 @@ class Writer:
                 if requests:
                     return requests
                 channel.settimeout(None)  # only part of a request is here: wait for the rest
-                data = channel.recv(_READ_SIZE)
+                data = self._recv_or_end()
                 channel.settimeout(0)
+            except ConnectionResetError:
+                data = b""
         return requests or None  # the end of the stream
 
-    def _answer(self, results: list[Result]) -> None:
+    def _recv_or_end(self) -> bytes:
         try:
-            data = frame(("done", self.commits, results))
-        except (pickle.PicklingError, TypeError, AttributeError):
-            data = frame(("done", self.commits, [_portable_result(r) for r in results]))
+            return self._channel.recv(_READ_SIZE)
+        except ConnectionResetError:
+            return b""
+
+    def _answer(self, results: list[Result]) -> None:
+        if self._deaf:
+            return  # the server is gone; what is still queued gets committed all the same
+        answer = ("done", self.commits, results)
+        try:
+            pickle.loads(pickle.dumps(answer))  # what the server could not load would wedge it
+        except Exception:
+            answer = ("done", self.commits, [_portable_result(r) for r in results])
         self._channel.settimeout(None)
-        self._channel.sendall(b"".join(data))
+        try:
+            self._channel.sendall(b"".join(frame(answer)))
+        except (BrokenPipeError, ConnectionResetError):
+            self._deaf = True
 
     def _commit(self, batch: list[tuple[int, Operation, bool]]) -> list[Result]:
         """One transaction for the batch. Operations run bare; only if one fails is the batch
@@ -246,7 +287,7 @@ def _portable(error: Exception) -> BaseException:
 def _portable_result(result: Result) -> Result:
     request_id, outcome, _ = result
     try:
-        pickle.dumps(outcome)
+        pickle.loads(pickle.dumps(outcome))
     except Exception as problem:
         return request_id, None, StoreError(f"a store operation's result must pickle: {problem}")
     return result
@@ -350,7 +391,7 @@ class WriterProcess:
             raise StoreError(self._refusal)
         self._next_id += 1
         try:
-            data = frame((self._next_id, operation, future is not None))
+            data = frame((self._next_id, operation, future is not None), tag=self._next_id)
         except (pickle.PicklingError, TypeError, AttributeError) as error:
             raise StoreError(f"a store operation must pickle: {error}") from None
         self._pending[self._next_id] = future
@@ -390,7 +431,7 @@ class WriterProcess:
             raise StoreError(f"the store's writer process could not start: {greeting[1]}")
         here.setblocking(False)
         self._pid, self._channel = pid, here
-        self._frames = Frames()
+        self._frames: Frames | None = Frames()
         self._outgoing: collections.deque[memoryview] = collections.deque()
         self._pending: dict[int, asyncio.Future[Any] | None] = {}
         self._writing = False
@@ -432,26 +473,31 @@ class WriterProcess:
             self._writable()
 
     def _writable(self) -> None:
+        try:
+            self._send_some()
+        except OSError:
+            return  # the process is gone: the reader sees the end and fails what it owed
+        if self._outgoing and not self._writing:
+            self._loop.add_writer(self._channel.fileno(), self._writable)
+            self._writing = True
+        elif not self._outgoing and self._writing:
+            self._loop.remove_writer(self._channel.fileno())
+            self._writing = False
+
+    def _send_some(self) -> None:
+        """Send what the socket takes now, several frames per system call."""
         outgoing = self._outgoing
         while outgoing:
             chunks = list(itertools.islice(outgoing, _IOV_MAX))
             try:
-                sent = self._channel.sendmsg(chunks)  # many frames, one system call
+                sent = self._channel.sendmsg(chunks)
             except BlockingIOError:
-                break
-            except OSError:
-                return  # the process is gone: the reader sees the end and fails what it owed
+                return
             while outgoing and len(outgoing[0]) <= sent:
                 sent -= len(outgoing.popleft())
             if sent:
                 outgoing[0] = outgoing[0][sent:]
-                break  # the socket is full
-        if outgoing and not self._writing:
-            self._loop.add_writer(self._channel.fileno(), self._writable)
-            self._writing = True
-        elif not outgoing and self._writing:
-            self._loop.remove_writer(self._channel.fileno())
-            self._writing = False
+                return  # the socket is full
 
     def _readable(self) -> None:
         try:
@@ -460,10 +506,22 @@ class WriterProcess:
             return
         except OSError:
             data = b""
-        if data:
-            self._answers(self._frames.feed(data))
-        else:
+        if not data:
             self._gone()
+        elif self._frames is not None:  # None: an answer was unreadable, the process is ending
+            self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        assert self._frames is not None
+        answers = self._frames.feed(data)
+        broken = next((a for a in answers if isinstance(a, BrokenFrame)), None)
+        if broken is not None:
+            log.error("unreadable answer from the store's writer (%s); replacing it", broken.reason)
+            self._frames = None
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)  # its end fails what it owed, then restarts
+            return
+        self._answers(answers)
 
     def _answers(self, answers: list[Any]) -> None:
         settled = []
@@ -494,33 +552,44 @@ class WriterProcess:
             try:
                 self._start()
                 return
-            except (StoreError, OSError) as error:
+            except Exception as error:  # a helper that hangs or fails in any way
                 log.error("%s", error)
                 self._closing = True  # every later write fails: the server answers 451
                 self._refusal = str(error)
         self._ended.set()
 
     def _finish_here(self) -> bool:
-        """Close from the loop's own thread, or with no loop running: blocking I/O is fine
-        here, the server is stopping. False if the process did not finish in time."""
+        """Close from the loop's own thread, or with no loop running: waiting is fine here, the
+        server is stopping. Sends and reads at once (the process may be blocked sending answers
+        while this side still has requests to send). False if it did not finish in time."""
         loop, channel = self._loop, self._channel
         if channel.fileno() < 0:
             return True  # already gone
         if loop is not None and not loop.is_closed():
             loop.remove_reader(channel.fileno())
             loop.remove_writer(channel.fileno())
-        channel.settimeout(STOP_TIMEOUT)
-        finished = False
-        try:
-            for chunk in [*self._outgoing, *frame(None)]:
-                channel.sendall(chunk)
-            self._outgoing.clear()
-            while data := channel.recv(_READ_SIZE):
-                self._answers(self._frames.feed(data))
-            finished = True
-        except OSError:
-            pass
         self._loop = None  # _gone must not touch the loop's callbacks again
+        self._outgoing.extend(memoryview(part) for part in frame(None))
+        deadline = time.monotonic() + STOP_TIMEOUT
+        finished = False
+        with selectors.DefaultSelector() as selector:
+            selector.register(channel, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while not finished and (left := deadline - time.monotonic()) > 0:
+                for _, events in selector.select(left):
+                    try:
+                        if events & selectors.EVENT_WRITE:
+                            self._send_some()
+                            if not self._outgoing:
+                                selector.modify(channel, selectors.EVENT_READ)
+                        if events & selectors.EVENT_READ:
+                            data = channel.recv(_READ_SIZE)
+                            finished = not data
+                            if data and self._frames is not None:
+                                self._read(data)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        finished = True  # the process is gone
         self._gone()
         return finished
 
