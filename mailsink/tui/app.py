@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sqlite3
 import sys
@@ -94,6 +95,10 @@ class MailsinkApp(App[None]):
     def on_mount(self) -> None:
         self.push_screen(self.main)
         self.set_interval(POLL_SECONDS, self._poll)
+        # Everything imported and built so far lives as long as the app: out of the collector's
+        # sight, a full collection scans only what came after (22 ms pauses every ~50 pages of a
+        # 100 000-message list otherwise).
+        gc.freeze()
         if self.backend.watcher is not None:
             self.backend.watcher.listeners.append(self._config_changed)
 
