@@ -141,14 +141,19 @@ def test_8bit_body_is_stored_byte_exact(sink, client):
     assert "BODY=8BITMIME" in record.envelope.mail_options
 
 
-def test_lines_starting_with_a_dot_round_trip_byte_exact(sink, raw):
-    original = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\tdot tab\r\nend\r\n"
-    stuffed = original.replace(b"\r\n.", b"\r\n..")
+def _send_data(raw, stuffed: bytes) -> list[str]:
+    """One transaction with DATA sent exactly as given (already dot-stuffed); the final reply."""
     raw.command("EHLO x")
     raw.command("MAIL FROM:<a@x.test>")
     raw.command("RCPT TO:<b@x.test>")
     raw.command("DATA")
-    assert raw.command(stuffed + b".")[0].startswith("250")
+    return raw.command(stuffed + b".")
+
+
+def test_lines_starting_with_a_dot_round_trip_byte_exact(sink, raw):
+    original = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\tdot tab\r\nend\r\n"
+    stuffed = original.replace(b"\r\n.", b"\r\n..")
+    assert _send_data(raw, stuffed)[0].startswith("250")
     with sink.reader() as reader:
         (record,) = reader.list_messages()
         assert reader.get_raw(record.id) == original
@@ -160,11 +165,7 @@ def test_dot_stuffing_across_read_blocks_and_on_the_first_line_round_trips(sink,
     lines = [b"." * (n % 3) + b"x" * (n % 97) for n in range(12_000)]
     original = b".first\r\n" + b"\r\n".join(lines) + b"\r\n"
     stuffed = b"." + original.replace(b"\r\n.", b"\r\n..")
-    raw.command("EHLO x")
-    raw.command("MAIL FROM:<a@x.test>")
-    raw.command("RCPT TO:<b@x.test>")
-    raw.command("DATA")
-    assert raw.command(stuffed + b".")[0].startswith("250")
+    assert _send_data(raw, stuffed)[0].startswith("250")
     with sink.reader() as reader:
         assert reader.get_raw(reader.latest_id()) == original
 

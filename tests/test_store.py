@@ -26,14 +26,16 @@ from mailsink.store.db import (
 from mailsink.store.queries import Reader
 
 
+def write(n):
+    """An operation storing message `n` (subject and receive time both n)."""
+    raw = f"Subject: {n}\r\n\r\n".encode()
+    return partial(insert_message, message=IncomingMessage(1, Envelope("a@x.test", []), raw, n))
+
+
 def test_operations_waiting_together_commit_together(tmp_path):
     path = str(tmp_path / "batch.db")
     store = Store(path)
     blocker = sqlite3.connect(path, isolation_level=None)
-
-    def write(n):
-        raw = f"Subject: {n}\r\n\r\n".encode()
-        return partial(insert_message, message=IncomingMessage(1, Envelope("a@x.test", []), raw, n))
 
     async def burst():
         blocker.execute("BEGIN IMMEDIATE")  # the writer waits on this lock ...
@@ -127,10 +129,6 @@ def test_a_failing_operation_takes_nothing_else_in_its_batch_with_it(tmp_path):
     path = str(tmp_path / "isolated.db")
     store = Store(path)
     blocker = sqlite3.connect(path, isolation_level=None)
-
-    def write(n):
-        raw = f"Subject: {n}\r\n\r\n".encode()
-        return partial(insert_message, message=IncomingMessage(1, Envelope("a@x.test", []), raw, n))
 
     bad = partial(update_session, session_id=1, events=[], started_at=0, peer="p", color="red")
 

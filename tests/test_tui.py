@@ -354,16 +354,23 @@ def test_headers_tab_caps_the_text_of_huge_folded_fields(sink):
     assert "[cut: only the first 256 KiB of header text is shown;" in text
 
 
+async def live_session_on_sessions_screen(
+    app: MailsinkApp, pilot, helo: str
+) -> tuple[RawClient, SessionsScreen]:
+    """A raw client that has said EHLO, and the Sessions screen opened while it is connected."""
+    assert app.backend.server is not None
+    client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+    await asyncio.to_thread(client.command, f"EHLO {helo}")
+    await pilot.press("s")
+    assert isinstance(app.screen, SessionsScreen)
+    return client, app.screen
+
+
 def test_sessions_screen_streams_a_live_session(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
-            assert app.backend.server is not None
-            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+            client, sessions = await live_session_on_sessions_screen(app, pilot, "live.test")
             try:
-                await asyncio.to_thread(client.command, "EHLO live.test")
-                await pilot.press("s")
-                sessions = app.screen
-                assert isinstance(sessions, SessionsScreen)
                 await wait_until(pilot, lambda: sessions.rows.get(1) and sessions.rows[1].active)
                 await wait_until(pilot, lambda: "EHLO live.test" in screen_text(app))
                 assert "●" in screen_text(app)
@@ -382,12 +389,7 @@ def test_sessions_screen_streams_a_live_session(tmp_path):
 def test_sessions_screen_drops_a_session_cleared_as_it_ended(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
-            assert app.backend.server is not None
-            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
-            await asyncio.to_thread(client.command, "EHLO gone.test")
-            await pilot.press("s")
-            sessions = app.screen
-            assert isinstance(sessions, SessionsScreen)
+            client, sessions = await live_session_on_sessions_screen(app, pilot, "gone.test")
             await wait_until(pilot, lambda: sessions.rows.get(1) and sessions.rows[1].active)
 
             def quit_then_clear(reader: Reader) -> None:
@@ -628,12 +630,7 @@ def test_live_transcript_is_complete_and_in_order(tmp_path):
 
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
-            assert app.backend.server is not None
-            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
-            await asyncio.to_thread(client.command, "EHLO order.test")
-            await pilot.press("s")
-            sessions = app.screen
-            assert isinstance(sessions, SessionsScreen)
+            client, sessions = await live_session_on_sessions_screen(app, pilot, "order.test")
             await wait_until(pilot, lambda: sessions.shown_session == 1)
             for n in range(4):
                 for line in ("MAIL FROM:<a@x.test>", f"RCPT TO:<b{n}@x.test>", "DATA"):

@@ -39,20 +39,24 @@ class _Spawner:
         # Absolute: the helper keeps the directory it started in, not the caller's current one.
         request = pickle.dumps((os.path.abspath(path), max_messages))
         with self._lock:
-            for attempt in range(2):  # a helper that has gone away is replaced once
-                control = self._running_helper()
-                try:
-                    socket.send_fds(control, [request], [channel.fileno()])
-                    control.settimeout(START_TIMEOUT)
-                    answer = control.recv(64)
-                except OSError:
-                    answer = b""
-                if answer:
-                    return int(answer)
+            pid = self._ask(request, channel)
+            if pid is None:  # the helper has gone away (or hangs): replace it, once
                 self._stop_helper()
-                if attempt:
-                    raise StoreError("the store's writer could not be started")
-        raise AssertionError("unreachable")
+                pid = self._ask(request, channel)
+            if pid is None:
+                self._stop_helper()
+                raise StoreError("the store's writer could not be started")
+            return pid
+
+    def _ask(self, request: bytes, channel: socket.socket) -> int | None:
+        control = self._running_helper()
+        try:
+            socket.send_fds(control, [request], [channel.fileno()])
+            control.settimeout(START_TIMEOUT)
+            answer = control.recv(64)
+        except OSError:
+            return None
+        return int(answer) if answer else None
 
     def _running_helper(self) -> socket.socket:
         if self._control is not None:

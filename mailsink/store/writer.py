@@ -225,9 +225,7 @@ class Writer:
         if self._deaf:
             return  # the server is gone; what is still queued gets committed all the same
         answer = ("done", self.commits, results)
-        try:
-            pickle.loads(pickle.dumps(answer))  # what the server could not load would wedge it
-        except Exception:
+        if _unpicklable(answer) is not None:  # what the server could not load would wedge it
             answer = ("done", self.commits, [_portable_result(r) for r in results])
         self._channel.settimeout(None)
         try:
@@ -275,20 +273,25 @@ class Writer:
         return request_id, outcome, None
 
 
+def _unpicklable(value: Any) -> Exception | None:
+    """Why `value` would not survive the way to the server and back into an object, or None."""
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception as problem:
+        return problem
+    return None
+
+
 def _portable(error: Exception) -> BaseException:
     """The error itself if it survives pickling, else a StoreError that says what it was."""
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
+    if _unpicklable(error) is not None:
         return StoreError(f"{type(error).__name__}: {error}")
     return error
 
 
 def _portable_result(result: Result) -> Result:
     request_id, outcome, _ = result
-    try:
-        pickle.loads(pickle.dumps(outcome))
-    except Exception as problem:
+    if (problem := _unpicklable(outcome)) is not None:
         return request_id, None, StoreError(f"a store operation's result must pickle: {problem}")
     return result
 
