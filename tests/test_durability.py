@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import smtplib
@@ -106,6 +107,62 @@ def test_a_killed_writer_is_replaced_and_no_acknowledged_message_is_lost(sink, c
             record = reader.get_message(message_id)
             assert record is not None, f"message {message_id} was acknowledged but is gone"
             assert record.headers["subject"] == subject
+
+
+def test_a_message_committed_as_the_writer_died_gets_250_not_451(sink, caplog):
+    """451 must mean "not stored": the client retries it, so a 451 for a message that had
+    committed delivers it twice. The writer is killed while four clients keep sending; some kills
+    land between a batch's COMMIT and its answer (a third of them, measured before the fix)."""
+    caplog.set_level(logging.INFO, logger="mailsink")
+    outcomes: dict[str, int] = {}
+    stop = threading.Event()
+
+    def sender(worker: int) -> None:
+        with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
+            client.ehlo()
+            n = 0
+            while not stop.is_set():
+                subject = f"w{worker}-{n}"
+                n += 1
+                client.mail("app@x.test")
+                client.rcpt(f"user{worker}@x.test")
+                code, _ = client.data(message(subject=subject))
+                outcomes[subject] = code
+                if code != 250:
+                    client.rset()
+
+    threads = [threading.Thread(target=sender, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    kills, deadline = 0, time.monotonic() + 20
+    try:
+        while kills < 16 and time.monotonic() < deadline:
+            answered = len(outcomes)
+            while len(outcomes) < answered + 8 and time.monotonic() < deadline:
+                time.sleep(0.002)  # let a few messages through between kills
+            writer = sink.store.writer_pid
+            os.kill(writer, signal.SIGKILL)
+            kills += 1
+            while sink.store.writer_pid == writer and time.monotonic() < deadline:
+                time.sleep(0.002)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+    assert kills >= 8, "the writer was not killed often enough to tell"
+    assert set(outcomes.values()) <= {250, 451}
+    with sink.reader() as reader:
+        records = reader.list_messages(limit=100_000, include_rejected=True)
+        stored = {r.headers["subject"] for r in records}
+    told_to_retry = {subject for subject, code in outcomes.items() if code == 451}
+    acknowledged = {subject for subject, code in outcomes.items() if code == 250}
+    assert not told_to_retry & stored, "answered 451 although stored: a retry duplicates it"
+    assert acknowledged <= stored
+    print(
+        f"{kills} kills, {len(told_to_retry)} answered 451, "
+        f"{caplog.text.count('had committed when the writer ended')} found committed"
+    )
 
 
 def _children(pid: int) -> list[int]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from mailsink.store.db import (
     Store,
     Stored,
     StoreError,
+    WriterLost,
+    committed_message,
     insert_session,
     store_message,
 )
@@ -219,6 +222,29 @@ class SinkServer:
         else:
             self._store_refused = False
 
+    async def _committed_anyway(self, protocol: SinkSMTP) -> Stored | None:
+        """After the writer died with this session's message unanswered: the message, if its
+        transaction committed all the same (a 451 would make the client deliver it twice)."""
+        after = protocol.message_ids[-1] if protocol.message_ids else 0
+        try:
+            found = await asyncio.to_thread(
+                committed_message, self.store.path, protocol.session_id, after
+            )
+        except (StoreError, sqlite3.Error) as error:
+            log.error(
+                "session %s: cannot tell whether a message was stored: %s",
+                protocol.session_id,
+                error,
+            )
+            return None
+        if found is not None:
+            log.info(
+                "session %s: message %s had committed when the writer ended; answering 250",
+                protocol.session_id,
+                found.id,
+            )
+        return found
+
     async def save_message(self, protocol: SinkSMTP, message: IncomingMessage) -> Stored:
         """Commit the message with the transcript so far; returns once it is on disk."""
         events = protocol.transcript.take()
@@ -232,6 +258,12 @@ class SinkServer:
         )
         try:
             stored: Stored = await self.store.run(write)
+        except WriterLost:
+            found = await self._committed_anyway(protocol)
+            if found is None:
+                protocol.transcript.restore(events)
+                raise
+            stored = found
         except BaseException:
             protocol.transcript.restore(events)
             raise

@@ -95,6 +95,10 @@ class StoreError(Exception):
     """A store that cannot be opened or used, phrased for the user."""
 
 
+class WriterLost(StoreError):
+    """The writer process ended before answering: the operation may or may not have committed."""
+
+
 def default_path() -> Path:
     return platformdirs.user_data_path("mailsink") / "mailsink.db"
 
@@ -253,6 +257,26 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
             (message.session_id,),
         )
     return Stored(message_id, headers["subject"], [f["kind"] for f in found])
+
+
+def committed_message(path: str, session_id: int, after_id: int) -> Stored | None:
+    """The message of session `session_id` committed after message `after_id`, if there is one.
+
+    A session has at most one message on its way to the store, and ids only grow, so after the
+    writer died with that message unanswered this finds it exactly when it did commit. Reads with
+    a connection of its own: it works whether or not a new writer could be started."""
+    conn = connect(path)
+    try:
+        row = conn.execute(
+            "SELECT id, headers, findings FROM messages WHERE session_id = ? AND id > ?"
+            " ORDER BY id LIMIT 1",
+            (session_id, after_id),
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return Stored(row[0], json.loads(row[1])["subject"], [f["kind"] for f in json.loads(row[2])])
 
 
 def store_message(

@@ -11,8 +11,10 @@ for the GIL on the way. The process takes every operation that is waiting, runs 
 transaction, commits once (WAL, synchronous=FULL), and only then answers. So a DATA reply of 250
 is sent after its message is on disk, and a burst of messages costs one fsync, not one each.
 
-If the process dies, the operations it had not answered fail (the server answers 451, so
-nothing acknowledged is lost) and a new process takes over.
+If the process dies, the operations it had not answered fail with WriterLost and a new process
+takes over. Such an operation may still have committed (the process died between its COMMIT and
+its answer): a caller that must not answer 451 for a message that is stored looks it up
+(`db.committed_message`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailsink.store.db import Operation, StoreError, connect
+from mailsink.store.db import Operation, StoreError, WriterLost, connect
 from mailsink.store.spawn import spawn_writer
 
 log = logging.getLogger("mailsink.store")
@@ -548,7 +550,7 @@ class WriterProcess:
         channel.close()
         owed = [future for future in self._pending.values() if future is not None]
         self._pending.clear()
-        failure = StoreError("the store's writer process ended before it answered")
+        failure = WriterLost("the store's writer process ended before it answered")
         _settle([(future, None, failure) for future in owed])
         if not self._closing:
             log.error("the store's writer process ended; starting a new one")
