@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 # email-validator refuses special-use domains; developers point apps at exactly these.
 _LOCAL_DOMAINS = ("localhost", "local", "localdomain", "internal", "lan", "home.arpa")
 _STAND_IN_DOMAIN = "example.test"
+# C0 controls (tab included), DEL and C1 controls: no address, HELO name or parameter has them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control_character(text: str) -> bool:
+    """True when `text` holds a C0 control (tab included), DEL or a C1 control."""
+    return _CONTROL.search(text) is not None
 
 
 def normalize(address: str) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import inspect
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
@@ -20,13 +21,17 @@ from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import header_values
 from mailsink.smtp import replies
 from mailsink.smtp.protocol import introspected_names
-from mailsink.store.db import IncomingMessage, now_ms
+from mailsink.store.db import IncomingMessage, StoreError, now_ms
 
 if TYPE_CHECKING:
     from mailsink.smtp.protocol import SinkSMTP
     from mailsink.smtp.server import SinkServer
 
 log = logging.getLogger("mailsink.smtp")
+
+# What a store that cannot take a message raises (a full disk, a locked or broken file, no
+# writer): logged as one line with the cause. Anything else is a bug and gets its traceback.
+_STORE_FAILURES = (StoreError, sqlite3.Error, OSError)
 
 # Extensions aiosmtpd does not announce itself; mailsink implements each of them.
 _EXTRA_EHLO = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN")
@@ -59,6 +64,14 @@ def _size_param(options: list[str]) -> int | None:
         if option.startswith("SIZE="):
             return int(option[5:])
     return None
+
+
+def _log_store_failure(protocol: SinkSMTP, what: str, error: Exception) -> None:
+    if isinstance(error, _STORE_FAILURES):
+        cause = str(error) if isinstance(error, StoreError) else f"{type(error).__name__}: {error}"
+        log.error("session %s: %s: %s", protocol.session_id, what, cause)
+    else:
+        log.exception("session %s: %s", protocol.session_id, what)
 
 
 class SinkHandler:
@@ -173,13 +186,13 @@ class SinkHandler:
             message.reply = "\n".join(decision.reply_lines) or f"({decision.answer.action})"
             try:
                 await self.server.save_message(protocol, message)
-            except Exception:
-                log.exception("session %s: could not keep a rejected message", protocol.session_id)
+            except Exception as error:
+                _log_store_failure(protocol, "could not keep a rejected message", error)
             return protocol.answer(decision) or ""
         try:
             stored = await self.server.save_message(protocol, message)
-        except Exception:
-            log.exception("session %s: could not store a message", protocol.session_id)
+        except Exception as error:
+            _log_store_failure(protocol, "could not store a message", error)
             return replies.STORE_FAILED
         return replies.queued(stored.id)
 

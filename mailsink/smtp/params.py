@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mailsink.mail.addresses import has_control_character
 from mailsink.smtp.replies import TOO_BIG
 
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
@@ -22,6 +23,10 @@ class Parsed:
 
 
 def _split(text: str) -> list[tuple[str, str | None]] | None:
+    # str.split() would take a control character such as \x1c for a separator and keep ESC or
+    # NUL inside a value (stored, shown): a parameter text with any control is malformed.
+    if has_control_character(text):
+        return None
     pairs = []
     for item in text.split():
         keyword, equals, value = item.partition("=")

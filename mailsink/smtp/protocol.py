@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 
+from mailsink.mail.addresses import has_control_character
 from mailsink.policy import Context, Decision
 from mailsink.smtp import replies
 from mailsink.smtp.params import mail_params, rcpt_params
@@ -35,6 +36,8 @@ _END_OF_DATA = b"\r\n.\r\n"
 _ATOM = r'[^\s<>()\[\]\\",;:@.]+'
 # <local@dot.separated.domain>, then nothing or whitespace and the parameters.
 _SIMPLE_PATH = re.compile(rf'\s*<([^\s<>()\[\]\\",;:@]+@{_ATOM}(?:\.{_ATOM})*)>(\s.*)?', re.DOTALL)
+# Lines that are not a command count towards this: an unknown verb, an empty or non-ASCII one,
+# arguments that are not UTF-8, a line over the length limit. Refused known commands do not.
 _MAX_UNRECOGNIZED = 10
 # RFC 5321 4.5.3.1.4 allows 512 octets; DSN and SMTPUTF8 parameters make MAIL/RCPT longer.
 _COMMAND_LIMITS = {"MAIL": 1000, "RCPT": 1000, "AUTH": 1000}
@@ -122,6 +125,12 @@ class SinkSMTP(SMTP):
         self._auth_response_pending = False
         self._ended = False
         self._held: list[bytes] = []  # the first lines of a multi-line reply, written with its last
+        self._unrecognized = 0  # lines that were not a command, see _MAX_UNRECOGNIZED
+        # While DATA is being read: every byte received restarts the idle timeout (RFC 5321
+        # 4.5.3.2.5's data block timeout), which _timeout_cb checks against _data_seen_at.
+        self._reading_data = False
+        self._data_bytes = 0  # message bytes received so far, for the note on an unfinished DATA
+        self._data_seen_at = 0.0
 
     # ---- connection lifecycle
 
@@ -156,6 +165,7 @@ class SinkSMTP(SMTP):
         if self._ended:
             return  # a failed TLS handshake ends the session before asyncio would
         self._ended = True
+        self._note_unfinished_data()
         if self.end_reason is None:
             self.end_reason = "aborted" if self.in_data else "client_closed"
         if self.end_reason in ("aborted", "client_closed"):
@@ -173,7 +183,21 @@ class SinkSMTP(SMTP):
         self._reader.feed_eof()
         return not self.tls  # keep a plain socket half-open; TLS transports cannot be
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading_data:
+            self._data_bytes += len(data)
+            self._data_seen_at = self.loop.time()
+
     def _timeout_cb(self) -> None:
+        if self._reading_data:
+            # In DATA the timeout runs from the last bytes received, not from the last block
+            # read: a slow client that keeps sending is not cut.
+            remaining = self._data_seen_at + self._timeout_duration - self.loop.time()
+            if remaining > 0:
+                self._reset_timeout(remaining)
+                return
+            self._note_unfinished_data()
         self.end_reason = "timeout"
         self._auth_response_pending = False  # the client answered nothing
         self._send_now(replies.TIMEOUT.format(hostname=self.hostname))
@@ -191,6 +215,7 @@ class SinkSMTP(SMTP):
         """Write a reply from a callback, where push() cannot be awaited."""
         if self.transport is None or self.transport.is_closing():
             return
+        line = replies.printable(line)
         self._record_reply(line)
         held, self._held = self._held, []
         self._writer.write(b"".join(h + b"\r\n" for h in held) + line.encode("utf-8") + b"\r\n")
@@ -231,6 +256,7 @@ class SinkSMTP(SMTP):
         await super().push(b"\r\n".join([*held, last]) if last else b"\r\n".join(held))
 
     async def _push_line(self, line: str, exact: bool) -> None:
+        line = replies.printable(line)  # whatever a reply echoes of the client's line
         exempt = (
             exact
             or not self._greeted
@@ -267,33 +293,35 @@ class SinkSMTP(SMTP):
             await self.push(refusal)
         else:
             await self.push(f"220 {self.hostname} {self.server.ident}")
-        unrecognized = 0
-        while self.transport is not None:
+        # Once mailsink closed the connection (too many bad lines, a fault's disconnect),
+        # pipelined commands still buffered are not carried out.
+        while self.transport is not None and not self.transport.is_closing():
             try:
                 line = await self._read_command_line()
-                if line is None:
-                    continue
                 self._command = ""
+                if line is None:
+                    await self._not_a_command(replies.LINE_TOO_LONG)
+                    continue
                 command_bytes, _, arg_bytes = line.partition(b" ")
                 try:
                     command = command_bytes.upper().decode("ascii")
                 except UnicodeDecodeError:
-                    await self.push(replies.BAD_SYNTAX)
+                    await self._not_a_command(replies.BAD_SYNTAX)
                     continue
                 self._command = command
                 try:
                     arg = arg_bytes.strip().decode("utf-8") or None
                 except UnicodeDecodeError:
-                    await self.push("501 5.5.2 Error: the command is not valid UTF-8")
+                    await self._not_a_command(replies.NOT_UTF8)
                     continue
                 if not command:
-                    await self.push(replies.BAD_SYNTAX)
+                    await self._not_a_command(replies.BAD_SYNTAX)
                     continue
                 if self._refused and command != "QUIT":
                     await self.push("503 5.5.1 Error: no SMTP service here, only QUIT")
                     continue
                 if len(line) > _COMMAND_LIMITS.get(command, _COMMAND_LIMIT):
-                    await self.push(replies.LINE_TOO_LONG)
+                    await self._not_a_command(replies.LINE_TOO_LONG)
                     continue
                 if not self._tls_handshake_okay and command != "QUIT":
                     await self.push("554 5.7.0 Command refused due to lack of security")
@@ -313,13 +341,9 @@ class SinkSMTP(SMTP):
                     continue
                 method = self._smtp_methods.get(command)
                 if method is None:
-                    unrecognized += 1
-                    if unrecognized >= _MAX_UNRECOGNIZED:
-                        self.end_reason = "error"
-                        await self.push(replies.TOO_MANY_BAD)
-                        self.transport.close()
-                        return
-                    await self.push(replies.NOT_RECOGNIZED.format(command=command[:40]))
+                    # Only the verb is echoed, and never what could be an AUTH secret.
+                    shown = redact(command[:40])
+                    await self._not_a_command(replies.NOT_RECOGNIZED.format(command=shown))
                     continue
                 self._reset_timeout()
                 await method(arg)
@@ -339,7 +363,7 @@ class SinkSMTP(SMTP):
                 await self.push(await self.handle_exception(error))
 
     async def _read_command_line(self) -> bytes | None:
-        """One command line without its CRLF, recorded; None when it was answered already."""
+        """One command line without its CRLF, recorded; None when it was too long (skipped)."""
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as error:
@@ -351,7 +375,6 @@ class SinkSMTP(SMTP):
                 except asyncio.LimitOverrunError as more:
                     skipped += len(await self._reader.read(more.consumed))
             self.transcript.add(CLIENT, f"[command line too long: {skipped} bytes]")
-            await self.push(replies.LINE_TOO_LONG)
             return None
         except asyncio.IncompleteReadError as error:
             if error.partial.strip():
@@ -360,6 +383,17 @@ class SinkSMTP(SMTP):
         line = line.rstrip(b"\r\n")
         self.transcript.add(CLIENT, redact(line.decode("utf-8", "replace")))
         return line
+
+    async def _not_a_command(self, reply: str) -> None:
+        """Answer a line that is not a command; the tenth such line closes the connection."""
+        self._unrecognized += 1
+        if self._unrecognized < _MAX_UNRECOGNIZED:
+            await self.push(reply)
+            return
+        self.end_reason = "error"
+        await self.push(replies.TOO_MANY_BAD)
+        if self.transport is not None:
+            self.transport.close()
 
     def _pause_timeout(self) -> None:
         if self._timeout_handle is not None:
@@ -442,6 +476,20 @@ class SinkSMTP(SMTP):
         self._fault_reply = "\r\n".join(lines)
         return self._fault_reply
 
+    def _note_unfinished_data(self, pending: bytes | None = None) -> None:
+        """The session ends in the middle of DATA: say how much arrived, and whether its lines
+        end in a bare LF (then the CRLF.CRLF that ends DATA never comes). `pending`: what is
+        read but not yet consumed, by default the reader's buffer."""
+        if not self._reading_data:
+            return
+        self._reading_data = False  # noted once
+        if pending is None:
+            pending = bytes(getattr(self._reader, "_buffer", b""))
+        text = f"DATA unfinished: {self._data_bytes} bytes received, no CRLF.CRLF yet"
+        if pending.count(b"\n") > pending.count(b"\r\n"):
+            text += " (lines end in a bare LF, not CRLF)"
+        self.note(text)
+
     def note(self, text: str) -> None:
         """Something mailsink observed, for the transcript."""
         self._record_auth_response()
@@ -472,6 +520,29 @@ class SinkSMTP(SMTP):
             return True
         return False
 
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if hostname and has_control_character(hostname):
+            await self.push(replies.HELO_CONTROL.format(command="HELO"))
+            return
+        await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if hostname and has_control_character(hostname):
+            await self.push(replies.HELO_CONTROL.format(command="EHLO"))
+            return
+        await super().smtp_EHLO(hostname)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        # aiosmtpd would start a second TLS layer inside the first (after STARTTLS, or on the
+        # implicit-TLS listener), which asyncio cannot do: a traceback and a hung session.
+        if self.tls:
+            await self.push(replies.TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
         if self.server.settings.auth.mode == "off":
@@ -498,6 +569,9 @@ class SinkSMTP(SMTP):
         address, params_text = self._getaddr(rest)
         if address is None or not address:
             await self.push("501 5.1.7 Bad sender address syntax")
+            return
+        if has_control_character(address):
+            await self.push("501 5.1.7 Bad sender address syntax: control character")
             return
         if envelope.mail_given:
             await self.push(replies.NESTED_MAIL)
@@ -537,6 +611,9 @@ class SinkSMTP(SMTP):
         address, params_text = self._getaddr(rest)
         if address is None or not address or address == "<>":
             await self.push("501 5.1.3 Bad recipient address syntax")
+            return
+        if has_control_character(address):
+            await self.push("501 5.1.3 Bad recipient address syntax: control character")
             return
         if params_text and not self.session.extended_smtp:
             await self.push(syntax_error)
@@ -593,6 +670,16 @@ class SinkSMTP(SMTP):
         copy: a 25 MB message is held once, not twice, unless it has dot-stuffed lines.
         """
         reader = self._reader
+        # Bytes already buffered came right behind the DATA line: message data too.
+        self._data_bytes = len(reader._buffer)  # type: ignore[attr-defined]
+        self._data_seen_at = self.loop.time()
+        self._reading_data = True
+        try:
+            return await self._read_blocks(reader)
+        finally:
+            self._reading_data = False
+
+    async def _read_blocks(self, reader: asyncio.StreamReader) -> tuple[bytes | None, int]:
         reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]  # private, also used by aiosmtpd
         limit = self.data_size_limit
         content = io.BytesIO()
@@ -608,7 +695,8 @@ class SinkSMTP(SMTP):
             except asyncio.LimitOverrunError as error:
                 block = await reader.readexactly(error.consumed)
                 done = False
-            except asyncio.IncompleteReadError:
+            except asyncio.IncompleteReadError as error:
+                self._note_unfinished_data(error.partial)
                 raise ConnectionResetError("connection closed during DATA") from None
             wire_size += len(block)
             if not too_big:
@@ -619,7 +707,6 @@ class SinkSMTP(SMTP):
                 # The marker's 3 bytes may be in; anything beyond them is content over the limit.
                 if limit and size - stuffed > limit + 3:
                     too_big, content = True, io.BytesIO()
-            self._reset_timeout()
             if done:
                 break
         if too_big:

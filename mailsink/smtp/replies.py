@@ -44,6 +44,9 @@ SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, try again later"
 LINE_TOO_LONG = "500 5.5.2 Error: command line too long"
 BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
 NOT_RECOGNIZED = '500 5.5.2 Error: command "{command}" not recognized'
+NOT_UTF8 = "501 5.5.2 Error: the command is not valid UTF-8"
+TLS_ACTIVE = "503 5.5.1 Error: TLS already active"
+HELO_CONTROL = "501 5.5.4 Syntax: {command} hostname, without control characters"
 TOO_MANY_BAD = "421 4.7.0 Too many unrecognized commands, closing connection"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
@@ -52,6 +55,15 @@ NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 
 def queued(message_id: int) -> str:
     return f"250 2.0.0 Ok: queued as {message_id}"
+
+
+def printable(text: str) -> str:
+    """A reply line as printable text. What a reply echoes of the client's line may hold NUL,
+    CR, ESC, C1, bidi or line-separator characters: each is shown as its Python escape (`\\x00`,
+    `\\r`, `\\u2028`), so no reply carries a bare CR or drives the client's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def with_enhanced_code(reply: str) -> str:

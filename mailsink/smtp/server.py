@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import sqlite3
 import ssl
 import time
@@ -33,6 +34,26 @@ from mailsink.text import format_bytes, visible
 from mailsink.tls import server_context
 
 log = logging.getLogger("mailsink")
+
+# A message's log line names this many recipients, then counts the rest.
+_LOGGED_RECIPIENTS = 3
+
+
+def listen_backlog() -> int:
+    """The listen queue: the system's maximum (net.core.somaxconn on Linux), at least 1024.
+    asyncio's default of 100 stalls a burst of connections for a SYN retry (1 s) every ~100."""
+    backlog = max(1024, socket.SOMAXCONN)
+    # Elsewhere than Linux the kernel caps the value itself.
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/net/core/somaxconn") as limit:
+        backlog = max(backlog, int(limit.read()))
+    return min(backlog, 65535)
+
+
+def recipients_text(recipients: list[str]) -> str:
+    """The first few recipients, then how many more (a message may have 50 000)."""
+    shown = ", ".join(f"<{visible(r)}>" for r in recipients[:_LOGGED_RECIPIENTS])
+    more = len(recipients) - _LOGGED_RECIPIENTS
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 class SinkServer:
@@ -80,12 +101,15 @@ class SinkServer:
         loop = asyncio.get_running_loop()
         if tls.enabled:
             self.tls_context = await asyncio.to_thread(server_context, tls, self.store.directory)
+        backlog = await asyncio.to_thread(listen_backlog)
         listeners = [(smtp.port, None, "SMTP")]
         if tls.implicit_port:
             listeners.append((tls.implicit_port, self.tls_context, "SMTPS, implicit TLS"))
         for port, context, label in listeners:
             factory = partial(self._protocol, implicit_tls=context is not None)
-            server = await loop.create_server(factory, smtp.host, port, ssl=context)
+            server = await loop.create_server(
+                factory, smtp.host, port, ssl=context, backlog=backlog
+            )
             self._servers.append(server)
             for sock in server.sockets:
                 address = sock.getsockname()[:2]
@@ -273,7 +297,7 @@ class SinkServer:
             "message %s from <%s> to %s, %s, subject %r%s",
             stored.id,
             visible(envelope.mail_from),
-            ", ".join(f"<{visible(r)}>" for r in envelope.rcpt_to),
+            recipients_text(envelope.rcpt_to),
             format_bytes(len(message.raw)),
             visible(stored.subject or ""),
             f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",

@@ -11,15 +11,33 @@ SERVER = "S"  # a reply line from mailsink
 DATA = "D"  # message content, summarised as its size
 NOTE = "I"  # something mailsink observed (connection closed, timeout, ...)
 
-_AUTH_COMMAND = re.compile(r"^(AUTH\s+\S+)(\s+\S.*)?$", re.IGNORECASE)
+# A line that opens with AUTH in any spelling: any case, after spaces or control characters,
+# followed by a tab, "=" or nothing at all. A client that mangles the command still sends its
+# secret, so every such line is redacted, not just the well-formed ones.
+_AUTH_LINE = re.compile(r"[^A-Za-z0-9]*AUTH", re.IGNORECASE)
+# The well-formed command keeps its mechanism in the transcript when it is a known one: a word
+# that is not could be the secret itself (`AUTH dGVzdA==` with the mechanism left out).
+_AUTH_COMMAND = re.compile(r"AUTH ([A-Z0-9_-]{1,20})(\s.*)?", re.IGNORECASE | re.DOTALL)
+_MECHANISMS = frozenset(
+    {
+        "PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "XOAUTH2",
+        "OAUTHBEARER", "GSSAPI", "NTLM", "EXTERNAL", "ANONYMOUS",
+    }
+)  # fmt: skip
+REDACTED_AUTH = "AUTH [redacted]"
 
 
 def redact(line: str) -> str:
-    """AUTH PLAIN <secret> -> AUTH PLAIN [redacted]; other lines unchanged."""
-    match = _AUTH_COMMAND.match(line)
-    if match and match.group(2):
-        return f"{match.group(1)} [redacted]"
-    return line
+    """AUTH PLAIN <secret> -> AUTH PLAIN [redacted]; any other line that starts with AUTH, in
+    whatever spelling (`AUTH=PLAIN ...`, `AUTHPLAIN ...`, `auth\tplain\t...`), -> AUTH [redacted];
+    other lines unchanged."""
+    if not _AUTH_LINE.match(line):
+        return line
+    command = _AUTH_COMMAND.fullmatch(line)
+    if command is None or command.group(1).upper() not in _MECHANISMS:
+        return REDACTED_AUTH
+    mechanism = f"AUTH {command.group(1)}"
+    return f"{mechanism} [redacted]" if (command.group(2) or "").strip() else mechanism
 
 
 class Transcript:
