@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -356,11 +358,38 @@ def locate(text: str, section: str, key: str, index: int | None = None) -> int |
     return start + 1
 
 
+# A config file is a few KiB; anything this large is a mistake (or /dev/zero), not a config.
+MAX_CONFIG_SIZE = 1024 * 1024
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _read(file: Path) -> bytes:
+    """The file's bytes, refusing what is not a regular file or is over MAX_CONFIG_SIZE."""
+    # O_NONBLOCK: opening a named pipe would otherwise wait for a writer for ever.
+    descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(descriptor, "rb") as stream:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+            raise ConfigError(f"not a regular file ({kind})", file=file)
+        data = stream.read(MAX_CONFIG_SIZE + 1)  # bounded: the file may grow while it is read
+    if len(data) > MAX_CONFIG_SIZE:
+        raise ConfigError("larger than 1 MiB, too large for a config file", file=file)
+    return data
+
+
 def load(path: str | Path) -> Settings:
     """Read and validate a TOML config file."""
     file = Path(path)
     try:
-        text = file.read_bytes().decode("utf-8")
+        text = _read(file).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=file) from None
     except (OSError, UnicodeDecodeError) as error:
@@ -372,6 +401,8 @@ def load(path: str | Path) -> Settings:
         raise ConfigError(
             f"invalid TOML: {error}", file=file, line=int(line.group(1)) if line else None
         ) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables by recursion
+        raise ConfigError("invalid TOML: arrays or tables nested too deeply", file=file) from None
     return parse(data, file, text)
 
 

@@ -1,14 +1,18 @@
 """Live config reload: watch the file, validate each edit, swap the settings and rules in.
 
 The watch is on the file's directory, so editors that write a new file and rename it over the old
-one are seen. An invalid edit keeps the previous config and is reported with file, line and key.
+one are seen; with a symlinked config, on the directory of every link and of the target too. A
+directory that disappears is watched for from its nearest existing ancestor until it is back. An
+invalid edit keeps the previous config and is reported with file, line and key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,16 +73,92 @@ def keep_restart_settings(old: Settings, new: Settings) -> Settings:
     )
 
 
+# Symlinks followed at most, as the kernel's own limit (ELOOP) for one path.
+_MAX_LINKS = 40
+# How often the watch is checked against the file system even without events: it re-arms on
+# directories that came back in the moment between looking for them and watching them.
+_RECHECK_MS = 1000
+
+
+def _links(path: Path) -> list[Path]:
+    """`path` and every path its symlinks lead through: a change to any of them is a change of
+    the config."""
+    chain = [path]
+    for _ in range(_MAX_LINKS):
+        try:
+            target = chain[-1].readlink()
+        except OSError:  # not a link (or gone): the end of the chain
+            break
+        chain.append(chain[-1].parent / target)  # relative targets start at the link's directory
+    return chain
+
+
+def _watch_point(path: Path) -> Path:
+    """The directory to watch for `path`: its own, or while that is gone its nearest ancestor."""
+    directory = path.parent
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
+    return directory
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What to watch for the config as the file system is now."""
+
+    # (directory, its device and inode): a directory replaced under the same name (a swapped
+    # symlink, a removed and re-created directory) is a new watch
+    directories: frozenset[tuple[Path, int, int]]
+    relevant: frozenset[Path]  # paths whose change matters: the links, the file, their parents
+    identity: tuple[Any, ...] | None  # the file as it is now; None when it does not exist
+
+    @property
+    def paths(self) -> list[Path]:
+        return sorted({directory for directory, _dev, _ino in self.directories})
+
+
+def _plan(path: Path) -> _Plan:
+    directories: set[tuple[Path, int, int]] = set()
+    relevant: set[Path] = set()
+    for link in _links(path):
+        # Both spellings: events name a path as watched, and a link's parent may be a link too.
+        try:
+            spellings = (link, link.parent.resolve() / link.name)
+        except (OSError, RuntimeError):  # a loop of directory links: only the first spelling
+            spellings = (link,)
+        for spelling in spellings:
+            relevant.add(spelling)
+            relevant.update(spelling.parents)
+            directory = _watch_point(spelling)
+            with contextlib.suppress(OSError):
+                info = directory.stat()
+                directories.add((directory, info.st_dev, info.st_ino))
+    try:
+        info = path.stat()
+        identity: tuple[Any, ...] | None = (
+            str(path.resolve()),
+            info.st_dev,
+            info.st_ino,
+            info.st_mtime_ns,
+            info.st_size,
+        )
+    except (OSError, RuntimeError):  # gone, or a symlink loop
+        identity = None
+    return _Plan(frozenset(directories), frozenset(relevant), identity)
+
+
 class ConfigWatcher:
     """Reloads `path` into `server` whenever it changes; `overrides` are the command line's."""
 
     def __init__(self, path: Path, server: SinkServer, **overrides: Any):
-        self.path = path.resolve()
+        # Not resolved: a symlinked config is followed anew on every change.
+        self.path = Path(os.path.abspath(path))
         self.server = server
         self.overrides = overrides
         self.error: str | None = None  # the last edit that could not be applied
         self.reloads = 0
         self.listeners: list[Callable[[ConfigWatcher], None]] = []
+        self._identity: tuple[Any, ...] | None = None
+        self._present = True  # the file existed when last looked at
 
     async def reload(self) -> bool:
         """Load the file now; True when it was applied."""
@@ -106,22 +186,63 @@ class ConfigWatcher:
         for listener in self.listeners:
             listener(self)
 
+    async def _look(self, plan: _Plan, changed: bool) -> None:
+        """Act on the file as `plan` found it; `changed`: the watch reported a change to it."""
+        if plan.identity is None:
+            if self._present:
+                self._present = False
+                self._identity = None
+                log.warning("config file %s was deleted; keeping the current settings", self.path)
+                self.error = f"{self.path} was deleted; keeping the current settings"
+                self._notify()
+            return
+        if not self._present:
+            self._present = True
+            log.info("config file %s is back; reloading it", self.path)
+            changed = True
+        if changed or plan.identity != self._identity:
+            self._identity = plan.identity
+            try:
+                await self.reload()
+            except Exception:  # a bug here must not end the watch, nor the server
+                log.exception("config reload failed")
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Watch until cancelled (or `stop` is set)."""
         from watchfiles import awatch  # deferred: only a server with --config watches
 
-        name = self.path.name
-        try:
-            async for _changes in awatch(
-                self.path.parent,
-                watch_filter=lambda _change, changed: Path(changed).name == name,
+        # watchfiles logs "1 change detected" at INFO for every event; mailsink says what changed.
+        logging.getLogger("watchfiles.main").setLevel(logging.WARNING)
+        plan = await asyncio.to_thread(_plan, self.path)
+        self._identity, self._present = plan.identity, plan.identity is not None
+        failure = None
+        while stop is None or not stop.is_set():
+            watch = awatch(
+                *plan.paths,
+                watch_filter=lambda _change, changed, relevant=plan.relevant: (
+                    Path(changed) in relevant
+                ),
                 recursive=False,
                 stop_event=stop,
                 step=50,
-            ):
-                try:
-                    await self.reload()
-                except Exception:  # a bug here must not end the watch, nor the server
-                    log.exception("config reload failed")
-        except Exception as error:  # e.g. the directory was removed
-            log.error("stopped watching %s: %s", self.path, error)
+                rust_timeout=_RECHECK_MS,
+                yield_on_timeout=True,
+            )
+            try:
+                async with contextlib.aclosing(watch):
+                    async for changes in watch:
+                        failure = None
+                        now = await asyncio.to_thread(_plan, self.path)
+                        await self._look(now, bool(changes))
+                        if now.directories != plan.directories:
+                            plan = now
+                            break  # watch where the config's directories are now
+                    else:
+                        return  # stopped
+            except Exception as error:  # e.g. a directory vanished just before the watch began
+                if str(error) != failure:  # said once, not once a second
+                    failure = str(error)
+                    log.error("cannot watch %s (trying again): %s", self.path, error)
+                await asyncio.sleep(_RECHECK_MS / 1000)
+                plan = await asyncio.to_thread(_plan, self.path)
+                await self._look(plan, False)

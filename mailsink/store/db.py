@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -95,6 +96,68 @@ class StoreError(Exception):
     """A store that cannot be opened or used, phrased for the user."""
 
 
+class StoreFileError(StoreError, sqlite3.DatabaseError):
+    """What SQLite found wrong with the store's file (damaged, another program's, read-only),
+    phrased for the user. Still an sqlite3.DatabaseError, so that code handling SQLite's errors
+    (the TUI's notices) goes on handling it, now with the clearer words."""
+
+
+def _directory(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _why_not_opened(path: str, error: sqlite3.Error) -> str:
+    if os.path.isdir(path):
+        return "it is a directory"
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        return "permission denied"
+    if not os.access(_directory(path), os.W_OK) and not os.path.exists(f"{path}-shm"):
+        # In WAL mode even a reader needs the -shm file beside the store.
+        return (
+            f"its directory is read-only and SQLite needs to create {os.path.basename(path)}-shm"
+            " there"
+        )
+    return str(error)
+
+
+def _why_read_only(path: str, error: sqlite3.Error) -> str:
+    if not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(_directory(path), os.W_OK):
+        return "its directory is read-only"
+    return str(error)
+
+
+def store_error(error: sqlite3.Error, path: str) -> StoreFileError:
+    """The user's words for an SQLite error on the store at `path`."""
+    if isinstance(error, StoreFileError):
+        return error  # already in them
+    text = str(error)
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_CORRUPT:
+        why = (
+            f"{path} is damaged ({text}); move it away to start a new store"
+            f" (`sqlite3 {path} .recover | sqlite3 saved.db` may save what is in it)"
+        )
+    elif code == sqlite3.SQLITE_NOTADB:
+        why = f"{path} is not a mailsink store: {text}"
+    elif text.startswith(("no such table", "no such column")):
+        why = f"{path} is not a mailsink store, or is damaged: {text}"
+    elif code == sqlite3.SQLITE_READONLY:
+        why = f"cannot change {path}: {_why_read_only(path, error)}"
+    elif code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+        why = f"cannot open {path}: {_why_not_opened(path, error)}"
+    elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        why = f"{path} is locked by another program ({text}); try again"
+    elif code == sqlite3.SQLITE_FULL:
+        why = f"cannot write to {path}: the disk is full"
+    elif code == sqlite3.SQLITE_IOERR:
+        why = f"cannot read or write {path}: {text}"
+    else:
+        why = f"{path}: {text}"
+    return StoreFileError(why)
+
+
 class WriterLost(StoreError):
     """The writer process ended before answering: the operation may or may not have committed."""
 
@@ -118,15 +181,25 @@ def connect(path: str, *, must_exist: bool = False) -> sqlite3.Connection:
     """A connection with the pragmas every mailsink connection uses."""
     if must_exist and (path == MEMORY or not os.path.exists(path)):
         raise StoreError(f"no store at {path} (start `mailsink serve` or pass --db)")
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+    try:
+        mode = stat.S_IFREG if path == MEMORY else os.stat(path).st_mode
+    except OSError:  # not there yet (a new store), or out of reach: SQLite's error says which
+        mode = stat.S_IFREG
+    # A named pipe would block SQLite's first read for ever; a device is no store either.
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a directory: SQLite's error says so)
+        raise StoreError(f"{path} is not a store: not a regular file")
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+    except sqlite3.Error as error:
+        raise store_error(error, path) from None
     conn.isolation_level = None  # transactions are explicit
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = OFF")
-    except sqlite3.DatabaseError as error:
+    except sqlite3.Error as error:
         conn.close()
-        raise StoreError(f"{path} is not a mailsink store: {error}") from None
+        raise store_error(error, path) from None
     return conn
 
 
@@ -150,12 +223,55 @@ def migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
-def check_version(conn: sqlite3.Connection) -> None:
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _expected_tables(version: int) -> set[str]:
+    """The tables a store of schema `version` has (the migrations say which)."""
+    return {
+        name
+        for step in range(1, min(version, SCHEMA_VERSION) + 1)
+        for name in re.findall(r"CREATE TABLE (\w+)", _MIGRATIONS[step])
+    }
+
+
+def _missing_tables(conn: sqlite3.Connection, version: int) -> list[str]:
+    return sorted(_expected_tables(version) - _tables(conn))
+
+
+def _not_mailsink(path: str, version: int, missing: list[str]) -> StoreError:
+    if set(missing) == _expected_tables(version):
+        lacking = "none of mailsink's tables"
+    else:
+        lacking = f"no {', '.join(missing)} table{'s' if len(missing) > 1 else ''}"
+    return StoreError(
+        f"{path} is not a mailsink store: an SQLite database with schema version {version}"
+        f" but {lacking}"
+    )
+
+
+def _probe(conn: sqlite3.Connection, version: int) -> None:
+    """Read a few pages of each table: a damaged table root is refused on opening the store,
+    not in the middle of a command (or at a server's first message)."""
+    for table in sorted(_expected_tables(version) & _tables(conn)):
+        conn.execute(f"SELECT 1 FROM {table} NOT INDEXED LIMIT 1").fetchall()
+
+
+def check_version(conn: sqlite3.Connection, path: str = "the store") -> None:
+    """Refuse what this mailsink cannot read: another program's database, a newer schema."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 0:
-        raise StoreError("the store is empty or not a mailsink store")
+        if _tables(conn):
+            raise StoreError(f"{path} is not a mailsink store: another program's SQLite database")
+        raise StoreError(f"{path} is empty: no mailsink server has written to it yet")
     if version > SCHEMA_VERSION:
-        raise StoreError(f"the store has schema version {version}; upgrade mailsink to read it")
+        raise StoreError(f"{path} has schema version {version}; upgrade mailsink to read it")
+    missing = _missing_tables(conn, version)
+    # Only some missing: a damaged store, whose other tables may still be worth reading.
+    if missing and set(missing) == _expected_tables(version):
+        raise _not_mailsink(path, version, missing)
+    _probe(conn, version)
 
 
 # ---- operations run by the writer thread -------------------------------------------------------
@@ -377,8 +493,7 @@ class Store:
             # in-memory database would lock readers out of the writer's tables (shared cache).
             self._temporary = tempfile.TemporaryDirectory(prefix="mailsink-")
             self.path = str(Path(self._temporary.name) / "mailsink.db")
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock(self.path)
+        self._lock_file = _lock(self.path)  # (creating the store's directory first)
         try:
             self._next_session_id = _prepare(self.path)
             # Imported here: the writer module imports this one.
@@ -442,13 +557,24 @@ def _prepare(path: str) -> int:
     conn = None
     try:
         conn = connect(path)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and _tables(conn):  # migrating would add mailsink's tables to it
+            raise StoreError(
+                f"{path} is not a mailsink store: another program's SQLite database (left as it is)"
+            )
+        if not os.access(path, os.W_OK):  # else every message would fail, one by one
+            raise StoreError(f"cannot write to {path}: the file is read-only")
         # Readers never block the writer, and a commit is one append to the log.
         conn.execute("PRAGMA journal_mode = WAL")
         migrate(conn)
+        missing = _missing_tables(conn, SCHEMA_VERSION)
+        if missing:
+            raise _not_mailsink(path, version, missing)
+        _probe(conn, SCHEMA_VERSION)
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sessions'").fetchone()
         return (row[0] if row else 0) + 1
-    except sqlite3.DatabaseError as error:
-        raise StoreError(f"{path} is not a mailsink store: {error}") from None
+    except sqlite3.Error as error:
+        raise store_error(error, path) from None
     finally:
         if conn is not None:
             conn.close()
@@ -456,7 +582,18 @@ def _prepare(path: str) -> int:
 
 def _lock(path: str):
     """One server per store: session ids are handed out in memory."""
-    lock_file = open(f"{path}.lock", "w")  # noqa: SIM115 - held open for the store's lifetime
+    directory = Path(path).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the directory {directory}: {error.strerror}") from None
+    try:
+        lock_file = open(f"{path}.lock", "w")  # noqa: SIM115 - held open for the store's lifetime
+    except OSError as error:
+        raise StoreError(
+            f"cannot create {path}.lock (a server keeps it beside its store):"
+            f" {error.strerror or error}"
+        ) from None
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

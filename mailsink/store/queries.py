@@ -5,17 +5,28 @@ Each reader has its own connection; the server's writer thread is never involved
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
-from mailsink.store.db import SessionEvent, StoreError, check_version, connect, resolve_path
+from mailsink.store.db import (
+    SessionEvent,
+    StoreFileError,
+    check_version,
+    connect,
+    resolve_path,
+    store_error,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -122,16 +133,50 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _user_facing(error: BaseException, path: str) -> BaseException:
+    """An SQLite error about the store's file as a StoreFileError that says what is wrong with
+    it; anything else (a bug in mailsink's own SQL among them) as it is."""
+    if isinstance(error, sqlite3.ProgrammingError | StoreFileError) or not isinstance(
+        error, sqlite3.DatabaseError
+    ):
+        return error
+    return store_error(error, path)
+
+
+def _store_errors(
+    method: Callable[Concatenate[Reader, P], R],
+) -> Callable[Concatenate[Reader, P], R]:
+    """A damaged, foreign or read-only store is the user's to fix: say so, not "internal error"."""
+
+    @functools.wraps(method)
+    def checked(self: Reader, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            translated = _user_facing(error, self.path)
+            if translated is error:
+                raise
+            raise translated from error
+
+    return checked
+
+
 class Reader:
-    """Queries against a store written by a (possibly running) mailsink server."""
+    """Queries against a store written by a (possibly running) mailsink server.
+
+    SQLite's errors about the file come out as StoreFileError, phrased for the user."""
 
     def __init__(self, path: str | None):
         self.path = resolve_path(path)
+        self.conn = connect(self.path, must_exist=True)
         try:
-            self.conn = connect(self.path, must_exist=True)
-            check_version(self.conn)
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{self.path} is not a mailsink store: {error}") from None
+            check_version(self.conn, self.path)
+        except BaseException as error:
+            self.conn.close()
+            translated = _user_facing(error, self.path)
+            if translated is error:
+                raise
+            raise translated from error
 
     def close(self) -> None:
         self.conn.close()
@@ -139,8 +184,11 @@ class Reader:
     def __enter__(self) -> Reader:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, _kind: object, error: BaseException | None, _traceback: object) -> None:
         self.close()
+        # What the body did with `conn` directly, in the same words as the methods' errors.
+        if error is not None and (translated := _user_facing(error, self.path)) is not error:
+            raise translated from error
 
     # ---- messages
 
@@ -161,6 +209,7 @@ class Reader:
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         return f" FROM {source}{where}", params
 
+    @_store_errors
     def list_messages(
         self,
         *,
@@ -178,6 +227,7 @@ class Reader:
         ).fetchall()
         return [_message(row) for row in rows]
 
+    @_store_errors
     def count_messages(
         self,
         *,
@@ -188,6 +238,7 @@ class Reader:
         query, params = self._filtered(search, findings_only, include_rejected)
         return self.conn.execute(f"SELECT count(*){query}", params).fetchone()[0]
 
+    @_store_errors
     def message_index(
         self,
         *,
@@ -211,6 +262,7 @@ class Reader:
         ).fetchone()
         return array("q", sorted(map(int, joined.split(","))) if joined else ())
 
+    @_store_errors
     def messages_by_id(self, ids: Iterable[int]) -> dict[int, MessageRecord]:
         wanted = list(ids)
         found: dict[int, MessageRecord] = {}
@@ -223,48 +275,58 @@ class Reader:
                 found[row[0]] = _message(row)
         return found
 
+    @_store_errors
     def first_id(self) -> int | None:
         return self.conn.execute("SELECT min(id) FROM messages").fetchone()[0]
 
+    @_store_errors
     def deletions(self) -> int:
         """How many times messages were deleted (not counting retention's pruning)."""
         return self.conn.execute("SELECT deletions FROM store_state").fetchone()[0]
 
+    @_store_errors
     def data_version(self) -> int:
         """Changes whenever another connection (a server, a CLI) commits to the store."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
+    @_store_errors
     def latest_id(self) -> int | None:
         row = self.conn.execute("SELECT max(id) FROM messages").fetchone()
         return row[0]
 
+    @_store_errors
     def get_message(self, message_id: int) -> MessageRecord | None:
         row = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         return _message(row) if row else None
 
+    @_store_errors
     def get_raw(self, message_id: int) -> bytes | None:
         row = self.conn.execute(
             "SELECT raw FROM message_raw WHERE id = ?", (message_id,)
         ).fetchone()
         return bytes(row[0]) if row else None
 
+    @_store_errors
     def get_parsed(self, message_id: int) -> ParsedMessage | None:
         raw = self.get_raw(message_id)
         return None if raw is None else parse_message(raw)
 
+    @_store_errors
     def message_ids(self) -> list[int]:
         return [row[0] for row in self.conn.execute("SELECT id FROM messages ORDER BY id")]
 
     # ---- sessions
 
+    @_store_errors
     def list_sessions(self, *, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
         rows = self.conn.execute(
             "SELECT id FROM sessions ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
         ).fetchall()
         return [s for (sid,) in rows if (s := self.get_session(sid, with_events=False))]
 
+    @_store_errors
     def get_session(self, session_id: int, *, with_events: bool = True) -> SessionRecord | None:
         row = self.conn.execute(
             "SELECT id, started_at, ended_at, peer, helo, tls, auth_user, end_reason,"
@@ -302,6 +364,7 @@ class Reader:
             events=events,
         )
 
+    @_store_errors
     def session_events(self, session_id: int, after_seq: int = 0) -> list[SessionEvent]:
         """The session's transcript events numbered above `after_seq`: (seq, at ms, direction,
         text). Only the chunks that hold them are read."""
@@ -320,6 +383,7 @@ class Reader:
 
     # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
 
+    @_store_errors
     def delete_message(self, message_id: int) -> bool:
         """Delete one message; False when it was already gone."""
         self.conn.execute("BEGIN IMMEDIATE")
@@ -334,6 +398,7 @@ class Reader:
         self.conn.execute("COMMIT")
         return gone > 0
 
+    @_store_errors
     def clear(self) -> int:
         """Delete every message and every finished session; returns how many messages went."""
         self.conn.execute("BEGIN IMMEDIATE")
