@@ -5,7 +5,6 @@ Errors are one plain line on stderr and a non-zero exit; tracebacks only with MA
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -268,15 +267,18 @@ def session(session_id: int, config: str | None, db: str | None, as_json: bool) 
     "--out", "-o", required=True, type=click.Path(), help="Directory (eml, maildir) or file (mbox)."
 )
 def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, out: str) -> None:
-    """Export messages (all accepted ones when no ID is given) as .eml files, mbox or Maildir."""
+    """Export messages (all accepted ones when no ID is given) as .eml files, mbox or Maildir.
+
+    Never replaces a file or follows a link at a name it writes; appends to an existing mbox."""
     from mailsink.export import ExportError, export_messages
+    from mailsink.text import visible
 
     with _reader(config, db) as reader:
         try:
             count = export_messages(reader, list(ids), fmt, Path(out))
         except ExportError as error:
             raise CliError(str(error)) from None
-    click.echo(f"exported {count} message(s) to {out} ({fmt})")
+    click.echo(f"exported {count} message(s) to {visible(out)} ({fmt})")
 
 
 @cli.command()
@@ -298,7 +300,9 @@ def check_config(file: str) -> None:
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    from mailsink.output import to_json
+
+    click.echo(to_json(data))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,19 @@ from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
 from mailsink.text import format_bytes, visible, visible_block
+
+# Valid in JSON text, but each either moves or hides text when shown (C1 controls, the line and
+# paragraph separators, bidirectional controls, zero-width characters) or cannot be printed at
+# all (lone surrogates). They occur inside strings only: the rest of json.dumps' output is ASCII.
+_JSON_ESCAPED = re.compile(
+    r"[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+
+
+def to_json(data: Any) -> str:
+    """JSON for a terminal: readable UTF-8, with what could disguise or drive it as \\uXXXX."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    return _JSON_ESCAPED.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def terminal_safe(text: str) -> str:
@@ -89,15 +103,20 @@ def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]
     }
 
 
-def _mime_lines(part: MimePart, depth: int = 0) -> list[str]:
-    label = part.content_type
-    if part.filename:
-        label += f'  "{visible(part.filename)}"'
-    if not part.children:
-        label += f"  {format_bytes(part.size)}"
-    lines = ["  " * (depth + 1) + label]
-    for child in part.children:
-        lines += _mime_lines(child, depth + 1)
+def _mime_lines(root: MimePart) -> list[str]:
+    lines = []
+    stack = [(root, 0)]  # iterative: the tree is as deep as the message made it
+    while stack:
+        part, depth = stack.pop()
+        label = visible(part.content_type)
+        if part.filename:
+            label += f'  "{visible(part.filename)}"'
+        if part.cut:
+            label += f"  {format_bytes(part.size)}, not shown: nested too deep"
+        elif not part.children:
+            label += f"  {format_bytes(part.size)}"
+        lines.append("  " * (depth + 1) + label)
+        stack.extend((child, depth + 1) for child in reversed(part.children))
     return lines
 
 
@@ -119,7 +138,7 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
         lines.append(f"  {'RCPT TO' if index == 0 else '':9}  {visible(rcpt)}{suffix}")
     lines += [
         f"  HELO       {visible(envelope.helo or '-')}",
-        f"  peer       {envelope.peer or '-'}   TLS {'yes' if envelope.tls else 'no'}"
+        f"  peer       {visible(envelope.peer or '-')}   TLS {'yes' if envelope.tls else 'no'}"
         f"   auth {visible(envelope.auth_user) if envelope.auth_user else '-'}",
         "",
         "Headers (what the message says)",
@@ -142,15 +161,15 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
     if data["findings"]:
         lines += ["", "Findings"]
         for finding in data["findings"]:
-            lines.append(
-                f"  {finding['severity']:8} {finding['kind']:29} {visible(finding['detail'])}"
-            )
+            severity, kind = visible(str(finding["severity"])), visible(str(finding["kind"]))
+            lines.append(f"  {severity:8} {kind:29} {visible(str(finding['detail']))}")
     lines += ["", "MIME structure", *_mime_lines(parsed.mime)]
     if parsed.attachments:
         lines += ["", "Attachments"]
         for attachment in parsed.attachments:
             name = visible(attachment.filename or "(no name)")
-            lines.append(f"  {name}  {attachment.content_type}  {format_bytes(attachment.size)}")
+            content_type = visible(attachment.content_type)
+            lines.append(f"  {name}  {content_type}  {format_bytes(attachment.size)}")
     body = parsed.text if parsed.text is not None else parsed.html
     if body is not None:
         lines += ["", "Text" if parsed.text is not None else "HTML (no text part)", ""]
@@ -187,7 +206,7 @@ _ARROWS = {"C": "C:", "S": "S:", "D": "C:", "I": "--"}
 def transcript(record: SessionRecord) -> str:
     state = record.end_reason or "live"
     lines = [
-        f"Session {record.id}  {record.peer}  HELO {visible(record.helo or '-')}  "
+        f"Session {record.id}  {visible(record.peer)}  HELO {visible(record.helo or '-')}  "
         f"started {local_time(record.started_at)}  ended: {state}  "
         f"messages: {', '.join(map(str, record.message_ids)) or 'none'}",
         "",

@@ -7,25 +7,30 @@ went wrong is reported in `defects` (it becomes a `parse_defect` finding).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email._header_value_parser import get_unstructured
+from email.feedparser import FeedParser
 from email.message import EmailMessage
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
+from email.policy import EmailPolicy
 from email.utils import getaddresses
 from typing import Any
 
 MAX_DECODED = 16 * 1024  # characters of one header value that are decoded for display
 MAX_HEADER_BLOCK = 1024 * 1024  # bytes of header block summarised at ingest
+MAX_DEPTH = 50  # MIME nesting levels parsed; deeper parts are kept whole, as one unshown part
+DEPTH_NOTICE = f"MIME nested deeper than {MAX_DEPTH} levels: the rest is not shown"
 
 # Since 3.11.10/3.12.6, getaddresses(strict=True) by default drops a whole header over one odd
 # address (a trailing comma, a comment with a comma); a sink must show what was sent.
 _LENIENT = {"strict": False} if "strict" in inspect.signature(getaddresses).parameters else {}
 
 _FAST_PARSER = BytesHeaderParser(policy=policy.compat32)
-_PARSER = BytesParser(policy=policy.default)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
@@ -86,6 +91,7 @@ class MimePart:
     disposition: str | None = None
     charset: str | None = None
     children: list[MimePart] = field(default_factory=list)
+    cut: bool = False  # nested deeper than MAX_DEPTH: its content is not parsed or shown
 
 
 @dataclass
@@ -212,6 +218,75 @@ def header_values(raw: bytes) -> dict[str, str]:
     return {name: decode_value(values[0]) for name, values in _raw_values(message).items()}
 
 
+@functools.lru_cache(maxsize=64)
+def _structured(name: str, value: str) -> Any:
+    return policy.default.header_fetch_parse(name, value)
+
+
+class _CappedPolicy(EmailPolicy):
+    """policy.default, but a header value is parsed once per message view and at most its first
+    MAX_DECODED characters: the stdlib parses a structured header again on every access, in time
+    that grows faster than its length (10 000 Content-Type parameters took seconds per access)."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if hasattr(value, "name"):
+            return value
+        if len(value) > MAX_DECODED:
+            # Whole parameters or words only: half a boundary="..." would be a wrong boundary.
+            head = value[:MAX_DECODED]
+            value = head.rsplit(";", 1)[0] if ";" in head else head.rsplit(" ", 1)[0]
+        try:
+            return _structured(name, value)
+        except Exception:  # e.g. RecursionError on thousands of nested comments
+            return _structured(name, "")
+
+
+_POLICY = _CappedPolicy()
+
+
+class _BoundedMessage(EmailMessage):
+    """A part that knows how deep it is nested; past MAX_DEPTH it claims to be a plain leaf, so
+    that the parser, whose recursion follows the nesting, reads it whole and goes no deeper."""
+
+    depth = 0
+
+    def declared_type(self) -> str:
+        return super().get_content_type()
+
+    @property
+    def cut(self) -> bool:
+        return self.depth > MAX_DEPTH
+
+    def get_content_type(self) -> str:
+        return "application/octet-stream" if self.cut else super().get_content_type()
+
+
+class _BoundedParser(FeedParser):
+    # _new_message, _cur and _msgstack are FeedParser's internals (the same since Python 3.2);
+    # were they to change, the deep-MIME tests fail and parse_message's fallback still answers.
+    def _new_message(self) -> None:
+        super()._new_message()
+        self._cur.depth = len(self._msgstack) - 1  # type: ignore[attr-defined]
+
+
+def _parse(raw: bytes) -> _BoundedMessage:
+    """policy.default's full parse, nesting bounded (see _BoundedMessage)."""
+    parser = _BoundedParser(_BoundedMessage, policy=_POLICY)
+    parser.feed(raw.decode("ascii", "surrogateescape"))
+    return parser.close()  # type: ignore[return-value]
+
+
+def _walk(message: EmailMessage) -> Iterator[tuple[EmailMessage, int]]:
+    """(part, depth) in message.walk() order, without its recursion."""
+    stack: list[tuple[EmailMessage, int]] = [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        yield part, depth
+        if part.is_multipart():
+            children = part.get_payload()
+            stack.extend((child, depth + 1) for child in reversed(children))
+
+
 def _decoded_payload(part: EmailMessage) -> bytes:
     try:
         payload = part.get_payload(decode=True)
@@ -245,23 +320,38 @@ def _filename(part: EmailMessage) -> str | None:
     return clean(name) if name else None
 
 
-def _mime_tree(part: EmailMessage, counter: list[int] | None = None) -> MimePart:
-    counter = counter if counter is not None else [0]
-    index = counter[0]
-    counter[0] += 1
-    children = (
-        [_mime_tree(child, counter) for child in part.iter_parts()] if part.is_multipart() else []
-    )
-    size = 0 if children else len(_decoded_payload(part))
+def _is_cut(part: EmailMessage) -> bool:
+    return isinstance(part, _BoundedMessage) and part.cut
+
+
+def _mime_part(part: EmailMessage, index: int) -> MimePart:
+    if isinstance(part, _BoundedMessage) and part.cut:
+        payload = part.get_payload()
+        size = len(payload) if isinstance(payload, str) else 0
+        return MimePart(clean(part.declared_type()), size, index, cut=True)
     return MimePart(
-        content_type=part.get_content_type(),
-        size=size,
+        content_type=clean(part.get_content_type()),
+        size=0 if part.is_multipart() else len(_decoded_payload(part)),
         index=index,
         filename=_filename(part),
         disposition=part.get_content_disposition(),
         charset=part.get_content_charset(),
-        children=children,
     )
+
+
+def _mime_tree(message: EmailMessage) -> MimePart:
+    root: MimePart | None = None
+    parents: list[MimePart] = []  # the containers open at each depth, for the next child
+    for index, (part, depth) in enumerate(_walk(message)):
+        node = _mime_part(part, index)
+        del parents[depth:]
+        if parents:
+            parents[-1].children.append(node)
+        else:
+            root = node
+        parents.append(node)
+    assert root is not None
+    return root
 
 
 def _body_part(message: EmailMessage, kind: str) -> EmailMessage | None:
@@ -271,38 +361,47 @@ def _body_part(message: EmailMessage, kind: str) -> EmailMessage | None:
         return None
 
 
+def _unparsed(raw: bytes, summary: HeaderSummary, error: Exception) -> ParsedMessage:
+    summary.defects.append(f"message could not be parsed: {type(error).__name__}: {error}")
+    text = raw.decode("utf-8", "replace")
+    return ParsedMessage(
+        summary, [], text, None, [], MimePart("text/plain", len(raw)), summary.defects
+    )
+
+
 def parse_message(raw: bytes) -> ParsedMessage:
     """The full view: bodies, attachments and the MIME tree."""
-    try:
-        message = _PARSER.parsebytes(raw)
-    except Exception as error:
-        summary = parse_headers(raw)
-        summary.defects.append(f"message could not be parsed: {error}")
-        text = raw.decode("utf-8", "replace")
-        return ParsedMessage(
-            summary, [], text, None, [], MimePart("text/plain", len(raw)), summary.defects
-        )
-
     summary = parse_headers(raw)
+    try:
+        message = _parse(raw)
+        return _full_view(message, summary)
+    except Exception as error:  # a stdlib failure on hostile input: show what can be shown
+        return _unparsed(raw, parse_headers(raw), error)
+
+
+def _full_view(message: EmailMessage, summary: HeaderSummary) -> ParsedMessage:
     defects = summary.defects
-    for part in message.walk():
+    parts = list(_walk(message))
+    for part, _depth in parts:
         for defect in part.defects:
-            described = f"{part.get_content_type()}: {type(defect).__name__}"
+            described = f"{clean(part.get_content_type())}: {type(defect).__name__}"
             if described not in defects:
                 defects.append(described)
+        if _is_cut(part) and DEPTH_NOTICE not in defects:
+            defects.append(DEPTH_NOTICE)
     text_part = _body_part(message, "plain")
     html_part = _body_part(message, "html")
     text = _text_content(text_part, defects) if text_part is not None else None
     html = _text_content(html_part, defects) if html_part is not None else None
 
     attachments = []
-    for part in message.walk():
-        if part.is_multipart() or part is text_part or part is html_part:
+    for part, _depth in parts:
+        if part.is_multipart() or part is text_part or part is html_part or _is_cut(part):
             continue
         filename = _filename(part)
         if filename or part.is_attachment() or part.get_content_maintype() not in ("text",):
             attachments.append(
-                Attachment(filename, part.get_content_type(), len(_decoded_payload(part)))
+                Attachment(filename, clean(part.get_content_type()), len(_decoded_payload(part)))
             )
     header_lines = [(clean(k), decode_value(str(v))) for k, v in message.raw_items()]
     return ParsedMessage(
@@ -313,10 +412,10 @@ def parse_message(raw: bytes) -> ParsedMessage:
 def part_payload(raw: bytes, index: int) -> bytes | None:
     """The decoded content of the part at `index` (MimePart.index), None if there is none."""
     try:
-        message = _PARSER.parsebytes(raw)
+        message = _parse(raw)
+        for position, (part, _depth) in enumerate(_walk(message)):
+            if position == index:
+                return None if part.is_multipart() or _is_cut(part) else _decoded_payload(part)
     except Exception:
         return None
-    for position, part in enumerate(message.walk()):
-        if position == index:
-            return None if part.is_multipart() else _decoded_payload(part)
     return None

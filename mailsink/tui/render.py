@@ -240,7 +240,9 @@ def mime_label(part: MimePart) -> Text:
     if part.filename:
         label.append("  ")
         label.append(visible(part.filename), "cyan")
-    if not part.children:
+    if part.cut:
+        label.append(f"  {format_bytes(part.size)}, not shown: nested too deep", "yellow")
+    elif not part.children:
         label.append(f"  {format_bytes(part.size)}", "dim")
     if part.disposition:
         label.append(f"  {visible(part.disposition)}", "dim")

@@ -209,21 +209,19 @@ class MessageDetail(Vertical):
         tree: Tree[MimePart] = self.query_one("#parts-tree", Tree)
         tree.clear()
 
+        # Iterative, in document order: the tree is as deep as the message made it.
+        stack = [(tree.root, mime)]
         added = 0
-
-        def add(node, part: MimePart) -> None:  # type: ignore[no-untyped-def]
-            nonlocal added
+        while stack:
+            node, part = stack.pop()
             added += 1
             if added > PARTS_SHOWN:
-                return
+                continue
             if part.children:
                 branch = node.add(render.mime_label(part), data=part, expand=True)
-                for child in part.children:
-                    add(branch, child)
+                stack.extend((branch, child) for child in reversed(part.children))
             else:
                 node.add_leaf(render.mime_label(part), data=part)
-
-        add(tree.root, mime)
         if added > PARTS_SHOWN:
             tree.root.add_leaf(
                 Text(f"… {added - PARTS_SHOWN} more parts not shown (mailsink show --json)", "dim")
