@@ -63,6 +63,37 @@ def many_named_cc(count: int = 10_000, *, folded: bool = False) -> bytes:
     return _HEAD + f"Subject: many cc\r\nCc: {cc}\r\n\r\nbody\r\n".encode()
 
 
+def long_content_types(parts: int = 100, params: int = 1_400) -> bytes:
+    """`parts` parts, each with its own ~16 KiB Content-Type (1.6 MB for 100)."""
+    body = b"".join(
+        b"--B\r\nContent-Type: text/plain; "
+        + "; ".join(f"p{i}=v{i}" for i in range(part, part + params)).encode()
+        + b"\r\n\r\nx\r\n"
+        for part in range(parts)
+    )
+    return _HEAD + b"Subject: long types\r\n" + _MIME + b"boundary=B\r\n\r\n" + body + b"--B--\r\n"
+
+
+def many_parts(count: int = 100_000) -> bytes:
+    """A multipart of `count` tiny parts, the text part last (3.5 MB for 100 000)."""
+    body = b"".join(b"--B\r\nContent-Type: application/x-part\r\n\r\nx\r\n" for _ in range(count))
+    text = b"--B\r\nContent-Type: text/plain\r\n\r\nthe text, last\r\n--B--\r\n"
+    return _HEAD + b"Subject: many parts\r\n" + _MIME + b"boundary=B\r\n\r\n" + body + text
+
+
+def boundary_after(padding: int) -> bytes:
+    """A legitimate multipart whose boundary parameter comes after `padding` bytes of others."""
+    params = "".join(f"; x{i}=y" for i in range(padding // 7))
+    return (
+        _HEAD
+        + b"Subject: late boundary\r\nMIME-Version: 1.0\r\n"
+        + f"Content-Type: multipart/mixed{params}; boundary=LATE\r\n\r\n".encode()
+        + b"--LATE\r\nContent-Type: text/plain\r\n\r\nhello text\r\n"
+        + b"--LATE\r\nContent-Type: application/pdf\r\n"
+        + b'Content-Disposition: attachment; filename="a.pdf"\r\n\r\n%PDF\r\n--LATE--\r\n'
+    )
+
+
 def odd_messages() -> dict[str, bytes]:
     """Messages that a parse-and-regenerate round trip changes; an export must not."""
     return {

@@ -13,16 +13,19 @@ import urllib.parse
 import pytest
 from conftest import RawClient, run_cli
 from mime_corpus import (
+    boundary_after,
     deliver,
     encoded_word_bomb,
+    long_content_types,
     many_named_cc,
     many_parameters,
+    many_parts,
     nested_multipart,
     nested_rfc822,
 )
 from tui_support import run, send, settings_for, tui, wait_until
 
-from mailsink.mail.parse import DEPTH_NOTICE, MAX_DEPTH
+from mailsink.mail.parse import DEPTH_NOTICE, MAX_DEPTH, MAX_PARTS, PARTS_NOTICE
 from mailsink.output import to_json
 from mailsink.tui.widgets.message.detail import MessageDetail
 
@@ -75,6 +78,8 @@ BOMBS = {
     "parameters": many_parameters(),  # Content-Type with 10 000 parameters
     "parameters-folded": many_parameters(folded=True),
     "named-cc": many_named_cc(),  # 10 000 "Name, Dept." <address> on one line
+    "long-types": long_content_types(),  # 100 parts, each a 16 KiB Content-Type: 74 s before
+    "many-parts": many_parts(),  # 100 000 parts: 12-15 s before
 }
 
 
@@ -104,6 +109,26 @@ def test_every_command_answers_quickly_on_header_bombs(sink, tmp_path, raw):
         check=True,
     )
     assert shown.stdout == raw and time.monotonic() - started < 5
+
+
+def test_a_long_content_type_keeps_its_boundary_and_file_name(sink):
+    late = boundary_after(17_000)  # the boundary after 17 000 bytes of other parameters
+    deliver(sink.host, sink.port, [late])
+    shown = json.loads(run_cli("show", "1", "--json", "--db", sink.db).out)
+    assert shown["text"] == "hello text"
+    assert shown["attachments"] == [
+        {"filename": "a.pdf", "content_type": "application/pdf", "size": 4}
+    ]
+
+
+def test_parts_past_the_limit_are_left_out_and_it_is_said(sink):
+    deliver(sink.host, sink.port, [many_parts(MAX_PARTS + 500)])
+    shown = json.loads(run_cli("show", "1", "--json", "--db", sink.db).out)
+    assert len(shown["attachments"]) == MAX_PARTS - 1  # the root is one of the parts
+    details = [f["detail"] for f in shown["findings"] if f["kind"] == "parse_defect"]
+    assert details == [PARTS_NOTICE]  # and no closing boundary "missing": the parse stopped
+    text = run_cli("show", "1", "--db", sink.db).out
+    assert PARTS_NOTICE in text
 
 
 # ---- item 12: nothing from a message or a session drives the terminal

@@ -7,12 +7,11 @@ went wrong is reported in `defects` (it becomes a `parse_defect` finding).
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email import policy
+from email import errors, policy
 from email._header_value_parser import get_unstructured
 from email.feedparser import FeedParser
 from email.message import EmailMessage
@@ -25,6 +24,8 @@ MAX_DECODED = 16 * 1024  # characters of one header value that are decoded for d
 MAX_HEADER_BLOCK = 1024 * 1024  # bytes of header block summarised at ingest
 MAX_DEPTH = 50  # MIME nesting levels parsed; deeper parts are kept whole, as one unshown part
 DEPTH_NOTICE = f"MIME nested deeper than {MAX_DEPTH} levels: the rest is not shown"
+MAX_PARTS = 1000  # MIME parts parsed and shown
+PARTS_NOTICE = f"more than {MAX_PARTS} MIME parts: only the first {MAX_PARTS} are shown"
 
 # Since 3.11.10/3.12.6, getaddresses(strict=True) by default drops a whole header over one odd
 # address (a trailing comma, a comment with a comma); a sink must show what was sent.
@@ -218,44 +219,72 @@ def header_values(raw: bytes) -> dict[str, str]:
     return {name: decode_value(values[0]) for name, values in _raw_values(message).items()}
 
 
-@functools.lru_cache(maxsize=64)
-def _structured(name: str, value: str) -> Any:
-    return policy.default.header_fetch_parse(name, value)
+# Structured header values longer than this are not parsed as they are: the stdlib's parser
+# takes time that grows with a value's length (10 000 Content-Type parameters: 100 ms for each
+# 16 KiB, per access), and a message can carry thousands of them.
+MAX_STRUCTURED = 1024
+# What a long Content-Type or Content-Disposition is reduced to: its type and the parameters
+# that decide how the message is read and shown (RFC 2231 continuations included).
+_ESSENTIAL_PARAM = re.compile(
+    r";\s*((?:boundary|charset|name|filename|format|delsp|type|start|protocol|micalg)"
+    r'(?:\*[0-9]{0,3})?\*?)\s*=\s*("(?:[^"\\\r\n]|\\.){0,1024}"|[^;\s"]{0,1024})',
+    re.IGNORECASE,
+)
+_MAX_ESSENTIAL = 64  # parameters kept (a file name may come in many RFC 2231 pieces)
+
+
+def _essential(name: str, value: str) -> str:
+    """A long header value cut down to what can be parsed in little time."""
+    if name.lower() in ("content-type", "content-disposition"):
+        kind = value.split(";", 1)[0].strip()[:256]
+        params = []
+        for match in _ESSENTIAL_PARAM.finditer(value):
+            params.append(f"{match.group(1)}={match.group(2)}")
+            if len(params) == _MAX_ESSENTIAL:
+                break
+        return "; ".join([kind, *params])
+    head = value[:MAX_STRUCTURED]
+    return head.rsplit(" ", 1)[0] if " " in head else head
 
 
 class _CappedPolicy(EmailPolicy):
-    """policy.default, but a header value is parsed once per message view and at most its first
-    MAX_DECODED characters: the stdlib parses a structured header again on every access, in time
-    that grows faster than its length (10 000 Content-Type parameters took seconds per access)."""
+    """policy.default with each header value parsed once per message (the stdlib parses a
+    structured header again on every access) and long values reduced first (`_essential`)."""
+
+    header_cache: dict[tuple[str, str], Any] | None = None  # one per parse, see _parse
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if hasattr(value, "name"):
             return value
-        if len(value) > MAX_DECODED:
-            # Whole parameters or words only: half a boundary="..." would be a wrong boundary.
-            head = value[:MAX_DECODED]
-            value = head.rsplit(";", 1)[0] if ";" in head else head.rsplit(" ", 1)[0]
-        try:
-            return _structured(name, value)
-        except Exception:  # e.g. RecursionError on thousands of nested comments
-            return _structured(name, "")
+        cache = self.header_cache if self.header_cache is not None else {}
+        key = (name, value)
+        if key not in cache:
+            short = _essential(name, value) if len(value) > MAX_STRUCTURED else value
+            try:
+                cache[key] = super().header_fetch_parse(name, short)
+            except Exception:  # e.g. RecursionError on thousands of nested comments
+                cache[key] = super().header_fetch_parse(name, "")
+        return cache[key]
 
 
 _POLICY = _CappedPolicy()
 
 
 class _BoundedMessage(EmailMessage):
-    """A part that knows how deep it is nested; past MAX_DEPTH it claims to be a plain leaf, so
-    that the parser, whose recursion follows the nesting, reads it whole and goes no deeper."""
+    """A part that knows how deep it is nested and how many came before it. Past MAX_DEPTH it
+    claims to be a plain leaf, so that the parser, whose recursion follows the nesting, reads it
+    whole and goes no deeper; past MAX_PARTS it is not shown at all."""
 
     depth = 0
+    serial = 0  # parts begun before this one, in the parser's order (= walk order)
+    parts_seen = 0  # on the root: how many parts the parser began
 
     def declared_type(self) -> str:
         return super().get_content_type()
 
     @property
     def cut(self) -> bool:
-        return self.depth > MAX_DEPTH
+        return self.depth > MAX_DEPTH or self.serial >= MAX_PARTS
 
     def get_content_type(self) -> str:
         return "application/octet-stream" if self.cut else super().get_content_type()
@@ -264,23 +293,40 @@ class _BoundedMessage(EmailMessage):
 class _BoundedParser(FeedParser):
     # _new_message, _cur and _msgstack are FeedParser's internals (the same since Python 3.2);
     # were they to change, the deep-MIME tests fail and parse_message's fallback still answers.
+    parts = 0
+
     def _new_message(self) -> None:
         super()._new_message()
         self._cur.depth = len(self._msgstack) - 1  # type: ignore[attr-defined]
+        self._cur.serial = self.parts  # type: ignore[attr-defined]
+        self.parts += 1
+
+
+# Fed in pieces, so that parsing stops soon after MAX_PARTS parts: 100 000 parts would take
+# seconds to parse only to be left out.
+_FEED = 64 * 1024
 
 
 def _parse(raw: bytes) -> _BoundedMessage:
-    """policy.default's full parse, nesting bounded (see _BoundedMessage)."""
-    parser = _BoundedParser(_BoundedMessage, policy=_POLICY)
-    parser.feed(raw.decode("ascii", "surrogateescape"))
-    return parser.close()  # type: ignore[return-value]
+    """policy.default's full parse, nesting and number of parts bounded (see _BoundedMessage)."""
+    parser = _BoundedParser(_BoundedMessage, policy=_POLICY.clone(header_cache={}))
+    text = raw.decode("ascii", "surrogateescape")
+    for start in range(0, len(text), _FEED):
+        parser.feed(text[start : start + _FEED])
+        if parser.parts > MAX_PARTS:
+            break  # the rest is not shown; close() ends the open parts as at a cut-off message
+    root: _BoundedMessage = parser.close()  # type: ignore[assignment]
+    root.parts_seen = parser.parts
+    return root
 
 
-def _walk(message: EmailMessage) -> Iterator[tuple[EmailMessage, int]]:
-    """(part, depth) in message.walk() order, without its recursion."""
-    stack: list[tuple[EmailMessage, int]] = [(message, 0)]
+def _walk(message: _BoundedMessage) -> Iterator[tuple[_BoundedMessage, int]]:
+    """(part, depth) in message.walk() order, without its recursion, up to MAX_PARTS parts."""
+    stack: list[tuple[_BoundedMessage, int]] = [(message, 0)]
     while stack:
         part, depth = stack.pop()
+        if part.serial >= MAX_PARTS:
+            return  # parts are numbered in walk order: all that follow are past it too
         yield part, depth
         if part.is_multipart():
             children = part.get_payload()
@@ -320,12 +366,8 @@ def _filename(part: EmailMessage) -> str | None:
     return clean(name) if name else None
 
 
-def _is_cut(part: EmailMessage) -> bool:
-    return isinstance(part, _BoundedMessage) and part.cut
-
-
-def _mime_part(part: EmailMessage, index: int) -> MimePart:
-    if isinstance(part, _BoundedMessage) and part.cut:
+def _mime_part(part: _BoundedMessage, index: int) -> MimePart:
+    if part.cut:
         payload = part.get_payload()
         size = len(payload) if isinstance(payload, str) else 0
         return MimePart(clean(part.declared_type()), size, index, cut=True)
@@ -339,7 +381,7 @@ def _mime_part(part: EmailMessage, index: int) -> MimePart:
     )
 
 
-def _mime_tree(message: EmailMessage) -> MimePart:
+def _mime_tree(message: _BoundedMessage) -> MimePart:
     root: MimePart | None = None
     parents: list[MimePart] = []  # the containers open at each depth, for the next child
     for index, (part, depth) in enumerate(_walk(message)):
@@ -354,11 +396,12 @@ def _mime_tree(message: EmailMessage) -> MimePart:
     return root
 
 
-def _body_part(message: EmailMessage, kind: str) -> EmailMessage | None:
+def _body_part(message: _BoundedMessage, kind: str) -> _BoundedMessage | None:
     try:
-        return message.get_body(preferencelist=(kind,))
+        part = message.get_body(preferencelist=(kind,))
     except Exception:
         return None
+    return None if part is None or part.cut else part  # type: ignore[return-value]
 
 
 def _unparsed(raw: bytes, summary: HeaderSummary, error: Exception) -> ParsedMessage:
@@ -373,22 +416,26 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """The full view: bodies, attachments and the MIME tree."""
     summary = parse_headers(raw)
     try:
-        message = _parse(raw)
-        return _full_view(message, summary)
+        return _full_view(_parse(raw), summary)
     except Exception as error:  # a stdlib failure on hostile input: show what can be shown
-        return _unparsed(raw, parse_headers(raw), error)
+        return _unparsed(raw, summary, error)
 
 
-def _full_view(message: EmailMessage, summary: HeaderSummary) -> ParsedMessage:
+def _full_view(message: _BoundedMessage, summary: HeaderSummary) -> ParsedMessage:
     defects = summary.defects
     parts = list(_walk(message))
+    truncated = message.parts_seen > MAX_PARTS
     for part, _depth in parts:
         for defect in part.defects:
-            described = f"{clean(part.get_content_type())}: {type(defect).__name__}"
+            if truncated and isinstance(defect, errors.CloseBoundaryNotFoundDefect):
+                continue  # the parse stopped before the closing boundary, not the message
+            described = f"{clean(part.declared_type())}: {type(defect).__name__}"
             if described not in defects:
                 defects.append(described)
-        if _is_cut(part) and DEPTH_NOTICE not in defects:
+        if part.cut and DEPTH_NOTICE not in defects:
             defects.append(DEPTH_NOTICE)
+    if truncated:
+        defects.append(PARTS_NOTICE)
     text_part = _body_part(message, "plain")
     html_part = _body_part(message, "html")
     text = _text_content(text_part, defects) if text_part is not None else None
@@ -396,7 +443,7 @@ def _full_view(message: EmailMessage, summary: HeaderSummary) -> ParsedMessage:
 
     attachments = []
     for part, _depth in parts:
-        if part.is_multipart() or part is text_part or part is html_part or _is_cut(part):
+        if part.is_multipart() or part is text_part or part is html_part or part.cut:
             continue
         filename = _filename(part)
         if filename or part.is_attachment() or part.get_content_maintype() not in ("text",):
@@ -415,7 +462,7 @@ def part_payload(raw: bytes, index: int) -> bytes | None:
         message = _parse(raw)
         for position, (part, _depth) in enumerate(_walk(message)):
             if position == index:
-                return None if part.is_multipart() or _is_cut(part) else _decoded_payload(part)
+                return None if part.is_multipart() or part.cut else _decoded_payload(part)
     except Exception:
         return None
     return None
