@@ -122,8 +122,12 @@ def test_replies_never_echo_control_characters(sink, line):
 
 
 def test_an_echoed_control_character_is_shown_escaped(raw):
-    assert raw.command(b"NOOP\x00") == ['500 5.5.2 Error: command "NOOP\\x00" not recognized']
-    assert raw.command(b"NOOP\rNOOP") == ['500 5.5.2 Error: command "NOOP\\rNOOP" not recognized']
+    assert raw.command(b"NOOP\x00") == ['500 5.5.2 Error: command "NOOP..." not recognized']
+    assert raw.command(b"NOOP\rNOOP") == ['500 5.5.2 Error: command "NOOP..." not recognized']
+    # Only the verb, never what follows it: a client that separates with a tab sends a secret.
+    assert raw.command(b"PASS\tmy-pop3-password") == [
+        '500 5.5.2 Error: command "PASS..." not recognized'
+    ]
 
 
 # ---- 7: junk lines count towards the limit of unrecognised commands
@@ -163,6 +167,49 @@ def test_commands_buffered_after_the_closing_line_are_not_carried_out(sink):
     raw.close()
     session = last_session(sink)
     assert not any(t.startswith("250 2.1.0") for _, t in events_of(sink, session.id))
+
+
+def test_refusals_that_leave_nothing_to_do_count_towards_the_limit(tmp_path):
+    config = tmp_path / "tls.toml"
+    config.write_text("[tls]\nstarttls = true\nrequire = true\n")
+    with RunningSink(tmp_path / "t.db", config=config) as sink:
+        raw = RawClient(sink.host, sink.port)
+        replies = [raw.command(f"GARBAGE{n}")[0] for n in range(9)]
+        replies += [raw.command("MAIL FROM:<a@x.test>")[0]]  # 530 until STARTTLS: counted too
+        assert [r[:3] for r in replies] == ["500"] * 9 + ["421"]
+        with pytest.raises(ConnectionError):
+            raw.command("NOOP")
+        raw.close()
+
+
+def test_a_refused_greeting_serves_only_quit_and_ends_junk(tmp_path):
+    config = tmp_path / "refuse.toml"
+    config.write_text('[[fault]]\nname = "no"\nstage = "connect"\nreply = "554 5.3.2 No"\n')
+    with RunningSink(tmp_path / "t.db", config=config) as sink:
+        raw = RawClient(sink.host, sink.port)
+        assert raw.greeting[0].startswith("554")
+        replies = [raw.command("EHLO x")[0] for _ in range(10)]
+        assert replies[0].startswith("503") and replies[-1].startswith("421")
+        raw.close()
+
+
+def test_the_live_state_never_holds_an_unrecognised_first_word(sink):
+    """The TUI's Sessions screen shows `state`: a mangled AUTH line's first word is its secret."""
+    secret = base64.b64encode(b"\0dev\0hunter2-live").decode()
+    raw = RawClient(sink.host, sink.port)
+    raw.command("EHLO x")
+    raw.command(f"AUTH\tPLAIN\t{secret}")
+    (protocol,) = sink.server.sessions
+    assert secret.upper() not in protocol.state and secret not in protocol.state
+    raw.command("NOOP")
+    assert protocol.state == "NOOP"
+    raw.close()
+
+
+def test_tab_separated_parameters_are_still_parameters(raw):
+    raw.command("EHLO x")
+    assert raw.command("MAIL FROM:<a@x.test> SIZE=100\tBODY=8BITMIME")[0].startswith("250")
+    assert raw.command("RCPT TO:<b@x.test>\tNOTIFY=NEVER")[0].startswith("250")
 
 
 # ---- 8: control characters in addresses, parameters and HELO
@@ -337,6 +384,24 @@ def test_malformed_auth_lines_never_reach_the_transcript_the_store_or_a_reply(tm
 # ---- 18: log lines
 
 
+def test_an_overlong_auth_response_is_thrown_away_not_read_as_a_command(sink, caplog):
+    """aiosmtpd's readline raised on an AUTH LOGIN response over 64 KiB (a traceback), and the
+    rest of the line, the password, was then read, recorded and echoed as a command."""
+    caplog.set_level(logging.INFO)
+    raw = RawClient(sink.host, sink.port)
+    raw.command("EHLO x")
+    assert raw.command("AUTH LOGIN")[0].startswith("334")
+    reply = raw.command(b"A" * 70_000 + b"TOPSECRETPASSWORD")
+    assert reply[0].startswith("500 5.5.6")
+    assert raw.command("NOOP")[0].startswith("250")
+    raw.command("QUIT")
+    raw.close()
+    session = last_session(sink)
+    assert not [t for _, t in events_of(sink, session.id) if "TOPSECRET" in t]
+    assert ("C", "[auth response redacted]") in events_of(sink, session.id)
+    assert not tracebacks(caplog)
+
+
 def test_a_store_failure_is_one_log_line_with_its_cause(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     with RunningSink(tmp_path / "t.db") as sink:
@@ -372,6 +437,17 @@ def test_a_message_log_line_names_a_few_recipients_then_counts(tmp_path, caplog)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("message ")]
     assert "<rcpt0000@many.test>, <rcpt0001@many.test>, <rcpt0002@many.test> and 1997 more" in line
     assert len(line) < 300, line
+
+
+def test_a_message_log_line_cuts_a_huge_subject(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mailsink")
+    with RunningSink(tmp_path / "t.db") as sink:
+        raw = RawClient(sink.host, sink.port)
+        transaction(raw)
+        assert raw.command(message(subject="s" * 20_000) + b".")[0].startswith("250")
+        raw.close()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("message ")]
+    assert "s" * 199 + "…" in line and len(line) < 400
 
 
 # ---- 19: unfinished DATA with bare LF line ends

@@ -12,6 +12,7 @@ from mailsink.mail.addresses import has_control_character
 from mailsink.smtp.replies import TOO_BIG
 
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_SEPARATOR = re.compile(r"[ \t]+")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 
 
@@ -23,14 +24,13 @@ class Parsed:
 
 
 def _split(text: str) -> list[tuple[str, str | None]] | None:
-    # str.split() would take a control character such as \x1c for a separator and keep ESC or
-    # NUL inside a value (stored, shown): a parameter text with any control is malformed.
-    if has_control_character(text):
-        return None
     pairs = []
-    for item in text.split():
+    # Spaces and tabs separate parameters (str.split() would take \x1c-\x1f too); any other
+    # control character inside one (ESC, NUL: stored, shown) makes it malformed.
+    text = text.strip(" \t")
+    for item in _SEPARATOR.split(text) if text else []:
         keyword, equals, value = item.partition("=")
-        if not _KEYWORD.match(keyword) or (equals and not value):
+        if not _KEYWORD.match(keyword) or (equals and not value) or has_control_character(value):
             return None
         pairs.append((keyword.upper(), value if equals else None))
     return pairs

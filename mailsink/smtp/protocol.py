@@ -9,6 +9,8 @@ parameters kept per recipient) and DATA (read in blocks rather than line by line
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import io
 import logging
@@ -37,8 +39,11 @@ _ATOM = r'[^\s<>()\[\]\\",;:@.]+'
 # <local@dot.separated.domain>, then nothing or whitespace and the parameters.
 _SIMPLE_PATH = re.compile(rf'\s*<([^\s<>()\[\]\\",;:@]+@{_ATOM}(?:\.{_ATOM})*)>(\s.*)?', re.DOTALL)
 # Lines that are not a command count towards this: an unknown verb, an empty or non-ASCII one,
-# arguments that are not UTF-8, a line over the length limit. Refused known commands do not.
+# arguments that are not UTF-8, a line over the length limit; and commands refused because the
+# session serves nothing else (STARTTLS required first, a refused greeting). Other refusals of
+# known commands do not.
 _MAX_UNRECOGNIZED = 10
+_VERB = re.compile(r"[A-Z0-9-]{1,20}")
 # RFC 5321 4.5.3.1.4 allows 512 octets; DSN and SMTPUTF8 parameters make MAIL/RCPT longer.
 _COMMAND_LIMITS = {"MAIL": 1000, "RCPT": 1000, "AUTH": 1000}
 _COMMAND_LIMIT = 512
@@ -72,6 +77,16 @@ def format_peer(peer: Any) -> str:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(peer)
+
+
+def shown_verb(command: str) -> str:
+    """What a reply may echo of an unknown command: its leading letters, digits and hyphens,
+    and only "AUTH" of anything that starts with it (the rest could be a secret)."""
+    if redact(command) != command:
+        return "AUTH"
+    verb = _VERB.match(command)
+    shown = verb.group() if verb else ""
+    return shown + "..." if len(shown) < len(command) else shown
 
 
 @functools.cache
@@ -308,17 +323,23 @@ class SinkSMTP(SMTP):
                 except UnicodeDecodeError:
                     await self._not_a_command(replies.BAD_SYNTAX)
                     continue
-                self._command = command
+                method = self._smtp_methods.get(command)
+                # Only a verb mailsink knows is kept (the live state the TUI shows, HELP and
+                # EHLO replies): any other first word may carry a secret (`AUTH\tPLAIN\t<b64>`).
+                self._command = command if method is not None else ""
                 try:
                     arg = arg_bytes.strip().decode("utf-8") or None
                 except UnicodeDecodeError:
                     await self._not_a_command(replies.NOT_UTF8)
                     continue
-                if not command:
-                    await self._not_a_command(replies.BAD_SYNTAX)
+                if method is None:
+                    reply = replies.NOT_RECOGNIZED.format(command=shown_verb(command))
+                    await self._not_a_command(reply if command else replies.BAD_SYNTAX)
                     continue
+                # Refusals that leave the client nothing it could do count as lines that are
+                # not commands: else a client could be answered without end.
                 if self._refused and command != "QUIT":
-                    await self.push("503 5.5.1 Error: no SMTP service here, only QUIT")
+                    await self._not_a_command("503 5.5.1 Error: no SMTP service here, only QUIT")
                     continue
                 if len(line) > _COMMAND_LIMITS.get(command, _COMMAND_LIMIT):
                     await self._not_a_command(replies.LINE_TOO_LONG)
@@ -329,21 +350,9 @@ class SinkSMTP(SMTP):
                 if (
                     self.require_starttls
                     and not self._tls_protocol
-                    and command
-                    not in (
-                        "NOOP",
-                        "EHLO",
-                        "STARTTLS",
-                        "QUIT",
-                    )
+                    and command not in ("NOOP", "EHLO", "STARTTLS", "QUIT")
                 ):
-                    await self.push("530 5.7.0 Must issue a STARTTLS command first")
-                    continue
-                method = self._smtp_methods.get(command)
-                if method is None:
-                    # Only the verb is echoed, and never what could be an AUTH secret.
-                    shown = redact(command[:40])
-                    await self._not_a_command(replies.NOT_RECOGNIZED.format(command=shown))
+                    await self._not_a_command("530 5.7.0 Must issue a STARTTLS command first")
                     continue
                 self._reset_timeout()
                 await method(arg)
@@ -367,13 +376,7 @@ class SinkSMTP(SMTP):
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as error:
-            skipped = error.consumed + len(await self._reader.read(error.consumed))
-            while True:  # discard the rest of the over-long line
-                try:
-                    skipped += len(await self._reader.readuntil(b"\n"))
-                    break
-                except asyncio.LimitOverrunError as more:
-                    skipped += len(await self._reader.read(more.consumed))
+            skipped = await self._skip_line(error)
             self.transcript.add(CLIENT, f"[command line too long: {skipped} bytes]")
             return None
         except asyncio.IncompleteReadError as error:
@@ -383,6 +386,46 @@ class SinkSMTP(SMTP):
         line = line.rstrip(b"\r\n")
         self.transcript.add(CLIENT, redact(line.decode("utf-8", "replace")))
         return line
+
+    async def _skip_line(self, overrun: asyncio.LimitOverrunError) -> int:
+        """Throw away the rest of a line longer than the reader's buffer; its length."""
+        skipped = overrun.consumed + len(await self._reader.read(overrun.consumed))
+        while True:
+            try:
+                return skipped + len(await self._reader.readuntil(b"\n"))
+            except asyncio.LimitOverrunError as more:
+                skipped += len(await self._reader.read(more.consumed))
+            except asyncio.IncompleteReadError as end:
+                return skipped + len(end.partial)
+
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> Any:
+        """aiosmtpd's, but the response is read as command lines are: one longer than the buffer
+        is thrown away to its end. aiosmtpd's readline raises there and leaves the rest of the
+        line, a secret, to be read (and echoed, and recorded) as a command."""
+        data = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (base64.b64encode(data) if encode_to_b64 else data))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as error:
+            await self._skip_line(error)
+            await self.push("500 5.5.6 Authentication exchange line is too long")
+            return MISSING
+        except asyncio.IncompleteReadError as error:
+            line = error.partial
+        blob = line.strip()
+        if blob == b"*":  # RFC 4954: the client cancels the exchange
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return base64.b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
 
     async def _not_a_command(self, reply: str) -> None:
         """Answer a line that is not a command; the tenth such line closes the connection."""

@@ -35,8 +35,13 @@ from mailsink.tls import server_context
 
 log = logging.getLogger("mailsink")
 
-# A message's log line names this many recipients, then counts the rest.
+# A message's log line names this many recipients, then counts the rest, and cuts the subject.
 _LOGGED_RECIPIENTS = 3
+_LOGGED_SUBJECT = 200
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def listen_backlog() -> int:
@@ -246,14 +251,14 @@ class SinkServer:
         else:
             self._store_refused = False
 
-    async def _committed_anyway(self, protocol: SinkSMTP) -> Stored | None:
+    async def _committed_anyway(
+        self, protocol: SinkSMTP, message: IncomingMessage
+    ) -> Stored | None:
         """After the writer died with this session's message unanswered: the message, if its
         transaction committed all the same (a 451 would make the client deliver it twice)."""
         after = protocol.message_ids[-1] if protocol.message_ids else 0
         try:
-            found = await asyncio.to_thread(
-                committed_message, self.store.path, protocol.session_id, after
-            )
+            found = await asyncio.to_thread(committed_message, self.store.path, message, after)
         except (StoreError, sqlite3.Error) as error:
             log.error(
                 "session %s: cannot tell whether a message was stored: %s",
@@ -283,7 +288,7 @@ class SinkServer:
         try:
             stored: Stored = await self.store.run(write)
         except WriterLost:
-            found = await self._committed_anyway(protocol)
+            found = await self._committed_anyway(protocol, message)
             if found is None:
                 protocol.transcript.restore(events)
                 raise
@@ -299,7 +304,7 @@ class SinkServer:
             visible(envelope.mail_from),
             recipients_text(envelope.rcpt_to),
             format_bytes(len(message.raw)),
-            visible(stored.subject or ""),
+            _cut(visible(stored.subject or ""), _LOGGED_SUBJECT),
             f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",
         )
         return stored
