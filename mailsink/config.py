@@ -373,12 +373,17 @@ _FILE_KINDS = (
 def _read(file: Path) -> bytes:
     """The file's bytes, refusing what is not a regular file or is over MAX_CONFIG_SIZE."""
     # O_NONBLOCK: opening a named pipe would otherwise wait for a writer for ever.
-    descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    with os.fdopen(descriptor, "rb") as stream:
+    descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
             kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
             raise ConfigError(f"not a regular file ({kind})", file=file)
+        stream = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with stream:
         data = stream.read(MAX_CONFIG_SIZE + 1)  # bounded: the file may grow while it is read
     if len(data) > MAX_CONFIG_SIZE:
         raise ConfigError("larger than 1 MiB, too large for a config file", file=file)

@@ -18,7 +18,9 @@ import pytest
 from conftest import CliResult, message, run_cli
 from tui_support import run, settings_for
 
-from mailsink.config import MAX_CONFIG_SIZE
+from mailsink.config import MAX_CONFIG_SIZE, ConfigError, load
+from mailsink.store.db import Store, StoreError, StoreLocked
+from mailsink.store.queries import Reader
 from mailsink.testing import RunningSink
 from mailsink.tui.app import create_app
 
@@ -302,3 +304,47 @@ def test_a_config_file_over_1_mib_is_refused(tmp_path):
     assert one_line(run_cli("check-config", str(config))) == (
         f"mailsink: {config}: larger than 1 MiB, too large for a config file\n"
     )
+
+
+def test_a_directory_as_config_is_named_and_leaks_no_descriptor(tmp_path):
+    """Live reload loads the file on every change: a directory in its place leaked one
+    descriptor a load, and said `cannot read: [Errno 21] Is a directory: 103`."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(ConfigError) as refused:
+            load(tmp_path)
+    assert str(refused.value) == f"{tmp_path}: not a regular file (a directory)"
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_mailsinks_own_sql_errors_are_not_dressed_as_a_damaged_store(store):
+    """A bug (a typo in SQL, a wrong argument) must show as one, not as the user's file."""
+    with Reader(str(store)) as reader, pytest.raises(sqlite3.Error) as typo:
+        reader.conn.execute("SELEC 1")
+    assert not isinstance(typo.value, StoreError)
+    with Reader(str(store)) as reader, pytest.raises(sqlite3.Error) as mismatch:
+        reader.list_sessions(limit="x")  # type: ignore[arg-type]
+    assert not isinstance(mismatch.value, StoreError)
+
+
+def test_a_store_of_the_previous_schema_can_be_listed_and_cleared(store):
+    """Schema 2 had no store_state (the deletion counter): read and clear it as it is."""
+    conn = sqlite3.connect(store)
+    conn.executescript("DROP TABLE store_state; PRAGMA user_version = 2;")
+    conn.close()
+    listed = run_cli("list", "--db", str(store))
+    assert listed.code == 0 and listed.out.count("\n") > 1, listed
+    cleared = run_cli("clear", "--db", str(store))
+    assert (cleared.code, cleared.err) == (0, ""), cleared
+    assert cleared.out.startswith("deleted ")
+    assert run_cli("list", "--db", str(store)).out.strip() == "no messages"
+
+
+def test_a_second_server_on_a_symlink_to_a_store_in_use_is_refused(tmp_path):
+    """Two names for one file are one store: two servers handing out the same session ids
+    would mix their messages (a lost message answered 250, found by review)."""
+    real = tmp_path / "real.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    with RunningSink(real), pytest.raises(StoreLocked):
+        Store(str(link))

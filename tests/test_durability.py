@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, mailsink_process, message, wait_for_port
 
+from mailsink.store.db import IncomingMessage, committed_message
 from mailsink.store.queries import Reader
 
 
@@ -163,6 +164,26 @@ def test_a_message_committed_as_the_writer_died_gets_250_not_451(sink, caplog):
         f"{kills} kills, {len(told_to_retry)} answered 451, "
         f"{caplog.text.count('had committed when the writer ended')} found committed"
     )
+
+
+def test_the_committed_message_lookup_finds_only_that_message(sink):
+    """After a writer death the server looks for the message it had sent; a message of the
+    same session, of another size or time, is not it (it would turn a loss into a 250)."""
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.sendmail("a@x.test", ["b@x.test"], message(subject="first"))
+    with sink.reader() as reader:
+        (record,) = reader.list_messages()
+        raw = reader.get_raw(record.id)
+    assert raw is not None
+
+    def incoming(raw: bytes, received_at: int) -> IncomingMessage:
+        return IncomingMessage(record.session_id, record.envelope, raw, received_at)
+
+    found = committed_message(sink.db, incoming(raw, record.received_at), 0)
+    assert found is not None and found.id == record.id and found.subject == "first"
+    assert committed_message(sink.db, incoming(raw, record.received_at), record.id) is None
+    assert committed_message(sink.db, incoming(raw + b"x", record.received_at), 0) is None
+    assert committed_message(sink.db, incoming(raw, record.received_at + 1), 0) is None
 
 
 def _children(pid: int) -> list[int]:

@@ -121,11 +121,38 @@ def _why_not_opened(path: str, error: sqlite3.Error) -> str:
 
 
 def _why_read_only(path: str, error: sqlite3.Error) -> str:
+    if not os.access(_directory(path), os.W_OK) and not os.path.exists(f"{path}-shm"):
+        # In WAL mode even a reader needs the -shm file beside the store.
+        name = os.path.basename(path)
+        return f"cannot use {path}: its directory is read-only and SQLite needs {name}-shm there"
     if not os.access(path, os.W_OK):
-        return "the file is read-only"
+        return f"cannot change {path}: the file is read-only"
     if not os.access(_directory(path), os.W_OK):
-        return "its directory is read-only"
-    return str(error)
+        return f"cannot change {path}: its directory is read-only"
+    return f"cannot change {path}: {error}"
+
+
+# SQLite's primary result codes that are about the store's file rather than the SQL run on it.
+_FILE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+    }
+)
+
+
+def about_the_file(error: sqlite3.Error) -> bool:
+    """Whether `error` says something about the store's file (damaged, read-only, another
+    program's, missing tables), not about mailsink's own SQL (a bug, to be shown as one)."""
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    return code in _FILE_CODES or str(error).startswith(("no such table", "no such column"))
 
 
 def store_error(error: sqlite3.Error, path: str) -> StoreFileError:
@@ -144,7 +171,7 @@ def store_error(error: sqlite3.Error, path: str) -> StoreFileError:
     elif text.startswith(("no such table", "no such column")):
         why = f"{path} is not a mailsink store, or is damaged: {text}"
     elif code == sqlite3.SQLITE_READONLY:
-        why = f"cannot change {path}: {_why_read_only(path, error)}"
+        why = _why_read_only(path, error)
     elif code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
         why = f"cannot open {path}: {_why_not_opened(path, error)}"
     elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
@@ -258,8 +285,9 @@ def _probe(conn: sqlite3.Connection, version: int) -> None:
         conn.execute(f"SELECT 1 FROM {table} NOT INDEXED LIMIT 1").fetchall()
 
 
-def check_version(conn: sqlite3.Connection, path: str = "the store") -> None:
-    """Refuse what this mailsink cannot read: another program's database, a newer schema."""
+def check_version(conn: sqlite3.Connection, path: str = "the store") -> int:
+    """Refuse what this mailsink cannot read: another program's database, a newer schema.
+    Returns the schema version (an older one is read as it is: only a server migrates)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 0:
         if _tables(conn):
@@ -272,6 +300,7 @@ def check_version(conn: sqlite3.Connection, path: str = "the store") -> None:
     if missing and set(missing) == _expected_tables(version):
         raise _not_mailsink(path, version, missing)
     _probe(conn, version)
+    return version
 
 
 # ---- operations run by the writer thread -------------------------------------------------------
@@ -375,18 +404,19 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     return Stored(message_id, headers["subject"], [f["kind"] for f in found])
 
 
-def committed_message(path: str, session_id: int, after_id: int) -> Stored | None:
-    """The message of session `session_id` committed after message `after_id`, if there is one.
+def committed_message(path: str, message: IncomingMessage, after_id: int) -> Stored | None:
+    """`message` if it was committed, as the message of its session after message `after_id`.
 
     A session has at most one message on its way to the store, and ids only grow, so after the
-    writer died with that message unanswered this finds it exactly when it did commit. Reads with
-    a connection of its own: it works whether or not a new writer could be started."""
+    writer died with that message unanswered this finds it exactly when it did commit (its time
+    of arrival and size must match too). Reads with a connection of its own: it works whether or
+    not a new writer could be started."""
     conn = connect(path)
     try:
         row = conn.execute(
             "SELECT id, headers, findings FROM messages WHERE session_id = ? AND id > ?"
-            " ORDER BY id LIMIT 1",
-            (session_id, after_id),
+            " AND received_at = ? AND size = ? ORDER BY id LIMIT 1",
+            (message.session_id, after_id, message.received_at, len(message.raw)),
         ).fetchone()
     finally:
         conn.close()
@@ -493,7 +523,8 @@ class Store:
             # in-memory database would lock readers out of the writer's tables (shared cache).
             self._temporary = tempfile.TemporaryDirectory(prefix="mailsink-")
             self.path = str(Path(self._temporary.name) / "mailsink.db")
-        self._lock_file = _lock(self.path)  # (creating the store's directory first)
+        # The real path: two names for one file (a symlink) are one store.
+        self._lock_file = _lock(os.path.realpath(self.path))  # (creating its directory first)
         try:
             self._next_session_id = _prepare(self.path)
             # Imported here: the writer module imports this one.

@@ -19,6 +19,7 @@ from mailsink.mail.parse import ParsedMessage, parse_message
 from mailsink.store.db import (
     SessionEvent,
     StoreFileError,
+    about_the_file,
     check_version,
     connect,
     resolve_path,
@@ -126,6 +127,7 @@ def _message(row: tuple[Any, ...]) -> MessageRecord:
 
 
 _COUNT_DELETION = "UPDATE store_state SET deletions = deletions + 1"
+_DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
 
 
 def _like(text: str) -> str:
@@ -136,11 +138,9 @@ def _like(text: str) -> str:
 def _user_facing(error: BaseException, path: str) -> BaseException:
     """An SQLite error about the store's file as a StoreFileError that says what is wrong with
     it; anything else (a bug in mailsink's own SQL among them) as it is."""
-    if isinstance(error, sqlite3.ProgrammingError | StoreFileError) or not isinstance(
-        error, sqlite3.DatabaseError
-    ):
+    if isinstance(error, StoreFileError) or not isinstance(error, sqlite3.DatabaseError):
         return error
-    return store_error(error, path)
+    return store_error(error, path) if about_the_file(error) else error
 
 
 def _store_errors(
@@ -170,7 +170,7 @@ class Reader:
         self.path = resolve_path(path)
         self.conn = connect(self.path, must_exist=True)
         try:
-            check_version(self.conn, self.path)
+            self.version = check_version(self.conn, self.path)
         except BaseException as error:
             self.conn.close()
             translated = _user_facing(error, self.path)
@@ -281,8 +281,15 @@ class Reader:
 
     @_store_errors
     def deletions(self) -> int:
-        """How many times messages were deleted (not counting retention's pruning)."""
+        """How many times messages were deleted (not counting retention's pruning); 0 in a store
+        of an older schema, which does not count them (until its server migrates it)."""
+        if self.version < _DELETIONS_SINCE:
+            return 0
         return self.conn.execute("SELECT deletions FROM store_state").fetchone()[0]
+
+    def _count_deletion(self) -> None:
+        if self.version >= _DELETIONS_SINCE:
+            self.conn.execute(_COUNT_DELETION)
 
     @_store_errors
     def data_version(self) -> int:
@@ -391,7 +398,7 @@ class Reader:
             gone = self.conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount
             self.conn.execute("DELETE FROM message_raw WHERE id = ?", (message_id,))
             self.conn.execute("DELETE FROM message_search WHERE id = ?", (message_id,))
-            self.conn.execute(_COUNT_DELETION)
+            self._count_deletion()
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -413,7 +420,7 @@ class Reader:
                 " (SELECT id FROM sessions WHERE end_reason IS NULL)"
             )
             self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
-            self.conn.execute(_COUNT_DELETION)
+            self._count_deletion()
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise

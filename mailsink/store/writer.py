@@ -547,21 +547,26 @@ class WriterProcess:
             loop.remove_reader(channel.fileno())
             if self._writing:
                 loop.remove_writer(channel.fileno())
-        channel.close()
         owed = [future for future in self._pending.values() if future is not None]
         self._pending.clear()
         failure = WriterLost("the store's writer process ended before it answered")
         _settle([(future, None, failure) for future in owed])
-        if not self._closing:
-            log.error("the store's writer process ended; starting a new one")
-            try:
-                self._start()
-                return
-            except Exception as error:  # a helper that hangs or fails in any way
-                log.error("%s", error)
-                self._closing = True  # every later write fails: the server answers 451
-                self._refusal = str(error)
-        self._ended.set()
+        try:
+            if not self._closing:
+                log.error("the store's writer process ended; starting a new one")
+                try:
+                    self._start()
+                    return
+                except Exception as error:  # a helper that hangs or fails in any way
+                    log.error("%s", error)
+                    self._closing = True  # every later write fails: the server answers 451
+                    self._refusal = str(error)
+            self._ended.set()
+        finally:
+            # Closed only once the new socket exists, so that it cannot get the same file
+            # descriptor number: an event loop may still hold state for the old one (with uvloop,
+            # the new socket's answers were then never read, and every session hung).
+            channel.close()
 
     def _finish_here(self) -> bool:
         """Close from the loop's own thread, or with no loop running: waiting is fine here, the
