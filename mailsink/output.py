@@ -14,20 +14,20 @@ from typing import Any
 from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
-from mailsink.text import format_bytes, visible, visible_block
+from mailsink.text import BEYOND_C0, format_bytes, visible, visible_block
 
-# Valid in JSON text, but each either moves or hides text when shown (C1 controls, the line and
-# paragraph separators, bidirectional controls, zero-width characters) or cannot be printed at
-# all (lone surrogates). They occur inside strings only: the rest of json.dumps' output is ASCII.
-_JSON_ESCAPED = re.compile(
-    r"[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff\ud800-\udfff]"
-)
+# Valid in JSON text, but each either moves or hides text when shown (text.INVISIBLE: C1
+# controls, the line and paragraph separators, bidirectional controls, zero-width characters,
+# tags) or cannot be printed at all (lone surrogates, what undecodable header bytes leave). They
+# occur inside strings only; json.dumps escapes C0 controls itself.
+_JSON_ESCAPED = re.compile(f"[{BEYOND_C0}\ud800-\udfff]")
 
 
 def to_json(data: Any) -> str:
-    """JSON for a terminal: readable UTF-8, with what could disguise or drive it as \\uXXXX."""
+    """JSON for a terminal: readable UTF-8, with what could disguise or drive it as \\uXXXX
+    (a surrogate pair beyond the BMP, as JSON spells those)."""
     text = json.dumps(data, indent=2, ensure_ascii=False)
-    return _JSON_ESCAPED.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    return _JSON_ESCAPED.sub(lambda match: json.dumps(match.group())[1:-1], text)
 
 
 def terminal_safe(text: str) -> str:
@@ -244,4 +244,5 @@ def settings_text(settings: Settings) -> str:
         lines.append(f"{len(settings.rules)} fault rule(s), tried in this order:")
         for number, rule in enumerate(settings.rules, 1):
             lines.append(f"  {number}. {rule.name}: {rule.describe()}")
-    return "\n".join(lines)
+    # The file's own words (rule names, replies, patterns, user names) may be hostile too.
+    return "\n".join(visible(line) for line in lines)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import re
 
-# C0 controls, DEL, C1 controls, the line and paragraph separators, and the bidirectional
-# overrides and marks that can disguise text.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-_CONTROL_KEEP_LINES = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
+# Characters that are not shown but act, or hide: controls (Unicode category Cc), format
+# characters (Cf: bidirectional controls, zero-width characters, the soft hyphen, tags, ...) and
+# the line and paragraph separators (Zl, Zp). Ranges are kept whole where a later Unicode version
+# adds to them (Egyptian format controls, tags); a test checks them against unicodedata.
+_JOINERS = "\u200c\u200d"  # ZWNJ and ZWJ: Persian and Indic text and emoji sequences need them
+_HIDDEN = (  # the rest of them, but for the C0 controls
+    "\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b\u200e\u200f"
+    "\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001345f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f"
 )
+BEYOND_C0 = _HIDDEN + _JOINERS  # what JSON output escapes (json.dumps escapes C0 itself)
+INVISIBLE = "\x00-\x1f" + BEYOND_C0  # what a file name may not hold
+# Text shown in a terminal keeps the joiners: they hide nothing that a reader would miss.
+_CONTROL = re.compile(f"[\x00-\x1f{_HIDDEN}]")
+_CONTROL_KEEP_LINES = re.compile(f"[\x00-\x08\x0b-\x1f{_HIDDEN}]")
 
 
 def _placeholder(match: re.Match[str]) -> str:

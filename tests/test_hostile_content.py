@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.parse
 
 import pytest
@@ -27,6 +28,7 @@ from tui_support import run, send, settings_for, tui, wait_until
 
 from mailsink.mail.parse import DEPTH_NOTICE, MAX_DEPTH, MAX_PARTS, PARTS_NOTICE
 from mailsink.output import to_json
+from mailsink.text import visible
 from mailsink.tui.widgets.message.detail import MessageDetail
 
 # ---- item 2: MIME nested without bound is cut, and the output says so
@@ -255,3 +257,46 @@ def test_json_escapes_c1_bidi_and_zero_width_and_round_trips(sink):
     assert text.isascii() is False and "é ü 日本 ✓" in text  # readable text stays readable
     assert json.loads(text) == tricky
     assert all(not (0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF) for c in text)
+
+
+# ---- one rule for what is not shown: controls, format characters, line separators
+
+
+def test_every_invisible_character_is_shown_in_text_and_escaped_in_json():
+    """text.INVISIBLE against this Python's Unicode data: every control (Cc), format character
+    (Cf) and line or paragraph separator (Zl, Zp) is caught; no letter, mark, number,
+    punctuation, symbol or space is."""
+    hidden, ordinary = [], []
+    for code in range(0x110000):
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf", "Zl", "Zp"):
+            hidden.append(char)
+        elif category[0] in "LMNPS" or category == "Zs":
+            ordinary.append(char)
+    joiners = {"\u200c", "\u200d"}  # kept in text: Persian, Indic scripts and emoji need them
+    assert [c for c in hidden if c not in joiners and visible(c) == c] == []
+    assert [c for c in hidden if to_json(c).strip('"').isascii() is False] == []
+    assert json.loads(to_json(hidden)) == hidden
+    text = "".join(ordinary)
+    assert visible(text) == text
+    assert to_json(text) == json.dumps(text, ensure_ascii=False)
+
+
+def test_check_config_and_config_errors_show_hostile_words_as_text(tmp_path):
+    evil = "\\u001b]52;c;aGk=\\u0007\\u009b31m\\u202e\\u2028\\u200b"  # TOML escapes
+    good = tmp_path / "good.toml"
+    good.write_text(
+        f'[auth]\nusers = {{ "u{evil}" = "p" }}\n'
+        f'[[fault]]\nname = "n{evil}"\nstage = "mail"\nreply = "550 5.7.1 r{evil}"\n'
+        f'[fault.match]\nhelo = "h{evil.replace("]", "")}*"\n'
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[smtp]\n"k{evil}" = 1\n')
+    shown = run_cli("check-config", str(good))
+    refused = run_cli("check-config", str(bad))
+    assert shown.code == 0 and refused.code == 1
+    for output in (shown.out, refused.err):
+        assert drives_a_terminal(output) == [], output
+        assert not set(output) & {"\u202e", "\u2028", "\u200b"}, output
+    assert "<U+202E>" in shown.out and "<U+202E>" in refused.err

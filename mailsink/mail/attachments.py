@@ -6,7 +6,9 @@ import re
 import unicodedata
 from pathlib import Path
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"|?*\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]')
+from mailsink.text import INVISIBLE
+
+_UNSAFE = re.compile(f'[{INVISIBLE}<>:"|?*]')
 _RESERVED = re.compile(r"^(con|prn|aux|nul|com\d|lpt\d)(\..*)?$", re.IGNORECASE)
 # In UTF-8 bytes: file systems limit names to 255 bytes, and " (999)" may be added.
 MAX_NAME = 200
