@@ -270,14 +270,19 @@ def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, o
     """Export messages (all accepted ones when no ID is given) as .eml files, mbox or Maildir.
 
     Never replaces a file or follows a link at a name it writes; appends to an existing mbox."""
-    from mailsink.export import ExportError, export_messages
+    from mailsink.export import ExportError, ExportInterrupted, export_messages
     from mailsink.text import visible
 
+    if not out:  # Path("") would be the current directory
+        raise CliError("--out is empty: give a directory (eml, maildir) or a file (mbox)")
     with _reader(config, db) as reader:
         try:
             count = export_messages(reader, list(ids), fmt, Path(out))
         except ExportError as error:
-            raise CliError(str(error)) from None
+            failure = CliError(str(error))
+            if isinstance(error, ExportInterrupted):
+                failure.exit_code = 130  # as for any command stopped by Ctrl-C
+            raise failure from None
     click.echo(f"exported {count} message(s) to {visible(out)} ({fmt})")
 
 
@@ -308,6 +313,7 @@ def _print_json(data: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click without its standalone mode, so every error is one line."""
     from mailsink.store.db import StoreError
+    from mailsink.text import visible  # errors quote paths, keys and values as given
 
     try:
         code = cli.main(args=argv, prog_name="mailsink", standalone_mode=False)
@@ -317,10 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         hint = " (see mailsink --help)" if isinstance(error, click.UsageError) else ""
         message = " ".join(error.format_message().split())
-        click.echo(f"mailsink: {message}{hint}", err=True)
+        click.echo(f"mailsink: {visible(message)}{hint}", err=True)
         code = error.exit_code
     except (ConfigError, StoreError) as error:
-        click.echo(f"mailsink: {error}", err=True)
+        click.echo(f"mailsink: {visible(str(error))}", err=True)
         code = EXIT_ERROR
     except click.Abort:
         code = 130
@@ -333,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if os.environ.get("MAILSINK_DEBUG"):
             raise
-        click.echo(f"mailsink: internal error: {type(error).__name__}: {error}", err=True)
+        click.echo(
+            f"mailsink: internal error: {type(error).__name__}: {visible(str(error))}", err=True
+        )
         code = 70
     sys.exit(code if isinstance(code, int) else 0)
