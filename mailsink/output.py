@@ -14,20 +14,21 @@ from typing import Any
 from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
-from mailsink.text import BEYOND_C0, format_bytes, visible, visible_block
+from mailsink.text import BEYOND_C0, characters, format_bytes, visible, visible_block
 
 # Valid in JSON text, but each either moves or hides text when shown (text.INVISIBLE: C1
 # controls, the line and paragraph separators, bidirectional controls, zero-width characters,
 # tags) or cannot be printed at all (lone surrogates, what undecodable header bytes leave). They
 # occur inside strings only; json.dumps escapes C0 controls itself.
 _JSON_ESCAPED = re.compile(f"[{BEYOND_C0}\ud800-\udfff]")
+# Each as json.dumps spells it in ASCII: \\uXXXX, a surrogate pair beyond the BMP.
+_JSON_ESCAPES = {ord(c): json.dumps(c)[1:-1] for c in characters(BEYOND_C0 + "\ud800-\udfff")}
 
 
 def to_json(data: Any) -> str:
-    """JSON for a terminal: readable UTF-8, with what could disguise or drive it as \\uXXXX
-    (a surrogate pair beyond the BMP, as JSON spells those)."""
+    """JSON for a terminal: readable UTF-8, with what could disguise or drive it escaped."""
     text = json.dumps(data, indent=2, ensure_ascii=False)
-    return _JSON_ESCAPED.sub(lambda match: json.dumps(match.group())[1:-1], text)
+    return text.translate(_JSON_ESCAPES) if _JSON_ESCAPED.search(text) else text
 
 
 def terminal_safe(text: str) -> str:

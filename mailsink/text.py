@@ -21,8 +21,20 @@ _CONTROL = re.compile(f"[\x00-\x1f{_HIDDEN}]")
 _CONTROL_KEEP_LINES = re.compile(f"[\x00-\x08\x0b-\x1f{_HIDDEN}]")
 
 
-def _placeholder(match: re.Match[str]) -> str:
-    char = match.group()
+def characters(ranges: str) -> list[str]:
+    """The characters of a regular-expression class body such as "a-z0" (no escapes)."""
+    found, at = [], 0
+    while at < len(ranges):
+        if at + 2 < len(ranges) and ranges[at + 1] == "-":
+            found += map(chr, range(ord(ranges[at]), ord(ranges[at + 2]) + 1))
+            at += 3
+        else:
+            found.append(ranges[at])
+            at += 1
+    return found
+
+
+def _placeholder(char: str) -> str:
     code = ord(char)
     if code < 0x20:
         return chr(0x2400 + code)  # Unicode control pictures: ESC -> ␛, BEL -> ␇
@@ -31,14 +43,22 @@ def _placeholder(match: re.Match[str]) -> str:
     return f"<U+{code:04X}>"
 
 
+# str.translate, not a regular expression's sub with a function: a body of 3 million zero-width
+# spaces takes 0.1 s instead of 4.5 s (a Python call per character).
+_PLACEHOLDERS = {ord(c): _placeholder(c) for c in characters(INVISIBLE) if c not in _JOINERS}
+_KEEP_LINES = {**_PLACEHOLDERS}
+del _KEEP_LINES[ord("\t")], _KEEP_LINES[ord("\n")]
+
+
 def visible(text: str) -> str:
     """One line of untrusted text with every control character shown, not obeyed."""
-    return _CONTROL.sub(_placeholder, text)
+    return text.translate(_PLACEHOLDERS) if _CONTROL.search(text) else text
 
 
 def visible_block(text: str) -> str:
     """Like `visible`, but keeps newlines and tabs (message bodies); CR is dropped at line ends."""
-    return _CONTROL_KEEP_LINES.sub(_placeholder, text.replace("\r\n", "\n"))
+    text = text.replace("\r\n", "\n")
+    return text.translate(_KEEP_LINES) if _CONTROL_KEEP_LINES.search(text) else text
 
 
 def format_bytes(size: int) -> str:

@@ -26,7 +26,13 @@ from mime_corpus import (
 )
 from tui_support import run, send, settings_for, tui, wait_until
 
-from mailsink.mail.parse import DEPTH_NOTICE, MAX_DEPTH, MAX_PARTS, PARTS_NOTICE
+from mailsink.mail.parse import (
+    DEPTH_NOTICE,
+    MAX_DEPTH,
+    MAX_PARTS,
+    PARTS_NOTICE,
+    parse_message,
+)
 from mailsink.output import to_json
 from mailsink.text import visible
 from mailsink.tui.widgets.message.detail import MessageDetail
@@ -121,6 +127,23 @@ def test_a_long_content_type_keeps_its_boundary_and_file_name(sink):
     assert shown["attachments"] == [
         {"filename": "a.pdf", "content_type": "application/pdf", "size": 4}
     ]
+
+
+def test_a_long_type_keeps_a_folded_quoted_name_and_ignores_a_decoy_boundary():
+    """Past 1 KiB a Content-Type is read as its essential parameters: quoted strings (folded,
+    or holding `;` and `boundary=`) are taken whole, as the stdlib takes them."""
+    words = "\r\n ".join(["=?utf-8?b?" + base64.b64encode("報告書".encode()).decode() + "?="] * 30)
+    raw = (
+        "From: a@x.test\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; x-note="see; boundary=FAKE"; boundary="REAL";'
+        f' x-pad="{"p" * 1100}"\r\n\r\n'
+        "--REAL\r\nContent-Type: text/plain\r\n\r\nreal text\r\n"
+        f'--REAL\r\nContent-Type: application/pdf; name="{words}"; x-pad="{"q" * 1100}"\r\n'
+        "\r\n%PDF\r\n--REAL--\r\n"
+    ).encode()
+    parsed = parse_message(raw)
+    assert parsed.text == "real text"
+    assert [a.filename for a in parsed.attachments] == ["報告書" * 30]
 
 
 def test_parts_past_the_limit_are_left_out_and_it_is_said(sink):

@@ -228,6 +228,8 @@ def test_control_characters_in_addresses_parameters_and_helo_are_refused(sink, r
     ):
         assert raw.command(b"MAIL FROM:" + sender)[0].startswith("501 5.1.7"), sender
     assert raw.command(b"MAIL FROM:<a@x.test> ENVID=\x1b[2J")[0].startswith("501 5.5.4")
+    for separator in (b"\x0b", b"\x1c", b"\x1f"):  # str.split() whitespace, not SMTP's
+        assert raw.command(b"MAIL FROM:<a@x.test>" + separator + b"SIZE=1")[0].startswith("501")
     assert raw.command(b"MAIL FROM:<a@x.test> SMTPUTF8")[0].startswith("250")
     for recipient in (
         b"<n\x00ul@b.test>",

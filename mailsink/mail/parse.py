@@ -225,24 +225,42 @@ def header_values(raw: bytes) -> dict[str, str]:
 MAX_STRUCTURED = 1024
 # What a long Content-Type or Content-Disposition is reduced to: its type and the parameters
 # that decide how the message is read and shown (RFC 2231 continuations included).
-_ESSENTIAL_PARAM = re.compile(
-    r";\s*((?:boundary|charset|name|filename|format|delsp|type|start|protocol|micalg)"
-    r'(?:\*[0-9]{0,3})?\*?)\s*=\s*("(?:[^"\\\r\n]|\\.){0,1024}"|[^;\s"]{0,1024})',
+_ESSENTIAL_NAME = re.compile(
+    r"(?:boundary|charset|name|filename|format|delsp|type|start|protocol|micalg)"
+    r"(?:\*[0-9]{0,3})?\*?",
     re.IGNORECASE,
 )
+# A quoted string (backslash escapes, folds, maybe unterminated), a run of anything else but
+# quotes and semicolons, or a semicolon: the pieces a parameter list is split into, in one pass.
+_PIECE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[^";]+|;', re.DOTALL)
 _MAX_ESSENTIAL = 64  # parameters kept (a file name may come in many RFC 2231 pieces)
+
+
+def _parameters(value: str) -> list[str]:
+    """`value` split at the semicolons that are not inside a quoted string."""
+    params, current = [], []
+    for piece in _PIECE.findall(value):
+        if piece == ";":
+            params.append("".join(current))
+            current = []
+        else:
+            current.append(piece)
+    params.append("".join(current))
+    return params
 
 
 def _essential(name: str, value: str) -> str:
     """A long header value cut down to what can be parsed in little time."""
     if name.lower() in ("content-type", "content-disposition"):
-        kind = value.split(";", 1)[0].strip()[:256]
-        params = []
-        for match in _ESSENTIAL_PARAM.finditer(value):
-            params.append(f"{match.group(1)}={match.group(2)}")
-            if len(params) == _MAX_ESSENTIAL:
-                break
-        return "; ".join([kind, *params])
+        kind, *params = _parameters(value)
+        kept = [kind.strip()[:256]]
+        for param in params:
+            key, equals, given = param.partition("=")
+            if equals and _ESSENTIAL_NAME.fullmatch(key.strip()) and len(given) <= MAX_DECODED:
+                kept.append(f"{key.strip()}={given.strip()}")
+                if len(kept) > _MAX_ESSENTIAL:
+                    break
+        return "; ".join(kept)
     head = value[:MAX_STRUCTURED]
     return head.rsplit(" ", 1)[0] if " " in head else head
 

@@ -37,7 +37,10 @@ warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 _END_OF_DATA = b"\r\n.\r\n"
 _ATOM = r'[^\s<>()\[\]\\",;:@.]+'
 # <local@dot.separated.domain>, then nothing or whitespace and the parameters.
-_SIMPLE_PATH = re.compile(rf'\s*<([^\s<>()\[\]\\",;:@]+@{_ATOM}(?:\.{_ATOM})*)>(\s.*)?', re.DOTALL)
+# Only a space or a tab separates the path from its parameters (as between parameters).
+_SIMPLE_PATH = re.compile(
+    rf'[ \t]*<([^\s<>()\[\]\\",;:@]+@{_ATOM}(?:\.{_ATOM})*)>([ \t].*)?', re.DOTALL
+)
 # Lines that are not a command count towards this: an unknown verb, an empty or non-ASCII one,
 # arguments that are not UTF-8, a line over the length limit; and commands refused because the
 # session serves nothing else (STARTTLS required first, a refused greeting). Other refusals of
@@ -459,7 +462,7 @@ class SinkSMTP(SMTP):
         which uses the stdlib's and costs ten times more."""
         simple = _SIMPLE_PATH.fullmatch(arg)
         if simple:
-            return simple.group(1), (simple.group(2) or "").strip()
+            return simple.group(1), (simple.group(2) or "").strip(" \t")
         try:
             return super()._getaddr(arg)
         except Exception:  # the stdlib address parser raises on some malformed input
