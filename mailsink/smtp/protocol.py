@@ -566,19 +566,22 @@ class SinkSMTP(SMTP):
             return True
         return False
 
+    async def _bad_hostname(self, command: str, hostname: str | None) -> bool:
+        """A HELO/EHLO name with a control character is refused (it is stored and shown)."""
+        if hostname and has_control_character(hostname):
+            await self.push(replies.HELO_CONTROL.format(command=command))
+            return True
+        return False
+
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str | None) -> None:
-        if hostname and has_control_character(hostname):
-            await self.push(replies.HELO_CONTROL.format(command="HELO"))
-            return
-        await super().smtp_HELO(hostname)
+        if not await self._bad_hostname("HELO", hostname):
+            await super().smtp_HELO(hostname)
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str | None) -> None:
-        if hostname and has_control_character(hostname):
-            await self.push(replies.HELO_CONTROL.format(command="EHLO"))
-            return
-        await super().smtp_EHLO(hostname)
+        if not await self._bad_hostname("EHLO", hostname):
+            await super().smtp_EHLO(hostname)
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str | None) -> None:

@@ -106,25 +106,26 @@ def _directory(path: str) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
+def _no_room_for_shm(path: str) -> str | None:
+    """Why SQLite cannot open the store in WAL mode, if its directory is the reason."""
+    if not os.access(_directory(path), os.W_OK) and not os.path.exists(f"{path}-shm"):
+        # In WAL mode even a reader needs the -shm file beside the store.
+        name = os.path.basename(path)
+        return f"its directory is read-only and SQLite needs to create {name}-shm there"
+    return None
+
+
 def _why_not_opened(path: str, error: sqlite3.Error) -> str:
     if os.path.isdir(path):
         return "it is a directory"
     if os.path.exists(path) and not os.access(path, os.R_OK):
         return "permission denied"
-    if not os.access(_directory(path), os.W_OK) and not os.path.exists(f"{path}-shm"):
-        # In WAL mode even a reader needs the -shm file beside the store.
-        return (
-            f"its directory is read-only and SQLite needs to create {os.path.basename(path)}-shm"
-            " there"
-        )
-    return str(error)
+    return _no_room_for_shm(path) or str(error)
 
 
 def _why_read_only(path: str, error: sqlite3.Error) -> str:
-    if not os.access(_directory(path), os.W_OK) and not os.path.exists(f"{path}-shm"):
-        # In WAL mode even a reader needs the -shm file beside the store.
-        name = os.path.basename(path)
-        return f"cannot use {path}: its directory is read-only and SQLite needs {name}-shm there"
+    if shm := _no_room_for_shm(path):
+        return f"cannot use {path}: {shm}"
     if not os.access(path, os.W_OK):
         return f"cannot change {path}: the file is read-only"
     if not os.access(_directory(path), os.W_OK):
