@@ -798,10 +798,17 @@ def prune_phase(db: Path, factory: MailFactory, n: int) -> PruneResult:
     limit = int(PRUNE_FRACTION * n)
     messages_before, sessions_before = counts(db)
     start = time.perf_counter()
-    store = Store(str(db), max_messages=limit)
+    # Opened with a limit it is over, a store is kept as it is: the cut is a lowered limit (a
+    # config reload) while the server runs.
+    store = Store(str(db), max_messages=messages_before)
     opened = time.perf_counter() - start
+
+    async def lowered() -> tuple[float, float]:
+        store.max_messages = limit
+        return await timed_inserts(store, factory, n)
+
     try:
-        first, second = asyncio.run(timed_inserts(store, factory, n))
+        first, second = asyncio.run(lowered())
     finally:
         store.close()
     messages_after, sessions_after = counts(db)
@@ -1509,7 +1516,7 @@ def prune_lines(result: PruneResult) -> list[str]:
     sessions = result.sessions_before + 2 - result.sessions_after
     return [
         "",
-        f"pruning (Store(max_messages={result.max_messages}) on the full store, one insert):",
+        f"pruning (max_messages lowered to {result.max_messages} on the full store, one insert):",
         f"  open {result.open_seconds * 1000:.0f} ms; the insert that prunes commits in "
         f"{result.commit_seconds * 1000:.0f} ms, the next one in "
         f"{result.next_commit_seconds * 1000:.0f} ms",

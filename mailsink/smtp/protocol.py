@@ -50,6 +50,10 @@ _VERB = re.compile(r"[A-Z0-9-]{1,20}")
 # RFC 5321 4.5.3.1.4 allows 512 octets; DSN and SMTPUTF8 parameters make MAIL/RCPT longer.
 _COMMAND_LIMITS = {"MAIL": 1000, "RCPT": 1000, "AUTH": 1000}
 _COMMAND_LIMIT = 512
+# A live session's progress (transcript, HELO, state) is written this long after its first
+# unwritten event, for views of the store from another process (`mailsink tui --attach`). Most
+# sessions end sooner, and then only their last write is made, as before.
+PROGRESS_DELAY = 0.2
 
 
 class ClientFinished(Exception):
@@ -127,7 +131,8 @@ class SinkSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.session_id = 0
         self.started_at = 0
-        self.transcript = Transcript()
+        self.transcript = Transcript(self._progress_due)
+        self._progress: asyncio.TimerHandle | None = None  # the next progress write
         self.tls = False
         self.end_reason: str | None = None
         self.in_data = False  # reading DATA or waiting for its commit
@@ -179,10 +184,22 @@ class SinkSMTP(SMTP):
             return "DATA"
         return self._command or "connected"
 
+    def _progress_due(self) -> None:
+        if self._progress is None and not self._ended:
+            self._progress = self.loop.call_later(PROGRESS_DELAY, self._write_progress)
+
+    def _write_progress(self) -> None:
+        self._progress = None
+        if not self._ended:
+            self.server.session_progress(self)
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._ended:
             return  # a failed TLS handshake ends the session before asyncio would
         self._ended = True
+        if self._progress is not None:  # the session's last write has it all
+            self._progress.cancel()
+            self._progress = None
         self._note_unfinished_data()
         if self.end_reason is None:
             self.end_reason = "aborted" if self.in_data else "client_closed"

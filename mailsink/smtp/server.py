@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import sqlite3
 import ssl
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from mailsink.config import Settings, is_loopback
 from mailsink.policy import Policy, Rule
@@ -27,6 +29,8 @@ from mailsink.store.db import (
     WriterLost,
     committed_message,
     insert_session,
+    now_ms,
+    record_server,
     store_message,
 )
 from mailsink.store.db import update_session as write_session
@@ -61,6 +65,23 @@ def recipients_text(recipients: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
+def _session_write(protocol: SinkSMTP, events: list[Any], **fields: Any) -> Operation:
+    session = protocol.session
+    return partial(
+        write_session,
+        session_id=protocol.session_id,
+        events=events,
+        started_at=protocol.started_at,
+        peer=protocol.peer,
+        helo=session.host_name if session else None,
+        tls=protocol.tls,
+        auth_user=auth_user(session) if session else None,
+        last_reply=protocol.last_reply,
+        faults=protocol.faults_fired,
+        **fields,
+    )
+
+
 class SinkServer:
     """The SMTP listener(s) of one mailsink, sharing the loop with whatever else runs (the TUI)."""
 
@@ -82,6 +103,7 @@ class SinkServer:
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
         self._store_refused = False  # the last session row could not be handed to the store
+        self._started_at = 0
         self._idle.set()
 
     def _protocol(self, implicit_tls: bool = False) -> SinkSMTP:
@@ -107,6 +129,7 @@ class SinkServer:
         if tls.enabled:
             self.tls_context = await asyncio.to_thread(server_context, tls, self.store.directory)
         backlog = await asyncio.to_thread(listen_backlog)
+        self._started_at = now_ms()
         listeners = [(smtp.port, None, "SMTP")]
         if tls.implicit_port:
             listeners.append((tls.implicit_port, self.tls_context, "SMTPS, implicit TLS"))
@@ -121,6 +144,7 @@ class SinkServer:
                 self.addresses.append(address)
                 self.labels.append(label)
                 log.info("listening on %s:%s (%s)", address[0], address[1], label)
+        self._record_server()
         if tls.starttls or tls.require:
             log.info("STARTTLS offered%s", " and required" if tls.require else "")
         if not is_loopback(smtp.host):
@@ -138,6 +162,24 @@ class SinkServer:
         if settings.rules != old.rules or settings.faults.seed != old.faults.seed:
             self._new_policy()
         self.store.max_messages = settings.storage.max_messages
+        if settings.storage.max_messages != old.storage.max_messages:
+            self._record_server()
+
+    def _record_server(self) -> None:
+        """Where this server listens, for views of the store from other processes."""
+        listeners = [
+            (label.split(",")[0], str(host), int(port))
+            for (host, port), label in zip(self.addresses, self.labels, strict=True)
+        ]
+        self._record(
+            partial(
+                record_server,
+                pid=os.getpid(),
+                started_at=self._started_at,
+                addresses=listeners,
+                max_messages=self.settings.storage.max_messages,
+            )
+        )
 
     # ---- run-time control of the rules (the TUI's Faults screen)
 
@@ -207,25 +249,27 @@ class SinkServer:
             )
         )
 
+    def session_progress(self, protocol: SinkSMTP) -> None:
+        """A live session's new transcript lines and what it is at, which nobody waits for:
+        they share the next commit (see store.writer.LAZY_COMMIT)."""
+        events = protocol.transcript.take()
+        if not events:
+            return  # its message's commit took them
+        try:
+            self.store.submit(_session_write(protocol, events, state=protocol.state))
+        except StoreError:
+            protocol.transcript.restore(events)  # for the session's next write
+
     def session_ended(self, protocol: SinkSMTP) -> None:
         self.sessions.discard(protocol)
         if not self.sessions:
             self._idle.set()
-        session = protocol.session
         self._record(
-            partial(
-                write_session,
-                session_id=protocol.session_id,
-                events=protocol.transcript.take(),
-                started_at=protocol.started_at,
-                peer=protocol.peer,
-                helo=session.host_name if session else None,
-                tls=protocol.tls,
-                auth_user=auth_user(session) if session else None,
+            _session_write(
+                protocol,
+                protocol.transcript.take(),
                 end_reason=protocol.end_reason,
                 ended_at=int(time.time() * 1000),
-                last_reply=protocol.last_reply,
-                faults=protocol.faults_fired,
             )
         )
         seconds = (int(time.time() * 1000) - protocol.started_at) / 1000

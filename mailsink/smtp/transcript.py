@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from mailsink.store.db import SessionEvent, now_ms
 
@@ -41,16 +42,21 @@ def redact(line: str) -> str:
 
 
 class Transcript:
-    """Events of one session; those not yet written are handed out with `take`."""
+    """Events of one session; those not yet written are handed out with `take`.
 
-    def __init__(self) -> None:
+    `unwritten` is called when an event arrives and none was waiting to be written."""
+
+    def __init__(self, unwritten: Callable[[], None] | None = None) -> None:
         self._seq = 0
         self._pending: list[SessionEvent] = []
         self.count = 0
+        self.unwritten = unwritten
 
     def add(self, direction: str, text: str) -> None:
         self._seq += 1
         self.count += 1
+        if not self._pending and self.unwritten is not None:
+            self.unwritten()
         self._pending.append((self._seq, now_ms(), direction, text))
 
     def take(self) -> list[SessionEvent]:
@@ -63,4 +69,6 @@ class Transcript:
 
     def restore(self, events: list[SessionEvent]) -> None:
         """Put back events whose write failed, ahead of anything newer."""
+        if events and not self._pending and self.unwritten is not None:
+            self.unwritten()
         self._pending = events + self._pending

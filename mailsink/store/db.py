@@ -26,7 +26,7 @@ from mailsink.mail.parse import parse_headers
 
 log = logging.getLogger("mailsink.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MEMORY = ":memory:"
 
 _MIGRATIONS: dict[int, str] = {
@@ -88,6 +88,24 @@ _MIGRATIONS: dict[int, str] = {
         deletions INTEGER NOT NULL
     );
     INSERT INTO store_state (id, deletions) VALUES (1, 0);
+    """,
+    4: """
+    -- How many messages and sessions the store keeps although max_messages is lower: the size
+    -- it had when a server opened it over its limit (0: none). See writer._Retention.
+    ALTER TABLE store_state ADD COLUMN kept_messages INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE store_state ADD COLUMN kept_sessions INTEGER NOT NULL DEFAULT 0;
+    -- A live session's last command (DATA while a message arrives), written with its progress
+    -- so that a view of the store from another process can show what the session is doing.
+    ALTER TABLE sessions ADD COLUMN state TEXT;
+    -- The server writing to the store (one at a time, see _lock): where it listens, for a view
+    -- from another process. Whether it still runs is for the lock to tell, not this row.
+    CREATE TABLE server (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        addresses TEXT NOT NULL,              -- JSON [[label, host, port], ...]
+        max_messages INTEGER NOT NULL
+    );
     """,
 }
 
@@ -475,7 +493,7 @@ def insert_session(conn: sqlite3.Connection, session_id: int, started_at: int, p
 
 
 _SESSION_FIELDS = frozenset(
-    {"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply", "faults"}
+    {"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply", "faults", "state"}
 )
 
 
@@ -504,6 +522,43 @@ def update_session(
         conn.execute(update, (*fields.values(), session_id))
 
 
+def record_server(
+    conn: sqlite3.Connection,
+    pid: int,
+    started_at: int,
+    addresses: list[tuple[str, str, int]],
+    max_messages: int,
+) -> None:
+    """Who serves the store: (label, host, port) of each listener, and its max_messages."""
+    conn.execute(
+        "INSERT OR REPLACE INTO server (id, pid, started_at, addresses, max_messages)"
+        " VALUES (1, ?, ?, ?, ?)",
+        (pid, started_at, json.dumps(addresses), max_messages),
+    )
+
+
+def server_running(path: str) -> bool | None:
+    """Whether a server holds the lock beside the store at `path` (None: cannot tell).
+
+    Asks for a shared lock without waiting and gives it back at once: a running server's
+    exclusive lock refuses it, and a server starting in that instant tries again (_lock)."""
+    try:
+        lock_file = open(f"{os.path.realpath(path)}.lock", "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return False  # no server ever used this store
+    except OSError:
+        return None
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return False
+
+
 # What the writer runs: a module-level function taking the write connection, usually a
 # functools.partial of one, so that it pickles on its way to the writer process.
 Operation = Callable[[sqlite3.Connection], Any]
@@ -527,7 +582,9 @@ class Store:
         # The real path: two names for one file (a symlink) are one store.
         self._lock_file = _lock(os.path.realpath(self.path))  # (creating its directory first)
         try:
-            self._next_session_id = _prepare(self.path)
+            self._next_session_id, kept = _prepare(self.path, max_messages)
+            if any(kept):
+                log.warning("%s", _over_limit(self.path, *kept, max_messages))
             # Imported here: the writer module imports this one.
             from mailsink.store.writer import WriterProcess
 
@@ -584,8 +641,37 @@ class Store:
             self._temporary.cleanup()
 
 
-def _prepare(path: str) -> int:
-    """Migrate the store and put it in WAL mode; returns the next session id."""
+def over_limit(count: int, limit: int) -> bool:
+    """More rows than max_messages allows, beyond the 1 % that retention lets in before it
+    counts again (writer._Retention): what a full store holds between two prunes is not."""
+    return count > limit + limit // 100
+
+
+def kept_size(conn: sqlite3.Connection, table: str, count: int, limit: int) -> tuple[int, int]:
+    """How many rows of `table` ("messages" or "sessions", holding `count`) a server opening
+    the store keeps although max_messages is `limit`: the size it had when first opened over
+    its limit (recorded, so that it does not creep up by the 1 % between prunes at each
+    restart), never more than it holds now; 0 when it is not over. Also returns what is
+    recorded."""
+    (recorded,) = conn.execute(f"SELECT kept_{table} FROM store_state").fetchone()
+    kept = min(recorded, count) if recorded else count if over_limit(count, limit) else 0
+    return (kept if kept > limit else 0), recorded
+
+
+def _over_limit(path: str, messages: int, sessions: int, limit: int) -> str:
+    """What a store found over max_messages when it opens is told: nothing of it is pruned
+    (the writer keeps the size it has, see writer._Retention)."""
+    held = f"{messages:,} messages" if messages else f"{sessions:,} sessions"
+    return (
+        f"store {path} holds {held}, more than max_messages ({limit:,}): keeping them;"
+        " from now on each new one replaces the oldest (`mailsink clear` empties the store,"
+        " a higher [storage] max_messages keeps more)"
+    )
+
+
+def _prepare(path: str, max_messages: int) -> tuple[int, tuple[int, int]]:
+    """Migrate the store and put it in WAL mode; returns the next session id and how many
+    messages and sessions it keeps beyond `max_messages` (see kept_size)."""
     conn = None
     try:
         conn = connect(path)
@@ -604,7 +690,12 @@ def _prepare(path: str) -> int:
             raise _not_mailsink(path, version, missing)
         _probe(conn, SCHEMA_VERSION)
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sessions'").fetchone()
-        return (row[0] if row else 0) + 1
+        kept = [
+            kept_size(conn, table, count, max_messages)[0]
+            for table in ("messages", "sessions")
+            for (count,) in [conn.execute(f"SELECT count(*) FROM {table}").fetchone()]
+        ]
+        return (row[0] if row else 0) + 1, (kept[0], kept[1])
     except sqlite3.Error as error:
         raise store_error(error, path) from None
     finally:
@@ -626,9 +717,19 @@ def _lock(path: str):
             f"cannot create {path}.lock (a server keeps it beside its store):"
             f" {error.strerror or error}"
         ) from None
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock_file.close()
-        raise StoreLocked(f"another mailsink server is using {path}") from None
-    return lock_file
+    # A view of the store tests the lock now and then (server_running), holding it for an
+    # instant: a few tries tell that apart from a server that holds it.
+    for attempt in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_file
+        except BlockingIOError:
+            if attempt < _LOCK_TRIES - 1:
+                time.sleep(0.005)
+        except OSError:
+            break
+    lock_file.close()
+    raise StoreLocked(f"another mailsink server is using {path}") from None
+
+
+_LOCK_TRIES = 10

@@ -23,6 +23,7 @@ from mailsink.store.db import (
     check_version,
     connect,
     resolve_path,
+    server_running,
     store_error,
 )
 
@@ -81,6 +82,7 @@ class SessionRecord:
     faults: int
     message_ids: list[int]
     events: list[tuple[int, str, str]]  # (at ms, direction, text)
+    state: str | None = None  # a live session's last command, as its server last wrote it
 
     def as_json(self, *, with_events: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -126,8 +128,18 @@ def _message(row: tuple[Any, ...]) -> MessageRecord:
     )
 
 
+@dataclass(frozen=True)
+class Serving:
+    """The server of a store, as seen from another process."""
+
+    running: bool | None  # None: cannot tell (the lock file is out of reach)
+    addresses: list[tuple[str, str, int]]  # (label, host, port) as the last server wrote them
+    max_messages: int | None
+
+
 _COUNT_DELETION = "UPDATE store_state SET deletions = deletions + 1"
 _DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
+_PROGRESS_SINCE = 4  # the schema version with a live session's state and the server row
 
 
 def _like(text: str) -> str:
@@ -292,6 +304,19 @@ class Reader:
             self.conn.execute(_COUNT_DELETION)
 
     @_store_errors
+    def serving(self) -> Serving:
+        """Who serves the store (its row, written at start) and whether a server runs now
+        (it holds the lock beside the store; tested without waiting for it)."""
+        running = server_running(self.path)
+        if self.version < _PROGRESS_SINCE:
+            return Serving(running, [], None)
+        row = self.conn.execute("SELECT addresses, max_messages FROM server").fetchone()
+        if row is None:
+            return Serving(running, [], None)
+        addresses = [(str(label), str(host), int(port)) for label, host, port in json.loads(row[0])]
+        return Serving(running, addresses, row[1])
+
+    @_store_errors
     def data_version(self) -> int:
         """Changes whenever another connection (a server, a CLI) commits to the store."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
@@ -335,9 +360,10 @@ class Reader:
 
     @_store_errors
     def get_session(self, session_id: int, *, with_events: bool = True) -> SessionRecord | None:
+        state = "state" if self.version >= _PROGRESS_SINCE else "NULL"
         row = self.conn.execute(
             "SELECT id, started_at, ended_at, peer, helo, tls, auth_user, end_reason,"
-            " message_count, last_reply, faults FROM sessions WHERE id = ?",
+            f" message_count, last_reply, faults, {state} FROM sessions WHERE id = ?",
             (session_id,),
         ).fetchone()
         if row is None:
@@ -369,6 +395,7 @@ class Reader:
             faults=row[10],
             message_ids=message_ids,
             events=events,
+            state=row[11],
         )
 
     @_store_errors
@@ -404,6 +431,42 @@ class Reader:
             raise
         self.conn.execute("COMMIT")
         return gone > 0
+
+    @_store_errors
+    def delete_messages(self, message_ids: Iterable[int]) -> int:
+        """Delete these messages in one transaction, counted as one deletion; returns how many
+        were still there. (The TUI deletes a long list a chunk at a time, each chunk a short
+        transaction, so that neither the server's commits nor the UI's reads wait long.)"""
+        rows = [(message_id,) for message_id in message_ids]
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            gone = self.conn.executemany("DELETE FROM messages WHERE id = ?", rows).rowcount
+            self.conn.executemany("DELETE FROM message_raw WHERE id = ?", rows)
+            self.conn.executemany("DELETE FROM message_search WHERE id = ?", rows)
+            self._count_deletion()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return gone
+
+    @_store_errors
+    def delete_idle_sessions(self) -> int:
+        """Delete the finished sessions that have no message left; returns how many went. (Open
+        sessions stay: their server goes on writing to them.)"""
+        idle = (
+            "SELECT id FROM sessions WHERE end_reason IS NOT NULL"
+            " AND id NOT IN (SELECT session_id FROM messages)"
+        )
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(f"DELETE FROM transcript_chunks WHERE session_id IN ({idle})")
+            gone = self.conn.execute(f"DELETE FROM sessions WHERE id IN ({idle})").rowcount
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return gone
 
     @_store_errors
     def clear(self) -> int:

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailsink.store.db import Operation, StoreError, WriterLost, connect
+from mailsink.store.db import Operation, StoreError, WriterLost, connect, kept_size
 from mailsink.store.spawn import spawn_writer
 
 log = logging.getLogger("mailsink.store")
@@ -48,8 +48,9 @@ STOP_TIMEOUT = 60.0  # seconds for it to finish what is queued when the store cl
 LAZY_COMMIT = 0.05
 
 # Frames on the socket: an 8-byte length, then a pickle. To the process: (id, operation, awaited),
-# ("max_messages", n), or None for "finish and stop". Back: ("ready",) or ("failed", why) once,
-# then ("done", commits, [(id, result, error), ...]) after each commit.
+# ("max_messages", n, lowered), or None for "finish and stop". Back: ("ready",) or ("failed", why)
+# once, then ("done", commits, [(id, result, error), ...], cut) after each commit, where cut is
+# None or (max_messages, messages, sessions): a cut the user asked for began, of that many rows.
 Result = tuple[int, Any, BaseException | None]
 # The pickle's length, how many buffers follow it, and a tag: a request's id, so that a request
 # that does not unpickle can still be answered.
@@ -151,11 +152,16 @@ class Writer:
         self.max_messages = max_messages
         self.commits = 0
         self._messages = _Retention(
-            conn, "messages", [("message_raw", "id"), ("message_search", "id")]
+            conn, max_messages, "messages", [("message_raw", "id"), ("message_search", "id")]
         )
         self._sessions = _Retention(
-            conn, "sessions", [("transcript_chunks", "session_id")], "end_reason IS NOT NULL"
+            conn,
+            max_messages,
+            "sessions",
+            [("transcript_chunks", "session_id")],
+            "end_reason IS NOT NULL",
         )
+        self._cut: tuple[int, int, int] | None = None  # for the next answer
 
     def run(self) -> None:
         batch: list[tuple[int, Operation, bool]] = []
@@ -176,7 +182,10 @@ class Writer:
                     refused.append((request.tag, None, StoreError(why)))
                     continue
                 if request[0] == "max_messages":
-                    self.max_messages = request[1]
+                    _, self.max_messages, lowered = request
+                    if lowered:
+                        self._messages.lower()
+                        self._sessions.lower()
                     continue
                 if not batch:
                     deadline = time.monotonic() + LAZY_COMMIT
@@ -226,9 +235,10 @@ class Writer:
     def _answer(self, results: list[Result]) -> None:
         if self._deaf:
             return  # the server is gone; what is still queued gets committed all the same
-        answer = ("done", self.commits, results)
+        cut, self._cut = self._cut, None
+        answer = ("done", self.commits, results, cut)
         if _unpicklable(answer) is not None:  # what the server could not load would wedge it
-            answer = ("done", self.commits, [_portable_result(r) for r in results])
+            answer = ("done", self.commits, [_portable_result(r) for r in results], cut)
         self._channel.settimeout(None)
         try:
             self._channel.sendall(b"".join(frame(answer)))
@@ -250,13 +260,19 @@ class Writer:
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 results = [self._isolated(conn, request) for request in batch]
-            self._messages.prune(conn, self.max_messages)
-            self._sessions.prune(conn, self.max_messages)
+            cut = (
+                self._messages.prune(conn, self.max_messages),
+                self._sessions.prune(conn, self.max_messages),
+            )
             conn.execute("COMMIT")
             self.commits += 1
+            if any(cut):
+                self._cut = (self.max_messages, *cut)
         except Exception as error:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            self._messages.rearm()  # a cut that began in the rolled-back transaction is
+            self._sessions.rearm()  # told when it begins again
             failure = _portable(error)
             results = [(request_id, None, failure) for request_id, _, _ in batch]
         return results
@@ -304,15 +320,25 @@ class _Retention:
     Ids only grow, so the rows added since the last exact count are at most the id range since then;
     an exact count is taken only when that estimate passes the cap (plus 1% slack, so that a full
     store prunes in steps rather than on every commit).
+
+    A table found over the cap when the store opens is not cut down: the cap is then the size it
+    had (`floor`, recorded in store_state: db.kept_size), so each new row replaces the oldest
+    one, and a store someone else filled is never emptied by opening it with a smaller
+    max_messages. The floor follows the table down when rows are deleted (`mailsink clear`),
+    and goes when the user lowers max_messages while the server runs (a reload): that cut is
+    theirs, and a big one is told (`lower`).
     """
 
     # Rows deleted per commit at most: a big cut (max_messages lowered by a reload) is spread
     # over several commits instead of holding up one batch of messages for a second.
     STEP = 1000
+    # A cut the user asked for of more rows than this is logged (a notice in the TUI).
+    TOLD = 100
 
     def __init__(
         self,
         conn: sqlite3.Connection,
+        limit: int,
         table: str,
         children: list[tuple[str, str]],
         removable: str = "1",
@@ -323,12 +349,48 @@ class _Retention:
         self.known_count, self.known_max_id = conn.execute(
             f"SELECT count(*), coalesce(max(id), 0) FROM {table}"
         ).fetchone()
+        self.floor, self._recorded = kept_size(conn, table, self.known_count, limit)
+        self._telling = False  # the limit was lowered: tell the cut when it begins
+        self._told = False  # this commit's prune told one (rearm: it was rolled back)
 
-    def prune(self, conn: sqlite3.Connection, limit: int) -> None:
+    def lower(self) -> None:
+        """max_messages was lowered while running: the table is cut down to it."""
+        self.floor = 0
+        self._telling = True
+
+    def rearm(self) -> None:
+        """The commit was rolled back: what it recorded and told is to do again."""
+        self._telling = self._telling or self._told
+        self._told = False
+        self._recorded = -1
+
+    def prune(self, conn: sqlite3.Connection, limit: int) -> int:
+        """Returns how many rows are over the limit when a cut the user asked for begins, if
+        more than TOLD (the first STEP of them go now); else 0."""
+        self._told = False
+        told = self._prune(conn, limit)
+        if self.floor != self._recorded:
+            conn.execute(f"UPDATE store_state SET kept_{self.table} = ?", (self.floor,))
+            self._recorded = self.floor
+        return told
+
+    def _prune(self, conn: sqlite3.Connection, configured: int) -> int:
+        if self.floor <= configured:
+            self.floor = 0  # raised to it or above: nothing is kept beyond the limit any more
+        limit = max(configured, self.floor)
         max_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0]
         if self.known_count + (max_id - self.known_max_id) <= limit + limit // 100:
-            return
+            self._telling = False  # nothing to cut (or too little to count)
+            return 0
         count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+        if count < self.floor:  # rows were deleted: the store has shrunk below its old size
+            self.floor = count if count > configured else 0
+            limit = max(configured, self.floor)
+        told = 0
+        if self._telling:
+            self._telling = False
+            self._told = count - limit > self.TOLD
+            told = count - limit if self._told else 0
         excess = min(count - limit, self.STEP)
         row = None
         if excess > 0:
@@ -348,6 +410,7 @@ class _Retention:
             ).rowcount
             count -= deleted
         self.known_count, self.known_max_id = count, max_id
+        return told
 
 
 # ---- in the server -----------------------------------------------------------------------------
@@ -370,6 +433,7 @@ class WriterProcess:
     def __init__(self, path: str, max_messages: int):
         self.path = path
         self._max_messages = max_messages
+        self._lowered = False  # by a reload: the store is cut down to it (see _Retention)
         self.commits = 0  # transactions committed: fewer than operations when batching works
         self._next_id = 0
         self._closing = False
@@ -388,8 +452,14 @@ class WriterProcess:
 
     @max_messages.setter
     def max_messages(self, value: int) -> None:
+        """A limit lowered while running is the user's choice: a store over it is cut down to
+        it. One raised only ever keeps more."""
+        if value == self._max_messages:
+            return
+        lowered = value < self._max_messages
         self._max_messages = value
-        self._send(frame(("max_messages", value)))
+        self._lowered = self._lowered or lowered
+        self._send(frame(("max_messages", value, lowered)))
 
     def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
         if self._closing:
@@ -443,6 +513,8 @@ class WriterProcess:
         self._ended.clear()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.add_reader(here.fileno(), self._readable)
+        if self._lowered:  # a new writer after a lowered limit: no keeping the store's size
+            self._send(frame(("max_messages", self._max_messages, True)))
 
     @staticmethod
     def _greeting(channel: socket.socket) -> tuple[Any, ...]:
@@ -530,13 +602,15 @@ class WriterProcess:
 
     def _answers(self, answers: list[Any]) -> None:
         settled = []
-        for _, self.commits, results in answers:
+        for _, self.commits, results, cut in answers:
             for request_id, outcome, error in results:
                 future = self._pending.pop(request_id, None)
                 if future is not None:
                     settled.append((future, outcome, error))
                 elif error is not None:
                     log.error("store operation failed: %s", error)
+            if cut is not None:
+                log.warning("%s", _cut_text(*cut))
         _settle(settled)
 
     def _gone(self) -> None:
@@ -602,6 +676,17 @@ class WriterProcess:
                         finished = True  # the process is gone
         self._gone()
         return finished
+
+
+def _cut_text(limit: int, messages: int, sessions: int) -> str:
+    what = " and ".join(
+        f"{count:,} oldest {noun}{'' if count == 1 else 's'}"
+        for count, noun in ((messages, "message"), (sessions, "session"))
+        if count
+    )
+    step = _Retention.STEP
+    steps = f", {step:,} at a time as mail arrives" if max(messages, sessions) > step else ""
+    return f"max_messages is now {limit:,}: pruning the {what}{steps}"
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from rich.text import Text
+from textual import work
 from textual.widgets import Static
 
+from mailsink.store.db import StoreError, over_limit
+from mailsink.store.queries import Reader, Serving
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
+
+SERVER_CHECK_SECONDS = 1.0  # attached: how often the store's server is looked for
+_PATH_LEAST = 12  # cells the attached store's path keeps, however narrow the terminal
 
 
 class StatusLine(Static):
@@ -19,6 +26,51 @@ class StatusLine(Static):
         self.total = 0
         self.filter_text = ""
         self.config_note = Text("")
+        self.serving: Serving | None = None  # attached: the store's server, once looked for
+        self.progress_text = ""  # what a long action is doing; see `progress`
+
+    def on_mount(self) -> None:
+        if self.backend.attached:
+            self.check_server()
+            self.set_interval(SERVER_CHECK_SECONDS, self.check_server)
+
+    def on_resize(self) -> None:
+        self.redraw()
+
+    @work(exclusive=True, group="serving")
+    async def check_server(self) -> None:
+        """Attached: whether the store's server still runs (it holds the store's lock), told
+        once as a notice when that changes."""
+        try:
+            serving = await self.backend.read(Reader.serving)
+        except (sqlite3.Error, StoreError):
+            return  # the store itself is in trouble: the app's poll says so
+        before, self.serving = self.serving, serving
+        if before is None or before.running != serving.running:
+            self._tell(before, serving)
+        self.redraw()
+
+    def _tell(self, before: Serving | None, now: Serving) -> None:
+        where = f" ({_addresses(now)})" if now.addresses else ""
+        if now.running is False:
+            if before is None:
+                text = "no mailsink server is running on this store: nothing new will arrive"
+            else:
+                text = f"the mailsink server{where} has stopped: nothing new will arrive"
+            self.app.notify(text, severity="warning", markup=False, timeout=8)
+        elif now.running and before is not None:
+            self.app.notify(f"the mailsink server{where} is running again", markup=False)
+
+    def _limit(self) -> int | None:
+        """The configured max_messages of the store's server, if known."""
+        if self.backend.server is not None:
+            return self.backend.server.settings.storage.max_messages
+        return self.serving.max_messages if self.serving is not None else None
+
+    def progress(self, text: str) -> None:
+        """Show how far a long action is (`deleting 12,000 of 77,000…`); "" when it is done."""
+        self.progress_text = text
+        self.redraw()
 
     def config_reloaded(self, error: str | None) -> None:
         if error:
@@ -35,7 +87,8 @@ class StatusLine(Static):
         server = backend.server
         if server is None:
             line.append("attached to ", "dim")
-            line.append(visible(backend.db_path))
+            path_at = len(line)
+            line.append_text(self._served())
         else:
             places = [
                 f"{label.split(',')[0]} {host}:{port}"
@@ -49,6 +102,16 @@ class StatusLine(Static):
         line.append(" message" + ("" if self.shown == 1 else "s"))
         if self.filter_text:
             line.append(f" {visible(self.filter_text)}", "cyan")
+        elif (limit := self._limit()) is not None and over_limit(self.shown, limit):
+            # A store over its limit when opened is kept as it is (see store.writer._Retention).
+            line.append(f" (limit {limit:,})", "yellow")
+        if self.progress_text:
+            line.append(f"  {self.progress_text}", "bold yellow")
+        if server is None:  # what is left of the width goes to the store's path
+            room = max(_PATH_LEAST, (self.size.width or 80) - line.cell_len)
+            line = Text.assemble(
+                line[:path_at], _left_cut(visible(backend.db_path), room), line[path_at:]
+            )
         if server is not None:
             active = [rule for rule in server.policy.rules if rule.enabled]
             line.append("  │  ", "dim")
@@ -63,3 +126,28 @@ class StatusLine(Static):
             line.append("  │  ", "dim")
             line.append("config: watching", "dim")
         self.update(line)
+
+    def _served(self) -> Text:
+        """Attached: the store's server, where it listens and whether it still runs."""
+        serving = self.serving
+        if serving is None or serving.running is None:
+            return Text("")
+        if not serving.running:
+            return Text.assemble(" · ", ("server stopped", "bold yellow"))
+        if not serving.addresses:
+            return Text.assemble(" · ", ("served", "bold"))
+        return Text.assemble(" · served by ", (_addresses(serving), "bold"))
+
+
+def _addresses(serving: Serving) -> str:
+    """`127.0.0.1:1025, SMTPS 127.0.0.1:1465`: where a server listens (from the store, so
+    made visible like anything else read from it)."""
+    return ", ".join(
+        visible(f"{host}:{port}" if label == "SMTP" else f"{label} {host}:{port}")
+        for label, host, port in serving.addresses
+    )
+
+
+def _left_cut(text: str, width: int) -> str:
+    """The end of a path is the part that tells it apart."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
