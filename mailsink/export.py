@@ -24,13 +24,16 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
+from mailsink.mail.attachments import free_names
 from mailsink.store.queries import MessageRecord, Reader
 from mailsink.text import visible
+
+T = TypeVar("T")
 
 
 class ExportError(Exception):
@@ -202,24 +205,46 @@ def _already_exists(target: Path) -> ExportError:
     )
 
 
-def _take_name(run: _Run, temp: str, status: os.stat_result, target: Path) -> None:
-    """Give the written file its real name, never replacing an existing entry of that name."""
+def _claim(run: _Run, temp: str, status: os.stat_result, target: Path) -> bool:
+    """Give the written file the name `target` unless something has it: False then."""
     try:
         with run.step():
             os.link(temp, target, follow_symlinks=False)
             run.record(str(target), status)
+        return True
     except FileExistsError:
-        raise _already_exists(target) from None
+        return False
     except OSError as error:
         if error.errno not in _NO_LINKS:
             raise
-        # No hard links here: a check, then rename, which a name taken in between would lose.
-        if os.path.lexists(target):
-            raise _already_exists(target) from None
-        with run.step():
-            os.rename(temp, target)
-            run.record(str(target), status)
-            del run.made[temp]
+    # No hard links here: a check, then rename, which a name taken in between would lose.
+    if os.path.lexists(target):
+        return False
+    with run.step():
+        os.rename(temp, target)
+        run.record(str(target), status)
+        del run.made[temp]
+    return True
+
+
+def _take_name(run: _Run, temp: str, status: os.stat_result, target: Path) -> None:
+    """Give the written file its real name, never replacing an existing entry of that name."""
+    try:
+        if not _claim(run, temp, status, target):
+            raise _already_exists(target)
+    finally:
+        if temp in run.made:
+            run.forget(temp)
+
+
+def _take_free_name(run: _Run, temp: str, status: os.stat_result, out: Path, name: str) -> Path:
+    """Give the written file `name` in `out`, or the first free one after it, as saved
+    attachments are named ("12.eml", "12 (1).eml", ...)."""
+    try:
+        for candidate in free_names(name):
+            if _claim(run, temp, status, out / candidate):
+                return out / candidate
+        raise ExportError(f"no free name for {name} in {_name(out)}; nothing exported")
     finally:
         if temp in run.made:
             run.forget(temp)
@@ -387,20 +412,47 @@ def export_messages(reader: Reader, ids: list[int], fmt: str, out: Path) -> int:
 
     All or nothing: on any error what this call made is removed and ExportError says why; on
     Ctrl-C, SIGTERM or SIGHUP (in the main thread) the same, and ExportInterrupted."""
-    run = _Run()
-    try:
-        run.start()
-        if ids:
+
+    def export(run: _Run) -> int:
+        chosen = ids
+        if chosen:
             # Ids only grow, so ascending is oldest first; `export 1 1` is one message.
-            ids = sorted(set(ids))
-            for message_id in ids:
+            chosen = sorted(set(chosen))
+            for message_id in chosen:
                 if reader.get_message(message_id) is None:
                     raise ExportError(f"no message {message_id}; nothing exported")
         else:
-            ids = list(reader.message_index(include_rejected=False))
-        count = _EXPORTERS[fmt](reader, ids, out.expanduser(), run)
+            chosen = list(reader.message_index(include_rejected=False))
+        return _EXPORTERS[fmt](reader, chosen, out.expanduser(), run)
+
+    return _all_or_nothing(out, export)
+
+
+def export_eml(reader: Reader, message_id: int, out: Path) -> Path:
+    """One message as `ID.eml` in the directory `out` (created if missing), under the first free
+    name: where `12.eml` exists, `12 (1).eml`, as saved attachments are named (the TUI's `e`: the
+    user picks a directory and wants the file, not a refusal). Returns the path written."""
+
+    def export(run: _Run) -> Path:
+        record, raw = reader.get_message(message_id), reader.get_raw(message_id)
+        if record is None or raw is None:
+            raise ExportError(f"no message {message_id}; nothing exported")
+        directory = _directory(out.expanduser(), "eml", run)
+        temp, status = _write_temp(run, directory, [raw])
+        return _take_free_name(run, temp, status, directory, f"{message_id}.eml")
+
+    return _all_or_nothing(out, export)
+
+
+def _all_or_nothing(out: Path, export: Callable[[_Run], T]) -> T:
+    """Run one export; on any error or signal, remove what it made and say why in one
+    ExportError (ExportInterrupted for a signal)."""
+    run = _Run()
+    try:
+        run.start()
+        result = export(run)
         run.finished = True
-        return count
+        return result
     except BaseException as error:
         run.undo()
         if isinstance(error, KeyboardInterrupt):

@@ -205,11 +205,11 @@ def filled(tmp_path, monkeypatch):
     return settings_for("mail.db", Path("mailsink.toml"))
 
 
-def shot(settings, *keys: str, ready=lambda app: True) -> str:
+def shot(settings, *keys: str, ready=lambda app: True, size=(120, 40)) -> str:
     """The screenshot after the store is on screen, `keys` are pressed and `ready(app)` holds."""
 
     async def scenario() -> str:
-        async with tui(settings) as (app, pilot):
+        async with tui(settings, size=size) as (app, pilot):
             await wait_until(pilot, lambda: rows_loaded(app) and app.main.detail.loaded)
             await pilot.press(*keys)
             await wait_until(pilot, lambda: ready(app))
@@ -332,3 +332,22 @@ def test_hostile_strings_show_literally_everywhere(tmp_path):
             assert not RAW_CONTROLS.search(screen_text(app))
 
     run(scenario)
+
+
+# ---- 80x24 ---------------------------------------------------------------------------------------
+
+
+def test_help_screen_80x24(filled, snapshot_svg):
+    assert shot(filled, "question_mark", size=(80, 24)) == snapshot_svg
+
+
+def test_sessions_screen_80x24(filled, snapshot_svg):
+    def streamed(app: MailsinkApp) -> bool:
+        screen = app.screen
+        return isinstance(screen, SessionsScreen) and screen.last_seq == 8
+
+    assert shot(filled, "s", ready=streamed, size=(80, 24)) == snapshot_svg
+
+
+def test_main_screen_80x24(filled, snapshot_svg):
+    assert shot(filled, size=(80, 24)) == snapshot_svg

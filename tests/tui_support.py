@@ -42,9 +42,10 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
 
 @contextlib.asynccontextmanager
 async def tui(
-    settings: Settings, *, attach: bool = False, size: tuple[int, int] = SIZE
+    settings: Settings, *, attach: bool = False, size: tuple[int, int] = SIZE, **options: Any
 ) -> AsyncIterator[tuple[MailsinkApp, Pilot[None]]]:
-    app = create_app(settings, attach=attach)
+    """`options`: more of create_app's arguments (log_handler, state_dir)."""
+    app = create_app(settings, attach=attach, **options)
     async with app.run_test(size=size) as pilot:
         assert app.startup_error is None, app.startup_error
         await wait_until(pilot, lambda: app.main.message_list.loaded)

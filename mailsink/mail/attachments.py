@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 from mailsink.text import INVISIBLE
@@ -31,16 +32,26 @@ def safe_filename(name: str | None, fallback: str) -> str:
     return name or fallback
 
 
+FREE_NAME_TRIES = 1000  # MAX_NAME leaves room for " (999)"
+
+
+def free_names(filename: str) -> Iterator[str]:
+    """The names to try, in order, for a file that must not replace another: "report.pdf",
+    then "report (1).pdf", "report (2).pdf", ..."""
+    stem, dot, suffix = filename.rpartition(".")
+    if not stem:
+        stem, dot, suffix = filename, "", ""
+    yield filename
+    for attempt in range(1, FREE_NAME_TRIES):
+        yield f"{stem} ({attempt}){dot}{suffix}"
+
+
 def save_part(payload: bytes, name: str | None, directory: Path, fallback: str) -> Path:
     """Write `payload` into `directory` (created if needed) without replacing any file;
     "report.pdf" becomes "report (1).pdf" when taken. Returns the path written."""
     directory.mkdir(parents=True, exist_ok=True)
     filename = safe_filename(name, fallback)
-    stem, dot, suffix = filename.rpartition(".")
-    if not stem:
-        stem, dot, suffix = filename, "", ""
-    for attempt in range(1000):
-        candidate = filename if attempt == 0 else f"{stem} ({attempt}){dot}{suffix}"
+    for candidate in free_names(filename):
         path = directory / candidate
         try:
             with open(path, "xb") as file:  # x: never follows or replaces an existing entry

@@ -13,6 +13,7 @@ import sqlite3
 import sys
 from collections import deque
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from textual.app import App, SystemCommand
@@ -24,8 +25,10 @@ from mailsink.config import Settings
 from mailsink.presets import PRESETS
 from mailsink.store.queries import Reader
 from mailsink.tui.backend import Backend, running
+from mailsink.tui.state import UiState, default_state_dir
 from mailsink.tui.widgets.dialogs import Help
 from mailsink.tui.widgets.faults.screen import FaultsScreen
+from mailsink.tui.widgets.message.detail import BrowserFiles
 from mailsink.tui.widgets.messages.screen import MainScreen
 from mailsink.tui.widgets.sessions.screen import SessionsScreen
 
@@ -45,17 +48,26 @@ class RecentLog(logging.Handler):
         if record.levelno >= logging.WARNING:
             self.unseen.append(record)
 
+    def seen(self, text: str) -> None:
+        """Warnings not yet shown that say `text` need no notice of their own: one says it."""
+        with self.lock:  # emit may run on another thread meanwhile
+            kept = [record for record in self.unseen if text not in record.getMessage()]
+            self.unseen.clear()
+            self.unseen.extend(kept)
+
 
 class MailsinkApp(App[None]):
     backend: Backend
     main: MainScreen
     CSS_PATH = "mailsink.tcss"
     TITLE = "mailsink"
+    # The footer lists the focused widget's keys, then the screen's, then these, and cuts what
+    # does not fit: screens keep theirs few, so that these stay visible at 80 columns.
     BINDINGS = [
-        Binding("q", "quit", "Quit"),
         Binding("s", "sessions", "Sessions"),
         Binding("f", "faults", "Faults"),
         Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
     ]
 
     def __init__(
@@ -65,20 +77,32 @@ class MailsinkApp(App[None]):
         attach: bool = False,
         overrides: dict[str, Any] | None = None,
         log_handler: RecentLog | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.attach = attach
         self.overrides = overrides
         self.log_handler = log_handler
+        self.ui_state = UiState(state_dir) if state_dir is not None else None
+        self._saved_theme: str | None = None
         self.startup_error: Exception | None = None
         self._resources = contextlib.AsyncExitStack()
         self._data_version: int | None = None
         self._polling = False
+        self.browser_files = BrowserFiles()  # the HTML `o` wrote, removed on exit
 
     async def on_load(self) -> None:
         """Start the store and the server before the UI takes the terminal, so that a port in
         use or a missing store is one line on stderr (see `run`)."""
+        if self.ui_state is not None:
+            saved = (await asyncio.to_thread(self.ui_state.load)).get("theme")
+            if isinstance(saved, str) and saved in self.available_themes:
+                self._saved_theme = self.theme = saved
+            elif saved is not None:
+                logging.getLogger(__name__).warning(
+                    "ignoring the theme %r saved in %s: no such theme", saved, self.ui_state.path
+                )
         try:
             self.backend = await self._resources.enter_async_context(
                 running(self.settings, attach=self.attach, overrides=self.overrides)
@@ -90,6 +114,9 @@ class MailsinkApp(App[None]):
         self.main = MainScreen(self.backend)
 
     async def on_unmount(self) -> None:
+        if hasattr(self, "main"):
+            await self.main.carry_out_deletions()  # those still undoable when the user quit
+        self.browser_files.remove()
         await self._resources.aclose()  # the listener closes; messages in flight finish
 
     def on_mount(self) -> None:
@@ -125,9 +152,17 @@ class MailsinkApp(App[None]):
             record = self.log_handler.unseen.popleft()
             self.notify(record.getMessage(), severity="warning", markup=False, timeout=6)
 
+    def watch_theme(self, theme: str) -> None:
+        if self.ui_state is not None and theme != self._saved_theme:
+            self._saved_theme = theme
+            self.ui_state.remember(theme=theme)
+            self.run_worker(self.ui_state.write, thread=True, group="state")
+
     def _config_changed(self, watcher: Any) -> None:
         self.main.status.config_reloaded(watcher.error)
         if watcher.error:
+            if self.log_handler is not None:
+                self.log_handler.seen(watcher.error)  # the watcher logged it as well
             self.notify(
                 f"config not applied: {watcher.error}", severity="error", markup=False, timeout=8
             )
@@ -152,6 +187,9 @@ class MailsinkApp(App[None]):
     def action_help(self) -> None:
         self.push_screen(Help())
 
+    def action_follow_newest(self) -> None:
+        self.main.message_list.toggle_follow()
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         main = self.main
@@ -163,12 +201,18 @@ class MailsinkApp(App[None]):
         yield SystemCommand(
             "Findings only", "Only messages with findings (toggle)", main.action_findings_only
         )
-        yield SystemCommand("Delete message", "Delete the selected message", main.action_delete)
         yield SystemCommand(
-            "Clear all messages", "Delete every message (asks first)", main.action_clear
+            "Delete message", "Delete the selected message (u undoes it)", main.action_delete
         )
+        yield SystemCommand("Undo delete", "Bring back the message just deleted", main.action_undo)
+        yield SystemCommand(main.clear_label(), "Asks first (key D)", main.action_clear)
         yield SystemCommand(
             "Export message", "Save the selected message as .eml", main.action_export
+        )
+        yield SystemCommand(
+            "Follow newest",
+            "Select each new message as it arrives (toggle, key F)",
+            self.action_follow_newest,
         )
         yield SystemCommand("Help", "Keys and what they do", self.action_help)
         if self.backend.server is not None:
@@ -187,9 +231,17 @@ def create_app(
     attach: bool = False,
     overrides: dict[str, Any] | None = None,
     log_handler: RecentLog | None = None,
+    state_dir: Path | None = None,
 ) -> MailsinkApp:
-    """The app the CLI runs and the tests drive: it starts (or attaches to) everything itself."""
-    return MailsinkApp(settings, attach=attach, overrides=overrides, log_handler=log_handler)
+    """The app the CLI runs and the tests drive: it starts (or attaches to) everything itself.
+    `state_dir`: where the theme is remembered between runs (None: nowhere)."""
+    return MailsinkApp(
+        settings,
+        attach=attach,
+        overrides=overrides,
+        log_handler=log_handler,
+        state_dir=state_dir,
+    )
 
 
 def run(
@@ -206,7 +258,13 @@ def run(
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     sys.setswitchinterval(0.001)  # as in `serve`: commits and the loop take short turns
 
-    app = create_app(settings, attach=attach, overrides=overrides, log_handler=handler)
+    app = create_app(
+        settings,
+        attach=attach,
+        overrides=overrides,
+        log_handler=handler,
+        state_dir=default_state_dir(),
+    )
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(app.run_async())
     if app.startup_error is not None:

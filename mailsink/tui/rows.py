@@ -1,12 +1,24 @@
-"""Message list rows: the fields of a stored message as the list shows them, made safe once."""
+"""Message list rows: the fields of a stored message as the list shows them, made safe once, and
+how a field is fitted into a column of a given width."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from rich.cells import cell_len, set_cell_size
+
 from mailsink.store.queries import MessageRecord
 from mailsink.text import format_bytes, visible
+
+
+@dataclass(frozen=True)
+class Address:
+    """One address of a From or To header, each form through `visible`."""
+
+    full: str  # as the headers show it: `Name <address>`, or the address alone
+    name: str  # the display name unquoted, or ""
+    address: str  # or "" when the header could not be parsed (then `full` is what it said)
 
 
 @dataclass(frozen=True)
@@ -14,40 +26,98 @@ class Row:
     id: int
     time: str
     sender: str
-    from_: str
-    to: str
+    from_: tuple[Address, ...]
+    to: tuple[Address, ...]
     subject: str
     size: str
+    size_short: str  # at most 5 cells: 412B 9.5K 870K 1.2M 20M
     findings: int
     worst: str  # the most severe finding: "error", "warning", "info" or ""
     attachments: bool
     rejected: bool
+    sender_differs: bool  # the envelope sender is not From's (first) address
 
 
-def _joined(values: list[str]) -> str:
-    return visible(", ".join(values))
+def address_of(shown: str) -> Address:
+    """A display form as the header summary stores it (`Name <a@x>`, `"N, M" <a@x>`, `a@x`)."""
+    name, address = "", shown
+    if shown.endswith(">") and " <" in shown:
+        name, address = shown[:-1].rsplit(" <", 1)
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    elif "@" not in shown:  # what an unparseable header said, kept as it came
+        address = ""
+    return Address(visible(shown), visible(name), visible(address))
+
+
+def short_size(size: int) -> str:
+    for unit, scale in (("B", 1), ("K", 1024), ("M", 1024**2), ("G", 1024**3)):
+        value = size / scale
+        if value < 9.95 and unit != "B":
+            return f"{value:.1f}{unit}"
+        if value < 1023.5 or unit == "G":
+            return f"{value:.0f}{unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def row_of(record: MessageRecord) -> Row:
     headers = record.headers
     severities = {finding.get("severity") for finding in record.findings}
     worst = next((s for s in ("error", "warning", "info") if s in severities), "")
+    from_ = tuple(address_of(a) for a in headers.get("from") or [])
     recipients = headers.get("to") or record.envelope.rcpt_to
+    sender = record.envelope.mail_from or ""
+    first = from_[0].address if from_ else None
     return Row(
         id=record.id,
         time=time.strftime("%H:%M:%S", time.localtime(record.received_at / 1000)),
-        sender=visible(record.envelope.mail_from or "<>"),
-        from_=_joined(headers.get("from") or []),
-        to=_joined(recipients),
+        sender=visible(sender or "<>"),
+        from_=from_,
+        to=tuple(address_of(a) for a in recipients),
         subject=visible(headers.get("subject") or ""),
         size=format_bytes(record.size),
+        size_short=short_size(record.size),
         findings=len(record.findings),
         worst=worst,
         attachments=record.has_attachments,
         rejected=record.status != "accepted",
+        sender_differs=first is None or first.lower() != visible(sender).lower(),
     )
 
 
 def gone(message_id: int) -> Row:
     """A row whose message was deleted (by another process) after the index was read."""
-    return Row(message_id, "", "", "", "", "(deleted)", "", 0, "", False, False)
+    return Row(message_id, "", "", (), (), "(deleted)", "", "", 0, "", False, False, False)
+
+
+# ---- fitting text into columns (every cell exactly `width` cells wide)
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in `width` cells: padded, or cut with `…` as its last cell."""
+    if width <= 0:
+        return ""
+    if cell_len(text) > width:
+        return set_cell_size(text, width - 1) + "…"
+    return set_cell_size(text, width)
+
+
+def fit_addresses(addresses: tuple[Address, ...], width: int) -> str:
+    """All the addresses if they fit; else the first as a whole (`Name <address>`), its address,
+    or its name, whichever fits first, and `+N` for the others; cut only when none fits."""
+    if not addresses:
+        return cut("", width)
+    whole = ", ".join(a.full for a in addresses)
+    if cell_len(whole) <= width:
+        return set_cell_size(whole, width)
+    first = addresses[0]
+    more = f" +{len(addresses) - 1}" if len(addresses) > 1 else ""
+    if len(more) > width // 2:
+        more = ""
+    room = width - len(more)
+    # A name that looks like an address (`paypal.test <evil@x.test>`) is never shown alone.
+    name = first.name if "@" not in first.name else ""
+    for candidate in (first.full, first.address, name):
+        if candidate and cell_len(candidate) <= room:
+            return set_cell_size(candidate + more, width)
+    return cut(first.address or first.full, room) + more

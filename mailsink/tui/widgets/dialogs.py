@@ -74,22 +74,27 @@ class PathPrompt(ModalScreen[str | None]):
 
 KEYS = (
     ("Messages", ""),
-    ("↑ ↓ j k, PgUp PgDn, Home End", "move through the list (mouse: click, wheel)"),
+    ("↑ ↓ j k, PgUp PgDn", "move through the list (mouse: click, wheel)"),
+    ("Home End, g G", "the newest / the oldest message"),
     ("enter", "open the message full screen; escape goes back"),
     ("/", "filter by sender, recipient or subject (envelope and headers)"),
     ("!", "only messages with findings (on/off)"),
-    ("d", "delete the selected message"),
-    ("D", "delete all messages (asks first)"),
-    ("e", "export the selected message as .eml into a directory"),
+    ("d", "delete the selected message (u brings it back within 5 s)"),
+    ("u", "undo the last d"),
+    ("D", "delete the listed messages (all, without a filter); asks first"),
+    ("e", "export the selected message as .eml into a directory (a free name)"),
+    ("F", "follow the newest: select each new message as it arrives (on/off)"),
     ("Message", ""),
+    ("1 - 7", "tabs: Overview, Text, HTML, Headers, Parts, Raw, Session (also from the list)"),
+    ("[ ]", "previous / next tab"),
     ("tab / shift+tab, ← →", "move focus; switch tabs with the mouse or ← → on the tab bar"),
     ("o", "open the HTML part in the browser"),
     ("r", "headers: decoded / raw"),
     ("a", "save the part chosen in Parts into a directory (name sanitised)"),
     ("Screens", ""),
-    ("s", "sessions: live and finished, with transcripts"),
+    ("s", "sessions: live and finished, with transcripts (↑ ↓ j k Home End g G move)"),
     ("f", "faults: switch rules on and off, presets 1-5"),
-    ("ctrl+p", "command palette: every action by name"),
+    ("ctrl+p", "command palette: every action by name; the theme (remembered)"),
     ("?", "this help"),
     ("q", "quit (the listener closes, messages in flight finish)"),
 )
@@ -108,10 +113,16 @@ class Help(ModalScreen[None]):
             else:
                 table.add_row(Text(key, "bold underline"), "")
         with Vertical(classes="dialog help"):
-            yield Label(Text("mailsink keys", "bold"))
+            yield Label(Text("mailsink keys", "bold"), classes="heading")
             with VerticalScroll():
                 yield Static(table)
-            yield Label(Text("escape closes", "dim"))
+            yield Label(
+                Text("↑ ↓ PgUp PgDn Home End scroll · escape closes", "dim"), classes="hint"
+            )
+
+    def on_mount(self) -> None:
+        # Focused, the list scrolls from the keyboard (its own bindings: ↑ ↓ PgUp PgDn Home End).
+        self.query_one(VerticalScroll).focus()
 
     def action_close(self) -> None:
         self.dismiss(None)

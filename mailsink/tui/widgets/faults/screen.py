@@ -15,17 +15,21 @@ from mailsink.policy import Rule
 from mailsink.presets import BY_KEY, PRESETS
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
+from mailsink.tui.widgets.fitted import Column, FittedTable
 
-# (title, width): they fit 120 columns
 COLUMNS = (
-    ("Key", 3),
-    ("On", 5),
-    ("Rule", 32),
-    ("Stage", 7),
-    ("Does", 40),
-    ("Hits", 5),
-    ("Last fired", 10),
+    Column("Key"),
+    Column("On"),
+    Column("Rule", minimum=12),
+    Column("Stage"),
+    Column("Does", minimum=12),
+    Column("Hits", right=True),
+    Column("Last fired"),
 )
+RULE, DOES = 2, 4
+# At 80 columns both the rule's name and what it does are cut short; from about 110 the presets'
+# names fit whole, and what is left goes to what the rule does.
+GROWTH = ((RULE, 20), (DOES, 30), (RULE, None), (DOES, None))
 
 EXPLAIN = (
     " Faults  space or enter: switch the selected rule on or off · 1-5: presets ·"
@@ -63,10 +67,7 @@ class FaultsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(EXPLAIN, "bold"), classes="title")
-        table: DataTable[Text] = DataTable(id="rules", cursor_type="row")
-        for title, width in COLUMNS:
-            table.add_column(title, width=width)
-        yield table
+        yield FittedTable(COLUMNS, GROWTH, id="rules", cursor_type="row")
         yield Static(id="fault-note")
         yield Footer()
 
@@ -91,26 +92,25 @@ class FaultsScreen(Screen[None]):
         policy = server.policy
         keys = {preset.name: preset.key for preset in PRESETS}
         rows = [(keys.get(rule.name, ""), rule, rule.enabled) for rule in policy.rules]
-        table: DataTable[Text] = self.query_one("#rules", DataTable)
-        cursor = table.cursor_row
-        table.clear()
+        cells = []
         self.names = []
         for key, rule, on_ in rows:
             stats = policy.stats.get(rule.name)
             hits = stats.hits if stats else 0
             last = stats.last_fired if stats else None
-            table.add_row(
-                Text(key, "bold cyan"),
-                Text("● on" if on_ else "○ off", "bold green" if on_ else "dim"),
-                Text(visible(rule.name)),
-                Text(rule.stage),
-                Text(visible(_does(rule))),
-                Text(str(hits), justify="right"),
-                Text(time.strftime("%H:%M:%S", time.localtime(last)) if last else ""),
+            cells.append(
+                [
+                    Text(key, "bold cyan"),
+                    Text("● on" if on_ else "○ off", "bold green" if on_ else "dim"),
+                    Text(visible(rule.name)),
+                    Text(rule.stage),
+                    Text(visible(_does(rule))),
+                    Text(str(hits)),
+                    Text(time.strftime("%H:%M:%S", time.localtime(last)) if last else ""),
+                ]
             )
             self.names.append(rule.name)
-        if 0 <= cursor < len(self.names):
-            table.move_cursor(row=cursor, animate=False)
+        self.query_one("#rules", FittedTable).show(cells)
         configured = len(server.settings.rules)
         note = f" {configured} rule(s) from " + (
             visible(str(server.settings.source)) if server.settings.source else "no config file"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
+import threading
 import webbrowser
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from rich.console import RenderableType
 from rich.text import Text
@@ -23,16 +26,23 @@ from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 from mailsink.mail.attachments import save_part
 from mailsink.mail.html import html_to_text
 from mailsink.mail.parse import MimePart, ParsedMessage, parse_message, part_payload
-from mailsink.store.queries import MessageRecord, Reader
+from mailsink.store.queries import MessageRecord, Reader, SessionRecord
 from mailsink.text import format_bytes, visible
 from mailsink.tui import render
 from mailsink.tui.backend import Backend
 
+if TYPE_CHECKING:
+    from mailsink.tui.app import MailsinkApp
+
 SHOWN = 512 * 1024  # characters of a body or bytes of a message a tab shows; then a notice
 PARTS_SHOWN = 500  # MIME tree nodes
 TRANSCRIPT_SHOWN = 2000  # session events
+SLICE_CHARS = 16 * 1024  # a longer text goes into its tab a slice at a time (see Document)
+SLICE_PAUSE = 0.01  # seconds between slices: a key's few hops through the app all fit in one
+DOCUMENTS = ("text", "html", "raw")  # the tabs whose body is a Document
 CACHED_MESSAGES = 8  # parsed messages kept for going back and forth...
 CACHED_BYTES = 16 * 1024 * 1024  # ... as long as their raw sizes add up to no more than this
+TABS = ("overview", "text", "html", "headers", "parts", "raw", "session")  # ids, in order
 
 
 @dataclass
@@ -52,25 +62,52 @@ class Loaded:
     transcript: Text
 
 
-def _cut(text: str, notice: str) -> str:
+def _cut_visible(text: str, notice: str) -> str:
+    """`_cut` of `text` made visible; only the head that can be shown is made visible, since a
+    20 MB body takes a few long calls in C that hold the GIL (and the UI's loop) for a second."""
     if len(text) <= SHOWN:
+        return _cut(render.body(text, ""), notice)
+    head = text[:SHOWN].removesuffix("\r")  # not half of a CRLF
+    return _cut(render.body(head, ""), notice, len(text))
+
+
+def _cut(text: str, notice: str, length: int | None = None) -> str:
+    """At most SHOWN characters of `text`, then a notice if there was more (`length`: that of
+    the whole, when `text` is only its head)."""
+    length = len(text) if length is None else max(length, len(text))
+    if length <= SHOWN:
         return text
-    shown = f"showing {SHOWN // 1024} K of {len(text) // 1024} K characters"
+    shown = f"showing {SHOWN // 1024} K of {length // 1024} K characters"
     return f"{text[:SHOWN]}\n\n[cut: {shown}; {notice}]"
 
 
-def load(reader: Reader, message_id: int) -> Loaded | None:
-    """Everything the tabs show, read, parsed and made safe on the reader thread."""
+Fetched = tuple[MessageRecord, bytes, SessionRecord | None]
+
+
+def fetch(reader: Reader, message_id: int) -> Fetched | None:
+    """What the tabs show, as stored (on the reader thread: SQL only); None if it is gone."""
     record = reader.get_message(message_id)
     raw = reader.get_raw(message_id)
     if record is None or raw is None:
         return None
+    return record, raw, reader.get_session(record.session_id)
+
+
+def load(reader: Reader, message_id: int) -> Loaded | None:
+    """Everything the tabs show, read, parsed and made safe, in the calling thread."""
+    fetched = fetch(reader, message_id)
+    return None if fetched is None else prepare(*fetched)
+
+
+def prepare(record: MessageRecord, raw: bytes, session: SessionRecord | None) -> Loaded:
+    """The message parsed and made safe, off the loop: all that grows with its size."""
+    message_id = record.id
     parsed = parse_message(raw)
     whole = f"`mailsink show {message_id}` has it all"
-    text = _cut(render.body(parsed.text, "(no text/plain part)"), whole)
+    text = _cut_visible(parsed.text, whole) if parsed.text is not None else "(no text/plain part)"
     html = "(no text/html part)"
     if parsed.html is not None:
-        html = _cut(render.body(html_to_text(parsed.html), ""), "press o for the whole HTML")
+        html = _cut_visible(html_to_text(parsed.html), "press o for the whole HTML")
         html += "\n(press o to open the HTML in a browser)"
     raw_shown = render.body(raw[:SHOWN].decode("utf-8", "replace"), "")
     if len(raw) > SHOWN:
@@ -78,7 +115,6 @@ def load(reader: Reader, message_id: int) -> Loaded | None:
             f"\n\n[truncated: showing {format_bytes(SHOWN)} of {format_bytes(len(raw))};"
             f" `mailsink show {message_id} --raw` has it all]"
         )
-    session = reader.get_session(record.session_id)
     return Loaded(
         record=record,
         raw=raw,
@@ -93,12 +129,82 @@ def load(reader: Reader, message_id: int) -> Loaded | None:
     )
 
 
+class BrowserFiles:
+    """The HTML written for the browser (`o`): in one private directory, removed when the app
+    exits (a browser reads the file after `webbrowser.open` returns, so not before)."""
+
+    def __init__(self) -> None:
+        self._directory: Path | None = None
+        self._lock = threading.Lock()  # written from worker threads
+
+    def write(self, message_id: int, html: str) -> Path:
+        with self._lock:
+            if self._directory is None:
+                self._directory = Path(tempfile.mkdtemp(prefix="mailsink-html-"))
+            directory = self._directory
+        with tempfile.NamedTemporaryFile(
+            "w",
+            suffix=".html",
+            prefix=f"message-{message_id}-",
+            dir=directory,
+            delete=False,
+            encoding="utf-8",
+        ) as file:
+            file.write(html)
+        return Path(file.name)
+
+    def remove(self) -> None:
+        with self._lock:
+            directory, self._directory = self._directory, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _line_end(text: str, at: int) -> int:
+    """Where the line that `at` is in ends (after its newline)."""
+    end = text.find("\n", at)
+    return len(text) if end < 0 else end + 1
+
+
 class Document(TextArea):
-    """Read-only, scrollable text: handles long bodies without rendering them all."""
+    """Read-only, scrollable text: handles long bodies without rendering them all.
+
+    TextArea wraps all the text it is given there and then, on the loop, and more than once
+    (512 K characters: 0.3 s to 1 s), so a long text reaches it only when its tab is shown, and
+    then a slice at a time, with the loop free in between for keys and repaints."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)  # type: ignore[arg-type]
         self.cursor_blink = False
+        self._waiting: str | None = None  # a long text not given to the TextArea yet
+
+    def set_text(self, text: str, *, shown: bool) -> None:
+        """Show `text` (now if short, or if the tab is `shown`; otherwise when it is)."""
+        self.workers.cancel_group(self, "slices")
+        self._waiting = None
+        if len(text) <= SLICE_CHARS:
+            self.load_text(text)
+            return
+        self.load_text("")
+        self._waiting = text
+        if shown:
+            self.reveal()
+
+    def reveal(self) -> None:
+        """The tab is shown: the long text that waits, if any, goes in."""
+        if self._waiting is not None:
+            text, self._waiting = self._waiting, None
+            self._load_slices(text)
+
+    @work(group="slices", exclusive=True)
+    async def _load_slices(self, text: str) -> None:
+        end = _line_end(text, SLICE_CHARS)
+        self.load_text(text[:end])
+        while end < len(text):
+            await asyncio.sleep(SLICE_PAUSE)  # keys, repaints, the next message: in between
+            start, end = end, _line_end(text, end + SLICE_CHARS)
+            self.insert(text[start:end], self.document.end)
+        self.history.clear()  # read-only: nothing to undo, and no second copy to keep
 
 
 class MessageDetail(Vertical):
@@ -109,6 +215,12 @@ class MessageDetail(Vertical):
         Binding("o", "open_html", "Open HTML"),
         Binding("r", "toggle_raw_headers", "Raw headers", show=False),
         Binding("a", "save_attachment", "Save part", show=False),
+        *(
+            Binding(str(number), f"show_tab('{tab}')", f"Tab {number}: {tab}", show=False)
+            for number, tab in enumerate(TABS, 1)
+        ),
+        Binding("left_square_bracket", "show_tab('previous')", "Previous tab", show=False),
+        Binding("right_square_bracket", "show_tab('next')", "Next tab", show=False),
     ]
 
     def __init__(self, backend: Backend, **kwargs: object) -> None:
@@ -156,7 +268,10 @@ class MessageDetail(Vertical):
         if loaded is None:
             await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
             try:
-                loaded = await self.backend.read(load, message_id)
+                fetched = await self.backend.read(fetch, message_id)
+                # Parsed in a thread of its own: a 20 MB message takes a second or so, and the
+                # reader's queue (the next message, the list's pages) must not wait behind it.
+                loaded = None if fetched is None else await asyncio.to_thread(prepare, *fetched)
             except Exception as error:  # a message that breaks the parser must not break the UI
                 if message_id == self.message_id:
                     with contextlib.suppress(NoMatches):
@@ -185,19 +300,25 @@ class MessageDetail(Vertical):
         if loaded is None:
             gone = "No message selected." if self.message_id is None else "This message is gone."
             overview.update(Text(gone, "dim"))
-            for name in ("text", "html", "raw"):
-                self.query_one(f"#{name}-body", Document).load_text("")
+            for name in DOCUMENTS:
+                self.query_one(f"#{name}-body", Document).set_text("", shown=False)
             self.query_one("#headers-body", Static).update("")
             self.query_one("#session-body", Static).update("")
             self.query_one("#parts-tree", Tree).clear()
             return
         overview.update(loaded.overview)
-        self.query_one("#text-body", Document).load_text(loaded.text)
-        self.query_one("#html-body", Document).load_text(loaded.html)
+        shown = self.query_one(TabbedContent).active
+        texts = {"text": loaded.text, "html": loaded.html, "raw": loaded.raw_shown}
+        for name, text in texts.items():
+            self.query_one(f"#{name}-body", Document).set_text(text, shown=name == shown)
         self._fill_headers()
         self._fill_parts(loaded.parsed.mime)
-        self.query_one("#raw-body", Document).load_text(loaded.raw_shown)
         self.query_one("#session-body", Static).update(loaded.transcript)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id in DOCUMENTS:
+            self.query_one(f"#{event.pane.id}-body", Document).reveal()
 
     def _fill_headers(self) -> None:
         if self.loaded is None:
@@ -229,6 +350,15 @@ class MessageDetail(Vertical):
 
     # ---- actions
 
+    def action_show_tab(self, tab: str) -> None:
+        """`tab`: a tab's id (keys 1-7), or `previous` / `next` (keys [ and ])."""
+        tabs = self.query_one(TabbedContent)
+        if tab in TABS:
+            tabs.active = tab
+        else:
+            step = -1 if tab == "previous" else 1
+            tabs.active = TABS[(TABS.index(tabs.active) + step) % len(TABS)]
+
     def action_toggle_raw_headers(self) -> None:
         self.raw_headers = not self.raw_headers
         self._fill_headers()
@@ -240,21 +370,32 @@ class MessageDetail(Vertical):
         if loaded is None or loaded.parsed.html is None:
             self.notify("This message has no HTML part.", severity="warning")
             return
+        files = cast("MailsinkApp", self.app).browser_files
 
-        def write_and_open() -> str:
-            with tempfile.NamedTemporaryFile(
-                "w",
-                suffix=".html",
-                prefix=f"mailsink-{loaded.record.id}-",
-                delete=False,
-                encoding="utf-8",
-            ) as file:
-                file.write(loaded.parsed.html or "")
-            webbrowser.open(Path(file.name).as_uri())
-            return file.name
+        def write_and_open() -> tuple[Path, bool]:
+            path = files.write(loaded.record.id, loaded.parsed.html or "")
+            try:
+                # False when no browser could be started (none there, or each one failed).
+                opened = webbrowser.open(path.as_uri())
+            except (webbrowser.Error, OSError):
+                opened = False
+            return path, opened
 
-        name = await asyncio.to_thread(write_and_open)
-        self.notify(f"Opened {visible(name)} in the browser", markup=False)
+        try:
+            path, opened = await asyncio.to_thread(write_and_open)
+        except OSError as error:
+            self.notify(f"HTML not written: {error}", severity="error", markup=False)
+            return
+        if opened:
+            self.notify(f"Opened {visible(str(path))} in the browser", markup=False)
+        else:
+            self.notify(
+                f"No browser could be started. The HTML is in {visible(str(path))}"
+                f" ({visible(path.as_uri())}) until mailsink exits.",
+                severity="warning",
+                markup=False,
+                timeout=30,
+            )
 
     def selected_part(self) -> MimePart | None:
         node = self.query_one("#parts-tree", Tree).cursor_node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -11,7 +12,39 @@ from textual.widgets import Footer, Static, TabbedContent
 
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
+from mailsink.tui.rows import cut
 from mailsink.tui.widgets.message.detail import MessageDetail
+
+
+class MessageTitle(Static):
+    """`Message N  <subject>  from <sender>` on one line: a long subject is cut (with `…`) so
+    that the sender stays in sight; only a very narrow terminal cuts the sender too."""
+
+    SUBJECT_LEAST = 12  # cells the subject keeps before the sender gives way
+
+    def __init__(self, message_id: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.message_id = message_id
+        self._shown: tuple[str, str] | None = None
+
+    def show(self, subject: str, sender: str) -> None:
+        """Both already through `visible`."""
+        self._shown = (subject, sender)
+        self.refresh()
+
+    def render(self) -> Text:
+        head = f" Message {self.message_id}"
+        title = Text(head, "bold", no_wrap=True, overflow="ellipsis", end="")
+        if self._shown is None:
+            return title
+        subject, sender = self._shown
+        tail = f"  from {sender}"
+        room = self.size.width - cell_len(head) - 2 - cell_len(tail)
+        if cell_len(subject) > room:
+            subject = cut(subject, max(room, min(cell_len(subject), self.SUBJECT_LEAST)))
+        title.append("  " + subject)
+        title.append(tail, "dim")
+        return title
 
 
 class MessageScreen(Screen[None]):
@@ -23,9 +56,7 @@ class MessageScreen(Screen[None]):
         self.message_id = message_id
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            Text(f" Message {self.message_id}", "bold"), id="message-title", classes="title"
-        )
+        yield MessageTitle(self.message_id, id="message-title", classes="title")
         yield MessageDetail(self.backend, id="full-detail")
         yield Footer()
 
@@ -36,9 +67,8 @@ class MessageScreen(Screen[None]):
     @on(MessageDetail.Filled)
     def _title(self) -> None:
         loaded = self.query_one(MessageDetail).loaded
-        title = Text(f" Message {self.message_id}", "bold")
         if loaded is not None:
-            title.append("  ")
-            title.append(visible(loaded.record.headers.get("subject") or "(no subject)"))
-            title.append(f"  from {visible(loaded.record.envelope.mail_from or '<>')}", "dim")
-        self.query_one("#message-title", Static).update(title)
+            self.query_one("#message-title", MessageTitle).show(
+                visible(loaded.record.headers.get("subject") or "(no subject)"),
+                visible(loaded.record.envelope.mail_from or "<>"),
+            )

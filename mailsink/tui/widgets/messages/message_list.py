@@ -9,14 +9,15 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
-from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events, on, work
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -24,7 +25,7 @@ from textual.strip import Strip
 
 from mailsink.store.queries import Reader
 from mailsink.tui.backend import Backend
-from mailsink.tui.rows import Row, gone, row_of
+from mailsink.tui.rows import Row, cut, fit_addresses, gone, row_of
 
 PAGE = 100  # rows fetched together
 CACHE_ROWS = 2000
@@ -44,37 +45,165 @@ class ListFilter:
         return " ".join(parts)
 
 
-# (title, width or 0 for the flexible column)
-COLUMNS = (
-    ("Time", 8),
-    ("Envelope sender", 24),
-    ("From", 22),
-    ("To", 22),
-    ("Subject", 0),
-    ("Size", 9),
-    ("", 6),
+BADGES = 4  # the last column, untitled: !9@✗
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A column of one layout: a fixed `width`, or flexible with a `least` width, a `weight` for
+    sharing out the room left and a `most` width (0: no limit)."""
+
+    key: str  # the field shown: time, sender, mark (≠: the envelope sender is not From), ...
+    width: int = 0
+    least: int = 0
+    weight: float = 0.0
+    most: int = 0
+
+
+def _flexible(key: str, least: int, weight: float, most: int = 0) -> Spec:
+    return Spec(key, least=least, weight=weight, most=most)
+
+
+# From the richest down: the first layout whose columns fit at their least widths is used. The
+# envelope sender gives way first (to the ≠ marker), then Size's long form, the seconds, Size,
+# To and From; the Subject and the badges stay to the end.
+_LAYOUTS: tuple[tuple[Spec, ...], ...] = (
+    (
+        Spec("time", 8),
+        _flexible("sender", 20, 0.5, 40),
+        _flexible("from", 28, 2, 60),
+        _flexible("to", 28, 2, 60),
+        _flexible("subject", 46, 1),
+        Spec("size", 10),
+    ),
+    (
+        Spec("time", 8),
+        Spec("mark", 1),
+        _flexible("from", 20, 1, 60),
+        _flexible("to", 18, 1, 60),
+        _flexible("subject", 40, 2),
+        Spec("size", 10),
+    ),
+    (
+        Spec("time", 8),
+        Spec("mark", 1),
+        _flexible("from", 14, 1, 60),
+        _flexible("to", 12, 1, 60),
+        _flexible("subject", 24, 2),
+        Spec("size", 5),
+    ),
+    (
+        Spec("time", 5),
+        Spec("mark", 1),
+        _flexible("from", 12, 1, 60),
+        _flexible("to", 10, 1, 60),
+        _flexible("subject", 20, 2),
+        Spec("size", 5),
+    ),
+    (
+        Spec("time", 5),
+        Spec("mark", 1),
+        _flexible("from", 12, 1, 60),
+        _flexible("to", 10, 1, 60),
+        _flexible("subject", 20, 2),
+    ),
+    (Spec("time", 5), Spec("mark", 1), _flexible("from", 12, 1, 60), _flexible("subject", 16, 2)),
+    (Spec("time", 5), _flexible("subject", 8, 1)),
+    (_flexible("subject", 1, 1),),
 )
+_TITLES = {
+    "time": "Time",
+    "sender": "Envelope sender",
+    "mark": "",
+    "from": "From",
+    "to": "To",
+    "subject": "Subject",
+    "size": "Size",
+}
 
 
-def _widths(total: int) -> list[int]:
-    fixed = sum(width + 1 for _, width in COLUMNS if width) + 1
-    flexible = max(10, total - fixed)
-    return [width or flexible for _, width in COLUMNS]
+def _share(specs: tuple[Spec, ...], room: int) -> list[int]:
+    """The flexible columns' least widths, and `room` shared out by weight; a column at its most
+    passes the rest on to the others."""
+    widths = [spec.width or spec.least for spec in specs]
+    room -= sum(widths)
+    growing = [i for i, spec in enumerate(specs) if spec.weight]
+    while room > 0 and growing:
+        total = sum(specs[i].weight for i in growing)
+        given = 0
+        for i in growing:
+            extra = int(room * specs[i].weight / total)
+            if specs[i].most:
+                extra = min(extra, specs[i].most - widths[i])
+            widths[i] += extra
+            given += extra
+        growing = [i for i in growing if not specs[i].most or widths[i] < specs[i].most]
+        if given == 0:  # rounding left a few cells: to the last that grows (the Subject)
+            if growing:
+                widths[growing[-1]] += room - given
+            break
+        room -= given
+    return widths
 
 
-def _cell(text: str, width: int) -> str:
-    if cell_len(text) > width:
-        return set_cell_size(text, width - 1) + "…"
-    return set_cell_size(text, width)
+class Layout:
+    """The columns at one width: every line is exactly `width` cells, the badges last."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        for specs in _LAYOUTS:
+            room = width - BADGES - len(specs)  # one space after each column
+            if room >= sum(spec.width or spec.least for spec in specs):
+                break
+        self.columns = tuple(
+            (spec.key, cells) for spec, cells in zip(specs, _share(specs, room), strict=True)
+        )
+        # A terminal too narrow even for the last layout: lines are cut to its width.
+        self.exact = sum(cells + 1 for _, cells in self.columns) + BADGES == width
+
+    def heading(self) -> str:
+        cells = [
+            _TITLES[key].rjust(width) if key == "size" else cut(_TITLES[key], width)
+            for key, width in self.columns
+        ]
+        return " ".join(cells) + " " + " " * BADGES
+
+    def text(self, row: Row) -> str:
+        """Every column but the badges, each followed by its space."""
+        return "".join(self._cell(row, key, width) + " " for key, width in self.columns)
+
+    @staticmethod
+    def _cell(row: Row, key: str, width: int) -> str:
+        if key == "time":
+            return cut(row.time[:width], width)
+        if key == "sender":
+            return cut(row.sender, width)
+        if key == "mark":
+            return "≠" if row.sender_differs and row.sender else " "
+        if key == "from":
+            return fit_addresses(row.from_, width)
+        if key == "to":
+            return fit_addresses(row.to, width)
+        if key == "size":
+            size = row.size if width >= 10 else row.size_short
+            return size.rjust(width) if len(size) <= width else cut(size, width)
+        return cut(row.subject, width)
+
+
+@lru_cache(maxsize=8)
+def layout_for(width: int) -> Layout:
+    return Layout(width)
 
 
 def heading_line(width: int) -> str:
-    return " ".join(_cell(title, w) for (title, _), w in zip(COLUMNS, _widths(width), strict=True))
+    """The list's heading for a list `width` cells wide (without its scrollbar)."""
+    return layout_for(width).heading()
 
 
 class MessageList(ScrollView, can_focus=True):
     """Newest first. The selection follows a message, not a row: new mail arriving above it
-    moves neither the selection nor what is on screen (unless the view is at the very top)."""
+    moves neither the selection nor what is on screen (unless the view is at the very top), but
+    when following the newest (`follow`) each new message is selected as it arrives."""
 
     BINDINGS = [
         Binding("up,k", "move(-1)", "Up", show=False),
@@ -84,6 +213,12 @@ class MessageList(ScrollView, can_focus=True):
         Binding("home,g", "first", "First", show=False),
         Binding("end,G", "last", "Last", show=False),
     ]
+    # Every line is as wide as the list: never a horizontal scrollbar (it would take a row).
+    DEFAULT_CSS = """
+    MessageList {
+        overflow-x: hidden;
+    }
+    """
     COMPONENT_CLASSES = {
         "message-list--cursor",
         "message-list--dim",
@@ -118,14 +253,18 @@ class MessageList(ScrollView, can_focus=True):
         self.ids: array[int] = array("q")  # ascending; row r is ids[-1 - r]
         self.loaded = False
         self._rows: OrderedDict[int, Row] = OrderedDict()
+        self._texts: dict[int, tuple[Row, Layout, str]] = {}  # see _segments
+        self._paint_width: int | None = None  # see render_lines
         self._pending_pages: set[int] = set()
         self._selected_id: int | None = None
         self._announced: int | bool | None = False  # last id posted with Selected
         self._generation = 0  # counts full reloads
         self._deletions = -1  # the store's deletion count when the index was read
+        self.hidden: set[int] = set()  # deleted here, not yet in the store: see `hide`
         # The newest id in the store when the index was last read, matching the filter or not:
         # a catch-up reads only above it, even when nothing matched (an empty list).
         self._seen = 0
+        self.follow = False  # the selection jumps to each new message (toggled by `F`)
 
     # ---- the index
 
@@ -163,6 +302,8 @@ class MessageList(ScrollView, can_focus=True):
         )
         if f != self.filter:
             return  # a newer filter is being loaded
+        if self.hidden:
+            ids = array("q", [i for i in ids if i not in self.hidden])
         self._deletions = deletions
         self._seen = latest or 0
         self._generation += 1  # what catch_up read before this is stale
@@ -216,7 +357,12 @@ class MessageList(ScrollView, can_focus=True):
             return True
         at_top = self.scroll_y == 0
         self._resize()
-        if self._selected_id is not None and (row := self.row_of_id(self._selected_id)) is not None:
+        if self.follow and new:
+            self.cursor = 0
+            self.scroll_to(y=0, animate=False, immediate=True)
+        elif (
+            self._selected_id is not None and (row := self.row_of_id(self._selected_id)) is not None
+        ):
             if not at_top:
                 self.scroll_to(y=self.scroll_y + (row - self.cursor), animate=False, immediate=True)
             self.cursor = row
@@ -226,23 +372,32 @@ class MessageList(ScrollView, can_focus=True):
         self.post_message(self.Changed())
         return True
 
-    def forget(self, message_id: int) -> None:
-        """A message deleted from here: drop its row, select the one that takes its place.
-
-        The store counted the deletion; counting it here too tells the next catch-up that no
-        other deletion happened, so it needs no full reload."""
-        if self._deletions >= 0:
-            self._deletions += 1
-        row = self.row_of_id(message_id)
-        if row is None:
-            return
-        del self.ids[len(self.ids) - 1 - row]
-        self._rows.pop(message_id, None)
+    def hide(self, message_ids: Collection[int]) -> None:
+        """Messages deleted here, before the store deletes them (that waits for undo, or goes a
+        chunk at a time): their rows go now, and stay out of any reload until `release`. The
+        row that takes the selected one's place is selected."""
+        self.hidden.update(message_ids)
+        row = self.cursor
+        if len(message_ids) == 1:
+            (message_id,) = message_ids
+            if (at := self.row_of_id(message_id)) is not None:
+                del self.ids[len(self.ids) - 1 - at]
+        else:
+            self.ids = array("q", [i for i in self.ids if i not in self.hidden])
         self._selected_id = None
         self._resize()
         self.cursor = min(row, max(0, len(self.ids) - 1))
         self.refresh()
         self.post_message(self.Changed())
+
+    def release(self, message_ids: Iterable[int], *, deletions: int = 0) -> None:
+        """Hidden messages that the store has deleted, counting `deletions` deletions (a reload
+        shows them no more), or that come back (the caller reloads). Counting the store's
+        deletions here tells the next catch-up that no other deletion happened, so it needs no
+        full reload."""
+        self.hidden.difference_update(message_ids)
+        if self._deletions >= 0:
+            self._deletions += deletions
 
     def _resize(self) -> None:
         self.virtual_size = Size(self.scrollable_content_region.width, len(self.ids))
@@ -285,6 +440,17 @@ class MessageList(ScrollView, can_focus=True):
     def action_last(self) -> None:
         self._move_to(len(self.ids) - 1)
 
+    def toggle_follow(self) -> bool:
+        """Follow the newest message (it is selected now, and each new one as it arrives), or
+        stop following. Returns whether it follows now."""
+        self.follow = not self.follow
+        if self.follow:
+            self.action_first()
+            self.notify("Following new mail: each new message is selected as it arrives (F stops)")
+        else:
+            self.notify("No longer following new mail", timeout=3)
+        return self.follow
+
     def select_id(self, message_id: int) -> bool:
         row = self.row_of_id(message_id)
         if row is not None:
@@ -311,50 +477,63 @@ class MessageList(ScrollView, can_focus=True):
         # partial: without the widget's background, so the cursor's shows through
         return self.get_component_rich_style(f"message-list--{name}", partial=True)
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # The width once per paint rather than once per line (it costs as much as a line).
+        self._paint_width = self.scrollable_content_region.width
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint_width = None
+
     def render_line(self, y: int) -> Strip:
         row = int(self.scroll_y) + y
-        width = self.scrollable_content_region.width
+        width = self._paint_width
+        if width is None:
+            width = self.scrollable_content_region.width
         message_id = self.id_at(row)
         if message_id is None:
             if row == 0 and self.loaded:
                 text = "No messages yet." if not self.filter.describe() else "No messages match."
                 style = self._style("dim")
-                return Strip([Segment(_cell(f"  {text}", width), style)], width)
+                return Strip([Segment(cut(f"  {text}", width), style)], width)
             return Strip.blank(width, self.rich_style)
         cached = self._rows.get(message_id)
         if cached is None:
             self._want(row)
-            style = self._style("dim")
-            segments = [Segment(_cell(f"  … message {message_id}", width), style)]
+            segments = [Segment(cut(f"  … message {message_id}", width), self._style("dim"))]
+            strip = Strip(segments, width)
         else:
             self._rows.move_to_end(message_id)
-            segments = self._segments(cached, width)
-        strip = Strip(segments)
+            layout = layout_for(width)
+            strip = Strip(self._segments(cached, layout), width if layout.exact else None)
+            if not layout.exact:
+                strip = strip.crop_extend(0, width, self.rich_style)
         if row == self.cursor:
             strip = strip.apply_style(self._style("cursor"))
-        return strip.adjust_cell_length(width, self.rich_style).crop(0, width)
+        return strip
 
-    def _segments(self, row: Row, width: int) -> list[Segment]:
-        widths = _widths(width)
-        base = self._style("rejected") if row.rejected else Style()
-        texts = (row.time, row.sender, row.from_, row.to, row.subject, row.size)
-        segments: list[Segment] = []
-        for text, cells in zip(texts, widths, strict=False):
-            if text is row.size:
-                segments.append(Segment(text.rjust(cells)[-cells:] + " ", base))
-            else:
-                segments.append(Segment(_cell(text, cells) + " ", base))
-        badges: list[Segment] = []
+    def _segments(self, row: Row, layout: Layout) -> list[Segment]:
+        # The text of the columns is made once per row and width: a line costs a few segments.
+        known = self._texts.get(row.id)
+        if known is not None and known[0] is row and known[1] is layout:
+            text = known[2]
+        else:
+            if len(self._texts) >= CACHE_ROWS:
+                self._texts.clear()
+            text = layout.text(row)
+            self._texts[row.id] = (row, layout, text)
+        segments = [Segment(text, self._style("rejected") if row.rejected else None)]
+        used = 0
         if row.findings:
-            kind = row.worst or "info"
-            badges.append(Segment(f"!{min(row.findings, 9)}", self._style(kind)))
+            segments.append(Segment(f"!{min(row.findings, 9)}", self._style(row.worst or "info")))
+            used += 2
         if row.attachments:
-            badges.append(Segment("@", self._style("attachment")))
+            segments.append(Segment("@", self._style("attachment")))
+            used += 1
         if row.rejected:
-            badges.append(Segment("✗", self._style("error")))
-        used = sum(cell_len(b.text) for b in badges)
-        segments += badges
-        segments.append(Segment(" " * max(0, widths[-1] - used)))
+            segments.append(Segment("✗", self._style("error")))
+            used += 1
+        segments.append(Segment(" " * (BADGES - used)))
         return segments
 
     # ---- paging

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from array import array
+from functools import partial
 from pathlib import Path
 
 from rich.text import Text
@@ -21,30 +24,60 @@ from mailsink.tui.widgets.message.detail import MessageDetail
 from mailsink.tui.widgets.messages.message_list import ListFilter, MessageList, heading_line
 from mailsink.tui.widgets.status import StatusLine
 
+UNDO_SECONDS = 5.0  # how long `u` can bring a deleted message back
+log = logging.getLogger("mailsink")
+
 
 class ListHeading(Static):
-    def on_resize(self) -> None:
-        self.update(Text(heading_line(self.size.width - 1), "bold"))
+    """The list's column titles, as wide as the list's lines: they follow its scrollbar too."""
+
+    def on_mount(self) -> None:
+        self.watch(self._list, "show_vertical_scrollbar", self._scrollbar_changed, init=False)
+
+    def _scrollbar_changed(self) -> None:
+        self.refresh()
+
+    @property
+    def _list(self) -> MessageList:
+        return self.screen.query_one("#messages", MessageList)
+
+    def render(self) -> Text:
+        listing = self._list
+        width = self.size.width - listing.scrollbar_size_vertical
+        return Text(heading_line(width), "bold", no_wrap=True, overflow="crop")
 
 
 class MainScreen(Screen[None]):
+    DELETE_CHUNK = 500  # messages per transaction when deleting many (tests make it smaller)
     BINDINGS = [
-        Binding("slash", "filter", "Filter"),
-        Binding("exclamation_mark", "findings_only", "Findings only"),
-        Binding("d", "delete", "Delete"),
-        Binding("D", "clear", "Clear all"),
-        Binding("e", "export", "Export .eml"),
+        # A priority binding runs when the key arrives, before the keys behind it are handed
+        # to the focused widget (the Input takes `/` itself: Input.check_consume_key).
+        Binding("slash", "filter", "Filter", priority=True),
+        # Off the footer, so that at 80 columns it keeps / s f ? q (these are in Help and ctrl+p).
+        Binding("exclamation_mark", "findings_only", "Findings only", show=False),
+        Binding("d", "delete", "Delete", show=False),
+        Binding("u", "undo", "Undo delete", show=False),
+        Binding("D", "clear", "Clear all", show=False),
+        Binding("e", "export", "Export .eml", show=False),
+        Binding("F", "app.follow_newest", "Follow newest", show=False),
         Binding("escape", "leave_filter", "Back", show=False),
         # The detail's own keys, for when the list has the focus.
         Binding("o", "detail('open_html')", "Open HTML", show=False),
         Binding("r", "detail('toggle_raw_headers')", "Raw headers", show=False),
         Binding("a", "detail('save_attachment')", "Save part", show=False),
+        *(  # 1-7, [ and ]: the detail's tabs
+            Binding(tab.key, f'detail("{tab.action}")', tab.description, show=False)
+            for tab in MessageDetail.BINDINGS
+            if isinstance(tab, Binding) and tab.action.startswith("show_tab(")
+        ),
     ]
 
     def __init__(self, backend: Backend) -> None:
         super().__init__()
         self.backend = backend
         self._filter_timer: Timer | None = None
+        self._undoable: dict[int, Timer] = {}  # message id: when its deletion is carried out
+        self._deleting = False  # a `D` under way
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.backend, id="status")
@@ -97,7 +130,9 @@ class MainScreen(Screen[None]):
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.add_class("open")
-        box.focus()
+        # At once, not as Widget.focus does (after the messages already queued): keys that
+        # came in the same read as `/` (a paste, a slow link) must reach the box, not the list.
+        self.set_focus(box)
 
     def action_leave_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -133,38 +168,128 @@ class MainScreen(Screen[None]):
 
     # ---- acting on messages
 
-    @work(group="actions")
-    async def action_delete(self) -> None:
-        message_id = self.message_list.selected_id
+    def action_delete(self) -> None:
+        """`d`: the row goes at once; the store deletes the message UNDO_SECONDS later (or when
+        the app quits), unless `u` brings it back first."""
+        listing = self.message_list
+        message_id = listing.selected_id
         if message_id is None:
             return
+        listing.hide([message_id])
+        self._undoable[message_id] = self.set_timer(
+            UNDO_SECONDS, partial(self._delete_stored, message_id)
+        )
+        self.notify(f"Deleted message {message_id} — u to undo", timeout=UNDO_SECONDS)
+
+    @work(group="actions")
+    async def action_undo(self) -> None:
+        if not self._undoable:
+            self.notify("Nothing to undo.", timeout=2)
+            return
+        message_id, timer = self._undoable.popitem()  # the latest deletion
+        timer.stop()
+        listing = self.message_list
+        listing.release([message_id])
+        await listing.reload()
+        listing.select_id(message_id)
+        self.notify(f"Message {message_id} is back", timeout=2)
+
+    async def _delete_stored(self, message_id: int) -> None:
+        if self._undoable.pop(message_id, None) is None:
+            return  # undone, or carried out on quit
+        listing = self.message_list
         try:
             await self.backend.read(Reader.delete_message, message_id)
         except sqlite3.Error as error:
-            self.notify(f"Not deleted: {error}", severity="error", markup=False)
+            self.notify(
+                f"Message {message_id} not deleted: {error}", severity="error", markup=False
+            )
+            listing.release([message_id])
+            await listing.reload()
             return
-        self.message_list.forget(message_id)
-        self.notify(f"deleted message {message_id}", timeout=2)
+        listing.release([message_id], deletions=1)
+
+    async def carry_out_deletions(self) -> None:
+        """The app is quitting: delete what is still undoable now rather than never."""
+        pending = list(self._undoable)
+        for timer in self._undoable.values():
+            timer.stop()
+        self._undoable.clear()
+        if pending:
+            try:
+                await self.backend.read(Reader.delete_messages, pending)
+            except sqlite3.Error as error:
+                log.error("messages %s not deleted: %s", pending, error)
+
+    def clear_label(self) -> str:
+        """What `D` deletes, in words: the listed messages with a filter, else all."""
+        listing = self.message_list
+        count = listing.count
+        if listing.filter.describe():
+            return f"Delete the {count:,} listed message{'' if count == 1 else 's'}"
+        return "Delete the only message" if count == 1 else f"Delete all {count:,} messages"
 
     def action_clear(self) -> None:
-        count = self.message_list.count
+        """`D`: with a filter, exactly the listed messages; without, all of them. Either way the
+        ones counted in the question (mail arriving before the answer stays)."""
+        if self._deleting:
+            self.notify("Still deleting: see the status line.", severity="warning", timeout=3)
+            return
+        listing = self.message_list
+        ids = array("q", listing.ids)  # a copy: what the question counts is what goes
+        count = len(ids)
+        if not count:
+            self.notify("No messages to delete.", timeout=2)
+            return
+        filtered = bool(listing.filter.describe())
+        question = self.clear_label() + "?"
+        if not filtered:  # as `mailsink clear` does
+            question += "\nFinished sessions without messages go too."
 
-        async def answered(yes: bool | None) -> None:
+        def answered(yes: bool | None) -> None:
             if yes:
-                try:
-                    deleted = await self.backend.read(Reader.clear)
-                except sqlite3.Error as error:
-                    self.notify(f"Not deleted: {error}", severity="error", markup=False)
-                    return
-                await self.message_list.reload()
-                self.notify(f"deleted {deleted:,} message(s)")
+                self._deleting = True
+                self._delete_many(ids, sessions=not filtered)
 
-        self.app.push_screen(
-            Confirm(f"Delete all messages ({count:,} listed)?", "Delete all"), answered
-        )
+        self.app.push_screen(Confirm(question, f"Delete {count:,}"), answered)
+
+    @work(group="bulk-delete")
+    async def _delete_many(self, ids: array[int], *, sessions: bool) -> None:
+        """A chunk per transaction, newest first, with the loop free between chunks: the UI
+        answers keys and the server commits meanwhile. The rows go at once; the list is read
+        again at the end."""
+        listing, status = self.message_list, self.status
+        listing.hide(ids)
+        total, done, chunk = len(ids), 0, self.DELETE_CHUNK
+        error: sqlite3.Error | None = None
+        try:
+            for end in range(total, 0, -chunk):
+                status.progress(f"deleting {done:,} of {total:,}…")
+                part = ids[max(0, end - chunk) : end]
+                await self.backend.read(Reader.delete_messages, part)
+                listing.release(part, deletions=1)  # the store counts one deletion per chunk
+                done += len(part)
+            if sessions:
+                status.progress("deleting sessions…")
+                await self.backend.read(Reader.delete_idle_sessions)
+        except sqlite3.Error as failed:
+            error = failed
+        finally:
+            self._deleting = False
+            status.progress("")
+        listing.release(ids)  # those not deleted come back with the reload
+        await listing.reload()
+        if error is not None:
+            self.notify(
+                f"Deleted {done:,} of {total:,} messages, then: {error}",
+                severity="error",
+                markup=False,
+            )
+        else:
+            self.notify(f"Deleted {done:,} message{'' if done == 1 else 's'}")
 
     def action_export(self) -> None:
-        from mailsink.export import ExportError, export_messages
+        from mailsink.export import ExportError, export_eml
 
         message_id = self.message_list.selected_id
         if message_id is None:
@@ -175,11 +300,11 @@ class MainScreen(Screen[None]):
                 return
             target = Path(directory).expanduser()
             try:
-                await self.backend.read(lambda r: export_messages(r, [message_id], "eml", target))
+                path = await self.backend.read(export_eml, message_id, target)
             except (ExportError, OSError, sqlite3.Error) as error:
                 self.notify(f"Not exported: {error}", severity="error", markup=False)
                 return
-            self.notify(f"Exported {visible(str(target / f'{message_id}.eml'))}", markup=False)
+            self.notify(f"Exported {visible(str(path))}", markup=False)
 
         self.app.push_screen(
             PathPrompt(f"Export message {message_id} as .eml into:", str(Path.cwd())), chosen

@@ -20,6 +20,7 @@ from mailsink.store.queries import Reader, SessionRecord
 from mailsink.text import visible
 from mailsink.tui import render
 from mailsink.tui.backend import Backend
+from mailsink.tui.widgets.fitted import Column, FittedTable
 
 if TYPE_CHECKING:
     from mailsink.smtp.protocol import SinkSMTP
@@ -51,16 +52,50 @@ class SessionRow:
             Text(visible(self.peer)),
             Text(visible(self.helo)),
             Text(visible(self.state), "bold green" if self.active else self._ending_style()),
-            Text(str(self.messages), justify="right"),
+            Text(str(self.messages)),
             Text(visible(self.last_reply)),
-            Text(str(self.faults) if self.faults else "", "bold yellow", justify="right"),
+            Text(str(self.faults) if self.faults else "", "bold yellow"),
         ]
 
     def _ending_style(self) -> str:
         return "" if self.state in ("quit", "client_closed") else "yellow"
 
 
-COLUMNS = ("", "Id", "Started", "Peer", "HELO", "State", "Msgs", "Last reply", "Faults")
+COLUMNS = (
+    Column(""),
+    Column("Id"),
+    Column("Started"),
+    Column("Peer", minimum=9),
+    Column("HELO", minimum=8),
+    Column("State", minimum=8),
+    Column("Msgs", right=True),
+    Column("Last reply", minimum=10),
+    Column("Faults", right=True),
+)
+PEER, HELO, STATE, LAST_REPLY = 3, 4, 5, 7
+# At 80 columns State and the usual IPv4 peer fit whole; what is left goes to Last reply and
+# HELO in turns. HELO never takes more than 24 cells: a 300-character EHLO name costs nothing
+# but its own column.
+GROWTH = (
+    (STATE, None),
+    (PEER, 21),
+    (LAST_REPLY, 16),
+    (HELO, 16),
+    (LAST_REPLY, None),
+    (HELO, 24),
+    (PEER, None),
+)
+
+
+class SessionTable(FittedTable):
+    """Moves like the message list: j k, Home End, g G."""
+
+    BINDINGS = [
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("home,g", "scroll_top", "First", show=False),
+        Binding("end,G", "scroll_bottom", "Last", show=False),
+    ]
 
 
 class SessionsScreen(Screen[None]):
@@ -73,6 +108,7 @@ class SessionsScreen(Screen[None]):
         super().__init__()
         self.backend = backend
         self.rows: dict[int, SessionRow] = {}
+        self._cells: dict[int, list[Text]] = {}  # as given to the table, for each row
         self.order: list[int] = []
         self.shown_session: int | None = None
         self.last_seq = 0  # the transcript shows events 1..last_seq of shown_session
@@ -91,9 +127,9 @@ class SessionsScreen(Screen[None]):
             classes="title",
         )
         with Vertical():
-            table: DataTable[Text] = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-            table.add_columns(*COLUMNS)
-            yield table
+            yield SessionTable(
+                COLUMNS, GROWTH, id="sessions", cursor_type="row", zebra_stripes=True
+            )
             yield RichLog(id="transcript", wrap=True, markup=False, highlight=False)
         yield Footer()
 
@@ -177,20 +213,16 @@ class SessionsScreen(Screen[None]):
             self._written.update(session_ids)
 
     def _show_rows(self, rows: dict[int, SessionRow]) -> None:
-        table: DataTable[Text] = self.query_one("#sessions", DataTable)
         order = sorted(rows, reverse=True)
-        if order != self.order:
-            selected = self.selected_id()
-            table.clear()
-            for session_id in order:
-                table.add_row(*rows[session_id].cells(), key=str(session_id))
-            if selected is not None and selected in rows:
-                table.move_cursor(row=table.get_row_index(str(selected)), animate=False)
-        else:
-            for row, session_id in enumerate(order):
-                if rows[session_id] != self.rows.get(session_id):
-                    for column, cell in enumerate(rows[session_id].cells()):
-                        table.update_cell_at((row, column), cell)
+        if order != self.order or any(rows[i] != self.rows.get(i) for i in order):
+            # The cells of a row that did not change are handed over again as the same list:
+            # the table looks only at the others.
+            cells = {
+                i: self._cells[i] if rows[i] == self.rows.get(i) else rows[i].cells() for i in order
+            }
+            table = self.query_one("#sessions", SessionTable)
+            table.show([cells[i] for i in order], keys=[str(i) for i in order])
+            self._cells = cells
         self.rows, self.order = rows, order
 
     def selected_id(self) -> int | None:
@@ -273,7 +305,7 @@ def _stored_row(record: SessionRecord) -> SessionRow:
         started=render.local_time(record.started_at)[11:],
         peer=record.peer,
         helo=record.helo or "",
-        state=record.end_reason or "open",
+        state=record.end_reason or record.state or "open",  # state: its server's last write
         messages=record.message_count,
         last_reply=record.last_reply or "",
         faults=record.faults,

@@ -1,0 +1,325 @@
+"""The TUI never deletes, overwrites or claims what the user did not mean (issue 11: 5, 6, 7, 9,
+11): keys right after `/`, undoable `d`, `D` on a filter, export names, the browser, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import stat
+import webbrowser
+from pathlib import Path
+
+import pytest
+from conftest import message
+from textual import events
+from textual.widgets import Input
+from tui_support import run, send, send_numbered, settings_for, tui, wait_until
+
+from mailsink.mail.envelope import Envelope
+from mailsink.store.db import IncomingMessage, Store, connect, insert_message, insert_session
+from mailsink.store.queries import Reader
+from mailsink.tui.app import MailsinkApp
+from mailsink.tui.widgets.dialogs import Confirm, Help, PathPrompt
+from mailsink.tui.widgets.message.detail import Document
+from mailsink.tui.widgets.message.screen import MessageScreen
+from mailsink.tui.widgets.messages import screen as main_screen
+from mailsink.tui.widgets.messages.screen import MainScreen
+
+
+def notices(app: MailsinkApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
+
+
+def stored_ids(app: MailsinkApp) -> list[int]:
+    with Reader(app.backend.db_path) as reader:
+        return reader.message_ids()
+
+
+def press_at_once(app: MailsinkApp, *keys: str) -> None:
+    """Keys as a terminal delivers a paste or a burst over a slow link: all handed to the app
+    before it handles the first (Pilot.press waits for the app to go idle after each one)."""
+    driver = app._driver
+    assert driver is not None
+    for key in keys:
+        character = {"slash": "/", "enter": "\r"}.get(key, key if len(key) == 1 else None)
+        event = events.Key(key, character)
+        event.set_sender(app)
+        driver.send_message(event)
+
+
+def recording_browser(tmp_path: Path) -> tuple[Path, Path]:
+    """A BROWSER that notes the URL it was given: (the script, the file it writes)."""
+    opened = tmp_path / "opened.txt"
+    script = tmp_path / "browser.sh"
+    script.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script, opened
+
+
+def use_browser(monkeypatch: pytest.MonkeyPatch, browser: str) -> None:
+    """`browser` first; without DISPLAY, webbrowser registers no graphical one after it."""
+    monkeypatch.setenv("BROWSER", browser)
+    monkeypatch.setattr(webbrowser, "_tryorder", None)  # webbrowser reads BROWSER once
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_keys_right_after_slash_go_into_the_filter_box(tmp_path, monkeypatch):
+    script, opened = recording_browser(tmp_path)
+    use_browser(monkeypatch, str(script))
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            box = app.main.query_one("#filter", Input)
+            await send_numbered(app, pilot, 3)
+            await wait_until(pilot, lambda: app.main.detail.loaded is not None)
+
+            await pilot.press("slash", "d", "e", "v")
+            assert box.value == "dev" and box.has_focus
+            await pilot.press(*["backspace"] * 3, "escape")  # empty: the box closes
+            await wait_until(pilot, lambda: listing.count == 3 and not listing.filter.search)
+            assert listing.has_focus
+
+            # All in one read, as a paste arrives: `d` would delete, `e` export, `o` open the
+            # browser, enter open the message.
+            press_at_once(app, "slash", "z", "o", "e", "d", "enter")
+            await wait_until(pilot, lambda: box.value == "zoed" and listing.filter.search)
+            await pilot.pause(0.2)
+            assert listing.count == 0 and listing.has_focus  # the filter applied, nothing else
+            assert not listing.hidden and not app.main._undoable
+            assert not isinstance(app.screen, (PathPrompt, MessageScreen))
+            assert stored_ids(app) == [1, 2, 3]
+
+    run(scenario)
+    assert not opened.exists()
+
+
+def test_delete_is_undoable_then_carried_out_after_the_window_or_on_quit(tmp_path, monkeypatch):
+    monkeypatch.setattr(main_screen, "UNDO_SECONDS", 1.0, raising=False)
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            await send_numbered(app, pilot, 4)
+            reloads = listing._generation
+
+            await pilot.press("home", "d")  # message 4: gone from the list at once...
+            assert 4 not in listing.ids and listing.selected_id == 3
+            assert "Deleted message 4 — u to undo" in notices(app)
+            await pilot.press("d")  # ... then 3: each deletion its own undo
+            assert listing.count == 2 and stored_ids(app) == [1, 2, 3, 4]  # ... not yet stored
+            await pilot.press("u")  # the last one comes back, selected
+            await wait_until(pilot, lambda: listing.selected_id == 3)
+            assert list(listing.ids) == [1, 2, 3]
+
+            await wait_until(pilot, lambda: stored_ids(app) == [1, 2, 3])  # after the window
+            await send(app, "a@x.test", ["b@x.test"], message(subject="new"))
+            await wait_until(pilot, lambda: list(listing.ids) == [1, 2, 3, 5])
+            assert listing._generation == reloads + 1  # the undo's: the catch-up needed none
+
+            await pilot.press("u")
+            assert "Nothing to undo." in notices(app)
+            await pilot.press("home", "d")  # message 5, and the app quits inside the window
+            assert stored_ids(app) == [1, 2, 3, 5]
+
+    run(scenario)
+    with Reader(str(tmp_path / "mail.db")) as reader:
+        assert reader.message_ids() == [1, 2, 3]
+
+
+def test_filtered_clear_deletes_only_the_listed_messages(tmp_path, monkeypatch):
+    monkeypatch.setattr(MainScreen, "DELETE_CHUNK", 2, raising=False)
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            subjects = ["invoice 1", "news 1", "invoice 2", "news 2", "news 3"]
+            for subject in subjects:
+                await send(app, "a@x.test", ["b@x.test"], message(subject=subject))
+            await wait_until(pilot, lambda: listing.count == 5)
+
+            box = app.main.query_one("#filter", Input)
+            await pilot.press("slash")
+            box.value = "invoice"  # (typed: test_keys_right_after_slash_go_into_the_filter_box)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: listing.count == 2)
+            titles = [command.title for command in app.get_system_commands(app.screen)]
+            assert "Delete the 2 listed messages" in titles
+            await pilot.press("D")
+            assert isinstance(app.screen, Confirm)
+            assert app.screen.question == "Delete the 2 listed messages?"
+            # Arrives between the question and the answer: not one of the two asked about.
+            await send(app, "a@x.test", ["b@x.test"], message(subject="invoice 3"))
+            await wait_until(pilot, lambda: len(stored_ids(app)) == 6)
+            await pilot.press("y")
+            await wait_until(pilot, lambda: "Deleted 2 messages" in notices(app))
+            assert stored_ids(app) == [2, 4, 5, 6]
+            await wait_until(pilot, lambda: list(listing.ids) == [6])
+
+            await pilot.press("slash")
+            box.value = ""
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: listing.count == 4 and not listing.filter.search)
+            assert app.main.clear_label() == "Delete all 4 messages"
+            await pilot.press("D")
+            assert app.screen.question.startswith("Delete all 4 messages?")
+            await send(app, "late@x.test", ["b@x.test"], message(subject="late"))
+            await wait_until(pilot, lambda: len(stored_ids(app)) == 5)
+            await pilot.press("y")
+            await wait_until(pilot, lambda: "Deleted 4 messages" in notices(app))
+            await wait_until(pilot, lambda: list(listing.ids) == [7])
+            with Reader(app.backend.db_path) as reader:
+                assert reader.message_ids() == [7]
+                # Finished sessions go with their messages; the late one's stays with it.
+                assert [s.message_ids for s in reader.list_sessions()] == [[7]]
+
+    run(scenario)
+
+
+def _fill(path: Path, count: int) -> None:
+    """`count` small messages with the writer's own operations, in one transaction here (the
+    writer process would commit them in many)."""
+    Store(str(path)).close()  # a new store, migrated
+    conn = connect(str(path))
+    envelope = Envelope("a@x.test", ["b@x.test"], helo="h", peer="p")
+    conn.execute("BEGIN")
+    insert_session(conn, session_id=1, started_at=0, peer="p")
+    raw = message(subject="bulk")
+    for n in range(count):
+        incoming = IncomingMessage(1, envelope, raw, 1_000 + n, check_addresses=False)
+        insert_message(conn, incoming)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_clear_of_many_shows_progress_and_the_ui_answers_meanwhile(tmp_path, monkeypatch):
+    monkeypatch.setattr(MainScreen, "DELETE_CHUNK", 50, raising=False)
+    _fill(tmp_path / "mail.db", 3000)
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            main = app.main
+            listing, status = main.message_list, main.status
+            await wait_until(pilot, lambda: listing.count == 3000)
+            await pilot.press("D")
+            press_at_once(app, "y")  # (Pilot.press would wait for the busy app to go idle)
+            seen: list[str] = []  # the progress texts, in order
+
+            def progressed(done: int) -> bool:
+                if not seen or seen[-1] != status.progress_text:
+                    seen.append(status.progress_text)
+                shown = re.match(r"deleting ([\d,]+) of 3,000…", status.progress_text)
+                return shown is not None and int(shown[1].replace(",", "")) >= done
+
+            await wait_until(pilot, lambda: progressed(500))
+            app.simulate_key("question_mark")  # in the middle of it, the UI answers a key
+            await wait_until(pilot, lambda: isinstance(app.screen, Help))
+            assert main._deleting and 0 < len(stored_ids(app)) < 3000
+            app.simulate_key("escape")
+            await wait_until(
+                pilot, lambda: not progressed(3000) and "Deleted 3,000 messages" in notices(app)
+            )
+            assert seen[:2] == ["", "deleting 0 of 3,000…"] and len(seen) > 5, seen
+            assert listing.count == 0 and stored_ids(app) == []
+            assert status.progress_text == ""
+
+    run(scenario)
+
+
+def test_export_never_replaces_a_file_and_says_which_it_wrote(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "1.eml").write_bytes(b"mine")
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            await send(app, "a@x.test", ["b@x.test"], message(subject="keep"))
+            await wait_until(pilot, lambda: app.main.message_list.selected_id == 1)
+            for name in ("1 (1).eml", "1 (2).eml"):
+                await pilot.press("e")
+                app.screen.query_one("#path", Input).value = str(out)
+                await pilot.press("enter")
+                await wait_until(pilot, lambda name=name: (out / name).exists())
+                assert f"Exported {out / name}" in notices(app)
+            assert (out / "1.eml").read_bytes() == b"mine"
+            with Reader(app.backend.db_path) as reader:
+                assert (out / "1 (2).eml").read_bytes() == reader.get_raw(1)
+            assert sorted(p.name for p in out.iterdir()) == ["1 (1).eml", "1 (2).eml", "1.eml"]
+
+    run(scenario)
+
+
+def test_open_html_says_when_no_browser_started_and_files_go_on_exit(tmp_path, monkeypatch):
+    html = (
+        "From: a@x.test\r\nTo: b@x.test\r\nSubject: page\r\nContent-Type: text/html\r\n\r\n"
+        "<h1>Report</h1>\r\n"
+    )
+    script, opened = recording_browser(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-browsers-here"))
+    written: list[Path] = []
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            await send(app, "a@x.test", ["b@x.test"], html.encode())
+            await wait_until(pilot, lambda: app.main.detail.loaded is not None)
+
+            use_browser(monkeypatch, "/bin/false")  # a browser that fails, and no other
+            await pilot.press("o")
+            await wait_until(pilot, lambda: any("No browser" in n for n in notices(app)))
+            (notice,) = [n for n in notices(app) if "No browser" in n]
+            path = Path(notice.split("The HTML is in ", 1)[1].split(" (", 1)[0])
+            assert f"({path.as_uri()})" in notice
+            assert "<h1>Report</h1>" in path.read_text()
+            written.append(path)
+
+            use_browser(monkeypatch, str(script))
+            await pilot.press("o")
+            await wait_until(pilot, lambda: opened.exists())
+            uri = opened.read_text().strip()
+            assert uri.startswith("file://")
+            written.append(Path(uri.removeprefix("file://")))
+            assert f"Opened {written[-1]} in the browser" in notices(app)
+            assert all(p.exists() for p in written)
+
+    run(scenario)
+    assert written and not any(p.exists() for p in written)
+    assert not any(p.parent.exists() for p in written)
+
+
+def test_a_long_text_goes_into_its_tab_when_shown_and_moving_on_stops_it(tmp_path):
+    log = "".join(f"line {n:07d} of a long log\r\n" for n in range(22_000))  # 600 KB
+    big = message(subject="log", body=log)
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing, detail = app.main.message_list, app.main.detail
+            text = detail.query_one("#text-body", Document)
+            await send(app, "a@x.test", ["b@x.test"], big)
+            await send(app, "a@x.test", ["b@x.test"], message(subject="short", body="Hi.\r\n"))
+            await wait_until(pilot, lambda: listing.count == 2)
+            await pilot.press("home")
+            await wait_until(pilot, lambda: detail.loaded and detail.loaded.record.id == 2)
+            # Keys as a terminal sends them (Pilot.press would wait for the busy app to idle).
+            press_at_once(app, "down")
+            await wait_until(pilot, lambda: detail.loaded and detail.loaded.record.id == 1)
+            assert text.text == ""  # on the Overview tab the long text waits for its own
+
+            press_at_once(app, "2")  # the Text tab: it comes in, all of it
+            await wait_until(pilot, lambda: text.text == detail.loaded.text)
+            assert text.text.startswith("line 0000000 of a long log\nline 0000001")
+            assert text.text.endswith(" K characters; `mailsink show 1` has it all]")
+
+            press_at_once(app, "up")
+            await wait_until(pilot, lambda: detail.loaded.record.id == 2)
+            press_at_once(app, "down")  # back to it (from the cache: at once) ...
+            # (Pilot.pause, in wait_until, would wait for the widgets' queues: for every slice.)
+            while not (detail.loaded.record.id == 1 and text.text):
+                await asyncio.sleep(0.001)
+            assert len(text.text) < len(detail.loaded.text)
+            press_at_once(app, "up")  # ... and off again while its slices go in
+            await wait_until(pilot, lambda: detail.loaded and detail.loaded.record.id == 2)
+            await pilot.pause(0.2)  # no slice of the long text arrives after the short one
+            assert text.text == "Hi.\n"
+
+    run(scenario)

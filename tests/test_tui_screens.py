@@ -1,0 +1,305 @@
+"""The Sessions, Faults and Help screens at 80x24, the footer, tab keys, one notice per config
+error, and the theme remembered between runs: the real app with its own server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import smtplib
+import time
+
+import platformdirs
+import pytest
+from conftest import RawClient, message
+from tui_support import run, screen_text, send, settings_for, tui, wait_until
+
+from mailsink.tui.app import RecentLog
+from mailsink.tui.state import UiState, default_state_dir
+from mailsink.tui.widgets.faults.screen import FaultsScreen
+from mailsink.tui.widgets.message.detail import TABS, MessageDetail
+from mailsink.tui.widgets.message.screen import MessageScreen
+from mailsink.tui.widgets.sessions.screen import SessionsScreen
+
+SMALL = (80, 24)
+HOSTILE_HELO = "h" * 300
+
+
+def _lines(app) -> list[str]:
+    return screen_text(app).splitlines()
+
+
+def _footer(app) -> str:
+    return _lines(app)[-1]
+
+
+def _notices(app, text: str) -> int:
+    """Notices on screen that say `text` (run_test draws no toasts: the app's own list)."""
+    return sum(text in notice.message for notice in app._notifications)
+
+
+def test_sessions_fit_80_columns_and_move_like_the_list(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db"), size=SMALL) as (app, pilot):
+            assert app.backend.server is not None
+            port = app.backend.server.port
+            await send(app, "a@x.test", ["b@x.test"], message())
+            hostile = await asyncio.to_thread(RawClient, "127.0.0.1", port)
+            slow = await asyncio.to_thread(RawClient, "127.0.0.1", port)
+            try:
+                await asyncio.to_thread(hostile.command, f"EHLO {HOSTILE_HELO}")
+                await asyncio.to_thread(slow.command, "EHLO slow.client.example.test")
+                await pilot.press("s")
+                sessions = app.screen
+                assert isinstance(sessions, SessionsScreen)
+                await wait_until(pilot, lambda: len(sessions.order) == 3)
+                await wait_until(pilot, lambda: "slow.client" in screen_text(app))
+
+                lines = _lines(app)
+                heading = lines[1]
+                for label in ("Id", "Started", "Peer", "HELO", "State", "Msgs", "Last reply"):
+                    assert label in heading, heading
+                assert heading.rstrip().endswith("Faults"), heading
+                hostile_row = next(line for line in lines if "hhhh" in line)
+                # The 300-character HELO is cut short with "…", and what follows it is on screen.
+                assert "h…" in hostile_row and "EHLO" in hostile_row, hostile_row
+                assert "250 HELP" in hostile_row, hostile_row
+                assert hostile_row.count("h") < 30, hostile_row
+                slow_row = next(line for line in lines if "slow.client" in line)
+                assert re.search(r" slow\.client\S*… ", slow_row), slow_row
+                assert "quit" in next(line for line in lines if " 1 " in line[:6])
+
+                # A cell updated in place widens its column: the new last reply is not cut.
+                await asyncio.to_thread(slow.command, "MAIL FROM:<a@b.test>")
+                await wait_until(pilot, lambda: "250 2.1.0 Ok" in screen_text(app))
+
+                # Wider: the HELO column grows to its cap, every other column keeps its place.
+                await pilot.resize_terminal(120, 30)
+                await wait_until(pilot, lambda: "slow.client.example.test" in screen_text(app))
+                hostile_row = next(line for line in _lines(app) if "hhhh" in line)
+                assert "h" * 23 + "…" in hostile_row and "h" * 25 not in hostile_row, hostile_row
+                await pilot.resize_terminal(*SMALL)
+                await wait_until(pilot, lambda: re.search(r"slow\.client\S*…", screen_text(app)))
+
+                footer = _footer(app)
+                for key in ("esc Back", "f Faults", "? Help", "q Quit"):
+                    assert key in footer, footer
+
+                # j k Home End g G move as on the message list (newest first: row 0).
+                table = sessions.query_one("#sessions")
+                assert table.cursor_row == 0
+                await pilot.press("j")
+                assert table.cursor_row == 1
+                await pilot.press("end")
+                assert table.cursor_row == 2
+                await pilot.press("k")
+                assert table.cursor_row == 1
+                await pilot.press("home")
+                assert table.cursor_row == 0
+                await pilot.press("G")
+                assert table.cursor_row == 2
+                await pilot.press("g")
+                assert table.cursor_row == 0
+            finally:
+                hostile.close()
+                slow.close()
+
+    run(scenario)
+
+
+def test_faults_fit_80_columns_and_a_bad_config_edit_is_one_notice(tmp_path):
+    config = tmp_path / "mailsink.toml"
+    config.write_text(
+        '[[fault]]\nname = "no marketing"\nstage = "mail"\n'
+        'reply = "550 5.7.1 Marketing mail is not permitted from this sender"\n'
+        'match = { sender = "*@marketing.test" }\n'
+    )
+    handler = RecentLog()  # as `mailsink` runs it: the server's warnings become notices
+    logger = logging.getLogger("mailsink")
+    logger.addHandler(handler)
+
+    async def scenario() -> None:
+        settings = settings_for(tmp_path / "mail.db", config)
+        async with tui(settings, size=SMALL, log_handler=handler) as (app, pilot):
+            await wait_until(pilot, lambda: "q Quit" in _footer(app))
+            footer = _footer(app)
+            for key in ("/ Filter", "s Sessions", "f Faults", "? Help", "q Quit"):
+                assert key in footer, footer
+
+            await pilot.press("f")
+            assert isinstance(app.screen, FaultsScreen)
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                await send(app, "x@marketing.test", ["a@x.test"], message())
+            await wait_until(pilot, lambda: ":" in _row(app, "no marketing")[-10:])
+            lines = _lines(app)
+            heading = next(line for line in lines if "Rule" in line)
+            assert heading.rstrip().endswith("Hits Last fired"), heading
+            assert re.search(r" 530 5\.7\.0 Auth\S*… ", _row(app, "530 auth")), lines
+            # The hit and its time, at the right edge of an 80-column terminal.
+            assert _row(app, "no marketing").rstrip()[-10:].split() == ["1", _time(app)]
+            assert re.search(r" 550 5\.7\.1 Marketing\S* \S*…", _row(app, "no marketing"))
+            assert "changes apply from the next SMTP command" in screen_text(app).replace(
+                "\n", " "
+            ).replace("  ", " ")
+            footer = _footer(app)
+            for key in ("esc Back", "s Sessions", "? Help", "q Quit"):
+                assert key in footer, footer
+
+            await pilot.press("escape")
+            config.write_text("[smtp]\nport = 'x'\n")
+            await wait_until(pilot, lambda: _notices(app, "smtp.port") >= 1, timeout=10)
+            await pilot.pause(0.5)  # the app turns logged warnings into notices every 0.1 s
+            assert _notices(app, "smtp.port") == 1
+
+    try:
+        run(scenario)
+    finally:
+        logger.removeHandler(handler)
+
+
+def _row(app, text: str) -> str:
+    return next(line for line in _lines(app) if text in line)
+
+
+def _time(app) -> str:
+    server = app.backend.server
+    last = server.policy.stats["no marketing"].last_fired
+    return time.strftime("%H:%M:%S", time.localtime(last))
+
+
+def test_help_fits_80x24_and_scrolls_from_the_keyboard(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db"), size=SMALL) as (app, pilot):
+            app.animation_level = "none"  # scrolling jumps instead of sliding
+            await pilot.press("question_mark")
+            shown = screen_text(app)
+            assert "mailsink keys" in shown and "escape closes" in shown
+            assert "Screens" not in shown
+            # Nothing cut at the right: the border's corners are on screen.
+            top = next(line for line in shown.splitlines() if "▀▀▀" in line)
+            assert "█▀" in top and "▀█" in top, shown
+            await pilot.press("pagedown", "pagedown")
+            assert "Screens" in screen_text(app)
+            await pilot.press("home")
+            assert "Screens" not in screen_text(app)
+            await pilot.press("end")
+            shown = screen_text(app)
+            assert "Screens" in shown and "quit (the listener closes" in shown
+            assert "escape closes" in shown
+            await pilot.press("up", "up", "down")
+
+            await pilot.resize_terminal(100, 30)
+            await pilot.press("end")
+            shown = screen_text(app)
+            assert "flight finish)" in shown and "escape closes" in shown
+            await pilot.press("escape")
+            assert app.screen is app.main
+
+    run(scenario)
+
+
+def test_tab_keys_from_the_list_and_the_message_screen(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db"), size=SMALL) as (app, pilot):
+            app.animation_level = "none"  # the tab underline's slide costs 0.3 s a key here
+            await send(app, "a@x.test", ["b@x.test"], message(subject="tabbed"))
+            detail = app.main.detail
+            await wait_until(pilot, lambda: detail.loaded is not None)
+            tabs = detail.query_one("TabbedContent")
+            for key, tab in zip("1234567", TABS, strict=True):
+                await pilot.press(key)
+                assert tabs.active == tab, key
+            await pilot.press("right_square_bracket")
+            assert tabs.active == "overview"  # round from the last tab
+            await pilot.press("left_square_bracket", "left_square_bracket")
+            assert tabs.active == "raw"
+            assert app.screen.focused is app.main.message_list  # the list kept the focus
+
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, MessageScreen))
+            full = app.screen.query_one(MessageDetail)
+            await wait_until(pilot, lambda: full.loaded is not None)
+            full_tabs = full.query_one("TabbedContent")
+            await pilot.press("4")
+            assert full_tabs.active == "headers"
+            await pilot.press("right_square_bracket")
+            assert full_tabs.active == "parts"
+            footer = _footer(app)
+            for key in ("esc Back", "s Sessions", "f Faults", "? Help", "q Quit"):
+                assert key in footer, footer
+
+    run(scenario)
+
+
+def test_theme_is_remembered_across_runs(tmp_path):
+    state = tmp_path / "state"
+
+    async def choose() -> None:
+        async with tui(settings_for(tmp_path / "mail.db"), state_dir=state) as (app, pilot):
+            assert app.theme == "textual-dark"
+            app.animation_level = "none"
+            await pilot.press("ctrl+p")
+            await pilot.press(*"theme")
+            await wait_until(pilot, lambda: "Change the current theme" in screen_text(app))
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: "Search for themes" in screen_text(app))
+            await pilot.press(*"nord")
+            await wait_until(pilot, lambda: "nord" in screen_text(app))
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: app.theme == "nord")
+            await wait_until(pilot, lambda: (state / "state.json").exists())
+
+    async def again() -> str:
+        async with tui(settings_for(tmp_path / "mail.db"), state_dir=state) as (app, _):
+            return app.theme
+
+    run(choose)
+    assert json.loads((state / "state.json").read_text()) == {"theme": "nord"}
+    assert list(state.iterdir()) == [state / "state.json"]  # no temporary file left
+    assert run(again) == "nord"
+
+
+def test_a_broken_state_file_or_an_unknown_theme_is_ignored(tmp_path, caplog):
+    state = UiState(tmp_path)
+    path = tmp_path / "state.json"
+    for content in (b"\xff\xfe not utf-8", b"{not json", b"[1, 2]", b"{}" + b" " * 70_000):
+        path.write_bytes(content)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "mailsink"):
+            assert state.load() == {}
+        assert "ignoring the UI state file" in caplog.text, content
+    path.unlink()
+    os.mkfifo(path)  # would block a plain open() for ever
+    assert state.load() == {}
+    path.unlink()
+    path.mkdir()
+    state.remember(theme="nord")
+    with caplog.at_level(logging.WARNING, "mailsink"):
+        state.write()  # a directory in the way: said, not raised
+    assert "cannot save the UI state" in caplog.text
+    path.rmdir()
+
+    path.write_text('{"theme": "no-such-theme", "other": 1}')
+
+    async def start() -> str:
+        async with tui(settings_for(tmp_path / "mail.db"), state_dir=tmp_path) as (app, _):
+            return app.theme
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "mailsink"):
+        assert run(start) == "textual-dark"
+    assert "no such theme" in caplog.text
+    # A broken file is replaced at the next change, and values it does not know are kept.
+    path.write_text('{"other": 1}')
+    state.remember(theme="nord")
+    state.write()
+    assert json.loads(path.read_text()) == {"other": 1, "theme": "nord"}
+
+
+def test_state_dir_is_the_user_config_dir_unless_overridden(monkeypatch, tmp_path):
+    monkeypatch.delenv("MAILSINK_STATE_DIR", raising=False)
+    assert default_state_dir() == platformdirs.user_config_path("mailsink")
+    monkeypatch.setenv("MAILSINK_STATE_DIR", str(tmp_path / "elsewhere"))
+    assert default_state_dir() == tmp_path / "elsewhere"
