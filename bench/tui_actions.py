@@ -9,7 +9,8 @@ later (while it is parsed, while it fills the tabs, when it is shown) presses a 
 a small neighbour: the time from that key to the neighbour's detail on screen, and the longest
 stall of the event loop meanwhile (a probe that wakes every millisecond, until 50 ms after), for a
 huge message of each kind (a base64 attachment, a plain-text body) and for small ones as the
-baseline, with the Overview tab shown and with the Raw tab.
+baseline, with the Overview tab shown and with the Raw tab; then, with the Text tab shown, the
+longest stall while a long text goes in a slice at a time (a text of lines, and one of one line).
 
 `--delete` fills a store as bench/scale.py does (the writer's own operations, no SMTP), opens the
 TUI on it and answers `D` with yes: the time until the list is empty, the longest loop stall,
@@ -37,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scale  # bench/scale.py: the store filler and the big message
+from textual.widgets import TextArea
 
 from mailsink.config import Settings, SmtpSettings, StorageSettings
 from mailsink.serve import loop_factory
@@ -103,6 +105,17 @@ def plain(size: int) -> bytes:
     return head + line * ((size - len(head)) // len(line))
 
 
+def one_line(size: int) -> bytes:
+    """A text body that decodes to one line (quoted-printable soft breaks), `size` bytes."""
+    head = (
+        b"From: a@x.test\r\nTo: b@x.test\r\nSubject: One line\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    line = b"abcdefghij" * 7 + b"abcde=\r\n"
+    return head + line * ((size - len(head)) // len(line))
+
+
 def small(subject: str) -> bytes:
     return (
         f"From: a@x.test\r\nTo: b@x.test\r\nSubject: {subject}\r\n"
@@ -140,8 +153,10 @@ async def switch(size: int, rounds: int) -> None:
             assert app.backend.server is not None
             port = app.backend.server.port
             listing = app.main.message_list
-            # Newest first: row 0 small, 1 attachment, 2 small, 3 plain text, 4 and 5 small.
+            # Newest first: row 0 small, 1 attachment, 2 small, 3 plain text, 4 and 5 small,
+            # 6 a text of one line.
             for content in (
+                one_line(min(size, 2_000_000)),
                 small("s1"),
                 small("s2"),
                 plain(size),
@@ -150,7 +165,7 @@ async def switch(size: int, rounds: int) -> None:
                 small("s4"),
             ):
                 await asyncio.to_thread(send, port, content)
-            await until(lambda: listing.count == 6, "six messages listed")
+            await until(lambda: listing.count == 7, "seven messages listed")
             probe = Probe()
             tabs = app.main.detail.query_one("#tabs")
             print(
@@ -177,6 +192,28 @@ async def switch(size: int, rounds: int) -> None:
                     f"  {tab:8} {label:10} after {after:.1f} s: key to next detail median"
                     f" {statistics.median(took):5.0f} ms, max {max(took):5.0f} ms;"
                     f" longest loop stall {max(stalls):5.0f} ms"
+                )
+            # The Text tab shown: the longest stall while a long text goes in, a slice at a time.
+            tabs.active = "text"
+            body = app.main.detail.query_one("#text-body", TextArea)
+            for label, row in (("plain text", 3), ("one line", 6)):
+                stalls = []
+                for _ in range(rounds):
+                    listing._move_to(row - 1)
+                    await until(lambda: shown(app, listing.selected_id), "the detail")
+                    await asyncio.sleep(0.3)
+                    probe.start()
+                    app.simulate_key("down")
+                    await until(lambda row=row: shown(app, listing.id_at(row)), "onto it")
+                    loaded = app.main.detail.loaded
+                    assert loaded is not None
+                    wanted = len(loaded.text) - 5
+                    await until(lambda wanted=wanted: len(body.text) >= wanted, "the Text tab")
+                    await asyncio.sleep(0.05)
+                    stalls.append(probe.stop())
+                print(
+                    f"  text     {label:10} onto it, the Text tab filled: longest loop stall"
+                    f" median {statistics.median(stalls):5.0f} ms, max {max(stalls):5.0f} ms"
                 )
 
 

@@ -4,23 +4,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import os
+import pty
 import re
+import select
+import signal
 import stat
+import sys
+import time
 import webbrowser
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import message
+from conftest import free_port, message, wait_for_port
 from textual import events
 from textual.widgets import Input
-from tui_support import run, send, send_numbered, settings_for, tui, wait_until
+from tui_support import run, send, send_numbered, settings_for, smtp_send, tui, wait_until
 
 from mailsink.mail.envelope import Envelope
 from mailsink.store.db import IncomingMessage, Store, connect, insert_message, insert_session
 from mailsink.store.queries import Reader
-from mailsink.tui.app import MailsinkApp
+from mailsink.tui.app import MailsinkApp, finish
 from mailsink.tui.widgets.dialogs import Confirm, Help, PathPrompt
-from mailsink.tui.widgets.message.detail import Document
+from mailsink.tui.widgets.message.detail import SLICE_CHARS, Document, _slice_end
 from mailsink.tui.widgets.message.screen import MessageScreen
 from mailsink.tui.widgets.messages import screen as main_screen
 from mailsink.tui.widgets.messages.screen import MainScreen
@@ -77,14 +86,16 @@ def test_keys_right_after_slash_go_into_the_filter_box(tmp_path, monkeypatch):
 
             await pilot.press("slash", "d", "e", "v")
             assert box.value == "dev" and box.has_focus
-            await pilot.press(*["backspace"] * 3, "escape")  # empty: the box closes
+            await pilot.press("slash", "x")  # in the box, `/` is typed like any character
+            assert box.value == "dev/x" and box.has_focus
+            await pilot.press(*["backspace"] * 5, "escape")  # empty: the box closes
             await wait_until(pilot, lambda: listing.count == 3 and not listing.filter.search)
             assert listing.has_focus
 
             # All in one read, as a paste arrives: `d` would delete, `e` export, `o` open the
             # browser, enter open the message.
-            press_at_once(app, "slash", "z", "o", "e", "d", "enter")
-            await wait_until(pilot, lambda: box.value == "zoed" and listing.filter.search)
+            press_at_once(app, "slash", "z", "o", "slash", "e", "d", "enter")
+            await wait_until(pilot, lambda: box.value == "zo/ed" and listing.filter.search)
             await pilot.pause(0.2)
             assert listing.count == 0 and listing.has_focus  # the filter applied, nothing else
             assert not listing.hidden and not app.main._undoable
@@ -280,10 +291,29 @@ def test_open_html_says_when_no_browser_started_and_files_go_on_exit(tmp_path, m
             assert uri.startswith("file://")
             written.append(Path(uri.removeprefix("file://")))
             assert f"Opened {written[-1]} in the browser" in notices(app)
+
+            # Headless, with only a console browser: it would take this terminal from the UI.
+            lynx = tmp_path / "bin" / "lynx"
+            lynx.parent.mkdir()
+            lynx.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "lynx.log"}\n')
+            lynx.chmod(0o755)
+            monkeypatch.setenv("PATH", str(lynx.parent))
+            monkeypatch.setenv("TERM", "xterm-256color")  # webbrowser wants it for console ones
+            monkeypatch.delenv("BROWSER")
+            monkeypatch.setattr(webbrowser, "_tryorder", None)
+            monkeypatch.setattr(webbrowser, "_browsers", {})
+            await pilot.press("o")
+            await wait_until(pilot, lambda: any("No graphical" in n for n in notices(app)))
+            (notice,) = [n for n in notices(app) if "No graphical" in n]
+            assert notice.startswith("No graphical browser (lynx would take over this terminal)")
+            path = Path(notice.split(": open ", 1)[1].split(" (", 1)[0])
+            assert f"({path.as_uri()})" in notice and "<h1>Report</h1>" in path.read_text()
+            written.append(path)
             assert all(p.exists() for p in written)
 
     run(scenario)
-    assert written and not any(p.exists() for p in written)
+    assert not (tmp_path / "lynx.log").exists()  # never started
+    assert len(written) == 3 and not any(p.exists() for p in written)
     assert not any(p.parent.exists() for p in written)
 
 
@@ -323,3 +353,215 @@ def test_a_long_text_goes_into_its_tab_when_shown_and_moving_on_stops_it(tmp_pat
             assert text.text == "Hi.\n"
 
     run(scenario)
+
+
+def test_undo_into_a_filter_and_clear_counts_what_it_deleted(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing = app.main.message_list
+            for subject in ("invoice 1", "news 1", "news 2", "news 3"):
+                await send(app, "a@x.test", ["b@x.test"], message(subject=subject))
+            await wait_until(pilot, lambda: listing.count == 4)
+            await pilot.press("end", "d")  # invoice 1, then a filter it does not match
+            await pilot.press("slash", *"news", "enter")
+            await wait_until(pilot, lambda: listing.filter.search == "news" and listing.count == 3)
+            await pilot.press("u")
+            await wait_until(pilot, lambda: any("is back" in n for n in notices(app)))
+            assert "Message 1 is back (not shown by the current filter)" in notices(app)
+            assert 1 not in listing.ids and stored_ids(app) == [1, 2, 3, 4]
+
+            await pilot.press("D")
+            assert isinstance(app.screen, Confirm)
+            with Reader(app.backend.db_path) as other:  # another program, before the answer
+                assert other.delete_messages([3]) == 1
+            await pilot.press("y")
+            await wait_until(pilot, lambda: any(n.startswith("Deleted") for n in notices(app)))
+            assert "Deleted 2 messages (1 of the 3 were already gone)" in notices(app)
+            assert stored_ids(app) == [1]
+
+    run(scenario)
+
+
+def test_a_delete_the_locked_store_refuses_on_quit_is_said_after_the_ui(tmp_path, capsys):
+    import sqlite3
+    import threading
+
+    db = tmp_path / "mail.db"
+    holder = sqlite3.connect(db, timeout=0, isolation_level=None, check_same_thread=False)
+    quit_done = threading.Event()
+
+    def release_when_done() -> None:
+        quit_done.wait(10)
+        holder.execute("ROLLBACK")
+
+    async def scenario() -> MailsinkApp:
+        async with tui(settings_for(db)) as (app, pilot):
+            await send_numbered(app, pilot, 2)
+            await pilot.press("home", "d")
+            # Another program holds the write lock for longer than the store waits (10 s; here
+            # 0.2 s, so that the test does not wait as long).
+            await app.backend.read(lambda reader: reader.conn.execute("PRAGMA busy_timeout = 200"))
+            holder.execute("BEGIN IMMEDIATE")
+            threading.Thread(target=release_when_done, daemon=True).start()
+        return app
+
+    try:
+        app = run(scenario)
+    finally:
+        quit_done.set()
+    said = f"message 2 not deleted: {db} is locked by another program (database is locked)"
+    assert app.exit_problems == [f"{said}; try again"]
+    with pytest.raises(SystemExit) as exited:
+        finish(app)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == f"mailsink: {said}; try again\n"
+    with Reader(str(db)) as reader:
+        assert reader.message_ids() == [1, 2]
+
+
+def test_quitting_in_the_middle_of_clear_says_how_many_were_not_deleted(tmp_path, monkeypatch):
+    monkeypatch.setattr(MainScreen, "DELETE_CHUNK", 50, raising=False)
+    db = tmp_path / "mail.db"
+    _fill(db, 3000)
+
+    async def scenario() -> MailsinkApp:
+        async with tui(settings_for(db)) as (app, pilot):
+            await wait_until(pilot, lambda: app.main.message_list.count == 3000)
+            await pilot.press("D")
+            press_at_once(app, "y")
+            await wait_until(pilot, lambda: app.main._deleting and len(stored_ids(app)) < 2900)
+            press_at_once(app, "q")
+        return app
+
+    app = run(scenario)
+    with Reader(str(db)) as reader:
+        left = len(reader.message_ids())
+    assert 0 < left < 2900
+    assert app.exit_problems == [f"quit during D: {left:,} of 3,000 messages were not deleted"]
+    with pytest.raises(SystemExit) as exited:
+        finish(app)
+    assert exited.value.code == 1
+
+
+def test_a_long_text_of_one_line_goes_into_its_tab_a_slice_at_a_time(tmp_path):
+    # Quoted-printable soft breaks: 300 K characters that decode to one line.
+    body = "=\r\n".join(["abcdefghij" * 7 + "abcde"] * 4000)
+    one_line = message(
+        subject="one line", body=body, extra="Content-Transfer-Encoding: quoted-printable\r\n"
+    )
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            detail = app.main.detail
+            text = detail.query_one("#text-body", Document)
+            await send(app, "a@x.test", ["b@x.test"], one_line)
+            await wait_until(pilot, lambda: detail.loaded is not None)
+            assert "\n" not in detail.loaded.text.strip() and len(detail.loaded.text) >= 300_000
+            press_at_once(app, "2")
+            whole = detail.loaded.text
+            lengths = [len(text.text)]
+            while text.text.replace("\n", "") != whole.replace("\n", ""):
+                await asyncio.sleep(0.001)  # (Pilot.pause would wait for all the slices)
+                if len(text.text) != lengths[-1]:
+                    lengths.append(len(text.text))
+            steps = [after - before for before, after in itertools.pairwise(lengths)]
+            # (The last slice runs on to the newline at the end.)
+            assert len(steps) > 10 and max(steps) <= 2 * SLICE_CHARS, lengths
+            # Shown broken after each slice: TextArea wraps the whole line an edit touches.
+            lines = text.text.split("\n")
+            assert len(lines) > 10 and {len(line) for line in lines[:-2]} == {SLICE_CHARS}
+
+    run(scenario)
+
+
+def test_a_slice_of_one_long_line_never_splits_a_character():
+    at = SLICE_CHARS
+    plain = "x" * (3 * at)
+    assert _slice_end(plain, at) == at  # no newline near: cut where the slice is long enough
+    assert _slice_end(plain[: at + 10] + "\n" + plain, at) == at + 11  # else after the newline
+    assert _slice_end(plain[:at], at) == at
+    words = plain[: at - 150] + " " + plain
+    assert _slice_end(words, at) == at - 149  # after a space near the cut, if there is one
+    for joined in (
+        "e\u0301",  # e and its combining acute accent
+        "\U0001f468\u200d\U0001f469",  # emoji joined by a ZWJ
+        "\u2764\ufe0f",  # a variation selector
+        "\ud83d\ude00",  # a surrogate pair (as surrogateescape leaves them)
+    ):
+        text = plain[: at - 1] + joined + plain  # `at` falls inside `joined`
+        assert _slice_end(text, at) == at - 1, ascii(joined)
+    marks = plain[:at] + "\u0301" * 100 + plain  # no character to keep whole: cut anyway
+    assert _slice_end(marks, at + 50) == at + 50
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
+    """A real `mailsink tui` on a pseudo-terminal: the pending `d` is carried out and the HTML
+    `o` wrote is removed, as on `q`. SIGHUP as when the terminal window is closed: its master
+    side goes away."""
+    html = (
+        "From: a@x.test\r\nTo: b@x.test\r\nSubject: page\r\nContent-Type: text/html\r\n\r\n"
+        "<h1>Report</h1>\r\n"
+    )
+    script, opened = recording_browser(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    db = tmp_path / "mail.db"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: mailsink on the pty
+        os.environ.update(
+            TERM="xterm-256color", BROWSER=str(script), TMPDIR=str(temp),
+            MAILSINK_STATE_DIR=str(tmp_path),
+        )  # fmt: skip
+        argv = [sys.executable, "-m", "mailsink", "tui", "--port", str(port), "--db", str(db)]
+        os.execv(sys.executable, argv)
+    seen = b""
+
+    def read_until(wanted: Callable[[], bool]) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 15
+        while not wanted() and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(fd, 65536)
+        assert wanted(), seen[-2000:]
+
+    try:
+        read_until(lambda: b"messages" in seen)
+        wait_for_port(port)
+        smtp_send(port, "a@x.test", ["b@x.test"], message(subject="first"))
+        smtp_send(port, "a@x.test", ["b@x.test"], html)
+        read_until(lambda: b"page" in seen)
+        os.write(fd, b"\x1b[H")  # Home: the newest, the HTML one
+        time.sleep(0.2)
+        os.write(fd, b"o")
+        read_until(opened.exists)
+        os.write(fd, b"d")
+        read_until(lambda: b"u to undo" in seen)
+        assert list(temp.glob("mailsink-html-*/*.html"))
+        if signum == signal.SIGHUP:
+            os.close(fd)  # the terminal goes away: the kernel sends SIGHUP
+            fd = -1
+        else:
+            os.kill(pid, signum)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if fd >= 0 and select.select([fd], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(fd, 65536)
+            time.sleep(0.01)
+        else:
+            raise AssertionError(f"mailsink did not stop on signal {signum}")
+        assert os.waitstatus_to_exitcode(status) == 128 + signum
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+        if fd >= 0:
+            os.close(fd)
+    with Reader(str(db)) as reader:
+        assert reader.message_ids() == [1]
+    assert list(temp.iterdir()) == []

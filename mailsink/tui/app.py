@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import sqlite3
 import sys
 from collections import deque
@@ -91,6 +92,9 @@ class MailsinkApp(App[None]):
         self._data_version: int | None = None
         self._polling = False
         self.browser_files = BrowserFiles()  # the HTML `o` wrote, removed on exit
+        # What the user asked for and did not happen (a `d` the store refused on quit, a `D`
+        # cut short): the in-memory log dies with the app, so `run` says it on stderr.
+        self.exit_problems: list[str] = []
 
     async def on_load(self) -> None:
         """Start the store and the server before the UI takes the terminal, so that a port in
@@ -113,9 +117,16 @@ class MailsinkApp(App[None]):
             return
         self.main = MainScreen(self.backend)
 
+    def stop_by_signal(self, signum: int) -> None:
+        """SIGTERM, or SIGHUP (the terminal went away): quit as `q` does, so that on_unmount
+        still carries out the pending deletions and removes the browser's files; the exit
+        status says a signal ended it, as the shell's 128 + N."""
+        self.exit(return_code=128 + signum)
+
     async def on_unmount(self) -> None:
         if hasattr(self, "main"):
-            await self.main.carry_out_deletions()  # those still undoable when the user quit
+            # Those still undoable when the user quit, and what a `D` cut short left.
+            self.exit_problems += await self.main.carry_out_deletions()
         self.browser_files.remove()
         await self._resources.aclose()  # the listener closes; messages in flight finish
 
@@ -265,9 +276,29 @@ def run(
         log_handler=handler,
         state_dir=default_state_dir(),
     )
+
+    async def run_app() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) != signal.SIG_IGN:  # as under `nohup`: stays ignored
+                loop.add_signal_handler(signum, app.stop_by_signal, signum)
+        await app.run_async()
+
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(app.run_async())
+        runner.run(run_app())
+    finish(app)
+
+
+def finish(app: MailsinkApp) -> None:
+    """Once the terminal is back: what went wrong, on stderr, and the exit status (1 when what
+    the user asked for did not happen; 128 + N after signal N)."""
     if app.startup_error is not None:
         raise app.startup_error
-    if app.return_code:  # Textual has shown what went wrong
+    if app.exit_problems:
+        from mailsink.text import visible
+
+        with contextlib.suppress(OSError):  # after a SIGHUP there may be no terminal left
+            print(f"mailsink: {visible('; '.join(app.exit_problems))}", file=sys.stderr)
+        raise SystemExit(app.return_code or 1)
+    if app.return_code:  # Textual has shown what went wrong, or a signal ended it
         raise SystemExit(app.return_code)

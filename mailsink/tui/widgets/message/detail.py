@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import tempfile
 import threading
+import unicodedata
 import webbrowser
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -160,10 +161,79 @@ class BrowserFiles:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _line_end(text: str, at: int) -> int:
-    """Where the line that `at` is in ends (after its newline)."""
-    end = text.find("\n", at)
-    return len(text) if end < 0 else end + 1
+# Browsers that run in the terminal they are started from: mailsink's. Debian's `www-browser` is
+# the text-mode alternative (`x-www-browser` the graphical one).
+CONSOLE_BROWSERS = frozenset({"www-browser", "links", "links2", "elinks", "lynx", "w3m", "browsh"})
+
+
+def is_console_browser(browser: webbrowser.BaseBrowser) -> bool:
+    """Whether `browser` would run in the foreground in this terminal, as lynx or w3m do."""
+    if isinstance(browser, webbrowser.UnixBrowser):
+        return not browser.background  # elinks
+    if type(browser) is webbrowser.GenericBrowser:  # waited for; BackgroundBrowser is not
+        return browser.basename.removesuffix(".exe") in CONSOLE_BROWSERS
+    return False
+
+
+def open_in_browser(url: str) -> tuple[bool, str | None]:
+    """As `webbrowser.open`, each browser in its order until one starts, but never one that
+    would take this terminal from the UI. Returns whether one started, and the name of a
+    console browser passed over (if any). Blocks: in a thread."""
+    try:
+        webbrowser.get()  # registers what is there (BROWSER included), once
+    except webbrowser.Error:
+        return False, None
+    skipped = None
+    for name in list(webbrowser._tryorder or ()):
+        try:
+            browser = webbrowser.get(name)
+        except webbrowser.Error:
+            continue
+        if is_console_browser(browser):
+            skipped = skipped or getattr(browser, "basename", None) or name
+            continue
+        try:
+            if browser.open(url):
+                return True, None
+        except (webbrowser.Error, OSError):
+            pass
+    return False, skipped
+
+
+def _slice_end(text: str, at: int) -> int:
+    """Where a slice that reaches `at` ends: after the newline of the line `at` is in, if that
+    comes within SLICE_CHARS; else (one long line, as quoted-printable's soft breaks decode to)
+    after a space just before `at`, or at `at` moved back so as not to split a character."""
+    if at >= len(text):
+        return len(text)
+    end = text.find("\n", at, at + SLICE_CHARS)
+    if end >= 0:
+        return end + 1
+    space = text.rfind(" ", at - 200, at)
+    if space >= 0:
+        return space + 1
+    cut = at
+    while cut > at - 32 and _joined(text, cut):  # (a run of 32 marks: cut anyway)
+        cut -= 1
+    return cut if cut > at - 32 else at
+
+
+def _joined(text: str, cut: int) -> bool:
+    """Whether cutting `text` before `cut` would split what shows as one character."""
+    before, after = text[cut - 1], text[cut]
+    return (
+        "\ud800" <= before <= "\udbff"  # half of a surrogate pair
+        or before == "\u200d"  # a zero width joiner and what it joins
+        or after == "\u200d"
+        or "\ufe00" <= after <= "\ufe0f"  # a variation selector
+        or unicodedata.category(after).startswith("M")  # a combining mark
+    )
+
+
+def _whole_lines(text: str, start: int, end: int) -> str:
+    """text[start:end], ending with a newline (one added inside a long line: see Document)."""
+    piece = text[start:end]
+    return piece if end >= len(text) or piece.endswith("\n") else piece + "\n"
 
 
 class Document(TextArea):
@@ -171,7 +241,10 @@ class Document(TextArea):
 
     TextArea wraps all the text it is given there and then, on the loop, and more than once
     (512 K characters: 0.3 s to 1 s), so a long text reaches it only when its tab is shown, and
-    then a slice at a time, with the loop free in between for keys and repaints."""
+    then a slice at a time, with the loop free in between for keys and repaints. It wraps the
+    whole line an edit touches, so a line longer than a slice is shown broken after each slice
+    (a line of 512 K characters would otherwise cost as much as all at once, at its last slice).
+    """
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)  # type: ignore[arg-type]
@@ -198,12 +271,12 @@ class Document(TextArea):
 
     @work(group="slices", exclusive=True)
     async def _load_slices(self, text: str) -> None:
-        end = _line_end(text, SLICE_CHARS)
-        self.load_text(text[:end])
+        end = _slice_end(text, SLICE_CHARS)
+        self.load_text(_whole_lines(text, 0, end))
         while end < len(text):
             await asyncio.sleep(SLICE_PAUSE)  # keys, repaints, the next message: in between
-            start, end = end, _line_end(text, end + SLICE_CHARS)
-            self.insert(text[start:end], self.document.end)
+            start, end = end, _slice_end(text, end + SLICE_CHARS)
+            self.insert(_whole_lines(text, start, end), self.document.end)
         self.history.clear()  # read-only: nothing to undo, and no second copy to keep
 
 
@@ -372,22 +445,26 @@ class MessageDetail(Vertical):
             return
         files = cast("MailsinkApp", self.app).browser_files
 
-        def write_and_open() -> tuple[Path, bool]:
+        def write_and_open() -> tuple[Path, bool, str | None]:
             path = files.write(loaded.record.id, loaded.parsed.html or "")
-            try:
-                # False when no browser could be started (none there, or each one failed).
-                opened = webbrowser.open(path.as_uri())
-            except (webbrowser.Error, OSError):
-                opened = False
-            return path, opened
+            return path, *open_in_browser(path.as_uri())
 
         try:
-            path, opened = await asyncio.to_thread(write_and_open)
+            path, opened, console = await asyncio.to_thread(write_and_open)
         except OSError as error:
             self.notify(f"HTML not written: {error}", severity="error", markup=False)
             return
         if opened:
             self.notify(f"Opened {visible(str(path))} in the browser", markup=False)
+        elif console is not None:
+            self.notify(
+                f"No graphical browser ({visible(console)} would take over this terminal):"
+                f" open {visible(str(path))} ({visible(path.as_uri())}); it stays there until"
+                " mailsink exits.",
+                severity="warning",
+                markup=False,
+                timeout=30,
+            )
         else:
             self.notify(
                 f"No browser could be started. The HTML is in {visible(str(path))}"

@@ -51,7 +51,8 @@ class MainScreen(Screen[None]):
     DELETE_CHUNK = 500  # messages per transaction when deleting many (tests make it smaller)
     BINDINGS = [
         # A priority binding runs when the key arrives, before the keys behind it are handed
-        # to the focused widget (the Input takes `/` itself: Input.check_consume_key).
+        # to the focused widget (the Input would take `/` itself: Input.check_consume_key);
+        # in the box, check_action declines it, so that `/` is typed.
         Binding("slash", "filter", "Filter", priority=True),
         # Off the footer, so that at 80 columns it keeps / s f ? q (these are in Help and ctrl+p).
         Binding("exclamation_mark", "findings_only", "Findings only", show=False),
@@ -78,6 +79,7 @@ class MainScreen(Screen[None]):
         self._filter_timer: Timer | None = None
         self._undoable: dict[int, Timer] = {}  # message id: when its deletion is carried out
         self._deleting = False  # a `D` under way
+        self._bulk: tuple[array[int], int] | None = None  # its ids not known deleted, and total
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.backend, id="status")
@@ -126,6 +128,13 @@ class MainScreen(Screen[None]):
         await self.detail.run_action(action)
 
     # ---- filter
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # In the filter box `/` is a character like any other: declined (None: the footer still
+        # lists it, dimmed), the priority binding lets the key go on to the Input.
+        if action == "filter" and self.focused is not None and self.focused.id == "filter":
+            return None
+        return True
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -191,8 +200,12 @@ class MainScreen(Screen[None]):
         listing = self.message_list
         listing.release([message_id])
         await listing.reload()
-        listing.select_id(message_id)
-        self.notify(f"Message {message_id} is back", timeout=2)
+        if listing.select_id(message_id):
+            self.notify(f"Message {message_id} is back", timeout=2)
+        else:
+            self.notify(
+                f"Message {message_id} is back (not shown by the current filter)", timeout=4
+            )
 
     async def _delete_stored(self, message_id: int) -> None:
         if self._undoable.pop(message_id, None) is None:
@@ -209,8 +222,10 @@ class MainScreen(Screen[None]):
             return
         listing.release([message_id], deletions=1)
 
-    async def carry_out_deletions(self) -> None:
-        """The app is quitting: delete what is still undoable now rather than never."""
+    async def carry_out_deletions(self) -> list[str]:
+        """The app is quitting: delete what is still undoable now rather than never. Returns
+        what was asked for and did not happen, for the terminal once the UI has left it."""
+        problems = []
         pending = list(self._undoable)
         for timer in self._undoable.values():
             timer.stop()
@@ -220,6 +235,24 @@ class MainScreen(Screen[None]):
                 await self.backend.read(Reader.delete_messages, pending)
             except sqlite3.Error as error:
                 log.error("messages %s not deleted: %s", pending, error)
+                listed = ", ".join(map(str, pending))
+                problems.append(
+                    f"message{'s' if len(pending) > 1 else ''} {listed} not deleted: {error}"
+                )
+        if self._bulk is not None:  # the app quit in the middle of a `D`
+            ids, total = self._bulk
+            self._bulk = None
+            try:
+                # On the reader thread, after the chunk that was in flight.
+                left = len(set(ids).intersection(await self.backend.read(Reader.message_ids)))
+            except sqlite3.Error as error:
+                problems.append(f"quit during D: not known how many were deleted: {error}")
+            else:
+                if left:
+                    problems.append(
+                        f"quit during D: {left:,} of {total:,} messages were not deleted"
+                    )
+        return problems
 
     def clear_label(self) -> str:
         """What `D` deletes, in words: the listed messages with a filter, else all."""
@@ -260,15 +293,19 @@ class MainScreen(Screen[None]):
         again at the end."""
         listing, status = self.message_list, self.status
         listing.hide(ids)
-        total, done, chunk = len(ids), 0, self.DELETE_CHUNK
+        total, done, deleted, chunk = len(ids), 0, 0, self.DELETE_CHUNK
         error: sqlite3.Error | None = None
         try:
             for end in range(total, 0, -chunk):
                 status.progress(f"deleting {done:,} of {total:,}…")
-                part = ids[max(0, end - chunk) : end]
-                await self.backend.read(Reader.delete_messages, part)
+                start = max(0, end - chunk)
+                self._bulk = (ids[:end], total)  # what is left if the app quits meanwhile
+                part = ids[start:end]
+                # Those still there: another program may have deleted some since the question.
+                deleted += await self.backend.read(Reader.delete_messages, part)
                 listing.release(part, deletions=1)  # the store counts one deletion per chunk
                 done += len(part)
+            self._bulk = None
             if sessions:
                 status.progress("deleting sessions…")
                 await self.backend.read(Reader.delete_idle_sessions)
@@ -277,16 +314,23 @@ class MainScreen(Screen[None]):
         finally:
             self._deleting = False
             status.progress("")
+        self._bulk = None
         listing.release(ids)  # those not deleted come back with the reload
         await listing.reload()
         if error is not None:
             self.notify(
-                f"Deleted {done:,} of {total:,} messages, then: {error}",
+                f"Deleted {deleted:,} of {total:,} messages, then: {error}",
                 severity="error",
                 markup=False,
             )
+        elif deleted < total:
+            others = total - deleted
+            self.notify(
+                f"Deleted {deleted:,} message{'' if deleted == 1 else 's'}"
+                f" ({others:,} of the {total:,} were already gone)"
+            )
         else:
-            self.notify(f"Deleted {done:,} message{'' if done == 1 else 's'}")
+            self.notify(f"Deleted {deleted:,} message{'' if deleted == 1 else 's'}")
 
     def action_export(self) -> None:
         from mailsink.export import ExportError, export_eml
