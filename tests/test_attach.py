@@ -131,7 +131,9 @@ def test_attached_ui_shows_a_live_session_as_it_goes_and_sees_its_server_stop(
                         ),
                         timeout=2,
                     )
-                    assert time.monotonic() - sent < 1.0
+                    # README: "within about half a second" (0.42-0.48 s measured); a margin
+                    # for a busy CI machine.
+                    assert time.monotonic() - sent < 0.75
                     assert newest().active and newest().last_reply == "250 2.1.0 Ok"
                     await pilot.press("up")  # the selection stayed on the session it was on
                     assert sessions.selected_id() == sessions.order[0]
@@ -289,11 +291,21 @@ def test_a_store_of_schema_3_is_read_as_it_is_and_migrated_by_a_server(tmp_path)
         (session,) = reader.list_sessions()
         assert session.state is None and session.end_reason is None
         assert reader.serving() == Serving(False, [], None)
-    with RunningSink(db) as sink, sink.reader() as reader:
-        assert reader.version == 4
-        served = sink.wait_for(lambda r: r.serving().addresses)
-        assert served == [("SMTP", "127.0.0.1", sink.port)]
-        assert reader.serving().running is True
+        with RunningSink(db) as sink, sink.reader() as fresh:
+            assert fresh.version == 4
+            served = sink.wait_for(lambda r: r.serving().addresses)
+            assert served == [("SMTP", "127.0.0.1", sink.port)]
+            assert fresh.serving().running is True
+            # A viewer that opened the old store sees it migrated at its next poll.
+            assert reader.serving() == Serving(True, served, 50_000)
+            assert reader.version == 4
+            client = RawClient(sink.host, sink.port)
+            try:
+                client.command("EHLO new.test")
+                sink.wait_for(lambda r: [s for s in r.list_sessions() if s.state == "EHLO"])
+                assert reader.list_sessions()[0].state == "EHLO"
+            finally:
+                client.close()
     with Reader(str(db)) as reader:
         assert reader.serving().running is False
 
@@ -346,3 +358,164 @@ def test_a_kept_store_does_not_creep_up_at_each_restart_nor_warn_when_merely_ful
         caplog.clear()
         assert reopen(full, 100, 1) == 100  # merely full (within its 1 %): pruned as ever
         assert warnings() == []
+
+
+@ui_test
+def test_a_session_left_open_by_a_killed_server_is_not_shown_live_and_the_next_server_ends_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(status_line, "SERVER_CHECK_SECONDS", 0.25)
+    db = tmp_path / "killed.db"
+    port = free_port()
+    server = mailsink_process("serve", "--port", str(port), "--db", str(db))
+    try:
+        wait_for_port(port)
+
+        async def scenario() -> None:
+            async with logged_tui(settings_for(db), attach=True) as (app, pilot, _):
+                await pilot.press("s")
+                sessions = app.screen
+                assert isinstance(sessions, SessionsScreen)
+                client = await asyncio.to_thread(RawClient, "127.0.0.1", port)
+                try:
+                    await asyncio.to_thread(client.command, "EHLO doomed.test")
+                    await asyncio.to_thread(client.command, "MAIL FROM:<a@x.test>")
+
+                    def newest() -> Any:
+                        return sessions.rows[sessions.order[0]] if sessions.order else None
+
+                    await wait_until(pilot, lambda: (row := newest()) and row.state == "MAIL", 2)
+                    assert newest().active
+                    server.kill()
+                    await asyncio.to_thread(server.wait, 10)
+                    await wait_until(pilot, lambda: "server stopped" in status(app), timeout=3)
+                    await wait_until(pilot, lambda: not newest().active, timeout=1)
+                    assert newest().state == "server stopped"
+                    assert "●" not in sessions.query_one("#sessions").get_row_at(0)[0].plain
+                finally:
+                    client.close()
+
+        run(scenario)
+    finally:
+        server.kill()
+        server.wait(10)
+    with Reader(str(db)) as reader:
+        (left,) = [s for s in reader.list_sessions() if s.helo == "doomed.test"]
+        assert (left.end_reason, left.state) == (None, "MAIL")  # no server has had it since
+    with RunningSink(db) as sink, sink.reader() as reader:
+        (ended,) = [s for s in reader.list_sessions() if s.helo == "doomed.test"]
+        assert not [s for s in reader.list_sessions() if s.end_reason is None]
+        assert (ended.end_reason, ended.state, ended.helo) == ("server_lost", None, "doomed.test")
+        assert ended.ended_at is not None and ended.ended_at >= ended.started_at
+
+
+@ui_test
+def test_a_busy_session_streams_in_bounded_batches_in_order(tmp_path, monkeypatch):
+    from textual.widgets import RichLog
+
+    from mailsink.tui import render
+    from mailsink.tui.widgets.sessions import screen as sessions_screen
+
+    batches: list[list[str]] = []  # the transcript lines each refresh wrote
+    write, stream = RichLog.write, SessionsScreen._stream_transcript
+
+    def written(log: RichLog, content: Any, *args: Any, **kwargs: Any) -> Any:
+        if log.id == "transcript":
+            batches[-1].append(content.plain)
+        return write(log, content, *args, **kwargs)
+
+    async def streamed(screen: SessionsScreen) -> None:
+        batches.append([])
+        await stream(screen)
+
+    monkeypatch.setattr(RichLog, "write", written)
+    monkeypatch.setattr(SessionsScreen, "_stream_transcript", streamed)
+
+    with RunningSink(tmp_path / "busy.db") as sink:
+        client = RawClient(sink.host, sink.port)
+        try:
+            client.command("EHLO busy.test")
+            client.send(b"".join(b"NOOP %d\r\n" % n for n in range(600)))
+            for _ in range(600):
+                client.reply()
+            session_id = sink.wait_for(
+                lambda r: [s.id for s in r.list_sessions() if s.helo == "busy.test"]
+            )[0]
+            sink.wait_for(lambda r: len(r.session_events(session_id)) >= 1203)
+
+            async def scenario() -> None:
+                async with logged_tui(settings_for(Path(sink.db)), attach=True) as (app, pilot, _):
+                    await pilot.press("s")
+                    sessions = app.screen
+                    assert isinstance(sessions, SessionsScreen)
+                    await pilot.press("home")
+                    assert sessions.selected_id() == session_id
+                    await wait_until(pilot, lambda: sessions.last_seq >= 1203, timeout=3)
+                    assert max(len(batch) for batch in batches) <= (
+                        sessions_screen.STREAMED_PER_REFRESH + 1  # and the header line
+                    )
+                    lines = [line for batch in batches for line in batch][1:]
+                    with sink.reader() as reader:
+                        events = reader.get_session(session_id).events
+                    assert lines == [render.transcript_line(e).plain for e in events][: len(lines)]
+                    assert len(lines) >= 1203
+
+            run(scenario)
+        finally:
+            client.close()
+
+
+def _status_row(app: MailsinkApp) -> str:
+    """The status line as the terminal shows it."""
+    return app.main.status.render_line(0).text
+
+
+@ui_test
+def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_path):
+    from tui_support import tui
+
+    db = tmp_path / "projects" / "some-client" / "staging-environment" / "mailsink.db"
+    db.parent.mkdir(parents=True)
+    fill(db, 30)
+    config = tmp_path / "two.toml"
+    port, tls_port = free_port(), free_port()
+    config.write_text(f"[storage]\nmax_messages = 20\n[tls]\nimplicit_port = {tls_port}\n")
+    progress = "deleting 12,000 of 77,000…"
+    server = mailsink_process(
+        "serve", "--port", str(port), "--db", str(db), "--config", str(config)
+    )
+    try:
+        wait_for_port(port)
+
+        async def attached() -> None:
+            async with tui(settings_for(db), attach=True, size=(80, 24)) as (app, pilot):
+                await wait_until(pilot, lambda: "served by" in status(app), timeout=3)
+                row = _status_row(app)
+                assert row.rstrip().endswith("30 messages (limit 20)"), row
+                assert f"served by 127.0.0.1:{port} +1" in row and "sink.db" in row
+                app.main.status.progress(progress)
+                await pilot.pause()
+                row = _status_row(app)
+                assert f"30 messages (limit 20)  {progress}" in row and "…" in row, row
+
+        run(attached)
+    finally:
+        server.terminate()
+        server.wait(15)
+    config.write_text(f"[storage]\nmax_messages = 20\n[tls]\nimplicit_port = {free_port()}\n")
+
+    async def own() -> None:
+        async with tui(settings_for(db, config), size=(80, 24)) as (app, pilot):
+            server = app.backend.server
+            assert server is not None and len(server.addresses) == 2
+            await pilot.pause()
+            row = _status_row(app)
+            first = f"SMTP 127.0.0.1:{server.addresses[0][1]} +1"
+            assert row.startswith(f" mailsink  {first}  │  30 messages (limit 20)  │  "), row
+            app.main.status.progress(progress)
+            await pilot.pause()
+            row = _status_row(app)  # the progress first: the address gives way, marked
+            assert row.startswith(" mailsink  SMTP 127.0.0."), row
+            assert f"…  │  30 messages (limit 20)  {progress}" in row, row
+
+    run(own)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -276,3 +277,90 @@ def test_without_a_writer_the_server_answers_451_and_sessions_end(sink, caplog):
         time.sleep(0.05)
     assert "could not start" in caplog.text
     assert "session rows are not being stored" in caplog.text
+
+
+def test_progress_writes_the_writer_took_with_it_are_written_by_the_next_one(sink):
+    from conftest import RawClient
+
+    client = RawClient(sink.host, sink.port)
+    writer = sink.store.writer_pid
+    os.kill(writer, signal.SIGSTOP)  # slow: the progress writes wait in its socket
+    client.command("EHLO lost.lines.test")
+    time.sleep(0.3)  # one progress write handed over (PROGRESS_DELAY 0.2 s)
+    client.command("NOOP first")
+    time.sleep(0.3)  # and a second one
+    os.kill(writer, signal.SIGKILL)  # dies before committing either
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(writer, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while sink.store.writer_pid == writer and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.command("MAIL FROM:<a@x.test>")
+    client.command("RCPT TO:<b@x.test>")
+    client.command("DATA")
+    client.command(b"Subject: s\r\n\r\nbody\r\n.")
+    client.command("QUIT")
+    client.close()
+    session_id = sink.wait_for(lambda r: [s.id for s in r.list_sessions() if s.end_reason])[0]
+    with sink.reader() as reader:
+        texts = [text for _, _, text in reader.get_session(session_id).events]
+        after = reader.session_events(session_id)
+    assert texts[0].startswith("220 ")  # the greeting
+    assert [t for t in texts if t.startswith(("EHLO", "NOOP", "MAIL", "QUIT"))] == [
+        "EHLO lost.lines.test",
+        "NOOP first",
+        "MAIL FROM:<a@x.test>",
+        "QUIT",
+    ]
+    assert [seq for seq, *_ in after] == list(range(1, len(texts) + 1))  # no gap, no repeat
+
+
+def test_a_writer_started_after_a_finished_cut_keeps_what_it_finds(tmp_path, caplog):
+    """A lowered limit's cut is told to a writer that replaces one which died during it, not to
+    every writer after it: one started later keeps a store someone else filled meanwhile."""
+    import asyncio
+    from functools import partial
+
+    from mailsink.mail.envelope import Envelope
+    from mailsink.store.db import Store, WriterLost, connect, insert_message, insert_session
+
+    path = str(tmp_path / "cut.db")
+
+    def incoming(n: int) -> IncomingMessage:
+        raw = f"Subject: m{n}\r\n\r\nbody\r\n".encode()
+        return IncomingMessage(1, Envelope("a@x.test", ["b@x.test"]), raw, n)
+
+    noop = partial(insert_session, session_id=1, started_at=0, peer="p")
+    store = Store(path, max_messages=50)
+
+    async def scenario() -> int:
+        await asyncio.gather(
+            *(store.run(partial(insert_message, message=incoming(n))) for n in range(60))
+        )
+        store.max_messages = 20  # as a reload would: cut down to 20, told
+        await store.run(noop)
+        await store.run(noop)
+        conn = connect(path)  # then someone else fills it (another tool, a copied store)
+        conn.execute("BEGIN IMMEDIATE")
+        for n in range(300):
+            insert_message(conn, incoming(1000 + n))
+        conn.execute("COMMIT")
+        conn.close()
+        caplog.clear()
+        os.kill(store.writer_pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                await store.run(noop)
+                break
+            except WriterLost:
+                await asyncio.sleep(0.01)
+        await store.run(noop)
+        with Reader(path) as reader:
+            return reader.count_messages()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailsink"):
+            assert asyncio.run(scenario()) == 320
+    finally:
+        store.close()
+    assert "pruning" not in caplog.text

@@ -42,6 +42,8 @@ log = logging.getLogger("mailsink")
 # A message's log line names this many recipients, then counts the rest, and cuts the subject.
 _LOGGED_RECIPIENTS = 3
 _LOGGED_SUBJECT = 200
+# A session write lost with a dying writer is sent again to the next one, this many times at most.
+_RESENDS = 3
 
 
 def _cut(text: str, width: int) -> str:
@@ -256,7 +258,7 @@ class SinkServer:
         if not events:
             return  # its message's commit took them
         try:
-            self.store.submit(_session_write(protocol, events, state=protocol.state))
+            self._write_kept(_session_write(protocol, events, state=protocol.state))
         except StoreError:
             protocol.transcript.restore(events)  # for the session's next write
 
@@ -287,13 +289,46 @@ class SinkServer:
         """A session's row, which nobody waits for: a store that cannot take it is logged (once)
         and the session goes on; its DATA will get 451."""
         try:
-            self.store.submit(operation)
+            self._write_kept(operation)
         except StoreError as error:
-            if not self._store_refused:
-                log.error("session rows are not being stored: %s", error)
-            self._store_refused = True
+            self._refused(error)
         else:
             self._store_refused = False
+
+    def _refused(self, error: BaseException) -> None:
+        if not self._store_refused:
+            log.error("session rows are not being stored: %s", error)
+        self._store_refused = True
+
+    def _write_kept(self, operation: Operation, resends: int = 0) -> None:
+        """Submit a session write that nobody waits for, kept until the writer answers: one
+        the writer took with it when it died is sent again to the next writer, as it was.
+        Its transcript lines have left the Transcript, and putting them back could not keep
+        them in order with what later writes (a message, the session's end) have taken since;
+        sent again as the same chunk, a write that had in fact committed is merely replaced
+        (transcript chunks are keyed by their first line)."""
+        future = asyncio.get_running_loop().create_future()
+        self.store.submit(operation, future)
+        future.add_done_callback(partial(self._kept_answered, operation, resends))
+
+    def _kept_answered(
+        self, operation: Operation, resends: int, future: asyncio.Future[Any]
+    ) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            return
+        if isinstance(error, WriterLost) and resends < _RESENDS:
+            try:
+                self._write_kept(operation, resends + 1)
+                return
+            except StoreError as refused:
+                error = refused
+        if isinstance(error, StoreError):
+            self._refused(error)
+        else:
+            log.error("store operation failed: %s", error)
 
     async def _committed_anyway(
         self, protocol: SinkSMTP, message: IncomingMessage

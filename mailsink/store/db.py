@@ -624,9 +624,10 @@ class Store:
         self._next_session_id += 1
         return session_id
 
-    def submit(self, operation: Operation) -> None:
-        """Queue a write without waiting for it."""
-        self._writer.submit(operation)
+    def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
+        """Queue a write without waiting for it: it shares the next lazy commit. `future`, if
+        given, learns the outcome (WriterLost if the writer died before answering)."""
+        self._writer.submit(operation, future, urgent=False)
 
     async def run(self, operation: Operation) -> Any:
         """Queue a write and wait until it has committed; returns what the operation returned."""
@@ -689,6 +690,15 @@ def _prepare(path: str, max_messages: int) -> tuple[int, tuple[int, int]]:
         if missing:
             raise _not_mailsink(path, version, missing)
         _probe(conn, SCHEMA_VERSION)
+        # This server holds the lock, so no other serves the store: a session still open was
+        # left by a server that died (kill -9, power loss) and would otherwise look live forever.
+        lost = conn.execute(
+            "UPDATE sessions SET end_reason = 'server_lost', ended_at = ?, state = NULL"
+            " WHERE end_reason IS NULL",
+            (now_ms(),),
+        ).rowcount
+        if lost:
+            log.info("%d session(s) left open by a server that stopped: ended as server_lost", lost)
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sessions'").fetchone()
         kept = [
             kept_size(conn, table, count, max_messages)[0]

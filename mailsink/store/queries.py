@@ -17,6 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
 from mailsink.store.db import (
+    SCHEMA_VERSION,
     SessionEvent,
     StoreFileError,
     about_the_file,
@@ -308,6 +309,10 @@ class Reader:
         """Who serves the store (its row, written at start) and whether a server runs now
         (it holds the lock beside the store; tested without waiting for it)."""
         running = server_running(self.path)
+        if self.version < SCHEMA_VERSION:
+            # A server may have migrated the store since this reader opened it (a viewer
+            # attached to an old store, then a new server): one PRAGMA per poll, until it has.
+            self.version = check_version(self.conn, self.path)
         if self.version < _PROGRESS_SINCE:
             return Serving(running, [], None)
         row = self.conn.execute("SELECT addresses, max_messages FROM server").fetchone()

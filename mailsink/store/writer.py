@@ -162,6 +162,7 @@ class Writer:
             "end_reason IS NOT NULL",
         )
         self._cut: tuple[int, int, int] | None = None  # for the next answer
+        self._limits = 0  # max_messages changes read, told with each answer (see WriterProcess)
 
     def run(self) -> None:
         batch: list[tuple[int, Operation, bool]] = []
@@ -183,6 +184,7 @@ class Writer:
                     continue
                 if request[0] == "max_messages":
                     _, self.max_messages, lowered = request
+                    self._limits += 1
                     if lowered:
                         self._messages.lower()
                         self._sessions.lower()
@@ -236,9 +238,12 @@ class Writer:
         if self._deaf:
             return  # the server is gone; what is still queued gets committed all the same
         cut, self._cut = self._cut, None
-        answer = ("done", self.commits, results, cut)
+        cutting = self._messages.cutting or self._sessions.cutting
+        cutting_state = (self._limits, cutting)
+        answer = ("done", self.commits, results, cut, cutting_state)
         if _unpicklable(answer) is not None:  # what the server could not load would wedge it
-            answer = ("done", self.commits, [_portable_result(r) for r in results], cut)
+            portable = [_portable_result(r) for r in results]
+            answer = ("done", self.commits, portable, cut, cutting_state)
         self._channel.settimeout(None)
         try:
             self._channel.sendall(b"".join(frame(answer)))
@@ -351,12 +356,14 @@ class _Retention:
         ).fetchone()
         self.floor, self._recorded = kept_size(conn, table, self.known_count, limit)
         self._telling = False  # the limit was lowered: tell the cut when it begins
+        self.cutting = False  # a lowered limit's cut is under way (over the limit, no floor)
         self._told = False  # this commit's prune told one (rearm: it was rolled back)
 
     def lower(self) -> None:
         """max_messages was lowered while running: the table is cut down to it."""
         self.floor = 0
         self._telling = True
+        self.cutting = True  # until the next prune has counted
 
     def rearm(self) -> None:
         """The commit was rolled back: what it recorded and told is to do again."""
@@ -380,7 +387,7 @@ class _Retention:
         limit = max(configured, self.floor)
         max_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0]
         if self.known_count + (max_id - self.known_max_id) <= limit + limit // 100:
-            self._telling = False  # nothing to cut (or too little to count)
+            self._telling = self.cutting = False  # nothing to cut (or too little to count)
             return 0
         count = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
         if count < self.floor:  # rows were deleted: the store has shrunk below its old size
@@ -410,6 +417,7 @@ class _Retention:
             ).rowcount
             count -= deleted
         self.known_count, self.known_max_id = count, max_id
+        self.cutting = self.floor == 0 and count > limit
         return told
 
 
@@ -433,7 +441,10 @@ class WriterProcess:
     def __init__(self, path: str, max_messages: int):
         self.path = path
         self._max_messages = max_messages
-        self._lowered = False  # by a reload: the store is cut down to it (see _Retention)
+        # By a reload: the store is cut down to it (see _Retention); told again to a writer
+        # that replaces one which died before the cut was done.
+        self._lowered = False
+        self._limits_sent = 0  # max_messages changes sent to the current writer process
         self.commits = 0  # transactions committed: fewer than operations when batching works
         self._next_id = 0
         self._closing = False
@@ -459,14 +470,23 @@ class WriterProcess:
         lowered = value < self._max_messages
         self._max_messages = value
         self._lowered = self._lowered or lowered
+        self._limits_sent += 1
         self._send(frame(("max_messages", value, lowered)))
 
-    def submit(self, operation: Operation, future: asyncio.Future[Any] | None = None) -> None:
+    def submit(
+        self,
+        operation: Operation,
+        future: asyncio.Future[Any] | None = None,
+        urgent: bool | None = None,
+    ) -> None:
+        """`future` gets the outcome; `urgent` (by default: with a future) commits the batch at
+        once, else the operation waits for the lazy commit (LAZY_COMMIT) like the others."""
         if self._closing:
             raise StoreError(self._refusal)
         self._next_id += 1
+        urgent = future is not None if urgent is None else urgent
         try:
-            data = frame((self._next_id, operation, future is not None), tag=self._next_id)
+            data = frame((self._next_id, operation, urgent), tag=self._next_id)
         except (pickle.PicklingError, TypeError, AttributeError) as error:
             raise StoreError(f"a store operation must pickle: {error}") from None
         self._pending[self._next_id] = future
@@ -510,10 +530,12 @@ class WriterProcess:
         self._outgoing: collections.deque[memoryview] = collections.deque()
         self._pending: dict[int, asyncio.Future[Any] | None] = {}
         self._writing = False
+        self._limits_sent = 0
         self._ended.clear()
         if self._loop is not None and not self._loop.is_closed():
             self._loop.add_reader(here.fileno(), self._readable)
-        if self._lowered:  # a new writer after a lowered limit: no keeping the store's size
+        if self._lowered:  # a new writer during a lowered limit's cut: it goes on cutting
+            self._limits_sent += 1
             self._send(frame(("max_messages", self._max_messages, True)))
 
     @staticmethod
@@ -602,7 +624,9 @@ class WriterProcess:
 
     def _answers(self, answers: list[Any]) -> None:
         settled = []
-        for _, self.commits, results, cut in answers:
+        for _, self.commits, results, cut, (limits_seen, cutting) in answers:
+            if limits_seen == self._limits_sent and not cutting:
+                self._lowered = False  # the cut is done: a new writer keeps what it finds
             for request_id, outcome, error in results:
                 future = self._pending.pop(request_id, None)
                 if future is not None:

@@ -15,7 +15,8 @@ from mailsink.text import visible
 from mailsink.tui.backend import Backend
 
 SERVER_CHECK_SECONDS = 1.0  # attached: how often the store's server is looked for
-_PATH_LEAST = 12  # cells the attached store's path keeps, however narrow the terminal
+_PATH_LEAST = 12  # cells the attached store's path keeps before the addresses give way
+_PATH_SHORTEST = 8  # and at the narrowest, rather than cutting the server's address
 
 
 class StatusLine(Static):
@@ -80,40 +81,33 @@ class StatusLine(Static):
         self.redraw()
 
     def redraw(self) -> None:
+        """One line, whatever the width: the message count, the limit and a long action's
+        progress come first; the store's path and the addresses give way to them (the path is
+        cut at its start, a list of addresses becomes its first one and `+N`), and what still
+        does not fit is cut at the end with `…`."""
         backend = self.backend
-        line = Text()
-        line.append(" mailsink ", "bold reverse")
-        line.append(" ")
-        server = backend.server
-        if server is None:
-            line.append("attached to ", "dim")
-            path_at = len(line)
-            line.append_text(self._served())
-        else:
-            places = [
-                f"{label.split(',')[0]} {host}:{port}"
-                for (host, port), label in zip(server.addresses, server.labels, strict=True)
-            ]
-            line.append(" · ".join(places), "bold")
-            if server.settings.tls.starttls or server.settings.tls.require:
-                line.append(" +STARTTLS" + (" required" if server.settings.tls.require else ""))
-        line.append("  │  ", "dim")
-        line.append(f"{self.shown:,}", "bold")
-        line.append(" message" + ("" if self.shown == 1 else "s"))
+        width = self.size.width or 80
+        head = Text()
+        head.append(" mailsink ", "bold reverse")
+        head.append(" ")
+        counts = Text()
+        counts.append("  │  ", "dim")
+        counts.append(f"{self.shown:,}", "bold")
+        counts.append(" message" + ("" if self.shown == 1 else "s"))
         if self.filter_text:
-            line.append(f" {visible(self.filter_text)}", "cyan")
+            counts.append(f" {visible(self.filter_text)}", "cyan")
         elif (limit := self._limit()) is not None and over_limit(self.shown, limit):
             # A store over its limit when opened is kept as it is (see store.writer._Retention).
-            line.append(f" (limit {limit:,})", "yellow")
+            counts.append(f" (limit {limit:,})", "yellow")
         if self.progress_text:
-            line.append(f"  {self.progress_text}", "bold yellow")
-        if server is None:  # what is left of the width goes to the store's path
-            room = max(_PATH_LEAST, (self.size.width or 80) - line.cell_len)
-            line = Text.assemble(
-                line[:path_at], _left_cut(visible(backend.db_path), room), line[path_at:]
-            )
-        if server is not None:
-            active = [rule for rule in server.policy.rules if rule.enabled]
+            counts.append(f"  {self.progress_text}", "bold yellow")
+        room = width - head.cell_len - counts.cell_len
+        place = self._attached_place(room) if backend.server is None else self._places(room)
+        if place.cell_len > room:
+            place.truncate(max(room, 1), overflow="ellipsis")
+        line = Text.assemble(head, place, counts)
+        if backend.server is not None:
+            active = [rule for rule in backend.server.policy.rules if rule.enabled]
             line.append("  │  ", "dim")
             if active:
                 line.append(f"faults: {len(active)} on", "bold yellow")
@@ -125,9 +119,41 @@ class StatusLine(Static):
         elif backend.watcher is not None:
             line.append("  │  ", "dim")
             line.append("config: watching", "dim")
+        line.truncate(width, overflow="ellipsis")
         self.update(line)
 
-    def _served(self) -> Text:
+    def _attached_place(self, room: int) -> Text:
+        """`attached to <path> · served by <addresses>`: the path gets what is left of `room`
+        (at least _PATH_LEAST cells), after the addresses, shortened first if need be."""
+        path = visible(self.backend.db_path)
+        attached, short = Text("attached to ", "dim"), self._served(short=True)
+        # The words "attached to" go last: "served by" says much the same.
+        for prefix, served in ((attached, self._served()), (attached, short), (Text(""), short)):
+            if prefix.cell_len + served.cell_len + min(len(path), _PATH_LEAST) <= room:
+                break
+        left = max(_PATH_SHORTEST, room - prefix.cell_len - served.cell_len)
+        return Text.assemble(prefix, _left_cut(path, left), served)
+
+    def _places(self, room: int) -> Text:
+        """Own server: where it listens; its first address and `+N` when all do not fit."""
+        server = self.backend.server
+        assert server is not None
+        places = [
+            f"{label.split(',')[0]} {host}:{port}"
+            for (host, port), label in zip(server.addresses, server.labels, strict=True)
+        ]
+        tls = server.settings.tls
+        starttls = (
+            " +STARTTLS" + (" required" if tls.require else "")
+            if tls.starttls or tls.require
+            else ""
+        )
+        whole = Text.assemble((" · ".join(places), "bold"), starttls)
+        if whole.cell_len <= room or len(places) < 2:
+            return whole
+        return Text.assemble((places[0], "bold"), f" +{len(places) - 1}", starttls)
+
+    def _served(self, short: bool = False) -> Text:
         """Attached: the store's server, where it listens and whether it still runs."""
         serving = self.serving
         if serving is None or serving.running is None:
@@ -136,16 +162,19 @@ class StatusLine(Static):
             return Text.assemble(" · ", ("server stopped", "bold yellow"))
         if not serving.addresses:
             return Text.assemble(" · ", ("served", "bold"))
-        return Text.assemble(" · served by ", (_addresses(serving), "bold"))
+        return Text.assemble(" · served by ", (_addresses(serving, short), "bold"))
 
 
-def _addresses(serving: Serving) -> str:
+def _addresses(serving: Serving, short: bool = False) -> str:
     """`127.0.0.1:1025, SMTPS 127.0.0.1:1465`: where a server listens (from the store, so
-    made visible like anything else read from it)."""
-    return ", ".join(
+    made visible like anything else read from it); `short`: the first and `+N`."""
+    shown = [
         visible(f"{host}:{port}" if label == "SMTP" else f"{label} {host}:{port}")
         for label, host, port in serving.addresses
-    )
+    ]
+    if short and len(shown) > 1:
+        return f"{shown[0]} +{len(shown) - 1}"
+    return ", ".join(shown)
 
 
 def _left_cut(text: str, width: int) -> str:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from mailsink.smtp.protocol import SinkSMTP
 
 SHOWN_LINES = 2000  # transcript lines shown at first; more stream in
+# Transcript lines written per refresh: a busy session's thousands of new lines go in batches,
+# with the loop free (keys, the table, the status line) between them.
+STREAMED_PER_REFRESH = 200
 LISTED = 300  # newest sessions shown; `mailsink sessions -n N` reaches further back
 # A store operation that writes nothing, to wait on the writer's queue with. A stdlib callable:
 # operations are pickled by name for the store's writer, which should not import the TUI.
@@ -171,6 +174,7 @@ class SessionsScreen(Screen[None]):
             return  # closed while reading
         self._drop_removed({record.id for record in stored}, written)
         known = self._live()
+        stopped = self._server_stopped()
         rows: dict[int, SessionRow] = {}
         for record in stored:
             protocol = known.pop(record.id, None)
@@ -179,10 +183,19 @@ class SessionsScreen(Screen[None]):
                 self._written.discard(record.id)
                 rows[record.id] = _stored_row(record)
             else:
-                rows[record.id] = _live_row(protocol) if protocol else _stored_row(record)
+                rows[record.id] = _live_row(protocol) if protocol else _stored_row(record, stopped)
         rows.update((i, _live_row(p)) for i, p in known.items())  # not in the store yet
         self._show_rows(rows)
         await self._stream_transcript()
+
+    def _server_stopped(self) -> bool:
+        """Attached: the status line found the store's server gone, so an open session in the
+        store is not live (the next server ends it: server_lost)."""
+        if self.backend.server is not None:
+            return False
+        main = getattr(self.app, "main", None)
+        serving = getattr(getattr(main, "status", None), "serving", None)
+        return serving is not None and serving.running is False
 
     def _drop_removed(self, stored: set[int], written: set[int]) -> None:
         """Forget ended sessions that the store does not list. Not listed may also mean not
@@ -275,11 +288,13 @@ class SessionsScreen(Screen[None]):
             log.write(Text(f"… {skipped} earlier lines: mailsink session {session_id}", "dim"))
             following = following[skipped:]
             self.last_seq = following[0] - 1
-        for seq in following:
+        for seq in following[:STREAMED_PER_REFRESH]:
             if live and seq != self.last_seq + 1:
-                break
+                return
             log.write(render.transcript_line(events[seq]))
             self.last_seq = seq
+        if len(following) > STREAMED_PER_REFRESH:  # the next batch once this one is drawn
+            self.call_after_refresh(self.refresh_sessions)
 
 
 def _live_row(protocol: SinkSMTP) -> SessionRow:
@@ -298,14 +313,18 @@ def _live_row(protocol: SinkSMTP) -> SessionRow:
     )
 
 
-def _stored_row(record: SessionRecord) -> SessionRow:
+def _stored_row(record: SessionRecord, server_stopped: bool = False) -> SessionRow:
+    if record.end_reason is None and server_stopped:
+        state = "server stopped"
+    else:  # state: its server's last write
+        state = record.end_reason or record.state or "open"
     return SessionRow(
         id=record.id,
-        active=record.end_reason is None,
+        active=record.end_reason is None and not server_stopped,
         started=render.local_time(record.started_at)[11:],
         peer=record.peer,
         helo=record.helo or "",
-        state=record.end_reason or record.state or "open",  # state: its server's last write
+        state=state,
         messages=record.message_count,
         last_reply=record.last_reply or "",
         faults=record.faults,
