@@ -67,9 +67,10 @@ def message_table(records: list[MessageRecord]) -> str:
             [
                 str(r.id),
                 local_time(r.received_at),
-                r.envelope.mail_from or "<>",
-                ", ".join(r.envelope.rcpt_to),
-                ", ".join(r.headers["from"]),
+                # Addresses: no emoji sequence kept (see text.visible).
+                visible(r.envelope.mail_from or "<>", emoji=False),
+                visible(", ".join(r.envelope.rcpt_to), emoji=False),
+                visible(", ".join(r.headers["from"]), emoji=False),
                 status + (r.headers["subject"] or ""),
                 format_bytes(r.size),
                 ", ".join(kinds),
@@ -129,14 +130,14 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
         f"{format_bytes(record.size)}  session {record.session_id}",
         "",
         "Envelope (what SMTP said)",
-        f"  MAIL FROM  {visible(envelope.mail_from) or '<> (null sender)'}",
+        f"  MAIL FROM  {visible(envelope.mail_from, emoji=False) or '<> (null sender)'}",
     ]
     if envelope.mail_options:
         lines.append(f"  options    {visible(' '.join(envelope.mail_options))}")
     for index, rcpt in enumerate(envelope.rcpt_to):
         params = envelope.rcpt_options[index] if index < len(envelope.rcpt_options) else []
         suffix = f"  {visible(' '.join(params))}" if params else ""
-        lines.append(f"  {'RCPT TO' if index == 0 else '':9}  {visible(rcpt)}{suffix}")
+        lines.append(f"  {'RCPT TO' if index == 0 else '':9}  {visible(rcpt, emoji=False)}{suffix}")
     lines += [
         f"  HELO       {visible(envelope.helo or '-')}",
         f"  peer       {visible(envelope.peer or '-')}   TLS {'yes' if envelope.tls else 'no'}"
@@ -156,7 +157,7 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
         if isinstance(value, list):
             value = ", ".join(value)
         if value:
-            lines.append(f"  {label:9}  {visible(value)}")
+            lines.append(f"  {label:9}  {visible(value, emoji=False)}")
     for label, key in (("Subject", "subject"), ("Date", "date"), ("Message-ID", "message_id")):
         lines.append(f"  {label:10} {visible(headers[key] or '-')}")
     if data["findings"]:

@@ -34,7 +34,7 @@ from mailsink.mail.parse import (
     parse_message,
 )
 from mailsink.output import to_json
-from mailsink.text import visible, visible_block
+from mailsink.text import INVISIBLE, characters, visible, visible_block
 from mailsink.tui.widgets.message.detail import MessageDetail
 
 # ---- item 2: MIME nested without bound is cut, and the output says so
@@ -258,7 +258,10 @@ def test_no_command_prints_a_control_character_from_a_message_or_session(sink):
 
 # ---- item 13: --json escapes what would move or hide text, and still round-trips
 
-HIDDEN = "\x85\x9b\u2028\u2029\u202a\u202e\u2066\u2069\u200e\u200f\u061c\u200b\u200d\u2060\ufeff"
+HIDDEN = (
+    "\x85\x9b\u2028\u2029\u202a\u202e\u2066\u2069\u200e\u200f\u061c\u200b\u200d\u2060\ufeff"
+    "\u034f\u3164\uffa0\u17b4\u180b\ufe0f\U000e0100"  # default-ignorable, not Cc or Cf
+)
 
 
 def test_json_escapes_c1_bidi_and_zero_width_and_round_trips(sink):
@@ -285,26 +288,86 @@ def test_json_escapes_c1_bidi_and_zero_width_and_round_trips(sink):
 # ---- one rule for what is not shown: controls, format characters, line separators
 
 
+# Default_Ignorable_Code_Point, as Unicode's DerivedCoreProperties.txt lists it (15.1).
+IGNORABLE = (
+    "\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
+# Of them, what bodies keep: the joiners, the combining grapheme joiner, the Hangul syllable
+# fillers, the Mongolian free variation selectors and the variation selectors.
+SCRIPT_MARKS = "\u200c\u200d\u034f\u115f\u1160\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+
+
 def test_every_invisible_character_is_shown_in_text_and_escaped_in_json():
     """text.INVISIBLE against this Python's Unicode data: every control (Cc), format character
-    (Cf) and line or paragraph separator (Zl, Zp) is caught; no letter, mark, number,
-    punctuation, symbol or space is."""
+    (Cf), line or paragraph separator (Zl, Zp) and default-ignorable code point is caught; no
+    other letter, mark, number, punctuation, symbol or space is."""
+    ignorable = set(characters(IGNORABLE))
     hidden, ordinary = [], []
     for code in range(0x110000):
         char = chr(code)
         category = unicodedata.category(char)
-        if category in ("Cc", "Cf", "Zl", "Zp"):
+        if category in ("Cc", "Cf", "Zl", "Zp") or char in ignorable:
             hidden.append(char)
         elif category[0] in "LMNPS" or category == "Zs":
             ordinary.append(char)
-    assert [c for c in hidden if visible(c) == c] == []  # the joiners too, in one-line fields
-    joiners = {"\u200c", "\u200d"}  # bodies keep them: Persian, Indic scripts and emoji need them
-    assert [c for c in hidden if c not in "\t\n" and visible_block(c) == c] == sorted(joiners)
+    listed = set(characters(INVISIBLE))
+    assert sorted(listed - set(hidden)) == sorted(  # whole ranges: only unassigned code points
+        c for c in listed - set(hidden) if unicodedata.category(c) == "Cn"
+    )
+    assert [c for c in hidden if c not in listed] == []
+    for emoji in (True, False):  # the joiners and variation selectors too, alone
+        assert [c for c in hidden if visible(c, emoji=emoji) == c] == []
+    kept = sorted(characters(SCRIPT_MARKS))
+    assert [c for c in hidden if c not in "\t\n" and visible_block(c) == c] == kept
     assert [c for c in hidden if to_json(c).strip('"').isascii() is False] == []
     assert json.loads(to_json(hidden)) == hidden
     text = "".join(ordinary)
     assert visible(text) == text
     assert to_json(text) == json.dumps(text, ensure_ascii=False)
+
+
+def test_emoji_keep_their_joiners_only_between_wide_emoji_and_never_in_addresses():
+    family, fire, heart = (
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "\u2764\ufe0f\u200d\U0001f525",
+        "\u2764\ufe0f",
+    )
+    for kept in (family, fire, heart, "\U0001f44b\U0001f3fd\u200d\U0001f468", "\u00a9\ufe0e"):
+        assert visible(kept) == kept
+    for text, shown in (
+        ("\u263a\u200d\u263a", "\u263a<U+200D>\u263a"),  # one cell to rich, two on screen
+        ("\u00a9\u200d\u00ae", "\u00a9<U+200D>\u00ae"),
+        ("\u2194\u200d\u21aa", "\u2194<U+200D>\u21aa"),
+        ("a\u200d\U0001f468", "a<U+200D>\U0001f468"),
+        ("\U0001f468\u200dpal", "\U0001f468<U+200D>pal"),
+        ("pay\ufe0fpal pay\ufe0epal", "pay<U+FE0F>pal pay<U+FE0E>pal"),
+        ("\u263a\ufe0f\ufe0f", "\u263a\ufe0f<U+FE0F>"),
+        ("pay\u034fpal \u3164 pay\U000e0100pal", "pay<U+034F>pal <U+3164> pay<U+E0100>pal"),
+    ):
+        assert visible(text) == shown, text
+    assert visible(f"x@{family}.test", emoji=False) == (
+        "x@\U0001f468<U+200D>\U0001f469<U+200D>\U0001f467.test"
+    )
+    assert visible(heart, emoji=False) == "\u2764<U+FE0F>"
+    assert visible_block(f"{family} pay\u034fpal \u3164") == f"{family} pay\u034fpal <U+3164>"
+
+
+def test_list_and_show_mark_default_ignorable_characters_in_addresses(sink):
+    spoof = "service@pay\u034fpal.test"
+    content = (
+        f"From: {spoof}\r\nTo: x@\U0001f468\u200d\U0001f468.test\r\n"
+        "Subject: pay\u3164pal\r\n\r\nhi\r\n"
+    ).encode()
+    deliver(sink.host, sink.port, [content], sender=spoof, recipients=("b@x.test",))
+    listed = run_cli("list", "--db", sink.db).out
+    assert listed.count("service@pay<U+034F>") == 2 and "pay<U+3164>pal" in listed
+    shown = run_cli("show", "1", "--db", sink.db).out
+    assert "service@pay<U+034F>pal.test" in shown and "x@\U0001f468<U+200D>\U0001f468" in shown
+    as_json = run_cli("list", "--json", "--db", sink.db).out
+    assert "\u034f" not in as_json and "\\u034f" in as_json
+    assert spoof in json.loads(as_json)[0].values()
 
 
 def test_check_config_and_config_errors_show_hostile_words_as_text(tmp_path):

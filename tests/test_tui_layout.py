@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from conftest import message, run_cli
+from rich.cells import get_character_cell_size
 from textual.pilot import Pilot
 from tui_support import (
     list_rows,
@@ -25,8 +26,10 @@ from tui_support import (
 
 from mailsink.mail.envelope import Envelope
 from mailsink.store.db import IncomingMessage, Store, insert_message
+from mailsink.store.queries import Reader
 from mailsink.text import visible, visible_block
 from mailsink.tui.app import MailsinkApp
+from mailsink.tui.rows import address_of, fit_addresses
 from mailsink.tui.widgets.dialogs import KEYS
 from mailsink.tui.widgets.message.screen import MessageScreen
 from mailsink.tui.widgets.messages.message_list import layout_for
@@ -164,6 +167,7 @@ def test_layout_is_one_per_width_and_every_line_as_wide_as_the_list():
 ZW_FROM = "service@pay\u200bpal.test"
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji, joined by two ZWJs
 ZW_SUBJECT = f"pay\u200cpal \u200dnow {FAMILY}"
+SMILES = "smile " + "\u263a\u200d\u263a" * 14 + " end"
 PERSIAN = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # needs its ZWNJ
 
 
@@ -192,6 +196,19 @@ def test_zero_width_characters_show_as_placeholders_in_one_line_fields(tmp_path)
             assert shown_from in screen_text(app)
             assert f"{PERSIAN} {FAMILY}" in detail.query_one("#text-body").text
 
+            # Text-width pictographs joined by ZWJ: one cell each pair to rich, two on a screen
+            # that draws each code point; shown, the row stays as wide as the list.
+            joined = message(sender="x@\U0001f468\u200d\U0001f468.test", subject=SMILES)
+            await send(app, "b@x.test", ["b@x.test"], joined)
+            await wait_until(pilot, lambda: app.main.message_list.count == 2 and rows_loaded(app))
+            await _resized(app, pilot, 80, 24)
+            width = app.main.message_list.scrollable_content_region.width
+            row = _line(app, "smile ")
+            assert "x@\U0001f468<U+200D>" in row and "\u263a<U+200D>\u263a" in row, row
+            drawn = row[:width]
+            assert sum(get_character_cell_size(c) for c in drawn) == width, row
+            assert re.search(r"!\d +$", drawn), row  # the badges at the right edge
+
     run(scenario)
     listed = run_cli("list", "--db", str(tmp_path / "mail.db"))
     shown = run_cli("show", "1", "--db", str(tmp_path / "mail.db"))
@@ -201,6 +218,21 @@ def test_zero_width_characters_show_as_placeholders_in_one_line_fields(tmp_path)
     assert f"{PERSIAN} {FAMILY}" in shown.out  # the body keeps its joiners
     for out in (listed.out, shown.out):
         assert "\u200b" not in out and "pay\u200c" not in out
+
+
+def test_a_name_that_looks_like_an_address_is_never_shown_alone():
+    evil = "evil-long-address@attacker.example"
+    for name in (
+        "service@paypal.test",
+        "service\uff20paypal.test",
+        "service\ufe6bpaypal.test",
+        '"service@paypal.test"',
+        "paypal.test",
+    ):
+        for width in (14, 20, 24, 30):
+            shown = fit_addresses((address_of(f"{name} <{evil}>"),), width)
+            assert shown.startswith("evil-long-add"), (name, width, shown)
+    assert fit_addresses((address_of(f"Pay Pal <{evil}>"),), 14).startswith("Pay Pal")
 
 
 # ---- item 18: follow the newest message
@@ -245,5 +277,19 @@ def test_follow_newest_selects_each_new_message_until_switched_off(tmp_path):
             await send(app, "a@x.test", ["b@x.test"], message(subject="m3"))
             await wait_until(pilot, lambda: listing.count == 4)
             assert listing.selected_id == chosen and listing.cursor == 2
+
+            # A deletion elsewhere and a new message seen in the same poll: the list is read
+            # again whole, and the new message is still selected.
+            await pilot.press("F", "j")
+            assert listing.follow and listing.cursor == 1
+            app._polling = True  # hold the poll until both are in the store
+            try:
+                assert await app.backend.read(Reader.delete_message, listing.ids[0])
+                await send(app, "a@x.test", ["b@x.test"], message(subject="m4"))
+            finally:
+                app._polling = False
+            newest = await app.backend.read(Reader.latest_id)
+            await wait_until(pilot, lambda: listing.count == 4 and listing.ids[-1] == newest)
+            assert listing.cursor == 0 and listing.selected_id == newest
 
     run(scenario)

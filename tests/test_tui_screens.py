@@ -109,12 +109,17 @@ def test_sessions_fit_80_columns_and_move_like_the_list(tmp_path):
     run(scenario)
 
 
+LONG_RULE = "a custom rule whose name goes on and on and on and on for ever"
+
+
 def test_faults_fit_80_columns_and_a_bad_config_edit_is_one_notice(tmp_path):
     config = tmp_path / "mailsink.toml"
     config.write_text(
         '[[fault]]\nname = "no marketing"\nstage = "mail"\n'
         'reply = "550 5.7.1 Marketing mail is not permitted from this sender"\n'
         'match = { sender = "*@marketing.test" }\n'
+        f'[[fault]]\nname = "{LONG_RULE}"\nstage = "rcpt"\nreply = "450 4.2.0 later"\n'
+        'match = { sender = "*@nowhere.test" }\n'
     )
     handler = RecentLog()  # as `mailsink` runs it: the server's warnings become notices
     logger = logging.getLogger("mailsink")
@@ -146,6 +151,13 @@ def test_faults_fit_80_columns_and_a_bad_config_edit_is_one_notice(tmp_path):
             footer = _footer(app)
             for key in ("esc Back", "s Sessions", "? Help", "q Quit"):
                 assert key in footer, footer
+            # Wider: what a rule does gets its whole width before a long name takes the rest.
+            await pilot.resize_terminal(120, 30)
+            await wait_until(pilot, lambda: "Authentication required " in _row(app, "530 auth"))
+            assert "Insufficient system storage " in _row(app, "452 4.3.1 no")
+            assert f"{LONG_RULE[:30]}" in _row(app, "450 4.2.0 later")
+            assert f"{LONG_RULE} " not in _row(app, "450 4.2.0 later")
+            await pilot.resize_terminal(*SMALL)
 
             await pilot.press("escape")
             config.write_text("[smtp]\nport = 'x'\n")
@@ -264,12 +276,17 @@ def test_theme_is_remembered_across_runs(tmp_path):
 def test_a_broken_state_file_or_an_unknown_theme_is_ignored(tmp_path, caplog):
     state = UiState(tmp_path)
     path = tmp_path / "state.json"
-    for content in (b"\xff\xfe not utf-8", b"{not json", b"[1, 2]", b"{}" + b" " * 70_000):
+    nested = b"[" * 60_000  # 60 KB, deeper than the JSON parser goes
+    for content in (b"\xff\xfe not utf-8", b"{not json", b"[1, 2]", b"{}" + b" " * 70_000, nested):
         path.write_bytes(content)
         caplog.clear()
         with caplog.at_level(logging.WARNING, "mailsink"):
             assert state.load() == {}
         assert "ignoring the UI state file" in caplog.text, content
+    state.remember(theme="nord")
+    state.write()  # reads the file first: the nested one is replaced, not raised
+    assert json.loads(path.read_text()) == {"theme": "nord"}
+    state = UiState(tmp_path)
     path.unlink()
     os.mkfifo(path)  # would block a plain open() for ever
     assert state.load() == {}

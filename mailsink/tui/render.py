@@ -27,8 +27,9 @@ UNDELIVERED = "bold red"
 MISMATCH = "yellow"
 
 
-def plain(text: str | None, style: str = "") -> Text:
-    return Text(visible(text or ""), style=style)
+def plain(text: str | None, style: str = "", *, emoji: bool = True) -> Text:
+    """`emoji=False` for addresses: see text.visible."""
+    return Text(visible(text or "", emoji=emoji), style=style)
 
 
 def local_time(ms: int | None, *, with_ms: bool = False) -> str:
@@ -54,7 +55,7 @@ def _address_lines(
     paired = len(specs) == len(values)
     lines = []
     for position, value in enumerate(values[:ADDRESSES_SHOWN]):
-        line = _labelled(label, plain(value))
+        line = _labelled(label, plain(value, emoji=False))
         mark = marks.get(specs[position].lower()) if paired else None
         if mark is not None:
             note, style = mark
@@ -90,7 +91,7 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     }
 
     left: list[Text] = []
-    mail_from = _labelled("MAIL FROM", plain(f"<{envelope.mail_from}>"))
+    mail_from = _labelled("MAIL FROM", plain(f"<{envelope.mail_from}>", emoji=False))
     if sender_differs:
         mail_from.stylize(MISMATCH, len("MAIL FROM: "))
         mail_from.append("  ≠ From", MISMATCH)

@@ -3,6 +3,7 @@ how a field is fitted into a column of a given width."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -47,7 +48,10 @@ def address_of(shown: str) -> Address:
             name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
     elif "@" not in shown:  # what an unparseable header said, kept as it came
         address = ""
-    return Address(visible(shown), visible(name), visible(address))
+    # No emoji sequence in an address or beside it: `x@👨‍👨.test` must not pass for another.
+    return Address(
+        visible(shown, emoji=False), visible(name, emoji=False), visible(address, emoji=False)
+    )
 
 
 def short_size(size: int) -> str:
@@ -71,7 +75,7 @@ def row_of(record: MessageRecord) -> Row:
     return Row(
         id=record.id,
         time=time.strftime("%H:%M:%S", time.localtime(record.received_at / 1000)),
-        sender=visible(sender or "<>"),
+        sender=visible(sender or "<>", emoji=False),
         from_=from_,
         to=tuple(address_of(a) for a in recipients),
         subject=visible(headers.get("subject") or ""),
@@ -81,7 +85,7 @@ def row_of(record: MessageRecord) -> Row:
         worst=worst,
         attachments=record.has_attachments,
         rejected=record.status != "accepted",
-        sender_differs=first is None or first.lower() != visible(sender).lower(),
+        sender_differs=first is None or first.lower() != visible(sender, emoji=False).lower(),
     )
 
 
@@ -102,6 +106,17 @@ def cut(text: str, width: int) -> str:
     return set_cell_size(text, width)
 
 
+# `@` and the at signs that look like it (fullwidth, small); a dot between two word characters.
+_AT_SIGNS = re.compile("[@\uff20\ufe6b]")
+_DOMAIN = re.compile(r"\w\.\w")
+
+
+def looks_like_an_address(name: str) -> bool:
+    """A display name that could pass for an address or a domain (`service＠paypal.test`,
+    `paypal.test`): never shown without its address."""
+    return bool(_AT_SIGNS.search(name)) or (" " not in name.strip() and bool(_DOMAIN.search(name)))
+
+
 def fit_addresses(addresses: tuple[Address, ...], width: int) -> str:
     """All the addresses if they fit; else the first as a whole (`Name <address>`), its address,
     or its name, whichever fits first, and `+N` for the others; cut only when none fits."""
@@ -115,8 +130,7 @@ def fit_addresses(addresses: tuple[Address, ...], width: int) -> str:
     if len(more) > width // 2:
         more = ""
     room = width - len(more)
-    # A name that looks like an address (`paypal.test <evil@x.test>`) is never shown alone.
-    name = first.name if "@" not in first.name else ""
+    name = "" if looks_like_an_address(first.name) else first.name
     for candidate in (first.full, first.address, name):
         if candidate and cell_len(candidate) <= room:
             return set_cell_size(candidate + more, width)

@@ -53,8 +53,11 @@ class UiState:
                 data = json.loads(file.read(LIMIT + 1).decode("utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-        except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError too
-            log.warning("ignoring the UI state file %s: %s", self.path, error)
+        # ValueError: UnicodeDecodeError and JSONDecodeError too; RecursionError: nesting deeper
+        # than the parser goes (`[` * 60 000 is 60 KB).
+        except (OSError, ValueError, RecursionError) as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else error
+            log.warning("ignoring the UI state file %s: %s", self.path, reason)
             return {}
         return data
 

@@ -28,8 +28,9 @@ COLUMNS = (
 )
 RULE, DOES = 2, 4
 # At 80 columns both the rule's name and what it does are cut short; from about 110 the presets'
-# names fit whole, and what is left goes to what the rule does.
-GROWTH = ((RULE, 20), (DOES, 30), (RULE, None), (DOES, None))
+# names fit whole, then what the rule does gets its whole width, and only what is left goes to a
+# longer (custom) name.
+GROWTH = ((RULE, 20), (DOES, 30), (RULE, 40), (DOES, None), (RULE, None))
 
 EXPLAIN = (
     " Faults  space or enter: switch the selected rule on or off · 1-5: presets ·"

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events, on, work
@@ -170,7 +171,11 @@ class Layout:
 
     def text(self, row: Row) -> str:
         """Every column but the badges, each followed by its space."""
-        return "".join(self._cell(row, key, width) + " " for key, width in self.columns)
+        text = "".join(self._cell(row, key, width) + " " for key, width in self.columns)
+        # Measured again joined: a cell measured alone may count differently beside the next
+        # one (a mark that joins across the space), and the strip is trusted to be this wide.
+        wanted = self.width - BADGES if self.exact else cell_len(text)
+        return text if cell_len(text) == wanted else set_cell_size(text, wanted)
 
     @staticmethod
     def _cell(row: Row, key: str, width: int) -> str:
@@ -308,12 +313,16 @@ class MessageList(ScrollView, can_focus=True):
         self._seen = latest or 0
         self._generation += 1  # what catch_up read before this is stale
         keep = self._selected_id
+        newest = self.ids[-1] if self.ids else 0
         self.ids = ids
         self.loaded = True
         self._rows.clear()
         self._pending_pages.clear()
         row = self.row_of_id(keep) if keep is not None else None
-        if row is None:
+        if self.follow and ids and ids[-1] > newest:
+            # New mail came with the reload (a deletion elsewhere in the same poll, an undo).
+            row = 0
+        elif row is None:
             row = min(self.cursor, max(0, len(ids) - 1)) if new_filter is None else 0
         self._resize()
         self.cursor = row
