@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sqlite3
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +35,7 @@ from mailsink.tui.widgets.message.detail import BrowserFiles
 from mailsink.tui.widgets.messages.screen import MainScreen
 from mailsink.tui.widgets.sessions.screen import SessionsScreen
 
+SIGNAL_GRACE_SECONDS = 10  # see MailsinkApp.stop_by_signal
 POLL_SECONDS = 0.1  # how often the store is asked whether anything was committed
 
 
@@ -120,8 +123,16 @@ class MailsinkApp(App[None]):
     def stop_by_signal(self, signum: int) -> None:
         """SIGTERM, or SIGHUP (the terminal went away): quit as `q` does, so that on_unmount
         still carries out the pending deletions and removes the browser's files; the exit
-        status says a signal ended it, as the shell's 128 + N."""
+        status says a signal ended it, as the shell's 128 + N.
+
+        With the terminal gone, Textual's last writes to it can fail and leave its shutdown
+        waiting for a writer thread that has stopped; by then the deletions and the files are
+        taken care of (that happens before the terminal is let go), so if the process has not
+        ended some seconds later it ends itself, rather than holding the port and the store."""
         self.exit(return_code=128 + signum)
+        watchdog = threading.Timer(SIGNAL_GRACE_SECONDS, os._exit, (128 + signum,))
+        watchdog.daemon = True  # a clean exit does not wait for it
+        watchdog.start()
 
     async def on_unmount(self) -> None:
         if hasattr(self, "main"):
