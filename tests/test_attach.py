@@ -519,3 +519,60 @@ def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_pa
             assert f"…  │  30 messages (limit 20)  {progress}" in row, row
 
     run(own)
+
+
+def test_a_progress_write_sent_again_after_the_end_changes_nothing(tmp_path):
+    """A write a dead writer took with it is sent again to the next one, and can arrive after
+    the session's end: the end's values stay (and an ended session has no state)."""
+    from mailsink.store.db import insert_session, update_session
+
+    async def scenario() -> None:
+        store = Store(str(tmp_path / "mail.db"))
+        try:
+            started = 1_795_770_000_000
+            await store.run(partial(insert_session, session_id=7, started_at=started, peer="p"))
+            progress = {"helo": "old.test", "state": "EHLO", "last_reply": "250 HELP"}
+            await store.run(
+                partial(
+                    update_session,
+                    session_id=7,
+                    events=[],
+                    started_at=started,
+                    peer="p",
+                    **progress,
+                )
+            )
+            end = {"helo": "new.test", "last_reply": "221 Bye", "end_reason": "quit"}
+            await store.run(
+                partial(
+                    update_session,
+                    session_id=7,
+                    events=[],
+                    started_at=started,
+                    peer="p",
+                    ended_at=started,
+                    **end,
+                )
+            )
+            await store.run(
+                partial(
+                    update_session,
+                    session_id=7,
+                    events=[],
+                    started_at=started,
+                    peer="p",
+                    **progress,
+                )
+            )
+        finally:
+            store.close()
+
+    asyncio.run(scenario())
+    with Reader(str(tmp_path / "mail.db")) as reader:
+        (session,) = reader.list_sessions()
+    assert (session.helo, session.last_reply, session.end_reason, session.state) == (
+        "new.test",
+        "221 Bye",
+        "quit",
+        None,
+    )

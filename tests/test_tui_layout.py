@@ -293,3 +293,30 @@ def test_follow_newest_selects_each_new_message_until_switched_off(tmp_path):
             assert listing.cursor == 0 and listing.selected_id == newest
 
     run(scenario)
+
+
+def test_the_full_screen_title_shows_joiners_in_the_sender(tmp_path):
+    """The envelope sender in the title is an address: no emoji sequence is kept there."""
+    sender = "\U0001f468\u200d\U0001f4bb@x.test"
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db"), size=(80, 24)) as (app, pilot):
+            assert app.backend.server is not None
+            port = app.backend.server.port
+            content = message(subject="zwj")
+
+            def deliver() -> None:
+                import smtplib
+
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                    client.sendmail(sender, ["b@x.test"], content, mail_options=["SMTPUTF8"])
+
+            await asyncio.to_thread(deliver)
+            await wait_until(pilot, lambda: app.main.message_list.count == 1)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, MessageScreen))
+            await wait_until(pilot, lambda: "zwj" in screen_text(app).splitlines()[0])
+            title = screen_text(app).splitlines()[0]
+            assert "<U+200D>" in title and "\u200d" not in title
+
+    run(scenario)

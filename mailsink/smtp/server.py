@@ -62,7 +62,7 @@ def listen_backlog() -> int:
 
 def recipients_text(recipients: list[str]) -> str:
     """The first few recipients, then how many more (a message may have 50 000)."""
-    shown = ", ".join(f"<{visible(r)}>" for r in recipients[:_LOGGED_RECIPIENTS])
+    shown = ", ".join(f"<{visible(r, emoji=False)}>" for r in recipients[:_LOGGED_RECIPIENTS])
     more = len(recipients) - _LOGGED_RECIPIENTS
     return f"{shown} and {more} more" if more > 0 else shown
 
@@ -380,7 +380,7 @@ class SinkServer:
         log.info(
             "message %s from <%s> to %s, %s, subject %r%s",
             stored.id,
-            visible(envelope.mail_from),
+            visible(envelope.mail_from, emoji=False),
             recipients_text(envelope.rcpt_to),
             format_bytes(len(message.raw)),
             _cut(visible(stored.subject or ""), _LOGGED_SUBJECT),

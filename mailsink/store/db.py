@@ -515,9 +515,17 @@ def update_session(
     if not fields:
         insert_session(conn, session_id, started_at, peer)
         return
+    ending = "end_reason" in fields
+    if ending:
+        fields = {"state": None, **fields}  # an ended session is in no state
     assignments = ", ".join(f"{name} = ?" for name in fields)
-    update = f"UPDATE sessions SET {assignments} WHERE id = ?"
+    # A write sent again after a writer died can come after the session's end: it must not
+    # put older values over what the end wrote.
+    where = "id = ?" if ending else "id = ? AND end_reason IS NULL"
+    update = f"UPDATE sessions SET {assignments} WHERE {where}"
     if conn.execute(update, (*fields.values(), session_id)).rowcount == 0:
+        if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+            return  # ended already
         insert_session(conn, session_id, started_at, peer)
         conn.execute(update, (*fields.values(), session_id))
 

@@ -27,6 +27,7 @@ from textual.screen import Screen
 from mailsink.config import Settings
 from mailsink.presets import PRESETS
 from mailsink.store.queries import Reader
+from mailsink.text import visible
 from mailsink.tui.backend import Backend, running
 from mailsink.tui.state import UiState, default_state_dir
 from mailsink.tui.widgets.dialogs import Help
@@ -35,7 +36,7 @@ from mailsink.tui.widgets.message.detail import BrowserFiles
 from mailsink.tui.widgets.messages.screen import MainScreen
 from mailsink.tui.widgets.sessions.screen import SessionsScreen
 
-SIGNAL_GRACE_SECONDS = 10  # see MailsinkApp.stop_by_signal
+SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
 POLL_SECONDS = 0.1  # how often the store is asked whether anything was committed
 
 
@@ -98,6 +99,7 @@ class MailsinkApp(App[None]):
         # What the user asked for and did not happen (a `d` the store refused on quit, a `D`
         # cut short): the in-memory log dies with the app, so `run` says it on stderr.
         self.exit_problems: list[str] = []
+        self.signalled: int | None = None  # the signal that ended the app, if one did
 
     async def on_load(self) -> None:
         """Start the store and the server before the UI takes the terminal, so that a port in
@@ -123,14 +125,24 @@ class MailsinkApp(App[None]):
     def stop_by_signal(self, signum: int) -> None:
         """SIGTERM, or SIGHUP (the terminal went away): quit as `q` does, so that on_unmount
         still carries out the pending deletions and removes the browser's files; the exit
-        status says a signal ended it, as the shell's 128 + N.
-
-        With the terminal gone, Textual's last writes to it can fail and leave its shutdown
-        waiting for a writer thread that has stopped; by then the deletions and the files are
-        taken care of (that happens before the terminal is let go), so if the process has not
-        ended some seconds later it ends itself, rather than holding the port and the store."""
+        status says a signal ended it, as the shell's 128 + N."""
+        self.signalled = signum
         self.exit(return_code=128 + signum)
-        watchdog = threading.Timer(SIGNAL_GRACE_SECONDS, os._exit, (128 + signum,))
+
+    def _end_soon_after_a_signal(self) -> None:
+        """With the terminal gone, Textual's last writes to it can fail and leave its shutdown
+        waiting for a writer thread that has stopped. Everything mailsink itself had to finish
+        (deletions, files, the server's messages in flight) is done by now, so if the process
+        has not ended some seconds later it says what went wrong and ends itself, rather than
+        holding the port and the store."""
+
+        def end() -> None:
+            if self.exit_problems:
+                with contextlib.suppress(OSError):
+                    print(f"mailsink: {visible('; '.join(self.exit_problems))}", file=sys.stderr)
+            os._exit(self.return_code or 1)
+
+        watchdog = threading.Timer(SIGNAL_GRACE_SECONDS, end)
         watchdog.daemon = True  # a clean exit does not wait for it
         watchdog.start()
 
@@ -140,6 +152,8 @@ class MailsinkApp(App[None]):
             self.exit_problems += await self.main.carry_out_deletions()
         self.browser_files.remove()
         await self._resources.aclose()  # the listener closes; messages in flight finish
+        if self.signalled is not None:
+            self._end_soon_after_a_signal()
 
     def on_mount(self) -> None:
         self.push_screen(self.main)

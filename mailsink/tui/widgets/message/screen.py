@@ -70,5 +70,5 @@ class MessageScreen(Screen[None]):
         if loaded is not None:
             self.query_one("#message-title", MessageTitle).show(
                 visible(loaded.record.headers.get("subject") or "(no subject)"),
-                visible(loaded.record.envelope.mail_from or "<>"),
+                visible(loaded.record.envelope.mail_from or "<>", emoji=False),
             )
