@@ -5,11 +5,12 @@ Each reader has its own connection; the server's writer thread is never involved
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -422,20 +423,21 @@ class Reader:
 
     # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
 
-    @_store_errors
-    def delete_message(self, message_id: int) -> bool:
-        """Delete one message; False when it was already gone."""
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so that it never has to be
+        upgraded halfway; rolled back if anything in it fails."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            gone = self.conn.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount
-            self.conn.execute("DELETE FROM message_raw WHERE id = ?", (message_id,))
-            self.conn.execute("DELETE FROM message_search WHERE id = ?", (message_id,))
-            self._count_deletion()
+            yield
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
-        return gone > 0
+
+    def delete_message(self, message_id: int) -> bool:
+        """Delete one message; False when it was already gone."""
+        return self.delete_messages([message_id]) > 0
 
     @_store_errors
     def delete_messages(self, message_ids: Iterable[int]) -> int:
@@ -443,16 +445,11 @@ class Reader:
         were still there. (The TUI deletes a long list a chunk at a time, each chunk a short
         transaction, so that neither the server's commits nor the UI's reads wait long.)"""
         rows = [(message_id,) for message_id in message_ids]
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             gone = self.conn.executemany("DELETE FROM messages WHERE id = ?", rows).rowcount
             self.conn.executemany("DELETE FROM message_raw WHERE id = ?", rows)
             self.conn.executemany("DELETE FROM message_search WHERE id = ?", rows)
             self._count_deletion()
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
         return gone
 
     @_store_errors
@@ -463,21 +460,15 @@ class Reader:
             "SELECT id FROM sessions WHERE end_reason IS NOT NULL"
             " AND id NOT IN (SELECT session_id FROM messages)"
         )
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             self.conn.execute(f"DELETE FROM transcript_chunks WHERE session_id IN ({idle})")
             gone = self.conn.execute(f"DELETE FROM sessions WHERE id IN ({idle})").rowcount
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
         return gone
 
     @_store_errors
     def clear(self) -> int:
         """Delete every message and every finished session; returns how many messages went."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
             self.conn.execute("DELETE FROM message_raw")
             self.conn.execute("DELETE FROM message_search")
@@ -489,8 +480,4 @@ class Reader:
             )
             self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
             self._count_deletion()
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
         return count
