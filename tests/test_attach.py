@@ -94,6 +94,17 @@ def status(app: MailsinkApp) -> str:
 
 
 @ui_test
+async def open_sessions(app: MailsinkApp, pilot: Any) -> SessionsScreen:
+    await pilot.press("s")
+    assert isinstance(app.screen, SessionsScreen)
+    return app.screen
+
+
+def newest_row(sessions: SessionsScreen) -> Any:
+    """The table's newest session as the screen holds it, or None before the first one."""
+    return sessions.rows[sessions.order[0]] if sessions.order else None
+
+
 def test_attached_ui_shows_a_live_session_as_it_goes_and_sees_its_server_stop(
     tmp_path, monkeypatch
 ):
@@ -111,17 +122,14 @@ def test_attached_ui_shows_a_live_session_as_it_goes_and_sees_its_server_stop(
 
         async def scenario() -> None:
             async with logged_tui(settings_for(db), attach=True) as (app, pilot, notices):
-                await pilot.press("s")
-                sessions = app.screen
-                assert isinstance(sessions, SessionsScreen)
+                sessions = await open_sessions(app, pilot)
                 client = await asyncio.to_thread(RawClient, "127.0.0.1", port)
                 try:
                     await asyncio.to_thread(client.command, "EHLO live.client.test")
                     await asyncio.to_thread(client.command, "MAIL FROM:<a@x.test>")
                     sent = time.monotonic()
 
-                    def newest() -> Any:
-                        return sessions.rows[sessions.order[0]] if sessions.order else None
+                    newest = partial(newest_row, sessions)
 
                     await wait_until(
                         pilot,
@@ -373,16 +381,13 @@ def test_a_session_left_open_by_a_killed_server_is_not_shown_live_and_the_next_s
 
         async def scenario() -> None:
             async with logged_tui(settings_for(db), attach=True) as (app, pilot, _):
-                await pilot.press("s")
-                sessions = app.screen
-                assert isinstance(sessions, SessionsScreen)
+                sessions = await open_sessions(app, pilot)
                 client = await asyncio.to_thread(RawClient, "127.0.0.1", port)
                 try:
                     await asyncio.to_thread(client.command, "EHLO doomed.test")
                     await asyncio.to_thread(client.command, "MAIL FROM:<a@x.test>")
 
-                    def newest() -> Any:
-                        return sessions.rows[sessions.order[0]] if sessions.order else None
+                    newest = partial(newest_row, sessions)
 
                     await wait_until(pilot, lambda: (row := newest()) and row.state == "MAIL", 2)
                     assert newest().active
@@ -445,9 +450,7 @@ def test_a_busy_session_streams_in_bounded_batches_in_order(tmp_path, monkeypatc
 
             async def scenario() -> None:
                 async with logged_tui(settings_for(Path(sink.db)), attach=True) as (app, pilot, _):
-                    await pilot.press("s")
-                    sessions = app.screen
-                    assert isinstance(sessions, SessionsScreen)
+                    sessions = await open_sessions(app, pilot)
                     await pilot.press("home")
                     assert sessions.selected_id() == session_id
                     await wait_until(pilot, lambda: sessions.last_seq >= 1203, timeout=3)

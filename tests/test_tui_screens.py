@@ -90,18 +90,9 @@ def test_sessions_fit_80_columns_and_move_like_the_list(tmp_path):
                 # j k Home End g G move as on the message list (newest first: row 0).
                 table = sessions.query_one("#sessions")
                 assert table.cursor_row == 0
-                await pilot.press("j")
-                assert table.cursor_row == 1
-                await pilot.press("end")
-                assert table.cursor_row == 2
-                await pilot.press("k")
-                assert table.cursor_row == 1
-                await pilot.press("home")
-                assert table.cursor_row == 0
-                await pilot.press("G")
-                assert table.cursor_row == 2
-                await pilot.press("g")
-                assert table.cursor_row == 0
+                for key, row in (("j", 1), ("end", 2), ("k", 1), ("home", 0), ("G", 2), ("g", 0)):
+                    await pilot.press(key)
+                    assert table.cursor_row == row, key
             finally:
                 hostile.close()
                 slow.close()
