@@ -56,14 +56,14 @@ from mailsink.store.db import (
     store_message,
     update_session,
 )
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 
 if TYPE_CHECKING:
     from textual.app import App
     from textual.pilot import Pilot
 
-    from mailsink.tui.widgets.messages.message_list import MessageList
-    from mailsink.tui.widgets.messages.screen import MainScreen
+    from mailsink.tui.screens.main import MainScreen
+    from mailsink.tui.widgets.message_list import MessageList
 
 MIB = 1024 * 1024
 CLI_TARGET_S = 0.3
@@ -1408,7 +1408,7 @@ def tui_child(db: str) -> dict[str, Any]:
     """The --tui measurements, in a fresh process: its RSS is the TUI's, not the fill's."""
     # Imported before the first RSS mark: the growth is the app's and the rows'.
     import mailsink.tui.app  # noqa: F401
-    from mailsink.serve import loop_factory
+    from mailsink.run import loop_factory
     from mailsink.store.db import StoreError
 
     # As `mailsink tui` runs it (mailsink.tui.app.run): its loop, a 1 ms GIL switch interval.

@@ -41,7 +41,7 @@ import scale  # bench/scale.py: the store filler and the big message
 from textual.widgets import TextArea
 
 from mailsink.config import Settings, SmtpSettings, StorageSettings
-from mailsink.serve import loop_factory
+from mailsink.run import loop_factory
 from mailsink.tui.app import MailsinkApp, create_app
 from mailsink.tui.widgets.dialogs import Confirm, Help
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from mailsink import __version__
-from mailsink.config import ConfigError, Settings, load
+from mailsink.config import Settings, load
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,13 +69,13 @@ def store_options(function: F) -> F:
 
 
 def _reader(config: str | None, db: str | None):
-    from mailsink.store.queries import Reader
+    from mailsink.store.reader import Reader
 
     return Reader(_settings(config, db=db).storage.path)
 
 
 def _run_server(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
-    from mailsink.serve import run
+    from mailsink.run import run
 
     overrides = {"host": host, "port": port, "db": db}
     run(_settings(config, host, port, db), overrides)
@@ -312,7 +312,7 @@ def _print_json(data: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click without its standalone mode, so every error is one line."""
-    from mailsink.store.db import StoreError
+    from mailsink.errors import MailsinkError
     from mailsink.text import visible  # errors quote paths, keys and values as given
 
     try:
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(error.format_message().split())
         click.echo(f"mailsink: {visible(message)}{hint}", err=True)
         code = error.exit_code
-    except (ConfigError, StoreError) as error:
+    except MailsinkError as error:
         click.echo(f"mailsink: {visible(str(error))}", err=True)
         code = EXIT_ERROR
     except click.Abort:

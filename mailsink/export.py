@@ -29,19 +29,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+from mailsink.errors import ExportError, ExportInterrupted
 from mailsink.mail.attachments import free_names
-from mailsink.store.queries import MessageRecord, Reader
+from mailsink.store.reader import MessageRecord, Reader
 from mailsink.text import visible
 
 T = TypeVar("T")
-
-
-class ExportError(Exception):
-    """Nothing was exported; the message says why."""
-
-
-class ExportInterrupted(ExportError):
-    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the export, and what it had made is gone."""
 
 
 _TEMP_PREFIX = ".mailsink-export-"

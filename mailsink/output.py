@@ -13,8 +13,9 @@ from typing import Any
 
 from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
-from mailsink.store.queries import MessageRecord, SessionRecord, iso_ms
-from mailsink.text import BEYOND_C0, characters, format_bytes, visible, visible_block
+from mailsink.store.reader import MessageRecord, SessionRecord, iso_ms
+from mailsink.text import BEYOND_C0, characters, visible, visible_block
+from mailsink.units import format_bytes
 
 # Valid in JSON text, but each either moves or hides text when shown (text.INVISIBLE: C1
 # controls, the line and paragraph separators, bidirectional controls, zero-width characters,

@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 from mailsink.config import Settings, SmtpSettings, StorageSettings, load
 from mailsink.reload import ConfigWatcher
-from mailsink.serve import loop_factory
+from mailsink.run import loop_factory
 from mailsink.smtp.server import SinkServer
 from mailsink.store.db import Store
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 
 T = TypeVar("T")
 

@@ -136,11 +136,3 @@ def visible_block(text: str) -> str:
     line ends."""
     text = text.replace("\r\n", "\n")
     return text.translate(_KEEP_LINES) if _CONTROL_KEEP_LINES.search(text) else text
-
-
-def format_bytes(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 1024 / 1024:.1f} MiB"

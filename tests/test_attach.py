@@ -25,11 +25,11 @@ from tui_support import log_text, run, send, settings_for, text_of, wait_until
 from mailsink.config import Settings, StorageSettings
 from mailsink.mail.envelope import Envelope
 from mailsink.store.db import IncomingMessage, Store, insert_message, server_running
-from mailsink.store.queries import Reader, Serving
+from mailsink.store.reader import Reader, Serving
 from mailsink.testing import RunningSink
 from mailsink.tui.app import MailsinkApp, RecentLog, create_app
+from mailsink.tui.screens.sessions import SessionsScreen
 from mailsink.tui.widgets import status as status_line
-from mailsink.tui.widgets.sessions.screen import SessionsScreen
 
 
 def fill(path: Path, count: int) -> None:
@@ -419,7 +419,7 @@ def test_a_busy_session_streams_in_bounded_batches_in_order(tmp_path, monkeypatc
     from textual.widgets import RichLog
 
     from mailsink.tui import render
-    from mailsink.tui.widgets.sessions import screen as sessions_screen
+    from mailsink.tui.screens import sessions as sessions_screen
 
     batches: list[list[str]] = []  # the transcript lines each refresh wrote
     write, stream = RichLog.write, SessionsScreen._stream_transcript

@@ -20,7 +20,7 @@ from tui_support import run, settings_for
 
 from mailsink.config import MAX_CONFIG_SIZE, ConfigError, load
 from mailsink.store.db import Store, StoreError, StoreLocked
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.testing import RunningSink
 from mailsink.tui.app import create_app
 

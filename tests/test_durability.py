@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port, mailsink_process, message, wait_for_port
 
 from mailsink.store.db import IncomingMessage, committed_message
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 
 
 def test_sigkill_while_four_clients_send_loses_no_acknowledged_message(tmp_path):

@@ -35,7 +35,7 @@ from mailsink.mail.parse import (
 )
 from mailsink.output import to_json
 from mailsink.text import INVISIBLE, characters, visible, visible_block
-from mailsink.tui.widgets.message.detail import MessageDetail
+from mailsink.tui.widgets.message_detail import MessageDetail
 
 # ---- item 2: MIME nested without bound is cut, and the output says so
 

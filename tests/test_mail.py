@@ -10,7 +10,8 @@ import pytest
 from conftest import message, run_cli
 
 from mailsink.mail.addresses import syntax_error
-from mailsink.mail.envelope import Envelope, findings
+from mailsink.mail.envelope import Envelope
+from mailsink.mail.findings import findings
 from mailsink.mail.parse import parse_headers, parse_message
 from mailsink.text import visible, visible_block
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailsink.config import ConfigError, parse_duration, parse_size
+from mailsink.config import ConfigError
 from mailsink.config import parse as parse_config
-from mailsink.policy import Context, Policy, Reply, RuleError, parse_reply, parse_rule
+from mailsink.faults.policy import Context, Policy, Reply, RuleError, parse_reply, parse_rule
+from mailsink.units import parse_duration, parse_size
 
 
 def rule(**data):

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import RawClient, free_port, message, run_cli
 
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.testing import RunningSink
 
 

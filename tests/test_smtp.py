@@ -423,7 +423,7 @@ def test_shutdown_lets_a_message_in_flight_finish(tmp_path):
     assert busy.reply()[0].startswith("250 2.0.0 Ok: queued as")
     assert busy.reply()[0].startswith("421 4.3.2")  # then the connection closes
     stopper.join(10)
-    from mailsink.store.queries import Reader
+    from mailsink.store.reader import Reader
 
     with Reader(db) as reader:
         (record,) = reader.list_messages()

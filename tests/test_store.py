@@ -23,7 +23,7 @@ from mailsink.store.db import (
     insert_session,
     update_session,
 )
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 
 
 def write(n):

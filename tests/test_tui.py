@@ -33,13 +33,13 @@ from tui_support import (
     wait_until,
 )
 
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.tui import render
 from mailsink.tui.app import MailsinkApp, create_app
-from mailsink.tui.widgets.faults.screen import FaultsScreen
-from mailsink.tui.widgets.message.detail import MessageDetail
-from mailsink.tui.widgets.message.screen import MessageScreen
-from mailsink.tui.widgets.sessions.screen import SessionsScreen
+from mailsink.tui.screens.faults import FaultsScreen
+from mailsink.tui.screens.message import MessageScreen
+from mailsink.tui.screens.sessions import SessionsScreen
+from mailsink.tui.widgets.message_detail import MessageDetail
 
 
 def test_send_open_hidden_recipient_then_550_preset_rejects_and_sessions_show_it(tmp_path):
@@ -140,7 +140,7 @@ def test_new_mail_moves_neither_selection_nor_scroll(tmp_path):
 
 
 def test_filter_findings_toggle_delete_and_clear(tmp_path, monkeypatch):
-    from mailsink.tui.widgets.messages import screen
+    from mailsink.tui.screens import main as screen
 
     monkeypatch.setattr(screen, "UNDO_SECONDS", 0.2)  # the store deletes after the undo window
 

@@ -26,13 +26,13 @@ from tui_support import (
 
 from mailsink.mail.envelope import Envelope
 from mailsink.store.db import IncomingMessage, Store, insert_message
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.text import visible, visible_block
 from mailsink.tui.app import MailsinkApp
 from mailsink.tui.rows import address_of, fit_addresses
+from mailsink.tui.screens.message import MessageScreen
 from mailsink.tui.widgets.dialogs import KEYS
-from mailsink.tui.widgets.message.screen import MessageScreen
-from mailsink.tui.widgets.messages.message_list import layout_for
+from mailsink.tui.widgets.message_list import layout_for
 
 FROM = "Shop Notifications <notifications@shop.test>"  # 44 cells
 TO = "Shop Customer Care <customer.care@shop.test>"  # 44 cells

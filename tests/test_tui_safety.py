@@ -26,13 +26,13 @@ from tui_support import run, send, send_numbered, settings_for, smtp_send, tui, 
 
 from mailsink.mail.envelope import Envelope
 from mailsink.store.db import IncomingMessage, Store, connect, insert_message, insert_session
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.tui.app import MailsinkApp, finish
+from mailsink.tui.screens import main as main_screen
+from mailsink.tui.screens.main import MainScreen
+from mailsink.tui.screens.message import MessageScreen
 from mailsink.tui.widgets.dialogs import Confirm, Help, PathPrompt
-from mailsink.tui.widgets.message.detail import SLICE_CHARS, Document, _slice_end
-from mailsink.tui.widgets.message.screen import MessageScreen
-from mailsink.tui.widgets.messages import screen as main_screen
-from mailsink.tui.widgets.messages.screen import MainScreen
+from mailsink.tui.widgets.message_detail import SLICE_CHARS, Document, _slice_end
 
 
 def notices(app: MailsinkApp) -> list[str]:

@@ -17,11 +17,11 @@ from conftest import RawClient, message
 from tui_support import run, screen_text, send, settings_for, tui, wait_until
 
 from mailsink.tui.app import RecentLog
+from mailsink.tui.screens.faults import FaultsScreen
+from mailsink.tui.screens.message import MessageScreen
+from mailsink.tui.screens.sessions import SessionsScreen
 from mailsink.tui.state import UiState, default_state_dir
-from mailsink.tui.widgets.faults.screen import FaultsScreen
-from mailsink.tui.widgets.message.detail import TABS, MessageDetail
-from mailsink.tui.widgets.message.screen import MessageScreen
-from mailsink.tui.widgets.sessions.screen import SessionsScreen
+from mailsink.tui.widgets.message_detail import TABS, MessageDetail
 
 SMALL = (80, 24)
 HOSTILE_HELO = "h" * 300

@@ -32,8 +32,8 @@ from tui_support import (
 from mailsink.mail.envelope import Envelope
 from mailsink.store.db import IncomingMessage, Store, insert_message, insert_session, update_session
 from mailsink.tui.app import MailsinkApp
-from mailsink.tui.widgets.message.detail import MessageDetail
-from mailsink.tui.widgets.sessions.screen import SessionsScreen
+from mailsink.tui.screens.sessions import SessionsScreen
+from mailsink.tui.widgets.message_detail import MessageDetail
 
 BASE = 1_795_770_000_000  # 2026-11-26 21:00:00 UTC, in ms
 

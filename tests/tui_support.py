@@ -18,7 +18,7 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from mailsink.config import Settings, SmtpSettings, StorageSettings, load
-from mailsink.serve import loop_factory
+from mailsink.run import loop_factory
 from mailsink.tui.app import MailsinkApp, create_app
 
 T = TypeVar("T")

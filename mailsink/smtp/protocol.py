@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 
+from mailsink.faults.policy import Context, Decision
 from mailsink.mail.addresses import has_control_character
-from mailsink.policy import Context, Decision
 from mailsink.smtp import replies
 from mailsink.smtp.params import mail_params, rcpt_params
 from mailsink.smtp.transcript import CLIENT, DATA, NOTE, SERVER, Transcript, redact

@@ -16,8 +16,8 @@ from functools import partial
 from typing import Any
 
 from mailsink.config import Settings, is_loopback
-from mailsink.policy import Policy, Rule
-from mailsink.presets import BY_KEY, preset_rules
+from mailsink.faults.policy import Policy, Rule
+from mailsink.faults.presets import BY_KEY, preset_rules
 from mailsink.smtp.handler import SinkHandler, auth_user
 from mailsink.smtp.protocol import SinkSMTP
 from mailsink.store.db import (
@@ -34,8 +34,9 @@ from mailsink.store.db import (
     store_message,
 )
 from mailsink.store.db import update_session as write_session
-from mailsink.text import format_bytes, visible
+from mailsink.text import visible
 from mailsink.tls import server_context
+from mailsink.units import format_bytes
 
 log = logging.getLogger("mailsink")
 
@@ -208,7 +209,7 @@ class SinkServer:
         self._new_policy(same_random=True)
 
     def toggle_preset(self, key: str) -> bool:
-        """Switch a preset (mailsink.presets) on or off; True when it is now on."""
+        """Switch a preset (mailsink.faults.presets) on or off; True when it is now on."""
         name = BY_KEY[key].name
         enabled = not next(rule.enabled for rule in self.policy.rules if rule.name == name)
         self.set_rule_enabled(name, enabled)

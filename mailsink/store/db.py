@@ -21,7 +21,10 @@ from typing import Any
 
 import platformdirs
 
-from mailsink.mail.envelope import Envelope, findings
+from mailsink.clock import now_ms  # noqa: F401
+from mailsink.errors import StoreError, StoreFileError, StoreLocked, WriterLost  # noqa: F401
+from mailsink.mail.envelope import Envelope
+from mailsink.mail.findings import findings
 from mailsink.mail.parse import parse_headers
 
 log = logging.getLogger("mailsink.store")
@@ -110,16 +113,6 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-class StoreError(Exception):
-    """A store that cannot be opened or used, phrased for the user."""
-
-
-class StoreFileError(StoreError, sqlite3.DatabaseError):
-    """What SQLite found wrong with the store's file (damaged, another program's, read-only),
-    phrased for the user. Still an sqlite3.DatabaseError, so that code handling SQLite's errors
-    (the TUI's notices) goes on handling it, now with the clearer words."""
-
-
 def _directory(path: str) -> str:
     return os.path.dirname(os.path.abspath(path))
 
@@ -204,10 +197,6 @@ def store_error(error: sqlite3.Error, path: str) -> StoreFileError:
     return StoreFileError(why)
 
 
-class WriterLost(StoreError):
-    """The writer process ended before answering: the operation may or may not have committed."""
-
-
 def default_path() -> Path:
     return platformdirs.user_data_path("mailsink") / "mailsink.db"
 
@@ -217,10 +206,6 @@ def resolve_path(path: str | None) -> str:
     if not path:
         return str(default_path())
     return path if path == MEMORY else str(Path(path).expanduser())
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def connect(path: str, *, must_exist: bool = False) -> sqlite3.Connection:
@@ -570,10 +555,6 @@ def server_running(path: str) -> bool | None:
 # What the writer runs: a module-level function taking the write connection, usually a
 # functools.partial of one, so that it pickles on its way to the writer process.
 Operation = Callable[[sqlite3.Connection], Any]
-
-
-class StoreLocked(StoreError):
-    pass
 
 
 class Store:

@@ -25,16 +25,16 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mailsink.config import Settings
-from mailsink.presets import PRESETS
-from mailsink.store.queries import Reader
+from mailsink.faults.presets import PRESETS
+from mailsink.store.reader import Reader
 from mailsink.text import visible
 from mailsink.tui.backend import Backend, running
+from mailsink.tui.screens.faults import FaultsScreen
+from mailsink.tui.screens.main import MainScreen
+from mailsink.tui.screens.sessions import SessionsScreen
 from mailsink.tui.state import UiState, default_state_dir
 from mailsink.tui.widgets.dialogs import Help
-from mailsink.tui.widgets.faults.screen import FaultsScreen
-from mailsink.tui.widgets.message.detail import BrowserFiles
-from mailsink.tui.widgets.messages.screen import MainScreen
-from mailsink.tui.widgets.sessions.screen import SessionsScreen
+from mailsink.tui.widgets.message_detail import BrowserFiles
 
 SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
 POLL_SECONDS = 0.1  # how often the store is asked whether anything was committed
@@ -284,7 +284,7 @@ def run(
     settings: Settings, overrides: dict[str, Any] | None = None, *, attach: bool = False
 ) -> None:
     """`mailsink` / `mailsink tui`: until the user quits; then in-flight messages finish."""
-    from mailsink.serve import loop_factory
+    from mailsink.run import loop_factory
 
     handler = RecentLog()
     logger = logging.getLogger("mailsink")

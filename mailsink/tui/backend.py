@@ -13,7 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailsink.config import Settings
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 
 if TYPE_CHECKING:
     from mailsink.reload import ConfigWatcher
@@ -77,7 +77,7 @@ async def running(
             await backend.close()
         return
 
-    from mailsink.serve import serving
+    from mailsink.run import serving
 
     async with serving(settings, overrides) as (server, watcher):
         backend = Backend(server.store.path, settings, server, watcher)

@@ -11,8 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mailsink.mail.parse import MimePart, ParsedMessage
-from mailsink.store.queries import MessageRecord, SessionRecord
-from mailsink.text import format_bytes, visible, visible_block
+from mailsink.store.reader import MessageRecord, SessionRecord
+from mailsink.text import visible, visible_block
+from mailsink.units import format_bytes
 
 SEVERITY_STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SEVERITY_MARKS = {"error": "✗", "warning": "!", "info": "i"}

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from rich.cells import cell_len, set_cell_size
 
-from mailsink.store.queries import MessageRecord
-from mailsink.text import format_bytes, visible
+from mailsink.store.reader import MessageRecord
+from mailsink.text import visible
+from mailsink.units import format_bytes, short_size
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,6 @@ def address_of(shown: str) -> Address:
     return Address(
         visible(shown, emoji=False), visible(name, emoji=False), visible(address, emoji=False)
     )
-
-
-def short_size(size: int) -> str:
-    for unit, scale in (("B", 1), ("K", 1024), ("M", 1024**2), ("G", 1024**3)):
-        value = size / scale
-        if value < 9.95 and unit != "B":
-            return f"{value:.1f}{unit}"
-        if value < 1023.5 or unit == "G":
-            return f"{value:.0f}{unit}"
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def row_of(record: MessageRecord) -> Row:

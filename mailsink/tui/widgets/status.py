@@ -10,7 +10,7 @@ from textual import work
 from textual.widgets import Static
 
 from mailsink.store.db import StoreError, over_limit
-from mailsink.store.queries import Reader, Serving
+from mailsink.store.reader import Reader, Serving
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
 

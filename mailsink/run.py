@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from mailsink.config import Settings
-from mailsink.store.db import MEMORY, Store, StoreError
+from mailsink.errors import ListenError
+from mailsink.store.db import MEMORY, Store
 
 if TYPE_CHECKING:
     from mailsink.reload import ConfigWatcher
@@ -54,7 +55,7 @@ async def serving(
             await server.start()
         except OSError as error:
             smtp = settings.smtp
-            raise StoreError(
+            raise ListenError(
                 f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
             ) from None
         watcher = None

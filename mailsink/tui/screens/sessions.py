@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
 from mailsink.store.db import StoreError
-from mailsink.store.queries import Reader, SessionRecord
+from mailsink.store.reader import Reader, SessionRecord
 from mailsink.text import visible
 from mailsink.tui import render
 from mailsink.tui.backend import Backend

@@ -11,8 +11,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from mailsink.config import parse_duration, parse_size
-from mailsink.policy import Rule, parse_rule
+from mailsink.faults.policy import Rule, parse_rule
+from mailsink.units import parse_duration, parse_size
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from mailsink.policy import Rule
-from mailsink.presets import BY_KEY, PRESETS
+from mailsink.faults.policy import Rule
+from mailsink.faults.presets import BY_KEY, PRESETS
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
 from mailsink.tui.widgets.fitted import Column, FittedTable

@@ -24,7 +24,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.tui.backend import Backend
 from mailsink.tui.rows import Row, cut, fit_addresses, gone, row_of
 

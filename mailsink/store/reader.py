@@ -12,9 +12,9 @@ import sqlite3
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from mailsink.clock import iso_ms  # noqa: F401
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
 from mailsink.store.db import (
@@ -31,14 +31,6 @@ from mailsink.store.db import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def iso_ms(ms: int | None) -> str | None:
-    """Milliseconds since the epoch -> '2026-11-27T23:10:00.123Z'."""
-    if ms is None:
-        return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 @dataclass

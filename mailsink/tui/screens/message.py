@@ -13,7 +13,7 @@ from textual.widgets import Footer, Static, TabbedContent
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
 from mailsink.tui.rows import cut
-from mailsink.tui.widgets.message.detail import MessageDetail
+from mailsink.tui.widgets.message_detail import MessageDetail
 
 
 class MessageTitle(Static):

@@ -16,12 +16,12 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
-from mailsink.store.queries import Reader
+from mailsink.store.reader import Reader
 from mailsink.text import visible
 from mailsink.tui.backend import Backend
 from mailsink.tui.widgets.dialogs import Confirm, PathPrompt
-from mailsink.tui.widgets.message.detail import MessageDetail
-from mailsink.tui.widgets.messages.message_list import ListFilter, MessageList, heading_line
+from mailsink.tui.widgets.message_detail import MessageDetail
+from mailsink.tui.widgets.message_list import ListFilter, MessageList, heading_line
 from mailsink.tui.widgets.status import StatusLine
 
 UNDO_SECONDS = 5.0  # how long `u` can bring a deleted message back
@@ -114,7 +114,7 @@ class MainScreen(Screen[None]):
 
     @on(MessageList.Opened)
     def _opened(self, event: MessageList.Opened) -> None:
-        from mailsink.tui.widgets.message.screen import MessageScreen
+        from mailsink.tui.screens.message import MessageScreen
 
         self.app.push_screen(MessageScreen(self.backend, event.message_id))
 

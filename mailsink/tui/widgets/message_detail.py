@@ -27,10 +27,11 @@ from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 from mailsink.mail.attachments import save_part
 from mailsink.mail.html import html_to_text
 from mailsink.mail.parse import MimePart, ParsedMessage, parse_message, part_payload
-from mailsink.store.queries import MessageRecord, Reader, SessionRecord
-from mailsink.text import format_bytes, visible
+from mailsink.store.reader import MessageRecord, Reader, SessionRecord
+from mailsink.text import visible
 from mailsink.tui import render
 from mailsink.tui.backend import Backend
+from mailsink.units import format_bytes
 
 if TYPE_CHECKING:
     from mailsink.tui.app import MailsinkApp

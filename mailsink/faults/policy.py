@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsink.errors import RuleError
+
 STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data")
 ACTIONS = ("reply", "disconnect", "drop", "delay")
 
@@ -35,14 +37,6 @@ _CONDITION_STAGES = {
 _REPLY = re.compile(r"^([2-5]\d\d)(?:\s+([245]\.\d{1,3}\.\d{1,3}))?(?:\s+(.*))?$", re.DOTALL)
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class RuleError(ValueError):
-    """A malformed rule; `key` says which part (e.g. 'stage', 'match.peer')."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True)

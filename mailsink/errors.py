@@ -1,0 +1,96 @@
+"""Every error mailsink raises for the user to read, in one tree.
+
+    MailsinkError                 caught once, in the CLI: one line on stderr, exit status 1
+    ├── ConfigError               a config file or option: FILE:LINE: key: what is wrong
+    │   └── RuleError             one fault rule (a [[fault]] table or a run-time rule)
+    ├── StoreError                a store that cannot be opened or used
+    │   ├── StoreLocked           another server is using the store
+    │   ├── StoreFileError        what SQLite found wrong with the file (also sqlite3.DatabaseError)
+    │   └── WriterLost            the writer process ended before answering an operation
+    ├── ListenError               cannot listen on HOST:PORT
+    └── ExportError               nothing was exported
+        └── ExportInterrupted     a signal stopped the export; what it made is gone
+
+Each message is phrased for the user: it names the file, key, address or id concerned.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+__all__ = [
+    "ConfigError",
+    "ExportError",
+    "ExportInterrupted",
+    "ListenError",
+    "MailsinkError",
+    "RuleError",
+    "StoreError",
+    "StoreFileError",
+    "StoreLocked",
+    "WriterLost",
+]
+
+
+class MailsinkError(Exception):
+    """Something the user can act on; `str()` is the whole explanation."""
+
+
+class ConfigError(MailsinkError):
+    """A config problem, phrased for the user: FILE:LINE: key: what is wrong and what is allowed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ):
+        self.file = file
+        self.key = key
+        self.line = line
+        self.reason = message
+        where = f"{file}:{line}" if file and line else str(file or "")
+        parts = [part for part in (where, key or "", message) if part]
+        super().__init__(": ".join(parts))
+
+
+class RuleError(ConfigError, ValueError):
+    """A malformed rule; `key` says which part (e.g. 'stage', 'match.peer'). Also a ValueError,
+    so that it reads like any other bad value to the config loader."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class StoreError(MailsinkError):
+    """A store that cannot be opened or used, phrased for the user."""
+
+
+class StoreLocked(StoreError):
+    """Another mailsink server holds the store's lock."""
+
+
+class StoreFileError(StoreError, sqlite3.DatabaseError):
+    """What SQLite found wrong with the store's file (damaged, another program's, read-only),
+    phrased for the user. Still an sqlite3.DatabaseError, so that code handling SQLite's errors
+    (the TUI's notices) goes on handling it, now with the clearer words."""
+
+
+class WriterLost(StoreError):
+    """The writer process ended before answering: the operation may or may not have committed."""
+
+
+class ListenError(MailsinkError):
+    """The SMTP server cannot listen where it was told to (port in use, no such address)."""
+
+
+class ExportError(MailsinkError):
+    """Nothing was exported; the message says why."""
+
+
+class ExportInterrupted(ExportError):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the export, and what it had made is gone."""

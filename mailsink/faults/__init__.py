@@ -1,0 +1,1 @@
+"""Injected faults: rule parsing, the policy that decides, presets, run-time controls."""
