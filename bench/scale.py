@@ -440,7 +440,7 @@ def transcript(session_seq: Iterator[int], at: int, mail: Mail, greet: bool) -> 
 def message_operation(
     session_id: int, started_at: int, events: list[SessionEvent], message: IncomingMessage
 ) -> Callable[[Any], Stored]:
-    """What SinkServer.save_message hands the writer: the transcript so far, then the message."""
+    """What SmtpServer.save_message hands the writer: the transcript so far, then the message."""
     peer = message.envelope.peer or ""
     return partial(
         store_message,

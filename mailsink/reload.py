@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mailsink.config import ConfigError, Settings, load
 
 if TYPE_CHECKING:
-    from mailsink.smtp.server import SinkServer
+    from mailsink.smtp.server import SmtpServer
 
 log = logging.getLogger("mailsink")
 
@@ -149,7 +149,7 @@ def _plan(path: Path) -> _Plan:
 class ConfigWatcher:
     """Reloads `path` into `server` whenever it changes; `overrides` are the command line's."""
 
-    def __init__(self, path: Path, server: SinkServer, **overrides: Any):
+    def __init__(self, path: Path, server: SmtpServer, **overrides: Any):
         # Not resolved: a symlinked config is followed anew on every change.
         self.path = Path(os.path.abspath(path))
         self.server = server

@@ -17,7 +17,7 @@ from mailsink.store.db import MEMORY, Store
 
 if TYPE_CHECKING:
     from mailsink.reload import ConfigWatcher
-    from mailsink.smtp.server import SinkServer
+    from mailsink.smtp.server import SmtpServer
 
 log = logging.getLogger("mailsink")
 
@@ -36,18 +36,18 @@ def configure_logging() -> None:
 @contextlib.asynccontextmanager
 async def serving(
     settings: Settings, overrides: dict[str, Any] | None = None
-) -> AsyncIterator[tuple[SinkServer, ConfigWatcher | None]]:
+) -> AsyncIterator[tuple[SmtpServer, ConfigWatcher | None]]:
     """The store, the listener and (with a config file) its watcher, on the running loop.
 
     Leaving stops the listener and lets messages in flight finish. With a config file, edits to
     it are applied live; `overrides` (the command line's --host, --port, --db) keep winning."""
     from mailsink.reload import ConfigWatcher
-    from mailsink.smtp.server import SinkServer
+    from mailsink.smtp.server import SmtpServer
 
     storage = settings.storage
     store = await asyncio.to_thread(Store, storage.path, storage.max_messages)
     log.info("store: %s", "in memory (nothing is kept)" if storage.path == MEMORY else store.path)
-    server = SinkServer(settings, store)
+    server = SmtpServer(settings, store)
     stop_watching = asyncio.Event()
     watching = None
     try:

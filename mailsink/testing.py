@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from mailsink.config import Settings, SmtpSettings, StorageSettings, load
 from mailsink.reload import ConfigWatcher
 from mailsink.run import loop_factory
-from mailsink.smtp.server import SinkServer
+from mailsink.smtp.server import SmtpServer
 from mailsink.store.db import Store
 from mailsink.store.reader import Reader
 
@@ -53,7 +53,7 @@ class RunningSink:
         self.loop = (loop_factory() or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.store: Store | None = None
-        self.server: SinkServer | None = None
+        self.server: SmtpServer | None = None
         self.watcher: ConfigWatcher | None = None
         self._stop_watching = asyncio.Event()
 
@@ -66,7 +66,7 @@ class RunningSink:
         async def start() -> None:
             storage = self.settings.storage
             self.store = Store(storage.path, storage.max_messages)
-            self.server = SinkServer(self.settings, self.store)
+            self.server = SmtpServer(self.settings, self.store)
             await self.server.start()
             if self.config is not None:
                 self.watcher = ConfigWatcher(self.config, self.server, port=0, db=str(self.db))

@@ -480,21 +480,24 @@ def test_memory_store_keeps_messages_while_running(tmp_path):
 def test_fast_address_path_agrees_with_aiosmtpd(argument):
     from aiosmtpd.smtp import SMTP
 
-    from mailsink.smtp.protocol import SinkSMTP
+    from mailsink.smtp.protocol import SmtpConnection
 
-    ours, theirs = SinkSMTP.__new__(SinkSMTP), SMTP.__new__(SMTP)  # the method needs no state
+    ours, theirs = (
+        SmtpConnection.__new__(SmtpConnection),
+        SMTP.__new__(SMTP),
+    )  # the method needs no state
     ours.local_part_limit = theirs.local_part_limit = 0
     assert ours._getaddr(argument) == theirs._getaddr(argument)
 
 
 def test_aiosmtpd_finds_every_command_hook_and_auth_method_through_the_cached_names():
-    from mailsink.smtp.handler import SinkHandler
-    from mailsink.smtp.protocol import SinkSMTP
+    from mailsink.smtp.handler import SmtpHandler
+    from mailsink.smtp.protocol import SmtpConnection
 
-    every = set(object.__dir__(SinkSMTP.__new__(SinkSMTP)))
+    every = set(object.__dir__(SmtpConnection.__new__(SmtpConnection)))
     wanted = {name for name in every if name.startswith(("smtp_", "auth_"))}
     assert {"smtp_DATA", "smtp_EHLO", "auth_PLAIN", "auth_LOGIN"} <= wanted
-    assert set(SinkSMTP.__dir__(SinkSMTP.__new__(SinkSMTP))) == wanted
-    hooks = {name for name in object.__dir__(SinkHandler(None)) if name.startswith("handle_")}
+    assert set(SmtpConnection.__dir__(SmtpConnection.__new__(SmtpConnection))) == wanted
+    hooks = {name for name in object.__dir__(SmtpHandler(None)) if name.startswith("handle_")}
     assert {"handle_DATA", "handle_EHLO", "handle_exception"} <= hooks
-    assert set(dir(SinkHandler(None))) == hooks
+    assert set(dir(SmtpHandler(None))) == hooks

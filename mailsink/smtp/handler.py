@@ -24,8 +24,8 @@ from mailsink.smtp.protocol import introspected_names
 from mailsink.store.db import IncomingMessage, StoreError, now_ms
 
 if TYPE_CHECKING:
-    from mailsink.smtp.protocol import SinkSMTP
-    from mailsink.smtp.server import SinkServer
+    from mailsink.smtp.protocol import SmtpConnection
+    from mailsink.smtp.server import SmtpServer
 
 log = logging.getLogger("mailsink.smtp")
 
@@ -46,7 +46,7 @@ def auth_user(session: Session | None) -> str | None:
     return str(data) if data is not None else None
 
 
-def envelope_of(protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope) -> Envelope:
+def envelope_of(protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope) -> Envelope:
     return Envelope(
         mail_from=envelope.mail_from or "",
         rcpt_to=list(envelope.rcpt_tos),
@@ -66,7 +66,7 @@ def _size_param(options: list[str]) -> int | None:
     return None
 
 
-def _log_store_failure(protocol: SinkSMTP, what: str, error: Exception) -> None:
+def _log_store_failure(protocol: SmtpConnection, what: str, error: Exception) -> None:
     if isinstance(error, _STORE_FAILURES):
         cause = str(error) if isinstance(error, StoreError) else f"{type(error).__name__}: {error}"
         log.error("session %s: %s: %s", protocol.session_id, what, cause)
@@ -74,8 +74,8 @@ def _log_store_failure(protocol: SinkSMTP, what: str, error: Exception) -> None:
         log.exception("session %s: %s", protocol.session_id, what)
 
 
-class SinkHandler:
-    def __init__(self, server: SinkServer):
+class SmtpHandler:
+    def __init__(self, server: SmtpServer):
         self.server = server
 
     def _address_problem(self, address: str, smtputf8: bool) -> str | None:
@@ -87,7 +87,7 @@ class SinkHandler:
         return syntax_error(address)
 
     async def handle_HELO(
-        self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope, hostname: str
+        self, protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope, hostname: str
     ) -> str:
         reply = await protocol.fault("helo", helo=hostname)
         if reply is not None:
@@ -97,7 +97,7 @@ class SinkHandler:
 
     async def handle_EHLO(
         self,
-        protocol: SinkSMTP,
+        protocol: SmtpConnection,
         session: Session,
         envelope: AiosmtpdEnvelope,
         hostname: str,
@@ -114,7 +114,7 @@ class SinkHandler:
 
     async def handle_MAIL(
         self,
-        protocol: SinkSMTP,
+        protocol: SmtpConnection,
         session: Session,
         envelope: AiosmtpdEnvelope,
         address: str,
@@ -132,7 +132,7 @@ class SinkHandler:
 
     async def handle_RCPT(
         self,
-        protocol: SinkSMTP,
+        protocol: SmtpConnection,
         session: Session,
         envelope: AiosmtpdEnvelope,
         address: str,
@@ -144,7 +144,7 @@ class SinkHandler:
         return refusal or replies.RCPT_OK
 
     async def _refusal(
-        self, protocol: SinkSMTP, address: str, smtputf8: bool, stage: str, **known: Any
+        self, protocol: SmtpConnection, address: str, smtputf8: bool, stage: str, **known: Any
     ) -> str | None:
         """The reply refusing a MAIL FROM or RCPT TO address: a fault rule's, else a 553 from
         [validation] addresses = "reject"; None to accept it."""
@@ -160,13 +160,13 @@ class SinkHandler:
         return f"553 {code} Bad {what} address syntax: {problem}"
 
     async def handle_QUIT(
-        self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope
+        self, protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope
     ) -> str:
         protocol.end_reason = "quit"
         return f"221 2.0.0 {protocol.hostname} closing connection"
 
     async def handle_DATA(
-        self, protocol: SinkSMTP, session: Session, envelope: AiosmtpdEnvelope
+        self, protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope
     ) -> str:
         raw = envelope.original_content or b""
         headers = None
@@ -202,7 +202,7 @@ class SinkHandler:
 
     def authenticate(
         self,
-        protocol: SinkSMTP,
+        protocol: SmtpConnection,
         session: Session,
         envelope: AiosmtpdEnvelope,
         mechanism: str,
@@ -222,13 +222,13 @@ class SinkHandler:
         return AuthResult(success=success, handled=False, auth_data=auth_data)
 
     def __repr__(self) -> str:  # aiosmtpd logs the handler
-        return "SinkHandler()"
+        return "SmtpHandler()"
 
     def __dir__(self) -> list[str]:
-        # aiosmtpd finds the hooks with dir() on every connection; see SinkSMTP.__dir__.
+        # aiosmtpd finds the hooks with dir() on every connection; see SmtpConnection.__dir__.
         return introspected_names(type(self), ("handle_", "auth_"))
 
 
 # aiosmtpd calls inspect.signature(handle_EHLO) on every connection to tell its two forms
 # apart; a precomputed __signature__ answers at once.
-SinkHandler.handle_EHLO.__signature__ = inspect.signature(SinkHandler.handle_EHLO)  # type: ignore[attr-defined]
+SmtpHandler.handle_EHLO.__signature__ = inspect.signature(SmtpHandler.handle_EHLO)  # type: ignore[attr-defined]

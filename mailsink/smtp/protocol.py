@@ -28,7 +28,7 @@ from mailsink.smtp.transcript import CLIENT, DATA, NOTE, SERVER, Transcript, red
 from mailsink.store.db import now_ms
 
 if TYPE_CHECKING:
-    from mailsink.smtp.server import SinkServer
+    from mailsink.smtp.server import SmtpServer
 
 log = logging.getLogger("mailsink.smtp")
 # aiosmtpd's own AUTH code sets this deprecated attribute; the warning is not ours to act on.
@@ -101,7 +101,7 @@ def introspected_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return [name for name in dir(cls) if name.startswith(prefixes)]
 
 
-class SinkSMTP(SMTP):
+class SmtpConnection(SMTP):
     """One client connection."""
 
     def __dir__(self) -> list[str]:
@@ -126,7 +126,7 @@ class SinkSMTP(SMTP):
         lambda self: self.server.settings.tls.require and self.tls_context is not None
     )
 
-    def __init__(self, handler: Any, server: SinkServer, **kwargs: Any):
+    def __init__(self, handler: Any, server: SmtpServer, **kwargs: Any):
         self.server = server  # before aiosmtpd's __init__, which sets the live settings above
         super().__init__(handler, **kwargs)
         self.session_id = 0

@@ -18,8 +18,8 @@ from typing import Any
 from mailsink.config import Settings, is_loopback
 from mailsink.faults.policy import Policy, Rule
 from mailsink.faults.presets import BY_KEY, preset_rules
-from mailsink.smtp.handler import SinkHandler, auth_user
-from mailsink.smtp.protocol import SinkSMTP
+from mailsink.smtp.handler import SmtpHandler, auth_user
+from mailsink.smtp.protocol import SmtpConnection
 from mailsink.store.db import (
     IncomingMessage,
     Operation,
@@ -68,7 +68,7 @@ def recipients_text(recipients: list[str]) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
-def _session_write(protocol: SinkSMTP, events: list[Any], **fields: Any) -> Operation:
+def _session_write(protocol: SmtpConnection, events: list[Any], **fields: Any) -> Operation:
     session = protocol.session
     return partial(
         write_session,
@@ -85,7 +85,7 @@ def _session_write(protocol: SinkSMTP, events: list[Any], **fields: Any) -> Oper
     )
 
 
-class SinkServer:
+class SmtpServer:
     """The SMTP listener(s) of one mailsink, sharing the loop with whatever else runs (the TUI)."""
 
     ident = "ESMTP mailsink"
@@ -99,8 +99,8 @@ class SinkServer:
         self.policy_listeners: list[Callable[[], None]] = []
         self.store = store
         self.tls_context: ssl.SSLContext | None = None
-        self.handler = SinkHandler(self)
-        self.sessions: set[SinkSMTP] = set()
+        self.handler = SmtpHandler(self)
+        self.sessions: set[SmtpConnection] = set()
         self.addresses: list[tuple[str, int]] = []
         self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
@@ -109,10 +109,10 @@ class SinkServer:
         self._started_at = 0
         self._idle.set()
 
-    def _protocol(self, implicit_tls: bool = False) -> SinkSMTP:
+    def _protocol(self, implicit_tls: bool = False) -> SmtpConnection:
         tls = self.settings.tls
         offers_starttls = not implicit_tls and (tls.starttls or tls.require)
-        return SinkSMTP(
+        return SmtpConnection(
             self.handler,
             self,
             # Read live from the settings; given here so that aiosmtpd does not look up the
@@ -240,7 +240,7 @@ class SinkServer:
 
     # ---- called by the protocol
 
-    def session_started(self, protocol: SinkSMTP) -> None:
+    def session_started(self, protocol: SmtpConnection) -> None:
         self.sessions.add(protocol)
         self._idle.clear()
         self._record(
@@ -252,7 +252,7 @@ class SinkServer:
             )
         )
 
-    def session_progress(self, protocol: SinkSMTP) -> None:
+    def session_progress(self, protocol: SmtpConnection) -> None:
         """A live session's new transcript lines and what it is at, which nobody waits for:
         they share the next commit (see store.writer.LAZY_COMMIT)."""
         events = protocol.transcript.take()
@@ -263,7 +263,7 @@ class SinkServer:
         except StoreError:
             protocol.transcript.restore(events)  # for the session's next write
 
-    def session_ended(self, protocol: SinkSMTP) -> None:
+    def session_ended(self, protocol: SmtpConnection) -> None:
         self.sessions.discard(protocol)
         if not self.sessions:
             self._idle.set()
@@ -332,7 +332,7 @@ class SinkServer:
             log.error("store operation failed: %s", error)
 
     async def _committed_anyway(
-        self, protocol: SinkSMTP, message: IncomingMessage
+        self, protocol: SmtpConnection, message: IncomingMessage
     ) -> Stored | None:
         """After the writer died with this session's message unanswered: the message, if its
         transaction committed all the same (a 451 would make the client deliver it twice)."""
@@ -354,7 +354,7 @@ class SinkServer:
             )
         return found
 
-    async def save_message(self, protocol: SinkSMTP, message: IncomingMessage) -> Stored:
+    async def save_message(self, protocol: SmtpConnection, message: IncomingMessage) -> Stored:
         """Commit the message with the transcript so far; returns once it is on disk."""
         events = protocol.transcript.take()
         write = partial(

@@ -21,7 +21,7 @@ from typing import Any
 
 import platformdirs
 
-from mailsink.clock import now_ms  # noqa: F401
+from mailsink.clock import now_ms
 from mailsink.errors import StoreError, StoreFileError, StoreLocked, WriterLost  # noqa: F401
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.findings import findings

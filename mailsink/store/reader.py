@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from mailsink.clock import iso_ms  # noqa: F401
+from mailsink.clock import iso_ms
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
 from mailsink.store.db import (

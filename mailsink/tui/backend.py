@@ -17,7 +17,7 @@ from mailsink.store.reader import Reader
 
 if TYPE_CHECKING:
     from mailsink.reload import ConfigWatcher
-    from mailsink.smtp.server import SinkServer
+    from mailsink.smtp.server import SmtpServer
 
 T = TypeVar("T")
 log = logging.getLogger("mailsink")
@@ -27,7 +27,7 @@ log = logging.getLogger("mailsink")
 class Backend:
     db_path: str
     settings: Settings
-    server: SinkServer | None = None  # None when attached to another process's store
+    server: SmtpServer | None = None  # None when attached to another process's store
     watcher: ConfigWatcher | None = None
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mailsink-reader")

@@ -23,7 +23,7 @@ from mailsink.tui.backend import Backend
 from mailsink.tui.widgets.fitted import Column, FittedTable
 
 if TYPE_CHECKING:
-    from mailsink.smtp.protocol import SinkSMTP
+    from mailsink.smtp.protocol import SmtpConnection
 
 SHOWN_LINES = 2000  # transcript lines shown at first; more stream in
 # Transcript lines written per refresh: a busy session's thousands of new lines go in batches,
@@ -118,7 +118,7 @@ class SessionsScreen(Screen[None]):
         self._header_shown = False
         # Sessions seen live, kept until the store has their end: between the server letting go
         # of a session and the store's commit of its last row, this is all that knows it ended.
-        self._recent: dict[int, SinkSMTP] = {}
+        self._recent: dict[int, SmtpConnection] = {}
         # Ended sessions whose last row the store has committed (see _flush): if the store does
         # not list one of them, `mailsink clear` or pruning removed it, and the table drops it.
         self._written: set[int] = set()
@@ -156,7 +156,7 @@ class SessionsScreen(Screen[None]):
             return False
         return True
 
-    def _live(self) -> dict[int, SinkSMTP]:
+    def _live(self) -> dict[int, SmtpConnection]:
         server = self.backend.server
         if server is None:
             return {}
@@ -297,7 +297,7 @@ class SessionsScreen(Screen[None]):
             self.call_after_refresh(self.refresh_sessions)
 
 
-def _live_row(protocol: SinkSMTP) -> SessionRow:
+def _live_row(protocol: SmtpConnection) -> SessionRow:
     session = protocol.session
     ended = protocol.end_reason if protocol not in protocol.server.sessions else None
     return SessionRow(
