@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, mailsink_process, message, wait_for_port
 
-from mailsink.store.db import IncomingMessage, committed_message
-from mailsink.store.reader import Reader
+from mailsink.store import IncomingMessage, Reader, committed_message
 
 
 def test_sigkill_while_four_clients_send_loses_no_acknowledged_message(tmp_path):
@@ -225,7 +224,8 @@ def test_ctrl_c_in_a_terminal_stops_the_server_and_its_writer_cleanly(tmp_path):
 _DIES_WITH_ANSWERS_UNREAD = """
 import asyncio, os, signal, sys, time
 from functools import partial
-from mailsink.store.db import Store, insert_session
+from mailsink.store import Store
+from mailsink.store.operations import insert_session
 
 store = Store(sys.argv[1])
 
@@ -322,7 +322,9 @@ def test_a_writer_started_after_a_finished_cut_keeps_what_it_finds(tmp_path, cap
     from functools import partial
 
     from mailsink.mail.envelope import Envelope
-    from mailsink.store.db import Store, WriterLost, connect, insert_message, insert_session
+    from mailsink.store import Store, WriterLost
+    from mailsink.store.operations import insert_message, insert_session
+    from mailsink.store.schema import connect
 
     path = str(tmp_path / "cut.db")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import os
 import smtplib
 import sqlite3
 import time
@@ -13,17 +14,17 @@ import pytest
 from conftest import RawClient, message, run_cli
 
 from mailsink.mail.envelope import Envelope
-from mailsink.store.db import (
+from mailsink.store import (
     SCHEMA_VERSION,
     IncomingMessage,
+    Reader,
     Store,
     StoreError,
     StoreLocked,
-    insert_message,
-    insert_session,
-    update_session,
+    operations,
+    run_here,
 )
-from mailsink.store.reader import Reader
+from mailsink.store.operations import insert_message, insert_session, update_session
 
 
 def write(n):
@@ -207,3 +208,139 @@ def test_an_operation_the_writer_cannot_load_fails_alone(tmp_path):
     assert fine is None
     assert store.writer_pid == writer  # nothing had to be restarted
     store.close()
+
+
+# ---- one write path: the writer process, or run_here where no server writes
+
+
+def ended(session_id):
+    """An operation writing session `session_id`, ended."""
+    fields = {"end_reason": "quit", "ended_at": 1}
+    return partial(
+        update_session, session_id=session_id, events=[], started_at=0, peer="p", **fields
+    )
+
+
+def test_a_reader_refuses_writes(tmp_path):
+    path = str(tmp_path / "read.db")
+    store = Store(path)
+    asyncio.run(store.run(write(1)))
+    store.close()
+    with Reader(path) as reader:
+        for statement in ("DELETE FROM messages", "UPDATE store_state SET deletions = 7"):
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                reader.conn.execute(statement)
+        assert reader.count_messages() == 1 and reader.deletions() == 0
+    assert not any(hasattr(Reader, name) for name in ("clear", "delete_message", "delete_messages"))
+
+
+def test_deletions_and_clear_are_writer_operations(tmp_path):
+    path = str(tmp_path / "delete.db")
+    store = Store(path)
+
+    async def scenario():
+        await asyncio.gather(*(store.run(write(n)) for n in range(1, 11)))  # messages 1..10
+        await store.run(partial(insert_session, session_id=1, started_at=0, peer="p"))
+        for session_id in (2, 3):
+            await store.run(ended(session_id))  # finished, without a message
+        await store.run(partial(insert_session, session_id=4, started_at=0, peer="p"))  # open
+        commits = store.commits
+        # A long list in one call: ids that were never there count for nothing.
+        deleted = await store.delete_messages(range(1, 3000, 2))
+        assert (deleted, store.commits) == (5, commits + 1)  # committed by the writer
+        assert await store.delete_message(2) is True
+        assert await store.delete_message(2) is False
+        assert await store.delete_idle_sessions() == 2  # 2 and 3; 1 has messages, 4 is open
+        with Reader(path) as reader:
+            assert reader.message_ids() == [4, 6, 8, 10]
+            assert [s.id for s in reader.list_sessions()] == [4, 1]
+            assert reader.deletions() == 3  # each call counted once, for the views
+        await store.run(ended(1))
+        assert await store.clear() == 4
+        with Reader(path) as reader:
+            assert reader.message_ids() == [] and reader.deletions() == 4
+            assert [s.id for s in reader.list_sessions()] == [4]  # the open session stays
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_flush_returns_once_lazy_writes_have_committed(tmp_path):
+    path = str(tmp_path / "flush.db")
+    store = Store(path)
+    other = sqlite3.connect(path, isolation_level=None)
+
+    def sessions():
+        return other.execute("SELECT count(*) FROM sessions").fetchone()[0]
+
+    async def scenario():
+        other.execute("BEGIN IMMEDIATE")  # the writer cannot commit until this ends
+        for session_id in range(1, 101):  # nobody waits for these
+            store.submit(partial(insert_session, session_id=session_id, started_at=0, peer="p"))
+        flushed = asyncio.ensure_future(store.flush())
+        await asyncio.sleep(0.2)
+        assert not flushed.done()
+        other.execute("ROLLBACK")
+        await flushed
+        return sessions()
+
+    try:
+        assert asyncio.run(scenario()) == 100
+    finally:
+        store.close()
+        other.close()
+
+
+def test_run_here_changes_a_store_no_server_uses_in_one_transaction(tmp_path):
+    path = str(tmp_path / "here.db")
+    store = Store(path)
+    asyncio.run(store.run(partial(insert_session, session_id=1, started_at=0, peer="p")))
+    store.close()
+    for n in range(1, 6):
+        raw = f"Subject: {n}\r\n\r\n".encode()
+        message = IncomingMessage(1, Envelope("a@x.test", ["b@x.test"]), raw, n)
+        assert run_here(path, operations.insert_message, message).id == n
+    assert run_here(path, operations.delete_messages, [1, 2, 9]) == 2
+
+    def delete_then_fail(conn):
+        operations.clear(conn)
+        raise ValueError("halfway")
+
+    with pytest.raises(ValueError, match="halfway"):
+        run_here(path, delete_then_fail)
+    with Reader(path) as reader:
+        assert reader.message_ids() == [3, 4, 5]  # the failed transaction took nothing away
+        assert reader.deletions() == 1
+    assert run_here(path, operations.clear) == 3
+    missing = str(tmp_path / "missing.db")
+    with pytest.raises(StoreError, match="no store at"):
+        run_here(missing, operations.clear)
+    assert not os.path.exists(missing)
+
+
+def test_run_here_beside_a_running_writer_loses_no_row(tmp_path):
+    path = str(tmp_path / "both.db")
+    store = Store(path)
+
+    def elsewhere(n):  # as `mailsink clear` or an attached TUI would, in another thread
+        raw = f"Subject: here{n}\r\n\r\n".encode()
+        message = IncomingMessage(1, Envelope("a@x.test", []), raw, 1000 + n)
+        return run_here(path, operations.insert_message, message).id
+
+    async def scenario():
+        writes = [store.run(write(n)) for n in range(200)]
+        others = [asyncio.to_thread(elsewhere, n) for n in range(20)]
+        results = await asyncio.gather(*writes, *others)
+        await store.flush()
+        return [r.id for r in results[:200]], results[200:]
+
+    try:
+        written, here = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert len(set(written) | set(here)) == 220  # every row its own id, none lost
+    with Reader(path) as reader:
+        subjects = {r.headers["subject"] for r in reader.list_messages(limit=1000)}
+    assert subjects == {str(n) for n in range(200)} | {f"here{n}" for n in range(20)}

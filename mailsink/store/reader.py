@@ -1,36 +1,32 @@
 """The read side of the store: paged lists, search, single records.
 
-Each reader has its own connection; the server's writer thread is never involved.
+Each reader has its own connection, which only reads (`PRAGMA query_only`): every change to
+the rows goes through operations.py, in the writer process or run_here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import sqlite3
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 from mailsink.clock import iso_ms
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
-from mailsink.store.db import (
+from mailsink.store.schema import (
+    DELETIONS_SINCE,
+    PROGRESS_SINCE,
     SCHEMA_VERSION,
     SessionEvent,
-    StoreFileError,
-    about_the_file,
     check_version,
-    connect,
+    open_existing,
     resolve_path,
     server_running,
-    store_error,
+    store_errors,
+    user_facing,
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 @dataclass
@@ -131,58 +127,21 @@ class Serving:
     max_messages: int | None
 
 
-_COUNT_DELETION = "UPDATE store_state SET deletions = deletions + 1"
-_DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
-_PROGRESS_SINCE = 4  # the schema version with a live session's state and the server row
-
-
 def _like(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
-def _user_facing(error: BaseException, path: str) -> BaseException:
-    """An SQLite error about the store's file as a StoreFileError that says what is wrong with
-    it; anything else (a bug in mailsink's own SQL among them) as it is."""
-    if isinstance(error, StoreFileError) or not isinstance(error, sqlite3.DatabaseError):
-        return error
-    return store_error(error, path) if about_the_file(error) else error
-
-
-def _store_errors(
-    method: Callable[Concatenate[Reader, P], R],
-) -> Callable[Concatenate[Reader, P], R]:
-    """A damaged, foreign or read-only store is the user's to fix: say so, not "internal error"."""
-
-    @functools.wraps(method)
-    def checked(self: Reader, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as error:
-            translated = _user_facing(error, self.path)
-            if translated is error:
-                raise
-            raise translated from error
-
-    return checked
-
-
 class Reader:
-    """Queries against a store written by a (possibly running) mailsink server.
+    """Queries against a store written by a (possibly running) mailsink server; SELECT only.
 
     SQLite's errors about the file come out as StoreFileError, phrased for the user."""
 
     def __init__(self, path: str | None):
         self.path = resolve_path(path)
-        self.conn = connect(self.path, must_exist=True)
-        try:
-            self.version = check_version(self.conn, self.path)
-        except BaseException as error:
-            self.conn.close()
-            translated = _user_facing(error, self.path)
-            if translated is error:
-                raise
-            raise translated from error
+        self.conn, self.version = open_existing(self.path)
+        # A write through a reader fails (readonly): every change goes through operations.py.
+        self.conn.execute("PRAGMA query_only = ON")
 
     def close(self) -> None:
         self.conn.close()
@@ -193,7 +152,7 @@ class Reader:
     def __exit__(self, _kind: object, error: BaseException | None, _traceback: object) -> None:
         self.close()
         # What the body did with `conn` directly, in the same words as the methods' errors.
-        if error is not None and (translated := _user_facing(error, self.path)) is not error:
+        if error is not None and (translated := user_facing(error, self.path)) is not error:
             raise translated from error
 
     # ---- messages
@@ -215,7 +174,7 @@ class Reader:
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         return f" FROM {source}{where}", params
 
-    @_store_errors
+    @store_errors
     def list_messages(
         self,
         *,
@@ -233,7 +192,7 @@ class Reader:
         ).fetchall()
         return [_message(row) for row in rows]
 
-    @_store_errors
+    @store_errors
     def count_messages(
         self,
         *,
@@ -244,7 +203,7 @@ class Reader:
         query, params = self._filtered(search, findings_only, include_rejected)
         return self.conn.execute(f"SELECT count(*){query}", params).fetchone()[0]
 
-    @_store_errors
+    @store_errors
     def message_index(
         self,
         *,
@@ -268,7 +227,7 @@ class Reader:
         ).fetchone()
         return array("q", sorted(map(int, joined.split(","))) if joined else ())
 
-    @_store_errors
+    @store_errors
     def messages_by_id(self, ids: Iterable[int]) -> dict[int, MessageRecord]:
         wanted = list(ids)
         found: dict[int, MessageRecord] = {}
@@ -281,23 +240,19 @@ class Reader:
                 found[row[0]] = _message(row)
         return found
 
-    @_store_errors
+    @store_errors
     def first_id(self) -> int | None:
         return self.conn.execute("SELECT min(id) FROM messages").fetchone()[0]
 
-    @_store_errors
+    @store_errors
     def deletions(self) -> int:
         """How many times messages were deleted (not counting retention's pruning); 0 in a store
         of an older schema, which does not count them (until its server migrates it)."""
-        if self.version < _DELETIONS_SINCE:
+        if self.version < DELETIONS_SINCE:
             return 0
         return self.conn.execute("SELECT deletions FROM store_state").fetchone()[0]
 
-    def _count_deletion(self) -> None:
-        if self.version >= _DELETIONS_SINCE:
-            self.conn.execute(_COUNT_DELETION)
-
-    @_store_errors
+    @store_errors
     def serving(self) -> Serving:
         """Who serves the store (its row, written at start) and whether a server runs now
         (it holds the lock beside the store; tested without waiting for it)."""
@@ -306,7 +261,7 @@ class Reader:
             # A server may have migrated the store since this reader opened it (a viewer
             # attached to an old store, then a new server): one PRAGMA per poll, until it has.
             self.version = check_version(self.conn, self.path)
-        if self.version < _PROGRESS_SINCE:
+        if self.version < PROGRESS_SINCE:
             return Serving(running, [], None)
         row = self.conn.execute("SELECT addresses, max_messages FROM server").fetchone()
         if row is None:
@@ -314,51 +269,51 @@ class Reader:
         addresses = [(str(label), str(host), int(port)) for label, host, port in json.loads(row[0])]
         return Serving(running, addresses, row[1])
 
-    @_store_errors
+    @store_errors
     def data_version(self) -> int:
         """Changes whenever another connection (a server, a CLI) commits to the store."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
 
-    @_store_errors
+    @store_errors
     def latest_id(self) -> int | None:
         row = self.conn.execute("SELECT max(id) FROM messages").fetchone()
         return row[0]
 
-    @_store_errors
+    @store_errors
     def get_message(self, message_id: int) -> MessageRecord | None:
         row = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         return _message(row) if row else None
 
-    @_store_errors
+    @store_errors
     def get_raw(self, message_id: int) -> bytes | None:
         row = self.conn.execute(
             "SELECT raw FROM message_raw WHERE id = ?", (message_id,)
         ).fetchone()
         return bytes(row[0]) if row else None
 
-    @_store_errors
+    @store_errors
     def get_parsed(self, message_id: int) -> ParsedMessage | None:
         raw = self.get_raw(message_id)
         return None if raw is None else parse_message(raw)
 
-    @_store_errors
+    @store_errors
     def message_ids(self) -> list[int]:
         return [row[0] for row in self.conn.execute("SELECT id FROM messages ORDER BY id")]
 
     # ---- sessions
 
-    @_store_errors
+    @store_errors
     def list_sessions(self, *, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
         rows = self.conn.execute(
             "SELECT id FROM sessions ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
         ).fetchall()
         return [s for (sid,) in rows if (s := self.get_session(sid, with_events=False))]
 
-    @_store_errors
+    @store_errors
     def get_session(self, session_id: int, *, with_events: bool = True) -> SessionRecord | None:
-        state = "state" if self.version >= _PROGRESS_SINCE else "NULL"
+        state = "state" if self.version >= PROGRESS_SINCE else "NULL"
         row = self.conn.execute(
             "SELECT id, started_at, ended_at, peer, helo, tls, auth_user, end_reason,"
             f" message_count, last_reply, faults, {state} FROM sessions WHERE id = ?",
@@ -396,7 +351,7 @@ class Reader:
             state=row[11],
         )
 
-    @_store_errors
+    @store_errors
     def session_events(self, session_id: int, after_seq: int = 0) -> list[SessionEvent]:
         """The session's transcript events numbered above `after_seq`: (seq, at ms, direction,
         text). Only the chunks that hold them are read."""
@@ -412,64 +367,3 @@ class Reader:
                 if seq > after_seq:
                     events.append((seq, at, direction, text))
         return events
-
-    # ---- maintenance (the CLI's writes; the server's writer thread is not involved)
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE) so that it never has to be
-        upgraded halfway; rolled back if anything in it fails."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    def delete_message(self, message_id: int) -> bool:
-        """Delete one message; False when it was already gone."""
-        return self.delete_messages([message_id]) > 0
-
-    @_store_errors
-    def delete_messages(self, message_ids: Iterable[int]) -> int:
-        """Delete these messages in one transaction, counted as one deletion; returns how many
-        were still there. (The TUI deletes a long list a chunk at a time, each chunk a short
-        transaction, so that neither the server's commits nor the UI's reads wait long.)"""
-        rows = [(message_id,) for message_id in message_ids]
-        with self._writing():
-            gone = self.conn.executemany("DELETE FROM messages WHERE id = ?", rows).rowcount
-            self.conn.executemany("DELETE FROM message_raw WHERE id = ?", rows)
-            self.conn.executemany("DELETE FROM message_search WHERE id = ?", rows)
-            self._count_deletion()
-        return gone
-
-    @_store_errors
-    def delete_idle_sessions(self) -> int:
-        """Delete the finished sessions that have no message left; returns how many went. (Open
-        sessions stay: their server goes on writing to them.)"""
-        idle = (
-            "SELECT id FROM sessions WHERE end_reason IS NOT NULL"
-            " AND id NOT IN (SELECT session_id FROM messages)"
-        )
-        with self._writing():
-            self.conn.execute(f"DELETE FROM transcript_chunks WHERE session_id IN ({idle})")
-            gone = self.conn.execute(f"DELETE FROM sessions WHERE id IN ({idle})").rowcount
-        return gone
-
-    @_store_errors
-    def clear(self) -> int:
-        """Delete every message and every finished session; returns how many messages went."""
-        with self._writing():
-            count = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-            self.conn.execute("DELETE FROM message_raw")
-            self.conn.execute("DELETE FROM message_search")
-            self.conn.execute("DELETE FROM messages")
-            # Sessions still open stay: their server goes on writing to them.
-            self.conn.execute(
-                "DELETE FROM transcript_chunks WHERE session_id NOT IN"
-                " (SELECT id FROM sessions WHERE end_reason IS NULL)"
-            )
-            self.conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
-            self._count_deletion()
-        return count

@@ -1,17 +1,23 @@
-"""Starting writer processes quickly and cleanly.
+"""Starting worker processes quickly and cleanly: a small fork server.
 
 A new interpreter per store costs about 200 ms (start-up and imports), and a plain fork of the
-server would copy its threads and locks. So the first store of a process starts a small helper,
-`python -m mailsink.store.spawn`, which imports the writer once and then forks one writer per
-request (a few ms each), handing it the store's socket. Unlike multiprocessing's fork server it
-never runs the user's `__main__` module again, and it needs no resource-tracker process.
+server would copy its threads and locks. So the first store of a process starts a small helper
+(`python -c` running `serve` below), which imports its target once and then forks one worker
+per request (a few ms each), handing it the request's socket. Unlike multiprocessing's fork
+server it never runs the user's `__main__` module again, and it needs no resource-tracker
+process.
 
-The helper ends when the server does (its control socket closes); each writer ends when its own
-socket closes, after finishing what it was sent.
+The target is named as "module:function" rather than imported here: the helper is another
+program, and this module stays below the one it starts (the store's writer, writer.py, which
+imports this one).
+
+The helper ends when the server does (its control socket closes); each worker ends when its
+own socket closes, after finishing what it was sent.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -19,25 +25,36 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from mailsink.store.db import StoreError
+from mailsink.errors import StoreError
 
 START_TIMEOUT = 30.0
 
+# The helper's program: argv is the control socket's descriptor, the target, the preloads.
+_HELPER = (
+    "import sys; from mailsink.store.spawn import serve;"
+    " serve(int(sys.argv[1]), sys.argv[2], sys.argv[3:])"
+)
 
-class _Spawner:
-    """The server's handle on the helper process."""
 
-    def __init__(self) -> None:
+class Spawner:
+    """The server's handle on a helper that forks workers running `target`
+    ("module:function", called as function(*args, channel)); `preload` names modules the
+    helper imports once, before its first fork, so that no worker pays for them."""
+
+    def __init__(self, target: str, preload: Sequence[str] = ()) -> None:
+        self.target = target
+        self.preload = tuple(preload)
         self._lock = threading.Lock()  # stores may open from several threads
         self._control: socket.socket | None = None
         self._helper: subprocess.Popen[bytes] | None = None
 
-    def spawn(self, path: str, max_messages: int, channel: socket.socket) -> int:
-        """Fork a writer for the store at `path`, talking over `channel`; returns its pid."""
-        # Absolute: the helper keeps the directory it started in, not the caller's current one.
-        request = pickle.dumps((os.path.abspath(path), max_messages))
+    def spawn(self, args: tuple[Any, ...], channel: socket.socket) -> int:
+        """Fork a worker running the target with `args` and `channel`; returns its pid."""
+        request = pickle.dumps(args)
         with self._lock:
             pid = self._ask(request, channel)
             if pid is None:  # the helper has gone away (or hangs): replace it, once
@@ -67,7 +84,7 @@ class _Spawner:
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         try:
             self._helper = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                [sys.executable, "-c", _HELPER, str(theirs.fileno()), self.target, *self.preload],
                 env={**os.environ, "PYTHONPATH": path},
                 pass_fds=[theirs.fileno()],
                 cwd="/",  # holds no directory of the caller's in use
@@ -95,23 +112,17 @@ class _Spawner:
             self._helper = None
 
 
-_spawner = _Spawner()
-
-
-def spawn_writer(path: str, max_messages: int, channel: socket.socket) -> int:
-    return _spawner.spawn(path, max_messages, channel)
-
-
 # ---- the helper process ------------------------------------------------------------------------
 
 
-def _serve(control: socket.socket) -> None:
-    # Imported now, so that no writer pays for it with its first message.
-    import email_validator  # noqa: F401
-
-    from mailsink.store.writer import writer_main
-
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # writers are reaped as they end
+def serve(control_fd: int, target: str, preload: Sequence[str]) -> None:
+    """The helper: fork a worker running `target` for each request on the control socket."""
+    control = socket.socket(fileno=control_fd)
+    for name in preload:
+        importlib.import_module(name)
+    module, function = target.split(":")
+    run = getattr(importlib.import_module(module), function)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped as they end
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, 64 * 1024, 1)
@@ -119,20 +130,16 @@ def _serve(control: socket.socket) -> None:
             return
         if not data or not fds:
             return  # the server is gone
-        path, max_messages = pickle.loads(data)
+        args = pickle.loads(data)
         pid = os.fork()
         if pid == 0:
             control.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             code = 1
             try:
-                writer_main(path, max_messages, socket.socket(fileno=fds[0]))
+                run(*args, socket.socket(fileno=fds[0]))
                 code = 0
             finally:
                 os._exit(code)
         os.close(fds[0])
         control.sendall(str(pid).encode())
-
-
-if __name__ == "__main__":
-    _serve(socket.socket(fileno=int(sys.argv[1])))

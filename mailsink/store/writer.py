@@ -14,7 +14,7 @@ is sent after its message is on disk, and a burst of messages costs one fsync, n
 If the process dies, the operations it had not answered fail with WriterLost and a new process
 takes over. Such an operation may still have committed (the process died between its COMMIT and
 its answer): a caller that must not answer 451 for a message that is stored looks it up
-(`db.committed_message`).
+(`operations.committed_message`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ import selectors
 import signal
 import socket
 import sqlite3
-import struct
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from mailsink.store.db import Operation, StoreError, WriterLost, connect, kept_size
-from mailsink.store.spawn import spawn_writer
+from mailsink.errors import StoreError, WriterLost
+from mailsink.store.operations import Operation, kept_size
+from mailsink.store.schema import connect, user_facing
+from mailsink.store.spawn import Spawner
+from mailsink.store.wire import BrokenFrame, Frames, frame
 
 log = logging.getLogger("mailsink.store")
 
@@ -47,81 +48,18 @@ STOP_TIMEOUT = 60.0  # seconds for it to finish what is queued when the store cl
 # does, so that they share its commit instead of paying an fsync of their own.
 LAZY_COMMIT = 0.05
 
-# Frames on the socket: an 8-byte length, then a pickle. To the process: (id, operation, awaited),
-# ("max_messages", n, lowered), or None for "finish and stop". Back: ("ready",) or ("failed", why)
-# once, then ("done", commits, [(id, result, error), ...], cut) after each commit, where cut is
-# None or (max_messages, messages, sessions): a cut the user asked for began, of that many rows.
+# What goes over the socket (framed by wire.py). To the process: (id, operation, urgent),
+# ("max_messages", n, lowered), or None for "finish and stop". Back: ("ready",) or
+# ("failed", why) once, then after each commit ("done", commits, [(id, result, error), ...],
+# cut, (limits seen, cutting)), where cut is None or (max_messages, messages, sessions): a cut
+# the user asked for began, of that many rows.
 Result = tuple[int, Any, BaseException | None]
-# The pickle's length, how many buffers follow it, and a tag: a request's id, so that a request
-# that does not unpickle can still be answered.
-_HEAD = struct.Struct("!QIQ")
-_LENGTH = struct.Struct("!Q")  # each buffer's
 _READ_SIZE = 1024 * 1024
 _IOV_MAX = 512  # buffers per sendmsg; Linux takes up to 1024
 
-
-def frame(item: Any, tag: int = 0) -> list[Any]:
-    """A frame's parts: head, pickle and the pickle's out-of-band buffers (a raw message goes
-    as one, so that it is sent from where it is instead of being copied into the pickle)."""
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(item, 5, buffer_callback=buffers.append)
-    views = [buffer.raw() for buffer in buffers]
-    head = _HEAD.pack(len(data), len(views), tag)
-    return [head + b"".join(_LENGTH.pack(v.nbytes) for v in views), data, *views]
-
-
-@dataclass(frozen=True)
-class BrokenFrame:
-    """In place of an item that did not unpickle (say, an operation defined in a module the
-    writer cannot import): its tag and why."""
-
-    tag: int
-    reason: str
-
-
-class Frames:
-    """Splits a byte stream back into the items framed in it."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        buffer = self._buffer
-        buffer += data
-        items, start = [], 0
-        while (item := self._next(start)) is not None:
-            items.append(item[0])
-            start = item[1]
-        del buffer[:start]
-        return items
-
-    def _next(self, start: int) -> tuple[Any, int] | None:
-        """The item framed at `start` and where the next begins, or None if it is incomplete."""
-        buffer = self._buffer
-        if len(buffer) - start < _HEAD.size:
-            return None
-        size, count, tag = _HEAD.unpack_from(buffer, start)
-        at = start + _HEAD.size
-        if len(buffer) < at + count * _LENGTH.size:
-            return None
-        sizes = [_LENGTH.unpack_from(buffer, at + n * _LENGTH.size)[0] for n in range(count)]
-        at += count * _LENGTH.size
-        if len(buffer) < at + size + sum(sizes):
-            return None
-        with memoryview(buffer) as view:
-            data = view[at : at + size]
-            at += size
-            buffers = []
-            for length in sizes:
-                buffers.append(bytes(view[at : at + length]))
-                at += length
-            try:
-                item = pickle.loads(data, buffers=buffers)
-            except Exception as error:
-                item = BrokenFrame(tag, f"{type(error).__name__}: {error}")
-            finally:
-                data.release()  # else the buffer stays exported and can never grow again
-        return item, at
+# The helper that forks writer processes (spawn.py) imports this module once, by name, and the
+# address checks that the first message would otherwise wait for.
+_spawner = Spawner(f"{__name__}:writer_main", preload=("email_validator",))
 
 
 # ---- in the writer process ---------------------------------------------------------------------
@@ -133,7 +71,7 @@ def writer_main(path: str, max_messages: int, channel: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel.setblocking(True)
     try:
-        writer = Writer(connect(path), max_messages, channel)
+        writer = Writer(connect(path), max_messages, channel, path)
     except (sqlite3.Error, StoreError) as error:
         channel.sendall(b"".join(frame(("failed", str(error)))))
         return
@@ -144,8 +82,11 @@ def writer_main(path: str, max_messages: int, channel: socket.socket) -> None:
 class Writer:
     """Runs operations in batches: those waiting together commit together."""
 
-    def __init__(self, conn: sqlite3.Connection, max_messages: int, channel: socket.socket):
+    def __init__(
+        self, conn: sqlite3.Connection, max_messages: int, channel: socket.socket, path: str = ""
+    ):
         self._conn = conn
+        self.path = path  # for errors that name the store's file
         self._channel = channel
         self._frames = Frames()
         self._deaf = False  # the server went away: nothing more is answered
@@ -257,6 +198,7 @@ class Writer:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
+            results: list[Result]
             try:
                 results = [
                     (request_id, operation(conn), None) for request_id, operation, _ in batch
@@ -278,12 +220,11 @@ class Writer:
                 conn.execute("ROLLBACK")
             self._messages.rearm()  # a cut that began in the rolled-back transaction is
             self._sessions.rearm()  # told when it begins again
-            failure = _portable(error)
+            failure = _portable(user_facing(error, self.path))
             results = [(request_id, None, failure) for request_id, _, _ in batch]
         return results
 
-    @staticmethod
-    def _isolated(conn: sqlite3.Connection, request: tuple[int, Operation, bool]) -> Result:
+    def _isolated(self, conn: sqlite3.Connection, request: tuple[int, Operation, bool]) -> Result:
         request_id, operation, _ = request
         conn.execute("SAVEPOINT op")
         try:
@@ -291,7 +232,7 @@ class Writer:
         except Exception as error:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
-            return request_id, None, _portable(error)
+            return request_id, None, _portable(user_facing(error, self.path))
         conn.execute("RELEASE op")
         return request_id, outcome, None
 
@@ -326,9 +267,9 @@ class _Retention:
     an exact count is taken only when that estimate passes the cap (plus 1% slack, so that a full
     store prunes in steps rather than on every commit).
 
-    A table found over the cap when the store opens is not cut down: the cap is then the size it
-    had (`floor`, recorded in store_state: db.kept_size), so each new row replaces the oldest
-    one, and a store someone else filled is never emptied by opening it with a smaller
+    A table found over the cap when the store opens is not cut down: the cap is then the size
+    it had (`floor`, recorded in store_state: operations.kept_size), so each new row replaces
+    the oldest one, and a store someone else filled is never emptied by opening it with a smaller
     max_messages. The floor follows the table down when rows are deleted (`mailsink clear`),
     and goes when the user lowers max_messages while the server runs (a reload): that cut is
     theirs, and a big one is told (`lower`).
@@ -457,10 +398,6 @@ class WriterProcess:
     def max_messages(self) -> int:
         return self._max_messages
 
-    @property
-    def pid(self) -> int:
-        return self._pid
-
     @max_messages.setter
     def max_messages(self, value: int) -> None:
         """A limit lowered while running is the user's choice: a store over it is cut down to
@@ -472,6 +409,10 @@ class WriterProcess:
         self._lowered = self._lowered or lowered
         self._limits_sent += 1
         self._send(frame(("max_messages", value, lowered)))
+
+    @property
+    def pid(self) -> int:
+        return self._pid
 
     def submit(
         self,
@@ -514,7 +455,8 @@ class WriterProcess:
     def _start(self) -> None:
         here, there = socket.socketpair()
         try:
-            pid = spawn_writer(self.path, self._max_messages, there)
+            # Absolute: the helper keeps the directory it started in, not this one.
+            pid = _spawner.spawn((os.path.abspath(self.path), self._max_messages), there)
         except BaseException:
             here.close()
             raise
@@ -576,6 +518,7 @@ class WriterProcess:
             self._send_some()
         except OSError:
             return  # the process is gone: the reader sees the end and fails what it owed
+        assert self._loop is not None  # (set by _send before it first calls this)
         if self._outgoing and not self._writing:
             self._loop.add_writer(self._channel.fileno(), self._writable)
             self._writing = True

@@ -1,0 +1,368 @@
+"""Every change to a store's rows: what the writer process runs, one after another in its
+transactions, and what `run_here` runs in one transaction of its own.
+
+An operation is a module-level function whose first argument is the connection, usually bound
+with functools.partial so that it pickles by name on its way to the writer process. It runs in
+a transaction its caller opened and commits (the writer, in a batch; run_here, alone), so it
+neither begins nor commits one itself.
+
+A few reads live here beside the writes they are about: committed_message (did an
+insert_message commit?) and the retention limits (over_limit, kept_size). Retention's pruning
+itself is the writer's, in each of its commits (writer._Retention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import re
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from mailsink.mail.envelope import Envelope
+from mailsink.mail.findings import findings
+from mailsink.mail.parse import parse_headers
+from mailsink.store.schema import (
+    DELETIONS_SINCE,
+    SessionEvent,
+    connect,
+    open_existing,
+    resolve_path,
+    user_facing,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# What the writer runs: a callable taking the write connection that pickles (see above).
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass
+class IncomingMessage:
+    session_id: int
+    envelope: Envelope
+    raw: bytes
+    received_at: int
+    status: str = "accepted"
+    reply: str | None = None
+    check_addresses: bool = True  # [validation] addresses != "off"
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # On its way to the writer process the raw message travels beside the pickle (out of
+        # band) rather than copied into it: one 25 MB copy fewer for the biggest message.
+        raw = pickle.PickleBuffer(self.raw) if protocol >= 5 else self.raw
+        fields = (self.session_id, self.envelope, raw, self.received_at, self.status)
+        return IncomingMessage, (*fields, self.reply, self.check_addresses)
+
+
+# The list's attachment badge, without parsing the MIME tree at ingest: a part header naming a
+# file or an attachment. The first MiBs are enough: part headers come before their content.
+# Two searches with literal prefixes on lowered bytes: an alternation (or IGNORECASE) makes re
+# test every position, 100 us for 5 KB against 5 us.
+_FILENAME = re.compile(rb"filename[*0-9]*=")  # RFC 2231: filename*0*=
+_DISPOSITION = re.compile(rb"disposition:[ \t]*attachment")
+ATTACHMENT_SCAN = 4 * 1024 * 1024
+
+
+def has_attachment_hint(raw: bytes) -> bool:
+    head = raw[:ATTACHMENT_SCAN].lower()
+    return _FILENAME.search(head) is not None or _DISPOSITION.search(head) is not None
+
+
+def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
+    parts = [envelope.mail_from, *envelope.rcpt_to]
+    for key in ("from", "to", "cc", "reply_to"):
+        parts += headers[key]
+    parts.append(headers["subject"] or "")
+    return "\n".join(parts).lower()
+
+
+def _insert_events(conn: sqlite3.Connection, session_id: int, events: list[SessionEvent]) -> None:
+    if events:
+        conn.execute(
+            "INSERT OR REPLACE INTO transcript_chunks (session_id, first_seq, events)"
+            " VALUES (?, ?, ?)",
+            (session_id, events[0][0], json.dumps([event[1:] for event in events])),
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    subject: str | None
+    finding_kinds: list[str]
+
+
+def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored:
+    """Parse the headers, derive findings and store the message."""
+    summary = parse_headers(message.raw)
+    headers = summary.as_json()
+    # Stored beside the summary; the reader takes it out again (MessageRecord.has_attachments).
+    headers["attachments"] = has_attachment_hint(message.raw)
+    found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
+    cursor = conn.execute(
+        "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"
+        " findings, finding_count)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.session_id,
+            message.received_at,
+            message.status,
+            message.reply,
+            len(message.raw),
+            json.dumps(message.envelope.as_json()),
+            json.dumps(headers),
+            json.dumps(found),
+            len(found),
+        ),
+    )
+    message_id = cursor.lastrowid
+    assert message_id is not None
+    _insert_raw(conn, message_id, message.raw)
+    conn.execute(
+        "INSERT INTO message_search (id, text) VALUES (?, ?)",
+        (message_id, _search_text(message.envelope, headers)),
+    )
+    if message.status == "accepted":
+        conn.execute(
+            "UPDATE sessions SET message_count = message_count + 1 WHERE id = ?",
+            (message.session_id,),
+        )
+    return Stored(message_id, headers["subject"], [f["kind"] for f in found])
+
+
+def committed_message(path: str, message: IncomingMessage, after_id: int) -> Stored | None:
+    """`message` if it was committed, as the message of its session after message `after_id`.
+
+    A session has at most one message on its way to the store, and ids only grow, so after the
+    writer died with that message unanswered this finds it exactly when it did commit (its time
+    of arrival and size must match too). Reads with a connection of its own: it works whether or
+    not a new writer could be started."""
+    conn = connect(path)
+    try:
+        row = conn.execute(
+            "SELECT id, headers, findings FROM messages WHERE session_id = ? AND id > ?"
+            " AND received_at = ? AND size = ? ORDER BY id LIMIT 1",
+            (message.session_id, after_id, message.received_at, len(message.raw)),
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return Stored(row[0], json.loads(row[1])["subject"], [f["kind"] for f in json.loads(row[2])])
+
+
+def store_message(
+    conn: sqlite3.Connection,
+    session_id: int,
+    events: list[SessionEvent],
+    started_at: int,
+    peer: str,
+    message: IncomingMessage,
+) -> Stored:
+    """A message with its session's transcript so far: what the server commits before 250."""
+    envelope = message.envelope
+    update_session(
+        conn,
+        session_id,
+        events,
+        started_at,
+        peer,
+        helo=envelope.helo,
+        tls=envelope.tls,
+        auth_user=envelope.auth_user,
+    )
+    return insert_message(conn, message)
+
+
+# Above this, the raw message is written into its row in pieces: bound as a parameter, SQLite
+# would first take a copy of all of it (one more 25 MB in memory for the biggest message).
+RAW_IN_PIECES = 1024 * 1024
+
+
+def _insert_raw(conn: sqlite3.Connection, message_id: int, raw: bytes) -> None:
+    if len(raw) <= RAW_IN_PIECES:
+        conn.execute("INSERT INTO message_raw (id, raw) VALUES (?, ?)", (message_id, raw))
+        return
+    conn.execute(
+        "INSERT INTO message_raw (id, raw) VALUES (?, zeroblob(?))", (message_id, len(raw))
+    )
+    view = memoryview(raw)
+    with conn.blobopen("message_raw", "raw", message_id) as blob:
+        for start in range(0, len(raw), RAW_IN_PIECES):
+            blob.write(view[start : start + RAW_IN_PIECES])
+
+
+def insert_session(conn: sqlite3.Connection, session_id: int, started_at: int, peer: str) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO sessions (id, started_at, peer) VALUES (?, ?, ?)",
+        (session_id, started_at, peer),
+    )
+
+
+_SESSION_FIELDS = frozenset(
+    {"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply", "faults", "state"}
+)
+
+
+def update_session(
+    conn: sqlite3.Connection,
+    session_id: int,
+    events: list[SessionEvent],
+    started_at: int,
+    peer: str,
+    **fields: Any,
+) -> None:
+    """Append transcript events and set session columns (only those named in _SESSION_FIELDS).
+
+    The row is created again if `mailsink clear` or pruning removed it while the session lived."""
+    unknown = set(fields) - _SESSION_FIELDS
+    if unknown:
+        raise ValueError(f"not session fields: {sorted(unknown)}")
+    _insert_events(conn, session_id, events)
+    if not fields:
+        insert_session(conn, session_id, started_at, peer)
+        return
+    ending = "end_reason" in fields
+    if ending:
+        fields = {"state": None, **fields}  # an ended session is in no state
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    # A write sent again after a writer died can come after the session's end: it must not
+    # put older values over what the end wrote.
+    where = "id = ?" if ending else "id = ? AND end_reason IS NULL"
+    update = f"UPDATE sessions SET {assignments} WHERE {where}"
+    if conn.execute(update, (*fields.values(), session_id)).rowcount == 0:
+        if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+            return  # ended already
+        insert_session(conn, session_id, started_at, peer)
+        conn.execute(update, (*fields.values(), session_id))
+
+
+def record_server(
+    conn: sqlite3.Connection,
+    pid: int,
+    started_at: int,
+    addresses: list[tuple[str, str, int]],
+    max_messages: int,
+) -> None:
+    """Who serves the store: (label, host, port) of each listener, and its max_messages."""
+    conn.execute(
+        "INSERT OR REPLACE INTO server (id, pid, started_at, addresses, max_messages)"
+        " VALUES (1, ?, ?, ?, ?)",
+        (pid, started_at, json.dumps(addresses), max_messages),
+    )
+
+
+def end_lost_sessions(conn: sqlite3.Connection, now: int) -> int:
+    """End every session still open as server_lost; returns how many. Only for a server that
+    has just taken the store's lock: no other serves it, so an open session was left by one
+    that died (kill -9, power loss) and would otherwise look live for ever."""
+    return conn.execute(
+        "UPDATE sessions SET end_reason = 'server_lost', ended_at = ?, state = NULL"
+        " WHERE end_reason IS NULL",
+        (now,),
+    ).rowcount
+
+
+def _count_deletion(conn: sqlite3.Connection) -> None:
+    """Tell views of the store that messages vanished from the middle of their lists (a store
+    of a schema older than DELETIONS_SINCE has no counter, until its server migrates it)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= DELETIONS_SINCE:
+        conn.execute("UPDATE store_state SET deletions = deletions + 1")
+
+
+def delete_messages(conn: sqlite3.Connection, message_ids: Iterable[int]) -> int:
+    """Delete these messages, counted as one deletion; returns how many were still there."""
+    rows = [(message_id,) for message_id in message_ids]
+    gone = conn.executemany("DELETE FROM messages WHERE id = ?", rows).rowcount
+    conn.executemany("DELETE FROM message_raw WHERE id = ?", rows)
+    conn.executemany("DELETE FROM message_search WHERE id = ?", rows)
+    _count_deletion(conn)
+    return gone
+
+
+def delete_idle_sessions(conn: sqlite3.Connection) -> int:
+    """Delete the finished sessions that have no message left; returns how many went. (Open
+    sessions stay: their server goes on writing to them.)"""
+    idle = (
+        "SELECT id FROM sessions WHERE end_reason IS NOT NULL"
+        " AND id NOT IN (SELECT session_id FROM messages)"
+    )
+    conn.execute(f"DELETE FROM transcript_chunks WHERE session_id IN ({idle})")
+    return conn.execute(f"DELETE FROM sessions WHERE id IN ({idle})").rowcount
+
+
+def clear(conn: sqlite3.Connection) -> int:
+    """Delete every message and every finished session; returns how many messages went."""
+    count = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    conn.execute("DELETE FROM message_raw")
+    conn.execute("DELETE FROM message_search")
+    conn.execute("DELETE FROM messages")
+    # Sessions still open stay: their server goes on writing to them.
+    conn.execute(
+        "DELETE FROM transcript_chunks WHERE session_id NOT IN"
+        " (SELECT id FROM sessions WHERE end_reason IS NULL)"
+    )
+    conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
+    _count_deletion(conn)
+    return count
+
+
+def no_change(conn: sqlite3.Connection) -> None:
+    """Changes nothing: Store.flush submits it and waits for its commit."""
+
+
+def over_limit(count: int, limit: int) -> bool:
+    """More rows than max_messages allows, beyond the 1 % that retention lets in before it
+    counts again (writer._Retention): what a full store holds between two prunes is not."""
+    return count > limit + limit // 100
+
+
+def kept_size(conn: sqlite3.Connection, table: str, count: int, limit: int) -> tuple[int, int]:
+    """How many rows of `table` ("messages" or "sessions", holding `count`) a server opening
+    the store keeps although max_messages is `limit`: the size it had when first opened over
+    its limit (recorded, so that it does not creep up by the 1 % between prunes at each
+    restart), never more than it holds now; 0 when it is not over. Also returns what is
+    recorded."""
+    (recorded,) = conn.execute(f"SELECT kept_{table} FROM store_state").fetchone()
+    kept = min(recorded, count) if recorded else count if over_limit(count, limit) else 0
+    return (kept if kept > limit else 0), recorded
+
+
+def run_here(
+    path: str | None,
+    operation: Callable[Concatenate[sqlite3.Connection, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Run `operation(conn, *args, **kwargs)` in one transaction on a connection of its own,
+    for a store that no server in this process writes to (the CLI's `clear`, a TUI attached to
+    another process's server). A server elsewhere may be writing meanwhile: SQLite's lock
+    makes them take turns, the transaction taken at once (BEGIN IMMEDIATE) so that it never
+    has to be upgraded halfway, waiting up to the busy timeout (10 s) for the lock. The store
+    must exist; SQLite's errors about its file come out as StoreFileError in the user's words,
+    and the transaction is rolled back if anything in it fails."""
+    path = resolve_path(path)
+    conn, _ = open_existing(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = operation(conn, *args, **kwargs)
+        except BaseException:
+            if conn.in_transaction:  # (SQLite rolls back by itself after some errors)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+    except sqlite3.DatabaseError as error:
+        translated = user_facing(error, path)
+        if translated is error:
+            raise
+        raise translated from error
+    finally:
+        conn.close()
