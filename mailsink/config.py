@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsink.errors import ConfigError, RuleError
-from mailsink.faults.policy import Rule, parse_rule
+from mailsink.faults.rules import Rule, name_problem, parse_rule
 from mailsink.units import parse_duration, parse_size
 
 
@@ -158,10 +158,6 @@ def _users(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def _optional_port(value: Any) -> int:
-    return _port(value)
-
-
 def _file_path(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f'expected a file path string ("" = generated), got {value!r}')
@@ -200,7 +196,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         {
             "starttls": _flag,
             "require": _flag,
-            "implicit_port": _optional_port,
+            "implicit_port": _port,
             "cert": _file_path,
             "key": _file_path,
         },
@@ -236,19 +232,14 @@ def parse(data: dict[str, Any], file: Path | None = None, text: str = "") -> Set
                 raise error(f"unknown key; allowed in [{section}]: {allowed}", dotted, section)
             try:
                 values[key] = converters[key](raw)
-            except ValueError as problem:
-                raise error(str(problem), dotted, section) from None
+            except ValueError as invalid:
+                raise error(str(invalid), dotted, section) from None
         sections[section] = cls(**values)
     names = [rule.name for rule in rules]
     for index, name in enumerate(names):
-        if name.startswith("preset:"):
-            key = f"fault[{index + 1}].name"
-            raise error(
-                "names starting with 'preset:' belong to the TUI's presets", key, "fault", index
-            )
-        if name in names[:index]:
-            key = f"fault[{index + 1}].name"
-            raise error(f"another rule is already named {name!r}", key, "fault", index)
+        problem = name_problem(name, names[:index])
+        if problem:
+            raise error(problem, f"fault[{index + 1}].name", "fault", index)
     return Settings(**sections, rules=tuple(rules), source=file)
 
 
@@ -258,7 +249,7 @@ def _parse_rules(body: Any, error: Callable[..., ConfigError]) -> list[Rule]:
     rules = []
     for index, table in enumerate(body):
         try:
-            rules.append(parse_rule(table, index, parse_size, parse_duration))
+            rules.append(parse_rule(table, index))
         except RuleError as problem:
             key = f"fault[{index + 1}]" + (f".{problem.key}" if problem.key else "")
             raise error(str(problem), key, "fault", index) from None

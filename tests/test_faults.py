@@ -130,8 +130,8 @@ def test_reject_sender_and_recipient_sample(tmp_path):
             (record,) = reader.list_messages(include_rejected=True)
         assert record.envelope.mail_from == "app@x.test"
         assert record.envelope.rcpt_to == ["a@x.test", "b@x.test"]
-        assert sink.server.policy.stats["marketing sender blocked"].hits == 1
-        assert sink.server.policy.stats["blocked recipient"].hits == 1
+        assert sink.faults.policy.stats["marketing sender blocked"].hits == 1
+        assert sink.faults.policy.stats["blocked recipient"].hits == 1
 
 
 # ---- 452
@@ -296,7 +296,7 @@ def test_firings_are_in_the_transcript_and_counted(configured):
     session = session_of(sink)
     fired = [n for n in notes(sink, session.id) if n.startswith("fault")]
     assert fired == ["fault 'greylist' fired at rcpt: reply 450 4.7.1 Greylisted"] * 2
-    assert sink.server.policy.stats["greylist"].hits == 2
+    assert sink.faults.policy.stats["greylist"].hits == 2
     with sink.reader() as reader:
         row = reader.conn.execute(
             "SELECT faults FROM sessions WHERE id = ?", (session.id,)

@@ -1,4 +1,5 @@
-"""policy.py on its own: rule parsing errors, matching, seeded decisions, times, rates."""
+"""faults/rules.py and faults/policy.py on their own: rule parsing errors, matching, seeded
+decisions, times, rates."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import pytest
 
 from mailsink.config import ConfigError
 from mailsink.config import parse as parse_config
-from mailsink.faults.policy import Context, Policy, Reply, RuleError, parse_reply, parse_rule
-from mailsink.units import parse_duration, parse_size
+from mailsink.errors import RuleError
+from mailsink.faults.policy import Context, Policy
+from mailsink.faults.rules import Reply, parse_reply, parse_rule
 
 
 def rule(**data):
-    return parse_rule(data, 0, parse_size, parse_duration)
+    return parse_rule(data, 0)
 
 
 def test_reply_lines_single_and_multi_line():

@@ -11,8 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from mailsink.faults.policy import Rule, parse_rule
-from mailsink.units import parse_duration, parse_size
+from mailsink.faults.rules import PRESET_PREFIX, Rule, parse_rule
 
 
 @dataclass(frozen=True)
@@ -23,10 +22,10 @@ class Preset:
 
     @property
     def name(self) -> str:
-        return f"preset: {self.title}"
+        return f"{PRESET_PREFIX} {self.title}"
 
     def rule(self) -> Rule:
-        return parse_rule({"name": self.name, **self.table}, 0, parse_size, parse_duration)
+        return parse_rule({"name": self.name, **self.table}, 0)
 
 
 PRESETS: tuple[Preset, ...] = (

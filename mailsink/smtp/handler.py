@@ -1,7 +1,9 @@
-"""The one aiosmtpd handler: its hooks decide each reply; DATA stores the message before 250.
+"""The one aiosmtpd handler: it decides each reply; DATA stores the message before 250.
 
-Each hook first asks the fault rules (which may delay, answer instead, or close the connection),
-then applies the configured server behaviour (address validation), then accepts.
+Each hook first asks the fault controls (mailsink.faults.controls.FaultControls.consider, called
+from here and nowhere else), which may delay, answer instead, or close the connection; then it
+applies the configured server behaviour (address validation), then accepts. The connection
+(mailsink.smtp.protocol) only speaks what is decided here.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as AiosmtpdEnvelope
 
+from mailsink.clock import now_ms
+from mailsink.faults.controls import FaultControls, Verdict
+from mailsink.faults.policy import Context
 from mailsink.mail.addresses import syntax_error
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import header_values
 from mailsink.smtp import replies
-from mailsink.smtp.protocol import introspected_names
-from mailsink.store.db import IncomingMessage, StoreError, now_ms
+from mailsink.smtp.protocol import auth_user, introspected_names
+from mailsink.store import IncomingMessage, StoreError
 
 if TYPE_CHECKING:
-    from mailsink.smtp.protocol import SmtpConnection
+    from mailsink.smtp.protocol import SinkEnvelope, SmtpConnection
     from mailsink.smtp.server import SmtpServer
 
 log = logging.getLogger("mailsink.smtp")
@@ -35,15 +40,6 @@ _STORE_FAILURES = (StoreError, sqlite3.Error, OSError)
 
 # Extensions aiosmtpd does not announce itself; mailsink implements each of them.
 _EXTRA_EHLO = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN")
-
-
-def auth_user(session: Session | None) -> str | None:
-    if session is None or not session.authenticated:
-        return None
-    data = session.auth_data
-    if isinstance(data, LoginPassword):
-        return data.login.decode("utf-8", "replace")
-    return str(data) if data is not None else None
 
 
 def envelope_of(protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope) -> Envelope:
@@ -74,9 +70,72 @@ def _log_store_failure(protocol: SmtpConnection, what: str, error: Exception) ->
         log.exception("session %s: %s", protocol.session_id, what)
 
 
+def _context(protocol: SmtpConnection, stage: str, known: dict[str, Any]) -> Context:
+    """What a fault rule can match on at this point of the session; `known` adds to it."""
+    session = protocol.session
+    envelope: SinkEnvelope = protocol.envelope  # type: ignore[assignment]
+    peer = session.peer if session else None
+    defaults: dict[str, Any] = {
+        "peer_ip": str(peer[0]) if isinstance(peer, tuple) else "",
+        "helo": session.host_name if session else None,
+        "authenticated": bool(session and session.authenticated),
+        "sender": envelope.mail_from if envelope.mail_given else None,
+        "recipients": tuple(envelope.rcpt_tos),
+    }
+    return Context(stage=stage, **{**defaults, **known})
+
+
 class SmtpHandler:
     def __init__(self, server: SmtpServer):
         self.server = server
+
+    @property
+    def faults(self) -> FaultControls:
+        return self.server.faults
+
+    # ---- injected faults: the one way to them
+
+    async def _verdict(self, protocol: SmtpConnection, stage: str, **known: Any) -> Verdict | None:
+        """Ask the fault controls about the reply due at `stage`; what fired goes into the
+        transcript and its delay is waited out here. `known` adds to what rules can match on
+        (the address, the size, ...)."""
+        faults = self.faults
+        if not faults.active_at(stage):
+            return None  # the common case: no rule for this stage, no context to build
+        verdict = faults.consider(stage, _context(protocol, stage, known), protocol.session_id)
+        if verdict is None:
+            return None
+        protocol.faults_fired += len(verdict.fired)
+        for note in verdict.notes:
+            protocol.note(note)
+        if verdict.delay:
+            await protocol.wait(verdict.delay)
+        return verdict
+
+    @staticmethod
+    def _carry_out(protocol: SmtpConnection, verdict: Verdict | None) -> str | None:
+        """Have the connection do what `verdict` says: returns the reply to send instead of
+        the normal one (NO_REPLY once the connection is closed without one), or None to carry
+        on."""
+        if verdict is None or not verdict.answers or protocol.transport is None:
+            return None
+        if verdict.end_reason is not None:
+            protocol.end_reason = verdict.end_reason
+        if verdict.then == "drop":
+            return protocol.drop()
+        return protocol.reply_as_configured(verdict.reply_lines, then_close=verdict.then == "close")
+
+    async def _fault(self, protocol: SmtpConnection, stage: str, **known: Any) -> str | None:
+        return self._carry_out(protocol, await self._verdict(protocol, stage, **known))
+
+    async def refuse_connect(self, protocol: SmtpConnection) -> str | None:
+        """The reply that takes the place of the greeting (after it, only QUIT is served),
+        NO_REPLY when the connection was closed without one; None to greet."""
+        return await self._fault(protocol, "connect")
+
+    async def refuse_auth(self, protocol: SmtpConnection) -> str | None:
+        """The reply that refuses an AUTH command before its exchange starts; None to go on."""
+        return await self._fault(protocol, "auth")
 
     def _address_problem(self, address: str, smtputf8: bool) -> str | None:
         """Why [validation] addresses = "reject" refuses `address`, or None."""
@@ -89,7 +148,7 @@ class SmtpHandler:
     async def handle_HELO(
         self, protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope, hostname: str
     ) -> str:
-        reply = await protocol.fault("helo", helo=hostname)
+        reply = await self._fault(protocol, "helo", helo=hostname)
         if reply is not None:
             return reply
         session.host_name = hostname
@@ -103,7 +162,7 @@ class SmtpHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        reply = await protocol.fault("helo", helo=hostname)
+        reply = await self._fault(protocol, "helo", helo=hostname)
         if reply is not None:
             return [reply]
         session.host_name = hostname
@@ -148,7 +207,7 @@ class SmtpHandler:
     ) -> str | None:
         """The reply refusing a MAIL FROM or RCPT TO address: a fault rule's, else a 553 from
         [validation] addresses = "reject"; None to accept it."""
-        reply = await protocol.fault(stage, **known)
+        reply = await self._fault(protocol, stage, **known)
         if reply is not None:
             return reply
         problem = address and self._address_problem(address, smtputf8)
@@ -169,10 +228,12 @@ class SmtpHandler:
         self, protocol: SmtpConnection, session: Session, envelope: AiosmtpdEnvelope
     ) -> str:
         raw = envelope.original_content or b""
-        headers = None
-        if self.server.policy.needs_headers():
-            headers = await asyncio.to_thread(header_values, raw)  # parsing stays off the loop
-        decision = await protocol.consider("data", size=len(raw), headers=headers)
+        verdict = None
+        if self.faults.active_at("data"):
+            headers = None
+            if self.faults.policy.needs_headers():
+                headers = await asyncio.to_thread(header_values, raw)  # parsing stays off the loop
+            verdict = await self._verdict(protocol, "data", size=len(raw), headers=headers)
         message = IncomingMessage(
             session_id=protocol.session_id,
             envelope=envelope_of(protocol, session, envelope),
@@ -180,15 +241,15 @@ class SmtpHandler:
             received_at=now_ms(),
             check_addresses=self.server.settings.validation.addresses != "off",
         )
-        if decision is not None and decision.answer is not None:
+        if verdict is not None and verdict.answers:
             # Kept, marked rejected, so the developer sees what their app tried to send.
             message.status = "rejected"
-            message.reply = "\n".join(decision.reply_lines) or f"({decision.answer.action})"
+            message.reply = "\n".join(verdict.reply_lines) or f"({verdict.action})"
             try:
                 await self.server.save_message(protocol, message)
             except Exception as error:
                 _log_store_failure(protocol, "could not keep a rejected message", error)
-            return protocol.answer(decision) or ""
+            return self._carry_out(protocol, verdict) or ""
         try:
             stored = await self.server.save_message(protocol, message)
         except Exception as error:

@@ -1,26 +1,36 @@
-"""Listeners on the running loop, the set of live sessions, and graceful shutdown."""
+"""The SMTP listeners on the running loop, the set of live sessions, and graceful shutdown;
+the sessions' rows and messages handed to the store, and what happens told on the event bus.
+
+Fault rules are not decided here (mailsink.faults.controls, asked by mailsink.smtp.handler).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
 import sqlite3
 import ssl
-import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
+from mailsink.clock import now_ms
 from mailsink.config import Settings, is_loopback
-from mailsink.faults.policy import Policy, Rule
-from mailsink.faults.presets import BY_KEY, preset_rules
-from mailsink.smtp.handler import SmtpHandler, auth_user
-from mailsink.smtp.protocol import SmtpConnection
-from mailsink.store.db import (
+from mailsink.events import (
+    EventBus,
+    LiveSession,
+    MessageStored,
+    SessionChanged,
+    SessionEnded,
+    SessionStarted,
+)
+from mailsink.faults.controls import FaultControls
+from mailsink.smtp.handler import SmtpHandler
+from mailsink.smtp.protocol import SmtpConnection, auth_user
+from mailsink.store import (
     IncomingMessage,
     Operation,
     Store,
@@ -28,12 +38,9 @@ from mailsink.store.db import (
     StoreError,
     WriterLost,
     committed_message,
-    insert_session,
-    now_ms,
-    record_server,
-    store_message,
 )
-from mailsink.store.db import update_session as write_session
+from mailsink.store.operations import insert_session, record_server, store_message
+from mailsink.store.operations import update_session as write_session
 from mailsink.text import visible
 from mailsink.tls import server_context
 from mailsink.units import format_bytes
@@ -86,21 +93,25 @@ def _session_write(protocol: SmtpConnection, events: list[Any], **fields: Any) -
 
 
 class SmtpServer:
-    """The SMTP listener(s) of one mailsink, sharing the loop with whatever else runs (the TUI)."""
+    """The SMTP listener(s) of one mailsink, sharing the loop with whatever else runs (the TUI).
+    `faults` decides the replies that fault rules change; `events` hears about every session
+    and message."""
 
     ident = "ESMTP mailsink"
 
-    def __init__(self, settings: Settings, store: Store):
+    def __init__(
+        self, settings: Settings, store: Store, faults: FaultControls, events: EventBus
+    ) -> None:
         self.settings = settings
-        # Changes made while running (the TUI's Faults screen), kept over config reloads.
-        self.toggles: dict[str, bool] = {}
-        self.policy = Policy(self._rules(), settings.faults.seed)
-        # Called after every change of the rules in force (reload, toggle, preset).
-        self.policy_listeners: list[Callable[[], None]] = []
         self.store = store
+        self.faults = faults
+        self.events = events
         self.tls_context: ssl.SSLContext | None = None
         self.handler = SmtpHandler(self)
-        self.sessions: set[SmtpConnection] = set()
+        self._live: dict[int, SmtpConnection] = {}  # by session id
+        # Ended, their last row not yet committed: still shown as live sessions meanwhile, so
+        # that a view of the store and of the live sessions never misses one.
+        self._ending: dict[int, SmtpConnection] = {}
         self.addresses: list[tuple[str, int]] = []
         self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
@@ -108,6 +119,24 @@ class SmtpServer:
         self._store_refused = False  # the last session row could not be handed to the store
         self._started_at = 0
         self._idle.set()
+
+    @property
+    def sessions(self) -> set[SmtpConnection]:
+        """The connections being served (for mailsink.smtp and its tests: faces use
+        `live_sessions`)."""
+        return set(self._live.values())
+
+    def live_sessions(self) -> list[LiveSession]:
+        """Snapshots of the sessions being served and of those that ended but whose last row
+        the store has not committed yet, by session id."""
+        connections = [*self._live.values(), *self._ending.values()]
+        return sorted((c.snapshot() for c in connections), key=lambda session: session.id)
+
+    def live_session(self, session_id: int) -> LiveSession | None:
+        """The session's snapshot while it is served or its end is not yet committed; else
+        None (then the store has it, if anything does)."""
+        connection = self._live.get(session_id) or self._ending.get(session_id)
+        return connection.snapshot() if connection is not None else None
 
     def _protocol(self, implicit_tls: bool = False) -> SmtpConnection:
         tls = self.settings.tls
@@ -133,7 +162,7 @@ class SmtpServer:
             self.tls_context = await asyncio.to_thread(server_context, tls, self.store.directory)
         backlog = await asyncio.to_thread(listen_backlog)
         self._started_at = now_ms()
-        listeners = [(smtp.port, None, "SMTP")]
+        listeners: list[tuple[int, ssl.SSLContext | None, str]] = [(smtp.port, None, "SMTP")]
         if tls.implicit_port:
             listeners.append((tls.implicit_port, self.tls_context, "SMTPS, implicit TLS"))
         for port, context, label in listeners:
@@ -157,13 +186,10 @@ class SmtpServer:
             )
 
     def apply_settings(self, settings: Settings) -> None:
-        """Swap in a reloaded config; it applies from each connection's next command."""
+        """Swap in a reloaded config; it applies from each connection's next command. The
+        fault rules are the fault controls' (the caller reloads them too)."""
         old = self.settings
         self.settings = settings
-        names = {rule.name for rule in (*preset_rules(), *settings.rules)}
-        self.toggles = {name: on for name, on in self.toggles.items() if name in names}
-        if settings.rules != old.rules or settings.faults.seed != old.faults.seed:
-            self._new_policy()
         self.store.max_messages = settings.storage.max_messages
         if settings.storage.max_messages != old.storage.max_messages:
             self._record_server()
@@ -184,37 +210,6 @@ class SmtpServer:
             )
         )
 
-    # ---- run-time control of the rules (the TUI's Faults screen)
-
-    def _rules(self) -> list[Rule]:
-        """Presets (off unless switched on) before the config's rules; the switches applied."""
-        return [
-            dataclasses.replace(rule, enabled=self.toggles.get(rule.name, rule.enabled))
-            for rule in (*preset_rules(), *self.settings.rules)
-        ]
-
-    def _new_policy(self, *, same_random: bool = False) -> None:
-        policy = Policy(self._rules(), self.settings.faults.seed)
-        policy.carry_over(self.policy, same_random=same_random)
-        self.policy = policy
-        for listener in self.policy_listeners:
-            listener()
-
-    def set_rule_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a rule (a preset or the config's) on or off from the next SMTP command on.
-        Its hit count stays, and so does the sequence of a seeded `probability`."""
-        if name not in {rule.name for rule in self.policy.rules}:
-            raise KeyError(name)
-        self.toggles[name] = enabled
-        self._new_policy(same_random=True)
-
-    def toggle_preset(self, key: str) -> bool:
-        """Switch a preset (mailsink.faults.presets) on or off; True when it is now on."""
-        name = BY_KEY[key].name
-        enabled = not next(rule.enabled for rule in self.policy.rules if rule.name == name)
-        self.set_rule_enabled(name, enabled)
-        return enabled
-
     @property
     def port(self) -> int:
         return self.addresses[0][1]
@@ -231,7 +226,7 @@ class SmtpServer:
             for protocol in list(self.sessions):
                 protocol.end_reason = protocol.end_reason or "server_shutdown"
                 if protocol.transport is not None:
-                    protocol.transport.abort()
+                    cast(asyncio.Transport, protocol.transport).abort()
             # connection_lost runs on the next loop iterations; it queues the sessions' last
             # writes, which must reach the store before it closes.
             with contextlib.suppress(TimeoutError):
@@ -241,7 +236,7 @@ class SmtpServer:
     # ---- called by the protocol
 
     def session_started(self, protocol: SmtpConnection) -> None:
-        self.sessions.add(protocol)
+        self._live[protocol.session_id] = protocol
         self._idle.clear()
         self._record(
             partial(
@@ -251,48 +246,65 @@ class SmtpServer:
                 peer=protocol.peer,
             )
         )
+        if self.events.wants(SessionStarted):
+            self.events.publish(SessionStarted(protocol.snapshot()))
 
     def session_progress(self, protocol: SmtpConnection) -> None:
         """A live session's new transcript lines and what it is at, which nobody waits for:
         they share the next commit (see store.writer.LAZY_COMMIT)."""
-        events = protocol.transcript.take()
+        transcript = protocol.transcript
+        events = transcript.take()
         if not events:
             return  # its message's commit took them
         try:
-            self._write_kept(_session_write(protocol, events, state=protocol.state))
+            write = _session_write(protocol, events, state=protocol.state)
+            self._write_kept(write, partial(transcript.settled, events))
         except StoreError:
-            protocol.transcript.restore(events)  # for the session's next write
+            transcript.restore(events)  # for the session's next write
+        if self.events.wants(SessionChanged):
+            self.events.publish(SessionChanged(protocol.snapshot()))
 
     def session_ended(self, protocol: SmtpConnection) -> None:
-        self.sessions.discard(protocol)
-        if not self.sessions:
+        session_id = protocol.session_id
+        self._live.pop(session_id, None)
+        if not self._live:
             self._idle.set()
+        self._ending[session_id] = protocol
+        events = protocol.transcript.take()
+        ended_at = protocol.ended_at if protocol.ended_at is not None else now_ms()
         self._record(
-            _session_write(
-                protocol,
-                protocol.transcript.take(),
-                end_reason=protocol.end_reason,
-                ended_at=int(time.time() * 1000),
-            )
+            _session_write(protocol, events, end_reason=protocol.end_reason, ended_at=ended_at),
+            partial(self._end_settled, protocol, events),
         )
-        seconds = (int(time.time() * 1000) - protocol.started_at) / 1000
+        if self.events.wants(SessionEnded):
+            self.events.publish(SessionEnded(protocol.snapshot()))
         log.info(
             "session %s %s ended (%s) after %.2fs: %d message(s), %d transcript line(s)",
-            protocol.session_id,
+            session_id,
             protocol.peer,
             protocol.end_reason,
-            seconds,
+            (ended_at - protocol.started_at) / 1000,
             len(protocol.message_ids),
             protocol.transcript.count,
         )
 
-    def _record(self, operation: Operation) -> None:
+    def _end_settled(self, protocol: SmtpConnection, events: list[Any]) -> None:
+        """The store answered for the session's last row (committed, or failed for good):
+        from now on it is the store's to show."""
+        protocol.transcript.settled(events)
+        if self._ending.get(protocol.session_id) is protocol:
+            del self._ending[protocol.session_id]
+
+    def _record(self, operation: Operation, settled: Callable[[], None] | None = None) -> None:
         """A session's row, which nobody waits for: a store that cannot take it is logged (once)
-        and the session goes on; its DATA will get 451."""
+        and the session goes on; its DATA will get 451. `settled` is called once the store has
+        answered for it, or at once when the store refuses it."""
         try:
-            self._write_kept(operation)
+            self._write_kept(operation, settled)
         except StoreError as error:
             self._refused(error)
+            if settled is not None:
+                settled()
         else:
             self._store_refused = False
 
@@ -301,31 +313,41 @@ class SmtpServer:
             log.error("session rows are not being stored: %s", error)
         self._store_refused = True
 
-    def _write_kept(self, operation: Operation, resends: int = 0) -> None:
+    def _write_kept(
+        self,
+        operation: Operation,
+        settled: Callable[[], None] | None = None,
+        resends: int = 0,
+    ) -> None:
         """Submit a session write that nobody waits for, kept until the writer answers: one
         the writer took with it when it died is sent again to the next writer, as it was.
         Its transcript lines have left the Transcript, and putting them back could not keep
         them in order with what later writes (a message, the session's end) have taken since;
         sent again as the same chunk, a write that had in fact committed is merely replaced
-        (transcript chunks are keyed by their first line)."""
+        (transcript chunks are keyed by their first line). `settled` is called once the
+        writer has answered for good (committed, or failed and not sent again)."""
         future = asyncio.get_running_loop().create_future()
         self.store.submit(operation, future)
-        future.add_done_callback(partial(self._kept_answered, operation, resends))
+        future.add_done_callback(partial(self._kept_answered, operation, settled, resends))
 
     def _kept_answered(
-        self, operation: Operation, resends: int, future: asyncio.Future[Any]
+        self,
+        operation: Operation,
+        settled: Callable[[], None] | None,
+        resends: int,
+        future: asyncio.Future[Any],
     ) -> None:
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is None:
-            return
+        error = None if future.cancelled() else future.exception()
         if isinstance(error, WriterLost) and resends < _RESENDS:
             try:
-                self._write_kept(operation, resends + 1)
+                self._write_kept(operation, settled, resends + 1)
                 return
             except StoreError as refused:
                 error = refused
+        if settled is not None:
+            settled()
+        if error is None:
+            return
         if isinstance(error, StoreError):
             self._refused(error)
         else:
@@ -376,7 +398,14 @@ class SmtpServer:
         except BaseException:
             protocol.transcript.restore(events)
             raise
+        protocol.transcript.settled(events)
         protocol.message_ids.append(stored.id)
+        bus = self.events
+        if bus.wants(MessageStored):
+            rejected = message.status == "rejected"
+            bus.publish(MessageStored(stored.id, protocol.session_id, rejected))
+        if bus.wants(SessionChanged):
+            bus.publish(SessionChanged(protocol.snapshot()))
         envelope = message.envelope
         log.info(
             "message %s from <%s> to %s, %s, subject %r%s",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from mailsink.store.db import SessionEvent, now_ms
+from mailsink.clock import now_ms
+from mailsink.events import EventBus, TranscriptLine
+from mailsink.store import SessionEvent
 
 CLIENT = "C"  # a command line from the client
 SERVER = "S"  # a reply line from mailsink
@@ -26,6 +28,8 @@ _MECHANISMS = frozenset(
     }
 )  # fmt: skip
 REDACTED_AUTH = "AUTH [redacted]"
+# The bus of a transcript that publishes nowhere (yet): nobody ever listens to it.
+_NOBODY = EventBus()
 
 
 def redact(line: str) -> str:
@@ -42,33 +46,71 @@ def redact(line: str) -> str:
 
 
 class Transcript:
-    """Events of one session; those not yet written are handed out with `take`.
+    """Lines of one session, and which of them the store has yet to commit.
 
-    `unwritten` is called when an event arrives and none was waiting to be written."""
+    Lines not yet written are handed out with `take`; they stay "in flight" until the caller
+    says the store has answered for them (`settled`) or gives them back (`restore`), so that
+    `uncommitted` always has every line a view of the store does not have yet.
+    `on_first_pending` is called when a line arrives and none was waiting to be written.
+    With `publish_to`, each line is also told on the event bus (TranscriptLine), built only
+    when someone listens: this is the SMTP path's busiest code."""
 
-    def __init__(self, unwritten: Callable[[], None] | None = None) -> None:
-        self._seq = 0
+    def __init__(self, on_first_pending: Callable[[], None] | None = None) -> None:
+        self._seq = 0  # the last line's number, and so how many there are
         self._pending: list[SessionEvent] = []
-        self.count = 0
-        self.unwritten = unwritten
+        self._in_flight: list[list[SessionEvent]] = []
+        self.on_first_pending = on_first_pending
+        self._events = _NOBODY
+        self._session_id = 0
+
+    @property
+    def count(self) -> int:
+        """Lines so far, written or not."""
+        return self._seq
+
+    def publish_to(self, events: EventBus, session_id: int) -> None:
+        self._events = events
+        self._session_id = session_id
 
     def add(self, direction: str, text: str) -> None:
-        self._seq += 1
-        self.count += 1
-        if not self._pending and self.unwritten is not None:
-            self.unwritten()
-        self._pending.append((self._seq, now_ms(), direction, text))
+        self._seq = seq = self._seq + 1
+        if not self._pending and self.on_first_pending is not None:
+            self.on_first_pending()
+        self._pending.append(line := (seq, now_ms(), direction, text))
+        if self._events.wants(TranscriptLine):
+            self._events.publish(TranscriptLine(self._session_id, line))
 
     def take(self) -> list[SessionEvent]:
+        """The lines not yet written, for a write to the store; in flight until `settled`."""
         pending, self._pending = self._pending, []
+        if pending:
+            self._in_flight.append(pending)
         return pending
 
+    def settled(self, lines: list[SessionEvent]) -> None:
+        """The store has answered for `lines` (from `take`): committed, or lost for good."""
+        for index, chunk in enumerate(self._in_flight):
+            if chunk is lines:
+                del self._in_flight[index]
+                return
+
     def pending(self) -> list[SessionEvent]:
-        """Events not yet handed to the store (a copy), for live views."""
+        """Lines not yet handed to the store (a copy)."""
         return list(self._pending)
 
-    def restore(self, events: list[SessionEvent]) -> None:
-        """Put back events whose write failed, ahead of anything newer."""
-        if events and not self._pending and self.unwritten is not None:
-            self.unwritten()
-        self._pending = events + self._pending
+    def uncommitted(self) -> list[SessionEvent]:
+        """Lines the store may not have committed yet, in order: those in writes it has not
+        answered, and those not yet handed to it."""
+        if not self._in_flight:
+            return list(self._pending)
+        lines = [line for chunk in self._in_flight for line in chunk]
+        lines += self._pending
+        lines.sort()
+        return lines
+
+    def restore(self, lines: list[SessionEvent]) -> None:
+        """Put back lines whose write failed, ahead of anything newer."""
+        self.settled(lines)
+        if lines and not self._pending and self.on_first_pending is not None:
+            self.on_first_pending()
+        self._pending = lines + self._pending

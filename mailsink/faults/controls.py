@@ -1,0 +1,271 @@
+"""The fault controls: the rules in force while mailsink runs, and the gate that decides.
+
+Every injected fault is decided here and nowhere else. The SMTP handler (mailsink.smtp.handler)
+asks `consider` before each reply it may refuse; the answer is a Verdict (what to say, then carry
+on, close or drop, after how long a wait), which the handler has the connection carry out.
+
+The rules in force are, in the order they are tried: the presets (mailsink.faults.presets, off
+until switched on), the config file's [[fault]] tables, then run-time rules added while running
+(the HTTP API, test fixtures). Switching any of them on or off, and adding or removing a run-time
+rule, lasts until mailsink stops: a config reload keeps them. Each change is told on the event
+bus as RulesChanged, each firing as FaultFired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mailsink.clock import now_ms
+from mailsink.config import Settings
+from mailsink.errors import RuleError
+from mailsink.events import EventBus, FaultFired, RulesChanged
+from mailsink.faults.policy import Context, Policy
+from mailsink.faults.presets import BY_KEY, PRESETS, preset_rules
+from mailsink.faults.rules import Rule, name_problem, parse_rule
+
+log = logging.getLogger("mailsink.smtp")
+
+Origin = Literal["preset", "config", "runtime"]
+Then = Literal["carry_on", "close", "drop"]
+
+_PRESET_KEYS = {preset.name: preset.key for preset in PRESETS}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """One rule in force, as the Faults screen and the HTTP API show it."""
+
+    name: str
+    stage: str
+    action: str
+    reply: str | None  # "550 5.7.1 Not permitted" (lines of a multi-line reply joined by " | ")
+    delay: float  # seconds
+    enabled: bool
+    origin: Origin
+    preset_key: str | None  # the key that toggles a preset on the Faults screen
+    hits: int
+    last_fired_at: int | None  # ms since the epoch
+    summary: str  # what it does when it fires, in one line
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the rules that fired for one reply want done: wait `delay` seconds, then send
+    `reply_lines` (exactly as configured; may be none), then carry on, close the connection, or
+    (`drop`) close it without a word. `notes` go into the session's transcript."""
+
+    reply_lines: tuple[str, ...]
+    then: Then
+    delay: float
+    notes: tuple[str, ...]
+    fired: tuple[str, ...]  # the names of the rules that fired, in the order tried
+    action: str  # the answering rule's action (reply, disconnect, drop); "delay" if none answers
+
+    @property
+    def answers(self) -> bool:
+        """Whether the verdict takes the place of the normal reply (else: only a wait)."""
+        return self.action != "delay"
+
+    @property
+    def end_reason(self) -> str | None:
+        """The session's end reason, when the verdict ends it."""
+        return None if self.then == "carry_on" else f"fault_{self.action}"
+
+
+class FaultControls:
+    def __init__(self, settings: Settings, events: EventBus) -> None:
+        self._settings = settings
+        self._events = events
+        # Switched on or off while running (by name), kept over config reloads.
+        self._toggles: dict[str, bool] = {}
+        self._runtime: list[Rule] = []  # in the order they were added
+        self.source: Path | None = settings.source
+        self._policy = Policy(self._in_force(), settings.faults.seed)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy deciding now; replaced (not changed) by every change of the rules."""
+        return self._policy
+
+    # ---- reading
+
+    def rules(self) -> list[RuleState]:
+        """Every rule in force, in the order they are tried: presets, config, run-time."""
+        config = {rule.name for rule in self._settings.rules}
+        states = []
+        for rule in self._policy.rules:
+            stats = self._policy.stats[rule.name]
+            key = _PRESET_KEYS.get(rule.name)
+            origin: Origin = "preset" if key else "config" if rule.name in config else "runtime"
+            last = stats.last_fired
+            states.append(
+                RuleState(
+                    name=rule.name,
+                    stage=rule.stage,
+                    action=rule.action,
+                    reply=str(rule.reply) if rule.reply else None,
+                    delay=rule.delay,
+                    enabled=rule.enabled,
+                    origin=origin,
+                    preset_key=key,
+                    hits=stats.hits,
+                    last_fired_at=round(last * 1000) if last is not None else None,
+                    summary=rule.summary(),
+                )
+            )
+        return states
+
+    def rule(self, name: str) -> RuleState:
+        """One rule in force; KeyError if there is none of that name."""
+        for state in self.rules():
+            if state.name == name:
+                return state
+        raise KeyError(name)
+
+    # ---- changing
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Switch a rule on or off from the next SMTP command on. Its hit count stays, and so
+        does the sequence of a seeded `probability`. KeyError if there is no such rule."""
+        current = next((rule for rule in self._policy.rules if rule.name == name), None)
+        if current is None:
+            raise KeyError(name)
+        self._toggles[name] = enabled
+        if current.enabled == enabled:
+            return
+        self._new_policy(same_random=True)
+        self._events.publish(RulesChanged("enabled" if enabled else "disabled", name))
+
+    def toggle_preset(self, key: str) -> bool:
+        """Switch a preset (mailsink.faults.presets, by its key) on or off; True when it is now
+        on. KeyError for a key that is no preset's."""
+        name = BY_KEY[key].name
+        enabled = not next(rule.enabled for rule in self._policy.rules if rule.name == name)
+        self.set_enabled(name, enabled)
+        return enabled
+
+    def add_rule(self, table: Mapping[str, Any]) -> RuleState:
+        """Add a rule while running, tried after every other one. `table` is what a [[fault]]
+        table in the config file holds, and is checked the same way: RuleError (naming the key)
+        for anything the config file would refuse, a name another rule in force has included."""
+        index = len(self._settings.rules) + len(self._runtime)
+        rule = parse_rule(table, index)
+        problem = name_problem(rule.name, (r.name for r in self._policy.rules))
+        if problem:
+            raise RuleError("name", problem)
+        self._runtime.append(rule)
+        self._new_policy(same_random=True)
+        self._events.publish(RulesChanged("added", rule.name))
+        return self.rule(rule.name)
+
+    def remove_rule(self, name: str) -> None:
+        """Remove a run-time rule. KeyError if there is no rule of that name; RuleError for a
+        preset or a config file's rule, which are switched off instead."""
+        if name in _PRESET_KEYS:
+            raise RuleError("name", f"{name!r} is a preset: switch it off instead")
+        if any(rule.name == name for rule in self._settings.rules):
+            where = f" ({self.source})" if self.source else ""
+            raise RuleError(
+                "name",
+                f"{name!r} comes from the config file{where}: switch it off, or edit the"
+                " config file to remove it",
+            )
+        if not any(rule.name == name for rule in self._runtime):
+            raise KeyError(name)
+        self._runtime = [rule for rule in self._runtime if rule.name != name]
+        self._toggles.pop(name, None)
+        self._new_policy(same_random=True)
+        self._events.publish(RulesChanged("removed", name))
+
+    def apply_settings(self, settings: Settings) -> None:
+        """A reloaded config: its rules replace the old config rules, from each connection's
+        next command. Switches and run-time rules stay. A run-time rule whose name the new
+        config now uses is removed (the file wins: it is what the user edits and keeps), with
+        a warning and a RulesChanged("removed") before the RulesChanged("reloaded")."""
+        old = self._settings
+        self._settings = settings
+        self.source = settings.source
+        config = {rule.name for rule in settings.rules}
+        displaced = [rule.name for rule in self._runtime if rule.name in config]
+        for name in displaced:
+            log.warning(
+                "fault rule %r from the reloaded config replaces the run-time rule of that name",
+                name,
+            )
+            self._toggles.pop(name, None)  # it switched the run-time rule, not the file's
+        self._runtime = [rule for rule in self._runtime if rule.name not in config]
+        names = {rule.name for rule in (*preset_rules(), *settings.rules, *self._runtime)}
+        self._toggles = {name: on for name, on in self._toggles.items() if name in names}
+        if displaced or settings.rules != old.rules or settings.faults.seed != old.faults.seed:
+            self._new_policy()
+            for name in displaced:
+                self._events.publish(RulesChanged("removed", name))
+            self._events.publish(RulesChanged("reloaded"))
+
+    def _in_force(self) -> list[Rule]:
+        """Presets (off unless switched on), the config's rules, run-time rules; the switches
+        applied."""
+        return [
+            dataclasses.replace(rule, enabled=self._toggles.get(rule.name, rule.enabled))
+            for rule in (*preset_rules(), *self._settings.rules, *self._runtime)
+        ]
+
+    def _new_policy(self, *, same_random: bool = False) -> None:
+        policy = Policy(self._in_force(), self._settings.faults.seed)
+        policy.carry_over(self._policy, same_random=same_random)
+        self._policy = policy
+
+    # ---- the gate
+
+    def active_at(self, stage: str) -> bool:
+        """Whether any rule switched on is for `stage`: when none is (nearly always), the
+        caller need not build a Context."""
+        return stage in self._policy.stages
+
+    def consider(self, stage: str, context: Context, session_id: int) -> Verdict | None:
+        """Which rules fire for the reply about to be sent at `stage` (context.stage) of
+        session `session_id`, and what is to be done; None when none fires. Hits are counted
+        and each firing is published (FaultFired) and logged."""
+        policy = self._policy
+        if stage not in policy.stages:
+            return None
+        decision = policy.decide(context)
+        if decision is None:
+            return None
+        answer = decision.answer
+        notes = []
+        wanted = self._events.wants(FaultFired)
+        for rule in decision.fired:
+            reply = f"{rule.reply}" if rule.reply and rule is answer else None
+            delay = f" after {rule.delay:g}s" if rule.delay else ""
+            notes.append(
+                f"fault {rule.name!r} fired at {stage}: {rule.action}"
+                f"{f' {reply}' if reply else ''}{delay}"
+            )
+            log.info(
+                "session %s: fault %r fired at %s (%s)", session_id, rule.name, stage, rule.action
+            )
+            if wanted:
+                self._events.publish(
+                    FaultFired(session_id, rule.name, stage, rule.action, reply, now_ms())
+                )
+        lines = tuple(decision.reply_lines)
+        then: Then = "carry_on"
+        if answer is not None:
+            if answer.action == "drop" or (answer.action == "disconnect" and not lines):
+                then = "drop"
+            elif answer.action == "disconnect":
+                then = "close"
+        return Verdict(
+            reply_lines=lines,
+            then=then,
+            delay=decision.delay,
+            notes=tuple(notes),
+            fired=tuple(rule.name for rule in decision.fired),
+            action=answer.action if answer is not None else "delay",
+        )
