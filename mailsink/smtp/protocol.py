@@ -18,14 +18,15 @@ import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, LoginPassword, Session, TLSSetupException, syntax
 
-from mailsink.faults.policy import Context, Decision
+from mailsink.clock import now_ms
+from mailsink.events import LiveSession
 from mailsink.mail.addresses import has_control_character
 from mailsink.smtp import replies
+from mailsink.smtp.aiosmtpd_contract import confirm_live_settings, live_setting, watch_live_settings
 from mailsink.smtp.params import mail_params, rcpt_params
 from mailsink.smtp.transcript import CLIENT, DATA, NOTE, SERVER, Transcript, redact
-from mailsink.store.db import now_ms
 
 if TYPE_CHECKING:
     from mailsink.smtp.server import SmtpServer
@@ -69,14 +70,17 @@ class SinkEnvelope(Envelope):
         self.rcpt_params: list[list[str]] = []
 
 
-def _live(read: Any) -> property:
-    """A setting read from the server's current config at each use, so a reload applies to the
-    next command of open connections too. aiosmtpd's own assignment in __init__ is ignored."""
-    return property(read, lambda self, value: None)
-
-
-# Returned by `fault` when the connection was closed without a reply.
+# The reply to "send" once the connection was closed without one (a fault's drop).
 NO_REPLY = ""
+
+
+def auth_user(session: Session | None) -> str | None:
+    if session is None or not session.authenticated:
+        return None
+    data = session.auth_data
+    if isinstance(data, LoginPassword):
+        return data.login.decode("utf-8", "replace")
+    return str(data) if data is not None else None
 
 
 def format_peer(peer: Any) -> str:
@@ -102,7 +106,8 @@ def introspected_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
 
 
 class SmtpConnection(SMTP):
-    """One client connection."""
+    """One client connection. It speaks; what it answers is decided by the handler
+    (mailsink.smtp.handler), which asks the fault controls before each reply they may refuse."""
 
     def __dir__(self) -> list[str]:
         # aiosmtpd's __init__ looks for its auth_ and smtp_ methods with dir() and
@@ -115,26 +120,32 @@ class SmtpConnection(SMTP):
     # DATA arrive in big blocks.
     line_length_limit = 64 * 1024
 
-    hostname = _live(lambda self: self.server.settings.smtp.hostname)
-    data_size_limit = _live(lambda self: self.server.settings.smtp.max_message_size)
-    _timeout_duration = _live(lambda self: self.server.settings.smtp.timeout)
+    # aiosmtpd's __init__ assigns these and its code reads them (see aiosmtpd_contract.py).
+    hostname = live_setting(lambda self: self.server.settings.smtp.hostname)
+    data_size_limit = live_setting(lambda self: self.server.settings.smtp.max_message_size)
+    _timeout_duration = live_setting(lambda self: self.server.settings.smtp.timeout)
     # TLS from STARTTLS or from an implicit-TLS listener both count.
-    _auth_require_tls = _live(
+    _auth_require_tls = live_setting(
         lambda self: not self.server.settings.auth.allow_insecure and not self.tls
     )
-    require_starttls = _live(
+    require_starttls = live_setting(
         lambda self: self.server.settings.tls.require and self.tls_context is not None
     )
 
     def __init__(self, handler: Any, server: SmtpServer, **kwargs: Any):
         self.server = server  # before aiosmtpd's __init__, which sets the live settings above
+        # A class's first connection checks that aiosmtpd assigned every live setting.
+        first = watch_live_settings(self)
         super().__init__(handler, **kwargs)
+        if first:
+            confirm_live_settings(self)
         self.session_id = 0
         self.started_at = 0
         self.transcript = Transcript(self._progress_due)
         self._progress: asyncio.TimerHandle | None = None  # the next progress write
         self.tls = False
         self.end_reason: str | None = None
+        self.ended_at: int | None = None
         self.in_data = False  # reading DATA or waiting for its commit
         self.closing = False  # server shutdown: close after the reply in flight
         self.message_ids: list[int] = []
@@ -171,6 +182,7 @@ class SmtpConnection(SMTP):
         assert self.session is not None
         self.session_id = self.server.store.new_session_id()
         self.started_at = now_ms()
+        self.transcript.publish_to(self.server.events, self.session_id)
         self.server.session_started(self)
 
     @property
@@ -183,6 +195,28 @@ class SmtpConnection(SMTP):
         if self.in_data:
             return "DATA"
         return self._command or "connected"
+
+    def snapshot(self) -> LiveSession:
+        """The session as this connection knows it now, frozen (for faces: no protocol object
+        leaves mailsink.smtp)."""
+        session = self.session
+        ended = self._ended
+        return LiveSession(
+            id=self.session_id,
+            peer=self.peer,
+            started_at=self.started_at,
+            helo=(session.host_name or None) if session else None,
+            state=self.state,
+            tls=self.tls,
+            auth_user=auth_user(session),
+            last_reply=self.last_reply,
+            faults_fired=self.faults_fired,
+            message_ids=tuple(self.message_ids),
+            transcript_lines=self.transcript.count,
+            unwritten=tuple(self.transcript.uncommitted()),
+            end_reason=self.end_reason if ended else None,
+            ended_at=self.ended_at if ended else None,
+        )
 
     def _progress_due(self) -> None:
         if self._progress is None and not self._ended:
@@ -205,6 +239,7 @@ class SmtpConnection(SMTP):
             self.end_reason = "aborted" if self.in_data else "client_closed"
         if self.end_reason in ("aborted", "client_closed"):
             self.transcript.add(NOTE, "connection closed by the client")
+        self.ended_at = now_ms()
         try:
             self.server.session_ended(self)
         finally:
@@ -320,7 +355,7 @@ class SmtpConnection(SMTP):
     # ---- the command loop
 
     async def _handle_client(self) -> None:
-        refusal = await self.fault("connect")
+        refusal = await self.event_handler.refuse_connect(self)
         if refusal == NO_REPLY:
             return
         if refusal is not None:
@@ -485,59 +520,28 @@ class SmtpConnection(SMTP):
         except Exception:  # the stdlib address parser raises on some malformed input
             return None, None
 
-    # ---- injected faults, authentication
+    # ---- speaking for the handler (injected faults), authentication
 
-    def context(self, stage: str, **known: Any) -> Context:
-        """What a fault rule can match on at this point of the session."""
-        session = self.session
-        envelope: SinkEnvelope = self.envelope  # type: ignore[assignment]
-        peer = session.peer if session else None
-        defaults: dict[str, Any] = {
-            "peer_ip": str(peer[0]) if isinstance(peer, tuple) else "",
-            "helo": session.host_name if session else None,
-            "authenticated": bool(session and session.authenticated),
-            "sender": envelope.mail_from if envelope.mail_given else None,
-            "recipients": tuple(envelope.rcpt_tos),
-        }
-        return Context(stage=stage, **{**defaults, **known})
+    async def wait(self, seconds: float) -> None:
+        """mailsink's own wait before a reply (a fault's delay): the idle timeout measures
+        the client, not mailsink, so it stops meanwhile."""
+        self._pause_timeout()
+        await asyncio.sleep(seconds)
+        self._reset_timeout()
 
-    async def fault(self, stage: str, **known: Any) -> str | None:
-        """Apply the fault rules for this reply: wait, and return the reply to send instead
-        (NO_REPLY when the connection was closed), or None to carry on."""
-        return self.answer(await self.consider(stage, **known))
-
-    async def consider(self, stage: str, **known: Any) -> Decision | None:
-        """Which rules fire: recorded in the transcript, and their delays waited out.
-        `known` adds to the context: what the reply is about (the address, the size, ...)."""
-        policy = self.server.policy
-        if stage not in policy.stages:
-            return None  # the common case: no rule for this stage, no context to build
-        decision = policy.decide(self.context(stage, **known))
-        if decision is None:
-            return None
-        self._record_fault(decision, stage)
-        if decision.delay:
-            # The idle timeout measures the client, not mailsink's own waits.
-            self._pause_timeout()
-            await asyncio.sleep(decision.delay)
-            self._reset_timeout()
-        return decision
-
-    def answer(self, decision: Decision | None) -> str | None:
-        """Carry out a decision's answer: the reply to send, NO_REPLY, or None to carry on."""
-        rule = decision.answer if decision else None
-        if rule is None or decision is None or self.transport is None:
-            return None
-        lines = decision.reply_lines
-        if rule.action == "drop" or (rule.action == "disconnect" and not lines):
-            self.end_reason = f"fault_{rule.action}"
-            self.transport.close()
-            return NO_REPLY
-        if rule.action == "disconnect":
-            self.end_reason = "fault_disconnect"
+    def reply_as_configured(self, lines: tuple[str, ...], *, then_close: bool = False) -> str:
+        """The reply to send exactly as written (no enhanced code added, multi-line as given),
+        and with `then_close` the connection closed after it."""
+        if then_close:
             self._close_after_reply = True
         self._fault_reply = "\r\n".join(lines)
         return self._fault_reply
+
+    def drop(self) -> str:
+        """Close the connection without a word; returns NO_REPLY, the reply not to send."""
+        if self.transport is not None:
+            self.transport.close()
+        return NO_REPLY
 
     def _note_unfinished_data(self, pending: bytes | None = None) -> None:
         """The session ends in the middle of DATA: say how much arrived, and whether its lines
@@ -557,22 +561,6 @@ class SmtpConnection(SMTP):
         """Something mailsink observed, for the transcript."""
         self._record_auth_response()
         self.transcript.add(NOTE, text)
-
-    def _record_fault(self, decision: Decision, stage: str) -> None:
-        for rule in decision.fired:
-            self.faults_fired += 1
-            what = f" {rule.reply}" if rule.reply and rule is decision.answer else ""
-            delay = f" after {rule.delay:g}s" if rule.delay else ""
-            self.transcript.add(
-                NOTE, f"fault {rule.name!r} fired at {stage}: {rule.action}{what}{delay}"
-            )
-            log.info(
-                "session %s: fault %r fired at %s (%s)",
-                self.session_id,
-                rule.name,
-                stage,
-                rule.action,
-            )
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         """[auth] mode = "required": the transaction needs AUTH first (HELP, VRFY, NOOP do not)."""
@@ -614,7 +602,7 @@ class SmtpConnection(SMTP):
         if self.server.settings.auth.mode == "off":
             await self.push("502 5.5.1 Error: AUTH is not available")
             return
-        reply = await self.fault("auth")
+        reply = await self.event_handler.refuse_auth(self)
         if reply is not None:
             await self.push(reply)
             return
