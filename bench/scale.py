@@ -5,7 +5,7 @@
     python bench/scale.py --big                                       # one 25 MB message + traffic
     python bench/scale.py --tui [--messages N]                        # the TUI on the filled store
 
-The default run fills a fresh store in-process (the writer thread and the operations the server
+The default run fills a fresh store in-process (its writer process and the operations the server
 uses, without SMTP), then times the store commands as whole processes and in-process, then the
 writer's pruning when max_messages is lowered below what the store holds. `--ingest`, `--big` and
 `--tui` run only their own phase (`--ingest` and `--big` each start `mailsink serve` on a fresh
@@ -48,15 +48,8 @@ from typing import TYPE_CHECKING, Any
 import ingest  # bench/ingest.py: the SMTP client steps, server process helpers, machine info
 
 from mailsink.mail.envelope import Envelope
-from mailsink.store.db import (
-    IncomingMessage,
-    SessionEvent,
-    Store,
-    Stored,
-    store_message,
-    update_session,
-)
-from mailsink.store.reader import Reader
+from mailsink.store import IncomingMessage, Reader, SessionEvent, Store, Stored
+from mailsink.store.operations import store_message, update_session
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -1409,7 +1402,7 @@ def tui_child(db: str) -> dict[str, Any]:
     # Imported before the first RSS mark: the growth is the app's and the rows'.
     import mailsink.tui.app  # noqa: F401
     from mailsink.run import loop_factory
-    from mailsink.store.db import StoreError
+    from mailsink.store import StoreError
 
     # As `mailsink tui` runs it (mailsink.tui.app.run): its loop, a 1 ms GIL switch interval.
     factory = loop_factory()

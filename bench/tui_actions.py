@@ -150,8 +150,8 @@ async def switch(size: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(settings(Path(tmp) / "mail.db", size + 1_000_000))
         async with app.run_test(size=SIZE):
-            assert app.backend.server is not None
-            port = app.backend.server.port
+            assert app.sink.server is not None
+            port = app.sink.server.port
             listing = app.main.message_list
             # Newest first: row 0 small, 1 attachment, 2 small, 3 plain text, 4 and 5 small,
             # 6 a text of one line.

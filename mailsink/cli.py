@@ -198,7 +198,9 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
         if view == "raw":
             raw = reader.get_raw(message_id) or b""
             if sys.stdout.isatty():
-                click.echo(output.terminal_safe(raw.decode("utf-8", "replace")), nl=False)
+                from mailsink.text import visible_block
+
+                click.echo(visible_block(raw.decode("utf-8", "replace")), nl=False)
             else:
                 sys.stdout.buffer.write(raw)
                 sys.stdout.flush()
@@ -290,8 +292,11 @@ def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, o
 @store_options
 def clear(config: str | None, db: str | None) -> None:
     """Delete every message and every finished session in the store."""
-    with _reader(config, db) as reader:
-        count = reader.clear()
+    from mailsink.store import operations, run_here
+
+    # In a transaction of its own: a server may be writing to the store meanwhile (SQLite's
+    # lock makes them take turns), and this process has no writer of its own to hand it to.
+    count = run_here(_settings(config, db=db).storage.path, operations.clear)
     click.echo(f"deleted {count} message(s)")
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from datetime import datetime
 from typing import Any
 
+from mailsink.clock import iso_ms, local_time
 from mailsink.config import Settings
 from mailsink.mail.parse import MimePart, ParsedMessage
-from mailsink.store.reader import MessageRecord, SessionRecord, iso_ms
+from mailsink.store.reader import MessageRecord, SessionRecord
 from mailsink.text import BEYOND_C0, characters, visible, visible_block
 from mailsink.units import format_bytes
 
@@ -30,18 +30,6 @@ def to_json(data: Any) -> str:
     """JSON for a terminal: readable UTF-8, with what could disguise or drive it escaped."""
     text = json.dumps(data, indent=2, ensure_ascii=False)
     return text.translate(_JSON_ESCAPES) if _JSON_ESCAPED.search(text) else text
-
-
-def terminal_safe(text: str) -> str:
-    return visible_block(text)
-
-
-def local_time(ms: int | None, *, with_ms: bool = False) -> str:
-    if ms is None:
-        return "-"
-    moment = datetime.fromtimestamp(ms / 1000)
-    stamp = moment.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{stamp}.{ms % 1000:03d}" if with_ms else stamp
 
 
 def _cut(text: str, width: int) -> str:
@@ -67,7 +55,7 @@ def message_table(records: list[MessageRecord]) -> str:
         rows.append(
             [
                 str(r.id),
-                local_time(r.received_at),
+                local_time(r.received_at, missing="-"),
                 # Addresses: no emoji sequence kept (see text.visible).
                 visible(r.envelope.mail_from or "<>", emoji=False),
                 visible(", ".join(r.envelope.rcpt_to), emoji=False),
@@ -82,7 +70,7 @@ def message_table(records: list[MessageRecord]) -> str:
 
 
 def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]:
-    """The JSON contract of DESIGN.md for `show --json`."""
+    """What `show --json` prints: the contract in README's JSON section."""
     findings = list(record.findings)
     known = {f["detail"] for f in findings}
     # Defects in the body are only seen by the full parse, which runs on demand.
@@ -127,7 +115,7 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
     data = message_json(record, parsed)
     envelope, headers = record.envelope, record.headers
     lines = [
-        f"Message {record.id}  {record.status}  {local_time(record.received_at)}  "
+        f"Message {record.id}  {record.status}  {local_time(record.received_at, missing='-')}  "
         f"{format_bytes(record.size)}  session {record.session_id}",
         "",
         "Envelope (what SMTP said)",
@@ -190,7 +178,7 @@ def session_table(records: list[SessionRecord]) -> str:
     rows = [
         [
             str(r.id),
-            local_time(r.started_at),
+            local_time(r.started_at, missing="-"),
             r.peer,
             r.helo or "-",
             r.end_reason or "live",
@@ -210,7 +198,7 @@ def transcript(record: SessionRecord) -> str:
     state = record.end_reason or "live"
     lines = [
         f"Session {record.id}  {visible(record.peer)}  HELO {visible(record.helo or '-')}  "
-        f"started {local_time(record.started_at)}  ended: {state}  "
+        f"started {local_time(record.started_at, missing='-')}  ended: {state}  "
         f"messages: {', '.join(map(str, record.message_ids)) or 'none'}",
         "",
     ]

@@ -13,14 +13,14 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailsink.config import ConfigError, Settings, load
+from mailsink.events import ConfigRejected, ConfigReloaded
 
 if TYPE_CHECKING:
-    from mailsink.smtp.server import SmtpServer
+    from mailsink.sink import Sink
 
 log = logging.getLogger("mailsink")
 
@@ -147,16 +147,16 @@ def _plan(path: Path) -> _Plan:
 
 
 class ConfigWatcher:
-    """Reloads `path` into `server` whenever it changes; `overrides` are the command line's."""
+    """Reloads `path` into `sink` (mailsink.sink.Sink) whenever it changes, and tells the
+    sink's subscribers (ConfigReloaded, ConfigRejected); `overrides` are the command line's."""
 
-    def __init__(self, path: Path, server: SmtpServer, **overrides: Any):
+    def __init__(self, path: Path, sink: Sink, **overrides: Any):
         # Not resolved: a symlinked config is followed anew on every change.
         self.path = Path(os.path.abspath(path))
-        self.server = server
+        self.sink = sink
         self.overrides = overrides
         self.error: str | None = None  # the last edit that could not be applied
         self.reloads = 0
-        self.listeners: list[Callable[[ConfigWatcher], None]] = []
         self._identity: tuple[Any, ...] | None = None
         self._present = True  # the file existed when last looked at
 
@@ -168,23 +168,22 @@ class ConfigWatcher:
             if error.reason == "file not found":
                 return False  # mid-rename: the new file is about to appear
             log.error("config not applied, keeping the previous one: %s", error)
-            self.error = str(error)
-            self._notify()
+            self._rejected(str(error))
             return False
         new = new.with_overrides(**self.overrides)
-        applied, restart = differences(self.server.settings, new)
-        self.server.apply_settings(keep_restart_settings(self.server.settings, new))
+        applied, restart = differences(self.sink.settings, new)
+        self.sink.apply_settings(keep_restart_settings(self.sink.settings, new))
         log.info("config reloaded from %s: %s", self.path, "; ".join(applied) or "no changes")
         for change in restart:
             log.warning("config: %s needs a restart of mailsink to take effect", change)
         self.error = None
         self.reloads += 1
-        self._notify()
+        self.sink.events.publish(ConfigReloaded(str(self.path), tuple(applied), tuple(restart)))
         return True
 
-    def _notify(self) -> None:
-        for listener in self.listeners:
-            listener(self)
+    def _rejected(self, error: str) -> None:
+        self.error = error
+        self.sink.events.publish(ConfigRejected(str(self.path), error))
 
     async def _look(self, plan: _Plan, changed: bool) -> None:
         """Act on the file as `plan` found it; `changed`: the watch reported a change to it."""
@@ -193,8 +192,7 @@ class ConfigWatcher:
                 self._present = False
                 self._identity = None
                 log.warning("config file %s was deleted; keeping the current settings", self.path)
-                self.error = f"{self.path} was deleted; keeping the current settings"
-                self._notify()
+                self._rejected(f"{self.path} was deleted; keeping the current settings")
             return
         if not self._present:
             self._present = True

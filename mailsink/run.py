@@ -1,23 +1,17 @@
-"""Headless server run: the store, the listener, signals, clean shutdown."""
+"""Running mailsink without a UI (`mailsink serve`): logging, the event loop, signals."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from mailsink.config import Settings
-from mailsink.errors import ListenError
-from mailsink.store.db import MEMORY, Store
-
-if TYPE_CHECKING:
-    from mailsink.reload import ConfigWatcher
-    from mailsink.smtp.server import SmtpServer
+from mailsink.sink import Sink
 
 log = logging.getLogger("mailsink")
 
@@ -33,53 +27,11 @@ def configure_logging() -> None:
     logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    settings: Settings, overrides: dict[str, Any] | None = None
-) -> AsyncIterator[tuple[SmtpServer, ConfigWatcher | None]]:
-    """The store, the listener and (with a config file) its watcher, on the running loop.
-
-    Leaving stops the listener and lets messages in flight finish. With a config file, edits to
-    it are applied live; `overrides` (the command line's --host, --port, --db) keep winning."""
-    from mailsink.reload import ConfigWatcher
-    from mailsink.smtp.server import SmtpServer
-
-    storage = settings.storage
-    store = await asyncio.to_thread(Store, storage.path, storage.max_messages)
-    log.info("store: %s", "in memory (nothing is kept)" if storage.path == MEMORY else store.path)
-    server = SmtpServer(settings, store)
-    stop_watching = asyncio.Event()
-    watching = None
-    try:
-        try:
-            await server.start()
-        except OSError as error:
-            smtp = settings.smtp
-            raise ListenError(
-                f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
-            ) from None
-        watcher = None
-        if settings.source is not None:
-            watcher = ConfigWatcher(settings.source, server, **(overrides or {}))
-            watching = asyncio.create_task(watcher.run(stop_watching))
-            log.info("watching %s for changes", settings.source)
-        try:
-            yield server, watcher
-        finally:
-            log.info("shutting down: finishing messages in flight")
-            stop_watching.set()
-            await server.stop()
-            if watching is not None:
-                watching.cancel()
-    finally:
-        await asyncio.to_thread(store.close)
-
-
 async def serve(
     settings: Settings, stop: asyncio.Event | None = None, overrides: dict[str, Any] | None = None
 ) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM when it is not given)."""
-    async with serving(settings, overrides):
+    async with Sink.serving(settings, overrides):
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

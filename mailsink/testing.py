@@ -12,6 +12,8 @@ the store, so a test can read it straight away.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import threading
 import time
@@ -20,17 +22,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailsink.config import Settings, SmtpSettings, StorageSettings, load
-from mailsink.reload import ConfigWatcher
+from mailsink.events import ALL_KINDS, LiveSession
 from mailsink.run import loop_factory
-from mailsink.smtp.server import SmtpServer
-from mailsink.store.db import Store
-from mailsink.store.reader import Reader
+from mailsink.sink import Sink
+from mailsink.store import Reader
 
 T = TypeVar("T")
 
 
 class RunningSink:
-    """`config` (a TOML file) is loaded and then watched, as `mailsink serve --config` does."""
+    """`config` (a TOML file) is loaded and then watched, as `mailsink serve --config` does.
+
+    `sink` is the running mailsink.sink.Sink (started exactly as `mailsink serve` starts it);
+    `server`, `store` and `watcher` are its parts."""
 
     def __init__(
         self,
@@ -52,43 +56,64 @@ class RunningSink:
         self.port = 0
         self.loop = (loop_factory() or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.store: Store | None = None
-        self.server: SmtpServer | None = None
-        self.watcher: ConfigWatcher | None = None
-        self._stop_watching = asyncio.Event()
+        self.sink: Sink | None = None
+        self._stopping: asyncio.Event | None = None
+        self._serving: concurrent.futures.Future[None] | None = None
 
     def _call(self, coroutine: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    @property
+    def server(self) -> Any:
+        return self.sink.server if self.sink is not None else None
+
+    @property
+    def store(self) -> Any:
+        return self.sink.store if self.sink is not None else None
+
+    @property
+    def faults(self) -> Any:
+        return self.sink.faults if self.sink is not None else None
+
+    @property
+    def watcher(self) -> Any:
+        return self.sink.watcher if self.sink is not None else None
+
     def start(self) -> RunningSink:
         self._thread.start()
+        started: concurrent.futures.Future[Sink] = concurrent.futures.Future()
 
-        async def start() -> None:
-            storage = self.settings.storage
-            self.store = Store(storage.path, storage.max_messages)
-            self.server = SmtpServer(self.settings, self.store)
-            await self.server.start()
-            if self.config is not None:
-                self.watcher = ConfigWatcher(self.config, self.server, port=0, db=str(self.db))
-                self._watching = asyncio.ensure_future(self.watcher.run(self._stop_watching))
-                await asyncio.sleep(0.2)  # let the watch begin before a test edits the file
+        async def serve() -> None:
+            self._stopping = asyncio.Event()
+            overrides = {"port": 0, "db": self.db} if self.config is not None else None
+            try:
+                async with Sink.serving(self.settings, overrides) as sink:
+                    started.set_result(sink)
+                    await self._stopping.wait()
+            except BaseException as error:
+                if not started.done():
+                    started.set_exception(error)
+                raise
 
-        self._call(start())
-        assert self.server is not None and self.store is not None
-        self.host, self.port = self.server.addresses[0][:2]
-        self.db = self.store.path
+        self._serving = asyncio.run_coroutine_threadsafe(serve(), self.loop)
+        self.sink = started.result(30)
+        if self.config is not None:
+            time.sleep(0.2)  # let the watch begin before a test edits the file
+        self.host, self.port = self.sink.addresses[0][:2]
+        self.db = self.sink.path
         return self
 
     def stop(self, grace: float = 10.0) -> None:
-        self.loop.call_soon_threadsafe(self._stop_watching.set)
-        if self.server is not None:
-            self._call(self.server.stop(grace))
-        if self.store is not None:
-            self.store.close()
+        if self._serving is not None and self._stopping is not None:
+            if self.sink is not None and self.sink.server is not None:
+                self._call(self.sink.server.stop(grace))
+            self.loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(Exception):
+                self._serving.result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-        self.server = self.store = None
+        self.sink = None
 
     def __enter__(self) -> RunningSink:
         return self.start()
@@ -99,9 +124,18 @@ class RunningSink:
     def reader(self) -> Reader:
         return Reader(self.db)
 
-    def live_sessions(self) -> int:
-        assert self.server is not None
-        return len(self.server.sessions)
+    def live_sessions(self) -> list[LiveSession]:
+        """Snapshots of the sessions being served (and those just ended, not yet committed)."""
+        assert self.sink is not None
+        return self._call(_on_loop(self.sink.live_sessions))
+
+    def events(self, *kinds: type) -> Events:
+        """A subscription to the sink's events (all kinds when none is given), read from the
+        test's thread: `events.next(timeout)`, `events.until(kind, timeout)`."""
+        assert self.sink is not None
+        sink = self.sink
+        subscription = self._call(_on_loop(lambda: sink.subscribe(*(kinds or ALL_KINDS))))
+        return Events(self, subscription)
 
     def wait_for(self, query: Callable[[Reader], T], timeout: float = 5.0) -> T:
         """Poll the store until `query` returns something truthy (e.g. a session's end)."""
@@ -112,3 +146,38 @@ class RunningSink:
             if result or time.monotonic() > deadline:
                 return result
             time.sleep(0.02)
+
+
+async def _on_loop(function: Callable[[], T]) -> T:
+    return function()
+
+
+class Events:
+    """A sink's events, for a test's (synchronous) thread."""
+
+    def __init__(self, running: RunningSink, subscription: Any):
+        self._running = running
+        self._subscription = subscription
+
+    def next(self, timeout: float = 5.0) -> Any:
+        """The next event; TimeoutError when none comes within `timeout` seconds."""
+        return self._running._call(asyncio.wait_for(self._subscription.get(), timeout), timeout + 5)
+
+    def until(self, kind: type, timeout: float = 5.0) -> list[Any]:
+        """Every event up to and including the first of `kind`."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            event = self.next(max(0.01, deadline - time.monotonic()))
+            seen.append(event)
+            if isinstance(event, kind):
+                return seen
+
+    def close(self) -> None:
+        self._running.loop.call_soon_threadsafe(self._subscription.close)
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

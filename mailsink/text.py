@@ -32,7 +32,8 @@ INVISIBLE = "\x00-\x1f" + BEYOND_C0  # what a file name may not hold
 
 def characters(ranges: str) -> list[str]:
     """The characters of a regular-expression class body such as "a-z0" (no escapes)."""
-    found, at = [], 0
+    found: list[str] = []
+    at = 0
     while at < len(ranges):
         if at + 2 < len(ranges) and ranges[at + 1] == "-":
             found += map(chr, range(ord(ranges[at]), ord(ranges[at + 2]) + 1))

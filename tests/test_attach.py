@@ -24,7 +24,8 @@ from tui_support import log_text, run, send, settings_for, text_of, wait_until
 
 from mailsink.config import Settings, StorageSettings
 from mailsink.mail.envelope import Envelope
-from mailsink.store.db import IncomingMessage, Store, insert_message, server_running
+from mailsink.store import IncomingMessage, Store, run_here, server_running
+from mailsink.store.operations import clear, insert_message
 from mailsink.store.reader import Reader, Serving
 from mailsink.testing import RunningSink
 from mailsink.tui.app import MailsinkApp, RecentLog, create_app
@@ -275,8 +276,7 @@ def test_the_kept_size_follows_the_store_down_and_raising_the_limit_prunes_nothi
             for n in range(3):
                 client.sendmail("a@x.test", ["b@x.test"], message(subject=f"new{n}"))
         assert len(subjects(db)) == 50  # raised to 30: still the 50 it had, one for one
-        with sink.reader() as reader:
-            reader.clear()
+        run_here(str(db), clear)
         with smtplib.SMTP(sink.host, sink.port) as client:
             for n in range(35):
                 client.sendmail("a@x.test", ["b@x.test"], message(subject=f"after{n}"))
@@ -509,7 +509,7 @@ def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_pa
 
     async def own() -> None:
         async with tui(settings_for(db, config), size=(80, 24)) as (app, pilot):
-            server = app.backend.server
+            server = app.sink.server
             assert server is not None and len(server.addresses) == 2
             await pilot.pause()
             row = _status_row(app)
@@ -527,7 +527,7 @@ def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_pa
 def test_a_progress_write_sent_again_after_the_end_changes_nothing(tmp_path):
     """A write a dead writer took with it is sent again to the next one, and can arrive after
     the session's end: the end's values stay (and an ended session has no state)."""
-    from mailsink.store.db import insert_session, update_session
+    from mailsink.store.operations import insert_session, update_session
 
     async def scenario() -> None:
         store = Store(str(tmp_path / "mail.db"))

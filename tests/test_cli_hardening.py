@@ -19,7 +19,7 @@ from conftest import CliResult, message, run_cli
 from tui_support import run, settings_for
 
 from mailsink.config import MAX_CONFIG_SIZE, ConfigError, load
-from mailsink.store.db import Store, StoreError, StoreLocked
+from mailsink.store import Store, StoreError, StoreLocked
 from mailsink.store.reader import Reader
 from mailsink.testing import RunningSink
 from mailsink.tui.app import create_app

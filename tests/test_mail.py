@@ -241,7 +241,7 @@ def test_attachment_names_fit_the_file_system(tmp_path):
 
 
 def test_attachment_hint_at_ingest():
-    from mailsink.store.db import has_attachment_hint
+    from mailsink.store.operations import has_attachment_hint
 
     assert has_attachment_hint(b"Content-Disposition: ATTACHMENT\r\n\r\nx")
     assert has_attachment_hint(b'Content-Disposition: inline; filename="a.png"\r\n')

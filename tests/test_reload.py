@@ -74,7 +74,7 @@ def test_editors_that_write_and_rename_are_followed(watched):
         os.replace(temporary, config)
         wait_until(lambda r=round_: sink.watcher.reloads == r + 1)
     assert sink.server.settings.rules == ()
-    assert not [rule for rule in sink.server.policy.rules if rule.enabled]  # presets stay off
+    assert not [rule for rule in sink.faults.policy.rules if rule.enabled]  # presets stay off
 
 
 def test_settings_that_need_a_restart_say_so_and_keep_their_value(watched, caplog):

@@ -33,6 +33,7 @@ from tui_support import (
     wait_until,
 )
 
+from mailsink.store import operations, run_here
 from mailsink.store.reader import Reader
 from mailsink.tui import render
 from mailsink.tui.app import MailsinkApp, create_app
@@ -72,8 +73,8 @@ def test_send_open_hidden_recipient_then_550_preset_rejects_and_sessions_show_it
             await pilot.press("f")
             assert isinstance(app.screen, FaultsScreen)
             await pilot.press("2")
-            assert app.backend.server is not None
-            rules = app.backend.server.policy.rules
+            assert app.sink.server is not None
+            rules = app.sink.faults.policy.rules
             assert [r.name for r in rules if r.enabled] == ["preset: 550 5.7.1 not permitted"]
             await pilot.press("escape")
             assert "faults: 1 on" in screen_text(app)
@@ -104,8 +105,8 @@ def test_new_mail_moves_neither_selection_nor_scroll(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
             listing = app.main.message_list
-            assert app.backend.server is not None
-            port = app.backend.server.port
+            assert app.sink.server is not None
+            port = app.sink.server.port
 
             def burst(count: int, start: int) -> None:
                 with smtplib.SMTP("127.0.0.1", port) as client:
@@ -185,7 +186,7 @@ def test_filter_findings_toggle_delete_and_clear(tmp_path, monkeypatch):
             await wait_until(pilot, lambda: listing.count == 2)
 
             def stored() -> list[int]:
-                with Reader(app.backend.db_path) as reader:
+                with Reader(app.sink.path) as reader:
                     return reader.message_ids()
 
             await wait_until(pilot, lambda: len(stored()) == 2)
@@ -197,7 +198,7 @@ def test_filter_findings_toggle_delete_and_clear(tmp_path, monkeypatch):
             assert listing.count == 2
             await pilot.press("D", "y")
             await wait_until(pilot, lambda: listing.count == 0)
-            with Reader(app.backend.db_path) as reader:
+            with Reader(app.sink.path) as reader:
                 assert reader.message_ids() == []
             assert "No messages yet." in screen_text(app)
 
@@ -258,7 +259,7 @@ def test_parts_save_attachment_sanitized_and_export_eml(tmp_path):
             app.screen.query_one("#path").value = str(out / "eml")
             await pilot.press("enter")
             await wait_until(pilot, lambda: (out / "eml" / "1.eml").exists())
-            with Reader(app.backend.db_path) as reader:
+            with Reader(app.sink.path) as reader:
                 assert (out / "eml" / "1.eml").read_bytes() == reader.get_raw(1)
 
     run(scenario)
@@ -369,8 +370,8 @@ async def live_session_on_sessions_screen(
     app: MailsinkApp, pilot, helo: str
 ) -> tuple[RawClient, SessionsScreen]:
     """A raw client that has said EHLO, and the Sessions screen opened while it is connected."""
-    assert app.backend.server is not None
-    client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+    assert app.sink.server is not None
+    client = await asyncio.to_thread(RawClient, "127.0.0.1", app.sink.server.port)
     await asyncio.to_thread(client.command, f"EHLO {helo}")
     await pilot.press("s")
     assert isinstance(app.screen, SessionsScreen)
@@ -414,9 +415,9 @@ def test_sessions_screen_drops_a_session_cleared_as_it_ended(tmp_path):
                 ):
                     assert time.monotonic() < deadline, "the session's end was not stored"
                     time.sleep(0.01)
-                reader.clear()
+                run_here(reader.path, operations.clear)
 
-            await app.backend.read(quit_then_clear)
+            await app.sink.read(quit_then_clear)
             await wait_until(pilot, lambda: 1 not in sessions.rows)
             assert "gone.test" not in screen_text(app)
 
@@ -442,8 +443,8 @@ def test_faults_screen_toggles_config_rules_and_follows_reloads(tmp_path):
             faults.query_one("#rules").move_cursor(row=len(faults.names) - 1)
             await pilot.press("space")
             await send(app, "x@marketing.test", ["a@x.test"], message())  # now accepted
-            assert app.backend.server is not None
-            assert app.backend.server.policy.stats["no marketing"].hits == 1
+            assert app.sink.server is not None
+            assert app.sink.faults.policy.stats["no marketing"].hits == 1
 
             config.write_text(
                 config.read_text()
@@ -452,7 +453,7 @@ def test_faults_screen_toggles_config_rules_and_follows_reloads(tmp_path):
             await wait_until(pilot, lambda: "slow" in faults.names, timeout=10)
             # The switch made here outlives the reload.
             assert not next(
-                r for r in app.backend.server.policy.rules if r.name == "no marketing"
+                r for r in app.sink.faults.policy.rules if r.name == "no marketing"
             ).enabled
             await pilot.press("escape")
             await wait_until(pilot, lambda: "config reloaded" in screen_text(app))
@@ -499,8 +500,8 @@ def test_quit_lets_a_transaction_in_flight_finish(tmp_path):
 
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
-            assert app.backend.server is not None
-            port = app.backend.server.port
+            assert app.sink.server is not None
+            port = app.sink.server.port
 
             def slow_client() -> None:
                 client = RawClient("127.0.0.1", port)
@@ -652,7 +653,7 @@ def test_live_transcript_is_complete_and_in_order(tmp_path):
             await asyncio.to_thread(client.command, "QUIT")
             client.close()
             await wait_until(pilot, lambda: sessions.rows[1].state == "quit")
-            with Reader(app.backend.db_path) as reader:
+            with Reader(app.sink.path) as reader:
                 stored = reader.session_events(1)
             await wait_until(pilot, lambda: sessions.last_seq == stored[-1][0])
             log = sessions.query_one("#transcript", RichLog)
@@ -671,11 +672,11 @@ def test_deleted_elsewhere_disappears_from_the_list(tmp_path):
             listing = app.main.message_list
             await send_numbered(app, pilot, 5)
             await pilot.press("home", "down")  # message 4 selected
-            with Reader(app.backend.db_path) as other:  # as a second `mailsink tui` would
-                other.delete_message(2)
+            # As a second `mailsink tui` would:
+            assert run_here(app.sink.path, operations.delete_messages, [2]) == 1
             await wait_until(pilot, lambda: listing.count == 4)
             assert 2 not in listing.ids and listing.selected_id == 4
-            result = await asyncio.to_thread(run_cli, "clear", "--db", app.backend.db_path)
+            result = await asyncio.to_thread(run_cli, "clear", "--db", app.sink.path)
             assert result.code == 0
             await wait_until(pilot, lambda: listing.count == 0)
 
@@ -706,11 +707,11 @@ def test_catching_up_on_an_empty_filtered_list_reads_only_new_ids(tmp_path):
             await pilot.press("slash", *"nothing-matches", "enter")
             await wait_until(pilot, lambda: listing.count == 0 and listing.filter.search)
             statements: list[str] = []
-            await app.backend.read(lambda r: r.conn.set_trace_callback(statements.append))
+            await app.sink.read(lambda r: r.conn.set_trace_callback(statements.append))
             await send(app, "a@x.test", ["b@x.test"], message(subject="unmatched"))
             await send(app, "a@x.test", ["b@x.test"], message(subject="nothing-matches"))
             await wait_until(pilot, lambda: listing.count == 1)
-            await app.backend.read(lambda r: r.conn.set_trace_callback(None))
+            await app.sink.read(lambda r: r.conn.set_trace_callback(None))
             index_reads = [s for s in statements if "group_concat(id)" in s]
             assert index_reads and all(" id > " in s for s in index_reads), index_reads
 
@@ -725,7 +726,7 @@ def test_faults_screen_shows_what_is_in_force(tmp_path):
 
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db", config)) as (app, pilot):
-            server = app.backend.server
+            server = app.sink.faults
             assert server is not None
             await pilot.press("f")
             faults = app.screen

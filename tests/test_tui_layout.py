@@ -25,7 +25,8 @@ from tui_support import (
 )
 
 from mailsink.mail.envelope import Envelope
-from mailsink.store.db import IncomingMessage, Store, insert_message
+from mailsink.store import IncomingMessage, Store, run_here
+from mailsink.store.operations import delete_messages, insert_message
 from mailsink.store.reader import Reader
 from mailsink.text import visible, visible_block
 from mailsink.tui.app import MailsinkApp
@@ -284,11 +285,12 @@ def test_follow_newest_selects_each_new_message_until_switched_off(tmp_path):
             assert listing.follow and listing.cursor == 1
             app._polling = True  # hold the poll until both are in the store
             try:
-                assert await app.backend.read(Reader.delete_message, listing.ids[0])
+                first = listing.ids[0]
+                assert await app.sink.read(lambda r: run_here(r.path, delete_messages, [first]))
                 await send(app, "a@x.test", ["b@x.test"], message(subject="m4"))
             finally:
                 app._polling = False
-            newest = await app.backend.read(Reader.latest_id)
+            newest = await app.sink.read(Reader.latest_id)
             await wait_until(pilot, lambda: listing.count == 4 and listing.ids[-1] == newest)
             assert listing.cursor == 0 and listing.selected_id == newest
 
@@ -301,8 +303,8 @@ def test_the_full_screen_title_shows_joiners_in_the_sender(tmp_path):
 
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db"), size=(80, 24)) as (app, pilot):
-            assert app.backend.server is not None
-            port = app.backend.server.port
+            assert app.sink.server is not None
+            port = app.sink.server.port
             content = message(subject="zwj")
 
             def deliver() -> None:

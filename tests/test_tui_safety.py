@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import operator
 import os
 import pty
 import re
@@ -24,9 +25,12 @@ from textual import events
 from textual.widgets import Input
 from tui_support import run, send, send_numbered, settings_for, smtp_send, tui, wait_until
 
+from mailsink.errors import StoreError
 from mailsink.mail.envelope import Envelope
-from mailsink.store.db import IncomingMessage, Store, connect, insert_message, insert_session
+from mailsink.store import IncomingMessage, Store, run_here
+from mailsink.store.operations import delete_messages, insert_message, insert_session
 from mailsink.store.reader import Reader
+from mailsink.store.schema import connect
 from mailsink.tui.app import MailsinkApp, finish
 from mailsink.tui.screens import main as main_screen
 from mailsink.tui.screens.main import MainScreen
@@ -40,7 +44,7 @@ def notices(app: MailsinkApp) -> list[str]:
 
 
 def stored_ids(app: MailsinkApp) -> list[int]:
-    with Reader(app.backend.db_path) as reader:
+    with Reader(app.sink.path) as reader:
         return reader.message_ids()
 
 
@@ -180,7 +184,7 @@ def test_filtered_clear_deletes_only_the_listed_messages(tmp_path, monkeypatch):
             await pilot.press("y")
             await wait_until(pilot, lambda: "Deleted 4 messages" in notices(app))
             await wait_until(pilot, lambda: list(listing.ids) == [7])
-            with Reader(app.backend.db_path) as reader:
+            with Reader(app.sink.path) as reader:
                 assert reader.message_ids() == [7]
                 # Finished sessions go with their messages; the late one's stays with it.
                 assert [s.message_ids for s in reader.list_sessions()] == [[7]]
@@ -254,7 +258,7 @@ def test_export_never_replaces_a_file_and_says_which_it_wrote(tmp_path):
                 await wait_until(pilot, lambda name=name: (out / name).exists())
                 assert f"Exported {out / name}" in notices(app)
             assert (out / "1.eml").read_bytes() == b"mine"
-            with Reader(app.backend.db_path) as reader:
+            with Reader(app.sink.path) as reader:
                 assert (out / "1 (2).eml").read_bytes() == reader.get_raw(1)
             assert sorted(p.name for p in out.iterdir()) == ["1 (1).eml", "1 (2).eml", "1.eml"]
 
@@ -372,8 +376,8 @@ def test_undo_into_a_filter_and_clear_counts_what_it_deleted(tmp_path):
 
             await pilot.press("D")
             assert isinstance(app.screen, Confirm)
-            with Reader(app.backend.db_path) as other:  # another program, before the answer
-                assert other.delete_messages([3]) == 1
+            # Another program, before the answer:
+            assert run_here(app.sink.path, delete_messages, [3]) == 1
             await pilot.press("y")
             await wait_until(pilot, lambda: any(n.startswith("Deleted") for n in notices(app)))
             assert "Deleted 2 messages (1 of the 3 were already gone)" in notices(app)
@@ -398,9 +402,13 @@ def test_a_delete_the_locked_store_refuses_on_quit_is_said_after_the_ui(tmp_path
         async with tui(settings_for(db)) as (app, pilot):
             await send_numbered(app, pilot, 2)
             await pilot.press("home", "d")
-            # Another program holds the write lock for longer than the store waits (10 s; here
-            # 0.2 s, so that the test does not wait as long).
-            await app.backend.read(lambda reader: reader.conn.execute("PRAGMA busy_timeout = 200"))
+            # Another program holds the write lock for longer than the store's writer waits
+            # (10 s; here 0.2 s, so that the test does not wait as long). The PRAGMA's cursor
+            # cannot travel back from the writer process: that is refused, the setting stays.
+            with contextlib.suppress(StoreError):
+                await app.sink.store.run(
+                    operator.methodcaller("execute", "PRAGMA busy_timeout = 200")
+                )
             holder.execute("BEGIN IMMEDIATE")
             threading.Thread(target=release_when_done, daemon=True).start()
         return app

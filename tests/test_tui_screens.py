@@ -43,8 +43,8 @@ def _notices(app, text: str) -> int:
 def test_sessions_fit_80_columns_and_move_like_the_list(tmp_path):
     async def scenario() -> None:
         async with tui(settings_for(tmp_path / "mail.db"), size=SMALL) as (app, pilot):
-            assert app.backend.server is not None
-            port = app.backend.server.port
+            assert app.sink.server is not None
+            port = app.sink.server.port
             await send(app, "a@x.test", ["b@x.test"], message())
             hostile = await asyncio.to_thread(RawClient, "127.0.0.1", port)
             slow = await asyncio.to_thread(RawClient, "127.0.0.1", port)
@@ -167,7 +167,7 @@ def _row(app, text: str) -> str:
 
 
 def _time(app) -> str:
-    server = app.backend.server
+    server = app.sink.faults
     last = server.policy.stats["no marketing"].last_fired
     return time.strftime("%H:%M:%S", time.localtime(last))
 

@@ -30,7 +30,8 @@ from tui_support import (
 )
 
 from mailsink.mail.envelope import Envelope
-from mailsink.store.db import IncomingMessage, Store, insert_message, insert_session, update_session
+from mailsink.store import IncomingMessage, Store
+from mailsink.store.operations import insert_message, insert_session, update_session
 from mailsink.tui.app import MailsinkApp
 from mailsink.tui.screens.sessions import SessionsScreen
 from mailsink.tui.widgets.message_detail import MessageDetail
@@ -186,9 +187,9 @@ def fill(path: Path) -> None:
 
 def picture(app: MailsinkApp) -> str:
     """The screenshot, with the only thing that differs between runs (the port) fixed."""
-    assert app.backend.server is not None
+    assert app.sink.server is not None
     svg = app.export_screenshot()
-    svg = svg.replace(f":{app.backend.server.port}", ":10025")  # ephemeral ports: 5 digits
+    svg = svg.replace(f":{app.sink.server.port}", ":10025")  # ephemeral ports: 5 digits
     return re.sub(r"terminal-\d+", "terminal-mailsink", svg)
 
 
@@ -282,8 +283,8 @@ def test_hostile_strings_show_literally_everywhere(tmp_path):
             listing = app.main.message_list
             for subject in HOSTILE_SUBJECTS:
                 await send(app, "a@x.test", ["b@x.test"], _hostile_message(subject))
-            assert app.backend.server is not None
-            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.backend.server.port)
+            assert app.sink.server is not None
+            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.sink.server.port)
             await asyncio.to_thread(client.command, "EHLO [bold]x\x1b[2J\x07")
             await asyncio.to_thread(client.command, "QUIT")
             client.close()

@@ -73,8 +73,8 @@ def smtp_send(
 
 async def send(app: MailsinkApp, sender: str, recipients: list[str], content: str | bytes) -> None:
     """smtplib in a thread: the server answering it runs on this test's loop."""
-    assert app.backend.server is not None
-    await asyncio.to_thread(smtp_send, app.backend.server.port, sender, recipients, content)
+    assert app.sink.server is not None
+    await asyncio.to_thread(smtp_send, app.sink.server.port, sender, recipients, content)
 
 
 def text_of(renderable: RenderableType, width: int = SIZE[0]) -> str:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from email import errors, policy
 from email._header_value_parser import get_unstructured
 from email.feedparser import FeedParser
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import EmailPolicy
 from email.utils import getaddresses
-from typing import Any
+from typing import Any, cast
 
 MAX_DECODED = 16 * 1024  # characters of one header value that are decoded for display
 MAX_HEADER_BLOCK = 1024 * 1024  # bytes of header block summarised at ingest
@@ -90,7 +90,6 @@ class MimePart:
     index: int = 0  # position in message.walk() order, for `part_payload`
     filename: str | None = None
     disposition: str | None = None
-    charset: str | None = None
     children: list[MimePart] = field(default_factory=list)
     cut: bool = False  # nested deeper than MAX_DEPTH: its content is not parsed or shown
 
@@ -155,7 +154,7 @@ def _addresses(values: list[str]) -> tuple[list[str], list[str]]:
     return shown, specs
 
 
-def _raw_values(message: EmailMessage) -> dict[str, list[str]]:
+def _raw_values(message: Message) -> dict[str, list[str]]:
     """Header values as received (8-bit bytes kept as surrogate escapes), by lower-cased name.
 
     compat32's own accessors turn 8-bit values into Header objects that lose the bytes."""
@@ -238,7 +237,8 @@ _MAX_ESSENTIAL = 64  # parameters kept (a file name may come in many RFC 2231 pi
 
 def _parameters(value: str) -> list[str]:
     """`value` split at the semicolons that are not inside a quoted string."""
-    params, current = [], []
+    params: list[str] = []
+    current: list[str] = []
     for piece in _PIECE.findall(value):
         if piece == ";":
             params.append("".join(current))
@@ -314,7 +314,7 @@ class _BoundedParser(FeedParser):
     parts = 0
 
     def _new_message(self) -> None:
-        super()._new_message()
+        super()._new_message()  # type: ignore[misc]
         self._cur.depth = len(self._msgstack) - 1  # type: ignore[attr-defined]
         self._cur.serial = self.parts  # type: ignore[attr-defined]
         self.parts += 1
@@ -327,7 +327,9 @@ _FEED = 64 * 1024
 
 def _parse(raw: bytes) -> _BoundedMessage:
     """policy.default's full parse, nesting and number of parts bounded (see _BoundedMessage)."""
-    parser = _BoundedParser(_BoundedMessage, policy=_POLICY.clone(header_cache={}))
+    # clone takes any attribute the policy's class has; typeshed knows only the stdlib's.
+    capped = _POLICY.clone(header_cache={})  # type: ignore[call-arg]
+    parser = _BoundedParser(_BoundedMessage, policy=capped)
     text = raw.decode("ascii", "surrogateescape")
     for start in range(0, len(text), _FEED):
         parser.feed(text[start : start + _FEED])
@@ -347,7 +349,7 @@ def _walk(message: _BoundedMessage) -> Iterator[tuple[_BoundedMessage, int]]:
             return  # parts are numbered in walk order: all that follow are past it too
         yield part, depth
         if part.is_multipart():
-            children = part.get_payload()
+            children = cast("list[_BoundedMessage]", part.get_payload())
             stack.extend((child, depth + 1) for child in reversed(children))
 
 
@@ -395,7 +397,6 @@ def _mime_part(part: _BoundedMessage, index: int) -> MimePart:
         index=index,
         filename=_filename(part),
         disposition=part.get_content_disposition(),
-        charset=part.get_content_charset(),
     )
 
 
@@ -416,10 +417,11 @@ def _mime_tree(message: _BoundedMessage) -> MimePart:
 
 def _body_part(message: _BoundedMessage, kind: str) -> _BoundedMessage | None:
     try:
-        part = message.get_body(preferencelist=(kind,))
+        # Every part of the message is one the parser made: a _BoundedMessage.
+        part = cast("_BoundedMessage | None", message.get_body(preferencelist=(kind,)))
     except Exception:
         return None
-    return None if part is None or part.cut else part  # type: ignore[return-value]
+    return None if part is None or part.cut else part
 
 
 def _unparsed(raw: bytes, summary: HeaderSummary, error: Exception) -> ParsedMessage:

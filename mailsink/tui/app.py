@@ -15,20 +15,28 @@ import sqlite3
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mailsink.config import Settings
+from mailsink.events import (
+    ConfigRejected,
+    ConfigReloaded,
+    EventsLost,
+    MessagesDeleted,
+    MessageStored,
+    StoreChanged,
+)
 from mailsink.faults.presets import PRESETS
-from mailsink.store.reader import Reader
+from mailsink.sink import Sink
 from mailsink.text import visible
-from mailsink.tui.backend import Backend, running
 from mailsink.tui.screens.faults import FaultsScreen
 from mailsink.tui.screens.main import MainScreen
 from mailsink.tui.screens.sessions import SessionsScreen
@@ -37,7 +45,7 @@ from mailsink.tui.widgets.dialogs import Help
 from mailsink.tui.widgets.message_detail import BrowserFiles
 
 SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
-POLL_SECONDS = 0.1  # how often the store is asked whether anything was committed
+LOG_NOTICE_DELAY = 0.1  # seconds from a logged warning to its notice (see RecentLog.wake)
 
 
 class RecentLog(logging.Handler):
@@ -47,11 +55,16 @@ class RecentLog(logging.Handler):
         super().__init__(logging.INFO)
         self.records: deque[logging.LogRecord] = deque(maxlen=1000)
         self.unseen: deque[logging.LogRecord] = deque(maxlen=50)
+        # Called (from any thread) when a warning arrives: the app shows it a moment later,
+        # after the event that may say the same thing (see `seen`).
+        self.wake: Callable[[], None] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
         if record.levelno >= logging.WARNING:
             self.unseen.append(record)
+            if self.wake is not None:
+                self.wake()
 
     def seen(self, text: str) -> None:
         """Warnings not yet shown that say `text` need no notice of their own: one says it."""
@@ -62,7 +75,7 @@ class RecentLog(logging.Handler):
 
 
 class MailsinkApp(App[None]):
-    backend: Backend
+    sink: Sink
     main: MainScreen
     CSS_PATH = "mailsink.tcss"
     TITLE = "mailsink"
@@ -93,8 +106,6 @@ class MailsinkApp(App[None]):
         self._saved_theme: str | None = None
         self.startup_error: Exception | None = None
         self._resources = contextlib.AsyncExitStack()
-        self._data_version: int | None = None
-        self._polling = False
         self.browser_files = BrowserFiles()  # the HTML `o` wrote, removed on exit
         # What the user asked for and did not happen (a `d` the store refused on quit, a `D`
         # cut short): the in-memory log dies with the app, so `run` says it on stderr.
@@ -113,14 +124,17 @@ class MailsinkApp(App[None]):
                     "ignoring the theme %r saved in %s: no such theme", saved, self.ui_state.path
                 )
         try:
-            self.backend = await self._resources.enter_async_context(
-                running(self.settings, attach=self.attach, overrides=self.overrides)
+            starting = (
+                Sink.attached(self.settings)
+                if self.attach
+                else Sink.serving(self.settings, self.overrides)
             )
+            self.sink = await self._resources.enter_async_context(starting)
         except Exception as error:  # shown by the CLI as one line once the terminal is back
             self.startup_error = error
             self.exit(return_code=1)
             return
-        self.main = MainScreen(self.backend)
+        self.main = MainScreen(self.sink)
 
     def stop_by_signal(self, signum: int) -> None:
         """SIGTERM, or SIGHUP (the terminal went away): quit as `q` does, so that on_unmount
@@ -147,6 +161,8 @@ class MailsinkApp(App[None]):
         watchdog.start()
 
     async def on_unmount(self) -> None:
+        if self.log_handler is not None:
+            self.log_handler.wake = None
         if hasattr(self, "main"):
             # Those still undoable when the user quit, and what a `D` cut short left.
             self.exit_problems += await self.main.carry_out_deletions()
@@ -157,33 +173,51 @@ class MailsinkApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(self.main)
-        self.set_interval(POLL_SECONDS, self._poll)
         # Everything imported and built so far lives as long as the app: out of the collector's
         # sight, a full collection scans only what came after (22 ms pauses every ~50 pages of a
         # 100 000-message list otherwise).
         gc.freeze()
-        if self.backend.watcher is not None:
-            self.backend.watcher.listeners.append(self._config_changed)
+        self._follow_events()
+        if self.log_handler is not None:
+            loop = asyncio.get_running_loop()
+            self.log_handler.wake = lambda: loop.call_soon_threadsafe(
+                loop.call_later, LOG_NOTICE_DELAY, self.show_log_warnings
+            )
+            self.show_log_warnings()
 
-    async def _poll(self) -> None:
-        if self._polling:
-            return
-        self._polling = True
+    @work(group="events")
+    async def _follow_events(self) -> None:
+        """The sink's news, as it happens: new and deleted mail goes to the list (many events
+        at once are one catch-up), config reloads to the status line and a notice."""
+        with self.sink.subscribe(
+            MessageStored,
+            MessagesDeleted,
+            StoreChanged,
+            EventsLost,
+            ConfigReloaded,
+            ConfigRejected,
+        ) as events:
+            while True:
+                batch = [await events.get(), *events.pending()]
+                for event in batch:
+                    if isinstance(event, ConfigReloaded | ConfigRejected):
+                        self._config_changed(event)
+                if any(not isinstance(e, ConfigReloaded | ConfigRejected) for e in batch):
+                    await self._catch_up()
+
+    async def _catch_up(self) -> None:
         try:
-            try:
-                listing = self.main.message_list
-            except NoMatches:
-                return  # not composed yet, or already shutting down
-            version = await self.backend.read(Reader.data_version)
-            if version != self._data_version:
-                self._data_version = version
-                if not await listing.catch_up():
-                    self._data_version = None  # overtaken by a reload: look again next time
-        except sqlite3.Error as error:  # e.g. the store is locked: say so, and try again
-            self._data_version = None
+            listing = self.main.message_list
+        except NoMatches:
+            return  # not composed yet, or already shutting down
+        try:
+            while not await listing.catch_up():
+                pass  # overtaken by a reload: look again
+        except sqlite3.Error as error:  # e.g. the store is locked: say so; the next event retries
             self.notify(f"store: {error}", severity="error", markup=False, timeout=3)
-        finally:
-            self._polling = False
+
+    def show_log_warnings(self) -> None:
+        """Warnings the server logged while the UI owns the terminal, as notices."""
         while self.log_handler is not None and self.log_handler.unseen:
             record = self.log_handler.unseen.popleft()
             self.notify(record.getMessage(), severity="warning", markup=False, timeout=6)
@@ -194,14 +228,13 @@ class MailsinkApp(App[None]):
             self.ui_state.remember(theme=theme)
             self.run_worker(self.ui_state.write, thread=True, group="state")
 
-    def _config_changed(self, watcher: Any) -> None:
-        self.main.status.config_reloaded(watcher.error)
-        if watcher.error:
+    def _config_changed(self, event: ConfigReloaded | ConfigRejected) -> None:
+        error = event.error if isinstance(event, ConfigRejected) else None
+        self.main.status.config_reloaded(error)
+        if error:
             if self.log_handler is not None:
-                self.log_handler.seen(watcher.error)  # the watcher logged it as well
-            self.notify(
-                f"config not applied: {watcher.error}", severity="error", markup=False, timeout=8
-            )
+                self.log_handler.seen(error)  # the watcher logged it as well
+            self.notify(f"config not applied: {error}", severity="error", markup=False, timeout=8)
         else:
             self.notify("config reloaded", timeout=3)
 
@@ -212,7 +245,7 @@ class MailsinkApp(App[None]):
             return
         if len(self.screen_stack) > 2:  # one of the others is open: replace it
             self.pop_screen()
-        self.push_screen(screen_type(self.backend))
+        self.push_screen(screen_type(self.sink))
 
     def action_sessions(self) -> None:
         self._show(SessionsScreen)
@@ -251,13 +284,13 @@ class MailsinkApp(App[None]):
             self.action_follow_newest,
         )
         yield SystemCommand("Help", "Keys and what they do", self.action_help)
-        if self.backend.server is not None:
-            server = self.backend.server
+        if self.sink.faults is not None:
+            faults = self.sink.faults
             for preset in PRESETS:
                 yield SystemCommand(
                     f"Fault preset: {preset.title}",
                     f"Switch it on or off (key {preset.key} on the Faults screen)",
-                    lambda key=preset.key: server.toggle_preset(key),
+                    lambda key=preset.key: faults.toggle_preset(key),
                 )
 
 

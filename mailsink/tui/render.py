@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mailsink.clock import local_time
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.store.reader import MessageRecord, SessionRecord
 from mailsink.text import visible, visible_block
@@ -31,17 +31,6 @@ MISMATCH = "yellow"
 def plain(text: str | None, style: str = "", *, emoji: bool = True) -> Text:
     """`emoji=False` for addresses: see text.visible."""
     return Text(visible(text or "", emoji=emoji), style=style)
-
-
-def local_time(ms: int | None, *, with_ms: bool = False) -> str:
-    if ms is None:
-        return ""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
-    return f"{stamp}.{ms % 1000:03d}" if with_ms else stamp
-
-
-def _lines(*parts: Text) -> Text:
-    return Text("\n").join(part for part in parts if part.plain)
 
 
 def _labelled(label: str, value: Text) -> Text:

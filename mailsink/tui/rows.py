@@ -4,11 +4,11 @@ how a field is fitted into a column of a given width."""
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 from rich.cells import cell_len, set_cell_size
 
+from mailsink.clock import local_time
 from mailsink.store.reader import MessageRecord
 from mailsink.text import visible
 from mailsink.units import format_bytes, short_size
@@ -65,7 +65,7 @@ def row_of(record: MessageRecord) -> Row:
     first = from_[0].address if from_ else None
     return Row(
         id=record.id,
-        time=time.strftime("%H:%M:%S", time.localtime(record.received_at / 1000)),
+        time=local_time(record.received_at)[11:],
         sender=visible(sender or "<>", emoji=False),
         from_=from_,
         to=tuple(address_of(a) for a in recipients),

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from mailsink.faults.policy import Rule
-from mailsink.faults.presets import BY_KEY, PRESETS
+from mailsink.clock import local_time
+from mailsink.events import EventsLost, FaultFired, RulesChanged
+from mailsink.faults.presets import BY_KEY
+from mailsink.sink import Sink
 from mailsink.text import visible
-from mailsink.tui.backend import Backend
 from mailsink.tui.widgets.fitted import Column, FittedTable
 
 COLUMNS = (
@@ -27,6 +28,7 @@ COLUMNS = (
     Column("Last fired"),
 )
 RULE, DOES = 2, 4
+REDRAW_SECONDS = 0.1  # at most this often, however often rules fire
 # At 80 columns both the rule's name and what it does are cut short; from about 110 the presets'
 # names fit whole, then what the rule does gets its whole width, and only what is left goes to a
 # longer (custom) name.
@@ -42,17 +44,6 @@ ATTACHED = (
 )
 
 
-def _does(rule: Rule) -> str:
-    text = rule.action
-    if rule.reply:
-        text = str(rule.reply).replace("\r\n", " / ")
-        if rule.action == "disconnect":
-            text += ", then disconnect"
-    if rule.delay:
-        text += f" after {rule.delay:g}s"
-    return text
-
-
 class FaultsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,f", "app.pop_screen", "Back"),
@@ -61,9 +52,9 @@ class FaultsScreen(Screen[None]):
         Binding("s", "app.sessions", "Sessions"),
     ]
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, sink: Sink) -> None:
         super().__init__()
-        self.backend = backend
+        self.sink = sink
         self.names: list[str] = []  # rule name of each row
 
     def compose(self) -> ComposeResult:
@@ -73,48 +64,47 @@ class FaultsScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        server = self.backend.server
-        if server is None:
+        if self.sink.faults is None:
             self.query_one("#fault-note", Static).update(Text(ATTACHED, "yellow"))
             return
-        server.policy_listeners.append(self.redraw)
         self.redraw()
-        self.set_interval(0.5, self.redraw)  # hit counters move on their own
+        self._follow_rules()
 
-    def on_unmount(self) -> None:
-        server = self.backend.server
-        if server is not None and self.redraw in server.policy_listeners:
-            server.policy_listeners.remove(self.redraw)
+    @work(group="rules")
+    async def _follow_rules(self) -> None:
+        """Redrawn when a rule is switched, added, removed or reloaded, and when one fires
+        (its hits and last firing): many at once are one redraw."""
+        with self.sink.subscribe(RulesChanged, FaultFired, EventsLost) as changes:
+            while True:
+                await changes.get()
+                changes.pending()
+                self.redraw()
+                await asyncio.sleep(REDRAW_SECONDS)  # a rule firing 10 000 times a second
 
     def redraw(self) -> None:
-        server = self.backend.server
-        if server is None or not self.is_attached:
+        faults = self.sink.faults
+        if faults is None or not self.is_attached:
             return
-        policy = server.policy
-        keys = {preset.name: preset.key for preset in PRESETS}
-        rows = [(keys.get(rule.name, ""), rule, rule.enabled) for rule in policy.rules]
         cells = []
         self.names = []
-        for key, rule, on_ in rows:
-            stats = policy.stats.get(rule.name)
-            hits = stats.hits if stats else 0
-            last = stats.last_fired if stats else None
+        for rule in faults.rules():
+            on_ = rule.enabled
             cells.append(
                 [
-                    Text(key, "bold cyan"),
+                    Text(rule.preset_key or "", "bold cyan"),
                     Text("● on" if on_ else "○ off", "bold green" if on_ else "dim"),
                     Text(visible(rule.name)),
                     Text(rule.stage),
-                    Text(visible(_does(rule))),
-                    Text(str(hits)),
-                    Text(time.strftime("%H:%M:%S", time.localtime(last)) if last else ""),
+                    Text(visible(rule.summary)),
+                    Text(str(rule.hits)),
+                    Text(local_time(rule.last_fired_at)[11:]),
                 ]
             )
             self.names.append(rule.name)
         self.query_one("#rules", FittedTable).show(cells)
-        configured = len(server.settings.rules)
-        note = f" {configured} rule(s) from " + (
-            visible(str(server.settings.source)) if server.settings.source else "no config file"
+        settings = self.sink.settings
+        note = f" {len(settings.rules)} rule(s) from " + (
+            visible(str(settings.source)) if settings.source else "no config file"
         )
         self.query_one("#fault-note", Static).update(Text(note, "dim"))
 
@@ -122,25 +112,25 @@ class FaultsScreen(Screen[None]):
         """The preset keys are handled in on_key; this binding only labels them in the footer."""
 
     def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
-        if event.key in BY_KEY and self.backend.server is not None:
+        if event.key in BY_KEY and self.sink.faults is not None:
             event.stop()
             self.toggle_preset(event.key)
 
     def toggle_preset(self, key: str) -> None:
-        server = self.backend.server
-        if server is None:
+        faults = self.sink.faults
+        if faults is None:
             return
-        now_on = server.toggle_preset(key)
+        now_on = faults.toggle_preset(key)
         self.notify(f"{BY_KEY[key].title}: {'on' if now_on else 'off'}", markup=False, timeout=3)
 
     def action_toggle(self) -> None:
-        server = self.backend.server
+        faults = self.sink.faults
         table: DataTable[Text] = self.query_one("#rules", DataTable)
-        if server is None or not 0 <= table.cursor_row < len(self.names):
+        if faults is None or not 0 <= table.cursor_row < len(self.names):
             return
         name = self.names[table.cursor_row]
-        enabled = not next(r.enabled for r in server.policy.rules if r.name == name)
-        server.set_rule_enabled(name, enabled)
+        enabled = not next(r.enabled for r in faults.rules() if r.name == name)
+        faults.set_enabled(name, enabled)
         self.notify(f"{name}: {'on' if enabled else 'off'}", markup=False, timeout=3)
 
     @on(DataTable.RowSelected, "#rules")

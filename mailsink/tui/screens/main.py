@@ -16,15 +16,21 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
+from mailsink.errors import StoreError
+from mailsink.events import RulesChanged
+from mailsink.sink import Sink
 from mailsink.store.reader import Reader
 from mailsink.text import visible
-from mailsink.tui.backend import Backend
 from mailsink.tui.widgets.dialogs import Confirm, PathPrompt
 from mailsink.tui.widgets.message_detail import MessageDetail
 from mailsink.tui.widgets.message_list import ListFilter, MessageList, heading_line
 from mailsink.tui.widgets.status import StatusLine
 
 UNDO_SECONDS = 5.0  # how long `u` can bring a deleted message back
+# What a store that refuses a change raises: SQLite's own errors read here (attached), the
+# writer's as StoreError.
+STORE_FAILURES = (sqlite3.Error, StoreError)
+
 log = logging.getLogger("mailsink")
 
 
@@ -73,20 +79,20 @@ class MainScreen(Screen[None]):
         ),
     ]
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, sink: Sink) -> None:
         super().__init__()
-        self.backend = backend
+        self.sink = sink
         self._filter_timer: Timer | None = None
         self._undoable: dict[int, Timer] = {}  # message id: when its deletion is carried out
         self._deleting = False  # a `D` under way
         self._bulk: tuple[array[int], int] | None = None  # its ids not known deleted, and total
 
     def compose(self) -> ComposeResult:
-        yield StatusLine(self.backend, id="status")
+        yield StatusLine(self.sink, id="status")
         yield Input(placeholder="filter: sender, recipient or subject", id="filter")
         yield ListHeading(id="heading")
-        yield MessageList(self.backend, id="messages")
-        yield MessageDetail(self.backend, id="detail")
+        yield MessageList(self.sink, id="messages")
+        yield MessageDetail(self.sink, id="detail")
         yield Footer()
 
     @property
@@ -104,9 +110,15 @@ class MainScreen(Screen[None]):
     def on_mount(self) -> None:
         self.message_list.focus()
         self.status.redraw()
-        if self.backend.server is not None:  # faults switched on or off change the status line
-            self.backend.server.policy_listeners.append(self.status.redraw)
+        if self.sink.faults is not None:  # faults switched on or off change the status line
+            self._follow_rules()
         self.run_worker(self.message_list.reload(), group="index")
+
+    @work(group="rules")
+    async def _follow_rules(self) -> None:
+        with self.sink.subscribe(RulesChanged) as changes:
+            async for _change in changes:
+                self.status.redraw()
 
     @on(MessageList.Selected)
     def _selected(self, event: MessageList.Selected) -> None:
@@ -116,7 +128,7 @@ class MainScreen(Screen[None]):
     def _opened(self, event: MessageList.Opened) -> None:
         from mailsink.tui.screens.message import MessageScreen
 
-        self.app.push_screen(MessageScreen(self.backend, event.message_id))
+        self.app.push_screen(MessageScreen(self.sink, event.message_id))
 
     @on(MessageList.Changed)
     def _counts(self) -> None:
@@ -212,8 +224,8 @@ class MainScreen(Screen[None]):
             return  # undone, or carried out on quit
         listing = self.message_list
         try:
-            await self.backend.read(Reader.delete_message, message_id)
-        except sqlite3.Error as error:
+            await self.sink.delete_message(message_id)
+        except STORE_FAILURES as error:
             self.notify(
                 f"Message {message_id} not deleted: {error}", severity="error", markup=False
             )
@@ -232,8 +244,8 @@ class MainScreen(Screen[None]):
         self._undoable.clear()
         if pending:
             try:
-                await self.backend.read(Reader.delete_messages, pending)
-            except sqlite3.Error as error:
+                await self.sink.delete_messages(pending)
+            except STORE_FAILURES as error:
                 log.error("messages %s not deleted: %s", pending, error)
                 listed = ", ".join(map(str, pending))
                 problems.append(
@@ -243,8 +255,8 @@ class MainScreen(Screen[None]):
             ids, total = self._bulk
             self._bulk = None
             try:
-                # On the reader thread, after the chunk that was in flight.
-                left = len(set(ids).intersection(await self.backend.read(Reader.message_ids)))
+                await self.sink.flush()  # the chunk that was in flight has committed (or not)
+                left = len(set(ids).intersection(await self.sink.read(Reader.message_ids)))
             except sqlite3.Error as error:
                 problems.append(f"quit during D: not known how many were deleted: {error}")
             else:
@@ -294,7 +306,7 @@ class MainScreen(Screen[None]):
         listing, status = self.message_list, self.status
         listing.hide(ids)
         total, done, deleted, chunk = len(ids), 0, 0, self.DELETE_CHUNK
-        error: sqlite3.Error | None = None
+        error: Exception | None = None
         try:
             for end in range(total, 0, -chunk):
                 status.progress(f"deleting {done:,} of {total:,}…")
@@ -302,14 +314,14 @@ class MainScreen(Screen[None]):
                 self._bulk = (ids[:end], total)  # what is left if the app quits meanwhile
                 part = ids[start:end]
                 # Those still there: another program may have deleted some since the question.
-                deleted += await self.backend.read(Reader.delete_messages, part)
+                deleted += await self.sink.delete_messages(part)
                 listing.release(part, deletions=1)  # the store counts one deletion per chunk
                 done += len(part)
             self._bulk = None
             if sessions:
                 status.progress("deleting sessions…")
-                await self.backend.read(Reader.delete_idle_sessions)
-        except sqlite3.Error as failed:
+                await self.sink.delete_idle_sessions()
+        except STORE_FAILURES as failed:
             error = failed
         finally:
             self._deleting = False
@@ -344,7 +356,7 @@ class MainScreen(Screen[None]):
                 return
             target = Path(directory).expanduser()
             try:
-                path = await self.backend.read(export_eml, message_id, target)
+                path = await self.sink.read(export_eml, message_id, target)
             except (ExportError, OSError, sqlite3.Error) as error:
                 self.notify(f"Not exported: {error}", severity="error", markup=False)
                 return

@@ -10,8 +10,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent
 
+from mailsink.sink import Sink
 from mailsink.text import visible
-from mailsink.tui.backend import Backend
 from mailsink.tui.rows import cut
 from mailsink.tui.widgets.message_detail import MessageDetail
 
@@ -50,14 +50,14 @@ class MessageTitle(Static):
 class MessageScreen(Screen[None]):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
-    def __init__(self, backend: Backend, message_id: int) -> None:
+    def __init__(self, sink: Sink, message_id: int) -> None:
         super().__init__()
-        self.backend = backend
+        self.sink = sink
         self.message_id = message_id
 
     def compose(self) -> ComposeResult:
         yield MessageTitle(self.message_id, id="message-title", classes="title")
-        yield MessageDetail(self.backend, id="full-detail")
+        yield MessageDetail(self.sink, id="full-detail")
         yield Footer()
 
     def on_mount(self) -> None:

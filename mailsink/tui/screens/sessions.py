@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import operator
-import sqlite3
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
@@ -15,24 +13,41 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
-from mailsink.store.db import StoreError
-from mailsink.store.reader import Reader, SessionRecord
+from mailsink.clock import local_time
+from mailsink.events import (
+    EventsLost,
+    LiveSession,
+    MessagesDeleted,
+    MessageStored,
+    SessionChanged,
+    SessionEnded,
+    SessionStarted,
+    StoreChanged,
+    TranscriptLine,
+)
+from mailsink.sink import Sink
+from mailsink.store.reader import SessionRecord
 from mailsink.text import visible
 from mailsink.tui import render
-from mailsink.tui.backend import Backend
 from mailsink.tui.widgets.fitted import Column, FittedTable
-
-if TYPE_CHECKING:
-    from mailsink.smtp.protocol import SmtpConnection
 
 SHOWN_LINES = 2000  # transcript lines shown at first; more stream in
 # Transcript lines written per refresh: a busy session's thousands of new lines go in batches,
 # with the loop free (keys, the table, the status line) between them.
 STREAMED_PER_REFRESH = 200
 LISTED = 300  # newest sessions shown; `mailsink sessions -n N` reaches further back
-# A store operation that writes nothing, to wait on the writer's queue with. A stdlib callable:
-# operations are pickled by name for the store's writer, which should not import the TUI.
-_NOTHING = operator.attrgetter("total_changes")
+REDRAW_SECONDS = 0.1  # at most this often while sessions are busy
+ATTACHED_REFRESH_SECONDS = 0.25  # attached: how often the store is read again
+_REDRAWN_ON = (
+    SessionStarted,
+    SessionChanged,
+    SessionEnded,
+    TranscriptLine,
+    MessageStored,
+    MessagesDeleted,
+    StoreChanged,
+    EventsLost,
+)
 
 
 @dataclass
@@ -107,22 +122,15 @@ class SessionsScreen(Screen[None]):
         Binding("f", "app.faults", "Faults"),
     ]
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, sink: Sink) -> None:
         super().__init__()
-        self.backend = backend
+        self.sink = sink
         self.rows: dict[int, SessionRow] = {}
         self._cells: dict[int, list[Text]] = {}  # as given to the table, for each row
         self.order: list[int] = []
         self.shown_session: int | None = None
         self.last_seq = 0  # the transcript shows events 1..last_seq of shown_session
         self._header_shown = False
-        # Sessions seen live, kept until the store has their end: between the server letting go
-        # of a session and the store's commit of its last row, this is all that knows it ended.
-        self._recent: dict[int, SmtpConnection] = {}
-        # Ended sessions whose last row the store has committed (see _flush): if the store does
-        # not list one of them, `mailsink clear` or pruning removed it, and the table drops it.
-        self._written: set[int] = set()
-        self._flushing = False
 
     def compose(self) -> ComposeResult:
         yield Static(
@@ -136,94 +144,53 @@ class SessionsScreen(Screen[None]):
             yield RichLog(id="transcript", wrap=True, markup=False, highlight=False)
         yield Footer()
 
-    async def on_mount(self) -> None:
-        # Sessions that ended just before the screen opened may still be queued in the store's
-        # writer (a session's rows wait to share the next message's commit): commit them, so
-        # that the first listing has them and the newest is selected.
-        await self._queued_writes_committed()
+    def on_mount(self) -> None:
         self.refresh_sessions()
-        self.set_interval(0.25, self.refresh_sessions)
+        if self.sink.is_attached:
+            # Another process serves the store: what it commits, and whether it still runs
+            # (the status line's check), are seen by looking.
+            self.set_interval(ATTACHED_REFRESH_SECONDS, self.refresh_sessions)
+        else:
+            self._follow_sessions()
 
-    async def _queued_writes_committed(self) -> bool:
-        """The store's writer commits in the order writes were queued: once a write queued now
-        has committed, so has everything queued before it. False if the store is closing."""
-        server = self.backend.server
-        if server is None:
-            return True  # attached: another process writes, and it commits promptly
-        try:
-            await server.store.run(_NOTHING)
-        except (StoreError, sqlite3.Error):
-            return False
-        return True
-
-    def _live(self) -> dict[int, SmtpConnection]:
-        server = self.backend.server
-        if server is None:
-            return {}
-        for protocol in list(server.sessions):
-            self._recent[protocol.session_id] = protocol
-        return dict(self._recent)
+    @work(group="session-events")
+    async def _follow_sessions(self) -> None:
+        """Redrawn as sessions start, change and end and as their lines arrive; many events at
+        once are one redraw, and redraws are at least REDRAW_SECONDS apart."""
+        with self.sink.subscribe(*_REDRAWN_ON) as events:
+            while True:
+                await events.get()
+                events.pending()
+                self.refresh_sessions()
+                await asyncio.sleep(REDRAW_SECONDS)
 
     @work(exclusive=True, group="sessions")
     async def refresh_sessions(self) -> None:
         """The table, then the selected session's new transcript lines; one at a time (a newer
         call cancels an older one while it waits for the store, before it changed anything)."""
-        written = set(self._written)  # known before the read starts: the read shows their rows
-        stored = await self.backend.read(lambda r: Reader.list_sessions(r, limit=LISTED))
+        sessions = await self.sink.sessions(limit=LISTED)
         if not self.is_attached:
             return  # closed while reading
-        self._drop_removed({record.id for record in stored}, written)
-        known = self._live()
         stopped = self._server_stopped()
-        rows: dict[int, SessionRow] = {}
-        for record in stored:
-            protocol = known.pop(record.id, None)
-            if record.end_reason is not None:
-                self._recent.pop(record.id, None)
-                self._written.discard(record.id)
-                rows[record.id] = _stored_row(record)
-            else:
-                rows[record.id] = _live_row(protocol) if protocol else _stored_row(record, stopped)
-        rows.update((i, _live_row(p)) for i, p in known.items())  # not in the store yet
+        rows = {
+            session.id: (
+                _live_row(session)
+                if isinstance(session, LiveSession)
+                else _stored_row(session, stopped)
+            )
+            for session in sessions
+        }
         self._show_rows(rows)
         await self._stream_transcript()
 
     def _server_stopped(self) -> bool:
         """Attached: the status line found the store's server gone, so an open session in the
         store is not live (the next server ends it: server_lost)."""
-        if self.backend.server is not None:
+        if not self.sink.is_attached:
             return False
         main = getattr(self.app, "main", None)
         serving = getattr(getattr(main, "status", None), "serving", None)
         return serving is not None and serving.running is False
-
-    def _drop_removed(self, stored: set[int], written: set[int]) -> None:
-        """Forget ended sessions that the store does not list. Not listed may also mean not
-        written yet, so only those whose last row is known to be committed go; for the others,
-        _flush finds that out."""
-        ended = [
-            session_id
-            for session_id, protocol in self._recent.items()
-            if protocol not in protocol.server.sessions and session_id not in stored
-        ]
-        for session_id in ended:
-            if session_id in written:
-                del self._recent[session_id]
-                self._written.discard(session_id)
-        unsure = [session_id for session_id in ended if session_id not in written]
-        if unsure and not self._flushing:
-            self._flushing = True
-            self._flush(unsure)
-
-    @work(group="flush")
-    async def _flush(self, session_ids: list[int]) -> None:
-        """Once the writes queued so far have committed, so have these sessions' last rows."""
-        try:
-            committed = await self._queued_writes_committed()
-        finally:
-            self._flushing = False
-        if committed:
-            self._written.update(session_ids)
 
     def _show_rows(self, rows: dict[int, SessionRow]) -> None:
         order = sorted(rows, reverse=True)
@@ -264,24 +231,19 @@ class SessionsScreen(Screen[None]):
             log.clear()
             self.shown_session, self.last_seq, self._header_shown = session_id, 0, False
         after = self.last_seq
-        record, stored = await self.backend.read(
-            lambda r: (
-                Reader.get_session(r, session_id, with_events=False),
-                Reader.session_events(r, session_id, after),
-            )
-        )
+        record = await self.sink.session(session_id, with_transcript=False)
+        lines = await self.sink.transcript(session_id, after)
         if not self.is_attached or session_id != self.shown_session or after != self.last_seq:
             return  # closed, or moved on while reading
         if record is not None and not self._header_shown:
             log.write(render.transcript(record).split("\n")[0])
             self._header_shown = True
-        events = {seq: (at, direction, text) for seq, at, direction, text in stored}
-        protocol = self._recent.get(session_id)
-        live = protocol is not None and (record is None or record.end_reason is None)
-        if protocol is not None:
-            for seq, at, direction, text in protocol.transcript.pending():
-                if seq > after:
-                    events[seq] = (at, direction, text)
+        events = {seq: (at, direction, text) for seq, at, direction, text in lines}
+        # Served here and not yet ended in the store: lines handed to the store's writer but not
+        # yet committed are in neither place for a moment, so a gap is waited at, not skipped.
+        live = self.sink.live_session(session_id) is not None and (
+            record is None or record.end_reason is None
+        )
         following = [seq for seq in sorted(events) if seq > after]
         if after == 0 and len(following) > SHOWN_LINES:  # the latest lines; the CLI has all
             skipped = len(following) - SHOWN_LINES
@@ -297,19 +259,17 @@ class SessionsScreen(Screen[None]):
             self.call_after_refresh(self.refresh_sessions)
 
 
-def _live_row(protocol: SmtpConnection) -> SessionRow:
-    session = protocol.session
-    ended = protocol.end_reason if protocol not in protocol.server.sessions else None
+def _live_row(session: LiveSession) -> SessionRow:
     return SessionRow(
-        id=protocol.session_id,
-        active=ended is None,
-        started=render.local_time(protocol.started_at)[11:],
-        peer=protocol.peer,
-        helo=(session.host_name or "") if session else "",
-        state=ended or protocol.state,
-        messages=len(protocol.message_ids),
-        last_reply=protocol.last_reply or "",
-        faults=protocol.faults_fired,
+        id=session.id,
+        active=session.live,
+        started=local_time(session.started_at)[11:],
+        peer=session.peer,
+        helo=session.helo or "",
+        state=session.end_reason or session.state,
+        messages=len(session.message_ids),
+        last_reply=session.last_reply or "",
+        faults=session.faults_fired,
     )
 
 
@@ -321,7 +281,7 @@ def _stored_row(record: SessionRecord, server_stopped: bool = False) -> SessionR
     return SessionRow(
         id=record.id,
         active=record.end_reason is None and not server_stopped,
-        started=render.local_time(record.started_at)[11:],
+        started=local_time(record.started_at)[11:],
         peer=record.peer,
         helo=record.helo or "",
         state=state,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 
@@ -63,8 +65,8 @@ class FittedTable(DataTable[Text]):
     changed. Rows are added, removed and updated in place, never all built again: DataTable
     measures every cell it is given, 0.15 s for 300 rows of 9 cells."""
 
-    def __init__(self, columns: Sequence[Column], growth: Growth, **kwargs: object) -> None:
-        super().__init__(cell_padding=0, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, columns: Sequence[Column], growth: Growth, **kwargs: Any) -> None:
+        super().__init__(cell_padding=0, **kwargs)
         self.fitted_columns = tuple(columns)
         self.growth = tuple(growth)
         self._labels = [Text(column.label).cell_len for column in self.fitted_columns]
@@ -157,4 +159,5 @@ class FittedTable(DataTable[Text]):
             column.width = width + 1
         # DataTable has no call that sets a column's width; updating a cell with update_width
         # makes it size itself again and drop what it has drawn.
-        self.update_cell_at((0, 0), self.get_cell_at((0, 0)), update_width=True)
+        origin = Coordinate(0, 0)
+        self.update_cell_at(origin, self.get_cell_at(origin), update_width=True)

@@ -12,7 +12,7 @@ import webbrowser
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import RenderableType
 from rich.text import Text
@@ -27,10 +27,10 @@ from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 from mailsink.mail.attachments import save_part
 from mailsink.mail.html import html_to_text
 from mailsink.mail.parse import MimePart, ParsedMessage, parse_message, part_payload
+from mailsink.sink import Sink
 from mailsink.store.reader import MessageRecord, Reader, SessionRecord
 from mailsink.text import visible
 from mailsink.tui import render
-from mailsink.tui.backend import Backend
 from mailsink.units import format_bytes
 
 if TYPE_CHECKING:
@@ -185,7 +185,8 @@ def open_in_browser(url: str) -> tuple[bool, str | None]:
     except webbrowser.Error:
         return False, None
     skipped = None
-    for name in list(webbrowser._tryorder or ()):
+    # webbrowser's own order (private, not in typeshed): there is no public way to walk it.
+    for name in list(webbrowser._tryorder or ()):  # type: ignore[attr-defined]
         try:
             browser = webbrowser.get(name)
         except webbrowser.Error:
@@ -247,8 +248,8 @@ class Document(TextArea):
     (a line of 512 K characters would otherwise cost as much as all at once, at its last slice).
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(read_only=True, soft_wrap=True, show_line_numbers=False, **kwargs)
         self.cursor_blink = False
         self._waiting: str | None = None  # a long text not given to the TextArea yet
 
@@ -297,9 +298,9 @@ class MessageDetail(Vertical):
         Binding("right_square_bracket", "show_tab('next')", "Next tab", show=False),
     ]
 
-    def __init__(self, backend: Backend, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.backend = backend
+    def __init__(self, sink: Sink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sink = sink
         self.message_id: int | None = None
         self.loaded: Loaded | None = None
         self.raw_headers = False
@@ -342,7 +343,7 @@ class MessageDetail(Vertical):
         if loaded is None:
             await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
             try:
-                fetched = await self.backend.read(fetch, message_id)
+                fetched = await self.sink.read(fetch, message_id)
                 # Parsed in a thread of its own: a 20 MB message takes a second or so, and the
                 # reader's queue (the next message, the list's pages) must not wait behind it.
                 loaded = None if fetched is None else await asyncio.to_thread(prepare, *fetched)

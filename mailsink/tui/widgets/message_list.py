@@ -8,24 +8,25 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events, on, work
 from textual.binding import Binding
+from textual.cache import LRUCache
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from mailsink.sink import Sink
 from mailsink.store.reader import Reader
-from mailsink.tui.backend import Backend
 from mailsink.tui.rows import Row, cut, fit_addresses, gone, row_of
 
 PAGE = 100  # rows fetched together
@@ -251,13 +252,13 @@ class MessageList(ScrollView, can_focus=True):
     class Changed(Message):
         """The index was reloaded or grew: counts may differ."""
 
-    def __init__(self, backend: Backend, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.backend = backend
+    def __init__(self, sink: Sink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sink = sink
         self.filter = ListFilter()
         self.ids: array[int] = array("q")  # ascending; row r is ids[-1 - r]
         self.loaded = False
-        self._rows: OrderedDict[int, Row] = OrderedDict()
+        self._rows: LRUCache[int, Row] = LRUCache(CACHE_ROWS)
         self._texts: dict[int, tuple[Row, Layout, str]] = {}  # see _segments
         self._paint_width: int | None = None  # see render_lines
         self._pending_pages: set[int] = set()
@@ -298,7 +299,7 @@ class MessageList(ScrollView, can_focus=True):
         # Each read sees the store as it is then, so the order matters: the deletion count and
         # the newest id before the index, so that a deletion or a message committed in between
         # is not taken as already in it.
-        deletions, latest, ids = await self.backend.read(
+        deletions, latest, ids = await self.sink.read(
             lambda r: (
                 Reader.deletions(r),
                 Reader.latest_id(r),
@@ -335,7 +336,7 @@ class MessageList(ScrollView, can_focus=True):
         middle means a full reload). False when a reload overtook it: look again."""
         f, generation = self.filter, self._generation
         above = max(self.ids[-1] if self.ids else 0, self._seen)
-        latest, new, first, deletions = await self.backend.read(
+        latest, new, first, deletions = await self.sink.read(
             lambda r: (
                 Reader.latest_id(r),  # before the index: see reload
                 Reader.message_index(
@@ -512,7 +513,6 @@ class MessageList(ScrollView, can_focus=True):
             segments = [Segment(cut(f"  … message {message_id}", width), self._style("dim"))]
             strip = Strip(segments, width)
         else:
-            self._rows.move_to_end(message_id)
             layout = layout_for(width)
             strip = Strip(self._segments(cached, layout), width if layout.exact else None)
             if not layout.exact:
@@ -562,12 +562,11 @@ class MessageList(ScrollView, can_focus=True):
             return {i: row_of(records[i]) if i in records else gone(i) for i in ids}
 
         try:
-            loaded = await self.backend.read(rows)
+            loaded = await self.sink.read(rows)
         finally:
             self._pending_pages.discard(page)
-        self._rows.update(loaded)
-        while len(self._rows) > CACHE_ROWS:
-            self._rows.popitem(last=False)
+        for message_id, row in loaded.items():
+            self._rows[message_id] = row
         self.refresh()
 
     @on(events.Focus)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from typing import Any
 
 from rich.text import Text
 from textual import work
 from textual.widgets import Static
 
-from mailsink.store.db import StoreError, over_limit
-from mailsink.store.reader import Reader, Serving
+from mailsink.sink import Sink
+from mailsink.store import Reader, Serving, StoreError, over_limit
 from mailsink.text import visible
-from mailsink.tui.backend import Backend
 
 SERVER_CHECK_SECONDS = 1.0  # attached: how often the store's server is looked for
 _PATH_LEAST = 12  # cells the attached store's path keeps before the addresses give way
@@ -20,18 +20,17 @@ _PATH_SHORTEST = 8  # and at the narrowest, rather than cutting the server's add
 
 
 class StatusLine(Static):
-    def __init__(self, backend: Backend, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.backend = backend
+    def __init__(self, sink: Sink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sink = sink
         self.shown = 0
-        self.total = 0
         self.filter_text = ""
         self.config_note = Text("")
         self.serving: Serving | None = None  # attached: the store's server, once looked for
         self.progress_text = ""  # what a long action is doing; see `progress`
 
     def on_mount(self) -> None:
-        if self.backend.attached:
+        if self.sink.is_attached:
             self.check_server()
             self.set_interval(SERVER_CHECK_SECONDS, self.check_server)
 
@@ -43,7 +42,7 @@ class StatusLine(Static):
         """Attached: whether the store's server still runs (it holds the store's lock), told
         once as a notice when that changes."""
         try:
-            serving = await self.backend.read(Reader.serving)
+            serving = await self.sink.read(Reader.serving)
         except (sqlite3.Error, StoreError):
             return  # the store itself is in trouble: the app's poll says so
         before, self.serving = self.serving, serving
@@ -64,8 +63,8 @@ class StatusLine(Static):
 
     def _limit(self) -> int | None:
         """The configured max_messages of the store's server, if known."""
-        if self.backend.server is not None:
-            return self.backend.server.settings.storage.max_messages
+        if not self.sink.is_attached:
+            return self.sink.settings.storage.max_messages
         return self.serving.max_messages if self.serving is not None else None
 
     def progress(self, text: str) -> None:
@@ -85,7 +84,7 @@ class StatusLine(Static):
         progress come first; the store's path and the addresses give way to them (the path is
         cut at its start, a list of addresses becomes its first one and `+N`), and what still
         does not fit is cut at the end with `…`."""
-        backend = self.backend
+        sink = self.sink
         width = self.size.width or 80
         head = Text()
         head.append(" mailsink ", "bold reverse")
@@ -102,12 +101,12 @@ class StatusLine(Static):
         if self.progress_text:
             counts.append(f"  {self.progress_text}", "bold yellow")
         room = width - head.cell_len - counts.cell_len
-        place = self._attached_place(room) if backend.server is None else self._places(room)
+        place = self._attached_place(room) if sink.is_attached else self._places(room)
         if place.cell_len > room:
             place.truncate(max(room, 1), overflow="ellipsis")
         line = Text.assemble(head, place, counts)
-        if backend.server is not None:
-            active = [rule for rule in backend.server.policy.rules if rule.enabled]
+        if sink.faults is not None:
+            active = [rule for rule in sink.faults.rules() if rule.enabled]
             line.append("  │  ", "dim")
             if active:
                 line.append(f"faults: {len(active)} on", "bold yellow")
@@ -116,7 +115,7 @@ class StatusLine(Static):
         if self.config_note.plain:
             line.append("  │  ", "dim")
             line.append_text(self.config_note)
-        elif backend.watcher is not None:
+        elif sink.watcher is not None:
             line.append("  │  ", "dim")
             line.append("config: watching", "dim")
         line.truncate(width, overflow="ellipsis")
@@ -125,7 +124,7 @@ class StatusLine(Static):
     def _attached_place(self, room: int) -> Text:
         """`attached to <path> · served by <addresses>`: the path gets what is left of `room`
         (at least _PATH_LEAST cells), after the addresses, shortened first if need be."""
-        path = visible(self.backend.db_path)
+        path = visible(self.sink.path)
         attached, short = Text("attached to ", "dim"), self._served(short=True)
         # The words "attached to" go last: "served by" says much the same.
         for prefix, served in ((attached, self._served()), (attached, short), (Text(""), short)):
@@ -136,13 +135,12 @@ class StatusLine(Static):
 
     def _places(self, room: int) -> Text:
         """Own server: where it listens; its first address and `+N` when all do not fit."""
-        server = self.backend.server
-        assert server is not None
+        sink = self.sink
         places = [
             f"{label.split(',')[0]} {host}:{port}"
-            for (host, port), label in zip(server.addresses, server.labels, strict=True)
+            for (host, port), label in zip(sink.addresses, sink.labels, strict=True)
         ]
-        tls = server.settings.tls
+        tls = sink.settings.tls
         starttls = (
             " +STARTTLS" + (" required" if tls.require else "")
             if tls.starttls or tls.require

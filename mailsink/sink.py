@@ -1,0 +1,377 @@
+"""The sink service: the one object every face (the TUI, the CLI's server, the HTTP API, test
+fixtures) talks to.
+
+    async with Sink.serving(settings) as sink:      # the store, the SMTP server, the watcher
+        stored = await sink.messages(limit=20)
+        with sink.subscribe(MessageStored) as events:
+            event = await events.get()
+
+A serving sink owns the store (and through it the writer process), the SMTP listeners, the
+config watcher and the fault controls, all on the running event loop. `Sink.attached(settings)`
+is a view of a store that another process serves: the same reads and deletions, no SMTP, no
+fault controls, and its events come from watching the store (`StoreChanged`).
+
+Reads run on one reader thread of the sink's own (SQLite and MIME parsing never run on the
+loop); every change to the store is a writer operation (mailsink.store.operations), run by the
+writer process when serving and in one transaction of its own when attached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailsink import events as ev
+from mailsink.config import Settings
+from mailsink.errors import ListenError
+from mailsink.events import EventBus, LiveSession, Subscription, TranscriptEvent
+from mailsink.faults.controls import FaultControls
+from mailsink.store import (
+    MEMORY,
+    MessageRecord,
+    Reader,
+    SessionRecord,
+    Store,
+    operations,
+    resolve_path,
+    run_here,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("mailsink")
+
+# Attached: how often the store is looked at for another process's commits (PRAGMA data_version).
+ATTACHED_POLL_SECONDS = 0.1
+# Serving: another process's change to the store (`mailsink clear`, an attached TUI's deletion)
+# is noticed through the file system; changes closer together than this are told once.
+STORE_WATCH_DEBOUNCE_MS = 100
+
+
+class Sink:
+    """Use `Sink.serving(...)` or `Sink.attached(...)`; both are async context managers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        path: str,
+        *,
+        store: Store | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.path = path
+        self.store = store
+        self.overrides = dict(overrides or {})
+        self.events = EventBus()
+        self.faults: FaultControls | None = None
+        self.server: Any = None  # mailsink.smtp.server.SmtpServer when serving
+        self.watcher: Any = None  # mailsink.reload.ConfigWatcher with a config file
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mailsink-reader")
+        self._reader: Reader | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+
+    # ---- starting and stopping
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def serving(
+        cls, settings: Settings, overrides: dict[str, Any] | None = None
+    ) -> AsyncIterator[Sink]:
+        """The store, the SMTP listeners and (with a config file) its watcher, on the running
+        loop. Leaving stops the listeners and lets messages in flight finish (10 s at most).
+        `overrides` (the command line's --host, --port, --db) win over the config file, also
+        when it is reloaded."""
+        from mailsink.reload import ConfigWatcher
+        from mailsink.smtp.server import SmtpServer
+
+        storage = settings.storage
+        store = await asyncio.to_thread(Store, storage.path, storage.max_messages)
+        log.info(
+            "store: %s", "in memory (nothing is kept)" if storage.path == MEMORY else store.path
+        )
+        sink = cls(settings, store.path, store=store, overrides=overrides)
+        try:
+            sink.faults = FaultControls(settings, sink.events)
+            sink.server = SmtpServer(settings, store, sink.faults, sink.events)
+            try:
+                await sink.server.start()
+            except OSError as error:
+                smtp = settings.smtp
+                raise ListenError(
+                    f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
+                ) from None
+            if settings.source is not None:
+                sink.watcher = ConfigWatcher(settings.source, sink, **sink.overrides)
+                sink._tasks.append(asyncio.create_task(sink.watcher.run(sink._stop)))
+                log.info("watching %s for changes", settings.source)
+            try:
+                yield sink
+            finally:
+                log.info("shutting down: finishing messages in flight")
+                await sink._close_server()
+        finally:
+            await sink._close_reader()
+            await asyncio.to_thread(store.close)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def attached(cls, settings: Settings) -> AsyncIterator[Sink]:
+        """A view of the store (settings.storage.path) that another process serves. Fails at
+        once, with a clear StoreError, when there is no store there."""
+        path = resolve_path(settings.storage.path)
+        await asyncio.to_thread(lambda: Reader(path).close())
+        sink = cls(settings, path)
+        sink._tasks.append(asyncio.create_task(sink._watch_data_version()))
+        try:
+            yield sink
+        finally:
+            sink._stop.set()
+            for task in sink._tasks:
+                task.cancel()
+            await sink._close_reader()
+
+    async def _close_server(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            await self.server.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _close_reader(self) -> None:
+        def close() -> None:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=False)
+
+    @property
+    def is_attached(self) -> bool:
+        """A view of another process's store: no SMTP server, no fault controls here."""
+        return self.server is None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the SMTP server listens (empty when attached)."""
+        return list(self.server.addresses) if self.server is not None else []
+
+    @property
+    def labels(self) -> list[str]:
+        """What each address serves: "SMTP" or "SMTPS, implicit TLS"."""
+        return list(self.server.labels) if self.server is not None else []
+
+    # ---- configuration (the watcher calls this)
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Swap in reloaded settings; they apply from each connection's next command."""
+        self.settings = settings
+        if self.faults is not None:
+            self.faults.apply_settings(settings)
+        if self.server is not None:
+            self.server.apply_settings(settings)
+
+    @property
+    def config_error(self) -> str | None:
+        """Why the last edit of the config file was not applied (None once one is)."""
+        return self.watcher.error if self.watcher is not None else None
+
+    # ---- reads, on the reader thread
+
+    async def read(self, query: Callable[..., T], *args: Any) -> T:
+        """Run `query(reader, *args)` on the reader thread (a Reader only reads): for the
+        queries that the methods below do not cover."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(self._run, query, *args))
+
+    def _run(self, query: Callable[..., T], *args: Any) -> T:
+        if self._reader is None:
+            self._reader = Reader(self.path)
+        return query(self._reader, *args)
+
+    async def messages(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        search: str | None = None,
+        findings_only: bool = False,
+    ) -> list[MessageRecord]:
+        """Newest first; `search` matches sender, recipients and subject (envelope and headers)."""
+        return await self.read(
+            lambda r: r.list_messages(
+                limit=limit, offset=offset, search=search, findings_only=findings_only
+            )
+        )
+
+    async def count_messages(
+        self, *, search: str | None = None, findings_only: bool = False
+    ) -> int:
+        return await self.read(
+            lambda r: r.count_messages(search=search, findings_only=findings_only)
+        )
+
+    async def message(self, message_id: int) -> MessageRecord | None:
+        return await self.read(Reader.get_message, message_id)
+
+    async def raw(self, message_id: int) -> bytes | None:
+        """The message exactly as it was received."""
+        return await self.read(Reader.get_raw, message_id)
+
+    async def parsed(self, message_id: int) -> Any:
+        """The parsed message (mailsink.mail.parse.ParsedMessage), parsed on the reader thread."""
+        return await self.read(Reader.get_parsed, message_id)
+
+    async def stored_sessions(self, *, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
+        """Sessions as the store has them, newest first (see `sessions` for the live view)."""
+        return await self.read(lambda r: r.list_sessions(limit=limit, offset=offset))
+
+    async def sessions(self, *, limit: int = 50) -> list[SessionRecord | LiveSession]:
+        """The newest sessions, newest first: a live session (or one that has just ended and
+        whose last row the store has not committed yet) as its connection knows it now, the
+        others as stored. Nothing is missed between a session's end and its commit."""
+        # Live ones first: one that ends between the two reads is then still live here or
+        # already stored there (the server keeps it until its end has committed).
+        live = {session.id: session for session in self.live_sessions()}
+        stored = await self.stored_sessions(limit=limit)
+        merged: dict[int, SessionRecord | LiveSession] = {record.id: record for record in stored}
+        floor = stored[-1].id if len(stored) >= limit else 0
+        for session_id, session in live.items():
+            if session_id > floor:
+                merged[session_id] = session
+        return [merged[i] for i in sorted(merged, reverse=True)][:limit]
+
+    async def session(
+        self, session_id: int, *, with_transcript: bool = True
+    ) -> SessionRecord | None:
+        """One session as stored (with its transcript so far); see `live_session` for what its
+        connection knows that the store does not yet."""
+        return await self.read(lambda r: r.get_session(session_id, with_events=with_transcript))
+
+    def live_sessions(self) -> list[LiveSession]:
+        """Frozen snapshots of the sessions this sink's server is serving, and of those that
+        have ended but whose last row has not committed yet. Empty when attached."""
+        return self.server.live_sessions() if self.server is not None else []
+
+    def live_session(self, session_id: int) -> LiveSession | None:
+        return self.server.live_session(session_id) if self.server is not None else None
+
+    async def transcript(self, session_id: int, after_seq: int = 0) -> list[TranscriptEvent]:
+        """The session's transcript lines after `after_seq`, in order: the stored ones and, for
+        a live session, those its connection has not handed to the store yet."""
+        # The connection's lines first, then the store's: a line taken from `unwritten` in
+        # between is in the store by then, or still on its way to it (a gap, for a moment).
+        live = self.live_session(session_id)
+        stored = await self.read(Reader.session_events, session_id, after_seq)
+        if live is None:
+            return stored
+        lines = {line[0]: line for line in stored}
+        lines.update((line[0], line) for line in live.unwritten if line[0] > after_seq)
+        return [lines[seq] for seq in sorted(lines)]
+
+    # ---- changes: every one a writer operation
+
+    async def _change(self, operation: Callable[..., T], *args: Any) -> T:
+        """Served here: the writer process runs it. Attached: one transaction of its own, with
+        the same operation (another process's writer runs beside it; SQLite's lock orders them)."""
+        if self.store is not None:
+            return await self.store.run(partial(_apply, operation, args))
+        return await asyncio.to_thread(run_here, self.path, operation, *args)
+
+    async def delete_messages(self, message_ids: Iterable[int]) -> int:
+        """Delete these messages in one transaction; returns how many were still there."""
+        ids = tuple(message_ids)
+        deleted = await self._change(operations.delete_messages, list(ids))
+        if ids and self.events.wants(ev.MessagesDeleted):
+            self.events.publish(ev.MessagesDeleted(ids))
+        return deleted
+
+    async def delete_message(self, message_id: int) -> bool:
+        return await self.delete_messages((message_id,)) > 0
+
+    async def delete_idle_sessions(self) -> int:
+        """Delete the finished sessions that have no message left."""
+        return await self._change(operations.delete_idle_sessions)
+
+    async def clear(self) -> int:
+        """Delete every message and every finished session; returns how many messages went."""
+        count = await self._change(operations.clear)
+        if self.events.wants(ev.MessagesDeleted):
+            self.events.publish(ev.MessagesDeleted((), everything=True))
+        return count
+
+    async def flush(self) -> None:
+        """Returns once everything this sink's server has handed the store so far has
+        committed (session rows share the next commit, so they may still be queued)."""
+        if self.store is not None:
+            await self.store.flush()
+
+    # ---- events
+
+    def subscribe(self, *kinds: type, limit: int = ev.QUEUE_LIMIT) -> Subscription:
+        """The sink's events of `kinds` (all when none is given), from now on; see
+        mailsink.events. Asking for StoreChanged starts watching the store for other
+        processes' changes."""
+        subscription = self.events.subscribe(*kinds, limit=limit)
+        if ev.StoreChanged in subscription.kinds and self.server is not None:
+            self._watch_store_files()
+        return subscription
+
+    async def _watch_data_version(self) -> None:
+        """Attached: another process commits; tell subscribers when it has."""
+        version: int | None = None
+        while not self._stop.is_set():
+            try:
+                now = await self.read(Reader.data_version)
+            except Exception as error:  # e.g. a locked or vanished store: tried again
+                log.debug("store not readable: %s", error)
+                now = None
+            if now is not None and now != version:
+                if version is not None:
+                    self.events.publish(ev.StoreChanged())
+                version = now
+            await asyncio.sleep(ATTACHED_POLL_SECONDS)
+
+    def _watch_store_files(self) -> None:
+        if any(task.get_name() == "mailsink-store-watch" for task in self._tasks):
+            return
+        task = asyncio.create_task(self._store_files_changed(), name="mailsink-store-watch")
+        self._tasks.append(task)
+
+    async def _store_files_changed(self) -> None:
+        """Serving: other processes may change the store too (`mailsink clear`, an attached
+        TUI's deletion). Its files are watched (inotify or the system's equivalent), not
+        polled; this sink's own commits show up as well, and a StoreChanged costs a face one
+        small read."""
+        from watchfiles import awatch
+
+        names = {Path(self.path).name + suffix for suffix in ("", "-wal")}
+        directory = str(Path(self.path).parent)
+        try:
+            async for _changes in awatch(
+                directory,
+                watch_filter=lambda _change, changed: Path(changed).name in names,
+                recursive=False,
+                stop_event=self._stop,
+                debounce=STORE_WATCH_DEBOUNCE_MS,
+                step=50,
+            ):
+                self.events.publish(ev.StoreChanged())
+        except Exception as error:  # no watch possible here: faces see this sink's own changes
+            log.warning("cannot watch the store for other programs' changes: %s", error)
+
+
+def _apply(operation: Callable[..., T], args: tuple[Any, ...], conn: Any) -> T:
+    """`operation(conn, *args)`, as the writer calls an operation with its connection last: a
+    module-level function, so that it pickles by name."""
+    return operation(conn, *args)
