@@ -27,6 +27,10 @@ class CliError(click.ClickException):
     """An error the user can act on; printed as one line."""
 
 
+class CliInterrupted(CliError):
+    exit_code = 130  # as for any command stopped by Ctrl-C
+
+
 def _settings(
     config: str | None, host: str | None = None, port: int | None = None, db: str | None = None
 ) -> Settings:
@@ -281,10 +285,8 @@ def export(ids: tuple[int, ...], config: str | None, db: str | None, fmt: str, o
         try:
             count = export_messages(reader, list(ids), fmt, Path(out))
         except ExportError as error:
-            failure = CliError(str(error))
-            if isinstance(error, ExportInterrupted):
-                failure.exit_code = 130  # as for any command stopped by Ctrl-C
-            raise failure from None
+            failure = CliInterrupted if isinstance(error, ExportInterrupted) else CliError
+            raise failure(str(error)) from None
     click.echo(f"exported {count} message(s) to {visible(out)} ({fmt})")
 
 

@@ -157,7 +157,7 @@ Event = (
     | EventsLost
 )
 
-ALL_KINDS: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
+ALL_KINDS: tuple[type, ...] = Event.__args__
 
 # Events a subscription holds before it starts dropping them (then one EventsLost).
 QUEUE_LIMIT = 10_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -116,11 +117,17 @@ class _Plan:
         return sorted({directory for directory, _dev, _ino in self.directories})
 
 
+def _is_relevant(relevant: frozenset[Path], _change: object, changed: str) -> bool:
+    """watchfiles' filter: a change to one of the paths the plan says matter."""
+    return Path(changed) in relevant
+
+
 def _plan(path: Path) -> _Plan:
     directories: set[tuple[Path, int, int]] = set()
     relevant: set[Path] = set()
     for link in _links(path):
         # Both spellings: events name a path as watched, and a link's parent may be a link too.
+        spellings: tuple[Path, ...]
         try:
             spellings = (link, link.parent.resolve() / link.name)
         except (OSError, RuntimeError):  # a loop of directory links: only the first spelling
@@ -217,9 +224,7 @@ class ConfigWatcher:
         while stop is None or not stop.is_set():
             watch = awatch(
                 *plan.paths,
-                watch_filter=lambda _change, changed, relevant=plan.relevant: (
-                    Path(changed) in relevant
-                ),
+                watch_filter=functools.partial(_is_relevant, plan.relevant),
                 recursive=False,
                 stop_event=stop,
                 step=50,

@@ -114,7 +114,8 @@ class SmtpConnection(SMTP):
         # inspect.getmembers on every connection, which reads every attribute (properties
         # included): a third of the loop's time with a new connection per message. Those
         # names are fixed per class, so dir() answers just them, from a cache.
-        return introspected_names(type(self), ("auth_", "smtp_"))
+        # mypy takes type(self) for unhashable (python/mypy#20409): a class always hashes.
+        return introspected_names(type(self), ("auth_", "smtp_"))  # type: ignore[arg-type]
 
     # The stream reader's buffer limit. Command lengths are checked separately; a large buffer lets
     # DATA arrive in big blocks.
@@ -566,6 +567,8 @@ class SmtpConnection(SMTP):
         """[auth] mode = "required": the transaction needs AUTH first (HELP, VRFY, NOOP do not)."""
         if caller_method not in ("MAIL", "RCPT", "DATA"):
             return False
+        # aiosmtpd's connection_made creates the session before any command is read.
+        assert self.session is not None
         if self.server.settings.auth.mode == "required" and not self.session.authenticated:
             await self.push("530 5.7.0 Authentication required")
             return True
@@ -630,6 +633,7 @@ class SmtpConnection(SMTP):
         if envelope.mail_given:
             await self.push(replies.NESTED_MAIL)
             return
+        assert self.session is not None  # see check_auth_needed
         if params_text and not self.session.extended_smtp:
             await self.push(syntax_error)
             return
@@ -669,6 +673,7 @@ class SmtpConnection(SMTP):
         if has_control_character(address):
             await self.push("501 5.1.3 Bad recipient address syntax: control character")
             return
+        assert self.session is not None  # see check_auth_needed
         if params_text and not self.session.extended_smtp:
             await self.push(syntax_error)
             return
@@ -688,6 +693,8 @@ class SmtpConnection(SMTP):
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
+        # aiosmtpd makes an envelope before the first command and a new one after each reset.
+        assert self.envelope is not None
         if not self.envelope.rcpt_tos:
             await self.push(replies.NEED_RCPT)
             return

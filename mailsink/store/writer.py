@@ -246,7 +246,7 @@ def _unpicklable(value: Any) -> Exception | None:
     return None
 
 
-def _portable(error: Exception) -> BaseException:
+def _portable(error: BaseException) -> BaseException:
     """The error itself if it survives pickling, else a StoreError that says what it was."""
     if _unpicklable(error) is not None:
         return StoreError(f"{type(error).__name__}: {error}")

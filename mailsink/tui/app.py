@@ -57,7 +57,7 @@ class RecentLog(logging.Handler):
         self.unseen: deque[logging.LogRecord] = deque(maxlen=50)
         # Called (from any thread) when a warning arrives: the app shows it a moment later,
         # after the event that may say the same thing (see `seen`).
-        self.wake: Callable[[], None] | None = None
+        self.wake: Callable[[], object] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -68,6 +68,7 @@ class RecentLog(logging.Handler):
 
     def seen(self, text: str) -> None:
         """Warnings not yet shown that say `text` need no notice of their own: one says it."""
+        assert self.lock is not None  # Handler.__init__ made it
         with self.lock:  # emit may run on another thread meanwhile
             kept = [record for record in self.unseen if text not in record.getMessage()]
             self.unseen.clear()
@@ -240,7 +241,7 @@ class MailsinkApp(App[None]):
 
     # ---- screens
 
-    def _show(self, screen_type: type[Screen[Any]]) -> None:
+    def _show(self, screen_type: type[SessionsScreen | FaultsScreen]) -> None:
         if isinstance(self.screen, screen_type):
             return
         if len(self.screen_stack) > 2:  # one of the others is open: replace it

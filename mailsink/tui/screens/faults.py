@@ -8,6 +8,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.events import Key
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
@@ -47,7 +48,7 @@ ATTACHED = (
 class FaultsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,f", "app.pop_screen", "Back"),
-        Binding("space", "toggle", "On/off"),
+        Binding("space", "switch", "On/off"),
         Binding("1,2,3,4,5", "noop", "Presets"),
         Binding("s", "app.sessions", "Sessions"),
     ]
@@ -111,7 +112,7 @@ class FaultsScreen(Screen[None]):
     def action_noop(self) -> None:
         """The preset keys are handled in on_key; this binding only labels them in the footer."""
 
-    def on_key(self, event) -> None:  # type: ignore[no-untyped-def]
+    def on_key(self, event: Key) -> None:
         if event.key in BY_KEY and self.sink.faults is not None:
             event.stop()
             self.toggle_preset(event.key)
@@ -123,7 +124,7 @@ class FaultsScreen(Screen[None]):
         now_on = faults.toggle_preset(key)
         self.notify(f"{BY_KEY[key].title}: {'on' if now_on else 'off'}", markup=False, timeout=3)
 
-    def action_toggle(self) -> None:
+    def action_switch(self) -> None:
         faults = self.sink.faults
         table: DataTable[Text] = self.query_one("#rules", DataTable)
         if faults is None or not 0 <= table.cursor_row < len(self.names):
@@ -135,4 +136,4 @@ class FaultsScreen(Screen[None]):
 
     @on(DataTable.RowSelected, "#rules")
     def _selected(self) -> None:
-        self.action_toggle()
+        self.action_switch()
