@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from mailsink import events as ev
 from mailsink.config import Settings
-from mailsink.errors import ListenError
+from mailsink.errors import ListenError, WriterLost
 from mailsink.events import EventBus, LiveSession, Subscription, TranscriptEvent
 from mailsink.faults.controls import FaultControls
 from mailsink.store import (
@@ -281,17 +281,28 @@ class Sink:
 
     # ---- changes: every one a writer operation
 
-    async def _change(self, operation: Callable[..., T], *args: Any) -> T:
+    async def _change(self, operation: Callable[..., T], **arguments: Any) -> T:
         """Served here: the writer process runs it. Attached: one transaction of its own, with
-        the same operation (another process's writer runs beside it; SQLite's lock orders them)."""
-        if self.store is not None:
-            return await self.store.run(partial(_apply, operation, args))
-        return await asyncio.to_thread(run_here, self.path, operation, *args)
+        the same operation, on the reader thread (so that a read asked for after it sees it),
+        while another process's writer runs beside it (SQLite's lock orders them)."""
+        if self.store is None:
+            loop = asyncio.get_running_loop()
+            change = partial(run_here, self.path, operation, **arguments)
+            return await loop.run_in_executor(self._executor, change)
+        # Bound by keyword, so that it pickles as the operation alone: the writer process
+        # imports mailsink.store, not the service.
+        write = partial(operation, **arguments) if arguments else operation
+        try:
+            return await self.store.run(write)
+        except WriterLost:
+            # The writer died before answering: the change may or may not have committed.
+            # Deletions are idempotent, so the next writer makes sure of it.
+            return await self.store.run(write)
 
     async def delete_messages(self, message_ids: Iterable[int]) -> int:
         """Delete these messages in one transaction; returns how many were still there."""
         ids = tuple(message_ids)
-        deleted = await self._change(operations.delete_messages, list(ids))
+        deleted = await self._change(operations.delete_messages, message_ids=list(ids))
         if ids and self.events.wants(ev.MessagesDeleted):
             self.events.publish(ev.MessagesDeleted(ids))
         return deleted
@@ -311,10 +322,13 @@ class Sink:
         return count
 
     async def flush(self) -> None:
-        """Returns once everything this sink's server has handed the store so far has
-        committed (session rows share the next commit, so they may still be queued)."""
+        """Returns once everything this sink has handed the store so far has committed (session
+        rows share the next commit, so they may still be queued); attached, once the changes
+        asked for so far are done."""
         if self.store is not None:
             await self.store.flush()
+        else:
+            await self.read(lambda _reader: None)  # the reader thread runs them in order
 
     # ---- events
 
@@ -369,9 +383,3 @@ class Sink:
                 self.events.publish(ev.StoreChanged())
         except Exception as error:  # no watch possible here: faces see this sink's own changes
             log.warning("cannot watch the store for other programs' changes: %s", error)
-
-
-def _apply(operation: Callable[..., T], args: tuple[Any, ...], conn: Any) -> T:
-    """`operation(conn, *args)`, as the writer calls an operation with its connection last: a
-    module-level function, so that it pickles by name."""
-    return operation(conn, *args)

@@ -211,3 +211,84 @@ def test_an_attached_sink_reads_and_deletes_through_the_same_operations(tmp_path
 
         first, again, left, cleared, after = asyncio.run(attached())
         assert (first, again, left, cleared, after) == (1, False, 2, 2, [])
+
+
+def test_a_served_deletion_is_one_commit_of_the_writer(tmp_path):
+    """The serving sink's deletions are writer operations (the commit count is the writer's),
+    not a transaction of the reader's beside it."""
+    with RunningSink(tmp_path / "mail.db") as running:
+        sink = running.sink
+        assert sink is not None and sink.store is not None
+        with smtplib.SMTP(running.host, running.port) as client:
+            for index in range(3):
+                client.sendmail("a@x.test", [f"r{index}@x.test"], message())
+        running._call(sink.flush())  # the sessions' last rows too
+        before = sink.store.commits
+        assert running._call(sink.delete_messages([1, 2])) == 2
+        assert sink.store.commits == before + 1
+        assert running._call(sink.clear()) == 1
+        assert sink.store.commits == before + 2
+
+
+def test_deletions_go_on_while_the_writer_is_killed_again_and_again(tmp_path):
+    """A deletion the writer died on (before or after its COMMIT) is run again by the next
+    writer: deleting is idempotent, so the caller never sees WriterLost for a deletion that
+    may have happened."""
+    import os
+    import signal
+
+    with RunningSink(tmp_path / "mail.db") as running:
+        sink = running.sink
+        assert sink is not None and sink.store is not None
+        with smtplib.SMTP(running.host, running.port) as client:
+            for index in range(120):
+                client.sendmail("a@x.test", [f"r{index}@x.test"], message())
+        failures: list[BaseException] = []
+
+        async def delete_all() -> None:
+            for message_id in range(1, 121):
+                try:
+                    await sink.delete_message(message_id)
+                except Exception as error:
+                    failures.append(error)
+
+        deleting = asyncio.run_coroutine_threadsafe(delete_all(), running.loop)
+        kills = 0
+        while not deleting.done() and kills < 12:
+            writer = sink.store.writer_pid
+            os.kill(writer, signal.SIGKILL)
+            kills += 1
+            deadline = time.monotonic() + 10
+            while sink.store.writer_pid == writer and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(0.02)
+        deleting.result(60)
+        assert kills >= 3, "the deletions ended before the writer was killed a few times"
+        assert failures == []
+        with running.reader() as reader:
+            assert reader.message_ids() == []
+
+
+def test_an_attached_flush_waits_for_the_deletion_in_flight(tmp_path):
+    """What `D` cut short by a quit counts: a read after flush() sees the change that was
+    running when the caller stopped waiting for it."""
+    from test_tui_safety import _fill
+
+    from mailsink.config import Settings, StorageSettings
+
+    db = tmp_path / "mail.db"
+    _fill(db, 3000)
+    settings = Settings(storage=StorageSettings(str(db)))
+
+    async def scenario() -> tuple[int, int]:
+        async with Sink.attached(settings) as view:
+            ids = await view.read(lambda reader: reader.message_ids())
+            # Under way, and the caller no longer waits for it (the app is quitting).
+            deleting = asyncio.ensure_future(view.delete_messages(ids))
+            await asyncio.sleep(0)
+            await view.flush()
+            left = len(await view.read(lambda reader: reader.message_ids()))
+            await deleting
+            return len(ids), left
+
+    assert asyncio.run(scenario()) == (3000, 0)

@@ -51,8 +51,13 @@ def store_imports(tree: ast.Module) -> list[tuple[str, bool]]:
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "mailsink.store":  # a submodule by name, or the package's names
+        elif isinstance(node, ast.ImportFrom):
+            # A relative import is resolved as Python would, from within mailsink.store.
+            module = node.module or ""
+            if node.level:
+                base = ["mailsink", "store"][: 3 - node.level] if node.level <= 2 else []
+                module = ".".join([*base, *([module] if module else [])])
+            if module == "mailsink.store":  # a submodule by name, or the package's names
                 names = [
                     f"mailsink.store.{alias.name}"
                     if (STORE / f"{alias.name}.py").exists()
@@ -60,7 +65,7 @@ def store_imports(tree: ast.Module) -> list[tuple[str, bool]]:
                     for alias in node.names
                 ]
             else:
-                names = [node.module]
+                names = [module]
         for name in names:
             if name == "mailsink.store":
                 name = "mailsink.store.__init__"

@@ -126,8 +126,10 @@ class Store:
         """Return once every operation submitted before this call has committed (or failed),
         those that nobody awaits (`submit`) included. It submits an operation that changes
         nothing and waits for it: the writer runs operations in the order they were submitted
-        and commits each batch whole, so this one's commit is theirs too. Raises WriterLost
-        if the writer process died first (what it had not answered may then be lost)."""
+        and commits each batch whole, so this one's commit is theirs too. If the writer
+        process died meanwhile, what it had not answered is lost or failed (operations with a
+        future fail with WriterLost; those without one are gone) and this returns once the
+        next writer has answered, or raises WriterLost if the death is noticed while it waits."""
         await self.run(operations.no_change)
 
     def close(self) -> None:

@@ -257,7 +257,7 @@ class MainScreen(Screen[None]):
             try:
                 await self.sink.flush()  # the chunk that was in flight has committed (or not)
                 left = len(set(ids).intersection(await self.sink.read(Reader.message_ids)))
-            except sqlite3.Error as error:
+            except STORE_FAILURES as error:
                 problems.append(f"quit during D: not known how many were deleted: {error}")
             else:
                 if left:
