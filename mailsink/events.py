@@ -7,6 +7,10 @@ here; every face (the TUI, the HTTP API, test fixtures) subscribes instead of po
         async for event in events:
             ...
 
+A subscription has one reader: one task awaits its events (a second task awaiting `get()` on
+it at the same time gets RuntimeError; faces that share events each subscribe). Closing it ends
+the reader's `async for`, or its waiting `get()` with StopAsyncIteration.
+
 Publishing happens on the sink's event loop and never waits: each subscription has a bounded
 queue, and a subscriber that falls that far behind gets one `EventsLost` (how many it missed)
 in place of what overflowed, so it can read the store afresh. A kind of event that nobody
@@ -83,7 +87,8 @@ class SessionChanged:
 
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
-    """The connection is gone; its last row is on its way to the store."""
+    """The connection is gone; its last row is on its way to the store. A message that was
+    committing as the client went has been told (MessageStored) before, and is counted here."""
 
     session: LiveSession
 
@@ -164,7 +169,11 @@ QUEUE_LIMIT = 10_000
 
 
 class Subscription:
-    """An async iterator of the events of the kinds asked for, in the order they happened."""
+    """An async iterator of the events of the kinds asked for, in the order they happened.
+
+    It has one reader: while a task awaits `get()`, another task's `get()` raises RuntimeError
+    (each would see only some of the events, and one of them might never wake). `close()`
+    wakes a waiting `get()`, which then raises StopAsyncIteration, as it does once closed."""
 
     def __init__(self, bus: EventBus, kinds: frozenset[type], limit: int):
         self._bus = bus
@@ -197,7 +206,13 @@ class Subscription:
         return events
 
     async def get(self) -> Any:
-        """The next event; waits for one."""
+        """The next event; waits for one. RuntimeError if another task is waiting here;
+        StopAsyncIteration once the subscription is closed and its events are read."""
+        if self._waiter is not None:
+            raise RuntimeError(
+                "a Subscription has one reader: another task is already waiting in get() "
+                "(subscribe again for a second reader)"
+            )
         while not self._queue and not self._lost:
             if self.closed:
                 raise StopAsyncIteration

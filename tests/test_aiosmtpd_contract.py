@@ -11,8 +11,12 @@ import ast
 import asyncio
 import functools
 import inspect
+import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,6 +371,49 @@ def test_the_live_settings_are_confirmed_once_per_class(loop):
     assert contract.watch_live_settings(first) is False  # confirmed: nothing more to record
     again = Fresh(SmtpHandler(None), None, hostname="contract.test", loop=loop)
     assert "_live_seen" not in vars(again)
+
+
+def test_a_live_setting_aiosmtpd_does_not_assign_stops_the_server_from_starting(
+    tmp_path, monkeypatch
+):
+    """Checked in the listener's protocol factory only, the error would reach no one: asyncio
+    logs nothing, uvloop a traceback per connection, and each client hangs."""
+    # As if aiosmtpd had renamed an attribute it assigns, before its first connection.
+    monkeypatch.setattr(
+        SmtpConnection, "_renamed_upstream", live_setting(lambda self: 1), raising=False
+    )
+    monkeypatch.setattr(contract, "_CONFIRMED", set())
+    running = RunningSink(tmp_path / "mail.db")
+    try:
+        with pytest.raises(RuntimeError, match=r"SmtpConnection\._renamed_upstream\b"):
+            running.start()
+    finally:
+        running.stop()
+
+
+def test_serve_on_an_aiosmtpd_that_renamed_a_live_setting_exits_with_one_line(tmp_path):
+    """The real thing: a copy of aiosmtpd whose SMTP.__init__ assigns the idle timeout under
+    another name."""
+    upstream = Path(aiosmtpd.__file__).parent
+    copy = tmp_path / "upgraded" / "aiosmtpd"
+    shutil.copytree(upstream, copy, ignore=shutil.ignore_patterns("tests", "docs", "qa", "*.pyc"))
+    smtp = copy / "smtp.py"
+    source = smtp.read_text()
+    assert source.count("self._timeout_duration") == 2
+    smtp.write_text(source.replace("self._timeout_duration", "self._timeout_renamed"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy.parent), str(ROOT)])}
+    env.pop("MAILSINK_DEBUG", None)
+    args = ["serve", "--port", "0", "--db", str(tmp_path / "mail.db")]
+    done = subprocess.run(
+        [sys.executable, "-m", "mailsink", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 70, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "internal error" in line]
+    assert "SmtpConnection._timeout_duration" in line and "Traceback" not in done.stderr
 
 
 # ---- what could change without renaming anything (contract.SILENT)

@@ -96,9 +96,44 @@ def test_rules_are_listed_presets_then_config_then_run_time_with_what_they_do():
     assert faults.rule("slow").summary == "delay after 0.01s"
 
 
-def test_a_run_time_rule_without_a_name_is_numbered_after_the_config_rules():
-    faults, _ = controls()
-    assert faults.add_rule({"stage": "mail", "reply": "451 later"}).name == "rule 3"
+UNNAMED = {"stage": "rcpt", "reply": "450 4.7.1 later"}
+
+
+def test_run_time_rules_without_a_name_are_numbered_on_after_a_removal():
+    """A number freed by a removal is not given again: "rule N" by position collided with the
+    rule after it, and a valid table was refused."""
+    faults, _ = controls([{"stage": "mail", "reply": "550 5.7.1 config"}])  # "rule 1"
+    assert [faults.add_rule(UNNAMED).name for _ in range(2)] == [
+        "run-time rule 1",
+        "run-time rule 2",
+    ]
+    faults.remove_rule("run-time rule 1")
+    assert faults.add_rule(UNNAMED).name == "run-time rule 3"
+    faults.add_rule({**UNNAMED, "name": "run-time rule 4"})  # a name given is skipped
+    assert faults.add_rule(UNNAMED).name == "run-time rule 5"
+    names = [rule.name for rule in faults.rules() if rule.origin != "preset"]
+    assert names == [
+        "rule 1",
+        "run-time rule 2",
+        "run-time rule 3",
+        "run-time rule 4",
+        "run-time rule 5",
+    ]
+
+
+def test_a_reload_bringing_unnamed_config_rules_keeps_an_unnamed_run_time_rule():
+    faults, bus = controls([])
+    added = faults.add_rule({**UNNAMED, "times": 1})
+    faults.set_enabled(added.name, False)
+    with bus.subscribe(RulesChanged) as changes:
+        faults.apply_settings(settings([{"stage": "mail", "reply": "550 5.7.1 config"}] * 2))
+        assert changes.pending() == [RulesChanged("reloaded")]  # nothing removed
+    rules = [(r.name, r.origin, r.enabled) for r in faults.rules() if r.origin != "preset"]
+    assert rules == [
+        ("rule 1", "config", True),
+        ("rule 2", "config", True),
+        (added.name, "runtime", False),
+    ]
 
 
 def test_remove_rule_takes_only_run_time_rules():

@@ -4,9 +4,12 @@ loopback, real clients, a real store."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import smtplib
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -198,3 +201,54 @@ def test_no_transcript_event_is_built_when_nobody_listens(faulty, monkeypatch):
             client.noop()
         assert isinstance(events.next(), TranscriptLine)
     assert made
+
+
+def _send_and_reset(sink: RunningSink) -> None:
+    """A whole message, then a reset (RST) before its reply: the server is left committing it
+    for a connection that is gone."""
+    raw = RawClient(sink.host, sink.port)
+    for line in ("HELO client.test", "MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"):
+        raw.command(line)
+    raw.send(b"Subject: reset\r\n\r\nbody\r\n.\r\n")
+    time.sleep(0.1)  # the server has read it and handed it to the (stopped) writer
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    assert until(lambda: [s for s in sink.live_sessions() if not s.live])
+
+
+def test_a_message_committed_after_its_client_reset_the_connection_is_told_first(sink):
+    """aiosmtpd cancels the command loop when the connection goes: the commit goes on, and
+    its MessageStored comes before the session's end, whose snapshot and row count it."""
+    with sink.events(MessageStored, SessionEnded) as events:
+        writer = sink.store.writer_pid
+        os.kill(writer, signal.SIGSTOP)  # the commit waits until the connection is gone
+        try:
+            _send_and_reset(sink)
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        stored, ended = events.until(SessionEnded)
+    assert isinstance(stored, MessageStored) and not stored.rejected
+    assert ended.session.id == stored.session_id
+    assert ended.session.message_ids == (stored.message_id,)
+    assert ended.session.end_reason == "aborted"
+    assert until(lambda: not sink.live_sessions())
+    with sink.reader() as reader:
+        record = reader.get_session(stored.session_id, with_events=False)
+        assert (record.end_reason, record.message_count) == ("aborted", 1)
+        assert reader.get_message(stored.message_id).headers["subject"] == "reset"
+
+
+def test_a_commit_that_fails_after_its_client_left_still_ends_the_session(sink, caplog):
+    caplog.set_level(logging.ERROR, logger="mailsink")
+    with sink.events(MessageStored, SessionEnded) as events:
+        writer = sink.store.writer_pid
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            _send_and_reset(sink)
+        finally:
+            os.kill(writer, signal.SIGKILL)  # dies with the message uncommitted
+        (ended,) = events.until(SessionEnded, timeout=10)
+    assert ended.session.message_ids == () and ended.session.end_reason == "aborted"
+    assert until(lambda: not sink.live_sessions())
+    assert "a message was not stored" in caplog.text
+    assert sink.wait_for(lambda r: r.get_session(ended.session.id).end_reason) == "aborted"

@@ -84,6 +84,7 @@ class FaultControls:
         # Switched on or off while running (by name), kept over config reloads.
         self._toggles: dict[str, bool] = {}
         self._runtime: list[Rule] = []  # in the order they were added
+        self._unnamed = 0  # the last number in a "run-time rule N" name given
         self.source: Path | None = settings.source
         self._policy = Policy(self._in_force(), settings.faults.seed)
 
@@ -152,9 +153,20 @@ class FaultControls:
     def add_rule(self, table: Mapping[str, Any]) -> RuleState:
         """Add a rule while running, tried after every other one. `table` is what a [[fault]]
         table in the config file holds, and is checked the same way: RuleError (naming the key)
-        for anything the config file would refuse, a name another rule in force has included."""
-        index = len(self._settings.rules) + len(self._runtime)
-        rule = parse_rule(table, index)
+        for anything the config file would refuse, a name another rule in force has included.
+        A rule without a name is called "run-time rule N", N one more than the last such name
+        given (never a name given before, nor one in force)."""
+        if "name" not in table:
+            # Not "rule N" as in the config file: that name is the config's Nth unnamed rule,
+            # which a reload may bring, and a removal would free a number still in use.
+            taken = {rule.name for rule in self._policy.rules}
+            while True:
+                self._unnamed += 1
+                name = f"run-time rule {self._unnamed}"
+                if name not in taken:
+                    break
+            table = {**table, "name": name}
+        rule = parse_rule(table, 0)
         problem = name_problem(rule.name, (r.name for r in self._policy.rules))
         if problem:
             raise RuleError("name", problem)

@@ -58,6 +58,12 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _saved_for_nobody(session_id: int, saving: asyncio.Task[Stored]) -> None:
+    """A commit whose connection went away before its reply: a failure has nobody to answer."""
+    if not saving.cancelled() and (error := saving.exception()) is not None:
+        log.error("session %s: a message was not stored: %s", session_id, error)
+
+
 def listen_backlog() -> int:
     """The listen queue: the system's maximum (net.core.somaxconn on Linux), at least 1024.
     asyncio's default of 100 stalls a burst of connections for a SYN retry (1 s) every ~100."""
@@ -112,6 +118,9 @@ class SmtpServer:
         # Ended, their last row not yet committed: still shown as live sessions meanwhile, so
         # that a view of the store and of the live sessions never misses one.
         self._ending: dict[int, SmtpConnection] = {}
+        # Messages being committed, by session id: a client that leaves meanwhile cancels the
+        # command loop, not the commit, and its session ends once the commit has answered.
+        self._saving: dict[int, asyncio.Task[Stored]] = {}
         self.addresses: list[tuple[str, int]] = []
         self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
@@ -158,6 +167,10 @@ class SmtpServer:
     async def start(self) -> None:
         smtp, tls = self.settings.smtp, self.settings.tls
         loop = asyncio.get_running_loop()
+        # A first connection confirms that aiosmtpd still assigns the live settings. Made here,
+        # without a client, a mismatch stops the start; in the listener's protocol factory it
+        # would only be logged (or not at all), each client left hanging.
+        self._protocol()
         if tls.enabled:
             self.tls_context = await asyncio.to_thread(server_context, tls, self.store.directory)
         backlog = await asyncio.to_thread(listen_backlog)
@@ -265,6 +278,18 @@ class SmtpServer:
             self.events.publish(SessionChanged(protocol.snapshot()))
 
     def session_ended(self, protocol: SmtpConnection) -> None:
+        """The connection is gone. With a message still committing, the session ends once the
+        commit has answered (its MessageStored first, and the id in its last row and in
+        SessionEnded); meanwhile it counts as live and a server stop waits for it."""
+        saving = self._saving.get(protocol.session_id)
+        if saving is not None and not saving.done():
+            loop = asyncio.get_running_loop()
+            # call_soon: after whatever else the commit's answer wakes.
+            saving.add_done_callback(lambda _: loop.call_soon(self._end_session, protocol))
+            return
+        self._end_session(protocol)
+
+    def _end_session(self, protocol: SmtpConnection) -> None:
         session_id = protocol.session_id
         self._live.pop(session_id, None)
         if not self._live:
@@ -377,7 +402,25 @@ class SmtpServer:
         return found
 
     async def save_message(self, protocol: SmtpConnection, message: IncomingMessage) -> Stored:
-        """Commit the message with the transcript so far; returns once it is on disk."""
+        """Commit the message with the transcript so far; returns once it is on disk.
+
+        The commit is a task of its own: a client that leaves meanwhile (aiosmtpd then cancels
+        the command loop, which waits here) takes no reply with it, but the message may still
+        commit, and it is then told and counted all the same."""
+        saving = asyncio.create_task(self._commit(protocol, message))
+        self._saving[protocol.session_id] = saving
+        saving.add_done_callback(partial(self._saved, protocol.session_id))
+        try:
+            return await asyncio.shield(saving)
+        except asyncio.CancelledError:
+            saving.add_done_callback(partial(_saved_for_nobody, protocol.session_id))
+            raise
+
+    def _saved(self, session_id: int, saving: asyncio.Task[Stored]) -> None:
+        if self._saving.get(session_id) is saving:
+            del self._saving[session_id]
+
+    async def _commit(self, protocol: SmtpConnection, message: IncomingMessage) -> Stored:
         events = protocol.transcript.take()
         write = partial(
             store_message,
