@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -369,8 +370,10 @@ class Sink:
         small read."""
         from watchfiles import awatch
 
-        names = {Path(self.path).name + suffix for suffix in ("", "-wal")}
-        directory = str(Path(self.path).parent)
+        # Where SQLite writes: a symlinked store's files are its target's.
+        real = Path(os.path.realpath(self.path))
+        names = {real.name + suffix for suffix in ("", "-wal")}
+        directory = str(real.parent)
         try:
             async for _changes in awatch(
                 directory,

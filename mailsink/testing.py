@@ -96,7 +96,11 @@ class RunningSink:
                 raise
 
         self._serving = asyncio.run_coroutine_threadsafe(serve(), self.loop)
-        self.sink = started.result(30)
+        try:
+            self.sink = started.result(30)
+        except BaseException:
+            self._stop_loop()  # nothing else was left running: the sink cleaned up after itself
+            raise
         if self.config is not None:
             time.sleep(0.2)  # let the watch begin before a test edits the file
         self.host, self.port = self.sink.addresses[0][:2]
@@ -104,16 +108,21 @@ class RunningSink:
         return self
 
     def stop(self, grace: float = 10.0) -> None:
+        if self.loop.is_closed():
+            return  # stopped already
         if self._serving is not None and self._stopping is not None:
             if self.sink is not None and self.sink.server is not None:
                 self._call(self.sink.server.stop(grace))
             self.loop.call_soon_threadsafe(self._stopping.set)
             with contextlib.suppress(Exception):
                 self._serving.result(60)
+        self._stop_loop()
+        self.sink = None
+
+    def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-        self.sink = None
 
     def __enter__(self) -> RunningSink:
         return self.start()

@@ -292,3 +292,40 @@ def test_an_attached_flush_waits_for_the_deletion_in_flight(tmp_path):
             return len(ids), left
 
     assert asyncio.run(scenario()) == (3000, 0)
+
+
+def test_a_symlinked_store_is_watched_where_sqlite_writes(tmp_path):
+    """Another program's change to a store served through a symlink (`--db link`) reaches the
+    sink's subscribers: the files watched are the target's."""
+    from mailsink.events import StoreChanged
+    from mailsink.store import operations, run_here
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    target = tmp_path / "real" / "real.db"
+    link = tmp_path / "links" / "mail.db"
+    link.symlink_to(target)
+    with RunningSink(link) as running:
+        with smtplib.SMTP(running.host, running.port) as client:
+            client.sendmail("a@x.test", ["b@x.test"], message())
+        running._call(running.sink.flush())
+        with running.events(StoreChanged) as events:
+            time.sleep(0.3)  # the watch starts and the server's own commits settle
+            while True:  # what the server wrote before the subscription may still be told
+                try:
+                    events.next(timeout=0.3)
+                except TimeoutError:
+                    break
+            assert run_here(str(target), operations.clear) == 1  # as `mailsink clear` does
+            assert isinstance(events.next(timeout=3), StoreChanged)
+
+
+def test_a_running_sink_that_cannot_listen_leaves_nothing_running(tmp_path):
+    from mailsink.errors import ListenError
+
+    running = RunningSink(tmp_path / "mail.db", host="203.0.113.5")  # not this machine's
+    with pytest.raises(ListenError, match=r"cannot listen on 203\.0\.113\.5"):
+        running.start()
+    assert not running._thread.is_alive()
+    running.stop()  # and stopping it then, or twice, is no error
+    running.stop()

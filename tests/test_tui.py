@@ -653,6 +653,9 @@ def test_live_transcript_is_complete_and_in_order(tmp_path):
             await asyncio.to_thread(client.command, "QUIT")
             client.close()
             await wait_until(pilot, lambda: sessions.rows[1].state == "quit")
+            # The row says "quit" as the session ends, from its snapshot; its last lines are
+            # in the store once the writer has committed its end.
+            await app.sink.flush()
             with Reader(app.sink.path) as reader:
                 stored = reader.session_events(1)
             await wait_until(pilot, lambda: sessions.last_seq == stored[-1][0])

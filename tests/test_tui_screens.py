@@ -311,3 +311,42 @@ def test_state_dir_is_the_user_config_dir_unless_overridden(monkeypatch, tmp_pat
     assert default_state_dir() == platformdirs.user_config_path("mailsink")
     monkeypatch.setenv("MAILSINK_STATE_DIR", str(tmp_path / "elsewhere"))
     assert default_state_dir() == tmp_path / "elsewhere"
+
+
+def test_a_rejected_config_edit_is_one_notice_while_the_list_is_busy(tmp_path, monkeypatch):
+    """The logged error and the ConfigRejected event say the same thing: one notice, even when
+    the list is in the middle of a slow catch-up (a filtered list of a big store)."""
+    from mailsink.store import Reader
+
+    config = tmp_path / "mailsink.toml"
+    config.write_text("[smtp]\nhostname = 'a.test'\n")
+    handler = RecentLog()
+    logger = logging.getLogger("mailsink")
+    logger.addHandler(handler)
+    index = Reader.message_index
+
+    def slow_index(reader, *args, **kwargs):
+        time.sleep(0.4)
+        return index(reader, *args, **kwargs)
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db", config), log_handler=handler) as (
+            app,
+            pilot,
+        ):
+            await pilot.pause(0.3)  # the config watch has begun
+            monkeypatch.setattr(Reader, "message_index", slow_index)
+            await send(app, "a@x.test", ["b@x.test"], message())  # a catch-up starts
+            config.write_text("[smtp]\nport = 'x'\n")  # and the edit is rejected meanwhile
+
+            def notices() -> list[str]:
+                return [n.message for n in app._notifications if "smtp.port" in n.message]
+
+            await wait_until(pilot, lambda: notices(), 10)
+            await pilot.pause(1.0)
+            assert len(notices()) == 1, notices()
+
+    try:
+        run(scenario)
+    finally:
+        logger.removeHandler(handler)

@@ -45,6 +45,7 @@ from mailsink.tui.widgets.dialogs import Help
 from mailsink.tui.widgets.message_detail import BrowserFiles
 
 SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
+CATCH_UP_RETRY_SECONDS = 0.5  # after the store refused the list's read
 LOG_NOTICE_DELAY = 0.1  # seconds from a logged warning to its notice (see RecentLog.wake)
 
 
@@ -179,6 +180,7 @@ class MailsinkApp(App[None]):
         # 100 000-message list otherwise).
         gc.freeze()
         self._follow_events()
+        self._follow_config()
         if self.log_handler is not None:
             loop = asyncio.get_running_loop()
             self.log_handler.wake = lambda: loop.call_soon_threadsafe(
@@ -188,23 +190,24 @@ class MailsinkApp(App[None]):
 
     @work(group="events")
     async def _follow_events(self) -> None:
-        """The sink's news, as it happens: new and deleted mail goes to the list (many events
-        at once are one catch-up), config reloads to the status line and a notice."""
+        """New and deleted mail, as it happens, goes to the list: many events at once are one
+        catch-up."""
         with self.sink.subscribe(
-            MessageStored,
-            MessagesDeleted,
-            StoreChanged,
-            EventsLost,
-            ConfigReloaded,
-            ConfigRejected,
+            MessageStored, MessagesDeleted, StoreChanged, EventsLost
         ) as events:
             while True:
-                batch = [await events.get(), *events.pending()]
-                for event in batch:
-                    if isinstance(event, ConfigReloaded | ConfigRejected):
-                        self._config_changed(event)
-                if any(not isinstance(e, ConfigReloaded | ConfigRejected) for e in batch):
-                    await self._catch_up()
+                await events.get()
+                events.pending()
+                await self._catch_up()
+
+    @work(group="config-events")
+    async def _follow_config(self) -> None:
+        """Config reloads, to the status line and a notice; apart from the list's catch-up, so
+        that the notice comes at once (and the logged line that says the same is not shown
+        again, see RecentLog.seen)."""
+        with self.sink.subscribe(ConfigReloaded, ConfigRejected) as events:
+            async for event in events:
+                self._config_changed(event)
 
     async def _catch_up(self) -> None:
         try:
@@ -214,8 +217,9 @@ class MailsinkApp(App[None]):
         try:
             while not await listing.catch_up():
                 pass  # overtaken by a reload: look again
-        except sqlite3.Error as error:  # e.g. the store is locked: say so; the next event retries
+        except sqlite3.Error as error:  # e.g. the store is locked: say so, and look again soon
             self.notify(f"store: {error}", severity="error", markup=False, timeout=3)
+            self.set_timer(CATCH_UP_RETRY_SECONDS, self._catch_up)
 
     def show_log_warnings(self) -> None:
         """Warnings the server logged while the UI owns the terminal, as notices."""

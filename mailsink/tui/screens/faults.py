@@ -8,6 +8,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.events import Key
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
@@ -79,7 +80,10 @@ class FaultsScreen(Screen[None]):
             while True:
                 await changes.get()
                 changes.pending()
-                self.redraw()
+                try:
+                    self.redraw()
+                except NoMatches:
+                    return  # the screen is being taken down: its widgets go before its workers
                 await asyncio.sleep(REDRAW_SECONDS)  # a rule firing 10 000 times a second
 
     def redraw(self) -> None:

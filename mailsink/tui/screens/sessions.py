@@ -10,6 +10,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
@@ -171,6 +172,13 @@ class SessionsScreen(Screen[None]):
         sessions = await self.sink.sessions(limit=LISTED)
         if not self.is_attached:
             return  # closed while reading
+        try:
+            self._show(sessions)
+            await self._stream_transcript()
+        except NoMatches:
+            return  # the screen is being taken down: its widgets go before its workers
+
+    def _show(self, sessions: list[SessionRecord | LiveSession]) -> None:
         stopped = self._server_stopped()
         rows = {
             session.id: (
@@ -181,7 +189,6 @@ class SessionsScreen(Screen[None]):
             for session in sessions
         }
         self._show_rows(rows)
-        await self._stream_transcript()
 
     def _server_stopped(self) -> bool:
         """Attached: the status line found the store's server gone, so an open session in the
