@@ -58,12 +58,6 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _saved_for_nobody(session_id: int, saving: asyncio.Task[Stored]) -> None:
-    """A commit whose connection went away before its reply: a failure has nobody to answer."""
-    if not saving.cancelled() and (error := saving.exception()) is not None:
-        log.error("session %s: a message was not stored: %s", session_id, error)
-
-
 def listen_backlog() -> int:
     """The listen queue: the system's maximum (net.core.somaxconn on Linux), at least 1024.
     asyncio's default of 100 stalls a burst of connections for a SYN retry (1 s) every ~100."""
@@ -120,7 +114,7 @@ class SmtpServer:
         self._ending: dict[int, SmtpConnection] = {}
         # Messages being committed, by session id: a client that leaves meanwhile cancels the
         # command loop, not the commit, and its session ends once the commit has answered.
-        self._saving: dict[int, asyncio.Task[Stored]] = {}
+        self._saving: dict[int, asyncio.Future[Stored]] = {}
         self.addresses: list[tuple[str, int]] = []
         self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
@@ -404,23 +398,9 @@ class SmtpServer:
     async def save_message(self, protocol: SmtpConnection, message: IncomingMessage) -> Stored:
         """Commit the message with the transcript so far; returns once it is on disk.
 
-        The commit is a task of its own: a client that leaves meanwhile (aiosmtpd then cancels
-        the command loop, which waits here) takes no reply with it, but the message may still
-        commit, and it is then told and counted all the same."""
-        saving = asyncio.create_task(self._commit(protocol, message))
-        self._saving[protocol.session_id] = saving
-        saving.add_done_callback(partial(self._saved, protocol.session_id))
-        try:
-            return await asyncio.shield(saving)
-        except asyncio.CancelledError:
-            saving.add_done_callback(partial(_saved_for_nobody, protocol.session_id))
-            raise
-
-    def _saved(self, session_id: int, saving: asyncio.Task[Stored]) -> None:
-        if self._saving.get(session_id) is saving:
-            del self._saving[session_id]
-
-    async def _commit(self, protocol: SmtpConnection, message: IncomingMessage) -> Stored:
+        A client that leaves meanwhile (aiosmtpd then cancels the command loop, which waits
+        here) takes no reply with it, but the message may still commit: it is then told and
+        counted all the same, before its session ends (see session_ended)."""
         events = protocol.transcript.take()
         write = partial(
             store_message,
@@ -430,8 +410,18 @@ class SmtpServer:
             peer=protocol.peer,
             message=message,
         )
+        committing: asyncio.Future[Stored] = self.store.begin(write)
+        self._saving[protocol.session_id] = committing
+        committing.add_done_callback(partial(self._saved, protocol.session_id))
         try:
-            stored: Stored = await self.store.run(write)
+            # Shielded: a cancelled waiter must not cancel the commit's future, which the
+            # writer answers whatever happens to the connection.
+            stored: Stored = await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            committing.add_done_callback(
+                partial(self._committed_for_nobody, protocol, message, events)
+            )
+            raise
         except WriterLost:
             found = await self._committed_anyway(protocol, message)
             if found is None:
@@ -441,6 +431,34 @@ class SmtpServer:
         except BaseException:
             protocol.transcript.restore(events)
             raise
+        self._stored(protocol, message, events, stored)
+        return stored
+
+    def _saved(self, session_id: int, saving: asyncio.Future[Stored]) -> None:
+        if self._saving.get(session_id) is saving:
+            del self._saving[session_id]
+
+    def _committed_for_nobody(
+        self,
+        protocol: SmtpConnection,
+        message: IncomingMessage,
+        events: list[Any],
+        committing: asyncio.Future[Stored],
+    ) -> None:
+        """The commit of a message whose client left before its reply: told and counted if it
+        committed; a failure has nobody to answer. (A writer that died on it is not asked
+        whether it committed all the same: nobody waits for the answer.)"""
+        if committing.cancelled():
+            return
+        error = committing.exception()
+        if error is not None:
+            log.error("session %s: a message was not stored: %s", protocol.session_id, error)
+            return
+        self._stored(protocol, message, events, committing.result())
+
+    def _stored(
+        self, protocol: SmtpConnection, message: IncomingMessage, events: list[Any], stored: Stored
+    ) -> None:
         protocol.transcript.settled(events)
         protocol.message_ids.append(stored.id)
         bus = self.events
@@ -459,4 +477,3 @@ class SmtpServer:
             _cut(visible(stored.subject or ""), _LOGGED_SUBJECT),
             f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",
         )
-        return stored

@@ -97,11 +97,16 @@ class Store:
         given, learns the outcome (WriterLost if the writer died before answering)."""
         self._writer.submit(operation, future, urgent=False)
 
-    async def run(self, operation: Operation) -> Any:
-        """Queue a write and wait until it has committed; returns what the operation returned."""
+    def begin(self, operation: Operation) -> asyncio.Future[Any]:
+        """Queue a write to commit at once; the future gets what the operation returned once
+        it has committed (what `run` waits for), also when its first waiter gave up."""
         future = asyncio.get_running_loop().create_future()
         self._writer.submit(operation, future)
-        return await future
+        return future
+
+    async def run(self, operation: Operation) -> Any:
+        """Queue a write and wait until it has committed; returns what the operation returned."""
+        return await self.begin(operation)
 
     async def delete_messages(self, message_ids: Iterable[int]) -> int:
         """Delete these messages in one transaction, counted as one deletion; returns how many
