@@ -55,10 +55,9 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(settings: Settings, overrides: dict[str, Any] | None = None) -> None:
     configure_logging()
-    # The event loop and the store's writer thread take turns on the GIL; at Python's default
-    # 5 ms a turn, a commit waits behind the loop (and the loop behind a commit) for that long.
-    # 1 ms measured +11 % messages/s with connections reused (docs/PERFORMANCE.md).
-    sys.setswitchinterval(0.001)
+    # No sys.setswitchinterval here: it paid off (+11 %) while the writer was a thread of this
+    # process; with the writer in a process of its own the loop has the GIL nearly alone, and
+    # 1 ms measured the same as Python's 5 ms (docs/PERFORMANCE.md, issue 12).
     factory = loop_factory()
     log.info("event loop: %s", "uvloop" if factory else "asyncio")
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -330,7 +330,9 @@ def run(
     logger.setLevel(logging.INFO)
     logger.propagate = False  # the terminal belongs to the UI
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    sys.setswitchinterval(0.001)  # as in `serve`: commits and the loop take short turns
+    # The reader and parse threads share the GIL with the UI's loop: short turns keep a key
+    # from waiting 5 ms behind a parse (bench/tui_actions.py was measured with it).
+    sys.setswitchinterval(0.001)
 
     app = create_app(
         settings,
