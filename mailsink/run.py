@@ -55,9 +55,12 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(settings: Settings, overrides: dict[str, Any] | None = None) -> None:
     configure_logging()
-    # No sys.setswitchinterval here: it paid off (+11 %) while the writer was a thread of this
-    # process; with the writer in a process of its own the loop has the GIL nearly alone, and
-    # 1 ms measured the same as Python's 5 ms (docs/PERFORMANCE.md, issue 12).
+    # The loop shares the GIL with the threads that parse headers for DATA-stage rules and
+    # answer `committed_message`; 1 ms turns instead of 5 ms measured +1 % (reused connections)
+    # and +3 % (a connection per message) against the reference, within the runs' spread but
+    # in its favour each time (docs/PERFORMANCE.md, issue 12). It was +11 % with the writer
+    # as a thread of this process.
+    sys.setswitchinterval(0.001)
     factory = loop_factory()
     log.info("event loop: %s", "uvloop" if factory else "asyncio")
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -282,7 +282,9 @@ class Sink:
 
     # ---- changes: every one a writer operation
 
-    async def _change(self, operation: Callable[..., T], **arguments: Any) -> T:
+    async def _change(
+        self, operation: Callable[..., T], *, again_if_lost: bool = False, **arguments: Any
+    ) -> T:
         """Served here: the writer process runs it. Attached: one transaction of its own, with
         the same operation, on the reader thread (so that a read asked for after it sees it),
         while another process's writer runs beside it (SQLite's lock orders them)."""
@@ -297,13 +299,18 @@ class Sink:
             return await self.store.run(write)
         except WriterLost:
             # The writer died before answering: the change may or may not have committed.
-            # Deletions are idempotent, so the next writer makes sure of it.
+            # Deleting given ids is idempotent, so the next writer makes sure of it (a clear is
+            # not: run again, it would take mail accepted since).
+            if not again_if_lost:
+                raise
             return await self.store.run(write)
 
     async def delete_messages(self, message_ids: Iterable[int]) -> int:
         """Delete these messages in one transaction; returns how many were still there."""
         ids = tuple(message_ids)
-        deleted = await self._change(operations.delete_messages, message_ids=list(ids))
+        deleted = await self._change(
+            operations.delete_messages, again_if_lost=True, message_ids=list(ids)
+        )
         if ids and self.events.wants(ev.MessagesDeleted):
             self.events.publish(ev.MessagesDeleted(ids))
         return deleted

@@ -252,3 +252,54 @@ def test_a_commit_that_fails_after_its_client_left_still_ends_the_session(sink, 
     assert until(lambda: not sink.live_sessions())
     assert "a message was not stored" in caplog.text
     assert sink.wait_for(lambda r: r.get_session(ended.session.id).end_reason) == "aborted"
+
+
+def test_resets_landing_as_the_commit_answers_still_tell_the_message_first(tmp_path):
+    """A client that resets 0-4 ms after its final "." can land between the commit's answer and
+    the save resuming: the session still ends only once its message is told, with its id."""
+    import random
+    import socket
+    import struct
+
+    from mailsink.events import MessageStored, SessionEnded
+    from mailsink.testing import RunningSink
+
+    rounds = 120
+    chance = random.Random(1)
+    with (
+        RunningSink(tmp_path / "mail.db") as running,
+        running.events(MessageStored, SessionEnded) as events,
+    ):
+        for index in range(rounds):
+            client = socket.create_connection((running.host, running.port))
+            with client.makefile("rb") as replies:
+                replies.readline()
+                client.sendall(b"HELO x\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+                for _ in range(4):
+                    replies.readline()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.sendall(b"Subject: %d\r\n\r\nbody\r\n.\r\n" % index)
+            until = time.perf_counter() + chance.uniform(0, 0.004)
+            while time.perf_counter() < until:
+                pass
+            client.close()  # a reset, not a FIN: SO_LINGER 0
+        told: dict[int, int] = {}
+        ended = 0
+        while ended < rounds:
+            event = events.next(timeout=10)
+            if isinstance(event, MessageStored):
+                told[event.session_id] = event.message_id
+            else:
+                ended += 1
+                stored = told.get(event.session.id)
+                if stored is not None:  # told before its end, and counted in it
+                    assert event.session.message_ids == (stored,)
+                else:  # nothing was told: then nothing was stored for it
+                    with running.reader() as reader:
+                        ids = [m.id for m in reader.list_messages(limit=1000)]
+                        kept = {m.session_id for m in reader.list_messages(limit=1000)}
+                    assert event.session.id not in kept, (event.session.id, ids)
+        running._call(running.sink.flush())  # the last sessions' end rows
+        assert running.live_sessions() == []
+        with running.reader() as reader:
+            assert {m.session_id: m.id for m in reader.list_messages(limit=1000)} == told

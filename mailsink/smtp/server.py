@@ -114,7 +114,9 @@ class SmtpServer:
         self._ending: dict[int, SmtpConnection] = {}
         # Messages being committed, by session id: a client that leaves meanwhile cancels the
         # command loop, not the commit, and its session ends once the commit has answered.
-        self._saving: dict[int, asyncio.Future[Stored]] = {}
+        # A message's save on each connection, settled once its outcome is told (see
+        # session_ended).
+        self._saving: dict[int, asyncio.Future[None]] = {}
         self.addresses: list[tuple[str, int]] = []
         self.labels: list[str] = []  # what each address serves: "SMTP" or "SMTPS, implicit TLS"
         self._servers: list[asyncio.base_events.Server] = []
@@ -277,9 +279,7 @@ class SmtpServer:
         SessionEnded); meanwhile it counts as live and a server stop waits for it."""
         saving = self._saving.get(protocol.session_id)
         if saving is not None and not saving.done():
-            loop = asyncio.get_running_loop()
-            # call_soon: after whatever else the commit's answer wakes.
-            saving.add_done_callback(lambda _: loop.call_soon(self._end_session, protocol))
+            saving.add_done_callback(lambda _: self._end_session(protocol))
             return
         self._end_session(protocol)
 
@@ -400,7 +400,7 @@ class SmtpServer:
 
         A client that leaves meanwhile (aiosmtpd then cancels the command loop, which waits
         here) takes no reply with it, but the message may still commit: it is then told and
-        counted all the same, before its session ends (see session_ended)."""
+        counted all the same, and its session ends only after that (see session_ended)."""
         events = protocol.transcript.take()
         write = partial(
             store_message,
@@ -410,51 +410,82 @@ class SmtpServer:
             peer=protocol.peer,
             message=message,
         )
-        committing: asyncio.Future[Stored] = self.store.begin(write)
-        self._saving[protocol.session_id] = committing
-        committing.add_done_callback(partial(self._saved, protocol.session_id))
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._saving[protocol.session_id] = settled
+        nobody = partial(self._outcome_for_nobody, protocol, message, events, settled)
+        handed_over = False  # the outcome is a callback's to tell (the waiter was cancelled)
         try:
-            # Shielded: a cancelled waiter must not cancel the commit's future, which the
-            # writer answers whatever happens to the connection.
-            stored: Stored = await asyncio.shield(committing)
-        except asyncio.CancelledError:
-            committing.add_done_callback(
-                partial(self._committed_for_nobody, protocol, message, events)
-            )
-            raise
-        except WriterLost:
-            found = await self._committed_anyway(protocol, message)
-            if found is None:
+            committing: asyncio.Future[Stored] = self.store.begin(write)
+            try:
+                # Shielded: a cancelled waiter must not cancel the commit's future, which the
+                # writer answers whatever happens to the connection.
+                stored: Stored = await asyncio.shield(committing)
+            except asyncio.CancelledError:
+                committing.add_done_callback(nobody)
+                handed_over = True
+                raise
+            except WriterLost:
+                looking = asyncio.ensure_future(self._committed_anyway(protocol, message))
+                try:
+                    found = await asyncio.shield(looking)
+                except asyncio.CancelledError:
+                    looking.add_done_callback(nobody)
+                    handed_over = True
+                    raise
+                if found is None:
+                    protocol.transcript.restore(events)
+                    raise
+                stored = found
+            except BaseException:
                 protocol.transcript.restore(events)
                 raise
-            stored = found
-        except BaseException:
-            protocol.transcript.restore(events)
-            raise
-        self._stored(protocol, message, events, stored)
-        return stored
+            self._stored(protocol, message, events, stored)
+            return stored
+        finally:
+            if not handed_over:
+                self._settle(protocol.session_id, settled)
 
-    def _saved(self, session_id: int, saving: asyncio.Future[Stored]) -> None:
-        if self._saving.get(session_id) is saving:
+    def _settle(self, session_id: int, settled: asyncio.Future[None]) -> None:
+        if self._saving.get(session_id) is settled:
             del self._saving[session_id]
+        if not settled.done():
+            settled.set_result(None)
 
-    def _committed_for_nobody(
+    def _outcome_for_nobody(
         self,
         protocol: SmtpConnection,
         message: IncomingMessage,
         events: list[Any],
-        committing: asyncio.Future[Stored],
+        settled: asyncio.Future[None],
+        outcome: asyncio.Future[Any],
     ) -> None:
-        """The commit of a message whose client left before its reply: told and counted if it
-        committed; a failure has nobody to answer. (A writer that died on it is not asked
-        whether it committed all the same: nobody waits for the answer.)"""
-        if committing.cancelled():
-            return
-        error = committing.exception()
-        if error is not None:
-            log.error("session %s: a message was not stored: %s", protocol.session_id, error)
-            return
-        self._stored(protocol, message, events, committing.result())
+        """What became of the save of a message whose client left before its reply (the
+        commit's answer, or the look-up after the writer died): told and counted if it was
+        stored, its transcript lines kept for the session's end row if not; then the session
+        may end."""
+        handed_over = False  # to the look-up after a writer's death, which settles it
+        try:
+            if outcome.cancelled():
+                protocol.transcript.restore(events)
+                return
+            error = outcome.exception()
+            if isinstance(error, WriterLost):
+                looking = asyncio.ensure_future(self._committed_anyway(protocol, message))
+                looking.add_done_callback(
+                    partial(self._outcome_for_nobody, protocol, message, events, settled)
+                )
+                handed_over = True
+                return
+            result = None if error is not None else outcome.result()
+            if result is None:  # failed, or not found committed after all
+                protocol.transcript.restore(events)
+                why = error or "the store's writer ended before it answered"
+                log.error("session %s: a message was not stored: %s", protocol.session_id, why)
+                return
+            self._stored(protocol, message, events, result)
+        finally:
+            if not handed_over:
+                self._settle(protocol.session_id, settled)
 
     def _stored(
         self, protocol: SmtpConnection, message: IncomingMessage, events: list[Any], stored: Stored

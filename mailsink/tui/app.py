@@ -109,6 +109,8 @@ class MailsinkApp(App[None]):
         self.startup_error: Exception | None = None
         self._resources = contextlib.AsyncExitStack()
         self.browser_files = BrowserFiles()  # the HTML `o` wrote, removed on exit
+        self._catching_up = asyncio.Lock()
+        self._retrying = False  # a catch-up the store refused is tried again once, soon
         # What the user asked for and did not happen (a `d` the store refused on quit, a `D`
         # cut short): the in-memory log dies with the app, so `run` says it on stderr.
         self.exit_problems: list[str] = []
@@ -210,16 +212,24 @@ class MailsinkApp(App[None]):
                 self._config_changed(event)
 
     async def _catch_up(self) -> None:
-        try:
-            listing = self.main.message_list
-        except NoMatches:
-            return  # not composed yet, or already shutting down
-        try:
-            while not await listing.catch_up():
-                pass  # overtaken by a reload: look again
-        except sqlite3.Error as error:  # e.g. the store is locked: say so, and look again soon
-            self.notify(f"store: {error}", severity="error", markup=False, timeout=3)
-            self.set_timer(CATCH_UP_RETRY_SECONDS, self._catch_up)
+        """One at a time (the event worker's and a retry's would both add the same new ids)."""
+        async with self._catching_up:
+            try:
+                listing = self.main.message_list
+            except NoMatches:
+                return  # not composed yet, or already shutting down
+            try:
+                while not await listing.catch_up():
+                    pass  # overtaken by a reload: look again
+            except sqlite3.Error as error:  # e.g. the store is locked: say so, look again soon
+                self.notify(f"store: {error}", severity="error", markup=False, timeout=3)
+                if not self._retrying:
+                    self._retrying = True
+                    self.set_timer(CATCH_UP_RETRY_SECONDS, self._retry_catch_up)
+
+    async def _retry_catch_up(self) -> None:
+        self._retrying = False
+        await self._catch_up()
 
     def show_log_warnings(self) -> None:
         """Warnings the server logged while the UI owns the terminal, as notices."""
@@ -330,8 +340,7 @@ def run(
     logger.setLevel(logging.INFO)
     logger.propagate = False  # the terminal belongs to the UI
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    # The reader and parse threads share the GIL with the UI's loop: short turns keep a key
-    # from waiting 5 ms behind a parse (bench/tui_actions.py was measured with it).
+    # As in `serve`; here the reader and parse threads share the GIL with the UI's loop too.
     sys.setswitchinterval(0.001)
 
     app = create_app(
