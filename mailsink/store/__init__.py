@@ -1,6 +1,6 @@
 """The store: SQLite is the single source of truth for messages and sessions.
 
-Layers, each importing only those above it in this list:
+Layers, each importing only those before it in this list:
 
 - schema: the schema and its migrations, connections, SQLite's errors in the user's words;
 - operations: every change to the rows (what the writer runs), and run_here, which runs one in
