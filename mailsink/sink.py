@@ -282,35 +282,26 @@ class Sink:
 
     # ---- changes: every one a writer operation
 
-    async def _change(
-        self, operation: Callable[..., T], *, again_if_lost: bool = False, **arguments: Any
-    ) -> T:
-        """Served here: the writer process runs it. Attached: one transaction of its own, with
-        the same operation, on the reader thread (so that a read asked for after it sees it),
-        while another process's writer runs beside it (SQLite's lock orders them)."""
-        if self.store is None:
-            loop = asyncio.get_running_loop()
-            change = partial(run_here, self.path, operation, **arguments)
-            return await loop.run_in_executor(self._executor, change)
-        # Bound by keyword, so that it pickles as the operation alone: the writer process
-        # imports mailsink.store, not the service.
-        write = partial(operation, **arguments) if arguments else operation
-        try:
-            return await self.store.run(write)
-        except WriterLost:
-            # The writer died before answering: the change may or may not have committed.
-            # Deleting given ids is idempotent, so the next writer makes sure of it (a clear is
-            # not: run again, it would take mail accepted since).
-            if not again_if_lost:
-                raise
-            return await self.store.run(write)
+    async def _here(self, operation: Callable[..., T], **arguments: Any) -> T:
+        """Attached: the store's own operation, in one transaction of this process's, on the
+        reader thread (so that a read asked for after it sees it), while another process's
+        writer runs beside it (SQLite's lock orders them)."""
+        change = partial(run_here, self.path, operation, **arguments)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, change)
 
     async def delete_messages(self, message_ids: Iterable[int]) -> int:
         """Delete these messages in one transaction; returns how many were still there."""
         ids = tuple(message_ids)
-        deleted = await self._change(
-            operations.delete_messages, again_if_lost=True, message_ids=list(ids)
-        )
+        if self.store is None:
+            deleted = await self._here(operations.delete_messages, message_ids=list(ids))
+        else:
+            try:
+                deleted = await self.store.delete_messages(ids)
+            except WriterLost:
+                # The writer died before answering: the deletion may or may not have committed.
+                # Deleting given ids is idempotent, so the next writer makes sure of it (a clear
+                # is not: run again, it would take mail accepted since).
+                deleted = await self.store.delete_messages(ids)
         if ids and self.events.wants(ev.MessagesDeleted):
             self.events.publish(ev.MessagesDeleted(ids))
         return deleted
@@ -320,11 +311,16 @@ class Sink:
 
     async def delete_idle_sessions(self) -> int:
         """Delete the finished sessions that have no message left."""
-        return await self._change(operations.delete_idle_sessions)
+        if self.store is None:
+            return await self._here(operations.delete_idle_sessions)
+        return await self.store.delete_idle_sessions()
 
     async def clear(self) -> int:
         """Delete every message and every finished session; returns how many messages went."""
-        count = await self._change(operations.clear)
+        if self.store is None:
+            count = await self._here(operations.clear)
+        else:
+            count = await self.store.clear()
         if self.events.wants(ev.MessagesDeleted):
             self.events.publish(ev.MessagesDeleted((), everything=True))
         return count
