@@ -73,6 +73,8 @@ class SmtpSettings:
     hostname: str = "mailsink"
     max_message_size: int = 25 * 1024 * 1024
     timeout: float = 300.0
+    bare_lf: str = "accept"  # accept | reject: lines that end in LF alone (see README)
+    helo_required: bool = False  # MAIL before HELO/EHLO is served, as Postfix does by default
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "hostname": _hostname,
             "max_message_size": _positive_size,
             "timeout": _positive_duration,
+            "bare_lf": _choice("accept", "reject"),
+            "helo_required": _flag,
         },
     ),
     "storage": (StorageSettings, {"path": _store_path, "max_messages": _max_messages}),

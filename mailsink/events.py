@@ -49,6 +49,8 @@ class LiveSession:
     unwritten: tuple[TranscriptEvent, ...]  # the newest lines, not yet handed to the store
     end_reason: str | None = None  # set once the connection is gone
     ended_at: int | None = None
+    refusals: int = 0  # 4xx/5xx replies refusing the client something (SessionRecord's too)
+    last_refusal: str | None = None  # the last of them: what it answered, then the reply
 
     @property
     def live(self) -> bool:

@@ -290,6 +290,8 @@ def test_a_store_of_schema_3_is_read_as_it_is_and_migrated_by_a_server(tmp_path)
     conn = sqlite3.connect(db)
     conn.executescript(
         "DROP TABLE server; ALTER TABLE sessions DROP COLUMN state;"
+        "ALTER TABLE messages DROP COLUMN reply_rule;"
+        "ALTER TABLE sessions DROP COLUMN refusals; ALTER TABLE sessions DROP COLUMN last_refusal;"
         "ALTER TABLE store_state DROP COLUMN kept_messages;"
         "ALTER TABLE store_state DROP COLUMN kept_sessions;"
         "INSERT INTO sessions (id, started_at, peer) VALUES (1, 0, 'p'); PRAGMA user_version = 3;"
@@ -300,13 +302,13 @@ def test_a_store_of_schema_3_is_read_as_it_is_and_migrated_by_a_server(tmp_path)
         assert session.state is None and session.end_reason is None
         assert reader.serving() == Serving(False, [], None)
         with RunningSink(db) as sink, sink.reader() as fresh:
-            assert fresh.version == 4
+            assert fresh.version == 5
             served = sink.wait_for(lambda r: r.serving().addresses)
             assert served == [("SMTP", "127.0.0.1", sink.port)]
             assert fresh.serving().running is True
             # A viewer that opened the old store sees it migrated at its next poll.
             assert reader.serving() == Serving(True, served, 50_000)
-            assert reader.version == 4
+            assert reader.version == 5
             client = RawClient(sink.host, sink.port)
             try:
                 client.command("EHLO new.test")

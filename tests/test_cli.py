@@ -120,6 +120,7 @@ def test_show_json_contract(filled):
         "peer": data["envelope"]["peer"],
         "auth_user": None,
         "tls": False,
+        "rcpt_refused": [],
     }
     assert data["headers"] == {
         "from": ["Billing <billing@shop.test>"],

@@ -7,6 +7,32 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RefusedRecipient:
+    """A RCPT TO the server refused: what the client gave, and the reply it got."""
+
+    address: str  # as given (the text after TO: when it could not be parsed as an address)
+    options: list[str]  # its parameters, as given (NOTIFY=, ORCPT=)
+    reply: str  # the reply sent, lines joined by "\n"
+    rule: str | None = None  # the fault rule that answered, when one did
+    reason: str = "fault_rule"  # REFUSAL_REASONS
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "options": self.options,
+            "reply": self.reply,
+            "rule": self.rule,
+            "reason": self.reason,
+        }
+
+
+# Why a recipient was refused: a fault rule answered; [validation] addresses = "reject"; the
+# address or its parameters could not be parsed; anything else the server refuses (a session
+# state, a limit).
+REFUSAL_REASONS = ("fault_rule", "validation", "syntax", "parameters", "other")
+
+
+@dataclass(frozen=True)
 class Envelope:
     """What the client said in SMTP, kept apart from anything in the message."""
 
@@ -18,6 +44,15 @@ class Envelope:
     peer: str | None = None
     auth_user: str | None = None
     tls: bool = False
+    # Every RCPT TO the server refused in this transaction, in the order given; rcpt_to holds
+    # only the accepted ones.
+    rcpt_refused: list[RefusedRecipient] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Envelope:
+        """The Envelope stored as `as_json()` made it (rows older than rcpt_refused lack it)."""
+        refused = [RefusedRecipient(**item) for item in data.get("rcpt_refused", ())]
+        return cls(**{**data, "rcpt_refused": refused})
 
     def as_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copy costs more than the rest of this per message.
@@ -30,4 +65,5 @@ class Envelope:
             "peer": self.peer,
             "auth_user": self.auth_user,
             "tls": self.tls,
+            "rcpt_refused": [refused.as_json() for refused in self.rcpt_refused],
         }

@@ -9,6 +9,36 @@ from mailsink.mail.addresses import aligned, domain_of, normalize, syntax_error
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import HeaderSummary
 
+# Every kind of finding, with its severity and what it means: README's findings table, the
+# CLI's `--findings KIND` and the TUI's help read it. A finding of a kind not listed here is a bug.
+KINDS: dict[str, tuple[str, str]] = {
+    # envelope against headers
+    "hidden_recipient": ("warning", "in RCPT TO, not in To or Cc (a Bcc recipient)"),
+    "undelivered_header_recipient": ("warning", "in To or Cc, never given in RCPT TO"),
+    "refused_recipient": ("warning", "given in RCPT TO and refused by the server"),
+    "bcc_header_present": ("error", "the message carries a Bcc header every recipient can read"),
+    "sender_mismatch": ("info", "MAIL FROM is neither the From nor the Sender address"),
+    "domain_misaligned": ("warning", "MAIL FROM's domain is not aligned with From's (DMARC)"),
+    "null_sender": ("info", "MAIL FROM:<>"),
+    "missing_header": ("warning", "no From or Date (warning), no Message-ID (info)"),
+    "invalid_address": ("error", "an envelope, From, To or Cc address fails the syntax check"),
+    "parse_defect": ("warning", "what Python's email parser reported as broken"),
+    # hygiene: what a production server would do with this mail
+    "bare_lf": ("warning", "lines end in a bare LF, not CRLF"),
+    "bare_cr": ("warning", "a CR not followed by LF"),
+    "long_line": ("warning", "a line over 998 octets (RFC 5322 2.1.1)"),
+    "eight_bit_without_8bitmime": ("warning", "8-bit bytes in the body without BODY=8BITMIME"),
+    "non_ascii_header": ("warning", "non-ASCII header bytes, neither RFC 2047 nor SMTPUTF8"),
+    "non_ascii_address": ("warning", "a non-ASCII envelope address without SMTPUTF8"),
+    "invalid_message_id": ("warning", "a Message-ID that is not <id-left@id-right>"),
+    "invalid_date": ("warning", "a Date header that does not parse (RFC 5322 3.3)"),
+    "future_date": ("warning", "a Date far in the future"),
+    "multiple_from_without_sender": ("warning", "several From addresses and no Sender"),
+    "size_mismatch": ("warning", "the declared SIZE= differs from the real size"),
+    "html_without_text": ("info", "an HTML part with no text alternative"),
+    "encoding_mismatch": ("warning", "a Content-Transfer-Encoding the content contradicts"),
+}
+
 
 @dataclass(frozen=True)
 class Finding:

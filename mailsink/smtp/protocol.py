@@ -152,6 +152,8 @@ class SmtpConnection(SMTP):
         self.message_ids: list[int] = []
         self.last_reply: str | None = None
         self.faults_fired = 0
+        self.refusals = 0  # see LiveSession.refusals
+        self.last_refusal: str | None = None
         self._command = ""  # the command being answered
         self._greeted = False
         self._refused = False  # a fault answered the greeting: only QUIT is served
@@ -217,6 +219,8 @@ class SmtpConnection(SMTP):
             unwritten=tuple(self.transcript.uncommitted()),
             end_reason=self.end_reason if ended else None,
             ended_at=self.ended_at if ended else None,
+            refusals=self.refusals,
+            last_refusal=self.last_refusal,
         )
 
     def _progress_due(self) -> None:

@@ -88,6 +88,8 @@ def _session_write(protocol: SmtpConnection, events: list[Any], **fields: Any) -
         auth_user=auth_user(session) if session else None,
         last_reply=protocol.last_reply,
         faults=protocol.faults_fired,
+        refusals=protocol.refusals,
+        last_refusal=protocol.last_refusal,
         **fields,
     )
 

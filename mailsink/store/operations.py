@@ -50,13 +50,14 @@ class IncomingMessage:
     status: str = "accepted"
     reply: str | None = None
     check_addresses: bool = True  # [validation] addresses != "off"
+    reply_rule: str | None = None  # the fault rule whose reply rejected it
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         # On its way to the writer process the raw message travels beside the pickle (out of
         # band) rather than copied into it: one 25 MB copy fewer for the biggest message.
         raw = pickle.PickleBuffer(self.raw) if protocol >= 5 else self.raw
         fields = (self.session_id, self.envelope, raw, self.received_at, self.status)
-        return IncomingMessage, (*fields, self.reply, self.check_addresses)
+        return IncomingMessage, (*fields, self.reply, self.check_addresses, self.reply_rule)
 
 
 # The list's attachment badge, without parsing the MIME tree at ingest: a part header naming a
@@ -105,14 +106,15 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     headers["attachments"] = has_attachment_hint(message.raw)
     found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
     cursor = conn.execute(
-        "INSERT INTO messages (session_id, received_at, status, reply, size, envelope, headers,"
-        " findings, finding_count)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (session_id, received_at, status, reply, reply_rule, size, envelope,"
+        " headers, findings, finding_count)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.session_id,
             message.received_at,
             message.status,
             message.reply,
+            message.reply_rule,
             len(message.raw),
             json.dumps(message.envelope.as_json()),
             json.dumps(headers),
@@ -205,7 +207,18 @@ def insert_session(conn: sqlite3.Connection, session_id: int, started_at: int, p
 
 
 _SESSION_FIELDS = frozenset(
-    {"helo", "tls", "auth_user", "end_reason", "ended_at", "last_reply", "faults", "state"}
+    {
+        "helo",
+        "tls",
+        "auth_user",
+        "end_reason",
+        "ended_at",
+        "last_reply",
+        "faults",
+        "state",
+        "refusals",
+        "last_refusal",
+    }
 )
 
 

@@ -18,6 +18,7 @@ from mailsink.mail.parse import ParsedMessage, parse_message
 from mailsink.store.schema import (
     DELETIONS_SINCE,
     PROGRESS_SINCE,
+    REFUSALS_SINCE,
     SCHEMA_VERSION,
     SessionEvent,
     check_version,
@@ -41,6 +42,7 @@ class MessageRecord:
     headers: dict[str, Any]
     findings: list[dict[str, Any]]
     has_attachments: bool = False  # a hint found at ingest, for the list's badge
+    reply_rule: str | None = None  # the fault rule whose reply rejected the message
 
     def summary_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,8 @@ class SessionRecord:
     message_ids: list[int]
     events: list[tuple[int, str, str]]  # (at ms, direction, text)
     state: str | None = None  # a live session's last command, as its server last wrote it
+    refusals: int = 0  # 4xx/5xx replies refusing the client something (see schema version 5)
+    last_refusal: str | None = None  # the last of them: what it answered, then the reply
 
     def as_json(self, *, with_events: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -87,6 +91,8 @@ class SessionRecord:
             "message_count": self.message_count,
             "last_reply": self.last_reply,
             "faults": self.faults,
+            "refusals": self.refusals,
+            "last_refusal": self.last_refusal,
             "messages": self.message_ids,
         }
         if with_events:
@@ -98,6 +104,8 @@ class SessionRecord:
 
 
 _MESSAGE_COLUMNS = "id, session_id, received_at, status, reply, size, envelope, headers, findings"
+# ... and in a store of schema REFUSALS_SINCE or later:
+_MESSAGE_COLUMNS_5 = f"{_MESSAGE_COLUMNS}, reply_rule"
 
 
 def _message(row: tuple[Any, ...]) -> MessageRecord:
@@ -111,10 +119,11 @@ def _message(row: tuple[Any, ...]) -> MessageRecord:
         status=row[3],
         reply=row[4],
         size=row[5],
-        envelope=Envelope(**envelope),
+        envelope=Envelope.from_json(envelope),
         headers=headers,
         findings=json.loads(row[8]),
         has_attachments=has_attachments,
+        reply_rule=row[9] if len(row) > 9 else None,
     )
 
 
@@ -145,6 +154,11 @@ class Reader:
 
     def close(self) -> None:
         self.conn.close()
+
+    @property
+    def _columns(self) -> str:
+        """The message columns this store's schema has."""
+        return _MESSAGE_COLUMNS_5 if self.version >= REFUSALS_SINCE else _MESSAGE_COLUMNS
 
     def __enter__(self) -> Reader:
         return self
@@ -187,7 +201,7 @@ class Reader:
         """Newest first."""
         query, params = self._filtered(search, findings_only, include_rejected)
         rows = self.conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS}{query} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT {self._columns}{query} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         ).fetchall()
         return [_message(row) for row in rows]
@@ -235,7 +249,7 @@ class Reader:
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", chunk
+                f"SELECT {self._columns} FROM messages WHERE id IN ({marks})", chunk
             ):
                 found[row[0]] = _message(row)
         return found
@@ -282,7 +296,7 @@ class Reader:
     @store_errors
     def get_message(self, message_id: int) -> MessageRecord | None:
         row = self.conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            f"SELECT {self._columns} FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         return _message(row) if row else None
 
@@ -314,9 +328,10 @@ class Reader:
     @store_errors
     def get_session(self, session_id: int, *, with_events: bool = True) -> SessionRecord | None:
         state = "state" if self.version >= PROGRESS_SINCE else "NULL"
+        refusals = "refusals, last_refusal" if self.version >= REFUSALS_SINCE else "0, NULL"
         row = self.conn.execute(
             "SELECT id, started_at, ended_at, peer, helo, tls, auth_user, end_reason,"
-            f" message_count, last_reply, faults, {state} FROM sessions WHERE id = ?",
+            f" message_count, last_reply, faults, {state}, {refusals} FROM sessions WHERE id = ?",
             (session_id,),
         ).fetchone()
         if row is None:
@@ -349,6 +364,8 @@ class Reader:
             message_ids=message_ids,
             events=events,
             state=row[11],
+            refusals=row[12],
+            last_refusal=row[13],
         )
 
     @store_errors

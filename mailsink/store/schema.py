@@ -21,10 +21,11 @@ import platformdirs
 
 from mailsink.errors import StoreError, StoreFileError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MEMORY = ":memory:"
 DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
 PROGRESS_SINCE = 4  # the schema version with a live session's state and the server row
+REFUSALS_SINCE = 5  # the schema version with a session's refusals and a rejection's rule
 
 # A transcript event: (sequence number, ms since the epoch, direction, text).
 SessionEvent = tuple[int, int, str, str]
@@ -106,6 +107,15 @@ _MIGRATIONS: dict[int, str] = {
         addresses TEXT NOT NULL,              -- JSON [[label, host, port], ...]
         max_messages INTEGER NOT NULL
     );
+    """,
+    5: """
+    -- The fault rule whose reply a rejected message got (NULL: none, or not a rule's).
+    ALTER TABLE messages ADD COLUMN reply_rule TEXT;
+    -- Replies that refused the client something (the greeting, HELO/EHLO, AUTH, MAIL, RCPT,
+    -- DATA, STARTTLS: a 4xx or 5xx), and the last of them with what it answered, so that a
+    -- session that delivered nothing still says what was refused.
+    ALTER TABLE sessions ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN last_refusal TEXT;
     """,
 }
 
