@@ -19,8 +19,11 @@ Upstream after 1.4.6, reviewed against the methods mailsink replaces (see PINNED
   - Session.peer's annotation (PR #522, a type only): mailsink's format_peer already takes the
     2- and 4-tuples and strings it describes.
 - Fixes in released versions that mailsink carries:
-  - 1.4.5 (SMTP smuggling): DATA ends only at CRLF.CRLF. mailsink's smtp_DATA reads up to
-    `_END_OF_DATA = b"\\r\\n.\\r\\n"` and never splits at a bare LF or CR.
+  - 1.4.5 (SMTP smuggling): DATA ends only at CRLF.CRLF. mailsink's smtp_DATA reads a CRLF
+    client's message up to `_END_OF_DATA = b"\\r\\n.\\r\\n"` and never splits it at a bare
+    LF or CR. Only a client whose DATA line itself ended in a bare LF gets its message ended by
+    a "." line ending in LF (README, "What the server speaks": a sink relays nothing, so no
+    second message can be smuggled on).
   - 1.4.6 (PR #380, STARTTLS command injection): plaintext pipelined behind STARTTLS is discarded
     in connection_made, which mailsink extends (it calls aiosmtpd's first), so the fix is
     inherited rather than ported.
@@ -92,6 +95,13 @@ PRIVATE: tuple[Use, ...] = (
         CALL,
         "a new envelope after DATA, also when the handler raised",
         "(self)",
+    ),
+    Use(
+        "_authenticate",
+        CALL,
+        "CRAM-MD5 (auth_CRAM__MD5, mailsink's) hands the client's answer to the authenticator as "
+        "aiosmtpd's PLAIN and LOGIN do",
+        "(self, mechanism, auth_data)",
     ),
     Use(
         "_strip_command_keyword",
@@ -227,7 +237,8 @@ HOOKS: tuple[Use, ...] = (
     Use(
         "challenge_auth",
         REPLACE,
-        "an AUTH response over the buffer is thrown away to its end, not read on as a command",
+        "an AUTH response over the buffer is thrown away to its end, not read on as a command; "
+        "mailsink's CRAM-MD5 sends its challenge with it too",
         "(self, challenge, encode_to_b64=True, log_client_response=False)",
         used_by=("auth_PLAIN", "auth_LOGIN"),
     ),
@@ -238,7 +249,13 @@ HOOKS: tuple[Use, ...] = (
         "(self, caller_method)",
         used_by=("smtp_HELP", "smtp_VRFY"),
     ),
-    Use("check_helo_needed", CALL, "MAIL, RCPT or DATA before HELO", "(self, helo='HELO')"),
+    Use(
+        "check_helo_needed",
+        CALL,
+        "MAIL, RCPT or DATA before HELO, with [smtp] helo_required only (mailsink's smtp_MAIL, "
+        "smtp_RCPT and smtp_DATA ask it; aiosmtpd's smtp_AUTH still needs EHLO first)",
+        "(self, helo='HELO')",
+    ),
     Use(
         "eof_received",
         REPLACE,
@@ -280,6 +297,18 @@ CLASS_ATTRIBUTES: tuple[Use, ...] = (
         "64 KiB: the StreamReader's buffer, so DATA arrives in big blocks",
         used_by=("__init__",),
     ),
+    Use(
+        "AuthLoginUsernameChallenge",
+        EXTEND,
+        'AUTH LOGIN\'s prompt "Username:" (base64 "VXNlcm5hbWU6"), not "User Name\\0"',
+        used_by=("auth_LOGIN",),
+    ),
+    Use(
+        "AuthLoginPasswordChallenge",
+        EXTEND,
+        'AUTH LOGIN\'s prompt "Password:" (base64 "UGFzc3dvcmQ6"), not "Password\\0"',
+        used_by=("auth_LOGIN",),
+    ),
 )
 
 # Private names of asyncio's StreamReader (self._reader) that mailsink reads and writes, as
@@ -305,7 +334,10 @@ SILENT: tuple[str, ...] = (
     "that aiosmtpd's and mailsink's callers pass.",
     "The authenticator is called as (server, session, envelope, mechanism, auth_data) and "
     "returns AuthResult(success, handled, auth_data); auth_data is a LoginPassword(login, "
-    "password) for PLAIN and LOGIN.",
+    "password) for PLAIN and LOGIN (mailsink's CRAM-MD5 gives a CramMd5Response).",
+    "SMTP.__init__ names an auth_ method's mechanism after it, '__' read as '-' "
+    "(auth_CRAM__MD5 is CRAM-MD5), and EHLO announces them all, sorted, on its AUTH line; an "
+    "auth_ method returning AuthResult(handled=True) has sent its own reply.",
     "@syntax(text, extended=None, when=None) feeds HELP; when='tls_context' hides STARTTLS.",
     "_call_handler_hook returns the MISSING sentinel when the handler has no such hook.",
     "smtp_QUIT cancels the session task; mailsink's loop closes the writer on CancelledError.",

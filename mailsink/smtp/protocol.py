@@ -3,7 +3,10 @@
 aiosmtpd supplies the transport plumbing, STARTTLS, AUTH and the simple commands. mailsink owns the
 command loop (so every line received is in the transcript), MAIL/RCPT (the null sender, DSN
 parameters kept per recipient) and DATA (read in blocks rather than line by line; size limit with
-552 5.3.4; the envelope is reset even when the handler fails).
+552 5.3.4; the envelope is reset even when the handler fails; a bare-LF client's message ends at
+a lone "." line), adds CRAM-MD5, and records what it refused: each 4xx/5xx reply counts for the
+session, and a refused RCPT TO is kept on the envelope with who decided it (the handler says so
+with a replies.Decided reply).
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import functools
 import io
 import logging
 import re
+import secrets
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, LoginPassword, Session, TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
 from mailsink.clock import now_ms
 from mailsink.events import LiveSession
 from mailsink.mail.addresses import has_control_character
+from mailsink.mail.envelope import RefusedRecipient
 from mailsink.smtp import replies
 from mailsink.smtp.aiosmtpd_contract import confirm_live_settings, live_setting, watch_live_settings
 from mailsink.smtp.params import mail_params, rcpt_params
@@ -36,6 +42,9 @@ log = logging.getLogger("mailsink.smtp")
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 _END_OF_DATA = b"\r\n.\r\n"
+# A bare-LF client's DATA is read up to each line that starts with a dot: the end of the
+# message ("." then LF or CRLF) or a dot-stuffed line.
+_LF_DOT = b"\n."
 _ATOM = r'[^\s<>()\[\]\\",;:@.]+'
 # <local@dot.separated.domain>, then nothing or whitespace and the parameters.
 # Only a space or a tab separates the path from its parameters (as between parameters).
@@ -55,6 +64,13 @@ _COMMAND_LIMIT = 512
 # unwritten event, for views of the store from another process (`mailsink tui --attach`). Most
 # sessions end sooner, and then only their last write is made, as before.
 PROGRESS_DELAY = 0.2
+# The commands whose 4xx/5xx replies count as the session's refusals (with the greeting and the
+# end of DATA); NOOP, VRFY, HELP, RSET and lines that are not a command do not.
+_REFUSALS_COUNTED = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA"})
+# What a refusal answered, as last_refusal names it: the command line, cut to this length.
+_ANSWERED_WIDTH = 200
+_THE_LINE = ""  # _answering: the command line being answered
+_PARAMETER_SEPARATOR = re.compile(r"[ \t]+")
 
 
 class ClientFinished(Exception):
@@ -68,6 +84,18 @@ class SinkEnvelope(Envelope):
         super().__init__()
         self.mail_given = False
         self.rcpt_params: list[list[str]] = []
+        # Each RCPT TO of this transaction that got a 4xx/5xx reply, as the connection sent it.
+        self.rcpt_refused: list[RefusedRecipient] = []
+
+
+@dataclass(frozen=True)
+class CramMd5Response:
+    """What a CRAM-MD5 client answered (RFC 2195): its login and the HMAC-MD5 of the
+    challenge keyed with its password, in hex as sent; for the handler to check."""
+
+    login: bytes
+    challenge: bytes
+    digest: bytes
 
 
 # The reply to "send" once the connection was closed without one (a fault's drop).
@@ -78,8 +106,9 @@ def auth_user(session: Session | None) -> str | None:
     if session is None or not session.authenticated:
         return None
     data = session.auth_data
-    if isinstance(data, LoginPassword):
-        return data.login.decode("utf-8", "replace")
+    login = getattr(data, "login", None)  # LoginPassword (PLAIN, LOGIN), CramMd5Response
+    if isinstance(login, bytes):
+        return login.decode("utf-8", "replace")
     return str(data) if data is not None else None
 
 
@@ -120,6 +149,10 @@ class SmtpConnection(SMTP):
     # The stream reader's buffer limit. Command lengths are checked separately; a large buffer lets
     # DATA arrive in big blocks.
     line_length_limit = 64 * 1024
+    # aiosmtpd's auth_LOGIN prompts with these (base64-encoded); its own are "User Name\0" and
+    # "Password\0", which clients and tutorials do not expect.
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     # aiosmtpd's __init__ assigns these and its code reads them (see aiosmtpd_contract.py).
     hostname = live_setting(lambda self: self.server.settings.smtp.hostname)
@@ -155,6 +188,14 @@ class SmtpConnection(SMTP):
         self.refusals = 0  # see LiveSession.refusals
         self.last_refusal: str | None = None
         self._command = ""  # the command being answered
+        self._line_text = ""  # its line as received (decoded), for what a refusal answered
+        self._line_bare_lf = False  # that line ended in LF alone
+        # What a 4xx/5xx reply sent now answers, for last_refusal: "greeting", "end of DATA",
+        # "AUTH", _THE_LINE (the command line); None: it does not count as a refusal.
+        self._answering: str | None = None
+        # Who decided a refusal of the RCPT being answered (RefusedRecipient.reason, .rule).
+        self._refusal_reason = "other"
+        self._refusal_rule: str | None = None
         self._greeted = False
         self._refused = False  # a fault answered the greeting: only QUIT is served
         self._close_after_reply = False  # a fault's disconnect
@@ -167,6 +208,7 @@ class SmtpConnection(SMTP):
         # 4.5.3.2.5's data block timeout), which _timeout_cb checks against _data_seen_at.
         self._reading_data = False
         self._data_bytes = 0  # message bytes received so far, for the note on an unfinished DATA
+        self._data_bare_lf = False  # the DATA being read is a bare-LF client's
         self._data_seen_at = 0.0
 
     # ---- connection lifecycle
@@ -317,12 +359,43 @@ class SmtpConnection(SMTP):
         exact = text == self._fault_reply  # configured replies are sent exactly as written
         if exact:
             self._fault_reply = None
-        for line in text.split("\r\n"):  # fault replies may be multi-line
-            await self._push_line(line, exact)
+        # Fault replies may be multi-line.
+        sent = [await self._push_line(line, exact) for line in text.split("\r\n")]
         if exact and self._held:  # a configured reply that never reached a last line
             await self._push_held(b"")
+        if sent[0][:1] in ("4", "5") and self._answering is not None:
+            self._record_refusal("\n".join(sent))
         if self._close_after_reply and self.transport is not None:
             self.transport.close()
+
+    def _record_refusal(self, reply: str) -> None:
+        """A 4xx/5xx reply was sent to what `_answering` names: counted for the session and, for
+        a RCPT TO inside a transaction, kept on the envelope with who decided it."""
+        answered = self._answering
+        if answered == _THE_LINE:
+            answered = replies.printable(self._line_text)
+            if len(answered) > _ANSWERED_WIDTH:
+                answered = answered[: _ANSWERED_WIDTH - 1] + "…"
+        self.refusals += 1
+        self.last_refusal = f"{answered}: {reply}"
+        envelope: SinkEnvelope | None = self.envelope  # type: ignore[assignment]
+        if self._command != "RCPT" or envelope is None or not envelope.mail_given:
+            return
+        address, options = self._rcpt_as_given(self._line_text.partition(" ")[2].strip())
+        envelope.rcpt_refused.append(
+            RefusedRecipient(address, options, reply, self._refusal_rule, self._refusal_reason)
+        )
+
+    def _rcpt_as_given(self, arg: str) -> tuple[str, list[str]]:
+        """A RCPT argument's address and parameters as the client gave them; the raw text
+        after TO: as the address when it does not parse."""
+        rest = self._strip_command_keyword("TO:", arg)
+        if rest is None:
+            rest = arg
+        address, params = self._getaddr(rest) if rest else (None, None)
+        if not address:
+            return rest, []
+        return address, _PARAMETER_SEPARATOR.split(params) if params else []
 
     async def _push_held(self, last: bytes) -> None:
         """One write for a multi-line reply: aiosmtpd pushes EHLO's lines one by one, a system
@@ -330,7 +403,8 @@ class SmtpConnection(SMTP):
         held, self._held = self._held, []
         await super().push(b"\r\n".join([*held, last]) if last else b"\r\n".join(held))
 
-    async def _push_line(self, line: str, exact: bool) -> None:
+    async def _push_line(self, line: str, exact: bool) -> str:
+        """Send one line of a reply (with its enhanced code added); returns it as sent."""
         line = replies.printable(line)  # whatever a reply echoes of the client's line
         exempt = (
             exact
@@ -351,6 +425,7 @@ class SmtpConnection(SMTP):
             await self._push_held(data)
         else:
             await super().push(data)
+        return line
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("session %s: internal error: %r", self.session_id, error, exc_info=error)
@@ -363,6 +438,7 @@ class SmtpConnection(SMTP):
         refusal = await self.event_handler.refuse_connect(self)
         if refusal == NO_REPLY:
             return
+        self._answering = "greeting"
         if refusal is not None:
             self._refused = True  # RFC 5321 3.1: after a 554 greeting only QUIT is served
             await self.push(refusal)
@@ -374,6 +450,8 @@ class SmtpConnection(SMTP):
             try:
                 line = await self._read_command_line()
                 self._command = ""
+                self._answering = None
+                self._refusal_reason, self._refusal_rule = "other", None
                 if line is None:
                     await self._not_a_command(replies.LINE_TOO_LONG)
                     continue
@@ -387,6 +465,11 @@ class SmtpConnection(SMTP):
                 # Only a verb mailsink knows is kept (the live state the TUI shows, HELP and
                 # EHLO replies): any other first word may carry a secret (`AUTH\tPLAIN\t<b64>`).
                 self._command = command if method is not None else ""
+                if command in _REFUSALS_COUNTED:
+                    self._answering = "AUTH" if command == "AUTH" else _THE_LINE
+                if self._line_bare_lf and self.server.settings.smtp.bare_lf == "reject":
+                    await self._refuse_bare_lf()
+                    continue
                 try:
                     arg = arg_bytes.strip().decode("utf-8") or None
                 except UnicodeDecodeError:
@@ -443,9 +526,19 @@ class SmtpConnection(SMTP):
             if error.partial.strip():
                 self.transcript.add(CLIENT, redact(error.partial.decode("utf-8", "replace")))
             raise ClientFinished from None
+        self._line_bare_lf = line[-2:-1] != b"\r"
         line = line.rstrip(b"\r\n")
-        self.transcript.add(CLIENT, redact(line.decode("utf-8", "replace")))
+        self._line_text = text = line.decode("utf-8", "replace")
+        self.transcript.add(CLIENT, redact(text))
         return line
+
+    async def _refuse_bare_lf(self) -> None:
+        """[smtp] bare_lf = "reject": a command line that ended in LF alone gets Postfix's
+        reply (smtpd_forbid_bare_newline = reject), then the connection is closed."""
+        self.end_reason = "bare_lf"
+        await self.push(replies.BARE_LF.format(hostname=self.hostname))
+        if self.transport is not None:
+            self.transport.close()
 
     async def _skip_line(self, overrun: asyncio.LimitOverrunError) -> int:
         """Throw away the rest of a line longer than the reader's buffer; its length."""
@@ -549,12 +642,15 @@ class SmtpConnection(SMTP):
         return NO_REPLY
 
     def _note_unfinished_data(self, pending: bytes | None = None) -> None:
-        """The session ends in the middle of DATA: say how much arrived, and whether its lines
-        end in a bare LF (then the CRLF.CRLF that ends DATA never comes). `pending`: what is
-        read but not yet consumed, by default the reader's buffer."""
+        """The session ends in the middle of DATA: say how much arrived, and for a CRLF client
+        whether its lines end in a bare LF (then the CRLF.CRLF that ends its DATA never comes).
+        `pending`: what is read but not yet consumed, by default the reader's buffer."""
         if not self._reading_data:
             return
         self._reading_data = False  # noted once
+        if self._data_bare_lf:  # its DATA ends at a lone "." whatever the line ending
+            self.note(f'DATA unfinished: {self._data_bytes} bytes received, no lone "." line yet')
+            return
         if pending is None:
             pending = bytes(getattr(self._reader, "_buffer", b""))
         text = f"DATA unfinished: {self._data_bytes} bytes received, no CRLF.CRLF yet"
@@ -615,11 +711,41 @@ class SmtpConnection(SMTP):
             return
         await super().smtp_AUTH(arg)
 
+    async def auth_CRAM__MD5(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-MD5 (RFC 2195): a fresh challenge, answered with "login hexdigest" (HMAC-MD5 of
+        the challenge keyed with the password); the handler's authenticator checks it.
+        aiosmtpd finds it by its name (auth_ + the mechanism, "__" for "-")."""
+        if len(args) > 1:
+            await self.push("501 5.5.4 CRAM-MD5 takes no initial response")
+            return AuthResult(success=False, handled=True)
+        # RFC 2195's form, <random.timestamp@hostname>: never the same twice.
+        challenge = f"<{secrets.randbelow(10**10)}.{now_ms()}@{self.hostname}>".encode()
+        response = await self.challenge_auth(challenge)
+        if response is MISSING:  # cancelled or not base64: answered already
+            return AuthResult(success=False, handled=True)
+        login, _, digest = response.rpartition(b" ")
+        if not login or not digest:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return self._authenticate("CRAM-MD5", CramMd5Response(login, challenge, digest))
+
     # ---- the transaction
+
+    async def _helo_first(self) -> bool:
+        """With [smtp] helo_required, MAIL, RCPT and DATA need HELO/EHLO first (aiosmtpd's
+        503); else they are served before it, as Postfix does (smtpd_helo_required = no). The
+        session is not extended then: ESMTP parameters stay refused."""
+        if not self.server.settings.smtp.helo_required:
+            return False
+        return await self.check_helo_needed()
+
+    def _refusing(self, reason: str, rule: str | None = None) -> None:
+        """Who decides the refusal about to be sent to this RCPT (see RefusedRecipient)."""
+        self._refusal_reason, self._refusal_rule = reason, rule
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+        if await self._helo_first() or await self.check_auth_needed("MAIL"):
             return
         envelope: SinkEnvelope = self.envelope  # type: ignore[assignment]
         syntax_error = "501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]"
@@ -655,11 +781,12 @@ class SmtpConnection(SMTP):
             envelope.mail_from = address
             envelope.mail_options = params.options
             envelope.smtp_utf8 = params.smtputf8
+            envelope.rcpt_refused = []
         await self.push(status)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+        if await self._helo_first() or await self.check_auth_needed("RCPT"):
             return
         envelope: SinkEnvelope = self.envelope  # type: ignore[assignment]
         if not envelope.mail_given:
@@ -667,6 +794,7 @@ class SmtpConnection(SMTP):
             return
         syntax_error = "501 5.5.4 Syntax: RCPT TO:<address> [SP <mail-parameters>]"
         rest = self._strip_command_keyword("TO:", arg or "")
+        self._refusing("syntax")
         if not rest:
             await self.push(syntax_error)
             return
@@ -678,6 +806,7 @@ class SmtpConnection(SMTP):
             await self.push("501 5.1.3 Bad recipient address syntax: control character")
             return
         assert self.session is not None  # see check_auth_needed
+        self._refusing("parameters")
         if params_text and not self.session.extended_smtp:
             await self.push(syntax_error)
             return
@@ -685,9 +814,12 @@ class SmtpConnection(SMTP):
         if params.error:
             await self.push(params.error)
             return
+        self._refusing("other")
         status = await self._call_handler_hook("RCPT", address, params.options)
         if status is MISSING:
             status = replies.RCPT_OK
+        elif isinstance(status, replies.Decided):
+            self._refusing(status.reason, status.rule)
         if status.startswith("2"):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_params.append(params.options)
@@ -695,7 +827,7 @@ class SmtpConnection(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+        if await self._helo_first() or await self.check_auth_needed("DATA"):
             return
         # aiosmtpd makes an envelope before the first command and a new one after each reset.
         assert self.envelope is not None
@@ -707,10 +839,15 @@ class SmtpConnection(SMTP):
             return
         await self.push(replies.START_DATA)
         self.in_data = True
+        bare_lf = self._line_bare_lf
         try:
-            content, wire_size = await self._read_data()
+            content, wire_size = await self._read_data(bare_lf)
             self._pause_timeout()  # from here mailsink is working (faults, commit), not waiting
-            self.transcript.add(DATA, f"[message data: {wire_size} bytes]")
+            self._answering = "end of DATA"
+            summary = f"{wire_size} bytes"
+            if bare_lf:
+                summary += ', ended by a lone "." (bare-LF client)'
+            self.transcript.add(DATA, f"[message data: {summary}]")
             if content is None:
                 status = replies.TOO_BIG
             else:
@@ -726,20 +863,27 @@ class SmtpConnection(SMTP):
             self.in_data = False
         await self.push(status)
 
-    async def _read_data(self) -> tuple[bytes | None, int]:
+    async def _read_data(self, bare_lf: bool) -> tuple[bytes | None, int]:
         """Read up to the lone dot; returns (content, bytes on the wire), content None if too big.
 
         Reads in blocks up to the end-of-data marker instead of a line at a time. A CRLF is put in
         front of the stream so that an empty message (".\r\n" straight away) ends the same way.
         The content is gathered in a BytesIO, whose getvalue() hands over its buffer without a
         copy: a 25 MB message is held once, not twice, unless it has dot-stuffed lines.
+
+        `bare_lf`: the DATA line ended in LF alone (`nc` without -C, a hand-rolled client). For
+        such a client a line holding only "." ends the message also when it ends in LF alone;
+        a CRLF client's message ends only at CRLF.CRLF (see README, "What the server speaks").
         """
         reader = self._reader
         # Bytes already buffered came right behind the DATA line: message data too.
         self._data_bytes = len(reader._buffer)  # type: ignore[attr-defined]
         self._data_seen_at = self.loop.time()
         self._reading_data = True
+        self._data_bare_lf = bare_lf
         try:
+            if bare_lf:
+                return await self._read_lf_blocks(reader)
             return await self._read_blocks(reader)
         finally:
             self._reading_data = False
@@ -786,3 +930,47 @@ class SmtpConnection(SMTP):
         if limit and len(data) > limit:
             return None, wire_size
         return data, wire_size
+
+    async def _read_lf_blocks(self, reader: asyncio.StreamReader) -> tuple[bytes | None, int]:
+        """DATA from a bare-LF client, read in blocks up to each line that starts with a dot: a
+        "." line ending in LF or CRLF ends the message, any other loses its first dot
+        (dot-unstuffing). Every other byte is kept as it came: line endings are not rewritten."""
+        reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]  # as in _read_blocks
+        limit = self.data_size_limit
+        content = io.BytesIO()
+        wire_size, size = -2, 0
+        skip = 2  # the CRLF put in front
+        too_big = False
+        try:
+            while True:
+                try:
+                    block = await reader.readuntil(_LF_DOT)
+                    dot = True
+                except asyncio.LimitOverrunError as error:
+                    block = await reader.readexactly(error.consumed)
+                    dot = False
+                wire_size += len(block)
+                done = False
+                if dot:
+                    block = block[:-1]  # the dot: the end, or the stuffing of this line
+                    after = await reader.readexactly(1)
+                    wire_size += 1
+                    if after == b"\r":
+                        after += await reader.readexactly(1)
+                        wire_size += 1
+                    done = after in (b"\n", b"\r\n")
+                    if not done:
+                        block += after
+                if not too_big:
+                    cut, skip = min(skip, len(block)), max(0, skip - len(block))
+                    size += content.write(memoryview(block)[cut:])
+                    if limit and size > limit:
+                        too_big, content = True, io.BytesIO()
+                if done:
+                    break
+        except asyncio.IncompleteReadError as error:
+            self._note_unfinished_data(error.partial)
+            raise ConnectionResetError("connection closed during DATA") from None
+        if too_big:
+            return None, wire_size
+        return content.getvalue(), wire_size

@@ -51,6 +51,24 @@ TOO_MANY_BAD = "421 4.7.0 Too many unrecognized commands, closing connection"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+# Postfix's reply with smtpd_forbid_bare_newline = reject (its code 550 is the default of
+# smtpd_forbid_bare_newline_reject_code), hostname included as Postfix words it.
+BARE_LF = "550 5.5.2 {hostname} Error: bare <LF> received"
+
+
+class Decided(str):
+    """A reply the handler decided, and who decided it: `reason` is one of
+    mailsink.mail.envelope.REFUSAL_REASONS, `rule` the name of the fault rule that answered.
+    The connection sends it like any reply and records who refused what it refuses."""
+
+    reason: str
+    rule: str | None
+
+    def __new__(cls, text: str, reason: str, rule: str | None = None) -> Decided:
+        reply = super().__new__(cls, text)
+        reply.reason = reason
+        reply.rule = rule
+        return reply
 
 
 def queued(message_id: int) -> str:
