@@ -10,7 +10,7 @@ import pytest
 from conftest import message, run_cli
 
 from mailsink.mail.addresses import syntax_error
-from mailsink.mail.envelope import Envelope
+from mailsink.mail.envelope import Envelope, RefusedRecipient
 from mailsink.mail.findings import findings
 from mailsink.mail.parse import parse_headers, parse_message
 from mailsink.text import visible, visible_block
@@ -37,6 +37,52 @@ def test_hidden_and_undelivered_recipients():
     assert [f.address for f in result["hidden_recipient"]] == ["secret@y.test"]
     assert [f.address for f in result["undelivered_header_recipient"]] == ["never@x.test"]
     assert result["hidden_recipient"][0].severity == "warning"
+
+
+def refused_found(rcpt_to: list[str], refused: list[RefusedRecipient], headers: bytes):
+    envelope = Envelope("app@x.test", rcpt_to, rcpt_refused=refused)
+    result: dict[str, list] = {}
+    for finding in findings(envelope, parse_headers(headers + COMPLETE + b"\r\n")):
+        result.setdefault(finding.kind, []).append(finding)
+    return result
+
+
+FULL = RefusedRecipient("full@x.test", [], "452 4.2.2 Mailbox full", "mailbox full")
+
+
+def test_a_refused_header_recipient_is_refused_not_undelivered():
+    headers = b"From: app@x.test\r\nTo: a@x.test, Full <FULL@x.test>\r\n"
+    result = refused_found(["a@x.test"], [FULL], headers)
+    assert "undelivered_header_recipient" not in result
+    (refused,) = result["refused_recipient"]
+    assert (refused.severity, refused.address) == ("warning", "full@x.test")
+    assert refused.detail == (
+        'full@x.test was given in RCPT TO and refused with 452 4.2.2 Mailbox full (rule "mailbox '
+        'full"); it did not receive this message'
+    )
+
+
+def test_a_refused_recipient_not_in_the_headers_is_told_too():
+    result = refused_found(["a@x.test"], [FULL], b"From: app@x.test\r\nTo: a@x.test\r\n")
+    assert [f.address for f in result["refused_recipient"]] == ["full@x.test"]
+    assert set(result) == {"refused_recipient"}
+
+
+def test_a_recipient_refused_then_accepted_was_delivered():
+    headers = b"From: app@x.test\r\nTo: a@x.test, full@x.test\r\n"
+    assert refused_found(["a@x.test", "Full@X.test"], [FULL], headers) == {}
+
+
+def test_a_recipient_refused_twice_is_told_once_with_the_last_reply():
+    again = RefusedRecipient(
+        "Full@x.test", [], "550-5.1.1 No such user\n550 5.1.1 Really", None, "validation"
+    )
+    headers = b"From: app@x.test\r\nTo: a@x.test\r\n"
+    (refused,) = refused_found(["a@x.test"], [FULL, again], headers)["refused_recipient"]
+    assert refused.detail == (
+        "Full@x.test was given in RCPT TO and refused with 550-5.1.1 No such user / 550 5.1.1 "
+        'Really ([validation] addresses = "reject"); it did not receive this message'
+    )
 
 
 def test_bcc_header_present_is_an_error():

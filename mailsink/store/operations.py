@@ -24,6 +24,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.findings import findings
+from mailsink.mail.hygiene import hygiene_findings
 from mailsink.mail.parse import parse_headers
 from mailsink.store.schema import (
     DELETIONS_SINCE,
@@ -105,6 +106,9 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     # Stored beside the summary; the reader takes it out again (MessageRecord.has_attachments).
     headers["attachments"] = has_attachment_hint(message.raw)
     found = [f.as_json() for f in findings(message.envelope, summary, message.check_addresses)]
+    # What a production server would do with it; never raises (a failed check is a finding).
+    hygiene = hygiene_findings(message.raw, message.envelope, summary, message.received_at)
+    found += [f.as_json() for f in hygiene]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, reply_rule, size, envelope,"
         " headers, findings, finding_count)"
