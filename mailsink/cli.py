@@ -148,7 +148,15 @@ def tui(
 @click.option("--json", "as_json", is_flag=True, help="JSON array of message summaries.")
 @click.option("--limit", "-n", type=ID, default=50, show_default=True)
 @click.option("--search", "-s", help="Text in envelope or header addresses, or the subject.")
-@click.option("--findings", is_flag=True, help="Only messages with findings.")
+@click.option(
+    "--findings",
+    "findings",
+    is_flag=False,
+    flag_value="",  # bare --findings: any kind
+    multiple=True,
+    metavar="[KIND]",
+    help="Only messages with findings; with KIND, with a finding of that kind (repeatable).",
+)
 @click.option("--all", "include_rejected", is_flag=True, help="Include rejected messages.")
 def list_messages(
     config: str | None,
@@ -156,20 +164,38 @@ def list_messages(
     as_json: bool,
     limit: int,
     search: str | None,
-    findings: bool,
+    findings: tuple[str, ...],
     include_rejected: bool,
 ) -> None:
     """List messages, newest first."""
     from mailsink import output
 
+    kinds = _finding_kinds(findings)
     with _reader(config, db) as reader:
         records = reader.list_messages(
-            limit=limit, search=search, findings_only=findings, include_rejected=include_rejected
+            limit=limit,
+            search=search,
+            findings_only=bool(findings),
+            include_rejected=include_rejected,
+            finding_kinds=kinds,
         )
     if as_json:
         _print_json([r.summary_json() for r in records])
     else:
         click.echo(output.message_table(records))
+
+
+def _finding_kinds(given: tuple[str, ...]) -> list[str]:
+    """The kinds named with --findings (a bare --findings names none), each one of KINDS."""
+    from mailsink.mail.findings import KINDS
+
+    kinds = [kind for kind in given if kind]
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise click.UsageError(
+            f"--findings: unknown finding kind {unknown[0]!r}; the kinds are {', '.join(KINDS)}"
+        )
+    return kinds
 
 
 def _message_id(reader: Any, ident: str) -> int:
@@ -229,16 +255,22 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="JSON array of sessions.")
 @click.option("--limit", "-n", type=ID, default=50, show_default=True)
-def sessions(config: str | None, db: str | None, as_json: bool, limit: int) -> None:
+@click.option(
+    "--refusals",
+    is_flag=True,
+    help="Only sessions in which the server refused something (MAIL, a RCPT, DATA, ...).",
+)
+def sessions(config: str | None, db: str | None, as_json: bool, limit: int, refusals: bool) -> None:
     """List SMTP sessions, newest first (including those that delivered nothing)."""
     from mailsink import output
 
     with _reader(config, db) as reader:
-        records = reader.list_sessions(limit=limit)
+        records = reader.list_sessions(limit=limit, with_refusals=refusals)
     if as_json:
         _print_json([r.as_json() for r in records])
     else:
-        click.echo(output.session_table(records))
+        empty = "no sessions with refusals" if refusals else "no sessions"
+        click.echo(output.session_table(records, empty=empty))
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import textwrap
 from typing import Any
 
 from mailsink.clock import iso_ms, local_time
@@ -85,6 +86,8 @@ def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]
         "size": record.size,
         "session_id": record.session_id,
         "status": record.status,
+        "reply": record.reply,
+        "reply_rule": record.reply_rule,
         "envelope": record.envelope.as_json(),
         "headers": record.headers,
         "findings": findings,
@@ -111,22 +114,53 @@ def _mime_lines(root: MimePart) -> list[str]:
     return lines
 
 
+def reply_lines(reply: str) -> list[str]:
+    """A reply as stored (its lines joined by "\n"), each line made visible."""
+    return [visible(line) for line in reply.split("\n")]
+
+
+def refusal_cause(rule: str | None, reason: str | None = None) -> str:
+    """Why the server said no, for a text line: `(rule "mailbox full")`, `(reason: syntax)`."""
+    if rule:
+        return f'(rule "{visible(rule)}")'
+    return f"(reason: {visible(reason)})" if reason else ""
+
+
+def _status_lines(record: MessageRecord) -> list[str]:
+    """A rejected message's reply and the rule that answered (none for an accepted one)."""
+    if record.status == "accepted":
+        return []
+    first, *more = reply_lines(record.reply or "")
+    cause = refusal_cause(record.reply_rule)
+    head = f"Status: {visible(record.status)}" + (f" — {first}" if first else "")
+    return [f"{head} {cause}".rstrip(), *(f"{'':10}{line}" for line in more)]
+
+
 def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
     data = message_json(record, parsed)
     envelope, headers = record.envelope, record.headers
     lines = [
         f"Message {record.id}  {record.status}  {local_time(record.received_at, missing='-')}  "
         f"{format_bytes(record.size)}  session {record.session_id}",
+        *_status_lines(record),
         "",
         "Envelope (what SMTP said)",
         f"  MAIL FROM  {visible(envelope.mail_from, emoji=False) or '<> (null sender)'}",
     ]
     if envelope.mail_options:
         lines.append(f"  options    {visible(' '.join(envelope.mail_options))}")
+    recipients: list[str] = []  # the accepted, then the refused, each after its parameters
     for index, rcpt in enumerate(envelope.rcpt_to):
         params = envelope.rcpt_options[index] if index < len(envelope.rcpt_options) else []
         suffix = f"  {visible(' '.join(params))}" if params else ""
-        lines.append(f"  {'RCPT TO' if index == 0 else '':9}  {visible(rcpt, emoji=False)}{suffix}")
+        recipients.append(f"{visible(rcpt, emoji=False)}{suffix}")
+    for refused in envelope.rcpt_refused:
+        suffix = f"  {visible(' '.join(refused.options))}" if refused.options else ""
+        reply = reply_lines(refused.reply)[0]
+        cause = refusal_cause(refused.rule, refused.reason)
+        recipients.append(f"{visible(refused.address, emoji=False)}{suffix}  ✗ {reply}  {cause}")
+    for index, shown in enumerate(recipients):
+        lines.append(f"  {'RCPT TO' if index == 0 else '':9}  {shown}")
     lines += [
         f"  HELO       {visible(envelope.helo or '-')}",
         f"  peer       {visible(envelope.peer or '-')}   TLS {'yes' if envelope.tls else 'no'}"
@@ -172,9 +206,20 @@ def header_lines(parsed: ParsedMessage) -> str:
     return "\n".join(f"{visible(name)}: {visible(value)}" for name, value in parsed.header_lines)
 
 
-def session_table(records: list[SessionRecord]) -> str:
+# A session's last refusal goes under its row, wrapped at 80 columns, in this many lines at most.
+REFUSAL_WIDTH = 80
+REFUSAL_LINES = 3
+
+
+def refusal_line(refusals: int, last_refusal: str | None) -> str:
+    """`✗ 2 refused, last: RCPT TO:<full@x.test> 452 4.2.2 Mailbox full` (made visible)."""
+    last = f", last: {visible(last_refusal)}" if last_refusal else ""
+    return f"✗ {refusals} refused{last}"
+
+
+def session_table(records: list[SessionRecord], *, empty: str = "no sessions") -> str:
     if not records:
-        return "no sessions"
+        return empty
     rows = [
         [
             str(r.id),
@@ -188,7 +233,26 @@ def session_table(records: list[SessionRecord]) -> str:
         for r in records
     ]
     headings = ["ID", "STARTED", "PEER", "HELO", "ENDED", "MSGS", "LAST REPLY"]
-    return _table(headings, rows, [6, 19, 22, 20, 15, 5, 50])
+    widths = [6, 19, 22, 20, 15, 5, 50]
+    lines = _table(headings, rows, widths).split("\n")
+    shown = lines[:1]
+    indent = " " * (widths[0] + 2)  # under the STARTED column
+    for record, line in zip(records, lines[1:], strict=True):
+        shown.append(line)
+        if record.refusals:
+            shown += _wrapped(refusal_line(record.refusals, record.last_refusal), indent)
+    return "\n".join(shown)
+
+
+def _wrapped(text: str, indent: str) -> list[str]:
+    """`text` in at most REFUSAL_LINES lines of REFUSAL_WIDTH columns, the last cut with `…`."""
+    lines = textwrap.wrap(
+        text, REFUSAL_WIDTH, initial_indent=indent, subsequent_indent=indent + "  "
+    )
+    if len(lines) > REFUSAL_LINES:
+        lines = lines[:REFUSAL_LINES]
+        lines[-1] = lines[-1][: REFUSAL_WIDTH - 1] + "…"
+    return lines
 
 
 _ARROWS = {"C": "C:", "S": "S:", "D": "C:", "I": "--"}
@@ -200,8 +264,10 @@ def transcript(record: SessionRecord) -> str:
         f"Session {record.id}  {visible(record.peer)}  HELO {visible(record.helo or '-')}  "
         f"started {local_time(record.started_at, missing='-')}  ended: {state}  "
         f"messages: {', '.join(map(str, record.message_ids)) or 'none'}",
-        "",
     ]
+    if record.refusals:
+        lines.append(refusal_line(record.refusals, record.last_refusal))
+    lines.append("")
     for at, direction, text in record.events:
         lines.append(
             f"{local_time(at, with_ms=True)[11:]}  {_ARROWS.get(direction, '??')} {visible(text)}"

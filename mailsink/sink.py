@@ -233,18 +233,31 @@ class Sink:
         """The parsed message (mailsink.mail.parse.ParsedMessage), parsed on the reader thread."""
         return await self.read(Reader.get_parsed, message_id)
 
-    async def stored_sessions(self, *, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
-        """Sessions as the store has them, newest first (see `sessions` for the live view)."""
-        return await self.read(lambda r: r.list_sessions(limit=limit, offset=offset))
+    async def stored_sessions(
+        self, *, limit: int = 50, offset: int = 0, with_refusals: bool = False
+    ) -> list[SessionRecord]:
+        """Sessions as the store has them, newest first (see `sessions` for the live view);
+        `with_refusals`: only those in which the server refused something."""
+        return await self.read(
+            lambda r: r.list_sessions(limit=limit, offset=offset, with_refusals=with_refusals)
+        )
 
-    async def sessions(self, *, limit: int = 50) -> list[SessionRecord | LiveSession]:
+    async def sessions(
+        self, *, limit: int = 50, with_refusals: bool = False
+    ) -> list[SessionRecord | LiveSession]:
         """The newest sessions, newest first: a live session (or one that has just ended and
         whose last row the store has not committed yet) as its connection knows it now, the
-        others as stored. Nothing is missed between a session's end and its commit."""
+        others as stored. Nothing is missed between a session's end and its commit.
+        `with_refusals`: only the sessions in which the server refused something (MAIL, a
+        RCPT, DATA, ...)."""
         # Live ones first: one that ends between the two reads is then still live here or
         # already stored there (the server keeps it until its end has committed).
-        live = {session.id: session for session in self.live_sessions()}
-        stored = await self.stored_sessions(limit=limit)
+        live = {
+            session.id: session
+            for session in self.live_sessions()
+            if session.refusals or not with_refusals
+        }
+        stored = await self.stored_sessions(limit=limit, with_refusals=with_refusals)
         merged: dict[int, SessionRecord | LiveSession] = {record.id: record for record in stored}
         floor = stored[-1].id if len(stored) >= limit else 0
         for session_id, session in live.items():

@@ -60,18 +60,22 @@ def test_list_json_contract(filled):
     summaries = json.loads(result.out)
     assert [s["id"] for s in summaries] == [3, 2, 1]
     first = summaries[2]
-    assert set(first) == {
+    assert list(first) == [
         "id",
         "received_at",
         "status",
+        "reply",
+        "reply_rule",
         "mail_from",
         "rcpt_to",
+        "rcpt_refused",
         "from",
         "to",
         "subject",
         "size",
         "findings",
-    }
+    ]
+    assert (first["reply"], first["reply_rule"], first["rcpt_refused"]) == (None, None, [])
     assert first["mail_from"] == "bounce@app.test"
     assert first["rcpt_to"] == ["a@x.test", "hidden@y.test"]
     assert first["from"] == ["Shop <noreply@shop.test>"] and first["to"] == ["a@x.test"]
@@ -104,12 +108,25 @@ def test_show_json_contract(filled):
         "size",
         "session_id",
         "status",
+        "reply",
+        "reply_rule",
         "envelope",
         "headers",
         "findings",
         "attachments",
         "text",
         "html",
+    ]
+    assert list(data["envelope"]) == [
+        "mail_from",
+        "rcpt_to",
+        "mail_options",
+        "rcpt_options",
+        "helo",
+        "peer",
+        "auth_user",
+        "tls",
+        "rcpt_refused",
     ]
     assert data["envelope"] == {
         "mail_from": "billing@shop.test",
@@ -133,6 +150,7 @@ def test_show_json_contract(filled):
         "date": "Fri, 27 Nov 2026 23:10:00 +0000",
         "message_id": "<inv@shop.test>",
     }
+    assert (data["reply"], data["reply_rule"]) == (None, None)
     assert data["findings"] == []
     assert data["attachments"] == [
         {"filename": "invoice.pdf", "content_type": "application/pdf", "size": 9}

@@ -61,14 +61,15 @@ def test_sessions_fit_80_columns_and_move_like_the_list(tmp_path):
                 heading = lines[1]
                 for label in ("Id", "Started", "Peer", "HELO", "State", "Msgs", "Last reply"):
                     assert label in heading, heading
-                assert heading.rstrip().endswith("Faults"), heading
+                assert heading.rstrip().endswith(" ✗ Faults"), heading  # ✗: refusals
                 hostile_row = next(line for line in lines if "hhhh" in line)
                 # The 300-character HELO is cut short with "…", and what follows it is on screen.
                 assert "h…" in hostile_row and "EHLO" in hostile_row, hostile_row
                 assert "250 HELP" in hostile_row, hostile_row
                 assert hostile_row.count("h") < 30, hostile_row
-                slow_row = next(line for line in lines if "slow.client" in line)
-                assert re.search(r" slow\.client\S*… ", slow_row), slow_row
+                # (The table's rows come before the transcript's lines.)
+                slow_row = next(line for line in lines if "slow.cl" in line)
+                assert re.search(r" slow\.clie\S*… ", slow_row), slow_row
                 assert "quit" in next(line for line in lines if " 1 " in line[:6])
 
                 # A cell updated in place widens its column: the new last reply is not cut.
@@ -81,7 +82,7 @@ def test_sessions_fit_80_columns_and_move_like_the_list(tmp_path):
                 hostile_row = next(line for line in _lines(app) if "hhhh" in line)
                 assert "h" * 23 + "…" in hostile_row and "h" * 25 not in hostile_row, hostile_row
                 await pilot.resize_terminal(*SMALL)
-                await wait_until(pilot, lambda: re.search(r"slow\.client\S*…", screen_text(app)))
+                await wait_until(pilot, lambda: re.search(r"slow\.clie\S*…", screen_text(app)))
 
                 footer = _footer(app)
                 for key in ("esc Back", "f Faults", "? Help", "q Quit"):

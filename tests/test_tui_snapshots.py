@@ -29,7 +29,7 @@ from tui_support import (
     wait_until,
 )
 
-from mailsink.mail.envelope import Envelope
+from mailsink.mail.envelope import Envelope, RefusedRecipient
 from mailsink.store import IncomingMessage, Store
 from mailsink.store.operations import insert_message, insert_session, update_session
 from mailsink.tui.app import MailsinkApp
@@ -53,7 +53,10 @@ def snapshot_svg(snapshot):
     return snapshot.use_extension(SVGImageExtension)
 
 
-def _session(number: int, peer: str, helo: str, lines: list[tuple[str, str]], end: str) -> list:
+def _session(
+    number: int, peer: str, helo: str, lines: list[tuple[str, str]], end: str, **fields
+) -> list:
+    """`fields`: more session columns (refusals, last_refusal)."""
     started = BASE + number * 60_000
     events = [(seq, started + seq * 7, d, t) for seq, (d, t) in enumerate(lines, 1)]
     return [
@@ -69,15 +72,38 @@ def _session(number: int, peer: str, helo: str, lines: list[tuple[str, str]], en
                 "end_reason": end,
                 "ended_at": started + 900,
                 "last_reply": lines[-1][1] if lines[-1][0] == "S" else None,
+                **fields,
             },
         ),
     ]
 
 
-def _message(number: int, session: int, mail_from: str, rcpt: list[str], raw: bytes, **kw) -> tuple:
-    envelope = Envelope(mail_from, rcpt, helo="app.local", peer="127.0.0.1:50123")
+def _message(
+    number: int,
+    session: int,
+    mail_from: str,
+    rcpt: list[str],
+    raw: bytes,
+    refused: tuple[RefusedRecipient, ...] = (),
+    **kw,
+) -> tuple:
+    envelope = Envelope(
+        mail_from, rcpt, helo="app.local", peer="127.0.0.1:50123", rcpt_refused=list(refused)
+    )
     incoming = IncomingMessage(session, envelope, raw, BASE + number * 60_000 + 500, **kw)
     return (insert_message, {"message": incoming})
+
+
+def _write(path: Path, operations: list) -> None:
+    async def write() -> None:
+        store = Store(str(path))
+        try:
+            for operation, arguments in operations:
+                await store.run(partial(operation, **arguments))
+        finally:
+            store.close()
+
+    asyncio.run(write())
 
 
 def fill(path: Path) -> None:
@@ -174,15 +200,7 @@ def fill(path: Path) -> None:
         ),
     ]
 
-    async def write() -> None:
-        store = Store(str(path))
-        try:
-            for operation, arguments in operations:
-                await store.run(partial(operation, **arguments))
-        finally:
-            store.close()
-
-    asyncio.run(write())
+    _write(path, operations)
 
 
 def picture(app: MailsinkApp) -> str:
@@ -352,3 +370,169 @@ def test_sessions_screen_80x24(filled, snapshot_svg):
 
 def test_main_screen_80x24(filled, snapshot_svg):
     assert shot(filled, size=(80, 24)) == snapshot_svg
+
+
+# ---- what the server refused (issue 13) ------------------------------------------------------
+
+MAILBOX_FULL = "452 4.2.2 Mailbox full"
+NO_STORAGE = "452 4.3.1 Insufficient system storage"
+
+
+def fill_refusals(path: Path) -> None:
+    """Four sessions: one refused nothing, one had its MAIL FROM refused (no message), one a
+    RCPT TO (its message went to the other recipient), one its end of DATA (kept, rejected)."""
+    greeting = [("S", "220 mailsink ESMTP mailsink"), ("C", "EHLO app.local"), ("S", "250 HELP")]
+    delivered = [
+        ("C", "DATA"),
+        ("S", "354 End data with <CR><LF>.<CR><LF>"),
+        ("D", "[message data: 412 bytes]"),
+    ]
+    bye = [("C", "QUIT"), ("S", "221 2.0.0 Bye")]
+    operations = [
+        *_session(
+            1,
+            "127.0.0.1:50123",
+            "app.local",
+            [
+                *greeting,
+                ("C", "MAIL FROM:<orders@shop.test>"),
+                ("S", "250 2.1.0 Ok"),
+                ("C", "RCPT TO:<customer@x.test>"),
+                ("S", "250 2.1.5 Ok"),
+                *delivered,
+                ("S", "250 2.0.0 Ok: queued as 1"),
+                *bye,
+            ],
+            "quit",
+        ),
+        *_session(
+            2,
+            "127.0.0.1:50124",
+            "app.local",
+            [
+                *greeting,
+                ("C", "MAIL FROM:<spam@marketing.test>"),
+                ("I", "fault 'no marketing' fired at mail: reply 550 5.7.1 Not permitted"),
+                ("S", "550 5.7.1 Not permitted"),
+                *bye,
+            ],
+            "quit",
+            refusals=1,
+            last_refusal="MAIL FROM:<spam@marketing.test>: 550 5.7.1 Not permitted",
+        ),
+        *_session(
+            3,
+            "127.0.0.1:50125",
+            "app.local",
+            [
+                *greeting,
+                ("C", "MAIL FROM:<orders@shop.test>"),
+                ("S", "250 2.1.0 Ok"),
+                ("C", "RCPT TO:<customer@x.test>"),
+                ("S", "250 2.1.5 Ok"),
+                ("C", "RCPT TO:<full@x.test>"),
+                ("I", f"fault 'mailbox full' fired at rcpt: reply {MAILBOX_FULL}"),
+                ("S", MAILBOX_FULL),
+                *delivered,
+                ("S", "250 2.0.0 Ok: queued as 2"),
+                *bye,
+            ],
+            "quit",
+            refusals=1,
+            last_refusal=f"RCPT TO:<full@x.test>: {MAILBOX_FULL}",
+        ),
+        *_session(
+            4,
+            "127.0.0.1:50126",
+            "app.local",
+            [
+                *greeting,
+                ("C", "MAIL FROM:<orders@shop.test>"),
+                ("S", "250 2.1.0 Ok"),
+                ("C", "RCPT TO:<customer@x.test>"),
+                ("S", "250 2.1.5 Ok"),
+                *delivered,
+                ("I", f"fault 'storage full' fired at data: reply {NO_STORAGE}"),
+                ("S", NO_STORAGE),
+                *bye,
+            ],
+            "quit",
+            refusals=1,
+            last_refusal=f"end of DATA: {NO_STORAGE}",
+        ),
+        _message(
+            1,
+            1,
+            "orders@shop.test",
+            ["customer@x.test"],
+            message(sender="Shop <orders@shop.test>", to="customer@x.test", subject="Receipt"),
+        ),
+        _message(
+            3,
+            3,
+            "orders@shop.test",
+            ["customer@x.test"],
+            message(
+                sender="Shop <orders@shop.test>",
+                to="customer@x.test, full@x.test",
+                subject="Order #1043 shipped",
+            ),
+            refused=(RefusedRecipient("full@x.test", [], MAILBOX_FULL, "mailbox full"),),
+        ),
+        _message(
+            4,
+            4,
+            "orders@shop.test",
+            ["customer@x.test"],
+            message(sender="Shop <orders@shop.test>", to="customer@x.test", subject="Invoice"),
+            status="rejected",
+            reply=NO_STORAGE,
+            reply_rule="storage full",
+        ),
+    ]
+    _write(path, operations)
+
+
+@pytest.fixture
+def refusals(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fill_refusals(tmp_path / "mail.db")
+    return settings_for("mail.db")
+
+
+def _opened(message_id: int):
+    def ready(app: MailsinkApp) -> bool:
+        loaded = app.screen.query_one(MessageDetail).loaded
+        return loaded is not None and loaded.record.id == message_id
+
+    return ready
+
+
+def _refused_sessions_shown(app: MailsinkApp) -> bool:
+    """The "with refusals" filter on, session 3 selected and its transcript all there."""
+    screen = app.screen
+    return (
+        isinstance(screen, SessionsScreen)
+        and screen.refusals_only
+        and screen.order == [4, 3, 2]
+        and screen.shown_session == 3
+        and screen.last_seq == 16
+    )
+
+
+def test_overview_of_a_message_with_a_refused_recipient(refusals, snapshot_svg):
+    # The list opens on the newest (the rejected one); one down, then full screen.
+    assert shot(refusals, "j", "enter", ready=_opened(2)) == snapshot_svg
+
+
+def test_overview_of_a_message_with_a_refused_recipient_80x24(refusals, snapshot_svg):
+    assert shot(refusals, "j", "enter", ready=_opened(2), size=(80, 24)) == snapshot_svg
+
+
+def test_sessions_with_refusals(refusals, snapshot_svg):
+    assert shot(refusals, "s", "r", "j", ready=_refused_sessions_shown) == snapshot_svg
+
+
+def test_sessions_with_refusals_80x24(refusals, snapshot_svg):
+    shown = shot(refusals, "s", "r", "j", ready=_refused_sessions_shown, size=(80, 24))
+    assert shown == snapshot_svg

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +45,17 @@ class MessageRecord:
     reply_rule: str | None = None  # the fault rule whose reply rejected the message
 
     def summary_json(self) -> dict[str, Any]:
+        """`mailsink list --json`: the contract in README's JSON section (`show --json` has
+        each refused recipient's reply and rule)."""
         return {
             "id": self.id,
             "received_at": iso_ms(self.received_at),
             "status": self.status,
+            "reply": self.reply,
+            "reply_rule": self.reply_rule,
             "mail_from": self.envelope.mail_from,
             "rcpt_to": self.envelope.rcpt_to,
+            "rcpt_refused": [refused.address for refused in self.envelope.rcpt_refused],
             "from": self.headers["from"],
             "to": self.headers["to"],
             "subject": self.headers["subject"],
@@ -172,10 +177,15 @@ class Reader:
     # ---- messages
 
     def _filtered(
-        self, search: str | None, findings_only: bool, include_rejected: bool
+        self,
+        search: str | None,
+        findings_only: bool,
+        include_rejected: bool,
+        finding_kinds: Sequence[str] = (),
     ) -> tuple[str, list[Any]]:
         """FROM and WHERE of a filtered list. A search walks the narrow search table newest
-        first and stops as soon as the page is full."""
+        first and stops as soon as the page is full. `finding_kinds`: only messages with a
+        finding of one of these kinds (implies findings_only)."""
         source, clauses, params = "messages", [], []
         if search:
             source = "message_search CROSS JOIN messages USING (id)"  # CROSS: this join order
@@ -183,8 +193,23 @@ class Reader:
             params.append(_like(search))
         if not include_rejected:
             clauses.append("status = 'accepted'")
-        if findings_only:
+        if findings_only or finding_kinds:
+            # First: a message without findings is passed over without its JSON being read.
             clauses.append("finding_count > 0")
+        if finding_kinds:
+            kinds = sorted(set(finding_kinds))
+            # The kind as a JSON string somewhere in the text first (a kind is plain ASCII, which
+            # JSON never escapes): most rows fail it without being parsed, which halves the
+            # time of a kind no message has (140 -> 70 ms over 100 000 messages). Then the
+            # parse, so that only a finding's `kind` counts, not a detail that quotes one.
+            clauses.append("(" + " OR ".join(["instr(messages.findings, ?)"] * len(kinds)) + ")")
+            params.extend(json.dumps(kind) for kind in kinds)
+            marks = ",".join("?" * len(kinds))
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(messages.findings)"
+                f" WHERE json_extract(json_each.value, '$.kind') IN ({marks}))"
+            )
+            params.extend(kinds)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         return f" FROM {source}{where}", params
 
@@ -197,9 +222,10 @@ class Reader:
         search: str | None = None,
         findings_only: bool = False,
         include_rejected: bool = False,
+        finding_kinds: Sequence[str] = (),
     ) -> list[MessageRecord]:
         """Newest first."""
-        query, params = self._filtered(search, findings_only, include_rejected)
+        query, params = self._filtered(search, findings_only, include_rejected, finding_kinds)
         rows = self.conn.execute(
             f"SELECT {self._columns}{query} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
@@ -213,8 +239,9 @@ class Reader:
         search: str | None = None,
         findings_only: bool = False,
         include_rejected: bool = False,
+        finding_kinds: Sequence[str] = (),
     ) -> int:
-        query, params = self._filtered(search, findings_only, include_rejected)
+        query, params = self._filtered(search, findings_only, include_rejected, finding_kinds)
         return self.conn.execute(f"SELECT count(*){query}", params).fetchone()[0]
 
     @store_errors
@@ -319,9 +346,16 @@ class Reader:
     # ---- sessions
 
     @store_errors
-    def list_sessions(self, *, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
+    def list_sessions(
+        self, *, limit: int = 50, offset: int = 0, with_refusals: bool = False
+    ) -> list[SessionRecord]:
+        """Newest first; `with_refusals`: only those in which the server refused something
+        (none in a store older than REFUSALS_SINCE, which did not count them)."""
+        if with_refusals and self.version < REFUSALS_SINCE:
+            return []
+        where = " WHERE refusals > 0" if with_refusals else ""
         rows = self.conn.execute(
-            "SELECT id FROM sessions ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+            f"SELECT id FROM sessions{where} ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
         ).fetchall()
         return [s for (sid,) in rows if (s := self.get_session(sid, with_events=False))]
 

@@ -255,18 +255,26 @@ class MailsinkApp(App[None]):
 
     # ---- screens
 
-    def _show(self, screen_type: type[SessionsScreen | FaultsScreen]) -> None:
+    def _show(self, screen_type: type[SessionsScreen | FaultsScreen], **options: Any) -> None:
         if isinstance(self.screen, screen_type):
             return
         if len(self.screen_stack) > 2:  # one of the others is open: replace it
             self.pop_screen()
-        self.push_screen(screen_type(self.sink))
+        self.push_screen(screen_type(self.sink, **options))
 
     def action_sessions(self) -> None:
         self._show(SessionsScreen)
 
     def action_faults(self) -> None:
         self._show(FaultsScreen)
+
+    def action_sessions_with_refusals(self) -> None:
+        """The Sessions screen with only the sessions in which the server refused something."""
+        screen = self.screen
+        if not isinstance(screen, SessionsScreen):
+            self._show(SessionsScreen, refusals_only=True)
+        elif not screen.refusals_only:
+            screen.action_refusals_only()
 
     def action_help(self) -> None:
         self.push_screen(Help())
@@ -278,6 +286,11 @@ class MailsinkApp(App[None]):
         yield from super().get_system_commands(screen)
         main = self.main
         yield SystemCommand("Sessions", "Live and finished SMTP sessions", self.action_sessions)
+        yield SystemCommand(
+            "Sessions with refusals",
+            "Only sessions in which the server refused something (key r on Sessions)",
+            self.action_sessions_with_refusals,
+        )
         yield SystemCommand("Faults", "Switch fault rules on and off", self.action_faults)
         yield SystemCommand(
             "Filter messages", "By sender, recipient or subject", main.action_filter

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from mailsink.clock import local_time
+from mailsink.mail.envelope import RefusedRecipient
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.store.reader import MessageRecord, SessionRecord
 from mailsink.text import visible, visible_block
@@ -26,6 +29,7 @@ FINDINGS_SHOWN = 200  # and have a finding for each of them
 HIDDEN = "yellow"
 UNDELIVERED = "bold red"
 MISMATCH = "yellow"
+REFUSED = "bold red"  # the server's no: a refused RCPT TO, a rejected message's reply
 
 
 def plain(text: str | None, style: str = "", *, emoji: bool = True) -> Text:
@@ -69,6 +73,69 @@ def _more_addresses(
     return line
 
 
+class OneLineOrTwo:
+    """`head` and `tail` on one line when the column has room, else `tail` below, indented (and
+    wrapped there): a refused recipient's reply never splits at a random word. `tail` may be
+    one of these itself, to break again inside it."""
+
+    def __init__(
+        self, head: Text, tail: Text | OneLineOrTwo, gap: str = "  ", indent: int = 4
+    ) -> None:
+        self.head, self.tail, self.gap, self.indent = head, tail, gap, indent
+
+    def joined(self) -> Text:
+        """All of it on one line (a "\n" inside still breaks it)."""
+        tail = self.tail.joined() if isinstance(self.tail, OneLineOrTwo) else self.tail
+        return Text.assemble(self.head, self.gap, tail)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        whole = self.joined()
+        if whole.cell_len <= options.max_width and "\n" not in whole.plain:
+            yield whole
+        else:
+            yield self.head
+            yield Padding(self.tail, (0, 0, 0, self.indent))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        whole = self.joined().cell_len
+        return Measurement(min(whole, 10), whole)
+
+
+def first_line(reply: str | None) -> str:
+    """A reply's first line (replies are stored with their lines joined by "\n")."""
+    return (reply or "").split("\n", 1)[0]
+
+
+def refused_line(refused: RefusedRecipient) -> OneLineOrTwo:
+    """`RCPT TO: <full@x.test>  ✗ 452 4.2.2 Mailbox full`"""
+    head = _labelled("RCPT TO", plain(f"<{refused.address}>", emoji=False))
+    return OneLineOrTwo(
+        head, Text.assemble(("✗ ", REFUSED), plain(first_line(refused.reply), REFUSED))
+    )
+
+
+def _refused_lines(refused: list[RefusedRecipient]) -> list[RenderableType]:
+    lines: list[RenderableType] = [refused_line(r) for r in refused[:ADDRESSES_SHOWN]]
+    if len(refused) > ADDRESSES_SHOWN:
+        more = len(refused) - ADDRESSES_SHOWN
+        lines.append(Text(f"RCPT TO: … and {more:,} more refused", REFUSED))
+    return lines
+
+
+def status_line(record: MessageRecord) -> RenderableType:
+    """`Status: rejected  452 4.3.1 Insufficient system storage  (rule "storage full")`; on a
+    narrow column the reply (each of its lines) below, indented, then the rule."""
+    rejected = record.status != "accepted"
+    head = _labelled("Status", Text(record.status, REFUSED if rejected else "green"))
+    reply = Text("\n").join(plain(line) for line in (record.reply or "").split("\n"))
+    rule = plain(f'(rule "{record.reply_rule}")', "dim") if record.reply_rule else None
+    if reply and rule is not None:
+        return OneLineOrTwo(head, OneLineOrTwo(reply, rule, indent=0))
+    if reply or rule is not None:
+        return OneLineOrTwo(head, reply or rule or Text())
+    return head
+
+
 def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     """Envelope beside headers, what differs marked, then the findings with their explanation."""
     envelope, headers = record.envelope, parsed.headers
@@ -80,7 +147,7 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
         a.lower() for a in headers.from_addrs
     }
 
-    left: list[Text] = []
+    left: list[RenderableType] = []
     mail_from = _labelled("MAIL FROM", plain(f"<{envelope.mail_from}>", emoji=False))
     if sender_differs:
         mail_from.stylize(MISMATCH, len("MAIL FROM: "))
@@ -93,6 +160,7 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     }
     shown = [f"<{recipient}>" for recipient in envelope.rcpt_to]
     left += _address_lines("RCPT TO", shown, envelope.rcpt_to, hidden)
+    left += _refused_lines(envelope.rcpt_refused)
     left.append(Text())
     left.append(_labelled("HELO", plain(envelope.helo or "")))
     left.append(_labelled("Peer", plain(envelope.peer)))
@@ -100,14 +168,15 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     if envelope.auth_user:
         left.append(_labelled("AUTH", plain(envelope.auth_user)))
     left.append(_labelled("Size", Text(format_bytes(record.size))))
-    status = Text(record.status, "bold red" if record.status != "accepted" else "green")
-    if record.reply:
-        status.append("  ")
-        status.append_text(plain(record.reply))
-    left.append(_labelled("Status", status))
+    left.append(status_line(record))
 
+    refused = {r.address.lower() for r in envelope.rcpt_refused}
     undelivered = {
-        a.lower(): ("not delivered to (no RCPT TO)", UNDELIVERED)
+        a.lower(): (
+            ("refused", REFUSED)
+            if a.lower() in refused
+            else ("not delivered to (no RCPT TO)", UNDELIVERED)
+        )
         for a in (*headers.to_addrs, *headers.cc_addrs, *headers.bcc_addrs)
         if a.lower() not in delivered
     }
@@ -130,7 +199,7 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     table = Table(expand=True, box=None, padding=(0, 2), show_edge=False)
     table.add_column(Text("Envelope (SMTP: who it was really for)", "bold underline"), ratio=1)
     table.add_column(Text("Headers (what the message says)", "bold underline"), ratio=1)
-    table.add_row(Text("\n").join(left), Text("\n").join(right))
+    table.add_row(Group(*left), Text("\n").join(right))
 
     found = Text()
     if record.findings:
@@ -205,6 +274,15 @@ def transcript_line(event: tuple[int, str, str]) -> Text:
     return line
 
 
+def refusal_text(refusals: int, last_refusal: str | None) -> Text:
+    """`✗ 2 refused, last: RCPT TO:<full@x.test> 452 4.2.2 Mailbox full`"""
+    text = Text.assemble(("✗ ", REFUSED), (f"{refusals} refused", REFUSED))
+    if last_refusal:
+        text.append(", last: ")
+        text.append_text(plain(last_refusal))
+    return text
+
+
 def transcript(session: SessionRecord | None, *, limit: int | None = None) -> Text:
     if session is None:
         return Text("The session that delivered this message was pruned from the store.", "dim")
@@ -216,8 +294,11 @@ def transcript(session: SessionRecord | None, *, limit: int | None = None) -> Te
         f"  ended {local_time(session.ended_at)} ({visible(session.end_reason)})"
         if session.end_reason
         else "  (still open)",
-        "\n",
     )
+    if session.refusals:
+        head.append("\n")
+        head.append_text(refusal_text(session.refusals, session.last_refusal))
+    head.append("\n")
     events = session.events if limit is None else session.events[:limit]
     lines = [transcript_line(event) for event in events]
     if len(session.events) > len(events):

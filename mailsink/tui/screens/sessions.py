@@ -62,6 +62,8 @@ class SessionRow:
     messages: int
     last_reply: str
     faults: int
+    refusals: int = 0
+    last_refusal: str = ""
 
     def cells(self) -> list[Text]:
         return [
@@ -73,6 +75,7 @@ class SessionRow:
             Text(visible(self.state), "bold green" if self.active else self._ending_style()),
             Text(str(self.messages)),
             Text(visible(self.last_reply)),
+            Text(str(self.refusals) if self.refusals else "", render.REFUSED),
             Text(str(self.faults) if self.faults else "", "bold yellow"),
         ]
 
@@ -89,6 +92,9 @@ COLUMNS = (
     Column("State", minimum=8),
     Column("Msgs", right=True),
     Column("Last reply", minimum=10),
+    # How many times the server refused the client something; a label of one cell, so that at
+    # 80 columns the usual IPv4 peer still fits whole (the title says what it is).
+    Column("✗", right=True),
     Column("Faults", right=True),
 )
 PEER, HELO, STATE, LAST_REPLY = 3, 4, 5, 7
@@ -117,15 +123,21 @@ class SessionTable(FittedTable):
     ]
 
 
+TITLE = " Sessions  (● live, ✗ refusals; select one for its transcript below)"
+TITLE_REFUSALS = " Sessions with refusals  (● live, ✗ refusals; r lists them all)"
+
+
 class SessionsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,s", "app.pop_screen", "Back"),
         Binding("f", "app.faults", "Faults"),
+        Binding("r", "refusals_only", "With refusals"),
     ]
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, *, refusals_only: bool = False) -> None:
         super().__init__()
         self.sink = sink
+        self.refusals_only = refusals_only  # only the sessions with refusals
         self.rows: dict[int, SessionRow] = {}
         self._cells: dict[int, list[Text]] = {}  # as given to the table, for each row
         self.order: list[int] = []
@@ -134,16 +146,29 @@ class SessionsScreen(Screen[None]):
         self._header_shown = False
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            Text(" Sessions  (● live; select one for its transcript below)", "bold"),
-            classes="title",
-        )
+        yield Static(self._title(), classes="title", id="sessions-title")
         with Vertical():
             yield SessionTable(
                 COLUMNS, GROWTH, id="sessions", cursor_type="row", zebra_stripes=True
             )
-            yield RichLog(id="transcript", wrap=True, markup=False, highlight=False)
+            with Vertical(id="session-detail"):
+                # The selected session's last refusal, kept up to date while it lives (the
+                # transcript below only grows).
+                yield Static(id="refusal")
+                yield RichLog(id="transcript", wrap=True, markup=False, highlight=False)
         yield Footer()
+
+    def _title(self) -> Text:
+        return Text(TITLE_REFUSALS if self.refusals_only else TITLE, "bold")
+
+    def action_refusals_only(self) -> None:
+        """`r`: only the sessions with refusals, or all of them again."""
+        self.refusals_only = not self.refusals_only
+        self.query_one("#sessions-title", Static).update(self._title())
+        self.refresh_sessions()
+        self.notify(
+            "only sessions with refusals" if self.refusals_only else "all sessions", timeout=2
+        )
 
     def on_mount(self) -> None:
         self.refresh_sessions()
@@ -169,9 +194,10 @@ class SessionsScreen(Screen[None]):
     async def refresh_sessions(self) -> None:
         """The table, then the selected session's new transcript lines; one at a time (a newer
         call cancels an older one while it waits for the store, before it changed anything)."""
-        sessions = await self.sink.sessions(limit=LISTED)
-        if not self.is_attached:
-            return  # closed while reading
+        refusals_only = self.refusals_only
+        sessions = await self.sink.sessions(limit=LISTED, with_refusals=refusals_only)
+        if not self.is_attached or refusals_only != self.refusals_only:
+            return  # closed, or the filter changed, while reading
         try:
             self._show(sessions)
             await self._stream_transcript()
@@ -222,12 +248,20 @@ class SessionsScreen(Screen[None]):
     def _highlighted(self) -> None:
         self.refresh_sessions()
 
+    def _show_refusal(self, session_id: int | None) -> None:
+        row = self.rows.get(session_id) if session_id is not None else None
+        refusal = self.query_one("#refusal", Static)
+        refusal.set_class(row is not None and row.refusals > 0, "shown")
+        if row is not None and row.refusals:
+            refusal.update(render.refusal_text(row.refusals, row.last_refusal or None))
+
     async def _stream_transcript(self) -> None:
         """Append the selected session's events after `last_seq`, in sequence order. They come
         from the store and, for a live session, from the server's not yet written ones; while a
         message commits the two can briefly miss a stretch, so a live transcript waits at a gap
         instead of skipping it."""
         session_id = self.selected_id()
+        self._show_refusal(session_id)
         log = self.query_one("#transcript", RichLog)
         if session_id is None:
             if self.shown_session is not None:  # its session was cleared: so is the table
@@ -277,6 +311,8 @@ def _live_row(session: LiveSession) -> SessionRow:
         messages=len(session.message_ids),
         last_reply=session.last_reply or "",
         faults=session.faults_fired,
+        refusals=session.refusals,
+        last_refusal=session.last_refusal or "",
     )
 
 
@@ -295,4 +331,6 @@ def _stored_row(record: SessionRecord, server_stopped: bool = False) -> SessionR
         messages=record.message_count,
         last_reply=record.last_reply or "",
         faults=record.faults,
+        refusals=record.refusals,
+        last_refusal=record.last_refusal or "",
     )

@@ -93,6 +93,7 @@ KEYS = (
     ("a", "save the part chosen in Parts into a directory (name sanitised)"),
     ("Screens", ""),
     ("s", "sessions: live and finished, with transcripts (↑ ↓ j k Home End g G move)"),
+    ("r (on Sessions)", "sessions: only those with refusals (on/off)"),
     ("f", "faults: switch rules on and off, presets 1-5"),
     ("ctrl+p", "command palette: every action by name; the theme (remembered)"),
     ("?", "this help"),
