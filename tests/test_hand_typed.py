@@ -8,6 +8,7 @@ import base64
 import hmac
 import re
 import smtplib
+import socket
 import time
 from pathlib import Path
 
@@ -170,6 +171,54 @@ def test_an_unfinished_bare_lf_data_says_no_dot_line_came(tmp_path):
     assert any('no lone "." line yet' in note for note in notes), notes
 
 
+def open_data(raw: RawClient, eol: bytes) -> None:
+    for command in (b"EHLO x", b"MAIL FROM:<a@x.test>", b"RCPT TO:<b@x.test>", b"DATA"):
+        raw.send(command + eol)
+        assert raw.reply()[0][:1] in ("2", "3"), command
+
+
+def test_dot_lines_from_a_bare_lf_client_cost_what_a_crlf_clients_do(sink):
+    """A MiB of dot-stuffed lines: read a line at a time, a bare-LF client's took some 40 times
+    a CRLF client's (about 8 µs a line, the loop held meanwhile); read in blocks, the same."""
+    elapsed = {}
+    for eol in (b"\r\n", b"\n"):
+        raw = RawClient(sink.host, sink.port)
+        open_data(raw, eol)
+        lines = b"." + b"x" + eol
+        blob = b"." + lines * (1024 * 1024 // len(lines)) + b"." + eol
+        started = time.perf_counter()
+        raw.send(blob)
+        assert raw.reply()[0].startswith("250 2.0.0 Ok: queued")
+        elapsed[eol] = time.perf_counter() - started
+        raw.close()
+    assert elapsed[b"\n"] < 3 * elapsed[b"\r\n"] + 0.3, elapsed
+    with sink.reader() as reader:
+        by_lf, by_crlf = reader.list_messages()
+        assert reader.get_raw(by_lf.id).startswith(b".x\nx\nx\n")  # every dot unstuffed once
+        assert reader.get_raw(by_crlf.id).startswith(b".x\r\nx\r\nx\r\n")
+
+
+# The ends and stuffings a bare-LF client's message can hold, each across any block boundary.
+ODD_MESSAGE = b"..first\n.\r.\n.\rx\nmid\r\n..\r\n. \n.\r\r\nlast\n.\r\nNOOP\n"
+ODD_STORED = b".first\n\r.\n\rx\nmid\r\n.\r\n \n\r\r\nlast\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+def test_a_bare_lf_message_delivered_in_odd_chunks(sink, raw, chunk):
+    """The "." line that ends the message (LF or CRLF after it), the stuffed dots, and a
+    command behind the end, arriving a few bytes at a time."""
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    open_data(raw, b"\n")
+    for start in range(0, len(ODD_MESSAGE), chunk):
+        raw.send(ODD_MESSAGE[start : start + chunk])
+        time.sleep(0.001)  # each chunk its own read
+    assert raw.reply()[0].startswith("250 2.0.0 Ok: queued")
+    assert raw.reply() == ["250 2.0.0 OK"]  # the NOOP behind the end
+    with sink.reader() as reader:
+        (record,) = reader.list_messages()
+        assert reader.get_raw(record.id) == ODD_STORED
+
+
 # ---- [smtp] bare_lf = "reject": as Postfix with smtpd_forbid_bare_newline = reject
 
 
@@ -186,6 +235,48 @@ def test_bare_lf_reject_refuses_a_bare_lf_command_and_closes(tmp_path):
     assert session.end_reason == "bare_lf"
     assert session.refusals == 1
     assert session.last_refusal == f"MAIL FROM:<a@x.test>: {BARE_LF_REPLY}"
+
+
+@pytest.mark.parametrize(
+    ("line", "answered"),
+    [
+        ("NOOP", "NOOP"),
+        ("RSET", "RSET"),
+        ("QUIT", "QUIT"),
+        ("FOO secret", "FOO"),
+        (" x", "(no command)"),
+    ],
+)
+def test_bare_lf_reject_counts_every_line_it_refuses_by_its_verb(tmp_path, line, answered):
+    """Commands that are not counted as refusals otherwise (NOOP, RSET, QUIT, a line that is
+    not a command) are when bare_lf refuses them, named by their verb: the rest of the line
+    could be a secret."""
+    with RunningSink(tmp_path / "mail.db", bare_lf="reject") as sink:
+        raw = RawClient(sink.host, sink.port)
+        raw.send(line.encode() + b"\n")
+        assert raw.reply() == [BARE_LF_REPLY]
+        raw.close()
+        session = ended_session(sink)
+    assert (session.end_reason, session.refusals) == ("bare_lf", 1)
+    assert session.last_refusal == f"{answered}: {BARE_LF_REPLY}"
+
+
+def test_bare_lf_is_read_live(tmp_path):
+    config = tmp_path / "bare-lf.toml"
+    config.write_text('[smtp]\nbare_lf = "accept"\n')
+    with RunningSink(tmp_path / "mail.db", config=config) as sink:
+        raw = RawClient(sink.host, sink.port)
+        raw.send(b"EHLO x\n")
+        assert raw.reply()[-1].startswith("250")
+        config.write_text('[smtp]\nbare_lf = "reject"\n')
+        deadline = time.monotonic() + 10
+        while sink.watcher.reloads < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert raw.command("NOOP") == ["250 2.0.0 OK"]  # CRLF: served
+        raw.send(b"NOOP\n")  # the same connection, now refused
+        assert raw.reply() == [BARE_LF_REPLY]
+        raw.close()
+        assert ended_session(sink).end_reason == "bare_lf"
 
 
 def test_bare_lf_reject_refuses_a_crlf_clients_bare_lf_content_at_the_end_of_data(tmp_path):
@@ -273,6 +364,28 @@ def with_users(tmp_path: Path):
     config.write_text('[auth]\nusers = { dev = "secret" }\n')
     with RunningSink(tmp_path / "mail.db", config=config) as running:
         yield running
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["telnet-CRLF", "nc-bare-LF"])
+def test_a_password_typed_in_clear_after_a_failed_auth_is_not_recorded_or_echoed(with_users, eol):
+    """The Username: prompt answered with a plain name gets 501 and ends the exchange; the
+    password typed next is not a command. A known verb after a failed AUTH is served as usual."""
+    sink = with_users
+    typist = Typist(sink.host, sink.port, eol)
+    typist.type("EHLO x")
+    assert typist.type("AUTH LOGIN") == ["334 VXNlcm5hbWU6"]
+    assert typist.type("dev") == ["501 5.5.2 Can't decode base64"]
+    assert typist.type("Hunter2pass") == ["500 5.5.2 Error: command not recognized"]
+    assert typist.type("Hunter2pass") == ['500 5.5.2 Error: command "HUNTER2PASS" not recognized']
+    assert typist.type("AUTH PLAIN " + base64.b64encode(b"\0dev\0wrong").decode())[0][:3] == "535"
+    assert typist.type("NOOP") == ["250 2.0.0 OK"]
+    assert typist.type("QUIT")[0].startswith("221")
+    typist.close()
+    session = ended_session(sink)
+    texts = [text for _, text in transcript(sink, session.id)]
+    assert texts.count("[line after a failed AUTH redacted]") == 1
+    assert texts.count("Hunter2pass") == 1  # the second time it was not after an AUTH
+    assert "NOOP" in texts
 
 
 def test_cram_md5_is_offered_and_picked_by_smtplib(with_users):

@@ -228,3 +228,23 @@ def test_a_new_mail_after_a_message_starts_a_fresh_list(configured):
         second, first = reader.list_messages()
     assert [r.address for r in first.envelope.rcpt_refused] == ["full@x.test"]
     assert second.envelope.rcpt_refused == []
+
+
+def test_a_data_stage_reply_with_control_characters_is_stored_as_sent(configured):
+    """A fault reply is the user's own text, but no reply carries a control character: the
+    one that rejects a message is escaped on the wire, and kept so (as a RCPT refusal is)."""
+    sink = configured(
+        '[[fault]]\nname = "esc"\nstage = "data"\n'
+        'reply = "554 5.6.0 \\u001b[31mred\\u0007\\ndone"\n'
+    )
+    raw = RawClient(sink.host, sink.port)
+    open_transaction(raw)
+    assert raw.command("RCPT TO:<b@x.test>")[0].startswith("250")
+    assert raw.command("DATA")[0].startswith("354")
+    sent = raw.command(b"Subject: hi\r\n\r\nhello\r\n.")
+    raw.command("QUIT")
+    raw.close()
+    assert sent == ["554-5.6.0 \\x1b[31mred\\x07", "554 5.6.0 done"]
+    record = stored(sink, rejected=True)
+    assert (record.reply, record.reply_rule) == ("\n".join(sent), "esc")
+    assert ended_session(sink).last_refusal == "end of DATA: " + "\n".join(sent)

@@ -261,7 +261,8 @@ class SmtpHandler:
                 headers = await asyncio.to_thread(header_values, raw)  # parsing stays off the loop
             verdict = await self._verdict(protocol, "data", size=len(raw), headers=headers)
         if verdict is not None and verdict.answers:
-            reply = "\n".join(verdict.reply_lines) or f"({verdict.action})"
+            # Kept as the connection sends it: control characters escaped (replies.printable).
+            reply = "\n".join(map(replies.printable, verdict.reply_lines)) or f"({verdict.action})"
             rule = _answering_rule(verdict)
             await self._keep_rejected(protocol, session, envelope, raw, reply, rule)
             return self._carry_out(protocol, verdict) or ""

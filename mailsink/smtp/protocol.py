@@ -42,9 +42,13 @@ log = logging.getLogger("mailsink.smtp")
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 _END_OF_DATA = b"\r\n.\r\n"
-# A bare-LF client's DATA is read up to each line that starts with a dot: the end of the
-# message ("." then LF or CRLF) or a dot-stuffed line.
-_LF_DOT = b"\n."
+# The end of a bare-LF client's message: a line holding only ".", ended by LF or CRLF, after a
+# line ended by either (the DATA line's own end counts: the first line may be the ".").
+_LF_END_OF_DATA = re.compile(rb"\n\.\r?\n")
+# How much of that end can be in the block before the one that completes it ("\n.\r").
+_LF_END_CARRY = 3
+# A bare-LF client's dot-stuffed line (after LF or CRLF; the first line's after the DATA line).
+_LF_STUFFED = b"\n."
 _ATOM = r'[^\s<>()\[\]\\",;:@.]+'
 # <local@dot.separated.domain>, then nothing or whitespace and the parameters.
 # Only a space or a tab separates the path from its parameters (as between parameters).
@@ -70,6 +74,8 @@ _REFUSALS_COUNTED = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT
 # What a refusal answered, as last_refusal names it: the command line, cut to this length.
 _ANSWERED_WIDTH = 200
 _THE_LINE = ""  # _answering: the command line being answered
+# What the transcript and last_refusal show of a line withheld after a failed AUTH.
+_WITHHELD = "[line after a failed AUTH redacted]"
 _PARAMETER_SEPARATOR = re.compile(r"[ \t]+")
 
 
@@ -190,6 +196,9 @@ class SmtpConnection(SMTP):
         self._command = ""  # the command being answered
         self._line_text = ""  # its line as received (decoded), for what a refusal answered
         self._line_bare_lf = False  # that line ended in LF alone
+        # The last command was an AUTH that failed; the line withheld: see _withheld.
+        self._auth_failed = False
+        self._line_withheld = False
         # What a 4xx/5xx reply sent now answers, for last_refusal: "greeting", "end of DATA",
         # "AUTH", _THE_LINE (the command line); None: it does not count as a refusal.
         self._answering: str | None = None
@@ -468,6 +477,9 @@ class SmtpConnection(SMTP):
                 if command in _REFUSALS_COUNTED:
                     self._answering = "AUTH" if command == "AUTH" else _THE_LINE
                 if self._line_bare_lf and self.server.settings.smtp.bare_lf == "reject":
+                    if self._answering is None:  # its verb only, as a 500 reply would echo
+                        shown = _WITHHELD if self._line_withheld else shown_verb(command)
+                        self._answering = shown or "(no command)"
                     await self._refuse_bare_lf()
                     continue
                 try:
@@ -476,7 +488,10 @@ class SmtpConnection(SMTP):
                     await self._not_a_command(replies.NOT_UTF8)
                     continue
                 if method is None:
-                    reply = replies.NOT_RECOGNIZED.format(command=shown_verb(command))
+                    if self._line_withheld:
+                        reply = replies.NOT_RECOGNIZED_WITHHELD
+                    else:
+                        reply = replies.NOT_RECOGNIZED.format(command=shown_verb(command))
                     await self._not_a_command(reply if command else replies.BAD_SYNTAX)
                     continue
                 # Refusals that leave the client nothing it could do count as lines that are
@@ -500,6 +515,10 @@ class SmtpConnection(SMTP):
                 self._reset_timeout()
                 await method(arg)
                 self._reset_timeout()
+                # The client may still be sending its credentials: see _withheld.
+                self._auth_failed = command == "AUTH" and not (
+                    self.session and self.session.authenticated
+                )
                 if self.closing and not self.in_data:
                     self.shutdown()
             except (ClientFinished, ConnectionResetError):
@@ -516,6 +535,7 @@ class SmtpConnection(SMTP):
 
     async def _read_command_line(self) -> bytes | None:
         """One command line without its CRLF, recorded; None when it was too long (skipped)."""
+        after_failed_auth, self._auth_failed = self._auth_failed, False
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as error:
@@ -524,13 +544,28 @@ class SmtpConnection(SMTP):
             return None
         except asyncio.IncompleteReadError as error:
             if error.partial.strip():
-                self.transcript.add(CLIENT, redact(error.partial.decode("utf-8", "replace")))
+                text = error.partial.decode("utf-8", "replace")
+                withheld = after_failed_auth and self._withheld(error.partial)
+                self.transcript.add(CLIENT, _WITHHELD if withheld else redact(text))
             raise ClientFinished from None
         self._line_bare_lf = line[-2:-1] != b"\r"
         line = line.rstrip(b"\r\n")
-        self._line_text = text = line.decode("utf-8", "replace")
-        self.transcript.add(CLIENT, redact(text))
+        self._line_withheld = after_failed_auth and self._withheld(line)
+        if self._line_withheld:
+            self._line_text = _WITHHELD
+            self.transcript.add(CLIENT, _WITHHELD)
+        else:
+            self._line_text = text = line.decode("utf-8", "replace")
+            self.transcript.add(CLIENT, redact(text))
         return line
+
+    def _withheld(self, line: bytes) -> bool:
+        """Whether the line right after a failed AUTH is kept out of the transcript and the
+        replies: when it does not start with a verb mailsink knows. A client that answered the
+        Username: prompt in clear got 501 (not base64), the exchange was over, and it typed its
+        password next: read as a command, it would be recorded and echoed in the 500."""
+        verb = line.partition(b" ")[0].upper()
+        return not verb.isascii() or verb.decode("ascii") not in self._smtp_methods
 
     async def _refuse_bare_lf(self) -> None:
         """[smtp] bare_lf = "reject": a command line that ended in LF alone gets Postfix's
@@ -932,45 +967,59 @@ class SmtpConnection(SMTP):
         return data, wire_size
 
     async def _read_lf_blocks(self, reader: asyncio.StreamReader) -> tuple[bytes | None, int]:
-        """DATA from a bare-LF client, read in blocks up to each line that starts with a dot: a
-        "." line ending in LF or CRLF ends the message, any other loses its first dot
-        (dot-unstuffing). Every other byte is kept as it came: line endings are not rewritten."""
-        reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]  # as in _read_blocks
+        """DATA from a bare-LF client, read in blocks up to the first "." line that ends in LF or
+        CRLF; every other line that starts with a dot loses it (dot-unstuffing). The rest is
+        kept as it came: line endings are not rewritten.
+
+        Each block is searched once, together with the previous block's last bytes (the end can
+        straddle two), and the content is unstuffed once at the end: a read per dot line made a
+        client sending many of them cost microseconds each and hold the loop while they were
+        buffered."""
         limit = self.data_size_limit
         content = io.BytesIO()
-        wire_size, size = -2, 0
-        skip = 2  # the CRLF put in front
+        size = wire_size = 0  # bytes written to content, bytes of DATA consumed
+        # The last bytes seen, searched again with the next block; first the DATA line's end.
+        # Window index i is content position size - len(tail) + i (the DATA line's CRLF sits
+        # before position 0).
+        tail = b"\r\n"
+        stuffed = 0  # "\n." written: stuffed lines, perhaps the start of the end
         too_big = False
-        try:
-            while True:
-                try:
-                    block = await reader.readuntil(_LF_DOT)
-                    dot = True
-                except asyncio.LimitOverrunError as error:
-                    block = await reader.readexactly(error.consumed)
-                    dot = False
+        while True:
+            block = await reader.read(self.line_length_limit)
+            if not block:
+                self._note_unfinished_data(b"")
+                raise ConnectionResetError("connection closed during DATA")
+            window = tail + block
+            end = _LF_END_OF_DATA.search(window)
+            if end is None:
                 wire_size += len(block)
-                done = False
-                if dot:
-                    block = block[:-1]  # the dot: the end, or the stuffing of this line
-                    after = await reader.readexactly(1)
-                    wire_size += 1
-                    if after == b"\r":
-                        after += await reader.readexactly(1)
-                        wire_size += 1
-                    done = after in (b"\n", b"\r\n")
-                    if not done:
-                        block += after
                 if not too_big:
-                    cut, skip = min(skip, len(block)), max(0, skip - len(block))
-                    size += content.write(memoryview(block)[cut:])
-                    if limit and size > limit:
-                        too_big, content = True, io.BytesIO()
-                if done:
-                    break
-        except asyncio.IncompleteReadError as error:
-            self._note_unfinished_data(error.partial)
-            raise ConnectionResetError("connection closed during DATA") from None
-        if too_big:
+                    size += content.write(block)
+                    stuffed += window.count(_LF_STUFFED) - tail.count(_LF_STUFFED)
+                    # The end's first bytes may be in; anything beyond them is over the limit.
+                    if limit and size - stuffed > limit + _LF_END_CARRY:
+                        too_big, content = True, io.BytesIO()  # from here only the end is sought
+                tail = window[-_LF_END_CARRY:]
+                continue
+            used = end.end() - len(tail)  # the bytes of this block up to the end's last
+            wire_size += used
+            if used < len(block):  # pipelined commands behind the message: the loop reads them
+                reader._buffer[0:0] = block[used:]  # type: ignore[attr-defined]  # as in _read_blocks
+            if too_big:
+                return None, wire_size
+            last = size - len(tail) + end.start() + 1  # the content ends with the "\n" before "."
+            if last >= size:
+                content.write(memoryview(block)[: last - size])
+            else:  # the end began in the previous block: what it wrote of it goes
+                content.truncate(last)
+            break
+        data = content.getvalue()
+        del content
+        # RFC 5321 4.5.2 dot-unstuffing, after an LF or a CRLF; without a stuffed line this is
+        # the same bytes object, no copy.
+        data = data.replace(_LF_STUFFED, b"\n")
+        if data.startswith(b"."):  # the first line is stuffed too
+            data = data[1:]
+        if limit and len(data) > limit:
             return None, wire_size
-        return content.getvalue(), wire_size
+        return data, wire_size

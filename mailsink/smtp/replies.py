@@ -44,6 +44,7 @@ SHUTTING_DOWN = "421 4.3.2 {hostname} Service shutting down, try again later"
 LINE_TOO_LONG = "500 5.5.2 Error: command line too long"
 BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
 NOT_RECOGNIZED = '500 5.5.2 Error: command "{command}" not recognized'
+NOT_RECOGNIZED_WITHHELD = "500 5.5.2 Error: command not recognized"  # see SmtpConnection._withheld
 NOT_UTF8 = "501 5.5.2 Error: the command is not valid UTF-8"
 TLS_ACTIVE = "503 5.5.1 Error: TLS already active"
 HELO_CONTROL = "501 5.5.4 Syntax: {command} hostname, without control characters"
