@@ -263,9 +263,17 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
 def sessions(config: str | None, db: str | None, as_json: bool, limit: int, refusals: bool) -> None:
     """List SMTP sessions, newest first (including those that delivered nothing)."""
     from mailsink import output
+    from mailsink.store.schema import REFUSALS_SINCE
 
     with _reader(config, db) as reader:
         records = reader.list_sessions(limit=limit, with_refusals=refusals)
+        version = reader.version
+    if refusals and version < REFUSALS_SINCE:  # "none" would be a guess: nothing counted them
+        click.echo(
+            f"mailsink: this store was written before mailsink counted refusals (schema"
+            f" {version}); a newer server counts them in the sessions it serves",
+            err=True,
+        )
     if as_json:
         _print_json([r.as_json() for r in records])
     else:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import textwrap
 from typing import Any
+
+from rich.cells import cell_len
 
 from mailsink.clock import iso_ms, local_time
 from mailsink.config import Settings
@@ -246,13 +247,48 @@ def session_table(records: list[SessionRecord], *, empty: str = "no sessions") -
 
 def _wrapped(text: str, indent: str) -> list[str]:
     """`text` in at most REFUSAL_LINES lines of REFUSAL_WIDTH columns, the last cut with `…`."""
-    lines = textwrap.wrap(
-        text, REFUSAL_WIDTH, initial_indent=indent, subsequent_indent=indent + "  "
-    )
+    lines = wrap_cells(text, REFUSAL_WIDTH, indent, indent + "  ")
     if len(lines) > REFUSAL_LINES:
         lines = lines[:REFUSAL_LINES]
-        lines[-1] = lines[-1][: REFUSAL_WIDTH - 1] + "…"
+        lines[-1] = _cut_cells(lines[-1], REFUSAL_WIDTH - 1) + "…"
     return lines
+
+
+def wrap_cells(text: str, width: int, indent: str = "", later: str = "") -> list[str]:
+    """textwrap.wrap by terminal cells, not characters: a wide (CJK) character takes two. A word
+    goes whole onto the line it fits on; one wider than any line fills the line it starts on and
+    goes on in the next (as textwrap breaks long words)."""
+    lines: list[str] = []
+    line, used, empty = indent, cell_len(indent), True
+    longest = width - cell_len(later)  # the widest word a line of its own holds
+    for word in text.split():
+        while word:
+            gap = 0 if empty else 1
+            size = cell_len(word)
+            room = width - used - gap
+            if size <= room:
+                line, used, empty, word = line + " " * gap + word, used + gap + size, False, ""
+                continue
+            part = _cut_cells(word, room) if size > longest and room > 0 else ""
+            if part:
+                lines.append(line + " " * gap + part)
+                word = word[len(part) :]
+            elif not empty or size <= longest:
+                lines.append(line)
+            else:  # not one cell of room, ever: one character a line
+                lines.append(line + word[0])
+                word = word[1:]
+            line, used, empty = later, cell_len(later), True
+    if not empty:
+        lines.append(line)
+    return lines
+
+
+def _cut_cells(text: str, width: int) -> str:
+    """The longest start of `text` that takes at most `width` cells."""
+    while cell_len(text) > width:
+        text = text[: -max(1, (cell_len(text) - width) // 2)]
+    return text
 
 
 _ARROWS = {"C": "C:", "S": "S:", "D": "C:", "I": "--"}

@@ -9,6 +9,7 @@ import sqlite3
 
 import pytest
 from conftest import RawClient, message, run_cli
+from rich.cells import cell_len
 
 from mailsink.mail.envelope import Envelope, RefusedRecipient
 from mailsink.mail.findings import KINDS
@@ -89,6 +90,36 @@ def test_a_recipient_refused_at_rcpt_is_shown_by_show_and_list(served):
     (summary,) = json.loads(run_cli("list", "--db", db, "--json").out)
     assert summary["rcpt_to"] == ["a@x.test"] and summary["rcpt_refused"] == ["full@x.test"]
     assert (summary["reply"], summary["reply_rule"]) == (None, None)
+
+
+# What a viewer from before rcpt_refused (issue 13) knows of a stored envelope: it builds
+# Envelope(**data) and fails on any other key.
+ENVELOPE_KEYS_BEFORE_REFUSALS = {
+    "mail_from",
+    "rcpt_to",
+    "mail_options",
+    "rcpt_options",
+    "helo",
+    "peer",
+    "auth_user",
+    "tls",
+}
+
+
+def test_an_envelope_without_refusals_is_stored_as_an_older_viewer_reads_it(served):
+    with smtplib.SMTP(served.host, served.port) as client:
+        client.sendmail("app@shop.test", ["a@x.test"], message())
+        client.sendmail("app@shop.test", ["a@x.test", "full@x.test"], message())
+    served.wait_for(lambda r: len(r.list_messages()) == 2)
+    with sqlite3.connect(served.db) as conn:
+        stored = dict(conn.execute("SELECT id, envelope FROM messages").fetchall())
+    assert set(json.loads(stored[1])) == ENVELOPE_KEYS_BEFORE_REFUSALS
+    assert set(json.loads(stored[2])) == ENVELOPE_KEYS_BEFORE_REFUSALS | {"rcpt_refused"}
+    # show --json keeps its documented shape: rcpt_refused always there.
+    clean = json.loads(run_cli("show", "1", "--db", served.db, "--json").out)
+    assert clean["envelope"]["rcpt_refused"] == []
+    refused = json.loads(run_cli("show", "2", "--db", served.db, "--json").out)
+    assert [r["address"] for r in refused["envelope"]["rcpt_refused"]] == ["full@x.test"]
 
 
 def test_a_message_rejected_at_data_shows_its_reply_and_rule(served):
@@ -248,7 +279,7 @@ def test_sessions_refusals_says_when_there_are_none(tmp_path):
     db = tmp_path / "mail.db"
     _fill(db)
     result = run_cli("sessions", "--refusals", "--db", str(db))
-    assert (result.code, result.out) == (0, "no sessions with refusals\n")
+    assert (result.code, result.out, result.err) == (0, "no sessions with refusals\n", "")
 
 
 def test_a_long_last_refusal_wraps_at_80_columns_in_three_lines_at_most(tmp_path):
@@ -261,6 +292,19 @@ def test_a_long_last_refusal_wraps_at_80_columns_in_three_lines_at_most(tmp_path
     assert lines[start + 3].startswith("1 ")  # then the next session's row
     assert refusal[-1].endswith("r…") and all(len(line) <= 80 for line in refusal)
     assert refusal[0].startswith("        ✗ 1 refused, last: RCPT TO:<rrr")
+
+
+def test_a_last_refusal_of_wide_characters_wraps_at_80_terminal_cells(tmp_path):
+    db = tmp_path / "mail.db"
+    wide = "日本語のメールアドレス" * 6  # two cells a character
+    last = f"RCPT TO:<{wide}@full.test>: 452 4.2.2 Mailbox full"
+    _fill(db, sessions=({"session_id": 2, "refusals": 1, "last_refusal": last},))
+    lines = run_cli("sessions", "--db", str(db)).out.splitlines()
+    start = next(n for n, line in enumerate(lines) if "refused" in line)
+    refusal = lines[start : lines.index(next(x for x in lines if x.startswith("1 ")))]
+    assert [cell_len(line) for line in refusal] == [80, 80, 63]
+    assert refusal[0] == f"        ✗ 1 refused, last: RCPT TO:<{wide[:22]}"
+    assert "".join(refusal).replace(" ", "") == f"✗1refused,last:{last}".replace(" ", "")
 
 
 # ---- list --findings KIND ------------------------------------------------------------------
@@ -362,7 +406,15 @@ def test_a_store_of_schema_4_lists_no_refusals_and_no_rules(tmp_path):
             "PRAGMA user_version = 4;"
         )
     result = run_cli("sessions", "--refusals", "--db", str(db))
-    assert (result.code, result.out, result.err) == (0, "no sessions with refusals\n", "")
+    assert (result.code, result.out) == (0, "no sessions with refusals\n")
+    # Not "none": nothing counted them. One line says so, on stderr (--json stays JSON).
+    assert result.err == (
+        "mailsink: this store was written before mailsink counted refusals (schema 4);"
+        " a newer server counts them in the sessions it serves\n"
+    )
+    result = run_cli("sessions", "--refusals", "--json", "--db", str(db))
+    assert (result.code, json.loads(result.out), result.err.count("\n")) == (0, [], 1)
+    assert run_cli("sessions", "--db", str(db)).err == ""  # not asked for refusals
     assert [
         s["refusals"] for s in json.loads(run_cli("sessions", "--json", "--db", str(db)).out)
     ] == [

@@ -19,7 +19,7 @@ from mailsink.store.operations import insert_message, insert_session, update_ses
 from mailsink.tui.app import MailsinkApp
 from mailsink.tui.render import REFUSED
 from mailsink.tui.screens.message import MessageScreen
-from mailsink.tui.screens.sessions import SessionsScreen
+from mailsink.tui.screens.sessions import NO_REFUSALS, SessionsScreen
 from mailsink.tui.widgets.message_detail import MessageDetail
 
 RULES = """
@@ -85,13 +85,10 @@ def test_refusals_end_to_end_overview_and_sessions_filter(tmp_path):
             await pilot.press("escape")
 
             overview = await _open(app, pilot, 2)
-            # Too long for the column at 120: the reply below, then the rule.
+            # The reply on the Status line; the rule, too long to go beside it at 120, below.
             lines = [line.strip() for line in overview.splitlines()]
-            at = lines.index("Status: rejected")
-            assert lines[at + 1 : at + 3] == [
-                "452 4.3.1 Insufficient system storage",
-                '(rule "storage full")',
-            ]
+            at = lines.index("Status: rejected  452 4.3.1 Insufficient system storage")
+            assert lines[at + 1] == '(rule "storage full")'
             await pilot.press("escape")
 
             # Sessions: three, one of which was refused its MAIL FROM and delivered nothing.
@@ -114,8 +111,13 @@ def test_refusals_end_to_end_overview_and_sessions_filter(tmp_path):
             await pilot.press("r")
             await wait_until(pilot, lambda: sessions.order == [3, 2, 1])
             assert "Sessions with refusals" in _lines(app)[0]
+            # The footer says what r does now.
+            await wait_until(pilot, lambda: "r All sessions" in _lines(app)[-1])
+            assert "With refusals" not in _lines(app)[-1]
             await pilot.press("r")
             await wait_until(pilot, lambda: sessions.order == [4, 3, 2, 1])
+            await wait_until(pilot, lambda: "r With refusals" in _lines(app)[-1])
+            assert "All sessions" not in _lines(app)[-1]
             sessions.query_one("#sessions").move_cursor(row=0)  # session 4 refused nothing
             await wait_until(pilot, lambda: sessions.shown_session == 4)
             assert not any("refused, last" in line for line in _lines(app))
@@ -142,6 +144,8 @@ def test_a_live_session_with_a_refusal_is_listed_by_the_filter_and_the_palette(t
             assert isinstance(sessions, SessionsScreen)
             await pilot.press("r")
             await wait_until(pilot, lambda: sessions.refusals_only and sessions.rows == {})
+            # Filtered to nothing: a line says so, not a bare table.
+            await wait_until(pilot, lambda: NO_REFUSALS in screen_text(app))
             client = await asyncio.to_thread(RawClient, "127.0.0.1", app.sink.server.port)
             try:
                 await asyncio.to_thread(client.command, "EHLO live.test")
@@ -151,6 +155,7 @@ def test_a_live_session_with_a_refusal_is_listed_by_the_filter_and_the_palette(t
                 row = sessions.rows[2]
                 assert row.active and row.refusals == 1
                 await wait_until(pilot, lambda: "✗ 1 refused, last:" in screen_text(app))
+                assert NO_REFUSALS not in screen_text(app)
                 line = next(line for line in _lines(app) if line.startswith(" ● 2 "))
                 assert re.search(r" 1 +$", line), line  # the count, in the ✗ column
             finally:
@@ -254,5 +259,107 @@ def test_hostile_refusals_are_inert_styled_and_fit_80_columns(tmp_path):
             shown = screen_text(app)
             assert not RAW_CONTROLS.search(shown)
             assert HOSTILE_SHOWN[:10] in shown  # the last refusal, literally (and wrapped)
+
+    run(scenario)
+
+
+LONG_REPLY_RULES = """
+[[fault]]
+name = "mailbox full"
+stage = "rcpt"
+reply = "452 4.2.2 Mailbox full\\nsecond line of the reply"
+match = { recipient = "full@*" }
+
+[[fault]]
+name = "long"
+stage = "rcpt"
+reply = "450 4.2.1 QQQ"
+match = { recipient = "long@*" }
+
+[[fault]]
+name = "storage full"
+stage = "data"
+reply = "452 4.3.1 ZZZ\\nand its second line WWW"
+match = { header = { Subject = "reject me" } }
+"""
+# Words far too long for a column: 150 Q, 150 Z, 80 W.
+LONG_REPLY_RULES = (
+    LONG_REPLY_RULES.replace("QQQ", "Q" * 150).replace("ZZZ", "Z" * 150).replace("WWW", "W" * 80)
+)
+
+
+def _envelope_column(overview: str) -> str:
+    """The Overview's table (envelope beside headers), without the Findings under it."""
+    return overview.split("\nFindings (")[0]
+
+
+def test_refused_addresses_agree_with_findings_and_replies_fold_at_80_columns(tmp_path):
+    config = tmp_path / "faults.toml"
+    config.write_text(LONG_REPLY_RULES)
+
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db", config), size=(80, 24)) as (app, pilot):
+            assert app.sink.server is not None
+            client = await asyncio.to_thread(RawClient, "127.0.0.1", app.sink.server.port)
+            try:
+                for line, reply in (
+                    ("EHLO a.test", None),
+                    ("MAIL FROM:<app@shop.test>", "250 2.1.0 Ok"),
+                    ("RCPT TO:<a@x.test>", "250 2.1.5 Ok"),
+                    ("RCPT TO:<<user3@x.test>", "501 5.1.3 Bad recipient address syntax"),
+                    ("RCPT TO:<user2@x.test> NOTIFY=NEVR", "501 5.5.4 NOTIFY must be NEVER or"),
+                    ("RCPT TO:<full@x.test>", "452-4.2.2 Mailbox full"),
+                    ("RCPT TO:<long@x.test>", "450 4.2.1 QQQ"),
+                ):
+                    answer = await asyncio.to_thread(client.command, line)
+                    assert reply is None or answer[0].startswith(reply), (line, answer)
+                await asyncio.to_thread(client.command, "DATA")
+                to = "a@x.test, user3@x.test, user2@x.test, full@x.test"
+                await asyncio.to_thread(client.command, message(to=to) + b".")
+                await asyncio.to_thread(client.command, "QUIT")
+            finally:
+                client.close()
+            with pytest.raises(smtplib.SMTPDataError):
+                await send(app, "app@shop.test", ["a@x.test"], message(subject="reject me"))
+
+            overview = await _open(app, pilot, 1)
+            detail = app.screen.query_one(MessageDetail)
+            assert detail.loaded is not None
+            kinds = {f["address"]: f["kind"] for f in detail.loaded.record.findings}
+            assert kinds["<<user3@x.test>"] == kinds["user2@x.test"] == "refused_recipient"
+            envelope = _envelope_column(overview)
+            # Refused for its syntax: what the client gave, no brackets added; the header
+            # address the Findings call refused is marked refused, as they say.
+            assert "RCPT TO: <<user3@x.test>  " in envelope and "<<<" not in envelope
+            assert "    ✗ 501 5.1.3 Bad recipient address syntax" in envelope
+            assert "To: user3@x.test  ← refused" in envelope
+            # Refused for its parameters: they follow the address.
+            assert "RCPT TO: <user2@x.test> NOTIFY=NEVR" in envelope
+            assert "To: user2@x.test  ← refused" in envelope
+            assert "no RCPT TO" not in envelope
+            # A reply of two lines: only its first on the RCPT line (the Findings have both).
+            assert "RCPT TO: <full@x.test>  ✗ 452-4.2.2 Mailbox full" in envelope
+            assert "second line of the reply" not in envelope
+            assert "second line of the reply" in overview
+            # A reply's long word folds in its column: all of it there, nothing cut.
+            assert envelope.count("Q") == 150 and "…" not in envelope
+            await pilot.press("escape")
+
+            overview = await _open(app, pilot, 2)
+            envelope = _envelope_column(overview)
+            assert envelope.count("Z") == 150 and envelope.count("W") == 80
+            assert "…" not in envelope
+            # At 80 columns the reply starts on the Status line and wraps lined up after it.
+            raw = screen_text(app).splitlines()
+            lines = [line.strip() for line in raw]
+            at = next(n for n, line in enumerate(lines) if line.startswith("Status: "))
+            assert raw[at + 1].index("Z") == raw[at].index("rejected")
+            assert re.match(r"Status: rejected  452-4\.3\.1( |$)", lines[at]), lines[at : at + 8]
+            assert lines[at + 1].startswith("ZZZZ")
+            # Below: the reply's second line, then the rule (in the Overview's whole text).
+            lines = [line.strip() for line in envelope.splitlines()]
+            at = next(n for n, line in enumerate(lines) if line.startswith("Status: "))
+            rest = [line for line in lines[at + 1 :] if "Z" not in line and "W" not in line]
+            assert rest[:2] == ["452 4.3.1 and its second line", '(rule "storage full")'], rest
 
     run(scenario)

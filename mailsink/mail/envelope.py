@@ -50,7 +50,8 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Envelope:
-        """The Envelope stored as `as_json()` made it (rows older than rcpt_refused lack it)."""
+        """The Envelope stored by `stored_json()` (or `as_json()`): rows without rcpt_refused
+        (older ones, and those with no refusal) have none."""
         refused = [RefusedRecipient(**item) for item in data.get("rcpt_refused", ())]
         return cls(**{**data, "rcpt_refused": refused})
 
@@ -67,3 +68,12 @@ class Envelope:
             "tls": self.tls,
             "rcpt_refused": [refused.as_json() for refused in self.rcpt_refused],
         }
+
+    def stored_json(self) -> dict[str, Any]:
+        """`as_json()` as the store keeps it: without rcpt_refused when it is empty. A viewer
+        from before rcpt_refused builds Envelope(**data) and would fail on every message a newer
+        server stored; this way only on those that had a refusal. from_json defaults it."""
+        data = self.as_json()
+        if not self.rcpt_refused:
+            del data["rcpt_refused"]
+        return data

@@ -120,7 +120,7 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
             message.reply,
             message.reply_rule,
             len(message.raw),
-            json.dumps(message.envelope.as_json()),
+            json.dumps(message.envelope.stored_json()),
             json.dumps(headers),
             json.dumps(found),
             len(found),

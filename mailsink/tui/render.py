@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mailsink.clock import local_time
+from mailsink.mail.addresses import normalize
 from mailsink.mail.envelope import RefusedRecipient
 from mailsink.mail.parse import MimePart, ParsedMessage
 from mailsink.store.reader import MessageRecord, SessionRecord
@@ -44,13 +45,14 @@ def _labelled(label: str, value: Text) -> Text:
 def _address_lines(
     label: str, values: list[str], specs: list[str], marks: dict[str, tuple[str, str]]
 ) -> list[Text]:
-    """One line per address, marked by its addr-spec. parse.py keeps `values` (display forms) and
-    `specs` in step; when it could not (a header it failed to parse), nothing is marked."""
+    """One line per address, marked by its addr-spec (`marks` by addresses.normalize, as the
+    findings compare them). parse.py keeps `values` (display forms) and `specs` in step; when it
+    could not (a header it failed to parse), nothing is marked."""
     paired = len(specs) == len(values)
     lines = []
     for position, value in enumerate(values[:ADDRESSES_SHOWN]):
         line = _labelled(label, plain(value, emoji=False))
-        mark = marks.get(specs[position].lower()) if paired else None
+        mark = marks.get(normalize(specs[position])) if paired else None
         if mark is not None:
             note, style = mark
             line.stylize(style, len(label) + 2)
@@ -67,7 +69,7 @@ def _more_addresses(
 ) -> Text:
     """The line that stands for the addresses not shown, with how many of them are marked."""
     line = Text(f"{label}: … and {more:,} more", "dim")
-    marked = Counter(mark for spec in specs if (mark := marks.get(spec.lower())))
+    marked = Counter(mark for spec in specs if (mark := marks.get(normalize(spec))))
     for (note, style), count in marked.items():
         line.append(f"; {count:,} of them {note}", style)
     return line
@@ -107,11 +109,18 @@ def first_line(reply: str | None) -> str:
 
 
 def refused_line(refused: RefusedRecipient) -> OneLineOrTwo:
-    """`RCPT TO: <full@x.test>  ✗ 452 4.2.2 Mailbox full`"""
-    head = _labelled("RCPT TO", plain(f"<{refused.address}>", emoji=False))
-    return OneLineOrTwo(
-        head, Text.assemble(("✗ ", REFUSED), plain(first_line(refused.reply), REFUSED))
+    """`RCPT TO: <full@x.test>  ✗ 452 4.2.2 Mailbox full` (the reply's first line: the Findings
+    and `mailsink show` have it all). Refused for its syntax, the address is what the client
+    gave (the text after TO: when it did not parse), shown as it is: `RCPT TO: <<u@x.test>`;
+    refused for its parameters, they follow it: `RCPT TO: <u@x.test> NOTIFY=NEVR`."""
+    given = refused.address if refused.reason == "syntax" else f"<{refused.address}>"
+    if refused.reason == "parameters":
+        given = " ".join([given, *refused.options])
+    head = _labelled("RCPT TO", plain(given, emoji=False))
+    reply = Text.assemble(
+        ("✗ ", REFUSED), plain(first_line(refused.reply), REFUSED), overflow="fold"
     )
+    return OneLineOrTwo(head, reply)
 
 
 def _refused_lines(refused: list[RefusedRecipient]) -> list[RenderableType]:
@@ -123,28 +132,40 @@ def _refused_lines(refused: list[RefusedRecipient]) -> list[RenderableType]:
 
 
 def status_line(record: MessageRecord) -> RenderableType:
-    """`Status: rejected  452 4.3.1 Insufficient system storage  (rule "storage full")`; on a
-    narrow column the reply (each of its lines) below, indented, then the rule."""
+    """`Status: rejected  452 4.3.1 Insufficient system storage  (rule "storage full")`: the
+    reply's first line on the Status line, wrapping there; its further lines, and the rule when
+    it does not fit beside them, below. All of it lines up after `Status: `."""
     rejected = record.status != "accepted"
-    head = _labelled("Status", Text(record.status, REFUSED if rejected else "green"))
-    reply = Text("\n").join(plain(line) for line in (record.reply or "").split("\n"))
-    rule = plain(f'(rule "{record.reply_rule}")', "dim") if record.reply_rule else None
-    if reply and rule is not None:
-        return OneLineOrTwo(head, OneLineOrTwo(reply, rule, indent=0))
-    if reply or rule is not None:
-        return OneLineOrTwo(head, reply or rule or Text())
-    return head
+    value = Text(record.status, REFUSED if rejected else "green")
+    value.overflow = "fold"  # a reply's long word goes on, not cut with "…"
+    first, *more = (record.reply or "").split("\n")
+    if first:
+        value.append("  ")
+        value.append_text(plain(first))
+    below = [plain(line) for line in more]
+    if record.reply_rule:
+        below.append(plain(f'(rule "{record.reply_rule}")', "dim"))
+    if not first and not below:
+        return _labelled("Status", value)
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    shown = OneLineOrTwo(value, Text("\n", overflow="fold").join(below), indent=0)
+    grid.add_row(Text("Status: ", "bold"), shown if below else value)
+    return grid
 
 
 def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     """Envelope beside headers, what differs marked, then the findings with their explanation."""
     envelope, headers = record.envelope, parsed.headers
+    # Addresses compared as the findings compare them (addresses.normalize): a header address
+    # the Findings call refused is marked refused here, never "no RCPT TO".
     header_recipients = {
-        a.lower() for a in (*headers.to_addrs, *headers.cc_addrs, *headers.bcc_addrs)
+        normalize(a) for a in (*headers.to_addrs, *headers.cc_addrs, *headers.bcc_addrs)
     }
-    delivered = {r.lower() for r in envelope.rcpt_to}
-    sender_differs = bool(headers.from_addrs) and envelope.mail_from.lower() not in {
-        a.lower() for a in headers.from_addrs
+    delivered = {normalize(r) for r in envelope.rcpt_to}
+    sender_differs = bool(headers.from_addrs) and normalize(envelope.mail_from) not in {
+        normalize(a) for a in headers.from_addrs
     }
 
     left: list[RenderableType] = []
@@ -154,9 +175,9 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
         mail_from.append("  ≠ From", MISMATCH)
     left.append(mail_from)
     hidden = {
-        r.lower(): ("hidden (in no To/Cc)", HIDDEN)
+        normalize(r): ("hidden (in no To/Cc)", HIDDEN)
         for r in envelope.rcpt_to
-        if r.lower() not in header_recipients
+        if normalize(r) not in header_recipients
     }
     shown = [f"<{recipient}>" for recipient in envelope.rcpt_to]
     left += _address_lines("RCPT TO", shown, envelope.rcpt_to, hidden)
@@ -170,19 +191,21 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     left.append(_labelled("Size", Text(format_bytes(record.size))))
     left.append(status_line(record))
 
-    refused = {r.address.lower() for r in envelope.rcpt_refused}
+    refused = {normalize(r.address) for r in envelope.rcpt_refused}
     undelivered = {
-        a.lower(): (
+        normalize(a): (
             ("refused", REFUSED)
-            if a.lower() in refused
+            if normalize(a) in refused
             else ("not delivered to (no RCPT TO)", UNDELIVERED)
         )
         for a in (*headers.to_addrs, *headers.cc_addrs, *headers.bcc_addrs)
-        if a.lower() not in delivered
+        if normalize(a) not in delivered
     }
     right: list[Text] = []
     from_marks = (
-        {a.lower(): ("≠ MAIL FROM", MISMATCH) for a in headers.from_addrs} if sender_differs else {}
+        {normalize(a): ("≠ MAIL FROM", MISMATCH) for a in headers.from_addrs}
+        if sender_differs
+        else {}
     )
     right += _address_lines("From", headers.from_ or ["(none)"], headers.from_addrs, from_marks)
     if headers.sender:

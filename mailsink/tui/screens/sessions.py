@@ -125,13 +125,16 @@ class SessionTable(FittedTable):
 
 TITLE = " Sessions  (● live, ✗ refusals; select one for its transcript below)"
 TITLE_REFUSALS = " Sessions with refusals  (● live, ✗ refusals; r lists them all)"
+NO_REFUSALS = "No sessions with refusals (r lists them all)."
 
 
 class SessionsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,s", "app.pop_screen", "Back"),
         Binding("f", "app.faults", "Faults"),
+        # One key, two bindings: check_action shows the one that says what r does now.
         Binding("r", "refusals_only", "With refusals"),
+        Binding("r", "all_sessions", "All sessions"),
     ]
 
     def __init__(self, sink: Sink, *, refusals_only: bool = False) -> None:
@@ -153,7 +156,7 @@ class SessionsScreen(Screen[None]):
             )
             with Vertical(id="session-detail"):
                 # The selected session's last refusal, kept up to date while it lives (the
-                # transcript below only grows).
+                # transcript below only grows); with the r filter and no match, a line saying so.
                 yield Static(id="refusal")
                 yield RichLog(id="transcript", wrap=True, markup=False, highlight=False)
         yield Footer()
@@ -161,14 +164,27 @@ class SessionsScreen(Screen[None]):
     def _title(self) -> Text:
         return Text(TITLE_REFUSALS if self.refusals_only else TITLE, "bold")
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "refusals_only":
+            return not self.refusals_only
+        if action == "all_sessions":
+            return self.refusals_only
+        return True
+
     def action_refusals_only(self) -> None:
-        """`r`: only the sessions with refusals, or all of them again."""
-        self.refusals_only = not self.refusals_only
+        """`r`: only the sessions with refusals."""
+        self._filter(refusals_only=True)
+
+    def action_all_sessions(self) -> None:
+        """`r` again: all of them."""
+        self._filter(refusals_only=False)
+
+    def _filter(self, *, refusals_only: bool) -> None:
+        self.refusals_only = refusals_only
         self.query_one("#sessions-title", Static).update(self._title())
+        self.refresh_bindings()
         self.refresh_sessions()
-        self.notify(
-            "only sessions with refusals" if self.refusals_only else "all sessions", timeout=2
-        )
+        self.notify("only sessions with refusals" if refusals_only else "all sessions", timeout=2)
 
     def on_mount(self) -> None:
         self.refresh_sessions()
@@ -251,6 +267,10 @@ class SessionsScreen(Screen[None]):
     def _show_refusal(self, session_id: int | None) -> None:
         row = self.rows.get(session_id) if session_id is not None else None
         refusal = self.query_one("#refusal", Static)
+        if self.refusals_only and not self.order:  # else an empty table says nothing
+            refusal.set_class(True, "shown")
+            refusal.update(Text(NO_REFUSALS, "dim"))
+            return
         refusal.set_class(row is not None and row.refusals > 0, "shown")
         if row is not None and row.refusals:
             refusal.update(render.refusal_text(row.refusals, row.last_refusal or None))
