@@ -68,7 +68,11 @@ KINDS: dict[str, tuple[str, str]] = {
         "warning",
         "a Message-ID that is not <id-left@id-right> (RFC 5322 3.6.4)",
     ),
-    "invalid_date": ("warning", "a Date header that does not parse (RFC 5322 3.3)"),
+    "invalid_date": (
+        "warning",
+        "a Date that is not an RFC 5322 date-time (3.3): no zone, no such day or time, the "
+        "wrong day of the week",
+    ),
     "future_date": ("warning", "a Date more than 24 hours after the message arrived"),
     "multiple_from_without_sender": (
         "warning",
