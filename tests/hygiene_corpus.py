@@ -645,6 +645,12 @@ HOSTILE: dict[str, Callable[[], tuple[bytes, set[str], tuple[str, ...]]]] = {
     ),
     "Content-Types of 1 MB and 1000 of 1 KB": lambda: (_long_content_types(999), set(), ()),
     "12 million CRs between LFs": lambda: (mail(body=b"\n\r" * 12_500_000), {"bare_cr"}, ()),
+    # an unclosed comment of escaped parentheses: the comment search took 14 s for 16 KB
+    "a Date of 100 000 escaped parentheses": lambda: (
+        mail(replace={b"Date": b"Date: (" + b"\\(" * 50_000}),
+        {"invalid_date"},
+        (),
+    ),
 }
 
 

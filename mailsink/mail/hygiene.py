@@ -35,6 +35,9 @@ from mailsink.mail.parse import (
 )
 
 MAX_LINE = 998  # octets in a line, its CRLF not counted (RFC 5322 2.1.1)
+# Characters of a Date value read as a date-time: the longest real ones, with a zone comment
+# such as "(Coordinated Universal Time)", are under 100.
+MAX_DATE = 256
 FUTURE_DATE_SECONDS = 24 * 3600  # a Date further ahead of the arrival than this is flagged
 # A declared SIZE= is wrong when it is off by more than both of these: clients count a little
 # differently (a final CRLF, a header added on the way), never by this much.
@@ -582,6 +585,9 @@ def _date_seconds(value: str) -> int:
     The stdlib's parsedate_to_datetime is not asked: it takes a Date without a zone, "23.10.00",
     "27 November", a year 0050 (as 2050) and a wrong day of the week."""
     match = _USUAL_DATE.fullmatch(value)
+    if match is None and len(value) > MAX_DATE:
+        # The comment search below tries each "(" of an unclosed comment anew: bounded here.
+        raise ValueError(f"is {len(value)} characters long: no RFC 5322 date-time (3.3) is")
     if match is None:
         text = value
         for _ in range(8):  # comments, innermost first (they nest)
