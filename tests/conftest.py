@@ -132,3 +132,26 @@ def message(
         "Date: Fri, 27 Nov 2026 23:10:00 +0000\r\nMessage-ID: <m1@shop.test>\r\n"
     )
     return (head + extra + "\r\n" + body).encode()
+
+
+# The fault rules of the refusal tests (CLI and TUI): one refusal at each stage.
+REFUSAL_RULES = """
+[[fault]]
+name = "mailbox full"
+stage = "rcpt"
+reply = "452 4.2.2 Mailbox full"
+match = { recipient = "full@*" }
+
+[[fault]]
+name = "storage full"
+stage = "data"
+reply = "452 4.3.1 Insufficient system storage"
+match = { header = { Subject = "reject me" } }
+
+[[fault]]
+name = "no marketing"
+stage = "mail"
+reply = "550 5.7.1 Sender not permitted"
+match = { sender = "*@marketing.test" }
+"""
+HOSTILE = "[bold red]x\x1b[2J\x07"  # markup and terminal controls

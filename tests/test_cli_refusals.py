@@ -8,7 +8,8 @@ import smtplib
 import sqlite3
 
 import pytest
-from conftest import RawClient, message, run_cli
+from conftest import HOSTILE, RawClient, message, run_cli
+from conftest import REFUSAL_RULES as RULES
 from rich.cells import cell_len
 
 from mailsink.mail.envelope import Envelope, RefusedRecipient
@@ -17,27 +18,6 @@ from mailsink.store import IncomingMessage, Store, run_here
 from mailsink.store.operations import insert_message, insert_session, update_session
 from mailsink.testing import RunningSink
 
-RULES = """
-[[fault]]
-name = "mailbox full"
-stage = "rcpt"
-reply = "452 4.2.2 Mailbox full"
-match = { recipient = "full@*" }
-
-[[fault]]
-name = "storage full"
-stage = "data"
-reply = "452 4.3.1 Insufficient system storage"
-match = { header = { Subject = "reject me" } }
-
-[[fault]]
-name = "no marketing"
-stage = "mail"
-reply = "550 5.7.1 Sender not permitted"
-match = { sender = "*@marketing.test" }
-"""
-
-HOSTILE = "[bold red]x\x1b[2J\x07"  # markup and terminal controls
 HOSTILE_SHOWN = "[bold red]x␛[2J␇"
 
 

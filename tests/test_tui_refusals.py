@@ -9,7 +9,8 @@ import re
 import smtplib
 
 import pytest
-from conftest import RawClient, message
+from conftest import HOSTILE, RawClient, message
+from conftest import REFUSAL_RULES as RULES
 from rich.console import Console
 from tui_support import run, screen_text, send, settings_for, static_text, tui, wait_until
 
@@ -22,26 +23,6 @@ from mailsink.tui.screens.message import MessageScreen
 from mailsink.tui.screens.sessions import NO_REFUSALS, SessionsScreen
 from mailsink.tui.widgets.message_detail import MessageDetail
 
-RULES = """
-[[fault]]
-name = "mailbox full"
-stage = "rcpt"
-reply = "452 4.2.2 Mailbox full"
-match = { recipient = "full@*" }
-
-[[fault]]
-name = "storage full"
-stage = "data"
-reply = "452 4.3.1 Insufficient system storage"
-match = { header = { Subject = "reject me" } }
-
-[[fault]]
-name = "no marketing"
-stage = "mail"
-reply = "550 5.7.1 Sender not permitted"
-match = { sender = "*@marketing.test" }
-"""
-HOSTILE = "[bold red]x\x1b[2J\x07"
 HOSTILE_SHOWN = "[bold red]x␛[2J␇"
 RAW_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
