@@ -114,6 +114,11 @@ class FaultSettings:
 
 
 @dataclass(frozen=True)
+class TagSettings:
+    plus_addresses: bool = False  # user+signup@x tags the message "signup"
+
+
+@dataclass(frozen=True)
 class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -121,6 +126,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
+    tags: TagSettings = field(default_factory=TagSettings)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
 
@@ -207,6 +213,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     ),
     "validation": (ValidationSettings, {"addresses": _choice("off", "flag", "reject")}),
     "faults": (FaultSettings, {"seed": _seed}),
+    "tags": (TagSettings, {"plus_addresses": _flag}),
 }
 
 

@@ -8,6 +8,7 @@
     │   ├── StoreFileError        what SQLite found wrong with the file (also sqlite3.DatabaseError)
     │   └── WriterLost            the writer process ended before answering an operation
     ├── ListenError               cannot listen on HOST:PORT
+    ├── QueryError                a search query that does not parse: names the term
     └── ExportError               nothing was exported
         └── ExportInterrupted     a signal stopped the export; what it made is gone
 
@@ -25,6 +26,7 @@ __all__ = [
     "ExportInterrupted",
     "ListenError",
     "MailsinkError",
+    "QueryError",
     "RuleError",
     "StoreError",
     "StoreFileError",
@@ -86,6 +88,15 @@ class WriterLost(StoreError):
 
 class ListenError(MailsinkError):
     """The SMTP server cannot listen where it was told to (port in use, no such address)."""
+
+
+class QueryError(MailsinkError, ValueError):
+    """A malformed search query; `term` is the term at fault (None: the query as a whole). The
+    message names it and, for an unknown prefix, lists the prefixes."""
+
+    def __init__(self, message: str, *, term: str | None = None):
+        super().__init__(message)
+        self.term = term
 
 
 class ExportError(MailsinkError):

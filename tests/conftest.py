@@ -155,3 +155,38 @@ reply = "550 5.7.1 Sender not permitted"
 match = { sender = "*@marketing.test" }
 """
 HOSTILE = "[bold red]x\x1b[2J\x07"  # markup and terminal controls
+
+
+# What each schema step added, taken away again: a store of an older schema, made from a new one
+# (the tests of how an old store is read and migrated).
+_UNDO = {
+    6: (
+        "DROP TABLE message_fields; DROP TABLE message_body; DROP TABLE message_tags;"
+        " DROP INDEX messages_unread; DROP INDEX messages_unindexed; DROP INDEX messages_received;"
+        " ALTER TABLE messages DROP COLUMN seen; ALTER TABLE messages DROP COLUMN indexed;"
+        " ALTER TABLE messages DROP COLUMN attachments;"
+    ),
+    5: (
+        "ALTER TABLE messages DROP COLUMN reply_rule; ALTER TABLE sessions DROP COLUMN refusals;"
+        " ALTER TABLE sessions DROP COLUMN last_refusal;"
+    ),
+    4: (
+        "DROP TABLE server; ALTER TABLE sessions DROP COLUMN state;"
+        " ALTER TABLE store_state DROP COLUMN kept_messages;"
+        " ALTER TABLE store_state DROP COLUMN kept_sessions;"
+    ),
+    3: "DROP TABLE store_state;",
+}
+
+
+def downgrade(db: str | Path, version: int) -> None:
+    """Make the store at `db` one of schema `version` (its rows kept, as far as they fit)."""
+    import sqlite3
+
+    from mailsink.store.schema import SCHEMA_VERSION
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.executescript(
+            "".join(_UNDO[step] for step in range(SCHEMA_VERSION, version, -1))
+            + f"PRAGMA user_version = {version};"
+        )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RawClient, free_port, mailsink_process, message, wait_for_port
+from conftest import RawClient, downgrade, free_port, mailsink_process, message, wait_for_port
 from tui_support import log_text, run, send, settings_for, text_of, wait_until
 
 from mailsink.config import Settings, StorageSettings
@@ -27,6 +27,7 @@ from mailsink.mail.envelope import Envelope
 from mailsink.store import IncomingMessage, Store, run_here, server_running
 from mailsink.store.operations import clear, insert_message
 from mailsink.store.reader import Reader, Serving
+from mailsink.store.schema import SCHEMA_VERSION
 from mailsink.testing import RunningSink
 from mailsink.tui.app import MailsinkApp, RecentLog, create_app
 from mailsink.tui.screens.sessions import SessionsScreen
@@ -287,28 +288,22 @@ def test_a_store_of_schema_3_is_read_as_it_is_and_migrated_by_a_server(tmp_path)
     """Schema 4 added a live session's state, the server's row and the sizes kept."""
     db = tmp_path / "old.db"
     Store(str(db)).close()
+    downgrade(db, 3)
     conn = sqlite3.connect(db)
-    conn.executescript(
-        "DROP TABLE server; ALTER TABLE sessions DROP COLUMN state;"
-        "ALTER TABLE messages DROP COLUMN reply_rule;"
-        "ALTER TABLE sessions DROP COLUMN refusals; ALTER TABLE sessions DROP COLUMN last_refusal;"
-        "ALTER TABLE store_state DROP COLUMN kept_messages;"
-        "ALTER TABLE store_state DROP COLUMN kept_sessions;"
-        "INSERT INTO sessions (id, started_at, peer) VALUES (1, 0, 'p'); PRAGMA user_version = 3;"
-    )
+    conn.executescript("INSERT INTO sessions (id, started_at, peer) VALUES (1, 0, 'p');")
     conn.close()
     with Reader(str(db)) as reader:
         (session,) = reader.list_sessions()
         assert session.state is None and session.end_reason is None
         assert reader.serving() == Serving(False, [], None)
         with RunningSink(db) as sink, sink.reader() as fresh:
-            assert fresh.version == 5
+            assert fresh.version == SCHEMA_VERSION
             served = sink.wait_for(lambda r: r.serving().addresses)
             assert served == [("SMTP", "127.0.0.1", sink.port)]
             assert fresh.serving().running is True
             # A viewer that opened the old store sees it migrated at its next poll.
             assert reader.serving() == Serving(True, served, 50_000)
-            assert reader.version == 5
+            assert reader.version == SCHEMA_VERSION
             client = RawClient(sink.host, sink.port)
             try:
                 client.command("EHLO new.test")

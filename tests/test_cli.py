@@ -74,7 +74,10 @@ def test_list_json_contract(filled):
         "subject",
         "size",
         "findings",
+        "read",
+        "tags",
     ]
+    assert (first["read"], first["tags"]) == (False, [])
     assert (first["reply"], first["reply_rule"], first["rcpt_refused"]) == (None, None, [])
     assert first["mail_from"] == "bounce@app.test"
     assert first["rcpt_to"] == ["a@x.test", "hidden@y.test"]

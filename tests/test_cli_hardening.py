@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, message, run_cli
+from conftest import CliResult, downgrade, message, run_cli
 from tui_support import run, settings_for
 
 from mailsink.config import MAX_CONFIG_SIZE, ConfigError, load
@@ -329,9 +329,7 @@ def test_mailsinks_own_sql_errors_are_not_dressed_as_a_damaged_store(store):
 
 def test_a_store_of_the_previous_schema_can_be_listed_and_cleared(store):
     """Schema 2 had no store_state (the deletion counter): read and clear it as it is."""
-    conn = sqlite3.connect(store)
-    conn.executescript("DROP TABLE store_state; PRAGMA user_version = 2;")
-    conn.close()
+    downgrade(store, 2)
     listed = run_cli("list", "--db", str(store))
     assert listed.code == 0 and listed.out.count("\n") > 1, listed
     cleared = run_cli("clear", "--db", str(store))

@@ -8,7 +8,7 @@ import smtplib
 import sqlite3
 
 import pytest
-from conftest import HOSTILE, RawClient, message, run_cli
+from conftest import HOSTILE, RawClient, downgrade, message, run_cli
 from conftest import REFUSAL_RULES as RULES
 from rich.cells import cell_len
 
@@ -378,13 +378,7 @@ def test_a_store_of_schema_4_lists_no_refusals_and_no_rules(tmp_path):
         IncomingMessage(1, Envelope("a@x.test", ["b@x.test"]), message(), BASE, status="rejected"),
         sessions=({"session_id": 2, "refusals": 1, "last_refusal": "x"},),
     )
-    with sqlite3.connect(db) as conn:
-        conn.executescript(
-            "ALTER TABLE messages DROP COLUMN reply_rule;"
-            "ALTER TABLE sessions DROP COLUMN refusals;"
-            "ALTER TABLE sessions DROP COLUMN last_refusal;"
-            "PRAGMA user_version = 4;"
-        )
+    downgrade(db, 4)
     result = run_cli("sessions", "--refusals", "--db", str(db))
     assert (result.code, result.out) == (0, "no sessions with refusals\n")
     # Not "none": nothing counted them. One line says so, on stderr (--json stays JSON).

@@ -51,6 +51,7 @@ class HeaderSummary:
     date: str | None = None
     message_id: str | None = None
     bcc_present: bool = False
+    x_tags: str | None = None  # the X-Tags header, decoded (mail/tags.py reads it)
     # addr-specs, for comparisons
     from_addrs: list[str] = field(default_factory=list)
     sender_addr: str | None = None
@@ -206,6 +207,7 @@ def parse_headers(raw: bytes) -> HeaderSummary:
     summary.subject = text("Subject")
     summary.date = text("Date")
     summary.message_id = text("Message-ID")
+    summary.x_tags = text("X-Tags")
     return summary
 
 

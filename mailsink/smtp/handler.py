@@ -287,6 +287,7 @@ class SmtpHandler:
             raw=raw,
             received_at=now_ms(),
             check_addresses=self.server.settings.validation.addresses != "off",
+            plus_tags=self.server.settings.tags.plus_addresses,
         )
 
     async def _keep_rejected(

@@ -26,6 +26,7 @@ from mailsink.mail.envelope import Envelope
 from mailsink.mail.findings import findings
 from mailsink.mail.hygiene import hygiene_findings
 from mailsink.mail.parse import parse_headers
+from mailsink.mail.tags import header_tags, plus_tags, unique_tags
 from mailsink.store.schema import (
     DELETIONS_SINCE,
     SessionEvent,
@@ -52,13 +53,15 @@ class IncomingMessage:
     reply: str | None = None
     check_addresses: bool = True  # [validation] addresses != "off"
     reply_rule: str | None = None  # the fault rule whose reply rejected it
+    plus_tags: bool = False  # [tags] plus_addresses: user+signup@x tags it "signup"
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         # On its way to the writer process the raw message travels beside the pickle (out of
         # band) rather than copied into it: one 25 MB copy fewer for the biggest message.
         raw = pickle.PickleBuffer(self.raw) if protocol >= 5 else self.raw
         fields = (self.session_id, self.envelope, raw, self.received_at, self.status)
-        return IncomingMessage, (*fields, self.reply, self.check_addresses, self.reply_rule)
+        rest = (self.reply, self.check_addresses, self.reply_rule, self.plus_tags)
+        return IncomingMessage, (*fields, *rest)
 
 
 # The list's attachment badge, without parsing the MIME tree at ingest: a part header naming a
@@ -111,8 +114,8 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     found += [f.as_json() for f in hygiene]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, reply_rule, size, envelope,"
-        " headers, findings, finding_count)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " headers, findings, finding_count, attachments)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.session_id,
             message.received_at,
@@ -124,6 +127,7 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
             json.dumps(headers),
             json.dumps(found),
             len(found),
+            int(headers["attachments"]),
         ),
     )
     message_id = cursor.lastrowid
@@ -133,6 +137,17 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
         "INSERT INTO message_search (id, text) VALUES (?, ?)",
         (message_id, _search_text(message.envelope, headers)),
     )
+    tags = header_tags(summary.x_tags)
+    if message.plus_tags:
+        addresses = [*summary.from_addrs, *summary.to_addrs, *summary.cc_addrs]
+        tags = unique_tags(
+            [*tags, *plus_tags([*addresses, *summary.bcc_addrs, *message.envelope.rcpt_to])]
+        )
+    if tags:
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_tags (message_id, tag) VALUES (?, ?)",
+            [(message_id, tag) for tag in tags],
+        )
     if message.status == "accepted":
         conn.execute(
             "UPDATE sessions SET message_count = message_count + 1 WHERE id = ?",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailsink.clock import iso_ms
@@ -20,6 +20,7 @@ from mailsink.store.schema import (
     PROGRESS_SINCE,
     REFUSALS_SINCE,
     SCHEMA_VERSION,
+    SEARCH_SINCE,
     SessionEvent,
     check_version,
     open_existing,
@@ -43,6 +44,8 @@ class MessageRecord:
     findings: list[dict[str, Any]]
     has_attachments: bool = False  # a hint found at ingest, for the list's badge
     reply_rule: str | None = None  # the fault rule whose reply rejected the message
+    seen: bool = False  # read: opened in the TUI, by `mailsink show` or the API
+    tags: list[str] = field(default_factory=list)  # sorted, case-insensitively
 
     def summary_json(self) -> dict[str, Any]:
         """`mailsink list --json`: the contract in README's JSON section (`show --json` has
@@ -61,6 +64,8 @@ class MessageRecord:
             "subject": self.headers["subject"],
             "size": self.size,
             "findings": [f["kind"] for f in self.findings],
+            "read": self.seen,
+            "tags": self.tags,
         }
 
 
@@ -108,9 +113,17 @@ class SessionRecord:
         return data
 
 
-_MESSAGE_COLUMNS = "id, session_id, received_at, status, reply, size, envelope, headers, findings"
+_MESSAGE_COLUMNS = (
+    "messages.id, messages.session_id, messages.received_at, messages.status, messages.reply,"
+    " messages.size, messages.envelope, messages.headers, messages.findings"
+)
 # ... and in a store of schema REFUSALS_SINCE or later:
-_MESSAGE_COLUMNS_5 = f"{_MESSAGE_COLUMNS}, reply_rule"
+_MESSAGE_COLUMNS_5 = f"{_MESSAGE_COLUMNS}, messages.reply_rule"
+# ... and SEARCH_SINCE or later: read state and tags (joined by U+001F, which no tag has).
+_MESSAGE_COLUMNS_6 = (
+    f"{_MESSAGE_COLUMNS_5}, messages.seen, (SELECT group_concat(tag, char(31))"
+    " FROM message_tags WHERE message_id = messages.id)"
+)
 
 
 def _message(row: tuple[Any, ...]) -> MessageRecord:
@@ -129,6 +142,8 @@ def _message(row: tuple[Any, ...]) -> MessageRecord:
         findings=json.loads(row[8]),
         has_attachments=has_attachments,
         reply_rule=row[9] if len(row) > 9 else None,
+        seen=bool(row[10]) if len(row) > 10 else False,
+        tags=sorted(row[11].split("\x1f"), key=str.casefold) if len(row) > 11 and row[11] else [],
     )
 
 
@@ -163,6 +178,8 @@ class Reader:
     @property
     def _columns(self) -> str:
         """The message columns this store's schema has."""
+        if self.version >= SEARCH_SINCE:
+            return _MESSAGE_COLUMNS_6
         return _MESSAGE_COLUMNS_5 if self.version >= REFUSALS_SINCE else _MESSAGE_COLUMNS
 
     def __enter__(self) -> Reader:

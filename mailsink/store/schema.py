@@ -21,11 +21,16 @@ import platformdirs
 
 from mailsink.errors import StoreError, StoreFileError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MEMORY = ":memory:"
 DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
 PROGRESS_SINCE = 4  # the schema version with a live session's state and the server row
 REFUSALS_SINCE = 5  # the schema version with a session's refusals and a rejection's rule
+SEARCH_SINCE = 6  # the schema version with read state, tags and the search indexes
+# messages.indexed: what the search indexes hold of a message (store/search.py)
+UNINDEXED = 0  # nothing yet (a message stored before SEARCH_SINCE, until the indexer reaches it)
+FIELDS_INDEXED = 1  # its addresses, subject, envelope and headers (written with the message)
+BODY_INDEXED = 2  # ... and its text and attachment names (written when the writer is idle)
 
 # A transcript event: (sequence number, ms since the epoch, direction, text).
 SessionEvent = tuple[int, int, str, str]
@@ -116,6 +121,35 @@ _MIGRATIONS: dict[int, str] = {
     -- session that delivered nothing still says what was refused.
     ALTER TABLE sessions ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN last_refusal TEXT;
+    """,
+    6: """
+    -- Read state: 0 until the message is opened (TUI, `mailsink show`, the API's GET).
+    ALTER TABLE messages ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_unread ON messages (id) WHERE seen = 0;
+    -- What the search indexes hold of it (schema.UNINDEXED, FIELDS_INDEXED, BODY_INDEXED).
+    ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_unindexed ON messages (id) WHERE indexed < 2;
+    -- The attachment hint as a column (it was only in the headers JSON): has:attachment.
+    ALTER TABLE messages ADD COLUMN attachments INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET attachments = 1 WHERE json_extract(headers, '$.attachments');
+    CREATE INDEX messages_received ON messages (received_at);
+    CREATE TABLE message_tags (
+        message_id INTEGER NOT NULL,
+        tag TEXT NOT NULL COLLATE NOCASE,     -- as first written; one per name whatever its case
+        PRIMARY KEY (message_id, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX message_tags_tag ON message_tags (tag);
+    -- Search (store/search.py). The fields, for substrings (trigram: any 3 characters find
+    -- the rows that have them), written with the message; one row per message, rowid = id.
+    CREATE VIRTUAL TABLE message_fields USING fts5(
+        from_, to_, cc, bcc, reply_to, subject, message_id, mail_from, rcpt, headers,
+        tokenize = 'trigram'
+    );
+    -- The text (text part, or the HTML part as text; capped) and attachment names, for words
+    -- (unicode61, diacritics folded), written by the writer when it is idle.
+    CREATE VIRTUAL TABLE message_body USING fts5(
+        body, attachments, tokenize = 'unicode61 remove_diacritics 2'
+    );
     """,
 }
 
