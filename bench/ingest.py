@@ -70,6 +70,7 @@ class Options:
     rounds: int
     modes: tuple[str, ...]
     json_path: str | None
+    writer_cost: bool = False
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -109,6 +110,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--size", type=positive, default=5120, help="message size in bytes")
     parser.add_argument("--rounds", type=positive, default=2, help="runs per server and mode")
     parser.add_argument("--modes", type=parse_modes, default=MODES, help="reused,new")
+    parser.add_argument(
+        "--writer-cost",
+        action="store_true",
+        help="instead: the writer's CPU per message (insert_message in transactions of 50, "
+        "no server), the mailsink on PYTHONPATH",
+    )
     add_json_option(parser)
     args = parser.parse_args(argv)
     return Options(
@@ -118,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         rounds=args.rounds,
         modes=args.modes,
         json_path=args.json_path,
+        writer_cost=args.writer_cost,
     )
 
 
@@ -663,8 +671,45 @@ def run_all(options: Options, use_source: bool) -> list[Run]:
     return runs
 
 
+WRITER_COST_BATCH = 50  # messages per transaction, about what the writer commits under load
+WRITER_COST_ROUNDS = 3
+
+
+def writer_cost(options: Options) -> float:
+    """Microseconds of insert_message per message (best of WRITER_COST_ROUNDS), committing
+    like the writer (WAL, synchronous=FULL) every WRITER_COST_BATCH messages: what the writer
+    process spends per message, apart from the server. Compare trees with PYTHONPATH."""
+    from mailsink.mail.envelope import Envelope
+    from mailsink.store.operations import IncomingMessage, insert_message, insert_session
+    from mailsink.store.schema import open_for_writing
+
+    factory = MessageFactory(options.size)
+    raws = [factory.message(index) + b"\r\n" for index in range(options.messages)]
+    envelope = Envelope(MAIL_FROM, [RCPT_TO])
+    best = float("inf")
+    for _ in range(WRITER_COST_ROUNDS):
+        with tempfile.TemporaryDirectory(prefix="mailsink-writer-cost-") as tmp:
+            conn = open_for_writing(str(Path(tmp) / "cost.db"))
+            insert_session(conn, 1, 0, HOST)
+            start = time.perf_counter()
+            for first in range(0, len(raws), WRITER_COST_BATCH):
+                conn.execute("BEGIN IMMEDIATE")
+                for raw in raws[first : first + WRITER_COST_BATCH]:
+                    insert_message(conn, IncomingMessage(1, envelope, raw, 0))
+                conn.execute("COMMIT")
+            best = min(best, (time.perf_counter() - start) / len(raws) * 1e6)
+            conn.close()
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    if options.writer_cost:
+        import mailsink
+
+        cost = writer_cost(options)
+        print(f"writer cost ({mailsink.__file__}): {cost:.0f} us per {options.size}-byte message")
+        return 0
     started = time.perf_counter()
     use_source = shutil.which("smtp-source") is not None
     generator = (

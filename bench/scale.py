@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import ingest  # bench/ingest.py: the SMTP client steps, server process helpers, machine info
 
 from mailsink.mail.envelope import Envelope
+from mailsink.query import parse_query
 from mailsink.store import IncomingMessage, Reader, SessionEvent, Store, Stored
 from mailsink.store.operations import store_message, update_session
 
@@ -511,6 +512,8 @@ class FillResult:
     large: int
     with_attachments: int
     attachment_ids: list[int]  # large messages with an attachment, in id order
+    index_seconds: float = 0.0  # after the fill, until the idle writer had indexed every text
+    index_bytes: dict[str, int] = field(default_factory=dict)  # search tables -> bytes
 
 
 async def fill_async(store: Store, factory: MailFactory, n: int) -> FillResult:
@@ -561,12 +564,56 @@ def store_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
+INDEX_POLL_S = 0.5
+INDEX_TIMEOUT_S = 1800.0
+
+
+def wait_for_index(path: Path) -> float:
+    """Seconds until the writer (idle after the fill) has indexed every message's text."""
+    start = time.perf_counter()
+    last = 0.0
+    with Reader(str(path)) as reader:
+        while True:
+            indexed, total = reader.index_progress()
+            if indexed >= total:
+                return time.perf_counter() - start
+            if time.perf_counter() - start > INDEX_TIMEOUT_S:
+                raise ScaleError(f"the search index reached only {indexed} of {total} messages")
+            if time.perf_counter() - last > 10:
+                progress(f"  search index: {indexed} of {total}")
+                last = time.perf_counter()
+            time.sleep(INDEX_POLL_S)
+
+
+# The search tables (FTS5 keeps each in shadow tables named after it) and the tags.
+SEARCH_TABLES = ("message_fields", "message_body", "message_tags", "message_search")
+
+
+def index_bytes(path: Path) -> dict[str, int]:
+    """Bytes of each search table, with its indexes and FTS5 shadow tables (SQLite's dbstat)."""
+    sizes = dict.fromkeys(SEARCH_TABLES, 0)
+    with Reader(str(path)) as reader:
+        rows = reader.conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
+        indexes = dict(
+            reader.conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'")
+        )
+    for name, size in rows:
+        owner = indexes.get(name, name)
+        for table in SEARCH_TABLES:
+            if owner == table or owner.startswith(f"{table}_"):
+                sizes[table] += size
+    return sizes
+
+
 def fill(path: Path, factory: MailFactory, n: int) -> FillResult:
     store = Store(str(path), max_messages=n)
     try:
         result = asyncio.run(fill_async(store, factory, n))
+        progress(f"  {result.rate:.0f} msg/s; waiting for the search index...")
+        result.index_seconds = wait_for_index(path)
     finally:
         store.close()
+    result.index_bytes = index_bytes(path)
     result.store_bytes = store_bytes(path)
     # The kernel would otherwise still be writing the fill back to disk during the timings.
     os.sync()
@@ -608,8 +655,8 @@ def queries(middle_id: int, attachment_id: int) -> list[Query]:
         Query(("show", str(middle_id)), show_reads(middle_id)),
         Query(("show", str(attachment_id), "--json"), show_reads(attachment_id)),
         Query(("show", "latest"), show_reads(None)),
-        Query(("list", "--search", SEARCH_HIT), listing(search=SEARCH_HIT)),
-        Query(("list", "--search", SEARCH_MISS), listing(search=SEARCH_MISS)),
+        Query(("list", "--search", SEARCH_HIT), listing(query=parse_query(SEARCH_HIT))),
+        Query(("list", "--search", SEARCH_MISS), listing(query=parse_query(SEARCH_MISS))),
         Query(("list", "--findings", "--limit", "50"), listing(findings_only=True)),
         Query(("sessions",), lambda reader: reader.list_sessions(limit=50)),
     ]
@@ -726,7 +773,7 @@ def query_phase(db: Path, fill_result: FillResult) -> QueryPhase:
         middle, attached = reader.get_message(middle_id), reader.get_message(attachment_id)
         if middle is None or attached is None:
             raise ScaleError("the filled store lacks the messages to show")
-        hits = reader.count_messages(search=SEARCH_HIT)
+        hits = reader.count_messages(query=parse_query(SEARCH_HIT))
         with_findings = reader.count_messages(findings_only=True)
         kinds = dict(reader.conn.execute(FINDING_KINDS).fetchall())
         (sessions,) = reader.conn.execute("SELECT count(*) FROM sessions").fetchone()
@@ -748,6 +795,137 @@ def query_phase(db: Path, fill_result: FillResult) -> QueryPhase:
         startup=startup,
         rows=rows,
     )
+
+
+# ---- phase 2b: the search language (issue 14), 20 queries of each kind
+
+
+SEARCH_RUNS = 20
+# kind -> (target ms p50 in-process, the 20 queries)
+BODY_WORDS = words(
+    "warehouse parcel integration regional summary payment delivery runner release meeting "
+    "figures offices questions received working anything integ wareh deliv parc"
+)
+
+
+def search_kinds(last_day: str) -> dict[str, tuple[float, list[str]]]:
+    return {
+        "body word": (50.0, list(BODY_WORDS[:SEARCH_RUNS])),
+        "from:": (30.0, [f"from:{name}" for name in FIRST_NAMES[:SEARCH_RUNS]]),
+        "rcpt:": (30.0, [f"rcpt:{name}" for name in LAST_NAMES[:SEARCH_RUNS]]),
+        "subject:": (30.0, [f'subject:"{topic}"' for topic in TOPICS[:: len(TOPICS) // 20]]),
+        "matching nothing": (30.0, [f"nothing{n}xyzzy" for n in range(SEARCH_RUNS)]),
+        "has:attachment after:1d": (50.0, ["has:attachment after:1d"] * SEARCH_RUNS),
+        f"has:attachment after:{last_day}": (
+            50.0,
+            [f"has:attachment after:{last_day}"] * SEARCH_RUNS,
+        ),
+    }
+
+
+INDEX_QUERY = "has:attachment"  # about 17 % of the store: the TUI's "15 000 hits" case
+INDEX_TARGET_MS = 150.0
+
+
+@dataclass
+class SearchRow:
+    kind: str
+    hits_median: int  # messages each query matches (count_messages), median
+    in_process_p50_ms: float  # Reader.list_messages(limit=50, query=...), one Reader
+    in_process_p99_ms: float
+    process_p50_s: float  # `mailsink list --search Q` as a whole process
+    process_p99_s: float
+    target_ms: float
+    passed: bool
+
+
+@dataclass
+class SearchPhase:
+    rows: list[SearchRow]
+    index_query: str
+    index_hits: int
+    index_p50_ms: float  # Reader.message_index(query=...): the TUI's list of every hit
+    index_p99_ms: float
+    index_passed: bool
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def search_phase(db: Path) -> SearchPhase:
+    with Reader(str(db)) as reader:
+        (last,) = reader.conn.execute("SELECT max(received_at) FROM messages").fetchone()
+    last_day = datetime.fromtimestamp(last / 1000 - 86400, tz=UTC).strftime("%Y-%m-%dT%H:%M")
+    rows = []
+    for kind, (target, texts) in search_kinds(last_day + "+00:00").items():
+        times, hits = [], []
+        with Reader(str(db)) as reader:
+            for text in texts:
+                query = parse_query(text)
+                start = time.perf_counter()
+                reader.list_messages(limit=50, query=query)
+                times.append(time.perf_counter() - start)
+                hits.append(reader.count_messages(query=query))
+        process = [
+            time_process(mailsink_command(("list", "--search", text), db), 1)[0] for text in texts
+        ]
+        p50 = statistics.median(times) * 1000
+        rows.append(
+            SearchRow(
+                kind=kind,
+                hits_median=int(statistics.median(hits)),
+                in_process_p50_ms=p50,
+                in_process_p99_ms=p99(times) * 1000,
+                process_p50_s=statistics.median(process),
+                process_p99_s=p99(process),
+                target_ms=target,
+                passed=p50 <= target and statistics.median(process) <= CLI_TARGET_S,
+            )
+        )
+        progress(f"  {kind}: {p50:.1f} ms, {statistics.median(process):.3f} s as a process")
+    query = parse_query(INDEX_QUERY)
+    with Reader(str(db)) as reader:
+        index_times = time_call(lambda: reader.message_index(query=query), SEARCH_RUNS)
+        index_hits = len(reader.message_index(query=query))
+    index_p50 = statistics.median(index_times) * 1000
+    return SearchPhase(
+        rows=rows,
+        index_query=INDEX_QUERY,
+        index_hits=index_hits,
+        index_p50_ms=index_p50,
+        index_p99_ms=p99(index_times) * 1000,
+        index_passed=index_p50 <= INDEX_TARGET_MS,
+    )
+
+
+def search_lines(phase: SearchPhase, fill_result: FillResult) -> list[str]:
+    per = 100_000 / fill_result.messages
+    tables = fill_result.index_bytes.items()
+    sizes = ", ".join(f"{table} {mib(size * per)}" for table, size in tables)
+    lines = [
+        "",
+        f"search (issue 14): {SEARCH_RUNS} queries of each kind; in-process: one Reader,"
+        " list_messages(limit=50); process: `mailsink list --search Q`, target <= "
+        f"{CLI_TARGET_S} s p50",
+        f"  the idle writer indexed every text {fill_result.index_seconds:.0f} s after the fill;"
+        f" per 100 000 messages: {sizes}",
+        f"  {'kind':<40} {'hits':>7} {'p50 ms':>8} {'p99 ms':>8} {'proc p50':>9} {'p99':>6}"
+        "  target",
+    ]
+    for row in phase.rows:
+        lines.append(
+            f"  {row.kind:<40} {row.hits_median:>7} {row.in_process_p50_ms:>8.1f}"
+            f" {row.in_process_p99_ms:>8.1f} {row.process_p50_s:>8.3f}s {row.process_p99_s:>6.3f}"
+            f"  <= {row.target_ms:.0f} ms {verdict(row.passed)}"
+        )
+    lines.append(
+        f"  message_index({phase.index_query!r}): {phase.index_hits} ids in"
+        f" {phase.index_p50_ms:.1f} ms p50, {phase.index_p99_ms:.1f} ms p99"
+        f"  <= {INDEX_TARGET_MS:.0f} ms {verdict(phase.index_passed)}"
+    )
+    return lines
 
 
 # ---- phase 3: pruning when max_messages is lowered
@@ -1638,6 +1816,10 @@ def run_store_phases(options: Options, report: dict[str, Any], lines: list[str])
         phase = query_phase(db, filled)
         report["queries"] = asdict(phase)
         lines += query_lines(phase)
+        progress("timing the search language...")
+        searched = search_phase(db)
+        report["search"] = asdict(searched)
+        lines += search_lines(searched, filled)
         progress("pruning...")
         pruned = prune_phase(db, factory, options.messages)
         report["prune"] = asdict(pruned)

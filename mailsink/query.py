@@ -75,7 +75,7 @@ PREFIXES: dict[str, Prefix] = {
         Prefix("helo", TEXT, "helo:app-server", "the HELO/EHLO name the client gave"),
         Prefix("peer", TEXT, "peer:127.0.0.1", "the client's address"),
         Prefix("auth", TEXT, "auth:alice", "the AUTH user"),
-        Prefix("finding", CHOICE, "finding:bcc_recipient", "a finding of this kind"),
+        Prefix("finding", CHOICE, "finding:hidden_recipient", "a finding of this kind"),
         Prefix("status", CHOICE, "status:rejected", "accepted (the default), rejected, or any"),
         Prefix("session", NUMBER, "session:42", "sent in this SMTP session"),
         Prefix("attachment", GLOB, "attachment:invoice-*.pdf", "an attachment's file name"),
@@ -222,7 +222,8 @@ def parse_query(text: str, *, now: float | None = None) -> Query:
 
 def _term(body: str, typed: str, quoted: bool, now: float) -> Term | None:
     negated = False
-    if len(body) > 1 and body[0] in "-!":
+    # Only a - or ! typed before the term negates it: "-x" in quotes is the text -x.
+    if typed[:1] in ("-", "!") and body[:1] == typed[:1]:
         body, negated = body[1:], True
     if not body.strip():
         return None  # a lone - or !, or "": nothing to match

@@ -11,10 +11,12 @@ import mailsink.store
 
 STORE = Path(mailsink.store.__file__).parent
 
-# Bottom up: a module may import those before it. The reader stands apart, on the schema only.
+# Bottom up: a module may import those before it. The reader stands apart, on the schema and
+# the search compiler only.
 LAYERS = ["schema", "operations", "wire", "spawn", "writer", "facade"]
 ALLOWED = {name: set(LAYERS[:at]) for at, name in enumerate(LAYERS)}
-ALLOWED["reader"] = {"schema"}
+ALLOWED["search"] = {"schema"}  # the search language in SQL, for the reader
+ALLOWED["reader"] = {"schema", "search"}
 
 PUBLIC = {
     "MEMORY",

@@ -15,7 +15,9 @@ from typing import Any
 from mailsink.clock import iso_ms
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import ParsedMessage, parse_message
+from mailsink.query import Query
 from mailsink.store.schema import (
+    BODY_INDEXED,
     DELETIONS_SINCE,
     PROGRESS_SINCE,
     REFUSALS_SINCE,
@@ -28,6 +30,15 @@ from mailsink.store.schema import (
     server_running,
     store_errors,
     user_facing,
+)
+from mailsink.store.search import (
+    PENDING_WINDOW,
+    Capabilities,
+    PendingMatcher,
+    capabilities,
+    compile_query,
+    finding_clause,
+    register_functions,
 )
 
 
@@ -156,11 +167,6 @@ class Serving:
     max_messages: int | None
 
 
-def _like(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 class Reader:
     """Queries against a store written by a (possibly running) mailsink server; SELECT only.
 
@@ -171,6 +177,11 @@ class Reader:
         self.conn, self.version = open_existing(self.path)
         # A write through a reader fails (readonly): every change goes through operations.py.
         self.conn.execute("PRAGMA query_only = ON")
+        # The search language's SQL calls back into Python (store/search.py).
+        register_functions(self.conn)
+        self._pending = PendingMatcher()
+        self._pending.register(self.conn)
+        self._caps: Capabilities | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -193,42 +204,50 @@ class Reader:
 
     # ---- messages
 
+    @property
+    def caps(self) -> Capabilities:
+        """What the store's schema can search (looked at again after a server migrated it)."""
+        if self._caps is None or (not self._caps.search and self.version >= SEARCH_SINCE):
+            self._caps = capabilities(self.conn, self.version, SEARCH_SINCE)
+        return self._caps
+
+    def _pending_cutoff(self) -> int:
+        """The oldest id of the messages not indexed yet that a search still covers."""
+        unindexed = "WHERE indexed < 2 " if self.caps.search else ""
+        row = self.conn.execute(
+            f"SELECT id FROM messages {unindexed}ORDER BY id DESC LIMIT 1 OFFSET ?",
+            (PENDING_WINDOW - 1,),
+        ).fetchone()
+        return row[0] if row else 0
+
     def _filtered(
         self,
-        search: str | None,
+        query: Query | None,
         findings_only: bool,
         include_rejected: bool,
         finding_kinds: Sequence[str] = (),
     ) -> tuple[str, list[Any]]:
-        """FROM and WHERE of a filtered list. A search walks the narrow search table newest
-        first and stops as soon as the page is full. `finding_kinds`: only messages with a
-        finding of one of these kinds (implies findings_only)."""
-        source, clauses, params = "messages", [], []
-        if search:
-            source = "message_search CROSS JOIN messages USING (id)"  # CROSS: this join order
-            clauses.append("message_search.text LIKE ? ESCAPE '\\'")
-            params.append(_like(search))
-        if not include_rejected:
-            clauses.append("status = 'accepted'")
-        if findings_only or finding_kinds:
-            # First: a message without findings is passed over without its JSON being read.
-            clauses.append("finding_count > 0")
-        if finding_kinds:
-            kinds = sorted(set(finding_kinds))
-            # The kind as a JSON string somewhere in the text first (a kind is plain ASCII, which
-            # JSON never escapes): most rows fail it without being parsed, which halves the
-            # time of a kind no message has (140 -> 70 ms over 100 000 messages). Then the
-            # parse, so that only a finding's `kind` counts, not a detail that quotes one.
-            clauses.append("(" + " OR ".join(["instr(messages.findings, ?)"] * len(kinds)) + ")")
-            params.extend(json.dumps(kind) for kind in kinds)
-            marks = ",".join("?" * len(kinds))
-            clauses.append(
-                "EXISTS (SELECT 1 FROM json_each(messages.findings)"
-                f" WHERE json_extract(json_each.value, '$.kind') IN ({marks}))"
+        """FROM and WHERE of a filtered list. With a query, its status decides which statuses
+        are listed (`include_rejected` widens the default, accepted, to any). `finding_kinds`:
+        only messages with a finding of one of these kinds (implies findings_only)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query:
+            compiled = compile_query(
+                query, self.caps, self._pending_cutoff, include_rejected=include_rejected
             )
-            params.extend(kinds)
+            clauses += compiled.clauses
+            params += compiled.params
+            self._pending.terms = compiled.pending
+        elif not include_rejected:
+            clauses.append("messages.status = 'accepted'")
+        if findings_only or finding_kinds:
+            # A message without findings is passed over without its JSON being read.
+            clauses.append("messages.finding_count > 0")
+        if finding_kinds:
+            clauses.append(finding_clause(list(finding_kinds), params))
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return f" FROM {source}{where}", params
+        return f" FROM messages{where}", params
 
     @store_errors
     def list_messages(
@@ -236,15 +255,15 @@ class Reader:
         *,
         limit: int = 50,
         offset: int = 0,
-        search: str | None = None,
+        query: Query | None = None,
         findings_only: bool = False,
         include_rejected: bool = False,
         finding_kinds: Sequence[str] = (),
     ) -> list[MessageRecord]:
         """Newest first."""
-        query, params = self._filtered(search, findings_only, include_rejected, finding_kinds)
+        sql, params = self._filtered(query, findings_only, include_rejected, finding_kinds)
         rows = self.conn.execute(
-            f"SELECT {self._columns}{query} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT {self._columns}{sql} ORDER BY messages.id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         ).fetchall()
         return [_message(row) for row in rows]
@@ -253,19 +272,19 @@ class Reader:
     def count_messages(
         self,
         *,
-        search: str | None = None,
+        query: Query | None = None,
         findings_only: bool = False,
         include_rejected: bool = False,
         finding_kinds: Sequence[str] = (),
     ) -> int:
-        query, params = self._filtered(search, findings_only, include_rejected, finding_kinds)
-        return self.conn.execute(f"SELECT count(*){query}", params).fetchone()[0]
+        sql, params = self._filtered(query, findings_only, include_rejected, finding_kinds)
+        return self.conn.execute(f"SELECT count(*){sql}", params).fetchone()[0]
 
     @store_errors
     def message_index(
         self,
         *,
-        search: str | None = None,
+        query: Query | None = None,
         findings_only: bool = False,
         include_rejected: bool = True,
         above: int = 0,
@@ -273,17 +292,46 @@ class Reader:
         """Ids of the filtered list in ascending order (8 bytes each), those above `above` only.
 
         A view pages through a list of any length with it; only the rows on screen are loaded."""
-        query, params = self._filtered(search, findings_only, include_rejected)
+        sql, params = self._filtered(query, findings_only, include_rejected)
         if above:  # (a catch-up: the rowid is the way to the few new rows)
-            query += (" AND " if " WHERE " in query else " WHERE ") + "id > ?"
+            sql += (" AND " if " WHERE " in sql else " WHERE ") + "messages.id > ?"
             params.append(above)
         # One row, not one per id: Python's sqlite3 gives the GIL up between rows, which lets a
         # busy UI thread stretch 100 000 rows to seconds. No ORDER BY either, so that SQLite
         # can read the ids from a narrow index instead of walking the wide table.
         (joined,) = self.conn.execute(
-            f"SELECT group_concat(id) FROM (SELECT id{query})", params
+            f"SELECT group_concat(id) FROM (SELECT messages.id AS id{sql})", params
         ).fetchone()
         return array("q", sorted(map(int, joined.split(","))) if joined else ())
+
+    @store_errors
+    def unread_count(self) -> int:
+        """Accepted messages not read yet (0 in a store older than SEARCH_SINCE)."""
+        if self.version < SEARCH_SINCE:
+            return 0
+        return self.conn.execute(
+            "SELECT count(*) FROM messages WHERE seen = 0 AND status = 'accepted'"
+        ).fetchone()[0]
+
+    @store_errors
+    def index_progress(self) -> tuple[int, int]:
+        """(messages whose text the search index holds, all messages). Until they are equal,
+        searches cover the newest PENDING_WINDOW of the others by reading them (`unsearched`
+        says how many are beyond that)."""
+        (total,) = self.conn.execute("SELECT count(*) FROM messages").fetchone()
+        if not self.caps.search:
+            return 0, total
+        (waiting,) = self.conn.execute(
+            f"SELECT count(*) FROM messages WHERE indexed < {BODY_INDEXED}"
+        ).fetchone()
+        return total - waiting, total
+
+    @store_errors
+    def unsearched(self) -> int:
+        """Messages a text search cannot see yet: not indexed, and older than the newest
+        PENDING_WINDOW of those (0 nearly always; a face says so when it is not)."""
+        indexed, total = self.index_progress()
+        return max(0, total - indexed - PENDING_WINDOW)
 
     @store_errors
     def messages_by_id(self, ids: Iterable[int]) -> dict[int, MessageRecord]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import re
 import sqlite3
@@ -28,9 +29,15 @@ PROGRESS_SINCE = 4  # the schema version with a live session's state and the ser
 REFUSALS_SINCE = 5  # the schema version with a session's refusals and a rejection's rule
 SEARCH_SINCE = 6  # the schema version with read state, tags and the search indexes
 # messages.indexed: what the search indexes hold of a message (store/search.py)
-UNINDEXED = 0  # nothing yet (a message stored before SEARCH_SINCE, until the indexer reaches it)
-FIELDS_INDEXED = 1  # its addresses, subject, envelope and headers (written with the message)
+UNINDEXED = 0  # nothing yet (new, or stored before SEARCH_SINCE, until the indexer reaches it)
+FIELDS_INDEXED = 1  # its addresses, subject, envelope and headers (operations.FIELDS_AT_INSERT)
 BODY_INDEXED = 2  # ... and its text and attachment names (written when the writer is idle)
+
+# Whether this SQLite has FTS5 (None: not asked yet). Without it the search tables are ordinary
+# ones, searched by scans (store/search.py); a test sets False to build a store that way.
+FTS5: bool | None = None
+
+log = logging.getLogger("mailsink.store")
 
 # A transcript event: (sequence number, ms since the epoch, direction, text).
 SessionEvent = tuple[int, int, str, str]
@@ -275,6 +282,36 @@ def connect(path: str, *, must_exist: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def fts5_available() -> bool:
+    """Whether this SQLite can make FTS5 tables (Python's own build nearly always can)."""
+    global FTS5
+    if FTS5 is None:
+        probe = sqlite3.connect(MEMORY)
+        try:
+            probe.execute("CREATE VIRTUAL TABLE probe USING fts5(text)")
+            FTS5 = True
+        except sqlite3.Error:
+            FTS5 = False
+        finally:
+            probe.close()
+    return FTS5
+
+
+_VIRTUAL = re.compile(r"CREATE VIRTUAL TABLE (\w+) USING fts5\(([^;]*?),\s*tokenize = '[^']*'\s*\)")
+
+
+def _without_fts5(script: str) -> str:
+    """The migration with ordinary tables of the same columns for its FTS5 ones (the rowid
+    is the message's id in both)."""
+
+    def table(match: re.Match[str]) -> str:
+        columns = [column.strip() for column in match.group(2).split(",")]
+        typed = ", ".join(f"{column} TEXT NOT NULL DEFAULT ''" for column in columns)
+        return f"CREATE TABLE {match.group(1)} (id INTEGER PRIMARY KEY, {typed})"
+
+    return _VIRTUAL.sub(table, script)
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema to SCHEMA_VERSION; refuse a store written by a newer mailsink."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -284,9 +321,11 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"understands ({SCHEMA_VERSION}); upgrade mailsink"
         )
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        script = (
-            f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]};\nPRAGMA user_version = {target};\nCOMMIT;"
-        )
+        step = _MIGRATIONS[target]
+        if "VIRTUAL TABLE" in step and not fts5_available():
+            log.warning("this SQLite has no FTS5: searching text scans the store (slower)")
+            step = _without_fts5(step)
+        script = f"BEGIN IMMEDIATE;\n{step};\nPRAGMA user_version = {target};\nCOMMIT;"
         try:
             conn.executescript(script)  # all of a step, or (rolled back below) none of it
         except BaseException:

@@ -26,16 +26,18 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mailsink.errors import StoreError, WriterLost
-from mailsink.store.operations import Operation, kept_size
+from mailsink.store.operations import Operation, index_messages, kept_size, purge_search
 from mailsink.store.schema import connect, user_facing
 from mailsink.store.spawn import Spawner
 from mailsink.store.wire import BrokenFrame, Frames, frame
@@ -47,6 +49,10 @@ STOP_TIMEOUT = 60.0  # seconds for it to finish what is queued when the store cl
 # Writes nobody waits for (a session's start and end) wait this long for one that somebody
 # does, so that they share its commit instead of paying an fsync of their own.
 LAZY_COMMIT = 0.05
+# The search index's text is written when the writer is idle: nothing has arrived for this long
+# (seconds), then a batch at a time, the channel looked at between messages.
+INDEX_IDLE = 0.05
+INDEX_PROGRESS_EVERY = 10.0  # seconds between the log's lines about a big backlog
 
 # What goes over the socket (framed by wire.py). To the process: (id, operation, urgent),
 # ("max_messages", n, lowered), or None for "finish and stop". Back: ("ready",) or
@@ -92,9 +98,11 @@ class Writer:
         self._deaf = False  # the server went away: nothing more is answered
         self.max_messages = max_messages
         self.commits = 0
-        self._messages = _Retention(
-            conn, max_messages, "messages", [("message_raw", "id"), ("message_search", "id")]
-        )
+        # (message_search: only a store migrated from before schema 6 has rows in it. The
+        # search indexes' rows are purged when the writer is idle: operations.LEFT_BEHIND.)
+        children = [("message_raw", "id"), ("message_search", "id")]
+        children += [("message_tags", "message_id")]
+        self._messages = _Retention(conn, max_messages, "messages", children)
         self._sessions = _Retention(
             conn,
             max_messages,
@@ -104,16 +112,28 @@ class Writer:
         )
         self._cut: tuple[int, int, int] | None = None  # for the next answer
         self._limits = 0  # max_messages changes read, told with each answer (see WriterProcess)
+        self._indexer = _Indexer(conn, path)
 
     def run(self) -> None:
         batch: list[tuple[int, Operation, bool]] = []
         urgent = stopping = False
         deadline = 0.0  # when the oldest waiting operation that nobody awaits must commit
+        quiet_from = 0.0  # when the writer may index: nothing has arrived since INDEX_IDLE
         while not stopping:
-            timeout = None if not batch else max(0.0, deadline - time.monotonic())
+            if batch:
+                timeout: float | None = max(0.0, deadline - time.monotonic())
+            elif self._indexer.pending:
+                timeout = max(0.0, quiet_from - time.monotonic())
+            else:
+                timeout = None
             requests = self._waiting(timeout)
             if requests is None:  # the server is gone: nothing more can arrive
                 break
+            if requests:
+                quiet_from = time.monotonic() + INDEX_IDLE
+            elif not batch and self._indexer.pending:
+                self._indexer.step(self._arrived)
+                continue
             refused: list[Result] = []
             for request in requests:
                 if request is None:
@@ -139,6 +159,7 @@ class Writer:
             if batch and (urgent or time.monotonic() >= deadline):
                 self._answer(self._commit(batch))
                 batch, urgent = [], False
+                self._indexer.pending = True  # (finding nothing to index is cheap)
         if batch:
             self._answer(self._commit(batch))
         self._conn.close()
@@ -168,6 +189,11 @@ class Writer:
             except ConnectionResetError:
                 data = b""
         return requests or None  # the end of the stream
+
+    def _arrived(self) -> bool:
+        """Whether a request is waiting (without reading it)."""
+        readable, _, _ = select.select([self._channel], [], [], 0)
+        return bool(readable)
 
     def _recv_or_end(self) -> bytes:
         try:
@@ -235,6 +261,54 @@ class Writer:
             return request_id, None, _portable(user_facing(error, self.path))
         conn.execute("RELEASE op")
         return request_id, outcome, None
+
+
+class _Indexer:
+    """Fills the search index's text (operations.index_messages) while the writer is idle, a
+    batch per transaction; says how far a big backlog has come every INDEX_PROGRESS_EVERY s.
+    With nothing to index, it purges the index rows of messages retention and `clear` removed
+    (operations.purge_search)."""
+
+    TOLD = 1000  # a backlog bigger than this is logged (a small burst is not news)
+
+    def __init__(self, conn: sqlite3.Connection, path: str):
+        self._conn = conn
+        self.path = path
+        self.pending = True  # there may be messages to index (a migrated store has them all)
+        self._total = 0  # the backlog when this run of indexing began (for the log)
+        self._done = 0
+        self._told = 0.0
+
+    def step(self, stop: Callable[[], bool]) -> None:
+        conn = self._conn
+        now = time.monotonic()
+        # The backlog is counted when indexing begins and when progress is told, not per batch.
+        count = not self._total or now - self._told >= INDEX_PROGRESS_EVERY
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = index_messages(conn, stop=stop, count_left=count)
+                purged = 0 if result.more else purge_search(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except Exception as error:  # the disk is full, ...: tried again after the next commit
+            log.error("search index: %s", user_facing(error, self.path))
+            self.pending = False
+            return
+        self._done += result.done
+        if result.left is not None:
+            if not self._total:
+                self._total, self._told = self._done + result.left, now
+            elif self._total > self.TOLD:
+                log.info("search index: %d of %d messages", self._done, self._total)
+                self._told = now
+        if not result.more:
+            if self._total > self.TOLD:
+                log.info("search index: all %d messages indexed", self._done)
+            self.pending = purged > 0
+            self._total = self._done = 0
 
 
 def _unpicklable(value: Any) -> Exception | None:
