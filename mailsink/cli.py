@@ -9,12 +9,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mailsink import __version__
 from mailsink.config import Settings, load
+
+if TYPE_CHECKING:
+    from mailsink.query import Query
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,7 +150,13 @@ def tui(
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="JSON array of message summaries.")
 @click.option("--limit", "-n", type=ID, default=50, show_default=True)
-@click.option("--search", "-s", help="Text in envelope or header addresses, or the subject.")
+@click.option(
+    "--search",
+    "-s",
+    metavar="QUERY",
+    help='Only messages the query matches: words, "phrases", prefixes such as from:,'
+    " rcpt:, tag:, is:unread, has:attachment, after:2h (see README, Search).",
+)
 @click.option(
     "--findings",
     "findings",
@@ -171,18 +180,40 @@ def list_messages(
     from mailsink import output
 
     kinds = _finding_kinds(findings)
+    query = _query(search)
     with _reader(config, db) as reader:
         records = reader.list_messages(
             limit=limit,
-            search=search,
+            query=query,
             findings_only=bool(findings),
             include_rejected=include_rejected,
             finding_kinds=kinds,
         )
+        # The newest messages the index has not reached are searched by reading them; only
+        # beyond those can a body word go unfound.
+        if query is not None and query.needs_body and reader.unsearched():
+            indexed, total = reader.index_progress()
+            click.echo(
+                f"mailsink: the search index covers {indexed} of {total} messages;"
+                " body words in the rest were not all searched",
+                err=True,
+            )
     if as_json:
         _print_json([r.summary_json() for r in records])
     else:
         click.echo(output.message_table(records))
+
+
+def _query(text: str | None) -> Query | None:
+    """--search's query; a malformed one is a usage error (exit 2) naming the term."""
+    from mailsink.errors import QueryError
+    from mailsink.query import parse_query
+
+    try:
+        query = parse_query(text or "")
+    except QueryError as error:
+        raise click.UsageError(f"search: {error}") from None
+    return query or None
 
 
 def _finding_kinds(given: tuple[str, ...]) -> list[str]:
@@ -217,7 +248,8 @@ def _message_id(reader: Any, ident: str) -> int:
 @click.option("--headers", "view", flag_value="headers", help="All header fields, decoded.")
 @click.option("--session", "view", flag_value="session", help="The SMTP session that delivered it.")
 def show(ident: str, config: str | None, db: str | None, view: str | None) -> None:
-    """Show one message: envelope beside headers, findings, parts and text."""
+    """Show one message: envelope beside headers, findings, parts and text. Marks it read
+    (but for --session, which shows its session)."""
     from mailsink import output
 
     with _reader(config, db) as reader:
@@ -225,6 +257,8 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
         record = reader.get_message(message_id)
         if record is None:
             raise CliError(f"no message {message_id}")
+        if view != "session" and not record.seen:
+            record.seen = _mark_shown_read(reader, message_id)
         if view == "raw":
             raw = reader.get_raw(message_id) or b""
             if sys.stdout.isatty():
@@ -249,6 +283,113 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
         click.echo(output.header_lines(parsed))
     else:
         click.echo(output.message_text(record, parsed))
+
+
+def _mark_shown_read(reader: Any, message_id: int) -> bool:
+    """Record that the message was shown; whether it is now read. A store that cannot record
+    it is shown all the same: a read-only file (an archive, someone else's store) silently,
+    any other failure (a lock held too long, damage) with one line on stderr."""
+    from mailsink.errors import StoreError
+    from mailsink.store import operations, run_here
+    from mailsink.store.schema import SEARCH_SINCE
+    from mailsink.text import visible
+
+    if reader.version < SEARCH_SINCE or not os.access(reader.path, os.W_OK):
+        return False  # (an older store keeps no read state until a server migrates it)
+    try:
+        # This process is no server: its own transaction, taking turns with a server's writer.
+        run_here(reader.path, operations.mark_read, [message_id])
+    except StoreError as error:
+        click.echo(f"mailsink: message {message_id} stays unread: {visible(str(error))}", err=True)
+        return False
+    return True
+
+
+def _message_ids(reader: Any, idents: tuple[str, ...]) -> list[int]:
+    return list(dict.fromkeys(_message_id(reader, ident) for ident in idents))
+
+
+def _no_such(missing: list[int]) -> None:
+    """One line for each id that names no message, then exit 1 (after what did work)."""
+    for message_id in missing:
+        click.echo(f"mailsink: no message {message_id}", err=True)
+    if missing:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.argument("idents", nargs=-1, required=True, metavar="ID|latest...")
+@store_options
+@click.option("--add", "-a", multiple=True, metavar="TAG", help="Add this tag (repeatable).")
+@click.option(
+    "--remove", "-r", multiple=True, metavar="TAG", help="Remove this tag, any case (repeatable)."
+)
+def tag(
+    idents: tuple[str, ...],
+    config: str | None,
+    db: str | None,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+) -> None:
+    """Add or remove tags on messages; prints each message's tags afterwards.
+
+    A tag keeps letters, digits, spaces and - _ . @ (anything else becomes a space)."""
+    from mailsink.store import operations, run_here
+    from mailsink.text import visible
+
+    if not (add or remove):
+        raise click.UsageError("tag: nothing to do: give --add TAG or --remove TAG")
+    try:
+        operations.change_tags_check(add, remove)
+    except ValueError as error:
+        raise click.UsageError(f"tag: {error}") from None
+    with _reader(config, db) as reader:
+        wanted = _message_ids(reader, idents)
+        before = reader.messages_by_id(wanted)
+        path = reader.path
+    found = [message_id for message_id in wanted if message_id in before]
+    if found:
+        run_here(path, operations.change_tags, found, add, remove)
+        with _reader(config, db) as reader:
+            after = reader.messages_by_id(found)
+        for message_id in found:
+            tags = after[message_id].tags if message_id in after else []
+            same = "" if tags != before[message_id].tags else "  (unchanged)"
+            shown = ", ".join(visible(tag) for tag in tags) or "no tags"
+            click.echo(f"{message_id}: {shown}{same}")
+    _no_such([message_id for message_id in wanted if message_id not in before])
+
+
+@cli.command()
+@click.argument("idents", nargs=-1, metavar="[ID|latest]...")
+@store_options
+@click.option("--unread", is_flag=True, help="Mark them unread instead.")
+@click.option("--all", "every", is_flag=True, help="Mark every message read.")
+def mark(
+    idents: tuple[str, ...], config: str | None, db: str | None, unread: bool, every: bool
+) -> None:
+    """Mark messages read (as showing them does), or unread with --unread; --all marks every
+    message read."""
+    from mailsink.store import operations, run_here
+
+    if every and (idents or unread):
+        raise click.UsageError("mark: --all marks every message read; it takes no ID or --unread")
+    if not (idents or every):
+        raise click.UsageError("mark: give message IDs, or --all")
+    state = "unread" if unread else "read"
+    with _reader(config, db) as reader:
+        path = reader.path
+        if every:
+            wanted, known = [], []
+        else:
+            wanted = _message_ids(reader, idents)
+            known = list(reader.messages_by_id(wanted))
+    if every:
+        changed = run_here(path, operations.mark_all_read)
+    else:
+        changed = run_here(path, operations.mark_read, known, not unread) if known else 0
+    click.echo(f"marked {changed} message(s) {state}")
+    _no_such([message_id for message_id in wanted if message_id not in known])
 
 
 @cli.command()

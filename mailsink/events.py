@@ -1,7 +1,8 @@
 """What happens in a running sink, as frozen records on one stream.
 
-The SMTP server, the fault controls, the config watcher and the sink's own deletions publish
-here; every face (the TUI, the HTTP API, test fixtures) subscribes instead of polling:
+The SMTP server, the fault controls, the config watcher and the sink's own changes (deletions,
+read state, tags) publish here; every face (the TUI, the HTTP API, test fixtures) subscribes
+instead of polling:
 
     async with sink.subscribe(MessageStored, SessionEnded) as events:
         async for event in events:
@@ -72,6 +73,15 @@ class MessagesDeleted:
 
     message_ids: tuple[int, ...]
     everything: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesChanged:
+    """The read state or the tags of messages changed: of some of `message_ids` (those asked
+    for: a gone one changed nothing), of any message when it is empty ("mark all read"). A
+    face shows those rows afresh."""
+
+    message_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +162,7 @@ class EventsLost:
 Event = (
     MessageStored
     | MessagesDeleted
+    | MessagesChanged
     | SessionStarted
     | SessionChanged
     | SessionEnded

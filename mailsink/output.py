@@ -47,6 +47,9 @@ def _table(headings: list[str], rows: list[list[str]], widths: list[int]) -> str
     return "\n".join(lines)
 
 
+UNREAD = "•"  # the list's mark for a message not read yet (as the TUI's list marks it)
+
+
 def message_table(records: list[MessageRecord]) -> str:
     if not records:
         return "no messages"
@@ -57,18 +60,31 @@ def message_table(records: list[MessageRecord]) -> str:
         rows.append(
             [
                 str(r.id),
+                "" if r.seen else UNREAD,
                 local_time(r.received_at, missing="-"),
                 # Addresses: no emoji sequence kept (see text.visible).
                 visible(r.envelope.mail_from or "<>", emoji=False),
                 visible(", ".join(r.envelope.rcpt_to), emoji=False),
                 visible(", ".join(r.headers["from"]), emoji=False),
                 status + (r.headers["subject"] or ""),
+                ", ".join(r.tags),
                 format_bytes(r.size),
                 ", ".join(kinds),
             ]
         )
-    headings = ["ID", "RECEIVED", "MAIL FROM", "RCPT TO", "FROM", "SUBJECT", "SIZE", "FINDINGS"]
-    return _table(headings, rows, [6, 19, 24, 28, 28, 32, 9, 40])
+    headings = [
+        "ID",
+        "",  # UNREAD
+        "RECEIVED",
+        "MAIL FROM",
+        "RCPT TO",
+        "FROM",
+        "SUBJECT",
+        "TAGS",
+        "SIZE",
+        "FINDINGS",
+    ]
+    return _table(headings, rows, [6, 1, 19, 24, 28, 28, 32, 20, 9, 40])
 
 
 def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]:
@@ -92,6 +108,8 @@ def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]
         "envelope": record.envelope.as_json(),
         "headers": record.headers,
         "findings": findings,
+        "read": record.seen,
+        "tags": record.tags,
         "attachments": [a.as_json() for a in parsed.attachments],
         "text": parsed.text,
         "html": parsed.html,
@@ -144,6 +162,7 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
         f"Message {record.id}  {record.status}  {local_time(record.received_at, missing='-')}  "
         f"{format_bytes(record.size)}  session {record.session_id}",
         *_status_lines(record),
+        *([f"Tags: {visible(', '.join(record.tags))}"] if record.tags else []),
         "",
         "Envelope (what SMTP said)",
         f"  MAIL FROM  {visible(envelope.mail_from, emoji=False) or '<> (null sender)'}",
@@ -314,7 +333,7 @@ def transcript(record: SessionRecord) -> str:
 def settings_text(settings: Settings) -> str:
     """The effective configuration, TOML-like, then the fault rules in the order they are tried."""
     lines = [f"# {settings.source}: valid", ""]
-    for section in ("smtp", "storage", "auth", "tls", "validation", "faults"):
+    for section in ("smtp", "storage", "auth", "tls", "validation", "faults", "tags"):
         lines.append(f"[{section}]")
         values = getattr(settings, section)
         for field in dataclasses.fields(values):

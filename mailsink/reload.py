@@ -28,7 +28,7 @@ log = logging.getLogger("mailsink")
 # Settings a running server cannot change: they are kept until a restart.
 RESTART_KEYS = frozenset({"smtp.host", "smtp.port", "storage.path"})
 RESTART_SECTIONS = ("tls.",)
-_SECTIONS = ("smtp", "storage", "auth", "tls", "validation", "faults")
+_SECTIONS = ("smtp", "storage", "auth", "tls", "validation", "faults", "tags")
 
 
 def _shown(key: str, value: Any) -> str:

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailsink import events as ev
 from mailsink.config import Settings
@@ -43,6 +43,9 @@ from mailsink.store import (
     resolve_path,
     run_here,
 )
+
+if TYPE_CHECKING:
+    from mailsink.query import Query
 
 T = TypeVar("T")
 log = logging.getLogger("mailsink")
@@ -205,22 +208,25 @@ class Sink:
         *,
         limit: int = 50,
         offset: int = 0,
-        search: str | None = None,
+        query: Query | None = None,
         findings_only: bool = False,
     ) -> list[MessageRecord]:
-        """Newest first; `search` matches sender, recipients and subject (envelope and headers)."""
+        """Newest first; `query` (mailsink.query.parse_query) as `mailsink list --search` and
+        the TUI's `/` take it: without one, or without a status: term, accepted ones only."""
         return await self.read(
             lambda r: r.list_messages(
-                limit=limit, offset=offset, search=search, findings_only=findings_only
+                limit=limit, offset=offset, query=query, findings_only=findings_only
             )
         )
 
     async def count_messages(
-        self, *, search: str | None = None, findings_only: bool = False
+        self, *, query: Query | None = None, findings_only: bool = False
     ) -> int:
-        return await self.read(
-            lambda r: r.count_messages(search=search, findings_only=findings_only)
-        )
+        return await self.read(lambda r: r.count_messages(query=query, findings_only=findings_only))
+
+    async def unread_count(self) -> int:
+        """Accepted messages not read yet (what the status line counts)."""
+        return await self.read(lambda r: r.unread_count())
 
     async def message(self, message_id: int) -> MessageRecord | None:
         return await self.read(Reader.get_message, message_id)
@@ -321,6 +327,56 @@ class Sink:
 
     async def delete_message(self, message_id: int) -> bool:
         return await self.delete_messages((message_id,)) > 0
+
+    async def _write(self, operation: Callable[..., T], **arguments: Any) -> T:
+        """An operation that may be run twice (each of these sets a state): through the writer
+        when serving (sent again if the writer died before answering), else in a transaction
+        of this process's."""
+        if self.store is None:
+            return await self._here(operation, **arguments)
+        change = partial(operation, **arguments)
+        try:
+            return await self.store.run(change)
+        except WriterLost:
+            return await self.store.run(change)
+
+    def _changed(self, message_ids: tuple[int, ...]) -> None:
+        if self.events.wants(ev.MessagesChanged):
+            self.events.publish(ev.MessagesChanged(message_ids))
+
+    async def mark_read(self, message_ids: Iterable[int], read: bool = True) -> int:
+        """Mark these messages read (`read=False`: unread); returns how many changed."""
+        ids = tuple(message_ids)
+        changed = await self._write(operations.mark_read, ids=list(ids), read=read) if ids else 0
+        if changed:
+            self._changed(ids)
+        return changed
+
+    async def mark_all_read(self) -> int:
+        """Mark every message read; returns how many were unread."""
+        changed = await self._write(operations.mark_all_read)
+        if changed:
+            self._changed(())
+        return changed
+
+    async def change_tags(
+        self, message_ids: Iterable[int], add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> int:
+        """Add and remove tags on these messages (cleaned as mail/tags.py cleans them; removing
+        ignores case); returns how many messages changed. ValueError, before anything is
+        written, for a tag of which nothing is left once cleaned, or one both added and
+        removed."""
+        ids, adding, removing = tuple(message_ids), list(add), list(remove)
+        # Checked here too, so that a typo costs the writer no failed operation.
+        operations.change_tags_check(adding, removing)
+        if not ids or not (adding or removing):
+            return 0
+        changed = await self._write(
+            operations.change_tags, ids=list(ids), add=adding, remove=removing
+        )
+        if changed:
+            self._changed(ids)
+        return changed
 
     async def delete_idle_sessions(self) -> int:
         """Delete the finished sessions that have no message left."""

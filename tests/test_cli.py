@@ -116,6 +116,8 @@ def test_show_json_contract(filled):
         "envelope",
         "headers",
         "findings",
+        "read",
+        "tags",
         "attachments",
         "text",
         "html",

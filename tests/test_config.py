@@ -61,7 +61,7 @@ def test_default_sample_lists_every_key_with_its_default():
     settings = load(ROOT / "sample_configs" / "default.toml")
     defaults = Settings()
     text = (ROOT / "sample_configs" / "default.toml").read_text()
-    for section in ("smtp", "storage", "auth", "tls", "validation", "faults"):
+    for section in ("smtp", "storage", "auth", "tls", "validation", "faults", "tags"):
         assert getattr(settings, section) == getattr(defaults, section), section
         for name in type(getattr(defaults, section)).__dataclass_fields__:
             assert f"\n{name} = " in text, f"{section}.{name}"

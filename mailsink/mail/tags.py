@@ -43,3 +43,11 @@ def plus_tags(addresses: Iterable[str]) -> list[str]:
         if match := _PLUS.match(address):
             tags += match.group(1).split("+")
     return unique_tags(tags)
+
+
+def given_tag(text: str) -> str:
+    """A tag given by hand (TUI, CLI), cleaned; ValueError when nothing is left of it."""
+    cleaned = clean_tag(text)
+    if not cleaned:
+        raise ValueError(f"{text!r} is not a tag: a tag has letters, digits, spaces and - _ . @")
+    return cleaned

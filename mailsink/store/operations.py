@@ -18,17 +18,23 @@ import json
 import pickle
 import re
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from mailsink.errors import StoreError
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.findings import findings
 from mailsink.mail.hygiene import hygiene_findings
 from mailsink.mail.parse import parse_headers
-from mailsink.mail.tags import header_tags, plus_tags, unique_tags
+from mailsink.mail.tags import given_tag, header_tags, plus_tags, unique_tags
+from mailsink.mail.text_index import FIELD_COLUMNS, body, fields
 from mailsink.store.schema import (
+    BODY_INDEXED,
     DELETIONS_SINCE,
+    FIELDS_INDEXED,
+    SEARCH_SINCE,
+    UNINDEXED,
     SessionEvent,
     connect,
     open_existing,
@@ -78,12 +84,17 @@ def has_attachment_hint(raw: bytes) -> bool:
     return _FILENAME.search(head) is not None or _DISPOSITION.search(head) is not None
 
 
-def _search_text(envelope: Envelope, headers: dict[str, Any]) -> str:
-    parts = [envelope.mail_from, *envelope.rcpt_to]
-    for key in ("from", "to", "cc", "reply_to"):
-        parts += headers[key]
-    parts.append(headers["subject"] or "")
-    return "\n".join(parts).lower()
+# Whether insert_message writes the message's fields into the search index in its own
+# transaction (FIELDS_INDEXED at once) or leaves them to the idle writer like the text. Measured
+# (docs/PERFORMANCE.md, issue 14): at insert they cost the writer 150-175 µs a message and the
+# ingest ratio 1.02-1.08 -> 0.93-0.95; left to the idle pass, ingest is as before. Searches find
+# a message either way: until the index has it, the newest unindexed ones are read (search.py).
+FIELDS_AT_INSERT = False
+
+_FIELDS_INSERT = (
+    f"INSERT INTO message_fields (rowid, {', '.join(FIELD_COLUMNS)})"
+    f" VALUES (?{', ?' * len(FIELD_COLUMNS)})"
+)
 
 
 def _insert_events(conn: sqlite3.Connection, session_id: int, events: list[SessionEvent]) -> None:
@@ -114,8 +125,8 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
     found += [f.as_json() for f in hygiene]
     cursor = conn.execute(
         "INSERT INTO messages (session_id, received_at, status, reply, reply_rule, size, envelope,"
-        " headers, findings, finding_count, attachments)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " headers, findings, finding_count, attachments, indexed)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.session_id,
             message.received_at,
@@ -128,15 +139,14 @@ def insert_message(conn: sqlite3.Connection, message: IncomingMessage) -> Stored
             json.dumps(found),
             len(found),
             int(headers["attachments"]),
+            FIELDS_INDEXED if FIELDS_AT_INSERT else UNINDEXED,
         ),
     )
     message_id = cursor.lastrowid
     assert message_id is not None
     _insert_raw(conn, message_id, message.raw)
-    conn.execute(
-        "INSERT INTO message_search (id, text) VALUES (?, ?)",
-        (message_id, _search_text(message.envelope, headers)),
-    )
+    if FIELDS_AT_INSERT:  # in the index from its commit on; its text follows when idle
+        conn.execute(_FIELDS_INSERT, (message_id, *fields(summary, message.envelope, message.raw)))
     tags = header_tags(summary.x_tags)
     if message.plus_tags:
         addresses = [*summary.from_addrs, *summary.to_addrs, *summary.cc_addrs]
@@ -313,6 +323,10 @@ def delete_messages(conn: sqlite3.Connection, message_ids: Iterable[int]) -> int
     gone = conn.executemany("DELETE FROM messages WHERE id = ?", rows).rowcount
     conn.executemany("DELETE FROM message_raw WHERE id = ?", rows)
     conn.executemany("DELETE FROM message_search WHERE id = ?", rows)
+    if _searchable(conn):
+        conn.executemany("DELETE FROM message_fields WHERE rowid = ?", rows)
+        conn.executemany("DELETE FROM message_body WHERE rowid = ?", rows)
+        conn.executemany("DELETE FROM message_tags WHERE message_id = ?", rows)
     _count_deletion(conn)
     return gone
 
@@ -333,6 +347,10 @@ def clear(conn: sqlite3.Connection) -> int:
     count = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     conn.execute("DELETE FROM message_raw")
     conn.execute("DELETE FROM message_search")
+    if _searchable(conn):
+        # The search indexes' rows are left to purge_search (every id of theirs is now below
+        # the next message's): deleting 100 000 of them here would take seconds.
+        conn.execute("DELETE FROM message_tags")
     conn.execute("DELETE FROM messages")
     # Sessions still open stay: their server goes on writing to them.
     conn.execute(
@@ -342,6 +360,100 @@ def clear(conn: sqlite3.Connection) -> int:
     conn.execute("DELETE FROM sessions WHERE end_reason IS NOT NULL")
     _count_deletion(conn)
     return count
+
+
+def _searchable(conn: sqlite3.Connection) -> bool:
+    """Whether the store has the search tables (a store no server has migrated may not)."""
+    return conn.execute("PRAGMA user_version").fetchone()[0] >= SEARCH_SINCE
+
+
+INDEX_BATCH = 50  # messages per indexing transaction (writer.Writer, when it is idle)
+
+
+@dataclass(frozen=True)
+class Indexed:
+    done: int  # messages indexed by this call
+    more: bool  # there may be more to index
+    left: int | None = None  # how many (when asked for: a count of the backlog)
+
+
+def unindexed_count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM messages WHERE indexed < 2").fetchone()[0]
+
+
+def index_messages(
+    conn: sqlite3.Connection,
+    limit: int = INDEX_BATCH,
+    stop: Callable[[], bool] | None = None,
+    count_left: bool = False,
+) -> Indexed:
+    """Put the newest `limit` messages the search indexes lack into them, newest first so that
+    recent mail is searchable soonest: first the fields of those that have none in the index
+    (UNINDEXED: about 0.2 ms each), then, once every message has them, the text and attachment
+    names (1-2 ms each: the MIME parse). `stop()` is asked between messages: True ends the
+    batch there (a request is waiting). Attachment names found make the attachment hint
+    exact."""
+    done = 0
+    rows = conn.execute(
+        "SELECT id, envelope FROM messages WHERE indexed < 2 AND indexed = 0"
+        " ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    fields_pass = bool(rows)
+    if not fields_pass:
+        rows = conn.execute(
+            "SELECT id, envelope FROM messages WHERE indexed < 2 ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+    for message_id, envelope in rows:
+        if done and stop is not None and stop():
+            break
+        row = conn.execute("SELECT raw FROM message_raw WHERE id = ?", (message_id,)).fetchone()
+        raw = bytes(row[0]) if row else b""
+        if fields_pass:
+            found = fields(parse_headers(raw), Envelope.from_json(json.loads(envelope)), raw)
+            conn.execute("DELETE FROM message_fields WHERE rowid = ?", (message_id,))
+            conn.execute(_FIELDS_INSERT, (message_id, *found))
+            conn.execute(
+                "UPDATE messages SET indexed = ? WHERE id = ?", (FIELDS_INDEXED, message_id)
+            )
+        else:
+            text = body(raw)
+            conn.execute("DELETE FROM message_body WHERE rowid = ?", (message_id,))
+            conn.execute(
+                "INSERT INTO message_body (rowid, body, attachments) VALUES (?, ?, ?)",
+                (message_id, text.text, text.attachments),
+            )
+            conn.execute(
+                "UPDATE messages SET indexed = ?, attachments = max(attachments, ?) WHERE id = ?",
+                (BODY_INDEXED, int(bool(text.attachments)), message_id),
+            )
+        done += 1
+    more = fields_pass or len(rows) == limit or done < len(rows)
+    left = (unindexed_count(conn) if more else 0) if count_left else None
+    return Indexed(done, more, left)
+
+
+# Tables whose rows for the oldest messages outlive them (retention and `clear` leave them: an
+# FTS5 row costs as much to delete as to write, 0.2-0.9 ms) until purge_search removes them,
+# a few at a time. A search never sees them: it looks for messages whose ids the index gives.
+LEFT_BEHIND = ("message_fields", "message_body")
+PURGE_BATCH = 100
+
+
+def purge_search(conn: sqlite3.Connection, limit: int = PURGE_BATCH) -> int:
+    """Delete up to `limit` rows of each LEFT_BEHIND table whose message is gone (ids only
+    grow, so those are the ids below the oldest message's); returns how many went."""
+    (oldest,) = conn.execute("SELECT min(id) FROM messages").fetchone()
+    below = 9223372036854775807 if oldest is None else oldest
+    gone = 0
+    for table in LEFT_BEHIND:
+        gone += conn.execute(
+            f"DELETE FROM {table} WHERE rowid IN"
+            f" (SELECT rowid FROM {table} WHERE rowid < ? ORDER BY rowid LIMIT ?)",
+            (below, limit),
+        ).rowcount
+    return gone
 
 
 def no_change(conn: sqlite3.Connection) -> None:
@@ -398,3 +510,71 @@ def run_here(
         raise translated from error
     finally:
         conn.close()
+
+
+# ---- read state and tags (schema SEARCH_SINCE): idempotent, so a write the writer died before
+# answering can simply be sent again.
+
+
+def _with_read_state(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < SEARCH_SINCE:  # only a server migrates; this process is none
+        raise StoreError(
+            f"this store was written before mailsink kept read state and tags (schema"
+            f" {version}); a server of this version adds them when it opens the store"
+        )
+
+
+def mark_read(conn: sqlite3.Connection, ids: Iterable[int], read: bool = True) -> int:
+    """Mark these messages read (or unread); returns how many changed (one already so, or
+    gone, is not counted)."""
+    _with_read_state(conn)
+    rows = [(int(read), message_id, int(not read)) for message_id in dict.fromkeys(ids)]
+    return conn.executemany("UPDATE messages SET seen = ? WHERE id = ? AND seen = ?", rows).rowcount
+
+
+def mark_all_read(conn: sqlite3.Connection) -> int:
+    """Mark every message read (rejected ones too); returns how many were unread."""
+    _with_read_state(conn)
+    return conn.execute("UPDATE messages SET seen = 1 WHERE seen = 0").rowcount
+
+
+def change_tags_check(add: Iterable[str], remove: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The tags to add and to remove, each cleaned (mail/tags.py) and once. ValueError for one
+    of which nothing is left (a typo is told, not ignored) or one both added and removed."""
+    adding = unique_tags(given_tag(tag) for tag in add)
+    removing = unique_tags(given_tag(tag) for tag in remove)
+    both = {tag.casefold() for tag in adding} & {tag.casefold() for tag in removing}
+    if both:
+        raise ValueError(f"{sorted(both)[0]!r} is both added and removed")
+    return adding, removing
+
+
+def change_tags(
+    conn: sqlite3.Connection,
+    ids: Iterable[int],
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+) -> int:
+    """Add and remove tags (compared without regard to case: adding `Invoice` to a message
+    tagged `invoice` changes nothing) on these messages; returns how many messages changed.
+    ValueError for a tag that cleans to nothing or one both added and removed."""
+    adding, removing = change_tags_check(add, remove)
+    _with_read_state(conn)
+    changed: set[int] = set()
+    for message_id in dict.fromkeys(ids):
+        for tag in removing:  # the column is COLLATE NOCASE: any case goes
+            removed = conn.execute(
+                "DELETE FROM message_tags WHERE message_id = ? AND tag = ?", (message_id, tag)
+            )
+            if removed.rowcount:
+                changed.add(message_id)
+        for tag in adding:  # never onto a message that is gone: nothing would delete the row
+            added = conn.execute(
+                "INSERT OR IGNORE INTO message_tags (message_id, tag)"
+                " SELECT id, ? FROM messages WHERE id = ?",
+                (tag, message_id),
+            )
+            if added.rowcount:
+                changed.add(message_id)
+    return len(changed)
