@@ -118,7 +118,7 @@ def test_subject_and_badges_stay_on_screen_from_200_down_to_60_columns(tmp_path)
                 # The whole From if it fits, else its address, else its name, else the address cut.
                 shown_from = {60: "notificatio…", 80: "notifications@…"}.get(width, FROM[:18])
                 assert _aligned(heading, row, "From", shown_from), (width, heading, row)
-                size = re.search(r"(\d[\d.]* ?(?:B|KiB|K)) !\d@", row)
+                size = re.search(r"(\d[\d.]* ?(?:B|KiB|K)) •!\d@", row)  # • unread
                 if width >= 63:  # right-aligned under its right-aligned heading (item 4)
                     assert size and heading.index("Size") + 4 == size.end(1), (width, row)
                 else:  # the first to go
@@ -254,7 +254,7 @@ def test_follow_newest_selects_each_new_message_until_switched_off(tmp_path):
             await pilot.pause()
             lines = screen_text(app).splitlines()
             heading, row = _line(app, "Subject", lines), _line(app, " m1 ", lines)
-            size = re.search(r"(\d+ B) !", row)
+            size = re.search(r"(\d+ B) •!", row)  # • unread
             assert not listing.show_vertical_scrollbar and size, row
             assert heading.index("Size") + 4 == size.end(1), (heading, row)
             await pilot.press("j")

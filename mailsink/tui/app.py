@@ -16,6 +16,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,22 @@ from mailsink.events import (
     ConfigRejected,
     ConfigReloaded,
     EventsLost,
+    MessagesChanged,
     MessagesDeleted,
     MessageStored,
     StoreChanged,
 )
 from mailsink.faults.presets import PRESETS
+from mailsink.mail.findings import KINDS
 from mailsink.sink import Sink
 from mailsink.text import visible
 from mailsink.tui.screens.faults import FaultsScreen
 from mailsink.tui.screens.main import MainScreen
+from mailsink.tui.screens.message import MessageScreen
 from mailsink.tui.screens.sessions import SessionsScreen
 from mailsink.tui.state import UiState, default_state_dir
 from mailsink.tui.widgets.dialogs import Help
-from mailsink.tui.widgets.message_detail import BrowserFiles
+from mailsink.tui.widgets.message_detail import BrowserFiles, MessageDetail
 
 SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
 CATCH_UP_RETRY_SECONDS = 0.5  # after the store refused the list's read
@@ -182,6 +186,7 @@ class MailsinkApp(App[None]):
         # 100 000-message list otherwise).
         gc.freeze()
         self._follow_events()
+        self._follow_changes()
         self._follow_config()
         if self.log_handler is not None:
             loop = asyncio.get_running_loop()
@@ -201,6 +206,27 @@ class MailsinkApp(App[None]):
                 await events.get()
                 events.pending()
                 await self._catch_up()
+
+    @work(group="change-events")
+    async def _follow_changes(self) -> None:
+        """Read state and tags changed: the rows and the detail shown afresh. Another process's
+        writes (StoreChanged) may have changed any message's; many events at once are one
+        refresh."""
+        with self.sink.subscribe(MessagesChanged, StoreChanged, EventsLost) as events:
+            while True:
+                changed: set[int] = set()
+                every = False
+                for event in [await events.get(), *events.pending()]:
+                    if isinstance(event, MessagesChanged) and event.message_ids:
+                        changed.update(event.message_ids)
+                    else:
+                        every = True
+                ids = () if every else tuple(sorted(changed))
+                with contextlib.suppress(NoMatches):  # not composed yet, or shutting down
+                    self.main.messages_changed(ids)
+                    screen = self.screen
+                    if isinstance(screen, MessageScreen) and (not ids or screen.message_id in ids):
+                        screen.query_one(MessageDetail).refresh_state()
 
     @work(group="config-events")
     async def _follow_config(self) -> None:
@@ -293,10 +319,35 @@ class MailsinkApp(App[None]):
         )
         yield SystemCommand("Faults", "Switch fault rules on and off", self.action_faults)
         yield SystemCommand(
-            "Filter messages", "By sender, recipient or subject", main.action_filter
+            "Search messages",
+            "Words, phrases, from: rcpt: tag: is:unread ... (key /; ? lists the prefixes)",
+            main.action_filter,
         )
         yield SystemCommand(
-            "Findings only", "Only messages with findings (toggle)", main.action_findings_only
+            "Findings only",
+            "Only messages with findings (toggle, key !)",
+            main.action_findings_only,
+        )
+        yield SystemCommand(
+            "Unread only", "Only messages not read yet (toggle, key U)", main.action_unread_only
+        )
+        yield SystemCommand(
+            "Filter by tag…",
+            "Only messages with a tag (adds tag: to the search)",
+            main.action_filter_by_tag,
+        )
+        for kind, (severity, meaning) in KINDS.items():
+            yield SystemCommand(
+                f"Filter by finding: {kind}",
+                f"{severity}: {meaning} (adds finding:{kind} to the search)",
+                partial(main.filter_by, f"finding:{kind}"),
+            )
+        yield SystemCommand("Mark all read", "Every message (key M)", main.action_mark_all_read)
+        yield SystemCommand(
+            "Mark read / unread", "The selected message (key m)", main.action_toggle_read
+        )
+        yield SystemCommand(
+            "Tags…", "Add or remove tags of the selected message (key t)", main.action_tags
         )
         yield SystemCommand(
             "Delete message", "Delete the selected message (u undoes it)", main.action_delete

@@ -218,6 +218,8 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
     right.append(_labelled("Subject", plain(headers.subject)))
     right.append(_labelled("Date", plain(headers.date)))
     right.append(_labelled("Message-ID", plain(headers.message_id)))
+    if record.tags:
+        right.append(_labelled("Tags", plain(", ".join(record.tags))))
 
     table = Table(expand=True, box=None, padding=(0, 2), show_edge=False)
     table.add_column(Text("Envelope (SMTP: who it was really for)", "bold underline"), ratio=1)

@@ -38,6 +38,8 @@ class Row:
     attachments: bool
     rejected: bool
     sender_differs: bool  # the envelope sender is not From's (first) address
+    unread: bool = False
+    tags: str = ""  # `[signup] [beta]`, each through `visible`; "" without tags
 
 
 def address_of(shown: str) -> Address:
@@ -77,7 +79,15 @@ def row_of(record: MessageRecord) -> Row:
         attachments=record.has_attachments,
         rejected=record.status != "accepted",
         sender_differs=first is None or first.lower() != visible(sender, emoji=False).lower(),
+        # As the status line counts them: a rejected message was never delivered to be read.
+        unread=not record.seen and record.status == "accepted",
+        tags=tag_text(record.tags),
     )
+
+
+def tag_text(tags: list[str]) -> str:
+    """Tags as the list shows them: bracketed, since a tag may hold spaces."""
+    return " ".join(f"[{visible(tag)}]" for tag in tags)
 
 
 def gone(message_id: int) -> Row:

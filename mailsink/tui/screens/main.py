@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from array import array
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -12,26 +14,47 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
-from mailsink.errors import StoreError
+from mailsink.errors import QueryError, StoreError
 from mailsink.events import RulesChanged
+from mailsink.query import parse_query
 from mailsink.sink import Sink
 from mailsink.store.reader import Reader
 from mailsink.text import visible
-from mailsink.tui.widgets.dialogs import Confirm, PathPrompt
+from mailsink.tui.widgets.dialogs import Confirm, PathPrompt, TextPrompt
 from mailsink.tui.widgets.message_detail import MessageDetail
 from mailsink.tui.widgets.message_list import ListFilter, MessageList, heading_line
 from mailsink.tui.widgets.status import StatusLine
 
 UNDO_SECONDS = 5.0  # how long `u` can bring a deleted message back
+# Seconds from the last key in the search box to the search: one read per pause in typing,
+# not per key (a body search on a big store takes tens of ms on the reader thread).
+FILTER_DEBOUNCE = 0.2
+INDEX_BACKLOG = 500  # unindexed messages the status line tells of whatever the query
+INDEX_POLL_SECONDS = 1.0  # how often the index's progress is looked at while it grows
 # What a store that refuses a change raises: SQLite's own errors read here (attached), the
 # writer's as StoreError.
 STORE_FAILURES = (sqlite3.Error, StoreError)
 
 log = logging.getLogger("mailsink")
+
+
+def tag_changes(answer: str) -> tuple[list[str], list[str]]:
+    """`urgent, -old, !new user` -> (["urgent"], ["old", "new user"]): what the tag dialog
+    asks for (a tag may hold spaces, so commas part them)."""
+    add: list[str] = []
+    remove: list[str] = []
+    for part in answer.split(","):
+        part = part.strip()
+        if part[:1] in ("-", "!") and part[1:].strip():
+            remove.append(part[1:].strip())
+        elif part:
+            add.append(part)
+    return add, remove
 
 
 class ListHeading(Static):
@@ -62,6 +85,10 @@ class MainScreen(Screen[None]):
         Binding("slash", "filter", "Filter", priority=True),
         # Off the footer, so that at 80 columns it keeps / s f ? q (these are in Help and ctrl+p).
         Binding("exclamation_mark", "findings_only", "Findings only", show=False),
+        Binding("U", "unread_only", "Unread only", show=False),
+        Binding("m", "toggle_read", "Read/unread", show=False),
+        Binding("M", "mark_all_read", "All read", show=False),
+        Binding("t", "tags", "Tags", show=False),
         Binding("d", "delete", "Delete", show=False),
         Binding("u", "undo", "Undo delete", show=False),
         Binding("D", "clear", "Clear all", show=False),
@@ -86,10 +113,20 @@ class MainScreen(Screen[None]):
         self._undoable: dict[int, Timer] = {}  # message id: when its deletion is carried out
         self._deleting = False  # a `D` under way
         self._bulk: tuple[array[int], int] | None = None  # its ids not known deleted, and total
+        self._index_told = False  # "index N/M" said once for a query that needs the body
+        self._index_timer: Timer | None = None  # polls the index's progress while it grows
+        # The last counts read (unread, index progress, unsearched), and the list's store_mark
+        # then: a new filter needs no new count.
+        self._last_counts: tuple[int, tuple[int, int], int] | None = None
+        self._counted: tuple[int, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.sink, id="status")
-        yield Input(placeholder="filter: sender, recipient or subject", id="filter")
+        yield Input(
+            placeholder='search: words, "phrases", from: rcpt: is:unread … (? then / lists all)',
+            id="filter",
+        )
+        yield Static(id="filter-error")
         yield ListHeading(id="heading")
         yield MessageList(self.sink, id="messages")
         yield MessageDetail(self.sink, id="detail")
@@ -113,6 +150,7 @@ class MainScreen(Screen[None]):
         if self.sink.faults is not None:  # faults switched on or off change the status line
             self._follow_rules()
         self.run_worker(self.message_list.reload(), group="index")
+        self.refresh_counts()
 
     @work(group="rules")
     async def _follow_rules(self) -> None:
@@ -134,7 +172,67 @@ class MainScreen(Screen[None]):
     def _counts(self) -> None:
         self.status.shown = self.message_list.count
         self.status.filter_text = self.message_list.filter.describe()
+        if self.message_list.store_mark != self._counted:
+            self.refresh_counts()  # mail came or went
+        else:  # a new filter: the counts stand, and the rows' page goes first on the reader
+            self._show_counts()
         self.status.redraw()
+
+    @work(group="counts", exclusive=True)
+    async def refresh_counts(self) -> None:
+        """The unread count and how far the search index is, for the status line: on the
+        reader thread, the newest call only (mail arriving fast asks many times)."""
+
+        def counts(reader: Reader) -> tuple[int, tuple[int, int], int]:
+            progress = reader.index_progress()
+            unsearched = reader.unsearched() if progress[0] < progress[1] else 0
+            return reader.unread_count(), progress, unsearched
+
+        mark = self.message_list.store_mark
+        try:
+            self._last_counts = await self.sink.read(counts)
+        except STORE_FAILURES:
+            return  # the list's own read says what is wrong
+        self._counted = mark
+        with contextlib.suppress(NoMatches):  # the app is closing
+            self._show_counts()
+
+    def _show_counts(self) -> None:
+        if self._last_counts is None:
+            return
+        unread, (indexed, total), unsearched = self._last_counts
+        status = self.status
+        status.unread = unread
+        note = ""
+        if indexed < total:
+            query = self.message_list.filter.query
+            needs_body = query is not None and query.needs_body
+            # While a migrated store is indexed, always; new mail waiting for its turn only
+            # matters to a query that looks into the body.
+            if total - indexed >= INDEX_BACKLOG or needs_body:
+                note = f"index {indexed:,}/{total:,}"
+            if needs_body and unsearched and not self._index_told:
+                self._index_told = True
+                self.notify(
+                    f"The search index has {indexed:,} of {total:,} messages so far: words in"
+                    f" {unsearched:,} older ones are not found until it has them.",
+                    timeout=6,
+                )
+            if self._index_timer is None:  # the progress moves without an event to say so
+                self._index_timer = self.set_interval(INDEX_POLL_SECONDS, self.refresh_counts)
+        elif self._index_timer is not None:
+            self._index_timer.stop()
+            self._index_timer = None
+        status.index_note = note
+        status.redraw()
+
+    def messages_changed(self, message_ids: tuple[int, ...]) -> None:
+        """Read state or tags changed (here, or in another process: `message_ids` empty)."""
+        self.message_list.rows_changed(message_ids)
+        detail = self.detail
+        if not message_ids or detail.message_id in message_ids:
+            detail.refresh_state()  # (one that is cached is looked at again when shown)
+        self.refresh_counts()
 
     async def action_detail(self, action: str) -> None:
         await self.detail.run_action(action)
@@ -166,7 +264,7 @@ class MainScreen(Screen[None]):
     def _filter_typed(self) -> None:
         if self._filter_timer is not None:
             self._filter_timer.stop()
-        self._filter_timer = self.set_timer(0.15, self._apply_filter)
+        self._filter_timer = self.set_timer(FILTER_DEBOUNCE, self._apply_filter)
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
@@ -174,18 +272,108 @@ class MainScreen(Screen[None]):
         self.message_list.focus()
 
     def _apply_filter(self) -> None:
-        current = self.message_list.filter
-        wanted = ListFilter(self.query_one("#filter", Input).value.strip(), current.findings_only)
-        if wanted != current:
+        """The query in the box, if it parses; else what is wrong with it, under the box, and
+        the list keeps the last filter that did."""
+        text = self.query_one("#filter", Input).value.strip()
+        error = self.query_one("#filter-error", Static)
+        try:
+            query = parse_query(text) if text else None
+        except QueryError as problem:
+            # The list of prefixes would take the list's rows at 80x24: the help has them.
+            said = str(problem).split("; the prefixes are ")[0]
+            if said != str(problem):
+                said += " (? then / lists the prefixes)"
+            error.update(Text(visible(said)))  # a Text: not read as markup
+            error.add_class("shown")
+            return
+        error.remove_class("shown")
+        error.update("")
+        self._set_filter(replace(self.message_list.filter, search=text, query=query))
+
+    def _set_filter(self, wanted: ListFilter) -> None:
+        if wanted != self.message_list.filter:
             self.run_worker(self.message_list.reload(wanted), group="index")
 
     def action_findings_only(self) -> None:
         current = self.message_list.filter
-        wanted = ListFilter(current.search, not current.findings_only)
-        self.run_worker(self.message_list.reload(wanted), group="index")
+        wanted = replace(current, findings_only=not current.findings_only)
+        self._set_filter(wanted)
         self.notify(
             "only messages with findings" if wanted.findings_only else "all messages", timeout=2
         )
+
+    def action_unread_only(self) -> None:
+        current = self.message_list.filter
+        wanted = replace(current, unread_only=not current.unread_only)
+        self._set_filter(wanted)
+        self.notify("only unread messages" if wanted.unread_only else "read and unread", timeout=2)
+
+    def filter_by(self, term: str) -> None:
+        """Add `term` (tag:x, finding:KIND) to the query in the box, and apply it."""
+        box = self.query_one("#filter", Input)
+        box.value = f"{box.value.strip()} {term}".strip()
+        box.add_class("open")
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._apply_filter()
+
+    def action_filter_by_tag(self) -> None:
+        def chosen(tag: str | None) -> None:
+            if tag:
+                self.filter_by(f'tag:"{tag}"' if " " in tag else f"tag:{tag}")
+
+        self.app.push_screen(TextPrompt(Text("Only messages with the tag:"), "Filter"), chosen)
+
+    # ---- read state and tags
+
+    def action_toggle_read(self) -> None:
+        """`m`: the selected message read if unread, else unread."""
+        listing = self.message_list
+        message_id = listing.selected_id
+        row = listing.row(message_id) if message_id is not None else None
+        if message_id is None:
+            return
+        self._mark([message_id], read=row.unread if row is not None else True)
+
+    @work(group="actions")
+    async def _mark(self, message_ids: list[int], *, read: bool) -> None:
+        try:
+            await self.sink.mark_read(message_ids, read)
+        except STORE_FAILURES as error:
+            self.notify(f"Not marked: {error}", severity="error", markup=False)
+
+    @work(group="actions")
+    async def action_mark_all_read(self) -> None:
+        try:
+            changed = await self.sink.mark_all_read()
+        except STORE_FAILURES as error:
+            self.notify(f"Not marked: {error}", severity="error", markup=False)
+            return
+        self.notify(f"Marked {changed:,} message{'' if changed == 1 else 's'} read", timeout=3)
+
+    def action_tags(self) -> None:
+        """`t`: tags to add, and `-tag` to remove, comma-separated."""
+        listing = self.message_list
+        message_id = listing.selected_id
+        if message_id is None:
+            return
+        row = listing.row(message_id)
+        question = Text(f"Tags of message {message_id}: ")
+        question.append(row.tags if row is not None and row.tags else "(none)", "bold")
+        question.append("\nAdd tags, or remove them with -tag (comma-separated):")
+
+        async def chosen(answer: str | None) -> None:
+            if not answer:
+                return
+            add, remove = tag_changes(answer)
+            try:
+                await self.sink.change_tags([message_id], add=add, remove=remove)
+            except ValueError as error:
+                self.notify(visible(str(error)), severity="error", markup=False)
+            except STORE_FAILURES as error:
+                self.notify(f"Tags not changed: {error}", severity="error", markup=False)
+
+        self.app.push_screen(TextPrompt(question, "Change"), chosen)
 
     # ---- acting on messages
 

@@ -57,7 +57,7 @@ class MessageScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield MessageTitle(self.message_id, id="message-title", classes="title")
-        yield MessageDetail(self.sink, id="full-detail")
+        yield MessageDetail(self.sink, read_after=0, id="full-detail")  # opened: read
         yield Footer()
 
     def on_mount(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import sqlite3
 import tempfile
 import threading
 import unicodedata
@@ -22,8 +23,10 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import Static, TabbedContent, TabPane, TextArea, Tree
 
+from mailsink.errors import StoreError
 from mailsink.mail.attachments import save_part
 from mailsink.mail.html import html_to_text
 from mailsink.mail.parse import MimePart, ParsedMessage, parse_message, part_payload
@@ -36,6 +39,7 @@ from mailsink.units import format_bytes
 if TYPE_CHECKING:
     from mailsink.tui.app import MailsinkApp
 
+READ_AFTER = 3.0  # seconds a message is shown in the main screen's pane before it is read
 SHOWN = 512 * 1024  # characters of a body or bytes of a message a tab shows; then a notice
 PARTS_SHOWN = 500  # MIME tree nodes
 TRANSCRIPT_SHOWN = 2000  # session events
@@ -298,13 +302,18 @@ class MessageDetail(Vertical):
         Binding("right_square_bracket", "show_tab('next')", "Next tab", show=False),
     ]
 
-    def __init__(self, sink: Sink, **kwargs: Any) -> None:
+    def __init__(self, sink: Sink, *, read_after: float = READ_AFTER, **kwargs: Any) -> None:
+        """`read_after`: seconds a message is shown here before it counts as read (0: at once,
+        as the full screen opened with enter does)."""
         super().__init__(**kwargs)
         self.sink = sink
         self.message_id: int | None = None
         self.loaded: Loaded | None = None
         self.raw_headers = False
         self._cache: OrderedDict[int, Loaded] = OrderedDict()
+        self.read_after = read_after
+        self._read_timer: Timer | None = None
+        self._read_for: int | None = None  # the message this showing marks (or marked) read
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="tabs"):
@@ -326,8 +335,33 @@ class MessageDetail(Vertical):
                 yield Static(id="session-body")
 
     def show(self, message_id: int | None) -> None:
+        if message_id != self.message_id:
+            self._read_for = None  # shown again later, it is read again
+            if self._read_timer is not None:
+                self._read_timer.stop()  # passed over: not read
+                self._read_timer = None
         self.message_id = message_id
         self._load(message_id)
+
+    @work(exclusive=True, group="state")
+    async def refresh_state(self) -> None:
+        """The read state or tags may have changed: the record is read again (one row, not
+        the message: a 20 MB one is not parsed again for a tag) and the Overview drawn again
+        if they did."""
+        loaded, message_id = self.loaded, self.message_id
+        if loaded is None or loaded.record.id != message_id:
+            return  # being loaded: it reads the record anyway
+        try:
+            record = await self.sink.read(Reader.get_message, message_id)
+        except (sqlite3.Error, StoreError):
+            return  # the list says what is wrong
+        if record is None or (record.seen, record.tags) == (loaded.record.seen, loaded.record.tags):
+            return
+        overview = await asyncio.to_thread(render.overview, record, loaded.parsed)
+        loaded.record, loaded.overview = record, overview  # the cached one too
+        if self.loaded is loaded:
+            with contextlib.suppress(NoMatches):
+                self.query_one("#overview-body", Static).update(overview)
 
     def reload(self) -> None:
         if self.message_id is not None:
@@ -340,6 +374,7 @@ class MessageDetail(Vertical):
             self._fill(None)
             return
         loaded = self._cache.get(message_id)
+        cached = loaded is not None
         if loaded is None:
             await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
             try:
@@ -367,6 +402,8 @@ class MessageDetail(Vertical):
         if message_id == self.message_id:
             with contextlib.suppress(NoMatches):  # the app is closing: the tabs are gone
                 self._fill(loaded)
+            if cached:  # its tags or read state may have changed since
+                self.refresh_state()
 
     def _fill(self, loaded: Loaded | None) -> None:
         self.loaded = loaded
@@ -382,6 +419,13 @@ class MessageDetail(Vertical):
             self.query_one("#parts-tree", Tree).clear()
             return
         overview.update(loaded.overview)
+        if not loaded.record.seen and self._read_for != loaded.record.id:
+            # Once per showing: reloaded after `m` marked it unread, it stays unread.
+            self._read_for = loaded.record.id
+            if self.read_after:
+                self._read_timer = self.set_timer(self.read_after, self._mark_read)
+            else:
+                self._mark_read()
         shown = self.query_one(TabbedContent).active
         texts = {"text": loaded.text, "html": loaded.html, "raw": loaded.raw_shown}
         for name, text in texts.items():
@@ -389,6 +433,18 @@ class MessageDetail(Vertical):
         self._fill_headers()
         self._fill_parts(loaded.parsed.mime)
         self.query_one("#session-body", Static).update(loaded.transcript)
+
+    @work(group="read")
+    async def _mark_read(self) -> None:
+        """A worker: the write goes through the writer, off the UI's way."""
+        self._read_timer = None
+        message_id = self._read_for
+        if message_id is None or message_id != self.message_id:
+            return
+        try:
+            await self.sink.mark_read([message_id])
+        except (sqlite3.Error, StoreError) as error:
+            self.notify(f"Not marked read: {error}", severity="error", markup=False)
 
     @on(TabbedContent.TabActivated)
     def _tab_shown(self, event: TabbedContent.TabActivated) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +25,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from mailsink.query import FLAG, Query, Term
 from mailsink.sink import Sink
 from mailsink.store.reader import Reader
 from mailsink.tui.rows import Row, cut, fit_addresses, gone, row_of
@@ -35,19 +36,35 @@ CACHE_ROWS = 2000
 
 @dataclass(frozen=True)
 class ListFilter:
+    """What the list shows: the query as typed (`search`), parsed (`query`), and the toggles.
+    Two filters are the same when they were typed the same: a reparse (`after:2h` resolved a
+    moment later) is not a new filter."""
+
     search: str = ""
     findings_only: bool = False
+    unread_only: bool = False
+    query: Query | None = field(default=None, compare=False)
+
+    def reader_query(self) -> Query | None:
+        """The query the Reader runs: the typed one, and `is:unread` for "unread only"."""
+        terms = self.query.terms if self.query is not None else ()
+        if self.unread_only:
+            terms = (*terms, UNREAD)
+        return Query(terms, self.search) if terms else None
 
     def describe(self) -> str:
         parts = []
         if self.search:
             parts.append(f"matching {self.search!r}")
+        if self.unread_only:
+            parts.append("unread")
         if self.findings_only:
             parts.append("with findings")
         return " ".join(parts)
 
 
-BADGES = 4  # the last column, untitled: !9@✗
+UNREAD = Term("is", FLAG, "unread", False, "is:unread")
+BADGES = 5  # the last column, untitled: •!9@✗ (• unread, in a cell of its own)
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,8 @@ _LAYOUTS: tuple[tuple[Spec, ...], ...] = (
         Spec("time", 8),
         Spec("mark", 1),
         _flexible("from", 14, 1, 60),
-        _flexible("to", 12, 1, 60),
-        _flexible("subject", 24, 2),
+        _flexible("to", 11, 1, 60),  # (`a@x.test +2`) so that at 80 columns the subject has 27
+        _flexible("subject", 25, 2),
         Spec("size", 5),
     ),
     (
@@ -106,8 +123,8 @@ _LAYOUTS: tuple[tuple[Spec, ...], ...] = (
         Spec("time", 5),
         Spec("mark", 1),
         _flexible("from", 12, 1, 60),
-        _flexible("to", 10, 1, 60),
-        _flexible("subject", 20, 2),
+        _flexible("to", 9, 1, 60),  # so that at 60 columns the subject has 22
+        _flexible("subject", 21, 2),
     ),
     (Spec("time", 5), Spec("mark", 1), _flexible("from", 12, 1, 60), _flexible("subject", 16, 2)),
     (Spec("time", 5), _flexible("subject", 8, 1)),
@@ -153,30 +170,46 @@ class Layout:
 
     def __init__(self, width: int) -> None:
         self.width = width
+        # Too narrow for a subject beside all the badges (6 cells): no unread mark.
+        self.badges = badges = BADGES if width > BADGES + 1 else BADGES - 1
         for specs in _LAYOUTS:
-            room = width - BADGES - len(specs)  # one space after each column
+            room = width - badges - len(specs)  # one space after each column
             if room >= sum(spec.width or spec.least for spec in specs):
                 break
         self.columns = tuple(
             (spec.key, cells) for spec, cells in zip(specs, _share(specs, room), strict=True)
         )
         # A terminal too narrow even for the last layout: lines are cut to its width.
-        self.exact = sum(cells + 1 for _, cells in self.columns) + BADGES == width
+        self.exact = sum(cells + 1 for _, cells in self.columns) + badges == width
 
     def heading(self) -> str:
         cells = [
             _TITLES[key].rjust(width) if key == "size" else cut(_TITLES[key], width)
             for key, width in self.columns
         ]
-        return " ".join(cells) + " " + " " * BADGES
+        return " ".join(cells) + " " + " " * self.badges
 
-    def text(self, row: Row) -> str:
-        """Every column but the badges, each followed by its space."""
-        text = "".join(self._cell(row, key, width) + " " for key, width in self.columns)
+    def text(self, row: Row) -> list[tuple[str, bool]]:
+        """Every column but the badges, each followed by its space, as pieces of text and
+        whether each is a row's tags (shown dim, after the subject)."""
+        pieces: list[tuple[str, bool]] = []
+        plain = ""
+        for key, width in self.columns:
+            if key == "subject" and row.tags and width >= TAGS_LEAST:
+                subject, tags = _subject_and_tags(row, width)
+                pieces += [(plain + subject, False), (tags, True)]
+                plain = " "
+            else:
+                plain += self._cell(row, key, width) + " "
+        pieces.append((plain, False))
         # Measured again joined: a cell measured alone may count differently beside the next
         # one (a mark that joins across the space), and the strip is trusted to be this wide.
-        wanted = self.width - BADGES if self.exact else cell_len(text)
-        return text if cell_len(text) == wanted else set_cell_size(text, wanted)
+        joined = cell_len("".join(text for text, _ in pieces))
+        wanted = self.width - self.badges if self.exact else joined
+        if joined != wanted:
+            last, dim = pieces[-1]
+            pieces[-1] = (set_cell_size(last, max(0, cell_len(last) + wanted - joined)), dim)
+        return [(text, dim) for text, dim in pieces if text]
 
     @staticmethod
     def _cell(row: Row, key: str, width: int) -> str:
@@ -194,6 +227,22 @@ class Layout:
             size = row.size if width >= 10 else row.size_short
             return size.rjust(width) if len(size) <= width else cut(size, width)
         return cut(row.subject, width)
+
+
+TAGS_LEAST = 16  # a narrower subject column shows no tags
+
+
+def _subject_and_tags(row: Row, width: int) -> tuple[str, str]:
+    """The subject, then the tags in what is left of `width` (the subject keeps at least half
+    of it): together exactly `width` cells."""
+    room = max(width - 1 - cell_len(row.tags), width // 2)
+    subject = row.subject if cell_len(row.subject) <= room else cut(row.subject, room)
+    return subject + " ", cut(row.tags, width - cell_len(subject) - 1)
+
+
+def _rows(reader: Reader, ids: list[int]) -> dict[int, Row]:
+    records = reader.messages_by_id(ids)
+    return {i: row_of(records[i]) if i in records else gone(i) for i in ids}
 
 
 @lru_cache(maxsize=8)
@@ -233,6 +282,8 @@ class MessageList(ScrollView, can_focus=True):
         "message-list--warning",
         "message-list--info",
         "message-list--attachment",
+        "message-list--unread",
+        "message-list--tags",
     }
 
     cursor: reactive[int] = reactive(0, always_update=True, init=False)
@@ -259,7 +310,7 @@ class MessageList(ScrollView, can_focus=True):
         self.ids: array[int] = array("q")  # ascending; row r is ids[-1 - r]
         self.loaded = False
         self._rows: LRUCache[int, Row] = LRUCache(CACHE_ROWS)
-        self._texts: dict[int, tuple[Row, Layout, str]] = {}  # see _segments
+        self._texts: dict[int, tuple[Row, Layout, list[tuple[str, bool]]]] = {}  # see _segments
         self._paint_width: int | None = None  # see render_lines
         self._pending_pages: set[int] = set()
         self._selected_id: int | None = None
@@ -279,8 +330,18 @@ class MessageList(ScrollView, can_focus=True):
         return len(self.ids)
 
     @property
+    def store_mark(self) -> tuple[int, int]:
+        """The newest id and the deletion count of the store when the list last looked: the
+        same, and no message came or went."""
+        return self._seen, self._deletions
+
+    @property
     def selected_id(self) -> int | None:
         return self._selected_id
+
+    def row(self, message_id: int) -> Row | None:
+        """The row of `message_id` as last loaded (None: not loaded)."""
+        return self._rows.get(message_id)
 
     def id_at(self, row: int) -> int | None:
         return self.ids[-1 - row] if 0 <= row < len(self.ids) else None
@@ -296,6 +357,7 @@ class MessageList(ScrollView, can_focus=True):
         if new_filter is not None:
             self.filter = new_filter
         f = self.filter
+        query = f.reader_query()
         # Each read sees the store as it is then, so the order matters: the deletion count and
         # the newest id before the index, so that a deletion or a message committed in between
         # is not taken as already in it.
@@ -303,7 +365,7 @@ class MessageList(ScrollView, can_focus=True):
             lambda r: (
                 Reader.deletions(r),
                 Reader.latest_id(r),
-                Reader.message_index(r, search=f.search or None, findings_only=f.findings_only),
+                Reader.message_index(r, query=query, findings_only=f.findings_only),
             )
         )
         if f != self.filter:
@@ -335,13 +397,12 @@ class MessageList(ScrollView, can_focus=True):
         """Take in messages stored since the last look and drop pruned ones (a deletion in the
         middle means a full reload). False when a reload overtook it: look again."""
         f, generation = self.filter, self._generation
+        query = f.reader_query()
         above = max(self.ids[-1] if self.ids else 0, self._seen)
         latest, new, first, deletions = await self.sink.read(
             lambda r: (
                 Reader.latest_id(r),  # before the index: see reload
-                Reader.message_index(
-                    r, search=f.search or None, findings_only=f.findings_only, above=above
-                ),
+                Reader.message_index(r, query=query, findings_only=f.findings_only, above=above),
                 Reader.first_id(r),
                 Reader.deletions(r),
             )
@@ -381,6 +442,35 @@ class MessageList(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.Changed())
         return True
+
+    def rows_changed(self, message_ids: Collection[int]) -> None:
+        """The read state or tags of these messages changed (empty: of any): the rows loaded
+        are read again, those on screen first, and shown as they were meanwhile (no
+        placeholder flicker). The index is not read again: a row that no longer matches the
+        filter (read, under "unread only") stays until the filter changes, so that the
+        selection never jumps from under the user."""
+        if message_ids:
+            stale = [i for i in message_ids if i in self._rows]
+        else:
+            top = int(self.scroll_y)
+            height = self.scrollable_content_region.height
+            shown = {self.id_at(row) for row in range(top, top + height)}
+            stale = [i for i in shown if i is not None and i in self._rows]
+            kept = {i: self._rows[i] for i in stale}
+            self._rows.clear()  # the others are read when they come into view
+            for message_id, row in kept.items():
+                self._rows[message_id] = row
+        if stale:
+            self._reload_rows(stale)
+
+    @work(group="row-refresh")
+    async def _reload_rows(self, ids: list[int]) -> None:
+        loaded = await self.sink.read(_rows, ids)
+        for message_id, row in loaded.items():
+            if message_id in self._rows:
+                self._rows.discard(message_id)  # LRUCache.set keeps a key's old value
+                self._rows[message_id] = row
+        self.refresh()
 
     def hide(self, message_ids: Collection[int]) -> None:
         """Messages deleted here, before the store deletes them (that waits for undo, or goes a
@@ -525,14 +615,19 @@ class MessageList(ScrollView, can_focus=True):
         # The text of the columns is made once per row and width: a line costs a few segments.
         known = self._texts.get(row.id)
         if known is not None and known[0] is row and known[1] is layout:
-            text = known[2]
+            pieces = known[2]
         else:
             if len(self._texts) >= CACHE_ROWS:
                 self._texts.clear()
-            text = layout.text(row)
-            self._texts[row.id] = (row, layout, text)
-        segments = [Segment(text, self._style("rejected") if row.rejected else None)]
+            pieces = layout.text(row)
+            self._texts[row.id] = (row, layout, pieces)
+        style = self._style("rejected") if row.rejected else Style()
+        dim = self._style("tags") + style
+        segments = [Segment(text, dim if tags else style or None) for text, tags in pieces]
         used = 0
+        if layout.badges == BADGES:  # the first cell: • (unread), a column of its own
+            segments.append(Segment("•", self._style("unread")) if row.unread else Segment(" "))
+            used = 1
         if row.findings:
             segments.append(Segment(f"!{min(row.findings, 9)}", self._style(row.worst or "info")))
             used += 2
@@ -542,7 +637,7 @@ class MessageList(ScrollView, can_focus=True):
         if row.rejected:
             segments.append(Segment("✗", self._style("error")))
             used += 1
-        segments.append(Segment(" " * (BADGES - used)))
+        segments.append(Segment(" " * (layout.badges - used)))
         return segments
 
     # ---- paging
@@ -556,13 +651,8 @@ class MessageList(ScrollView, can_focus=True):
     @work(group="pages")
     async def _load_page(self, page: int) -> None:
         ids = [self.ids[-1 - r] for r in range(page * PAGE, min((page + 1) * PAGE, len(self.ids)))]
-
-        def rows(reader: Reader) -> dict[int, Row]:
-            records = reader.messages_by_id(ids)
-            return {i: row_of(records[i]) if i in records else gone(i) for i in ids}
-
         try:
-            loaded = await self.sink.read(rows)
+            loaded = await self.sink.read(_rows, ids)
         finally:
             self._pending_pages.discard(page)
         for message_id, row in loaded.items():

@@ -13,10 +13,12 @@ from textual.widgets import Static
 from mailsink.sink import Sink
 from mailsink.store import Reader, Serving, StoreError, over_limit
 from mailsink.text import visible
+from mailsink.tui.rows import cut
 
 SERVER_CHECK_SECONDS = 1.0  # attached: how often the store's server is looked for
 _PATH_LEAST = 12  # cells the attached store's path keeps before the addresses give way
 _PATH_SHORTEST = 8  # and at the narrowest, rather than cutting the server's address
+FILTER_SHOWN = 40  # cells of the filter in force (the box above the list has it whole)
 
 
 class StatusLine(Static):
@@ -28,6 +30,8 @@ class StatusLine(Static):
         self.config_note = Text("")
         self.serving: Serving | None = None  # attached: the store's server, once looked for
         self.progress_text = ""  # what a long action is doing; see `progress`
+        self.unread: int | None = None  # None: not counted yet
+        self.index_note = ""  # `index 40,000/100,000` while the search index is incomplete
 
     def on_mount(self) -> None:
         if self.sink.is_attached:
@@ -94,13 +98,21 @@ class StatusLine(Static):
         counts.append(f"{self.shown:,}", "bold")
         counts.append(" message" + ("" if self.shown == 1 else "s"))
         if self.filter_text:
-            counts.append(f" {visible(self.filter_text)}", "cyan")
+            # Cut, so that the counts after it stay in sight at 80 columns.
+            counts.append(f" {cut(visible(self.filter_text), FILTER_SHOWN).rstrip()}", "cyan")
         elif (limit := self._limit()) is not None and over_limit(self.shown, limit):
             # A store over its limit when opened is kept as it is (see store.writer._Retention).
             counts.append(f" (limit {limit:,})", "yellow")
+        if self.unread is not None:
+            counts.append(" · ", "dim")
+            counts.append(f"{self.unread:,} unread", "bold" if self.unread else "dim")
+        if self.index_note:
+            counts.append(f" · {self.index_note}", "dim")
         if self.progress_text:
             counts.append(f"  {self.progress_text}", "bold yellow")
-        room = width - head.cell_len - counts.cell_len
+        # A cell kept for the `…` that cuts what follows the counts, if anything does.
+        after = sink.faults is not None or bool(self.config_note.plain) or sink.watcher is not None
+        room = width - head.cell_len - counts.cell_len - after
         place = self._attached_place(room) if sink.is_attached else self._places(room)
         if place.cell_len > room:
             place.truncate(max(room, 1), overflow="ellipsis")

@@ -1,0 +1,177 @@
+"""The TUI's side of issue 14: the search language in `/`, read state, tags, the help's prefixes.
+
+Two app start-ups (80x24 and 120x40), each with many checks, against the real server."""
+
+from __future__ import annotations
+
+from conftest import message
+from textual.widgets import Input, Static
+from tui_support import (
+    list_rows,
+    rows_loaded,
+    run,
+    screen_text,
+    send,
+    settings_for,
+    text_of,
+    tui,
+    wait_until,
+)
+
+from mailsink.query import PREFIXES
+from mailsink.store.operations import change_tags, mark_read, run_here
+from mailsink.store.reader import Reader
+from mailsink.tui.app import MailsinkApp
+from mailsink.tui.widgets.dialogs import Help, TextPrompt
+
+ORDER = message(
+    sender="Zoe Quinn <zoe@shop.test>",
+    to="ann@x.test",
+    subject="Order 1014",
+    extra="X-Tags: invoice\r\n",
+)
+WEEKLY = message(sender="news@list.test", to="ann@x.test", subject="Weekly")
+HELLO = message(sender="carl@x.test", to="ann@x.test", subject="Hello")
+
+
+async def _fill(app: MailsinkApp, pilot) -> None:
+    await send(app, "zoe@shop.test", ["ann@x.test"], ORDER)
+    # audit@ is an envelope recipient only (a Bcc): rcpt: finds it, to: does not.
+    await send(app, "news@list.test", ["ann@x.test", "audit@x.test"], WEEKLY)
+    await send(app, "carl@x.test", ["ann@x.test"], HELLO)
+    await wait_until(pilot, lambda: app.main.message_list.count == 3 and rows_loaded(app))
+
+
+def _status(app: MailsinkApp) -> str:
+    return text_of(app.main.status.content)  # type: ignore[arg-type]
+
+
+def _stored(app: MailsinkApp) -> dict[int, tuple[bool, list[str]]]:
+    with Reader(app.sink.path) as reader:
+        return {r.id: (r.seen, r.tags) for r in reader.list_messages(limit=10, offset=0)}
+
+
+def _rows(app: MailsinkApp) -> str:
+    return "\n".join(list_rows(app))
+
+
+def test_search_errors_read_state_and_tags_at_80x24(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db"), size=(80, 24)) as (app, pilot):
+            listing = app.main.message_list
+            box = app.main.query_one("#filter", Input)
+            error = app.main.query_one("#filter-error", Static)
+            await _fill(app, pilot)
+            rows = list_rows(app)
+            assert all("•" in row for row in rows), rows  # new mail is unread
+            assert all(len(row) <= 79 for row in rows)
+            assert "[invoice]" in rows[2] and "Order 1014" in rows[2]  # X-Tags, after the subject
+            await wait_until(pilot, lambda: "3 unread" in _status(app))
+
+            # Prefixes, typed: the list follows (debounced); the status says query and hits.
+            await pilot.press("slash")
+            box.value = "from:zoe"  # as typed (Input.Changed); each key pressed: test_tui.py
+            await wait_until(pilot, lambda: listing.count == 1 and "Order 1014" in _rows(app))
+            assert "1 message matching 'from:zoe'" in screen_text(app)
+            box.value = "rcpt:audit"
+            await wait_until(pilot, lambda: listing.count == 1 and "Weekly" in _rows(app))
+            box.value = "to:audit"
+            await wait_until(pilot, lambda: listing.count == 0 and listing.filter.search)
+
+            # A malformed query: said in place, safely; the list keeps the last good filter.
+            box.value = "to:audit nope:[b]x[/b]\x1b"
+            await wait_until(pilot, lambda: error.has_class("shown"))
+            said = text_of(error.content)  # type: ignore[arg-type]
+            assert "unknown prefix nope:" in said and "[b]x[/b]␛" in said, said
+            assert "\x1b" not in said and listing.filter.search == "to:audit"
+            assert "nope:" in screen_text(app)  # on screen, under the box, at 80x24
+            box.value = "subject:order"
+            await wait_until(pilot, lambda: listing.count == 1 and not error.has_class("shown"))
+            await pilot.press("enter")  # back to the list, the filter kept
+
+            # m toggles the selected message's read state; the row and the count follow.
+            await pilot.press("m")
+            await wait_until(pilot, lambda: "•" not in _rows(app) and "2 unread" in _status(app))
+            assert [seen for seen, _ in _stored(app).values()].count(True) == 1
+            await pilot.press("m")
+            await wait_until(pilot, lambda: "•" in _rows(app) and "3 unread" in _status(app))
+
+            # Tags: t opens the dialog; add one and remove the X-Tags one.
+            await pilot.press("t")
+            await wait_until(pilot, lambda: isinstance(app.screen, TextPrompt))
+            app.screen.query_one(Input).value = "urgent, -invoice"
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: "[urgent]" in _rows(app))
+            assert "[invoice]" not in _rows(app)
+            assert sorted(tags for _, tags in _stored(app).values()) == [[], [], ["urgent"]]
+
+            # is:unread through the box, U (unread only), then M (all read).
+            await pilot.press("slash")
+            box.value = ""
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: listing.count == 3 and not listing.filter.search)
+            first = listing.ids[0]  # read by another process: the store tells the TUI
+            await app.sink.read(lambda r: run_here(r.path, mark_read, [first]))
+            await wait_until(pilot, lambda: _rows(app).count("•") == 2)
+            await pilot.press("U")
+            await wait_until(pilot, lambda: listing.count == 2)
+            assert "unread" in listing.filter.describe()
+            await pilot.press("U", "M")
+            await wait_until(pilot, lambda: listing.count == 3 and "0 unread" in _status(app))
+            assert "•" not in _rows(app)
+            box.value = "is:unread"
+            await pilot.press("slash", "enter")
+            await wait_until(pilot, lambda: listing.count == 0 and listing.filter.search)
+
+    run(scenario)
+
+
+def test_opening_reads_overview_tags_palette_and_help_at_120x40(tmp_path):
+    async def scenario() -> None:
+        async with tui(settings_for(tmp_path / "mail.db")) as (app, pilot):
+            listing, detail = app.main.message_list, app.main.detail
+            await _fill(app, pilot)
+            oldest = listing.ids[0]
+            await app.sink.read(lambda r: run_here(r.path, change_tags, [oldest], add=["signup"]))
+            await wait_until(pilot, lambda: "[invoice] [signup]" in list_rows(app)[2])
+
+            # The Overview shows the tags; enter (full screen) reads the message at once.
+            await pilot.press("end")
+            await wait_until(pilot, lambda: detail.loaded and detail.loaded.record.id == oldest)
+            assert "Tags: invoice, signup" in screen_text(app)
+            assert not _stored(app)[oldest][0]  # shown in the pane: not read yet (3 s)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: _stored(app)[oldest][0])
+            await pilot.press("escape")
+            await wait_until(pilot, lambda: "•" not in list_rows(app)[2])
+            assert "2 unread" in _status(app)
+            # Shown in the pane long enough (here 0.05 s, 3 s by default): read too. The row
+            # passed over on the way is not.
+            detail.read_after = 0.05
+            await pilot.press("home")
+            await wait_until(pilot, lambda: _stored(app)[listing.ids[-1]][0])
+            assert not _stored(app)[listing.ids[1]][0]
+            await wait_until(
+                pilot, lambda: "0 unread" not in _status(app) and "1 unread" in _status(app)
+            )
+
+            # The palette's filters: a finding kind, then a tag (they add to the query).
+            app.main.filter_by("finding:hidden_recipient")
+            await wait_until(pilot, lambda: listing.count == 1 and "Weekly" in _rows(app))
+            app.main.query_one("#filter", Input).value = ""
+            app.main.filter_by("tag:SIGNUP")  # tags compare without regard to case
+            await wait_until(pilot, lambda: listing.count == 1 and "Order" in _rows(app))
+            commands = [c.title for c in app.get_system_commands(app.screen)]
+            assert {"Unread only", "Filter by tag…", "Mark all read"} <= set(commands)
+            assert "Filter by finding: hidden_recipient" in commands
+
+            # ? lists every prefix with its example (made from mailsink.query.PREFIXES).
+            await pilot.press("question_mark", "slash")  # / in the help: the search page
+            await wait_until(pilot, lambda: isinstance(app.screen, Help) and app.screen.search)
+            shown = text_of(
+                app.screen.query_one("VerticalScroll > Static", Static).content, width=200
+            )  # type: ignore[arg-type]
+            for prefix in PREFIXES.values():
+                assert prefix.example in shown, prefix
+
+    run(scenario)
