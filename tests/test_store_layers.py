@@ -48,6 +48,9 @@ def store_imports(tree: ast.Module) -> list[tuple[str, bool]]:
     """The store modules a module imports ("__init__" for the package itself), each with
     whether the import is at the module's top level."""
     top = {id(node) for node in tree.body}
+    for node in tree.body:  # `if TYPE_CHECKING:` at the top: names for the type checker
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            top |= {id(inner) for inner in node.body}
     found = []
     for node in ast.walk(tree):
         names: list[str] = []

@@ -716,7 +716,7 @@ def test_catching_up_on_an_empty_filtered_list_reads_only_new_ids(tmp_path):
             await wait_until(pilot, lambda: listing.count == 1)
             await app.sink.read(lambda r: r.conn.set_trace_callback(None))
             index_reads = [s for s in statements if "group_concat(id)" in s]
-            assert index_reads and all(" id > " in s for s in index_reads), index_reads
+            assert index_reads and all(".id > " in s for s in index_reads), index_reads
 
     run(scenario)
 

@@ -132,7 +132,8 @@ _MIGRATIONS: dict[int, str] = {
     6: """
     -- Read state: 0 until the message is opened (TUI, `mailsink show`, the API's GET).
     ALTER TABLE messages ADD COLUMN seen INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX messages_unread ON messages (id) WHERE seen = 0;
+    -- (status: the unread count, accepted only, is read from the index alone)
+    CREATE INDEX messages_unread ON messages (status) WHERE seen = 0;
     -- What the search indexes hold of it (schema.UNINDEXED, FIELDS_INDEXED, BODY_INDEXED).
     ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX messages_unindexed ON messages (id) WHERE indexed < 2;
