@@ -49,7 +49,7 @@ def store_imports(tree: ast.Module) -> list[tuple[str, bool]]:
     whether the import is at the module's top level."""
     top = {id(node) for node in tree.body}
     for node in tree.body:  # `if TYPE_CHECKING:` at the top: names for the type checker
-        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
             top |= {id(inner) for inner in node.body}
     found = []
     for node in ast.walk(tree):

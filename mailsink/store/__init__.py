@@ -12,12 +12,10 @@ Layers, each importing only those before it in this list:
 - reader: Reader, the read side (schema only; it never writes).
 """
 
-from __future__ import annotations
+import importlib as _importlib
+import typing as _typing
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from mailsink.errors import StoreError, StoreFileError, StoreLocked, WriterLost
     from mailsink.store import operations
     from mailsink.store.facade import Store
@@ -67,12 +65,12 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "operations":
-        return importlib.import_module("mailsink.store.operations")
+        return _importlib.import_module("mailsink.store.operations")
     if name not in _HOMES:
         raise AttributeError(f"module 'mailsink.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
+    value = getattr(_importlib.import_module(_HOMES[name]), name)
     globals()[name] = value
     return value
 
