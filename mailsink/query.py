@@ -109,6 +109,8 @@ _SIZE_UNITS = {
 }
 _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)")
 _AGO_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# The values SQLite's integers hold: a size or a time beyond them means "beyond any message".
+LARGEST = 2**63 - 1
 MAX_TERMS = 64  # a query is typed by a person; past this it is a mistake (or an attack)
 MAX_QUERY = 4096  # characters
 
@@ -221,6 +223,12 @@ def parse_query(text: str, *, now: float | None = None) -> Query:
 
 
 def _term(body: str, typed: str, quoted: bool, now: float) -> Term | None:
+    if "\x00" in typed:
+        raise _error(typed, "a query cannot hold a NUL character")
+    try:
+        typed.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 (a shell argument, JSON's \udcff)
+        raise _error(typed, "not UTF-8 text") from None
     negated = False
     # Only a - or ! typed before the term negates it: "-x" in quotes is the text -x.
     if typed[:1] in ("-", "!") and body[:1] == typed[:1]:
@@ -262,7 +270,12 @@ def _value(prefix: Prefix, value: str, typed: str, now: float) -> object:
             raise _error(typed, f"unknown {prefix.name}; the {what} are {', '.join(allowed)}")
         return lowered
     if kind == NUMBER:
-        if not value.isascii() or not value.isdigit() or int(value) <= 0:
+        if (
+            not value.isascii()
+            or not value.isdigit()
+            or len(value.lstrip("0")) > 19
+            or not 0 < int(value) <= LARGEST
+        ):
             raise _error(typed, f"{prefix.name}: takes a session number, as in {prefix.example}")
         return int(value)
     if kind == SIZE:
@@ -284,32 +297,38 @@ def _size(prefix: Prefix, lowered: str, typed: str) -> int:
         raise _error(
             typed, f"{prefix.name}: takes a size such as 500, 20K, 1.5M or 2MiB (1K = 1024 bytes)"
         )
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    return int(size) if size < LARGEST else LARGEST  # (inf: 400 digits)
+
+
+def _clamped(ms: float) -> int:
+    return int(max(-LARGEST, min(LARGEST, ms)))
 
 
 def _date(prefix: Prefix, value: str, typed: str, now: float) -> int:
     """ms since the epoch: an ISO date or date-time (local time unless it gives an offset),
     today, yesterday, or how long ago (30m, 2h, 1d, 1w)."""
     lowered = value.lower()
-    local = datetime.fromtimestamp(now).astimezone()
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # Local midnight as a naive time, given its own offset only then: on the day the clocks
+    # change, midnight's offset is not the one in force now.
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
     if lowered == "today":
-        return int(midnight.timestamp() * 1000)
+        return int(midnight.astimezone().timestamp() * 1000)
     if lowered == "yesterday":
-        return int((midnight - timedelta(days=1)).timestamp() * 1000)
+        return int((midnight - timedelta(days=1)).astimezone().timestamp() * 1000)
     if match := _AGO.fullmatch(lowered):
-        return int((now - float(match.group(1)) * _AGO_SECONDS[match.group(2)]) * 1000)
+        return _clamped((now - float(match.group(1)) * _AGO_SECONDS[match.group(2)]) * 1000)
     try:
         moment = datetime.fromisoformat(value.upper() if "t" in lowered else value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # local time, as the TUI shows it
+        return _clamped(moment.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):  # (also a date the platform cannot place)
         raise _error(
             typed,
             f"{prefix.name}: takes a date (2026-11-30, 2026-11-30T14:00, today, yesterday)"
             " or how long ago (30m, 2h, 1d, 1w)",
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time, as the TUI shows it
-    return int(moment.timestamp() * 1000)
 
 
 def describe(query: Query) -> str:

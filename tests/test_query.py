@@ -172,3 +172,37 @@ def test_the_readme_table_lists_exactly_the_prefixes():
     rows = re.findall(r"^\| `([a-z-]+):` \| `([^`]+)` \|", section, re.MULTILINE)
     assert [name for name, _ in rows] == list(PREFIXES)
     assert [example for _, example in rows] == [p.example for p in PREFIXES.values()]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["session:99999999999999999999999", "after:0001-01-01", "caf\udce9", "from:a\x00b"],
+)
+def test_values_sqlite_cannot_hold_are_errors_naming_the_term(text):
+    with pytest.raises(QueryError) as error:
+        parse_query(text)
+    assert error.value.term == text
+
+
+def test_sizes_and_times_beyond_any_message_are_the_largest_sqlite_holds():
+    largest = 2**63 - 1
+    assert parse_query("larger:99999999999999999999G").terms[0].value == largest
+    assert parse_query("larger:" + "9" * 400).terms[0].value == largest  # float('9'*400): inf
+    assert parse_query("after:99999999999999999w").terms[0].value == -largest
+
+
+def test_today_is_local_midnight_on_the_days_the_clocks_change(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        for day in ("2026-03-29", "2026-10-25"):  # spring forward, fall back
+            noon = datetime.fromisoformat(f"{day} 12:00").timestamp()
+            today = parse_query("after:today", now=noon).terms[0].value
+            assert datetime.fromtimestamp(today / 1000) == datetime.fromisoformat(day)
+            yesterday = parse_query("after:yesterday", now=noon).terms[0].value
+            assert (today - yesterday) / 3_600_000 in (23, 24, 25)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
