@@ -190,3 +190,22 @@ def downgrade(db: str | Path, version: int) -> None:
             "".join(_UNDO[step] for step in range(SCHEMA_VERSION, version, -1))
             + f"PRAGMA user_version = {version};"
         )
+        if version < 6:  # what insert_message wrote into message_search before schema 6
+            rows = conn.execute("SELECT id, envelope, headers FROM messages").fetchall()
+            conn.executemany(
+                "INSERT OR REPLACE INTO message_search (id, text) VALUES (?, ?)",
+                [(row[0], _old_search_text(row[1], row[2])) for row in rows],
+            )
+            conn.commit()
+
+
+def _old_search_text(envelope_json: str, headers_json: str) -> str:
+    """operations._search_text before schema 6 (git show d6219e6:mailsink/store/operations.py)."""
+    import json
+
+    envelope, headers = json.loads(envelope_json), json.loads(headers_json)
+    parts = [envelope["mail_from"], *envelope["rcpt_to"]]
+    for key in ("from", "to", "cc", "reply_to"):
+        parts += headers[key]
+    parts.append(headers["subject"] or "")
+    return "\n".join(parts).lower()

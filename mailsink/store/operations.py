@@ -18,6 +18,7 @@ import json
 import pickle
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -27,12 +28,13 @@ from mailsink.mail.envelope import Envelope
 from mailsink.mail.findings import findings
 from mailsink.mail.hygiene import hygiene_findings
 from mailsink.mail.parse import parse_headers
-from mailsink.mail.tags import given_tag, header_tags, plus_tags, unique_tags
-from mailsink.mail.text_index import FIELD_COLUMNS, body, fields
+from mailsink.mail.tags import MAX_TAGS, given_tags, header_tags, plus_tags, unique_tags
+from mailsink.mail.text_index import FIELD_COLUMNS, body, fields, fields_of_summary, trimmed
 from mailsink.store.schema import (
     BODY_INDEXED,
     DELETIONS_SINCE,
     FIELDS_INDEXED,
+    MIGRATED,
     SEARCH_SINCE,
     UNINDEXED,
     SessionEvent,
@@ -85,10 +87,12 @@ def has_attachment_hint(raw: bytes) -> bool:
 
 
 # Whether insert_message writes the message's fields into the search index in its own
-# transaction (FIELDS_INDEXED at once) or leaves them to the idle writer like the text. Measured
-# (docs/PERFORMANCE.md, issue 14): at insert they cost the writer 150-175 µs a message and the
-# ingest ratio 1.02-1.08 -> 0.93-0.95; left to the idle pass, ingest is as before. Searches find
-# a message either way: until the index has it, the newest unindexed ones are read (search.py).
+# transaction (FIELDS_INDEXED at once) or leaves them with the text to the extractor process
+# (writer._extractor_main). Measured (docs/PERFORMANCE.md, issue 14): at insert they cost the
+# writer 150-175 µs a message (the fields and the parse of the header lines included) and the
+# ingest ratio 1.02-1.08 -> 0.93-0.95; made by the extractor, the writer's part of a message is
+# insert_index, 0.1-0.15 ms, in a later commit. Searches find a message either way: until the
+# index has it, search.PendingIndex holds it.
 FIELDS_AT_INSERT = False
 
 _FIELDS_INSERT = (
@@ -367,7 +371,25 @@ def _searchable(conn: sqlite3.Connection) -> bool:
     return conn.execute("PRAGMA user_version").fetchone()[0] >= SEARCH_SINCE
 
 
-INDEX_BATCH = 50  # messages per indexing transaction (writer.Writer, when it is idle)
+INDEX_BATCH = 50  # messages per call of index_messages (run_here and tests)
+# What the writer inserts of the extractor's ready rows per transaction (writer._Indexer): at
+# most this many, and no more once this long has gone (an FTS5 row costs 0.1-1 ms to write).
+INSERT_ROWS = 32
+INSERT_BUDGET = 0.002
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """What the search indexes get of one message, made outside the writer's transactions
+    (prepare_index: the MIME parse, 1-2 ms, up to seconds for hostile input)."""
+
+    id: int
+    fields: tuple[str, ...]
+    body: str
+    attachments: str  # file names, one a line
+    has_attachments: bool
+    exact: bool  # the whole MIME tree was parsed: has_attachments replaces the ingest hint
+    tags: tuple[str, ...]  # X-Tags of a message stored before SEARCH_SINCE (schema.MIGRATED)
 
 
 @dataclass(frozen=True)
@@ -381,55 +403,88 @@ def unindexed_count(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM messages WHERE indexed < 2").fetchone()[0]
 
 
+def pending_index(
+    conn: sqlite3.Connection, limit: int, skip: Iterable[int] = ()
+) -> list[tuple[int, str, str, int]]:
+    """(id, envelope, headers, indexed) of the newest `limit` messages the indexes lack, but
+    those in `skip` (on their way already); newest first, so that recent mail is searchable
+    soonest."""
+    skipped = set(skip)
+    rows = conn.execute(
+        "SELECT id, envelope, headers, indexed FROM messages WHERE indexed < 2"
+        " ORDER BY id DESC LIMIT ?",
+        (limit + len(skipped),),
+    ).fetchall()
+    return [row for row in rows if row[0] not in skipped][:limit]
+
+
+def prepare_index(
+    message_id: int, envelope: str, headers: str, indexed: int, raw: bytes
+) -> IndexRow:
+    """The index rows of a message (pure computation: any process, no connection). Its
+    fields come from the summary stored at ingest (`headers`), as search.PendingIndex makes
+    them for a message not indexed yet."""
+    found = fields_of_summary(json.loads(headers), Envelope.from_json(json.loads(envelope)), raw)
+    text = body(raw)
+    tags: tuple[str, ...] = ()
+    if indexed == MIGRATED:
+        tags = tuple(header_tags(parse_headers(trimmed(raw)).x_tags))
+    return IndexRow(
+        message_id,
+        found,
+        text.text,
+        text.attachments,
+        text.has_attachments,
+        text.complete,
+        tags,
+    )
+
+
+def insert_index(conn: sqlite3.Connection, row: IndexRow) -> bool:
+    """Write a prepared row; False if its message is gone (deleted since it was read) or
+    indexed already (so it never gets rows of a message that is not there)."""
+    state = conn.execute("SELECT indexed FROM messages WHERE id = ?", (row.id,)).fetchone()
+    if state is None or state[0] >= BODY_INDEXED:
+        return False
+    conn.execute("DELETE FROM message_fields WHERE rowid = ?", (row.id,))
+    conn.execute(_FIELDS_INSERT, (row.id, *row.fields))
+    conn.execute("DELETE FROM message_body WHERE rowid = ?", (row.id,))
+    conn.execute(
+        "INSERT INTO message_body (rowid, body, attachments) VALUES (?, ?, ?)",
+        (row.id, row.body, row.attachments),
+    )
+    flag = int(row.has_attachments)
+    attachments = "?" if row.exact else "max(attachments, ?)"
+    conn.execute(
+        f"UPDATE messages SET indexed = ?, attachments = {attachments} WHERE id = ?",
+        (BODY_INDEXED, flag, row.id),
+    )
+    if row.tags:
+        conn.executemany(
+            "INSERT OR IGNORE INTO message_tags (message_id, tag) VALUES (?, ?)",
+            [(row.id, tag) for tag in row.tags],
+        )
+    return True
+
+
 def index_messages(
     conn: sqlite3.Connection,
     limit: int = INDEX_BATCH,
     stop: Callable[[], bool] | None = None,
     count_left: bool = False,
 ) -> Indexed:
-    """Put the newest `limit` messages the search indexes lack into them, newest first so that
-    recent mail is searchable soonest: first the fields of those that have none in the index
-    (UNINDEXED: about 0.2 ms each), then, once every message has them, the text and attachment
-    names (1-2 ms each: the MIME parse). `stop()` is asked between messages: True ends the
-    batch there (a request is waiting). Attachment names found make the attachment hint
-    exact."""
+    """Index the newest `limit` messages the search indexes lack, in the caller's transaction
+    (the writer does the parse in a thread of its own instead: writer._Indexer). `stop()` is
+    asked between messages: True ends the batch there."""
+    rows = pending_index(conn, limit)
     done = 0
-    rows = conn.execute(
-        "SELECT id, envelope FROM messages WHERE indexed < 2 AND indexed = 0"
-        " ORDER BY id DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
-    fields_pass = bool(rows)
-    if not fields_pass:
-        rows = conn.execute(
-            "SELECT id, envelope FROM messages WHERE indexed < 2 ORDER BY id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-    for message_id, envelope in rows:
+    for message_id, envelope, headers, indexed in rows:
         if done and stop is not None and stop():
             break
-        row = conn.execute("SELECT raw FROM message_raw WHERE id = ?", (message_id,)).fetchone()
-        raw = bytes(row[0]) if row else b""
-        if fields_pass:
-            found = fields(parse_headers(raw), Envelope.from_json(json.loads(envelope)), raw)
-            conn.execute("DELETE FROM message_fields WHERE rowid = ?", (message_id,))
-            conn.execute(_FIELDS_INSERT, (message_id, *found))
-            conn.execute(
-                "UPDATE messages SET indexed = ? WHERE id = ?", (FIELDS_INDEXED, message_id)
-            )
-        else:
-            text = body(raw)
-            conn.execute("DELETE FROM message_body WHERE rowid = ?", (message_id,))
-            conn.execute(
-                "INSERT INTO message_body (rowid, body, attachments) VALUES (?, ?, ?)",
-                (message_id, text.text, text.attachments),
-            )
-            conn.execute(
-                "UPDATE messages SET indexed = ?, attachments = max(attachments, ?) WHERE id = ?",
-                (BODY_INDEXED, int(bool(text.attachments)), message_id),
-            )
-        done += 1
-    more = fields_pass or len(rows) == limit or done < len(rows)
+        found = conn.execute("SELECT raw FROM message_raw WHERE id = ?", (message_id,)).fetchone()
+        raw = bytes(found[0]) if found else b""
+        done += insert_index(conn, prepare_index(message_id, envelope, headers, indexed, raw))
+    more = len(rows) == limit or done < len(rows)
     left = (unindexed_count(conn) if more else 0) if count_left else None
     return Indexed(done, more, left)
 
@@ -439,20 +494,41 @@ def index_messages(
 # a few at a time. A search never sees them: it looks for messages whose ids the index gives.
 LEFT_BEHIND = ("message_fields", "message_body")
 PURGE_BATCH = 100
+PURGE_PIECE = 8  # rows deleted between two looks at the clock and the channel
+PURGE_BUDGET = 0.005  # seconds of purging per transaction at most (about)
 
 
-def purge_search(conn: sqlite3.Connection, limit: int = PURGE_BATCH) -> int:
+def purge_search(
+    conn: sqlite3.Connection,
+    limit: int = PURGE_BATCH,
+    stop: Callable[[], bool] | None = None,
+    budget: float | None = None,
+) -> int:
     """Delete up to `limit` rows of each LEFT_BEHIND table whose message is gone (ids only
-    grow, so those are the ids below the oldest message's); returns how many went."""
+    grow, so those are the ids below the oldest message's); returns how many went. Stops
+    early, between pieces of PURGE_PIECE rows, once `budget` seconds have gone or `stop()`
+    says a request waits."""
     (oldest,) = conn.execute("SELECT min(id) FROM messages").fetchone()
     below = 9223372036854775807 if oldest is None else oldest
+    started = time.monotonic()
     gone = 0
     for table in LEFT_BEHIND:
-        gone += conn.execute(
-            f"DELETE FROM {table} WHERE rowid IN"
-            f" (SELECT rowid FROM {table} WHERE rowid < ? ORDER BY rowid LIMIT ?)",
-            (below, limit),
-        ).rowcount
+        left = limit
+        while left > 0:
+            piece = min(left, PURGE_PIECE)
+            count = conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN"
+                f" (SELECT rowid FROM {table} WHERE rowid < ? ORDER BY rowid LIMIT ?)",
+                (below, piece),
+            ).rowcount
+            gone += count
+            left -= piece
+            if count < piece:
+                break
+            if (budget is not None and time.monotonic() - started >= budget) or (
+                stop is not None and stop()
+            ):
+                return gone
     return gone
 
 
@@ -540,10 +616,11 @@ def mark_all_read(conn: sqlite3.Connection) -> int:
 
 
 def change_tags_check(add: Iterable[str], remove: Iterable[str]) -> tuple[list[str], list[str]]:
-    """The tags to add and to remove, each cleaned (mail/tags.py) and once. ValueError for one
-    of which nothing is left (a typo is told, not ignored) or one both added and removed."""
-    adding = unique_tags(given_tag(tag) for tag in add)
-    removing = unique_tags(given_tag(tag) for tag in remove)
+    """The tags to add and to remove, each once (mail/tags.py given_tags). ValueError for one
+    that is not a tag as given (a typo is told, not rewritten), more than MAX_TAGS, or one
+    both added and removed."""
+    adding = given_tags(add)
+    removing = given_tags(remove)
     both = {tag.casefold() for tag in adding} & {tag.casefold() for tag in removing}
     if both:
         raise ValueError(f"{sorted(both)[0]!r} is both added and removed")
@@ -558,7 +635,8 @@ def change_tags(
 ) -> int:
     """Add and remove tags (compared without regard to case: adding `Invoice` to a message
     tagged `invoice` changes nothing) on these messages; returns how many messages changed.
-    ValueError for a tag that cleans to nothing or one both added and removed."""
+    ValueError as change_tags_check says, and (nothing changed then, on any message) when a
+    message would hold more than MAX_TAGS."""
     adding, removing = change_tags_check(add, remove)
     _with_read_state(conn)
     changed: set[int] = set()
@@ -577,4 +655,13 @@ def change_tags(
             )
             if added.rowcount:
                 changed.add(message_id)
+        if adding and message_id in changed:
+            (held,) = conn.execute(
+                "SELECT count(*) FROM message_tags WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            if held > MAX_TAGS:  # (the caller's transaction takes back what this wrote)
+                raise ValueError(
+                    f"message {message_id} would have {held} tags: a message holds at most"
+                    f" {MAX_TAGS}; remove some first"
+                )
     return len(changed)

@@ -34,10 +34,11 @@ from mailsink.store.schema import (
 from mailsink.store.search import (
     PENDING_WINDOW,
     Capabilities,
-    PendingMatcher,
+    PendingIndex,
     capabilities,
     compile_query,
     finding_clause,
+    needs_index,
     register_functions,
 )
 
@@ -179,12 +180,13 @@ class Reader:
         self.conn.execute("PRAGMA query_only = ON")
         # The search language's SQL calls back into Python (store/search.py).
         register_functions(self.conn)
-        self._pending = PendingMatcher()
-        self._pending.register(self.conn)
+        self._pending: PendingIndex | None = None  # made at the first text search
         self._caps: Capabilities | None = None
 
     def close(self) -> None:
         self.conn.close()
+        if self._pending is not None:
+            self._pending.close()
 
     @property
     def _columns(self) -> str:
@@ -211,14 +213,20 @@ class Reader:
             self._caps = capabilities(self.conn, self.version, SEARCH_SINCE)
         return self._caps
 
-    def _pending_cutoff(self) -> int:
-        """The oldest id of the messages not indexed yet that a search still covers."""
-        unindexed = "WHERE indexed < 2 " if self.caps.search else ""
-        row = self.conn.execute(
-            f"SELECT id FROM messages {unindexed}ORDER BY id DESC LIMIT 1 OFFSET ?",
-            (PENDING_WINDOW - 1,),
-        ).fetchone()
-        return row[0] if row else 0
+    def _pending_matcher(self, query: Query) -> Any:
+        """PendingIndex.matching, brought up to date once for this statement."""
+        synced = False
+
+        def matching(term: Any) -> list[int]:
+            nonlocal synced
+            if self._pending is None:
+                self._pending = PendingIndex()
+            if not synced:
+                self._pending.sync(self.conn, search=self.caps.search, with_text=needs_index(query))
+                synced = True
+            return self._pending.matching(term)
+
+        return matching
 
     def _filtered(
         self,
@@ -234,11 +242,10 @@ class Reader:
         params: list[Any] = []
         if query:
             compiled = compile_query(
-                query, self.caps, self._pending_cutoff, include_rejected=include_rejected
+                query, self.caps, self._pending_matcher(query), include_rejected=include_rejected
             )
             clauses += compiled.clauses
             params += compiled.params
-            self._pending.terms = compiled.pending
         elif not include_rejected:
             clauses.append("messages.status = 'accepted'")
         if findings_only or finding_kinds:
@@ -327,9 +334,13 @@ class Reader:
         return total - waiting, total
 
     @store_errors
-    def unsearched(self) -> int:
-        """Messages a text search cannot see yet: not indexed, and older than the newest
-        PENDING_WINDOW of those (0 nearly always; a face says so when it is not)."""
+    def unsearched(self, query: Query | None = None) -> int:
+        """Messages `query` (None: any text search) could not fully look into: not indexed yet
+        and older than the newest PENDING_WINDOW of those, when it has words or attachment:
+        (fields are read for every message the index lacks). 0 nearly always; a face says so
+        when it is not."""
+        if query is not None and not needs_index(query):
+            return 0
         indexed, total = self.index_progress()
         return max(0, total - indexed - PENDING_WINDOW)
 

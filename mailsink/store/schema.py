@@ -29,9 +29,12 @@ PROGRESS_SINCE = 4  # the schema version with a live session's state and the ser
 REFUSALS_SINCE = 5  # the schema version with a session's refusals and a rejection's rule
 SEARCH_SINCE = 6  # the schema version with read state, tags and the search indexes
 # messages.indexed: what the search indexes hold of a message (store/search.py)
-UNINDEXED = 0  # nothing yet (new, or stored before SEARCH_SINCE, until the indexer reaches it)
+# Stored before SEARCH_SINCE, nothing indexed yet: the indexer also adds its X-Tags tags (only
+# to these rows, so that a tag a user removed from a newer message never comes back).
+MIGRATED = -1
+UNINDEXED = 0  # nothing yet (new: until the indexer reaches it)
 FIELDS_INDEXED = 1  # its addresses, subject, envelope and headers (operations.FIELDS_AT_INSERT)
-BODY_INDEXED = 2  # ... and its text and attachment names (written when the writer is idle)
+BODY_INDEXED = 2  # ... and its text and attachment names (writer._Indexer)
 
 # Whether this SQLite has FTS5 (None: not asked yet). Without it the search tables are ordinary
 # ones, searched by scans (store/search.py); a test sets False to build a store that way.
@@ -136,6 +139,7 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX messages_unread ON messages (status) WHERE seen = 0;
     -- What the search indexes hold of it (schema.UNINDEXED, FIELDS_INDEXED, BODY_INDEXED).
     ALTER TABLE messages ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET indexed = -1;  -- schema.MIGRATED: its X-Tags are tagged when indexed
     CREATE INDEX messages_unindexed ON messages (id) WHERE indexed < 2;
     -- The attachment hint as a column (it was only in the headers JSON): has:attachment.
     ALTER TABLE messages ADD COLUMN attachments INTEGER NOT NULL DEFAULT 0;
@@ -311,6 +315,13 @@ def _without_fts5(script: str) -> str:
         return f"CREATE TABLE {match.group(1)} (id INTEGER PRIMARY KEY, {typed})"
 
     return _VIRTUAL.sub(table, script)
+
+
+def search_tables(fts: bool) -> list[str]:
+    """The CREATE statements of the search tables (message_fields, message_body) as schema
+    SEARCH_SINCE makes them: FTS5 ones with their tokenizers, or (not `fts`) ordinary ones."""
+    statements = [match.group() for match in _VIRTUAL.finditer(_MIGRATIONS[SEARCH_SINCE])]
+    return statements if fts else [_without_fts5(statement) for statement in statements]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

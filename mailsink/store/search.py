@@ -4,38 +4,38 @@ Every term becomes one condition on a `messages` row that is never NULL, so that
 is exactly the other messages. Text goes to the search indexes (schema 6):
 
 - `message_fields` (FTS5, trigram): addresses and names, subject, Message-ID, the envelope,
-  header lines; written with each message, folded (query.fold). A needle of 3 characters or
+  header lines, folded (query.fold). A needle of 3 characters or
   more is a trigram MATCH (a substring, any case); a shorter one is a scan with instr().
-- `message_body` (FTS5, unicode61, diacritics folded): the text and attachment names, written
-  by the writer when it is idle. A bare word matches a word's start (`"word"*`), a quoted
-  phrase the words together.
+- `message_body` (FTS5, unicode61, diacritics folded): the text and attachment names. Both
+  are written by the writer from rows its extractor process makes. A bare word matches a
+  word's start (`"word"*`), a quoted phrase the words together.
 
-A message the indexes do not hold yet (just arrived in a burst, or stored before schema 6) is
-matched in Python (`PendingMatcher`, SQL function ms_match) from its raw bytes, as the indexes
-would match it: the newest PENDING_WINDOW such messages at most, and `Reader.unsearched` says
-how many are left out. Without FTS5 (schema.fts5_available) the same tables are ordinary ones,
-scanned with the same functions.
+A message the indexes do not hold yet (just arrived, or stored before schema 6) is put into
+an index in memory of the same two tables, with the same tokenizers (`PendingIndex`), and the
+same SQL runs there: a message is found the same way whether or not the store's index holds it.
+Its fields from the summary ingest stored (about 0.1 ms a message): all such messages; its text
+(the MIME parse, 1-2 ms): the newest PENDING_WINDOW of them, and `Reader.unsearched(query)` says
+how many a query with words or attachment: could not look into. Without FTS5
+(schema.fts5_available) the same tables are ordinary ones, scanned with the same functions.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from mailsink.mail.envelope import Envelope
-from mailsink.mail.parse import parse_headers
 from mailsink.mail.tags import clean_tag
 from mailsink.mail.text_index import (
     FIELD_COLUMNS,
+    MAX_HEADER_SCAN,
     OWN_COLUMN,
-    Body,
     body,
-    fields,
+    fields_of_summary,
     has_words,
     words,
 )
@@ -54,11 +54,13 @@ from mailsink.query import (
     Term,
     fold,
 )
+from mailsink.store.schema import fts5_available, search_tables
 
-# Messages not indexed yet that a search still covers, newest first. Their fields cost about
-# 0.25 ms each to read, their text 1.5 ms (the whole MIME parse) the first time; the matcher
-# keeps what it parsed, so the next search (the TUI's, a key later) costs little.
+# Messages not indexed yet whose text a search still covers, newest first: their text costs
+# 1.5 ms each (the whole MIME parse) the first time; PendingIndex keeps it (up to PENDING_BYTES),
+# so the next search (the TUI's, a key later) costs little.
 PENDING_WINDOW = 1000
+PENDING_BYTES = 64 * 1024 * 1024  # of text kept in memory (about: characters)
 
 FIELDS_OF: dict[str, tuple[str, ...]] = {
     "from": ("from_",),
@@ -146,75 +148,131 @@ def header_matches(headers: str, name: str, value: str | None) -> bool:
 # ---- messages the indexes do not hold yet
 
 
-@dataclass
-class _Document:
-    fields: tuple[str, ...]
-    raw: bytes
-    _body: Body | None = field(default=None, repr=False)
-
-    @property
-    def body(self) -> Body:
-        if self._body is None:
-            self._body = body(self.raw)
-        return self._body
-
-
-def term_matches(term: Term, doc: _Document) -> bool:
-    """Whether the message matches `term` (not negated), as the indexes would say."""
-    if term.kind == TEXT:
-        needle = fold(str(term.value))
-        return any(needle in doc.fields[_COLUMN_INDEX[c]] for c in FIELDS_OF[term.prefix])
-    if term.kind == WORDS:
-        text = str(term.value)
-        needle = fold(text)
-        if any(needle in value for value in doc.fields):
-            return True
-        wanted, prefix = words(text), not term.phrase
-        found = doc.body
-        return has_words(found.text, wanted, prefix=prefix) or has_words(
-            found.attachments, wanted, prefix=prefix
-        )
-    if term.kind == GLOB:
-        names = doc.body.attachments.split("\n") if doc.body.attachments else []
-        return any(glob_matches(name, str(term.value)) for name in names)
-    if term.kind == HEADER:
-        name, value = cast("tuple[str, str | None]", term.value)
-        if (column := OWN_COLUMN.get(fold(name))) is not None:
-            text = doc.fields[_COLUMN_INDEX[column]]
-            return bool(text) if value is None else fold(value) in text
-        return header_matches(doc.fields[_COLUMN_INDEX["headers"]], name, value)
-    raise AssertionError(term.kind)
-
-
-class PendingMatcher:
-    """The SQL function ms_match(term number, id, envelope, raw) for the current statement's
-    terms, over messages the indexes do not hold; what it parsed is kept for the next query
-    (the TUI searches again at every key typed)."""
-
-    KEPT = PENDING_WINDOW
+class PendingIndex:
+    """The search tables in memory (schema.search_tables: the same tokenizers) for the messages
+    the store's indexes lack: their fields all, their text the newest PENDING_WINDOW. The
+    compiler runs a term's SQL here too (`matching`), so both paths agree by construction.
+    What it holds stays for the next query; a message indexed since (or deleted) leaves it."""
 
     def __init__(self) -> None:
-        self.terms: list[Term] = []
-        self._documents: collections.OrderedDict[int, _Document] = collections.OrderedDict()
+        fts = fts5_available()
+        self.caps = Capabilities(True, fts)
+        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        self.conn.isolation_level = None
+        for statement in search_tables(fts):
+            self.conn.execute(statement)
+        self.conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, attachments INTEGER)")
+        register_functions(self.conn)
+        self.waiting = 0  # messages the store's indexes lack (at the last sync)
+        self._fields: set[int] = set()
+        self._bodies: dict[int, int] = {}  # id -> characters kept, oldest kept first
+        self._size = 0
 
-    def register(self, conn: sqlite3.Connection) -> None:
-        conn.create_function("ms_match", 4, self._match, deterministic=True)
+    def close(self) -> None:
+        self.conn.close()
 
-    def _document(self, message_id: int, envelope: str, raw: bytes | None) -> _Document:
-        doc = self._documents.get(message_id)
-        if doc is not None:
-            self._documents.move_to_end(message_id)
-            return doc
-        data = bytes(raw or b"")
-        envelope_ = Envelope.from_json(json.loads(envelope))
-        doc = _Document(fields(parse_headers(data), envelope_, data), data)
-        self._documents[message_id] = doc
-        if len(self._documents) > self.KEPT:
-            self._documents.popitem(last=False)
-        return doc
+    def sync(self, store: sqlite3.Connection, *, search: bool, with_text: bool) -> None:
+        """Make it hold what the store's indexes lack now (`search`: the store has them)."""
+        where = " WHERE indexed < 2" if search else ""
+        ids = [row[0] for row in store.execute(f"SELECT id FROM messages{where} ORDER BY id DESC")]
+        self.waiting = len(ids)
+        current = set(ids)
+        mem = self.conn
+        mem.execute("BEGIN")
+        try:
+            gone = [i for i in self._fields if i not in current]
+            gone += [i for i in self._bodies if i not in current and i not in self._fields]
+            self._drop(gone)
+            new = [i for i in ids if i not in self._fields]
+            for start in range(0, len(new), 500):
+                self._add_fields(store, new[start : start + 500])
+            if with_text:
+                window = ids[:PENDING_WINDOW]
+                for message_id in window:
+                    if message_id not in self._bodies:
+                        self._add_body(store, message_id)
+                self._bound(set(window))
+            mem.execute("COMMIT")
+        except BaseException:
+            mem.execute("ROLLBACK")
+            self._fields.clear()
+            self._bodies.clear()
+            self._size = 0
+            for table in ("message_fields", "message_body", "messages"):
+                mem.execute(f"DELETE FROM {table}")
+            raise
 
-    def _match(self, term_no: int, message_id: int, envelope: str, raw: bytes | None) -> int:
-        return int(term_matches(self.terms[term_no], self._document(message_id, envelope, raw)))
+    def _drop(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for table in ("message_fields", "message_body"):
+                self.conn.execute(f"DELETE FROM {table} WHERE rowid IN ({marks})", chunk)
+            self.conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+        for message_id in ids:
+            self._fields.discard(message_id)
+            self._size -= self._bodies.pop(message_id, 0)
+
+    def _add_fields(self, store: sqlite3.Connection, ids: list[int]) -> None:
+        marks = ",".join("?" * len(ids))
+        rows = store.execute(
+            f"SELECT id, envelope, headers FROM messages WHERE id IN ({marks})", ids
+        ).fetchall()
+        columns = ", ".join(FIELD_COLUMNS)
+        insert = (
+            f"INSERT INTO message_fields (rowid, {columns}) VALUES (?{', ?' * len(FIELD_COLUMNS)})"
+        )
+        for message_id, envelope, headers in rows:
+            head = _read_raw(store, message_id, MAX_HEADER_SCAN + 4)
+            found = fields_of_summary(
+                json.loads(headers), Envelope.from_json(json.loads(envelope)), head
+            )
+            self.conn.execute(insert, (message_id, *found))
+            self._fields.add(message_id)
+
+    def _add_body(self, store: sqlite3.Connection, message_id: int) -> None:
+        raw = _read_raw(store, message_id, None)
+        text = body(raw)
+        self.conn.execute(
+            "INSERT INTO message_body (rowid, body, attachments) VALUES (?, ?, ?)",
+            (message_id, text.text, text.attachments),
+        )
+        self.conn.execute(
+            "INSERT OR REPLACE INTO messages (id, attachments) VALUES (?, ?)",
+            (message_id, int(text.has_attachments)),
+        )
+        size = len(text.text) + len(text.attachments)
+        self._bodies[message_id] = size
+        self._size += size
+
+    def _bound(self, window: set[int]) -> None:
+        """At most PENDING_BYTES of text: what is outside the window goes first."""
+        if self._size <= PENDING_BYTES:
+            return
+        for message_id in [i for i in self._bodies if i not in window] + sorted(self._bodies):
+            if self._size <= PENDING_BYTES:
+                break
+            if message_id in self._bodies:
+                self._size -= self._bodies.pop(message_id)
+                self.conn.execute("DELETE FROM message_body WHERE rowid = ?", (message_id,))
+
+    def matching(self, term: Term) -> list[int]:
+        """The ids of the messages held here that match `term` (not negated)."""
+        compiler = _Compiler(self.caps)
+        sources = compiler.sources(term)
+        if not sources:
+            return []
+        sql = " UNION ".join(sources)
+        return [row[0] for row in self.conn.execute(sql, compiler.params)]
+
+
+def _read_raw(store: sqlite3.Connection, message_id: int, size: int | None) -> bytes:
+    """The first `size` bytes of a message (None: all), without reading the rest."""
+    try:
+        with store.blobopen("message_raw", "raw", message_id, readonly=True) as blob:
+            return blob.read(-1 if size is None else size)
+    except sqlite3.OperationalError:  # (deleted since)
+        return b""
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
@@ -245,11 +303,12 @@ def register_functions(conn: sqlite3.Connection) -> None:
 
 
 def needs_index(query: Query) -> bool:
-    """Whether `query` has a term the search indexes answer (text, words, attachment names,
-    headers): one that can miss a message beyond the window read while the index is behind
-    (Reader.unsearched), so a face says so when that is not 0."""
+    """Whether `query` has a term that looks into the text or attachment names: one that can
+    miss a message beyond the PENDING_WINDOW read while the index is behind
+    (Reader.unsearched), so a face says so when that is not 0. (Fields are read for every
+    message the index lacks.)"""
     return any(
-        term.kind in (WORDS, GLOB, HEADER) or (term.kind == TEXT and term.prefix in FIELDS_OF)
+        (term.kind == WORDS and words(str(term.value))) or term.kind == GLOB
         for term in query.conditions
     )
 
@@ -261,21 +320,13 @@ def needs_index(query: Query) -> bool:
 class Compiled:
     clauses: list[str]
     params: list[Any]
-    pending: list[Term]  # ms_match's terms, by number
 
 
 class _Compiler:
-    def __init__(self, caps: Capabilities, cutoff: Callable[[], int]):
+    def __init__(self, caps: Capabilities, pending: Callable[[Term], list[int]] | None = None):
         self.caps = caps
-        self._cutoff = cutoff  # the oldest id of the pending window (computed when needed)
-        self._cut: int | None = None
+        self._pending_ids = pending  # the ids of messages the store's index lacks that match
         self.params: list[Any] = []
-        self.pending: list[Term] = []
-
-    def cutoff(self) -> int:
-        if self._cut is None:
-            self._cut = self._cutoff()
-        return self._cut
 
     def param(self, value: Any) -> str:
         self.params.append(value)
@@ -283,20 +334,38 @@ class _Compiler:
 
     # Sources of ids, UNIONed into `messages.id IN (...)`: a subquery SQLite drives the search by.
 
-    def _pending(self, term: Term, *, fields_only: bool) -> str:
-        """The ids of the pending window that match `term` in Python."""
-        self.pending.append(term)
-        number = len(self.pending) - 1
-        if not self.caps.search:
-            condition = "1"  # an old store: nothing is indexed
-        else:
-            condition = "p.indexed < 2" + (" AND p.indexed = 0" if fields_only else "")
-        since = self.param(self.cutoff())
-        return (
-            f"SELECT p.id FROM messages AS p WHERE {condition} AND p.id >= {since}"
-            f" AND ms_match({number}, p.id, p.envelope,"
-            " (SELECT raw FROM message_raw WHERE message_raw.id = p.id))"
-        )
+    def _pending(self, term: Term) -> str | None:
+        """The messages the store's indexes lack that match `term` (PendingIndex)."""
+        if self._pending_ids is None:
+            return None
+        ids = self._pending_ids(term)
+        if not ids:
+            return None
+        return f"SELECT value FROM json_each({self.param(json.dumps(ids))})"
+
+    def sources(self, term: Term) -> list[str]:
+        """The searches of the indexes that give the messages matching a text term."""
+        kind, prefix, value = term.kind, term.prefix, term.value
+        if kind == TEXT:
+            return [self._fields(FIELDS_OF[prefix], fold(str(value)))]
+        if kind == WORDS:
+            text = str(value)
+            found = [self._fields(FIELD_COLUMNS, fold(text))]
+            if (words_source := self._body_words(text, term.phrase)) is not None:
+                found.append(words_source)
+            return found
+        if kind == GLOB:
+            return [self._glob(str(value))]
+        if kind == HEADER:
+            name, wanted = cast("tuple[str, str | None]", value)
+            return [self._header(name, wanted)]
+        raise AssertionError(term.kind)
+
+    def _text(self, term: Term) -> str:
+        found = self.sources(term) if self.caps.search else []
+        if (pending := self._pending(term)) is not None:
+            found.append(pending)
+        return self._among(found) if found else "0"
 
     def _fields(self, columns: tuple[str, ...], needle: str) -> str:
         if self.caps.fts and len(needle) >= 3:
@@ -360,10 +429,8 @@ class _Compiler:
     def condition(self, term: Term) -> str:
         kind, prefix, value = term.kind, term.prefix, term.value
         search = self.caps.search
-        if kind == TEXT and prefix in FIELDS_OF:
-            needle = fold(str(value))
-            sources = [self._fields(FIELDS_OF[prefix], needle)] if search else []
-            return self._among([*sources, self._pending(term, fields_only=True)])
+        if (kind == TEXT and prefix in FIELDS_OF) or kind in (WORDS, GLOB, HEADER):
+            return self._text(term)
         if kind == TEXT and prefix in SESSION_COLUMNS:
             column = SESSION_COLUMNS[prefix]
             needle = self.param(fold(str(value)))
@@ -371,21 +438,6 @@ class _Compiler:
                 "messages.session_id IN (SELECT id FROM sessions"
                 f" WHERE instr(ms_fold({column}), {needle}) > 0)"
             )
-        if kind == WORDS:
-            text = str(value)
-            sources = []
-            if search:
-                sources.append(self._fields(FIELD_COLUMNS, fold(text)))
-                if (words_source := self._body_words(text, term.phrase)) is not None:
-                    sources.append(words_source)
-            return self._among([*sources, self._pending(term, fields_only=False)])
-        if kind == GLOB:
-            sources = [self._glob(str(value))] if search else []
-            return self._among([*sources, self._pending(term, fields_only=False)])
-        if kind == HEADER:
-            name, wanted = cast("tuple[str, str | None]", value)
-            sources = [self._header(name, wanted)] if search else []
-            return self._among([*sources, self._pending(term, fields_only=True)])
         if kind == EXACT:  # tag:
             if not search:
                 return "0"
@@ -449,12 +501,16 @@ STATUS_SQL = {
 
 
 def compile_query(
-    query: Query, caps: Capabilities, cutoff: Callable[[], int], *, include_rejected: bool
+    query: Query,
+    caps: Capabilities,
+    pending: Callable[[Term], list[int]] | None,
+    *,
+    include_rejected: bool,
 ) -> Compiled:
     """The WHERE clauses (ANDed) and parameters of `query`. `include_rejected` widens the
-    default status (accepted) to any, as `list --all` does; `cutoff()` gives the oldest id of
-    the pending window, asked only if a term needs it."""
-    compiler = _Compiler(caps, cutoff)
+    default status (accepted) to any, as `list --all` does; `pending(term)` gives the ids of
+    the messages the store's indexes lack that match a text term (PendingIndex.matching)."""
+    compiler = _Compiler(caps, pending)
     status = query.status
     if status == "accepted" and include_rejected:
         status = "any"
@@ -464,7 +520,7 @@ def compile_query(
         clauses.append(f"NOT ({condition})" if term.negated else f"({condition})")
         if term.kind == DATE and not term.negated and caps.search:
             clauses.append(_id_bound(term, compiler))
-    return Compiled(clauses, compiler.params, compiler.pending)
+    return Compiled(clauses, compiler.params)
 
 
 def _id_bound(term: Term, compiler: _Compiler) -> str:

@@ -37,7 +37,19 @@ from collections.abc import Callable
 from typing import Any
 
 from mailsink.errors import StoreError, WriterLost
-from mailsink.store.operations import Operation, index_messages, kept_size, purge_search
+from mailsink.store.operations import (
+    INSERT_BUDGET,
+    INSERT_ROWS,
+    PURGE_BUDGET,
+    IndexRow,
+    Operation,
+    index_messages,
+    insert_index,
+    kept_size,
+    pending_index,
+    prepare_index,
+    purge_search,
+)
 from mailsink.store.schema import connect, user_facing
 from mailsink.store.spawn import Spawner
 from mailsink.store.wire import BrokenFrame, Frames, frame
@@ -49,9 +61,10 @@ STOP_TIMEOUT = 60.0  # seconds for it to finish what is queued when the store cl
 # Writes nobody waits for (a session's start and end) wait this long for one that somebody
 # does, so that they share its commit instead of paying an fsync of their own.
 LAZY_COMMIT = 0.05
-# The search index's text is written when the writer is idle: nothing has arrived for this long
-# (seconds), then a batch at a time, the channel looked at between messages.
-INDEX_IDLE = 0.05
+# The search indexes' rows are made by a process of the writer's (_extractor_main: the MIME
+# parse, never inside a transaction) and written by the writer a few at a time, in each of its
+# commits and when it is idle. Rows made and not written yet: about this many at most.
+READY_ROWS = 64
 INDEX_PROGRESS_EVERY = 10.0  # seconds between the log's lines about a big backlog
 
 # What goes over the socket (framed by wire.py). To the process: (id, operation, urgent),
@@ -75,9 +88,11 @@ def writer_main(path: str, max_messages: int, channel: socket.socket) -> None:
     """The writer process: open the store, then commit what arrives until told to stop."""
     # Ctrl-C in a terminal reaches the whole process group; the server decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Forked before this process opens the store: a fork's SQLite would share its locks.
+    extractor = _start_extractor(path, channel)
     channel.setblocking(True)
     try:
-        writer = Writer(connect(path), max_messages, channel, path)
+        writer = Writer(connect(path), max_messages, channel, path, extractor)
     except (sqlite3.Error, StoreError) as error:
         channel.sendall(b"".join(frame(("failed", str(error)))))
         return
@@ -89,7 +104,12 @@ class Writer:
     """Runs operations in batches: those waiting together commit together."""
 
     def __init__(
-        self, conn: sqlite3.Connection, max_messages: int, channel: socket.socket, path: str = ""
+        self,
+        conn: sqlite3.Connection,
+        max_messages: int,
+        channel: socket.socket,
+        path: str = "",
+        extractor: tuple[socket.socket, int] | None = None,
     ):
         self._conn = conn
         self.path = path  # for errors that name the store's file
@@ -112,27 +132,29 @@ class Writer:
         )
         self._cut: tuple[int, int, int] | None = None  # for the next answer
         self._limits = 0  # max_messages changes read, told with each answer (see WriterProcess)
-        self._indexer = _Indexer(conn, path)
+        self._indexer = _Indexer(conn, path, extractor)
 
     def run(self) -> None:
         batch: list[tuple[int, Operation, bool]] = []
         urgent = stopping = False
         deadline = 0.0  # when the oldest waiting operation that nobody awaits must commit
-        quiet_from = 0.0  # when the writer may index: nothing has arrived since INDEX_IDLE
+        indexer = self._indexer
         while not stopping:
             if batch:
                 timeout: float | None = max(0.0, deadline - time.monotonic())
-            elif self._indexer.pending:
-                timeout = max(0.0, quiet_from - time.monotonic())
+            elif indexer.has_work():
+                timeout = 0.0
             else:
                 timeout = None
-            requests = self._waiting(timeout)
+            watched = [self._channel, *indexer.watched]
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if len(readable) > (self._channel in readable):
+                indexer.receive()
+            requests = self._waiting(0.0) if self._channel in readable else []
             if requests is None:  # the server is gone: nothing more can arrive
                 break
-            if requests:
-                quiet_from = time.monotonic() + INDEX_IDLE
-            elif not batch and self._indexer.pending:
-                self._indexer.step(self._arrived)
+            if not requests and not batch:
+                indexer.step(self._arrived)
                 continue
             refused: list[Result] = []
             for request in requests:
@@ -159,9 +181,10 @@ class Writer:
             if batch and (urgent or time.monotonic() >= deadline):
                 self._answer(self._commit(batch))
                 batch, urgent = [], False
-                self._indexer.pending = True  # (finding nothing to index is cheap)
+                indexer.committed()
         if batch:
             self._answer(self._commit(batch))
+        indexer.close()
         self._conn.close()
 
     def _waiting(self, timeout: float | None) -> list[Any] | None:
@@ -237,6 +260,7 @@ class Writer:
                 self._messages.prune(conn, self.max_messages),
                 self._sessions.prune(conn, self.max_messages),
             )
+            self._indexer.piggyback(conn)
             conn.execute("COMMIT")
             self.commits += 1
             if any(cut):
@@ -263,51 +287,262 @@ class Writer:
         return request_id, outcome, None
 
 
+def _extractor_main(path: str, sock: socket.socket) -> None:
+    """The extractor process: makes the index rows of the messages the indexes lack
+    (operations.prepare_index), newest first, with a read-only connection of its own, and sends
+    them to the writer, which writes them (_Indexer). The MIME parse (1-2 ms a message, up to a
+    second for hostile input) thus runs on another core, never in the writer's transactions
+    nor holding its GIL. Its socket's buffer bounds what is made ahead: a send waits while the
+    writer has READY_ROWS unwritten. Ends when the writer closes the socket (or dies)."""
+    sock.setblocking(True)
+    try:
+        conn = connect(path)
+        conn.execute("PRAGMA query_only = ON")
+    except (sqlite3.Error, StoreError) as error:
+        log.error("search index: %s", user_facing(error, path))
+        return
+    frames = Frames()
+    handed: set[int] = set()  # sent, and maybe not committed yet
+    poked = True
+    while True:
+        sock.settimeout(0 if poked else None)
+        try:
+            data = sock.recv(_READ_SIZE)
+        except (BlockingIOError, TimeoutError):
+            data = None
+        except OSError:
+            return
+        if data == b"":
+            return  # the writer is gone
+        for item in frames.feed(data) if data else ():
+            if item == ("poke",):
+                poked = True
+            elif isinstance(item, tuple) and item[0] == "dropped":
+                handed.difference_update(item[1])
+        if not poked:
+            continue
+        try:
+            made = _make_rows(conn, sock, handed)
+        except sqlite3.Error as error:
+            log.error("search index: %s", user_facing(error, path))
+            made = 0
+        except OSError:
+            return
+        if not made:
+            sock.sendall(b"".join(frame(("caught_up",))))
+            poked = False
+
+
+_PAGE = 16  # messages the extractor looks up at a time
+
+
+def _start_extractor(path: str, channel: socket.socket) -> tuple[socket.socket, int] | None:
+    """Fork the extractor process (_extractor_main); None if it cannot be."""
+    ours, theirs = socket.socketpair()
+    try:
+        pid = os.fork()
+    except OSError as error:
+        log.error("search index: no indexing process: %s", error)
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ours.close()
+            channel.close()  # the server sees the writer's end when the writer goes
+            _extractor_main(path, theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    ours.setblocking(False)
+    return ours, pid
+
+
+def _make_rows(conn: sqlite3.Connection, sock: socket.socket, handed: set[int]) -> int:
+    if handed:  # those written (or deleted) since are done with
+        marks = ",".join("?" * len(handed))
+        handed &= {
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM messages WHERE id IN ({marks}) AND indexed < 2", list(handed)
+            )
+        }
+    made = 0
+    for message_id, envelope, headers, indexed in pending_index(conn, _PAGE, handed):
+        found = conn.execute("SELECT raw FROM message_raw WHERE id = ?", (message_id,)).fetchone()
+        if found is None:
+            continue  # deleted since
+        row = prepare_index(message_id, envelope, headers, indexed, bytes(found[0]))
+        handed.add(message_id)
+        sock.settimeout(None)
+        sock.sendall(b"".join(frame(("row", row))))
+        made += 1
+    return made
+
+
 class _Indexer:
-    """Fills the search index's text (operations.index_messages) while the writer is idle, a
-    batch per transaction; says how far a big backlog has come every INDEX_PROGRESS_EVERY s.
-    With nothing to index, it purges the index rows of messages retention and `clear` removed
-    (operations.purge_search)."""
+    """Writes the rows the extractor process makes (_extractor_main) into the search indexes:
+    a few in each commit of the writer's (so the index keeps up under steady traffic) and more
+    when it is idle, a bounded piece per transaction; says how far a big backlog has come every
+    INDEX_PROGRESS_EVERY s. With nothing left to index, it purges the index rows of messages
+    retention and `clear` removed (operations.purge_search), a few milliseconds at a time."""
 
     TOLD = 1000  # a backlog bigger than this is logged (a small burst is not news)
 
-    def __init__(self, conn: sqlite3.Connection, path: str):
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, extractor: tuple[socket.socket, int] | None
+    ):
         self._conn = conn
         self.path = path
-        self.pending = True  # there may be messages to index (a migrated store has them all)
+        self.ready: collections.deque[IndexRow] = collections.deque()
+        self.caught_up = False  # the extractor found nothing more to make (at its last look)
+        self._frames = Frames()
+        self._purge = True  # there may be index rows of deleted messages
+        self._unindexed = True  # (without an extractor) messages may wait for the index
         self._total = 0  # the backlog when this run of indexing began (for the log)
         self._done = 0
         self._told = 0.0
+        self.sock: socket.socket | None
+        # (None: no extractor; then the writer parses in its idle time, as a last resort.)
+        self.sock, self._pid = extractor if extractor is not None else (None, 0)
+
+    @property
+    def watched(self) -> list[socket.socket]:
+        """The extractor's socket, while there is room for what it sends."""
+        return [self.sock] if self.sock is not None and len(self.ready) < READY_ROWS else []
+
+    def has_work(self) -> bool:
+        if self.sock is None and self._unindexed:
+            return True
+        return bool(self.ready) or (self._purge and self.caught_up)
+
+    def receive(self) -> None:
+        """Takes what the extractor has sent (up to READY_ROWS rows waiting)."""
+        while self.sock is not None and len(self.ready) < READY_ROWS:
+            try:
+                data = self.sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                log.error("search index: the indexing process ended; new mail is not indexed")
+                self._close_socket()
+                return
+            for item in self._frames.feed(data):
+                if isinstance(item, tuple) and item[0] == "row":
+                    self.ready.append(item[1])
+                    self.caught_up = False
+                elif item == ("caught_up",):
+                    self.caught_up = True
+
+    def _send(self, item: Any) -> None:
+        if self.sock is None:
+            return
+        # Never waits: a full buffer holds pokes enough already.
+        with contextlib.suppress(BlockingIOError, OSError):
+            self.sock.send(b"".join(frame(item)))
+
+    def committed(self) -> None:
+        """After each commit of operations: new messages, or deletions, may be there."""
+        self._purge = self._unindexed = True
+        self.caught_up = False
+        self._send(("poke",))
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def close(self) -> None:
+        self._close_socket()  # the extractor ends at its next look at its socket
+        if self._pid:
+            # It only reads: nothing is lost if a long parse is cut short.
+            deadline = time.monotonic() + 0.05
+            while os.waitpid(self._pid, os.WNOHANG)[0] == 0:
+                if time.monotonic() >= deadline:
+                    os.kill(self._pid, signal.SIGKILL)
+                    os.waitpid(self._pid, 0)
+                    break
+                time.sleep(0.005)
+            self._pid = 0
+
+    def _insert(self, conn: sqlite3.Connection, stop: Callable[[], bool] | None) -> int:
+        started, done, taken = time.monotonic(), 0, []
+        try:
+            for _ in range(INSERT_ROWS):
+                if not self.ready or time.monotonic() - started >= INSERT_BUDGET:
+                    break
+                if done and stop is not None and stop():
+                    break
+                row = self.ready.popleft()
+                taken.append(row.id)
+                done += insert_index(conn, row)
+        except BaseException:
+            self._send(("dropped", taken))  # made again later
+            raise
+        return done
+
+    def piggyback(self, conn: sqlite3.Connection) -> None:
+        """A few ready rows in a commit of the writer's, in a savepoint of their own: a failure
+        takes nothing else with it."""
+        if not self.ready:
+            return
+        conn.execute("SAVEPOINT ix")
+        try:
+            self._done += self._insert(conn, None)
+        except Exception as error:
+            conn.execute("ROLLBACK TO ix")
+            log.error("search index: %s", user_facing(error, self.path))
+        conn.execute("RELEASE ix")
 
     def step(self, stop: Callable[[], bool]) -> None:
+        """When the writer is idle: ready rows, else (all made) the purge, one transaction."""
         conn = self._conn
-        now = time.monotonic()
-        # The backlog is counted when indexing begins and when progress is told, not per batch.
-        count = not self._total or now - self._told >= INDEX_PROGRESS_EVERY
+        alone = self.sock is None and self._unindexed  # no extractor: parse here, a few
+        ready = bool(self.ready) or alone
+        if not ready and not (self._purge and self.caught_up):
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = index_messages(conn, stop=stop, count_left=count)
-                purged = 0 if result.more else purge_search(conn)
+                if alone:
+                    result = index_messages(conn, limit=8, stop=stop)
+                    done, purged, self._unindexed = result.done, 0, result.more
+                    self.caught_up = not result.more
+                elif ready:
+                    done, purged = self._insert(conn, stop), 0
+                else:
+                    done, purged = 0, purge_search(conn, stop=stop, budget=PURGE_BUDGET)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         except Exception as error:  # the disk is full, ...: tried again after the next commit
             log.error("search index: %s", user_facing(error, self.path))
-            self.pending = False
+            self._purge = False
             return
-        self._done += result.done
-        if result.left is not None:
-            if not self._total:
-                self._total, self._told = self._done + result.left, now
-            elif self._total > self.TOLD:
-                log.info("search index: %d of %d messages", self._done, self._total)
-                self._told = now
-        if not result.more:
+        if not ready:
+            self._purge = purged > 0
+        self._done += done
+        self._progress()
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        finished = self.caught_up and not self.ready
+        if self._total and now - self._told < INDEX_PROGRESS_EVERY and not finished:
+            return
+        (left,) = self._conn.execute("SELECT count(*) FROM messages WHERE indexed < 2").fetchone()
+        if not self._total:
+            if left:
+                self._total, self._told = self._done + left, now
+            return
+        if left and self._total > self.TOLD:
+            log.info("search index: %d of %d messages", self._done, self._total)
+            self._told = now
+        elif not left:
             if self._total > self.TOLD:
                 log.info("search index: all %d messages indexed", self._done)
-            self.pending = purged > 0
             self._total = self._done = 0
 
 
