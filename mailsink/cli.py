@@ -189,19 +189,30 @@ def list_messages(
             include_rejected=include_rejected,
             finding_kinds=kinds,
         )
-        # The newest messages the index has not reached are searched by reading them; only
-        # beyond those can a body word go unfound.
-        if query is not None and query.needs_body and reader.unsearched():
-            indexed, total = reader.index_progress()
-            click.echo(
-                f"mailsink: the search index covers {indexed} of {total} messages;"
-                " body words in the rest were not all searched",
-                err=True,
-            )
+        # Exactly when this query may have missed a message the index has not reached yet.
+        if query is not None and (missed := reader.unsearched(query)):
+            click.echo(_unsearched_notice(reader, missed), err=True)
     if as_json:
         _print_json([r.summary_json() for r in records])
     else:
         click.echo(output.message_table(records))
+
+
+def _unsearched_notice(reader: Any, missed: int) -> str:
+    from mailsink.store.schema import SEARCH_SINCE
+
+    were = "was" if missed == 1 else "were"
+    messages = f"{missed} message{'s' * (missed != 1)}"
+    if reader.version < SEARCH_SINCE:  # only a server migrates: the index is not there at all
+        return (
+            f"mailsink: {messages} {were} not fully searched: this store has no search index"
+            f" yet (schema {reader.version}; a server of this version builds it)"
+        )
+    indexed, total = reader.index_progress()
+    return (
+        f"mailsink: {messages} {'is' if missed == 1 else 'are'} not in the search index yet and"
+        f" {were} not fully searched (the index covers {indexed} of {total})"
+    )
 
 
 def _query(text: str | None) -> Query | None:
@@ -218,9 +229,11 @@ def _query(text: str | None) -> Query | None:
 
 def _finding_kinds(given: tuple[str, ...]) -> list[str]:
     """The kinds named with --findings (a bare --findings names none), each one of KINDS."""
+    kinds = [kind for kind in given if kind]
+    if not kinds:
+        return kinds  # (findings.py imports the MIME parser: not for a list that needs none)
     from mailsink.mail.findings import KINDS
 
-    kinds = [kind for kind in given if kind]
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown:
         raise click.UsageError(
@@ -288,21 +301,33 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
 def _mark_shown_read(reader: Any, message_id: int) -> bool:
     """Record that the message was shown; whether it is now read. A store that cannot record
     it is shown all the same: a read-only file (an archive, someone else's store) silently,
-    any other failure (a lock held too long, damage) with one line on stderr."""
+    any other failure (a lock held too long, damage, a trigger of another program's that
+    refuses) with one line on stderr."""
+    import sqlite3
+
     from mailsink.errors import StoreError
     from mailsink.store import operations, run_here
     from mailsink.store.schema import SEARCH_SINCE
     from mailsink.text import visible
 
-    if reader.version < SEARCH_SINCE or not os.access(reader.path, os.W_OK):
+    if reader.version < SEARCH_SINCE or not _writable(reader.path):
         return False  # (an older store keeps no read state until a server migrates it)
     try:
         # This process is no server: its own transaction, taking turns with a server's writer.
         run_here(reader.path, operations.mark_read, [message_id])
-    except StoreError as error:
+    except (StoreError, sqlite3.Error) as error:
         click.echo(f"mailsink: message {message_id} stays unread: {visible(str(error))}", err=True)
         return False
     return True
+
+
+def _writable(path: str) -> bool:
+    """Whether the store file may be written: for root, os.access says yes to any file, so its
+    mode says too (a `chmod 444` archive stays as it is, for root as for anyone)."""
+    try:
+        return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def _message_ids(reader: Any, idents: tuple[str, ...]) -> list[int]:
@@ -333,7 +358,8 @@ def tag(
 ) -> None:
     """Add or remove tags on messages; prints each message's tags afterwards.
 
-    A tag keeps letters, digits, spaces and - _ . @ (anything else becomes a space)."""
+    A tag holds ASCII letters, digits, spaces and - _ . @ (as Mailpit's); a message, 50 tags at
+    most."""
     from mailsink.store import operations, run_here
     from mailsink.text import visible
 
@@ -349,7 +375,10 @@ def tag(
         path = reader.path
     found = [message_id for message_id in wanted if message_id in before]
     if found:
-        run_here(path, operations.change_tags, found, add, remove)
+        try:
+            run_here(path, operations.change_tags, found, add, remove)
+        except ValueError as error:  # a message would hold too many: nothing was changed
+            raise CliError(f"tag: {error}") from None
         with _reader(config, db) as reader:
             after = reader.messages_by_id(found)
         for message_id in found:

@@ -5,33 +5,38 @@ Every string that comes from a message or a session passes through `visible`.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import re
-from typing import Any
-
-from rich.cells import cell_len
+from typing import TYPE_CHECKING, Any
 
 from mailsink.clock import iso_ms, local_time
-from mailsink.config import Settings
-from mailsink.mail.parse import MimePart, ParsedMessage
-from mailsink.store.reader import MessageRecord, SessionRecord
 from mailsink.text import BEYOND_C0, characters, visible, visible_block
 from mailsink.units import format_bytes
+
+if TYPE_CHECKING:  # (their modules are imported by what made the values)
+    from mailsink.config import Settings
+    from mailsink.mail.parse import MimePart, ParsedMessage
+    from mailsink.store.reader import MessageRecord, SessionRecord
 
 # Valid in JSON text, but each either moves or hides text when shown (text.INVISIBLE: C1
 # controls, the line and paragraph separators, bidirectional controls, zero-width characters,
 # tags) or cannot be printed at all (lone surrogates, what undecodable header bytes leave). They
 # occur inside strings only; json.dumps escapes C0 controls itself.
 _JSON_ESCAPED = re.compile(f"[{BEYOND_C0}\ud800-\udfff]")
-# Each as json.dumps spells it in ASCII: \\uXXXX, a surrogate pair beyond the BMP.
-_JSON_ESCAPES = {ord(c): json.dumps(c)[1:-1] for c in characters(BEYOND_C0 + "\ud800-\udfff")}
+
+
+@functools.cache
+def _json_escapes() -> dict[int, str]:
+    """Each as json.dumps spells it in ASCII: \\uXXXX, a surrogate pair beyond the BMP. (Made
+    when first needed: 3000 characters, 10 ms, that most outputs never hold.)"""
+    return {ord(c): json.dumps(c)[1:-1] for c in characters(BEYOND_C0 + "\ud800-\udfff")}
 
 
 def to_json(data: Any) -> str:
     """JSON for a terminal: readable UTF-8, with what could disguise or drive it escaped."""
     text = json.dumps(data, indent=2, ensure_ascii=False)
-    return text.translate(_JSON_ESCAPES) if _JSON_ESCAPED.search(text) else text
+    return text.translate(_json_escapes()) if _JSON_ESCAPED.search(text) else text
 
 
 def _cut(text: str, width: int) -> str:
@@ -277,6 +282,8 @@ def wrap_cells(text: str, width: int, indent: str = "", later: str = "") -> list
     """textwrap.wrap by terminal cells, not characters: a wide (CJK) character takes two. A word
     goes whole onto the line it fits on; one wider than any line fills the line it starts on and
     goes on in the next (as textwrap breaks long words)."""
+    from rich.cells import cell_len  # (only sessions wrap: not imported for messages)
+
     lines: list[str] = []
     line, used, empty = indent, cell_len(indent), True
     longest = width - cell_len(later)  # the widest word a line of its own holds
@@ -305,6 +312,8 @@ def wrap_cells(text: str, width: int, indent: str = "", later: str = "") -> list
 
 def _cut_cells(text: str, width: int) -> str:
     """The longest start of `text` that takes at most `width` cells."""
+    from rich.cells import cell_len
+
     while cell_len(text) > width:
         text = text[: -max(1, (cell_len(text) - width) // 2)]
     return text
@@ -332,6 +341,8 @@ def transcript(record: SessionRecord) -> str:
 
 def settings_text(settings: Settings) -> str:
     """The effective configuration, TOML-like, then the fault rules in the order they are tried."""
+    import dataclasses
+
     lines = [f"# {settings.source}: valid", ""]
     for section in ("smtp", "storage", "auth", "tls", "validation", "faults", "tags"):
         lines.append(f"[{section}]")

@@ -362,10 +362,11 @@ class Sink:
     async def change_tags(
         self, message_ids: Iterable[int], add: Iterable[str] = (), remove: Iterable[str] = ()
     ) -> int:
-        """Add and remove tags on these messages (cleaned as mail/tags.py cleans them; removing
-        ignores case); returns how many messages changed. ValueError, before anything is
-        written, for a tag of which nothing is left once cleaned, or one both added and
-        removed."""
+        """Add and remove tags on these messages (removing ignores case); returns how many
+        messages changed. ValueError, before anything is written, for a tag that is not one as
+        given (mail/tags.py given_tag), more than MAX_TAGS of them, or one both added and
+        removed; ValueError too, nothing written, when a message would hold more than
+        MAX_TAGS."""
         ids, adding, removing = tuple(message_ids), list(add), list(remove)
         # Checked here too, so that a typo costs the writer no failed operation.
         operations.change_tags_check(adding, removing)

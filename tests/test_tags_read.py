@@ -70,11 +70,11 @@ def test_read_state_is_a_writer_operation_told_to_subscribers(served):
         assert events.next() == MessagesChanged((3,))
 
 
-def test_tags_are_cleaned_and_compared_without_regard_to_case(served):
+def test_tags_are_compared_without_regard_to_case_and_never_rewritten(served):
     sink = served.sink
     assert sink is not None
     with served.events(MessagesChanged) as events:
-        assert served._call(sink.change_tags([4], add=["Invoice", "q4/2026", "Invoice"])) == 1
+        assert served._call(sink.change_tags([4], add=["Invoice", " q4  2026", "Invoice"])) == 1
         assert events.next() == MessagesChanged((4,))
         assert _tags(served, 4) == ["Invoice", "q4 2026"]
         assert served._call(sink.change_tags([4, 1], add=["INVOICE"])) == 1  # only 1 changed
@@ -89,6 +89,13 @@ def test_tags_are_cleaned_and_compared_without_regard_to_case(served):
         with pytest.raises(ValueError, match="'ok' is both added and removed"):
             served._call(sink.change_tags([4], add=["ok"], remove=["OK"]))
         assert served._call(sink.change_tags([999], add=["ghost"])) == 0
+        with pytest.raises(ValueError, match="'Straße' is not a tag: tags hold ASCII letters"):
+            served._call(sink.change_tags([4], add=["Straße"]))  # not silently "Stra e"
+        many = [f"t{number}" for number in range(50)]
+        # In the writer process: a message that would hold 51 tags takes none of them.
+        with pytest.raises(ValueError, match=r"message 4 would have 51 tags: .* at most 50"):
+            served._call(sink.change_tags([1, 4], add=many))
+        assert _tags(served, 1) == []
         with pytest.raises(TimeoutError):
             events.next(timeout=0.05)  # nothing changed since: nothing told
     assert _tags(served, 4) == ["q4 2026"]  # a refused change wrote nothing

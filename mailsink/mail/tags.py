@@ -1,7 +1,9 @@
 """Tags: labels on a message, from its X-Tags header, from plus-addresses (opt-in), or added
-by hand (TUI, `mailsink tag`). Cleaned as Mailpit cleans them, so that a tag means the same
-in both: letters, digits, space, - _ . @ only (anything else becomes a space), spaces
-collapsed, at most MAX_TAG characters; compared without regard to case.
+by hand (TUI, `mailsink tag`). Those from a message are cleaned as Mailpit cleans them, so that
+a tag means the same in both: ASCII letters, digits, space, - _ . @ only (anything else becomes
+a space), spaces collapsed, at most MAX_TAG characters. One given by hand that cleaning would
+change is refused instead (`Straße` would become `Stra e`): told, not silently rewritten.
+Compared without regard to case; a message holds at most MAX_TAGS.
 """
 
 from __future__ import annotations
@@ -46,8 +48,28 @@ def plus_tags(addresses: Iterable[str]) -> list[str]:
 
 
 def given_tag(text: str) -> str:
-    """A tag given by hand (TUI, CLI), cleaned; ValueError when nothing is left of it."""
-    cleaned = clean_tag(text)
-    if not cleaned:
-        raise ValueError(f"{text!r} is not a tag: a tag has letters, digits, spaces and - _ . @")
-    return cleaned
+    """A tag given by hand (TUI, CLI), without the spaces around it or doubled inside it;
+    ValueError for one that cleaning would change otherwise (a character Mailpit's tags do not
+    hold, more than MAX_TAG characters) or empty."""
+    tidy = " ".join(text.split())
+    quoted = repr(text) if len(text) <= 40 else f"{text[:40]!r}…"  # one line, however long
+    if not tidy or _INVALID.search(text):
+        raise ValueError(
+            f"{quoted} is not a tag: tags hold ASCII letters, digits, spaces and - _ . @"
+            " (as Mailpit's)"
+        )
+    if len(tidy) > MAX_TAG:
+        raise ValueError(f"{quoted} is not a tag: a tag has at most {MAX_TAG} characters")
+    return tidy
+
+
+def given_tags(texts: Iterable[str]) -> list[str]:
+    """Tags given by hand, each once (the first spelling, case aside); ValueError for one that
+    is not a tag (given_tag) or for more than MAX_TAGS of them, which no message can hold."""
+    seen: dict[str, str] = {}
+    for text in texts:
+        tag = given_tag(text)
+        seen.setdefault(tag.casefold(), tag)
+    if len(seen) > MAX_TAGS:
+        raise ValueError(f"{len(seen)} tags given: a message holds at most {MAX_TAGS}")
+    return list(seen.values())
