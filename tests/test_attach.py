@@ -472,6 +472,7 @@ def _status_row(app: MailsinkApp) -> str:
 
 @ui_test
 def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_path):
+    from rich.cells import cell_len
     from tui_support import tui
 
     db = tmp_path / "projects" / "some-client" / "staging-environment" / "mailsink.db"
@@ -489,14 +490,20 @@ def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_pa
 
         async def attached() -> None:
             async with tui(settings_for(db), attach=True, size=(80, 24)) as (app, pilot):
-                await wait_until(pilot, lambda: "served by" in status(app), timeout=3)
+                await wait_until(
+                    pilot, lambda: "unread" in status(app) and "127.0" in status(app), timeout=3
+                )
+                # Never cut: mailsink, the count and the limit; then the unread count; the
+                # server's address whole ("served by" gives way first), the path cut at its
+                # start: exactly 80 cells, one `…`.
                 row = _status_row(app)
-                assert row.rstrip().endswith("30 messages (limit 20)"), row
-                assert f"served by 127.0.0.1:{port} +1" in row and "sink.db" in row
+                tail = f" · 127.0.0.1:{port} +1  │  30 messages (limit 20) · 30 unread"
+                assert row.endswith(tail) and cell_len(row) == 80, row
+                assert row.startswith(" mailsink  …") and row.count("…") == 1, row
                 app.main.status.progress(progress)
                 await pilot.pause()
-                row = _status_row(app)
-                assert f"30 messages (limit 20)  {progress}" in row and "…" in row, row
+                row = _status_row(app)  # the progress too: the place goes, not half of it
+                assert row.rstrip() == f" mailsink   │  {tail.split('│  ')[1]}  {progress}", row
 
         run(attached)
     finally:
@@ -508,15 +515,17 @@ def test_at_80_columns_the_status_line_keeps_the_count_limit_and_progress(tmp_pa
         async with tui(settings_for(db, config), size=(80, 24)) as (app, pilot):
             server = app.sink.server
             assert server is not None and len(server.addresses) == 2
-            await pilot.pause()
+            await wait_until(pilot, lambda: "unread" in status(app))
             row = _status_row(app)
             first = f"SMTP 127.0.0.1:{server.addresses[0][1]} +1"
-            assert row.startswith(f" mailsink  {first}  │  30 messages (limit 20)  │  "), row
+            assert row.startswith(f" mailsink  {first}  │  30 messages (limit 20) · 30 unread"), row
+            assert "…" not in row  # `faults: off` does not fit: left out, not cut to `f…`
             app.main.status.progress(progress)
+            app.main.status.index_note = "index 40,000/100,000"  # the first to give way
+            app.main.status.redraw()
             await pilot.pause()
-            row = _status_row(app)  # the progress first: the address gives way, marked
-            assert row.startswith(" mailsink  SMTP 127.0.0."), row
-            assert f"…  │  30 messages (limit 20)  {progress}" in row, row
+            row = _status_row(app)
+            assert row.rstrip() == f" mailsink   │  30 messages (limit 20) · 30 unread  {progress}"
 
     run(own)
 

@@ -27,6 +27,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mailsink.config import Settings
+from mailsink.errors import StoreError
 from mailsink.events import (
     ConfigRejected,
     ConfigReloaded,
@@ -247,7 +248,7 @@ class MailsinkApp(App[None]):
             try:
                 while not await listing.catch_up():
                     pass  # overtaken by a reload: look again
-            except sqlite3.Error as error:  # e.g. the store is locked: say so, look again soon
+            except (sqlite3.Error, StoreError) as error:  # e.g. locked: say so, look again soon
                 self.notify(f"store: {error}", severity="error", markup=False, timeout=3)
                 if not self._retrying:
                     self._retrying = True

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
+import time
 from array import array
 from dataclasses import replace
 from functools import partial
@@ -18,16 +20,24 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
+from textual.worker import Worker
 
 from mailsink.errors import QueryError, StoreError
 from mailsink.events import RulesChanged
-from mailsink.query import parse_query
+from mailsink.query import Query, parse_query
 from mailsink.sink import Sink
 from mailsink.store.reader import Reader
+from mailsink.store.schema import SEARCH_SINCE
 from mailsink.text import visible
 from mailsink.tui.widgets.dialogs import Confirm, PathPrompt, TextPrompt
 from mailsink.tui.widgets.message_detail import MessageDetail
-from mailsink.tui.widgets.message_list import ListFilter, MessageList, heading_line
+from mailsink.tui.widgets.message_list import (
+    Cancel,
+    ListFilter,
+    MessageList,
+    heading_line,
+    interrupted,
+)
 from mailsink.tui.widgets.status import StatusLine
 
 UNDO_SECONDS = 5.0  # how long `u` can bring a deleted message back
@@ -36,11 +46,19 @@ UNDO_SECONDS = 5.0  # how long `u` can bring a deleted message back
 FILTER_DEBOUNCE = 0.2
 INDEX_BACKLOG = 500  # unindexed messages the status line tells of whatever the query
 INDEX_POLL_SECONDS = 1.0  # how often the index's progress is looked at while it grows
+# The counts at most this often: while a backlog is indexed the writer commits several times a
+# second (each a StoreChanged), and counting 100 000 messages takes ~90 ms of the reader thread.
+COUNTS_SECONDS = 1.0
+NO_READ_STATE = (
+    "This store has no read state or tags: it was written by an older mailsink"
+    " (a mailsink server of this version adds them when it opens the store)."
+)
 # What a store that refuses a change raises: SQLite's own errors read here (attached), the
 # writer's as StoreError.
 STORE_FAILURES = (sqlite3.Error, StoreError)
 
 log = logging.getLogger("mailsink")
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def tag_changes(answer: str) -> tuple[list[str], list[str]]:
@@ -115,10 +133,21 @@ class MainScreen(Screen[None]):
         self._bulk: tuple[array[int], int] | None = None  # its ids not known deleted, and total
         self._index_told = False  # "index N/M" said once for a query that needs the body
         self._index_timer: Timer | None = None  # polls the index's progress while it grows
-        # The last counts read (unread, index progress, unsearched), and the list's store_mark
+        self._asked_unsearched = ""  # the query the Reader was last asked `unsearched` for
+        # The last counts read (unread or None, index progress), and the list's store_mark
         # then: a new filter needs no new count.
-        self._last_counts: tuple[int, tuple[int, int], int] | None = None
+        self._last_counts: tuple[int | None, tuple[int, int]] | None = None
         self._counted: tuple[int, int] | None = None
+        self.counts_every = COUNTS_SECONDS
+        self.counts_read = 0  # how many times the counts were read (the tests look)
+        self._counts_at = -COUNTS_SECONDS  # time.monotonic() of the last
+        self._counts_timer: Timer | None = None  # a count asked for within the second
+        # The list's filter loads: the one being read, and the newest asked for meanwhile
+        # (typing on overtakes both: the running read is stopped, the waiting one replaced).
+        self._loading: tuple[ListFilter, Cancel] | None = None
+        self._wanted: ListFilter | None = None
+        self._loader: Worker[None] | None = None  # the worker that loads them, while it runs
+        self._store_error = False  # what #filter-error shows is the store's failure
 
     def compose(self) -> ComposeResult:
         yield StatusLine(self.sink, id="status")
@@ -149,8 +178,9 @@ class MainScreen(Screen[None]):
         self.status.redraw()
         if self.sink.faults is not None:  # faults switched on or off change the status line
             self._follow_rules()
-        self.run_worker(self.message_list.reload(), group="index")
-        self.refresh_counts()
+        self._wanted = self.message_list.filter
+        self._loader = self._load_filters()
+        self.request_counts()
 
     @work(group="rules")
     async def _follow_rules(self) -> None:
@@ -166,29 +196,50 @@ class MainScreen(Screen[None]):
     def _opened(self, event: MessageList.Opened) -> None:
         from mailsink.tui.screens.message import MessageScreen
 
-        self.app.push_screen(MessageScreen(self.sink, event.message_id))
+        read_state = self.message_list.read_state
+        self.app.push_screen(MessageScreen(self.sink, event.message_id, read_state=read_state))
 
     @on(MessageList.Changed)
     def _counts(self) -> None:
-        self.status.shown = self.message_list.count
-        self.status.filter_text = self.message_list.filter.describe()
-        if self.message_list.store_mark != self._counted:
-            self.refresh_counts()  # mail came or went
+        listing = self.message_list
+        self.status.shown = listing.count
+        self.status.filter_text = listing.filter.describe()
+        with contextlib.suppress(NoMatches):  # (closing)
+            self.detail.read_state = listing.read_state
+        if listing.store_mark != self._counted:
+            self.request_counts()  # mail came or went
         else:  # a new filter: the counts stand, and the rows' page goes first on the reader
             self._show_counts()
         self.status.redraw()
 
+    def request_counts(self) -> None:
+        """The counts read again: now, or a second after the last read (mail arriving fast,
+        or another process committing, asks many times a second)."""
+        if self._counts_timer is not None:
+            return  # one is due
+        wait = max(0.01, self._counts_at + self.counts_every - time.monotonic())  # (0: refused)
+        self._counts_timer = self.set_timer(wait, self._counts_due)
+
+    def _counts_due(self) -> None:
+        self._counts_timer = None
+        self._counts_at = time.monotonic()
+        self.refresh_counts()
+
     @work(group="counts", exclusive=True)
     async def refresh_counts(self) -> None:
-        """The unread count and how far the search index is, for the status line: on the
-        reader thread, the newest call only (mail arriving fast asks many times)."""
+        """The unread count and how far the search index is, for the status line, in one read
+        on the reader thread."""
 
-        def counts(reader: Reader) -> tuple[int, tuple[int, int], int]:
+        def counts(reader: Reader) -> tuple[int | None, tuple[int, int]]:
             progress = reader.index_progress()
-            unsearched = reader.unsearched() if progress[0] < progress[1] else 0
-            return reader.unread_count(), progress, unsearched
+            unread = reader.unread_count() if reader.version >= SEARCH_SINCE else None
+            return unread, progress
 
-        mark = self.message_list.store_mark
+        try:
+            mark = self.message_list.store_mark
+        except NoMatches:
+            return  # the app is closing
+        self.counts_read += 1
         try:
             self._last_counts = await self.sink.read(counts)
         except STORE_FAILURES:
@@ -200,7 +251,7 @@ class MainScreen(Screen[None]):
     def _show_counts(self) -> None:
         if self._last_counts is None:
             return
-        unread, (indexed, total), unsearched = self._last_counts
+        unread, (indexed, total) = self._last_counts
         status = self.status
         status.unread = unread
         note = ""
@@ -211,28 +262,56 @@ class MainScreen(Screen[None]):
             # matters to a query that looks into the body.
             if total - indexed >= INDEX_BACKLOG or needs_body:
                 note = f"index {indexed:,}/{total:,}"
-            if needs_body and unsearched and not self._index_told:
-                self._index_told = True
-                self.notify(
-                    f"The search index has {indexed:,} of {total:,} messages so far: words in"
-                    f" {unsearched:,} older ones are not found until it has them.",
-                    timeout=6,
-                )
+            search = self.message_list.filter.search
+            if query and not self._index_told and search != self._asked_unsearched:
+                self._asked_unsearched = search  # once per query, not once a second
+                self._tell_unsearched(query, indexed, total)
             if self._index_timer is None:  # the progress moves without an event to say so
-                self._index_timer = self.set_interval(INDEX_POLL_SECONDS, self.refresh_counts)
+                self._index_timer = self.set_interval(INDEX_POLL_SECONDS, self.request_counts)
         elif self._index_timer is not None:
             self._index_timer.stop()
             self._index_timer = None
         status.index_note = note
         status.redraw()
 
+    @work(group="unsearched", exclusive=True)
+    async def _tell_unsearched(self, query: Query, indexed: int, total: int) -> None:
+        """Once: that some messages could not be searched (not indexed yet) for `query`."""
+        try:
+            unsearched = await self.sink.read(lambda r: r.unsearched(query))
+        except STORE_FAILURES:
+            return
+        if unsearched and not self._index_told:
+            self._index_told = True
+            self.notify(
+                f"The search index has {indexed:,} of {total:,} messages so far: {unsearched:,}"
+                " older ones were not searched for every term until it has them.",
+                timeout=6,
+            )
+
     def messages_changed(self, message_ids: tuple[int, ...]) -> None:
         """Read state or tags changed (here, or in another process: `message_ids` empty)."""
-        self.message_list.rows_changed(message_ids)
-        detail = self.detail
-        if not message_ids or detail.message_id in message_ids:
-            detail.refresh_state()  # (one that is cached is looked at again when shown)
-        self.refresh_counts()
+        self._refresh_states(message_ids)
+        self.request_counts()
+
+    @work(group="row-state")
+    async def _refresh_states(self, message_ids: tuple[int, ...]) -> None:
+        """The rows on screen that changed, and the detail if its message did."""
+        try:
+            detail = self.detail
+            shown = detail.message_id
+            found = await self.message_list.rows_changed(message_ids, also=shown)
+        except STORE_FAILURES:
+            return  # the list's own reads say what is wrong
+        except NoMatches:
+            return  # the app is closing
+        loaded = detail.loaded
+        if shown is None or shown != detail.message_id or loaded is None:
+            return  # (one being loaded reads its record anyway)
+        state = found.get(shown)
+        record = loaded.record
+        if state is not None and (state.seen, state.tags) != (record.seen, record.tags):
+            detail.refresh_state()
 
     async def action_detail(self, action: str) -> None:
         await self.detail.run_action(action)
@@ -261,7 +340,14 @@ class MainScreen(Screen[None]):
             self.message_list.focus()
 
     @on(Input.Changed, "#filter")
-    def _filter_typed(self) -> None:
+    def _filter_typed(self, event: Input.Changed) -> None:
+        # The box draws what it holds as it is: a pasted ESC or NUL would reach the terminal.
+        # No query needs one (a tab is a space).
+        cleaned = _CONTROLS.sub("", event.value.replace("\t", " "))
+        if cleaned != event.value:
+            event.input.value = cleaned  # (another Changed follows)
+            self.notify("Control characters were left out of the search.", timeout=3)
+            return
         if self._filter_timer is not None:
             self._filter_timer.stop()
         self._filter_timer = self.set_timer(FILTER_DEBOUNCE, self._apply_filter)
@@ -286,13 +372,77 @@ class MainScreen(Screen[None]):
             error.update(Text(visible(said)))  # a Text: not read as markup
             error.add_class("shown")
             return
+        if query is not None and not query.terms:  # a lone `"`, `-` or `!`: nothing asked
+            text, query = "", None
+        self._store_error = False
         error.remove_class("shown")
         error.update("")
         self._set_filter(replace(self.message_list.filter, search=text, query=query))
 
     def _set_filter(self, wanted: ListFilter) -> None:
-        if wanted != self.message_list.filter:
-            self.run_worker(self.message_list.reload(wanted), group="index")
+        """At most one list read at a time, and one waiting: a newer filter replaces the one
+        waiting and stops the one being read (one search per pause in typing, not a queue of
+        them on the reader thread, each as slow as the last)."""
+        loading = self._loading
+        if loading is not None:
+            if wanted == loading[0]:
+                self._wanted = None  # what is being read is what is wanted
+            else:
+                self._wanted = wanted
+                loading[1].cancelled = True
+        elif self._loader is not None:  # started, not reading yet: it takes this one
+            self._wanted = wanted
+        elif wanted != self.message_list.filter:
+            self._wanted = wanted
+            self._loader = self._load_filters()
+
+    @work(group="filter")
+    async def _load_filters(self) -> None:
+        listing = self.message_list
+        try:
+            await self._load_wanted(listing)
+        finally:
+            self._loader = None
+
+    async def _load_wanted(self, listing: MessageList) -> None:
+        while (wanted := self._wanted) is not None:
+            self._wanted = None
+            if listing.loaded and wanted == listing.filter:
+                continue  # back to what is shown (the read that was to change it stopped)
+            cancel = Cancel()
+            self._loading = (wanted, cancel)
+            try:
+                await listing.reload(wanted, cancel=cancel)
+            except STORE_FAILURES as error:
+                if not interrupted(error):  # (else overtaken: the next one is on its way)
+                    self._show_store_error(error)
+            else:
+                if self._store_error:
+                    self._clear_store_error()
+            finally:
+                self._loading = None
+
+    async def reload_list(self) -> None:
+        """The list read again (after an undo or a deletion); a store failure is said under
+        the filter box and the list stays as it was."""
+        try:
+            await self.message_list.reload()
+        except STORE_FAILURES as error:
+            self._show_store_error(error)
+
+    def _show_store_error(self, error: Exception) -> None:
+        with contextlib.suppress(NoMatches):
+            shown = self.query_one("#filter-error", Static)
+            self._store_error = True
+            shown.update(Text(visible(f"The store failed to list the messages: {error}")))
+            shown.add_class("shown")
+
+    def _clear_store_error(self) -> None:
+        self._store_error = False
+        with contextlib.suppress(NoMatches):
+            shown = self.query_one("#filter-error", Static)
+            shown.remove_class("shown")
+            shown.update("")
 
     def action_findings_only(self) -> None:
         current = self.message_list.filter
@@ -326,8 +476,17 @@ class MainScreen(Screen[None]):
 
     # ---- read state and tags
 
+    def _no_read_state(self) -> bool:
+        """An older store (attached, no server has migrated it): said, rather than tried."""
+        if self.message_list.read_state:
+            return False
+        self.notify(NO_READ_STATE, severity="warning", timeout=5)
+        return True
+
     def action_toggle_read(self) -> None:
         """`m`: the selected message read if unread, else unread."""
+        if self._no_read_state():
+            return
         listing = self.message_list
         message_id = listing.selected_id
         row = listing.row(message_id) if message_id is not None else None
@@ -344,6 +503,8 @@ class MainScreen(Screen[None]):
 
     @work(group="actions")
     async def action_mark_all_read(self) -> None:
+        if self._no_read_state():
+            return
         try:
             changed = await self.sink.mark_all_read()
         except STORE_FAILURES as error:
@@ -353,6 +514,8 @@ class MainScreen(Screen[None]):
 
     def action_tags(self) -> None:
         """`t`: tags to add, and `-tag` to remove, comma-separated."""
+        if self._no_read_state():
+            return
         listing = self.message_list
         message_id = listing.selected_id
         if message_id is None:
@@ -360,7 +523,10 @@ class MainScreen(Screen[None]):
         row = listing.row(message_id)
         question = Text(f"Tags of message {message_id}: ")
         question.append(row.tags if row is not None and row.tags else "(none)", "bold")
-        question.append("\nAdd tags, or remove them with -tag (comma-separated):")
+        question.append(
+            "\nAdd tags, or remove them with -tag (comma-separated; ASCII letters, digits,"
+            " spaces and - _ . @, as Mailpit's):"
+        )
 
         async def chosen(answer: str | None) -> None:
             if not answer:
@@ -399,7 +565,7 @@ class MainScreen(Screen[None]):
         timer.stop()
         listing = self.message_list
         listing.release([message_id])
-        await listing.reload()
+        await self.reload_list()
         if listing.select_id(message_id):
             self.notify(f"Message {message_id} is back", timeout=2)
         else:
@@ -418,7 +584,7 @@ class MainScreen(Screen[None]):
                 f"Message {message_id} not deleted: {error}", severity="error", markup=False
             )
             listing.release([message_id])
-            await listing.reload()
+            await self.reload_list()
             return
         listing.release([message_id], deletions=1)
 
@@ -516,7 +682,7 @@ class MainScreen(Screen[None]):
             status.progress("")
         self._bulk = None
         listing.release(ids)  # those not deleted come back with the reload
-        await listing.reload()
+        await self.reload_list()
         if error is not None:
             self.notify(
                 f"Deleted {deleted:,} of {total:,} messages, then: {error}",

@@ -50,14 +50,18 @@ class MessageTitle(Static):
 class MessageScreen(Screen[None]):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
-    def __init__(self, sink: Sink, message_id: int) -> None:
+    def __init__(self, sink: Sink, message_id: int, *, read_state: bool = True) -> None:
+        """`read_state`: False for a store older than read state (opening reads nothing)."""
         super().__init__()
         self.sink = sink
         self.message_id = message_id
+        self.read_state = read_state
 
     def compose(self) -> ComposeResult:
         yield MessageTitle(self.message_id, id="message-title", classes="title")
-        yield MessageDetail(self.sink, read_after=0, id="full-detail")  # opened: read
+        detail = MessageDetail(self.sink, read_after=0, id="full-detail")  # opened: read
+        detail.read_state = self.read_state
+        yield detail
         yield Footer()
 
     def on_mount(self) -> None:

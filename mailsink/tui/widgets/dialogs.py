@@ -121,7 +121,7 @@ KEYS = (
     ("U", "only unread messages (on/off)"),
     ("m", "mark the selected message read / unread (enter, or 3 s shown, reads it)"),
     ("M", "mark every message read"),
-    ("t", "tags of the selected message: add, or remove with -tag"),
+    ("t", "tags of the selected message: add, or -tag removes (ASCII letters, digits, - _ . @)"),
     ("d", "delete the selected message (u brings it back within 5 s)"),
     ("u", "undo the last d"),
     ("D", "delete the listed messages (all, without a filter); asks first"),
@@ -147,11 +147,12 @@ KEYS = (
 def search_help() -> list[tuple[str, str | Text]]:
     """The search language's rows of the help: every prefix of mailsink.query.PREFIXES with
     its example, made from it (as README's table is)."""
+    # No heading row: the key column is as wide as its widest cell, and the dialog's heading
+    # says it already.
     rows: list[tuple[str, str | Text]] = [
-        ("Search (/ on the list)", ""),
         (
             "words",
-            Text.assemble("subject, addresses, names, envelope, text  ", _e('zoe "track it"')),
+            Text.assemble("subject, addresses, envelope, text  ", _e('zoe "track it"')),
         ),
         ("- or !", Text.assemble("before a term: not; all terms must match  ", _e("-tag:done"))),
     ]
@@ -168,7 +169,8 @@ def _e(example: str) -> tuple[str, str]:
 
 
 def _table(rows: Iterable[tuple[str, str | Text]]) -> Table:
-    table = Table(box=None, show_header=False, padding=(0, 2))
+    # No padding at the edges: at 80x24 a key's meaning and its example fit on one line.
+    table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for key, what in rows:
@@ -207,7 +209,7 @@ class Help(ModalScreen[None]):
     def _show(self) -> None:
         rows: Iterable[tuple[str, str | Text]]
         if self.search:
-            heading, rows, other = "mailsink search (/)", search_help(), "the keys"
+            heading, rows, other = "mailsink search (/ on the list)", search_help(), "the keys"
         else:
             heading, rows, other = "mailsink keys", KEYS, "search prefixes"
         self.query_one("#help-heading", Label).update(Text(heading, "bold"))

@@ -314,6 +314,7 @@ class MessageDetail(Vertical):
         self.read_after = read_after
         self._read_timer: Timer | None = None
         self._read_for: int | None = None  # the message this showing marks (or marked) read
+        self.read_state = True  # False: the store is older than read state (nothing to mark)
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="tabs"):
@@ -419,7 +420,7 @@ class MessageDetail(Vertical):
             self.query_one("#parts-tree", Tree).clear()
             return
         overview.update(loaded.overview)
-        if not loaded.record.seen and self._read_for != loaded.record.id:
+        if self.read_state and not loaded.record.seen and self._read_for != loaded.record.id:
             # Once per showing: reloaded after `m` marked it unread, it stays unread.
             self._read_for = loaded.record.id
             if self.read_after:

@@ -6,10 +6,11 @@ thread when they come into view, and kept in a small LRU cache. Rendering a line
 
 from __future__ import annotations
 
+import sqlite3
 from array import array
 from bisect import bisect_left
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -28,7 +29,8 @@ from textual.strip import Strip
 from mailsink.query import FLAG, Query, Term
 from mailsink.sink import Sink
 from mailsink.store.reader import Reader
-from mailsink.tui.rows import Row, cut, fit_addresses, gone, row_of
+from mailsink.store.schema import SEARCH_SINCE
+from mailsink.tui.rows import Row, cut, fit_addresses, gone, row_of, tag_text
 
 PAGE = 100  # rows fetched together
 CACHE_ROWS = 2000
@@ -57,7 +59,7 @@ class ListFilter:
         if self.search:
             parts.append(f"matching {self.search!r}")
         if self.unread_only:
-            parts.append("unread")
+            parts.append("unread only")
         if self.findings_only:
             parts.append("with findings")
         return " ".join(parts)
@@ -245,6 +247,65 @@ def _rows(reader: Reader, ids: list[int]) -> dict[int, Row]:
     return {i: row_of(records[i]) if i in records else gone(i) for i in ids}
 
 
+# Read state and tags of some messages, in one small query: what another process's commit may
+# have changed (a row's other fields never change).
+_STATE_SQL = (
+    "SELECT id, seen, status = 'accepted', (SELECT group_concat(tag, char(31))"
+    " FROM message_tags WHERE message_id = messages.id) FROM messages WHERE id IN ({})"
+)
+
+
+@dataclass(frozen=True)
+class State:
+    """What may change of a stored message: its read state and its tags."""
+
+    seen: bool
+    accepted: bool
+    tags: list[str]
+
+    @property
+    def unread(self) -> bool:
+        return not self.seen and self.accepted  # as row_of has it
+
+
+def states(reader: Reader, ids: list[int]) -> dict[int, State]:
+    """Message id: its State, for those of `ids` still stored (none before SEARCH_SINCE)."""
+    if reader.version < SEARCH_SINCE or not ids:
+        return {}
+    rows = reader.conn.execute(_STATE_SQL.format(",".join("?" * len(ids))), ids).fetchall()
+    return {
+        message_id: State(
+            bool(seen), bool(accepted), sorted(tags.split("\x1f"), key=str.casefold) if tags else []
+        )
+        for message_id, seen, accepted, tags in rows
+    }
+
+
+class Cancel:
+    """Set `cancelled` (from the loop) and the read it was given to stops where it is, on the
+    reader thread: SQLite's progress handler asks it, so only that read is stopped, never
+    another one that happens to run on the connection when the user types on."""
+
+    PROGRESS_STEPS = 1_000  # SQLite VM steps between two looks (some call back into Python)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def run(self, reader: Reader, read: Any) -> Any:
+        if self.cancelled:
+            raise sqlite3.OperationalError("interrupted")
+        reader.conn.set_progress_handler(lambda: self.cancelled, self.PROGRESS_STEPS)
+        try:
+            return read(reader)
+        finally:
+            reader.conn.set_progress_handler(None, 0)
+
+
+def interrupted(error: BaseException) -> bool:
+    """A read stopped by its Cancel (it was overtaken): nothing to tell anyone."""
+    return isinstance(error, sqlite3.OperationalError) and str(error) == "interrupted"
+
+
 @lru_cache(maxsize=8)
 def layout_for(width: int) -> Layout:
     return Layout(width)
@@ -322,6 +383,8 @@ class MessageList(ScrollView, can_focus=True):
         # a catch-up reads only above it, even when nothing matched (an empty list).
         self._seen = 0
         self.follow = False  # the selection jumps to each new message (toggled by `F`)
+        # The store keeps read state (schema SEARCH_SINCE on): else no unread marks.
+        self.read_state = True
 
     # ---- the index
 
@@ -352,24 +415,41 @@ class MessageList(ScrollView, can_focus=True):
             return len(self.ids) - 1 - position
         return None
 
-    async def reload(self, new_filter: ListFilter | None = None) -> None:
-        """Read the whole index again (a new filter, or rows deleted elsewhere)."""
+    async def reload(
+        self, new_filter: ListFilter | None = None, *, cancel: Cancel | None = None
+    ) -> None:
+        """Read the whole index again (a new filter, or rows deleted elsewhere). If the store
+        fails (or `cancel` stops the read: sqlite3.OperationalError 'interrupted'), the error
+        comes out and the list and its filter stay as they were."""
+        before = self.filter
         if new_filter is not None:
             self.filter = new_filter
         f = self.filter
         query = f.reader_query()
-        # Each read sees the store as it is then, so the order matters: the deletion count and
-        # the newest id before the index, so that a deletion or a message committed in between
-        # is not taken as already in it.
-        deletions, latest, ids = await self.sink.read(
-            lambda r: (
+
+        def read(r: Reader) -> tuple[int, int | None, array[int], int]:
+            # Each read sees the store as it is then, so the order matters: the deletion count
+            # and the newest id before the index, so that a deletion or a message committed in
+            # between is not taken as already in it.
+            return (
                 Reader.deletions(r),
                 Reader.latest_id(r),
                 Reader.message_index(r, query=query, findings_only=f.findings_only),
+                r.version,
             )
-        )
+
+        try:
+            if cancel is None:
+                deletions, latest, ids, version = await self.sink.read(read)
+            else:
+                deletions, latest, ids, version = await self.sink.read(cancel.run, read)
+        except BaseException:
+            if self.filter is f:  # not overtaken: the list shown is the old filter's still
+                self.filter = before
+            raise
         if f != self.filter:
             return  # a newer filter is being loaded
+        self.read_state = version >= SEARCH_SINCE
         if self.hidden:
             ids = array("q", [i for i in ids if i not in self.hidden])
         self._deletions = deletions
@@ -443,34 +523,42 @@ class MessageList(ScrollView, can_focus=True):
         self.post_message(self.Changed())
         return True
 
-    def rows_changed(self, message_ids: Collection[int]) -> None:
-        """The read state or tags of these messages changed (empty: of any): the rows loaded
-        are read again, those on screen first, and shown as they were meanwhile (no
-        placeholder flicker). The index is not read again: a row that no longer matches the
+    async def rows_changed(
+        self, message_ids: Collection[int], also: int | None = None
+    ) -> dict[int, State]:
+        """The read state or tags of these messages may have changed (empty: of any): those
+        on screen (and `also`, the detail's) are looked at in one small read, and only the
+        rows that differ are drawn again. Rows cached off screen are dropped (read again when
+        they come into view). The index is not read again: a row that no longer matches the
         filter (read, under "unread only") stays until the filter changes, so that the
-        selection never jumps from under the user."""
+        selection never jumps from under the user. Returns the states read."""
         if message_ids:
-            stale = [i for i in message_ids if i in self._rows]
+            wanted = {i for i in message_ids if i in self._rows}
         else:
             top = int(self.scroll_y)
             height = self.scrollable_content_region.height
             shown = {self.id_at(row) for row in range(top, top + height)}
-            stale = [i for i in shown if i is not None and i in self._rows]
-            kept = {i: self._rows[i] for i in stale}
-            self._rows.clear()  # the others are read when they come into view
+            wanted = {i for i in shown if i is not None and i in self._rows}
+            kept = {i: self._rows[i] for i in wanted}
+            self._rows.clear()
             for message_id, row in kept.items():
                 self._rows[message_id] = row
-        if stale:
-            self._reload_rows(stale)
-
-    @work(group="row-refresh")
-    async def _reload_rows(self, ids: list[int]) -> None:
-        loaded = await self.sink.read(_rows, ids)
-        for message_id, row in loaded.items():
-            if message_id in self._rows:
+        if also is not None and (not message_ids or also in message_ids):
+            wanted.add(also)
+        if not wanted:
+            return {}
+        found = await self.sink.read(states, sorted(wanted))
+        changed = False
+        for message_id, state in found.items():
+            cached = self._rows.get(message_id)
+            tags = tag_text(state.tags)
+            if cached is not None and (cached.unread, cached.tags) != (state.unread, tags):
                 self._rows.discard(message_id)  # LRUCache.set keeps a key's old value
-                self._rows[message_id] = row
-        self.refresh()
+                self._rows[message_id] = replace(cached, unread=state.unread, tags=tags)
+                changed = True
+        if changed:
+            self.refresh()
+        return found
 
     def hide(self, message_ids: Collection[int]) -> None:
         """Messages deleted here, before the store deletes them (that waits for undo, or goes a
@@ -626,7 +714,8 @@ class MessageList(ScrollView, can_focus=True):
         segments = [Segment(text, dim if tags else style or None) for text, tags in pieces]
         used = 0
         if layout.badges == BADGES:  # the first cell: • (unread), a column of its own
-            segments.append(Segment("•", self._style("unread")) if row.unread else Segment(" "))
+            unread = row.unread and self.read_state  # (an older store has no read state)
+            segments.append(Segment("•", self._style("unread")) if unread else Segment(" "))
             used = 1
         if row.findings:
             segments.append(Segment(f"!{min(row.findings, 9)}", self._style(row.worst or "info")))

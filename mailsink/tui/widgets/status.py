@@ -84,69 +84,99 @@ class StatusLine(Static):
         self.redraw()
 
     def redraw(self) -> None:
-        """One line, whatever the width: the message count, the limit and a long action's
-        progress come first; the store's path and the addresses give way to them (the path is
-        cut at its start, a list of addresses becomes its first one and `+N`), and what still
-        does not fit is cut at the end with `…`."""
+        """One line, whatever the width. Never cut: `mailsink`, the message count, the limit or
+        the filter in force, a long action's progress (and faults, when some are on). Then, as
+        room allows: the unread count, the index's progress, where mail goes in (whole or not at
+        all: the attached store's path is cut at its start, a list of addresses becomes its
+        first and `+N`, the words go first); what follows (faults off, config) is cut at the
+        end with `…`, or left out."""
         sink = self.sink
         width = self.size.width or 80
-        head = Text()
-        head.append(" mailsink ", "bold reverse")
-        head.append(" ")
-        counts = Text()
-        counts.append("  │  ", "dim")
-        counts.append(f"{self.shown:,}", "bold")
-        counts.append(" message" + ("" if self.shown == 1 else "s"))
+        head = Text(" mailsink ", "bold reverse")
+        core = Text()
+        core.append("  │  ", "dim")
+        core.append(f"{self.shown:,}", "bold")
+        core.append(" message" + ("" if self.shown == 1 else "s"))
         if self.filter_text:
             # Cut, so that the counts after it stay in sight at 80 columns.
-            counts.append(f" {cut(visible(self.filter_text), FILTER_SHOWN).rstrip()}", "cyan")
+            core.append(f" {cut(visible(self.filter_text), FILTER_SHOWN).rstrip()}", "cyan")
         elif (limit := self._limit()) is not None and over_limit(self.shown, limit):
             # A store over its limit when opened is kept as it is (see store.writer._Retention).
-            counts.append(f" (limit {limit:,})", "yellow")
-        if self.unread is not None:
-            counts.append(" · ", "dim")
-            counts.append(f"{self.unread:,} unread", "bold" if self.unread else "dim")
-        if self.index_note:
-            counts.append(f" · {self.index_note}", "dim")
-        if self.progress_text:
-            counts.append(f"  {self.progress_text}", "bold yellow")
-        # A cell kept for the `…` that cuts what follows the counts, if anything does.
-        after = sink.faults is not None or bool(self.config_note.plain) or sink.watcher is not None
-        room = width - head.cell_len - counts.cell_len - after
-        place = self._attached_place(room) if sink.is_attached else self._places(room)
-        if place.cell_len > room:
-            place.truncate(max(room, 1), overflow="ellipsis")
-        line = Text.assemble(head, place, counts)
+            core.append(f" (limit {limit:,})", "yellow")
+        progress = Text(f"  {self.progress_text}", "bold yellow") if self.progress_text else Text()
+        faults_on = Text()
+        trail: list[Text] = []
         if sink.faults is not None:
             active = [rule for rule in sink.faults.rules() if rule.enabled]
-            line.append("  │  ", "dim")
-            if active:
-                line.append(f"faults: {len(active)} on", "bold yellow")
+            if active:  # the server does not behave as usual: always in sight
+                faults_on = Text.assemble(
+                    ("  │  ", "dim"), (f"faults: {len(active)} on", "bold yellow")
+                )
             else:
-                line.append("faults: off", "dim")
+                trail.append(Text.assemble(("  │  ", "dim"), ("faults: off", "dim")))
         if self.config_note.plain:
-            line.append("  │  ", "dim")
-            line.append_text(self.config_note)
+            trail.append(Text.assemble(("  │  ", "dim"), self.config_note))
         elif sink.watcher is not None:
-            line.append("  │  ", "dim")
-            line.append("config: watching", "dim")
-        line.truncate(width, overflow="ellipsis")
+            trail.append(Text.assemble(("  │  ", "dim"), ("config: watching", "dim")))
+
+        room = width - head.cell_len - core.cell_len - progress.cell_len - faults_on.cell_len
+        unread = Text()
+        if self.unread is not None:
+            unread = Text.assemble(
+                (" · ", "dim"), (f"{self.unread:,} unread", "bold" if self.unread else "dim")
+            )
+            if unread.cell_len <= room:
+                room -= unread.cell_len
+            else:
+                unread = Text()
+        index = Text(f" · {self.index_note}", "dim") if self.index_note else Text()
+        if index.cell_len > room:
+            index = Text()
+        else:
+            room -= index.cell_len
+        place = self._attached_place(room - 1) if sink.is_attached else self._places(room - 1)
+        if place.cell_len:
+            room -= place.cell_len + 1
+        line = Text.assemble(head, " " if place.cell_len else "", place, core, unread, index)
+        line.append_text(progress)
+        line.append_text(faults_on)
+        for section in trail:
+            if section.cell_len <= room:
+                line.append_text(section)
+                room -= section.cell_len
+                continue
+            if room >= 5 + 4:  # a separator and a few cells of it, else nothing
+                section.truncate(room, overflow="ellipsis")
+                line.append_text(section)
+            break
+        if line.cell_len > width:  # narrower than what is never cut: cut at the end, once
+            line.truncate(max(width - 1, 0), overflow="crop")
+            if width and not line.plain.endswith("…"):
+                line.append("…")
         self.update(line)
 
     def _attached_place(self, room: int) -> Text:
-        """`attached to <path> · served by <addresses>`: the path gets what is left of `room`
-        (at least _PATH_LEAST cells), after the addresses, shortened first if need be."""
+        """`attached to <path> · served by <addresses>`, or shorter forms of it (the addresses
+        as the first and `+N`, then without "attached to", then without "served by"), with the
+        path cut at its start; empty when none fits in `room`."""
         path = visible(self.sink.path)
-        attached, short = Text("attached to ", "dim"), self._served(short=True)
-        # The words "attached to" go last: "served by" says much the same.
-        for prefix, served in ((attached, self._served()), (attached, short), (Text(""), short)):
-            if prefix.cell_len + served.cell_len + min(len(path), _PATH_LEAST) <= room:
-                break
-        left = max(_PATH_SHORTEST, room - prefix.cell_len - served.cell_len)
-        return Text.assemble(prefix, _left_cut(path, left), served)
+        attached, nothing = Text("attached to ", "dim"), Text("")
+        forms = (
+            (attached, self._served()),
+            (attached, self._served(short=True)),
+            (nothing, self._served(short=True)),
+            (nothing, self._served(short=True, words=False)),
+        )
+        for least in (_PATH_LEAST, _PATH_SHORTEST):
+            for prefix, served in forms:
+                fixed = prefix.cell_len + served.cell_len
+                if fixed + min(len(path), least) <= room:
+                    return Text.assemble(prefix, _left_cut(path, room - fixed), served)
+        return Text("")
 
     def _places(self, room: int) -> Text:
-        """Own server: where it listens; its first address and `+N` when all do not fit."""
+        """Own server: where it listens; its first address and `+N` when all do not fit (then
+        without STARTTLS); empty when even that does not fit in `room`."""
         sink = self.sink
         places = [
             f"{label.split(',')[0]} {host}:{port}"
@@ -158,12 +188,17 @@ class StatusLine(Static):
             if tls.starttls or tls.require
             else ""
         )
-        whole = Text.assemble((" · ".join(places), "bold"), starttls)
-        if whole.cell_len <= room or len(places) < 2:
-            return whole
-        return Text.assemble((places[0], "bold"), f" +{len(places) - 1}", starttls)
+        more = f" +{len(places) - 1}" if len(places) > 1 else ""
+        for form in (
+            Text.assemble((" · ".join(places), "bold"), starttls),
+            Text.assemble((places[0], "bold"), more, starttls),
+            Text.assemble((places[0], "bold"), more),
+        ):
+            if form.cell_len <= room:
+                return form
+        return Text("")  # whole or not at all: a cut address could be taken for another
 
-    def _served(self, short: bool = False) -> Text:
+    def _served(self, short: bool = False, words: bool = True) -> Text:
         """Attached: the store's server, where it listens and whether it still runs."""
         serving = self.serving
         if serving is None or serving.running is None:
@@ -172,7 +207,8 @@ class StatusLine(Static):
             return Text.assemble(" · ", ("server stopped", "bold yellow"))
         if not serving.addresses:
             return Text.assemble(" · ", ("served", "bold"))
-        return Text.assemble(" · served by ", (_addresses(serving, short), "bold"))
+        lead = " · served by " if words else " · "
+        return Text.assemble(lead, (_addresses(serving, short), "bold"))
 
 
 def _addresses(serving: Serving, short: bool = False) -> str:
