@@ -45,42 +45,13 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class PathPrompt(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, question: str, default: str) -> None:
-        super().__init__()
-        self.question = question
-        self.default = default
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(Text(self.question))
-            yield Input(self.default, id="path")
-            with Horizontal(classes="buttons"):
-                yield Button("Save", variant="primary", id="save")
-                yield Button("Cancel", id="cancel")
-
-    @on(Input.Submitted)
-    def _submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "save":
-            self.dismiss(self.query_one(Input).value.strip() or None)
-        else:
-            self.dismiss(None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
 class TextPrompt(ModalScreen[str | None]):
     """One line of text (tags to add or remove, a tag to filter by): enter or the button
     answers it, escape cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    input_id = "text"
 
     def __init__(self, question: Text, answer: str, *, default: str = "") -> None:
         super().__init__()
@@ -91,7 +62,7 @@ class TextPrompt(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.question)
-            yield Input(self.default, id="text")
+            yield Input(self.default, id=self.input_id)
             with Horizontal(classes="buttons"):
                 yield Button(self.answer, variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
@@ -109,6 +80,15 @@ class TextPrompt(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class PathPrompt(TextPrompt):
+    """Where to save: a path, given as a default the user may edit."""
+
+    input_id = "path"
+
+    def __init__(self, question: str, default: str) -> None:
+        super().__init__(Text(question), "Save", default=default)
 
 
 KEYS = (
