@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import REFUSAL_RULES, downgrade
 
 from mailsink.query import parse_query
 from mailsink.store import Reader, run_here, schema, search
@@ -20,7 +21,6 @@ from mailsink.store import reader as reader_module
 from mailsink.store.operations import clear, insert_index, prepare_index
 from mailsink.store.search import PENDING_WINDOW, glob_tokens, needs_index
 from mailsink.testing import RunningSink
-from tests.conftest import REFUSAL_RULES, downgrade
 
 ZOE = (
     "From: =?utf-8?q?Zo=C3=AB_M=C3=BCller?= <zoe@shop.test>\r\n"
