@@ -288,3 +288,45 @@ def test_attached_to_a_schema_5_store_no_read_state_and_store_failures_in_place(
             await wait_until(pilot, lambda: listing.count == 1 and not error.has_class("shown"))
 
     run(scenario)
+
+
+def test_going_back_to_the_filter_being_read_shows_it(monkeypatch):
+    """A, then B while A is read (A is stopped, B waits), then A again before A has stopped:
+    the list ends on A, never on the filter from before A."""
+    import time
+
+    from mailsink.tui.widgets import message_list as ml
+
+    plain = ml.Cancel.run
+
+    def slow(self, reader, read):  # a big store's read: long enough to be stopped in the middle
+        def first_a_long_statement(r):
+            time.sleep(0.3)
+            r.conn.execute(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000)"
+                " SELECT count(*) FROM c"
+            ).fetchone()
+            return read(r)
+
+        return plain(self, reader, first_a_long_statement)
+
+    async def scenario(tmp: str) -> None:
+        async with tui(settings_for(f"{tmp}/aba.db")) as (app, pilot):
+            for who in ("zoe", "carl", "ann"):
+                await send(app, f"{who}@x.test", ["b@x.test"], message(sender=f"{who}@x.test"))
+            listing = app.main.message_list
+            await wait_until(pilot, lambda: listing.count == 3 and rows_loaded(app))
+            monkeypatch.setattr(ml.Cancel, "run", slow)
+            box = app.main.query_one("#filter", Input)
+            for text, pause in (("from:zoe", 0.1), ("from:zoex", 0.05), ("from:zoe", 0)):
+                box.value = text
+                app.main._apply_filter()
+                await pilot.pause(pause)
+            await wait_until(pilot, lambda: app.main._loading is None, timeout=5)
+            await pilot.pause(0.1)
+            assert (listing.filter.search, listing.count) == ("from:zoe", 1)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run(lambda: scenario(tmp))

@@ -386,7 +386,10 @@ class MainScreen(Screen[None]):
         loading = self._loading
         if loading is not None:
             if wanted == loading[0]:
-                self._wanted = None  # what is being read is what is wanted
+                # Back to what is being read (A, B, A): let it go on; if it was stopped already,
+                # it is read again (a read that ends is not read twice: _load_wanted).
+                loading[1].cancelled = False
+                self._wanted = wanted
             else:
                 self._wanted = wanted
                 loading[1].cancelled = True
