@@ -381,3 +381,31 @@ def test_a_message_deleted_while_its_rows_are_made_gets_none(busy: RunningSink):
         for table in ("message_fields", "message_body"):
             sql = f"SELECT count(*) FROM {table} WHERE rowid = ?"
             assert reader.conn.execute(sql, (message.id,)).fetchone() == (0,), table
+
+
+def test_a_backlog_past_what_searches_read_is_counted_never_silently_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Fields are read for the newest PENDING_FIELDS of the messages the index lacks, text for
+    those of the window that fit in PENDING_BYTES: what is left out is counted by unsearched."""
+    db = tmp_path / "behind.db"
+    with RunningSink(db) as sink:
+        send(sink, ZOE, "bounce@shop.test", ["bob@x.test"])
+        send(sink, NEWS, "hello@news.example", ["ann@y.test"])
+        send(sink, WORLD, "x@x.test", ["y@y.test"])
+        sink.wait_for(fully_indexed)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            "UPDATE messages SET indexed = 0; DELETE FROM message_fields; DELETE FROM message_body;"
+        )
+    monkeypatch.setattr(search, "PENDING_FIELDS", 2)
+    monkeypatch.setattr(reader_module, "PENDING_FIELDS", 2)
+    with Reader(str(db)) as reader:
+        assert ids_of(reader, "from:müller") == []  # message 1: the oldest, beyond the 2 read
+        assert reader.unsearched(parse_query("from:müller")) == 1
+        assert reader.unsearched(parse_query("is:unread")) == 0  # needs no index
+    monkeypatch.setattr(search, "PENDING_BYTES", 1)  # no text fits: each is let go once read
+    with Reader(str(db)) as reader:
+        assert ids_of(reader, "newsletter") == []
+        assert reader.unsearched(parse_query("newsletter")) == 3
+        assert ids_of(reader, "newsletter") == []  # not read again meanwhile (nor found)

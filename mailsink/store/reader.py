@@ -32,12 +32,14 @@ from mailsink.store.schema import (
     user_facing,
 )
 from mailsink.store.search import (
+    PENDING_FIELDS,
     PENDING_WINDOW,
     Capabilities,
     PendingIndex,
     capabilities,
     compile_query,
     finding_clause,
+    needs_fields,
     needs_index,
     register_functions,
 )
@@ -339,10 +341,13 @@ class Reader:
         and older than the newest PENDING_WINDOW of those, when it has words or attachment:
         (fields are read for every message the index lacks). 0 nearly always; a face says so
         when it is not."""
-        if query is not None and not needs_index(query):
-            return 0
         indexed, total = self.index_progress()
-        return max(0, total - indexed - PENDING_WINDOW)
+        waiting = total - indexed
+        beyond_fields = max(0, waiting - PENDING_FIELDS)
+        if query is not None and not needs_index(query):
+            return beyond_fields if needs_fields(query) else 0
+        skipped = self._pending.skipped if self._pending is not None else 0
+        return max(beyond_fields, max(0, waiting - PENDING_WINDOW) + skipped)
 
     @store_errors
     def messages_by_id(self, ids: Iterable[int]) -> dict[int, MessageRecord]:

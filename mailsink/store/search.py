@@ -60,6 +60,9 @@ from mailsink.store.schema import fts5_available, search_tables
 # 1.5 ms each (the whole MIME parse) the first time; PendingIndex keeps it (up to PENDING_BYTES),
 # so the next search (the TUI's, a key later) costs little.
 PENDING_WINDOW = 1000
+# ... and their fields (about 0.15 ms each: a summary and the head of the message), newest first:
+# a backlog of 20 000 (a migrated store) would otherwise cost 3 s and 300 MB at every search.
+PENDING_FIELDS = 5000
 PENDING_BYTES = 64 * 1024 * 1024  # of text kept in memory (about: characters)
 
 FIELDS_OF: dict[str, tuple[str, ...]] = {
@@ -167,6 +170,10 @@ class PendingIndex:
         self._fields: set[int] = set()
         self._bodies: dict[int, int] = {}  # id -> characters kept, oldest kept first
         self._size = 0
+        # Texts of the window let go to stay within PENDING_BYTES: not read again while they
+        # wait for the index (each costs a parse), and counted as not searched.
+        self._let_go: set[int] = set()
+        self.skipped = 0  # messages of the window whose text was not searched (at the last sync)
 
     def close(self) -> None:
         self.conn.close()
@@ -183,15 +190,17 @@ class PendingIndex:
             gone = [i for i in self._fields if i not in current]
             gone += [i for i in self._bodies if i not in current and i not in self._fields]
             self._drop(gone)
-            new = [i for i in ids if i not in self._fields]
+            self._let_go &= current
+            new = [i for i in ids[:PENDING_FIELDS] if i not in self._fields]
             for start in range(0, len(new), 500):
                 self._add_fields(store, new[start : start + 500])
             if with_text:
                 window = ids[:PENDING_WINDOW]
                 for message_id in window:
-                    if message_id not in self._bodies:
+                    if message_id not in self._bodies and message_id not in self._let_go:
                         self._add_body(store, message_id)
                 self._bound(set(window))
+                self.skipped = sum(1 for i in window if i not in self._bodies)
             mem.execute("COMMIT")
         except BaseException:
             mem.execute("ROLLBACK")
@@ -255,6 +264,8 @@ class PendingIndex:
             if message_id in self._bodies:
                 self._size -= self._bodies.pop(message_id)
                 self.conn.execute("DELETE FROM message_body WHERE rowid = ?", (message_id,))
+                if message_id in window:
+                    self._let_go.add(message_id)
 
     def matching(self, term: Term) -> list[int]:
         """The ids of the messages held here that match `term` (not negated)."""
@@ -305,10 +316,19 @@ def register_functions(conn: sqlite3.Connection) -> None:
 def needs_index(query: Query) -> bool:
     """Whether `query` has a term that looks into the text or attachment names: one that can
     miss a message beyond the PENDING_WINDOW read while the index is behind
-    (Reader.unsearched), so a face says so when that is not 0. (Fields are read for every
-    message the index lacks.)"""
+    (Reader.unsearched), so a face says so when that is not 0."""
     return any(
         (term.kind == WORDS and words(str(term.value))) or term.kind == GLOB
+        for term in query.conditions
+    )
+
+
+def needs_fields(query: Query) -> bool:
+    """Whether `query` has a term that looks into the fields index (addresses, subject,
+    envelope, headers, and the field half of a bare word): one that can miss a message beyond
+    the PENDING_FIELDS read while the index is behind."""
+    return any(
+        term.kind == WORDS or term.prefix in FIELDS_OF or term.kind == HEADER
         for term in query.conditions
     )
 
