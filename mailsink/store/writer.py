@@ -396,6 +396,8 @@ class _Indexer:
         self.path = path
         self.ready: collections.deque[IndexRow] = collections.deque()
         self.caught_up = False  # the extractor found nothing more to make (at its last look)
+        self._idle = False  # ... and waits for a poke (it starts looking by itself)
+        self._missed = False  # a commit came while it was not idle (it may not have seen it)
         self._frames = Frames()
         self._purge = True  # there may be index rows of deleted messages
         self._unindexed = True  # (without an extractor) messages may wait for the index
@@ -434,7 +436,9 @@ class _Indexer:
                     self.ready.append(item[1])
                     self.caught_up = False
                 elif item == ("caught_up",):
-                    self.caught_up = True
+                    self.caught_up = self._idle = True
+                    if self._missed:  # a commit since its last look: look again
+                        self._poke()
 
     def _send(self, item: Any) -> None:
         if self.sock is None:
@@ -447,6 +451,15 @@ class _Indexer:
         """After each commit of operations: new messages, or deletions, may be there."""
         self._purge = self._unindexed = True
         self.caught_up = False
+        # Only an idle extractor needs a poke (a busy one looks again by itself): one at a time,
+        # so its socket never fills with them and a send is never cut short mid-frame.
+        if self._idle:
+            self._poke()
+        else:
+            self._missed = True
+
+    def _poke(self) -> None:
+        self._idle = self._missed = False
         self._send(("poke",))
 
     def _close_socket(self) -> None:
