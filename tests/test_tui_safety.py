@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import stat
+import subprocess
 import sys
 import time
 import webbrowser
@@ -560,7 +561,8 @@ def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
             fd = -1
         else:
             os.kill(pid, signum)
-        deadline = time.monotonic() + 15
+        # (30 s: a loaded CI machine, every module imported from source by the child.)
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -570,7 +572,11 @@ def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
                     os.read(fd, 65536)
             time.sleep(0.01)
         else:
-            raise AssertionError(f"mailsink did not stop on signal {signum}")
+            tree = subprocess.run(
+                ["ps", "-eo", "pid,ppid,stat,wchan:20,etimes,args"], capture_output=True, text=True
+            ).stdout
+            mine = [line for line in tree.splitlines() if "mailsink" in line or "spawn" in line]
+            raise AssertionError(f"mailsink did not stop on signal {signum}:\n" + "\n".join(mine))
         assert os.waitstatus_to_exitcode(status) == 128 + signum
     finally:
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
