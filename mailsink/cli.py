@@ -41,6 +41,24 @@ def _settings(
     return settings.with_overrides(host=host, port=port, db=db)
 
 
+def _overrides(
+    host: str | None, port: int | None, db: str | None, http_port: int | None, no_http: bool
+) -> dict[str, Any]:
+    """The command line's settings, which win over the config file (also when reloaded)."""
+    return {
+        "host": host,
+        "port": port,
+        "db": db,
+        "http_port": http_port,
+        "http": False if no_http else None,
+    }
+
+
+def _server_settings(config: str | None, overrides: dict[str, Any]) -> Settings:
+    settings = load(config) if config else Settings()
+    return settings.with_overrides(**overrides)
+
+
 def server_options(function: F) -> F:
     options = [
         click.option(
@@ -57,6 +75,12 @@ def server_options(function: F) -> F:
             help="SMTP port [default: 1025; 0 picks a free one].",
         ),
         click.option("--db", help="Store path; ':memory:' keeps nothing [default: user data dir]."),
+        click.option(
+            "--http-port",
+            type=click.IntRange(0, 65535),
+            help="HTTP API port [default: 8025; 0 picks a free one].",
+        ),
+        click.option("--no-http", is_flag=True, help="Serve no HTTP API."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -81,24 +105,20 @@ def _reader(config: str | None, db: str | None):
     return Reader(_settings(config, db=db).storage.path)
 
 
-def _run_server(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
+def _run_server(config: str | None, overrides: dict[str, Any]) -> None:
     from mailsink.run import run
 
-    overrides = {"host": host, "port": port, "db": db}
-    run(_settings(config, host, port, db), overrides)
+    run(_server_settings(config, overrides), overrides)
 
 
 def _has_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def _run_tui(
-    config: str | None, host: str | None, port: int | None, db: str | None, attach: bool = False
-) -> None:
+def _run_tui(config: str | None, overrides: dict[str, Any], attach: bool = False) -> None:
     from mailsink.tui.app import run
 
-    overrides = {"host": host, "port": port, "db": db}
-    run(_settings(config, host, port, db), overrides, attach=attach)
+    run(_server_settings(config, overrides), overrides, attach=attach)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,7 +126,13 @@ def _run_tui(
 @click.version_option(__version__, prog_name="mailsink")
 @click.pass_context
 def cli(
-    ctx: click.Context, config: str | None, host: str | None, port: int | None, db: str | None
+    ctx: click.Context,
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    db: str | None,
+    http_port: int | None,
+    no_http: bool,
 ) -> None:
     """A local SMTP sink for development: point your app at 127.0.0.1:1025.
 
@@ -114,18 +140,27 @@ def cli(
     terminal (a pipe, a container), the server alone (`mailsink serve`).
     """
     if ctx.invoked_subcommand is None:
+        overrides = _overrides(host, port, db, http_port, no_http)
         if _has_terminal():
-            _run_tui(config, host, port, db)
+            _run_tui(config, overrides)
         else:
             click.echo("mailsink: no terminal for the UI; running the server alone", err=True)
-            _run_server(config, host, port, db)
+            _run_server(config, overrides)
 
 
 @cli.command()
 @server_options
-def serve(config: str | None, host: str | None, port: int | None, db: str | None) -> None:
-    """Run the SMTP server without a UI; one log line per session and per message."""
-    _run_server(config, host, port, db)
+def serve(
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    db: str | None,
+    http_port: int | None,
+    no_http: bool,
+) -> None:
+    """Run the SMTP server and the HTTP API without a UI; one log line per session and per
+    message."""
+    _run_server(config, _overrides(host, port, db, http_port, no_http))
 
 
 @cli.command()
@@ -136,14 +171,21 @@ def serve(config: str | None, host: str | None, port: int | None, db: str | None
     help="Only show the store (--db) that a running `mailsink serve` writes; start no server.",
 )
 def tui(
-    config: str | None, host: str | None, port: int | None, db: str | None, attach: bool
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    db: str | None,
+    http_port: int | None,
+    no_http: bool,
+    attach: bool,
 ) -> None:
-    """The SMTP server and the terminal UI in one process (what bare `mailsink` does)."""
+    """The SMTP server, the HTTP API and the terminal UI in one process (what bare `mailsink`
+    does)."""
     if not _has_terminal():
         raise CliError("the UI needs a terminal; use `mailsink serve` to run without one")
-    if attach and (host or port is not None):
-        raise CliError("--attach starts no server: --host and --port do not apply")
-    _run_tui(config, host, port, db, attach)
+    if attach and (host or port is not None or http_port is not None):
+        raise CliError("--attach starts no server: --host, --port and --http-port do not apply")
+    _run_tui(config, _overrides(host, port, db, http_port, no_http), attach)
 
 
 @cli.command("list")

@@ -119,6 +119,14 @@ class TagSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025  # Mailpit's and MailHog's, so that their clients' defaults find mailsink
+    users: dict[str, str] = field(default_factory=dict)  # HTTP Basic auth for every route
+
+
+@dataclass(frozen=True)
 class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -127,20 +135,32 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
     tags: TagSettings = field(default_factory=TagSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
 
     def with_overrides(
-        self, *, host: str | None = None, port: int | None = None, db: str | None = None
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        db: str | None = None,
+        http_port: int | None = None,
+        http: bool | None = None,
     ) -> Settings:
-        """Command-line options win over the file."""
+        """Command-line options win over the file (`http=False`: --no-http)."""
         smtp = self.smtp
         if host is not None:
             smtp = dataclasses.replace(smtp, host=host)
         if port is not None:
             smtp = dataclasses.replace(smtp, port=port)
         storage = self.storage if db is None else dataclasses.replace(self.storage, path=db)
-        return dataclasses.replace(self, smtp=smtp, storage=storage)
+        web = self.http
+        if http_port is not None:
+            web = dataclasses.replace(web, port=http_port)
+        if http is not None:
+            web = dataclasses.replace(web, enabled=http)
+        return dataclasses.replace(self, smtp=smtp, storage=storage, http=web)
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -214,6 +234,10 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "validation": (ValidationSettings, {"addresses": _choice("off", "flag", "reject")}),
     "faults": (FaultSettings, {"seed": _seed}),
     "tags": (TagSettings, {"plus_addresses": _flag}),
+    "http": (
+        HttpSettings,
+        {"enabled": _flag, "host": _host, "port": _port, "users": _users},
+    ),
 }
 
 

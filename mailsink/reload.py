@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailsink")
 
 # Settings a running server cannot change: they are kept until a restart.
-RESTART_KEYS = frozenset({"smtp.host", "smtp.port", "storage.path"})
+RESTART_KEYS = frozenset(
+    {"smtp.host", "smtp.port", "storage.path", "http.enabled", "http.host", "http.port"}
+)
 RESTART_SECTIONS = ("tls.",)
-_SECTIONS = ("smtp", "storage", "auth", "tls", "validation", "faults", "tags")
+_SECTIONS = ("smtp", "storage", "auth", "tls", "validation", "faults", "tags", "http")
 
 
 def _shown(key: str, value: Any) -> str:
-    if key == "auth.users":
+    if key in ("auth.users", "http.users"):
         return f"{len(value)} user(s)"
     return repr(value)
 
@@ -71,6 +73,9 @@ def keep_restart_settings(old: Settings, new: Settings) -> Settings:
         smtp=dataclasses.replace(new.smtp, host=old.smtp.host, port=old.smtp.port),
         storage=dataclasses.replace(new.storage, path=old.storage.path),
         tls=old.tls,
+        http=dataclasses.replace(
+            new.http, enabled=old.http.enabled, host=old.http.host, port=old.http.port
+        ),
     )
 
 

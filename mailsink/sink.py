@@ -76,6 +76,7 @@ class Sink:
         self.faults: FaultControls | None = None
         self.server: Any = None  # mailsink.smtp.server.SmtpServer when serving
         self.watcher: Any = None  # mailsink.reload.ConfigWatcher with a config file
+        self.http: Any = None  # mailsink.http.web_service.HttpService when HTTP is served
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mailsink-reader")
         self._reader: Reader | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -111,6 +112,17 @@ class Sink:
                 raise ListenError(
                     f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
                 ) from None
+            if settings.http.enabled:
+                # Imported only here: the store commands do not pay for aiohttp.
+                from mailsink.http.web_service import HttpService
+
+                http = HttpService(sink, settings)
+                try:
+                    await http.start()
+                except BaseException:
+                    await sink._close_server()
+                    raise
+                sink.http = http
             if settings.source is not None:
                 sink.watcher = ConfigWatcher(settings.source, sink, **sink.overrides)
                 sink._tasks.append(asyncio.create_task(sink.watcher.run(sink._stop)))
@@ -141,8 +153,16 @@ class Sink:
                 task.cancel()
             await sink._close_reader()
 
+    @property
+    def http_url(self) -> str | None:
+        """Where the HTTP API listens (http://127.0.0.1:8025), None when it is not served."""
+        return self.http.url if self.http is not None else None
+
     async def _close_server(self) -> None:
         self._stop.set()
+        if self.http is not None:  # first: no request starts while the listener drains
+            await self.http.stop()
+            self.http = None
         if self.server is not None:
             await self.server.stop()
         for task in self._tasks:
@@ -184,6 +204,8 @@ class Sink:
             self.faults.apply_settings(settings)
         if self.server is not None:
             self.server.apply_settings(settings)
+        if self.http is not None:
+            self.http.apply_settings(settings)
 
     @property
     def config_error(self) -> str | None:

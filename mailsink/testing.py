@@ -2,6 +2,7 @@
 
     with RunningSink(db=tmp_path / "mail.db") as sink:
         smtplib.SMTP(sink.host, sink.port).sendmail(...)
+        urllib.request.urlopen(sink.url + "/api/v1/messages")   # the HTTP API, on its own port
         with sink.reader() as reader:
             assert reader.list_messages()[0].envelope.rcpt_to == [...]
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailsink.config import Settings, SmtpSettings, StorageSettings, load
+from mailsink.config import HttpSettings, Settings, SmtpSettings, StorageSettings, load
 from mailsink.events import ALL_KINDS, LiveSession
 from mailsink.run import loop_factory
 from mailsink.sink import Sink
@@ -42,6 +43,7 @@ class RunningSink:
         settings: Settings | None = None,
         *,
         config: str | Path | None = None,
+        http: bool = True,
         **smtp: Any,
     ):
         self.config = Path(config) if config else None
@@ -50,10 +52,12 @@ class RunningSink:
             base,
             smtp=dataclasses.replace(base.smtp or SmtpSettings(), port=0, **smtp),
             storage=dataclasses.replace(base.storage or StorageSettings(), path=str(db)),
+            http=dataclasses.replace(base.http or HttpSettings(), port=0, enabled=http),
         )
         self.db = str(db)
         self.host = "127.0.0.1"
         self.port = 0
+        self.http_port = 0  # the HTTP API's (0: not served)
         self.loop = (loop_factory() or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.sink: Sink | None = None
@@ -85,7 +89,11 @@ class RunningSink:
 
         async def serve() -> None:
             self._stopping = asyncio.Event()
-            overrides = {"port": 0, "db": self.db} if self.config is not None else None
+            overrides = (
+                {"port": 0, "db": self.db, "http_port": 0, "http": self.settings.http.enabled}
+                if self.config is not None
+                else None
+            )
             try:
                 async with Sink.serving(self.settings, overrides) as sink:
                     started.set_result(sink)
@@ -105,7 +113,16 @@ class RunningSink:
             time.sleep(0.2)  # let the watch begin before a test edits the file
         self.host, self.port = self.sink.addresses[0][:2]
         self.db = self.sink.path
+        if self.sink.http is not None:
+            self.http_port = self.sink.http.port
         return self
+
+    @property
+    def url(self) -> str:
+        """The HTTP API's base URL (http://127.0.0.1:PORT); RunningSink(http=False) has none."""
+        if not self.http_port:
+            raise RuntimeError("this RunningSink serves no HTTP API (http=False)")
+        return f"http://{self.host}:{self.http_port}"
 
     def stop(self, grace: float = 10.0) -> None:
         if self.loop.is_closed():

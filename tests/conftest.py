@@ -85,7 +85,7 @@ def run_cli(*args: str) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            main(list(args))
+            main(free_http(args))
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
         else:
@@ -93,10 +93,19 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def free_http(args: tuple[str, ...] | list[str]) -> list[str]:
+    """`serve` / `tui` with an HTTP port of their own: tests run many servers at once, and the
+    default 8025 may be a developer's real Mailpit."""
+    args = list(args)
+    if args[:1] in (["serve"], ["tui"]) and not {"--http-port", "--no-http"} & set(args):
+        args += ["--http-port", "0"]
+    return args
+
+
 def mailsink_process(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "mailsink", *args],
+        [sys.executable, "-m", "mailsink", *free_http(args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

@@ -403,7 +403,7 @@ def test_serve_on_an_aiosmtpd_that_renamed_a_live_setting_exits_with_one_line(tm
     smtp.write_text(source.replace("self._timeout_duration", "self._timeout_renamed"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy.parent), str(ROOT)])}
     env.pop("MAILSINK_DEBUG", None)
-    args = ["serve", "--port", "0", "--db", str(tmp_path / "mail.db")]
+    args = ["serve", "--port", "0", "--http-port", "0", "--db", str(tmp_path / "mail.db")]
     done = subprocess.run(
         [sys.executable, "-m", "mailsink", *args],
         capture_output=True,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, downgrade, message, run_cli
+from conftest import CliResult, downgrade, free_http, message, run_cli
 from tui_support import run, settings_for
 
 from mailsink.config import MAX_CONFIG_SIZE, ConfigError, load
@@ -56,7 +56,7 @@ def cli_process(*args: str, memory: int | None = None, timeout: float = 20) -> C
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailsink", *args],
+        [sys.executable, "-m", "mailsink", *free_http(args)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

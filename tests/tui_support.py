@@ -31,6 +31,7 @@ def settings_for(db: Path | str, config: Path | None = None) -> Settings:
         base,
         smtp=dataclasses.replace(base.smtp or SmtpSettings(), port=0),
         storage=dataclasses.replace(base.storage or StorageSettings(), path=str(db)),
+        http=dataclasses.replace(base.http, port=0),
     )
 
 

@@ -1,0 +1,206 @@
+"""HttpService: the HTTP API's listener on the sink's event loop (aiohttp's AppRunner), with
+HTTP Basic auth when `[http] users` is set and every error answered as JSON (or text where
+Mailpit answers text), never a traceback.
+
+The routes are the tables of mailpit_api, mailhog_api and native_api; each handler finds the
+sink as `request.app[SINK]` and the service as `request.app[SERVICE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from mailsink.config import Settings, is_loopback
+from mailsink.errors import ListenError, MailsinkError
+from mailsink.http.request_params import ApiError
+from mailsink.http.routing import ApiRoute, ApiRoutes, install
+
+if TYPE_CHECKING:
+    from mailsink.sink import Sink
+
+log = logging.getLogger("mailsink")
+
+SINK: web.AppKey[Sink] = web.AppKey("sink")
+SERVICE: web.AppKey[HttpService] = web.AppKey("service")
+ROUTES: web.AppKey[list[ApiRoute]] = web.AppKey("routes")
+REALM = "mailsink"
+# Room for a JSON /api/v1/send of the largest message SMTP takes: base64 is 4/3 of the bytes.
+JSON_OVERHEAD = 1.4
+JSON_SLACK = 256 * 1024
+# How long a stop waits for answers in progress (long-lived streams are ended at once).
+SHUTDOWN_SECONDS = 2.0
+
+
+def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
+    """Compact JSON, UTF-8, with non-ASCII kept as it is (the clients decode UTF-8)."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return web.Response(
+        body=body.encode("utf-8", "surrogateescape"),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def error_response(status: int, message: str, *, text: bool = False) -> web.Response:
+    if text:
+        return web.Response(text=message, status=status, content_type="text/plain")
+    return json_response({"error": message}, status)
+
+
+def route_tables() -> list[ApiRoutes]:
+    """Every family of routes, in the order OpenAPI lists them."""
+    from mailsink.http import (
+        live_api,
+        mailhog_api,
+        mailpit_api,
+        mailpit_chaos,
+        mailpit_send,
+        native_api,
+        native_faults,
+        openapi,
+    )
+
+    return [
+        mailpit_api.routes,
+        mailpit_send.routes,
+        mailpit_chaos.routes,
+        mailhog_api.routes,
+        native_api.routes,
+        native_faults.routes,
+        live_api.routes,
+        openapi.routes,
+    ]
+
+
+class HttpService:
+    """Start with `await start()`, end with `await stop()` (Sink.serving does both)."""
+
+    def __init__(self, sink: Sink, settings: Settings) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.app = build_app(sink, self)
+        self.runner: web.AppRunner | None = None
+        self.host = settings.http.host
+        self.port = 0
+        # Set when the service stops: long-lived answers (events, waits) end on it.
+        self.stopping = asyncio.Event()
+        # Closers of open WebSockets and event streams, called on stop.
+        self.streams: set[Callable[[], Awaitable[Any]]] = set()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def apply_settings(self, settings: Settings) -> None:
+        """A reload: `[http] users` applies to the next request; host and port need a restart."""
+        self.settings = settings
+
+    async def start(self) -> None:
+        http = self.settings.http
+        self.runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+        )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, http.host, http.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            await self.runner.cleanup()
+            self.runner = None
+            raise ListenError(
+                f"cannot listen on {http.host}:{http.port} (HTTP): {error.strerror or error}"
+            ) from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else http.port
+        log.info("HTTP API on %s", self.url)
+        if not is_loopback(http.host):
+            log.warning(
+                "HTTP listens on %s: reachable from other machines%s",
+                http.host,
+                "" if http.users else " without a password ([http] users)",
+            )
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        for close in list(self.streams):
+            try:
+                await close()
+            except Exception as error:  # a client already gone
+                log.debug("closing a stream: %s", error)
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def _authorized(header: str, users: dict[str, str]) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        login, _, password = decoded.partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    expected = users.get(login)
+    # compare_digest: the time taken says nothing of how much of the password was right.
+    return expected is not None and hmac.compare_digest(
+        expected.encode("utf-8", "surrogateescape"), password.encode("utf-8", "surrogateescape")
+    )
+
+
+@web.middleware
+async def _guard(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Auth first, then the handler; whatever goes wrong becomes an answer the client can read
+    (the traceback goes to the debug log only)."""
+    service = request.app[SERVICE]
+    users = service.settings.http.users
+    if users and not _authorized(request.headers.get("Authorization", ""), users):
+        response = error_response(401, "authentication required")
+        response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
+        return response
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error.status, error.message, text=error.text)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise  # a redirect
+        # aiohttp's own: no such route (404), method not allowed (405), body too large (413)
+        response = error_response(error.status, error.reason)
+        if error.status == 405 and "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except MailsinkError as error:  # the store locked or its writer gone: the sink's words
+        log.warning("HTTP %s %s: %s", request.method, request.path, error)
+        return error_response(503, str(error))
+    except Exception as error:
+        log.error("HTTP %s %s failed: %s", request.method, request.path, error)
+        log.debug("HTTP handler failure", exc_info=True)
+        return error_response(500, f"internal error: {type(error).__name__}")
+
+
+def build_app(sink: Sink, service: HttpService) -> web.Application:
+    """The aiohttp application with every route; tests and the OpenAPI check build it too."""
+    limit = int(service.settings.smtp.max_message_size * JSON_OVERHEAD) + JSON_SLACK
+    app = web.Application(middlewares=[_guard], client_max_size=limit)
+    app[SINK] = sink
+    app[SERVICE] = service
+    app[ROUTES] = install(app, *route_tables())
+    return app
