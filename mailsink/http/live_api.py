@@ -1,4 +1,4 @@
-"""Live events (Mailpit's WebSocket, mailsink's Server-Sent Events) and the server-side wait (to be filled)."""
+"""Live events (Mailpit's WebSocket, mailsink's Server-Sent Events), the server-side wait."""
 
 from __future__ import annotations
 
