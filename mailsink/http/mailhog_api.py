@@ -1,7 +1,204 @@
-"""MailHog routes (to be filled)."""
+"""MailHog's API (github.com/mailhog/MailHog-Server, api/v1.go and api/v2.go), as its clients
+use it: the v2 list and search, and v1's message, deletion and download. Shapes are in
+mailhog_shapes; `DELETE /api/v1/messages` (all) is the Mailpit table's, which answers both.
+
+MailHog's query on /api/v2/search is plain text, never mailsink's search language: it becomes
+terms built here (quotes, colons, `%` and `_` in it are text), with MailHog's meaning of each
+kind (its storage's Search, memory.go): `from` the envelope sender or the From header, `to` an
+envelope recipient or the To header, `containing` the headers or the body.
+"""
 
 from __future__ import annotations
 
-from mailsink.http.routing import ApiRoutes
+import json
+from typing import Any
+
+from aiohttp import web
+
+from mailsink.http import mailhog_shapes
+from mailsink.http.native_api import stream_raw
+from mailsink.http.request_params import ApiError, bad, integer, path_id
+from mailsink.http.routing import ApiRoutes, Param
+from mailsink.http.web_service import SINK
+from mailsink.query import MAX_QUERY, TEXT, WORDS, Query, Term
+from mailsink.store import Reader
 
 routes = ApiRoutes("MailHog")
+
+DEFAULT_LIMIT = 50  # MailHog's getStartLimit
+MAX_LIMIT = 250  # ... which clamps to this
+PAGE_BYTES = 128 * 1024 * 1024  # of messages in one answer (MailHog has no such bound)
+KINDS = ("from", "to", "containing")
+# kind -> the prefixes whose matches are ORed (each a Query of one term); "" is any text.
+_PREFIXES = {"from": ("mailfrom", "from"), "to": ("rcpt", "to"), "containing": ("",)}
+# MailHog answers its list and a message as "text/json" (its search as application/json).
+TEXT_JSON = "text/json"
+
+_PAGING = [
+    Param("start", "integer", "how many of the newest to skip (default 0)"),
+    Param("limit", "integer", f"how many (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})"),
+]
+_ID = Param("id", "string", "the message's ID, as the list gives it", where="path", required=True)
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def _answer(body: bytes, content_type: str = TEXT_JSON) -> web.Response:
+    # Set as a header, not content_type=: aiohttp would add "; charset=utf-8", MailHog does not.
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _paging(request: web.Request) -> tuple[int, int]:
+    """MailHog's start and limit: 0 (or absent) means the default; past 250, 250."""
+    start = integer(request, "start", 0)
+    limit = integer(request, "limit", DEFAULT_LIMIT) or DEFAULT_LIMIT
+    return start, min(limit, MAX_LIMIT)
+
+
+def _items(reader: Reader, records: list[Any]) -> list[dict[str, Any]]:
+    """The shapes of `records`, in order, until their bytes pass PAGE_BYTES (one at least):
+    each message is in the answer two or three times over (Raw.Data, Body, the parts), and
+    250 large ones would otherwise take gigabytes. `count` says how many came; `start` pages on."""
+    items: list[dict[str, Any]] = []
+    used = 0
+    for record in records:
+        if items and used + record.size > PAGE_BYTES:
+            break
+        used += record.size
+        items.append(mailhog_shapes.message(record, reader.get_raw(record.id) or b""))
+    return items
+
+
+def _page(reader: Reader, start: int, limit: int) -> bytes:
+    """On the reader thread: the rows, their raw bytes, the shapes and the JSON text."""
+    records = reader.list_messages(limit=limit, offset=start)
+    items = _items(reader, records)
+    total = reader.count_messages()
+    return _json({"total": total, "count": len(items), "start": start, "items": items})
+
+
+def _found(reader: Reader, queries: list[Query], start: int, limit: int) -> bytes:
+    """The union of the queries' matches (accepted messages), newest first, one page of it."""
+    ids: set[int] = set()
+    for query in queries:
+        ids.update(reader.message_index(query=query, include_rejected=False))
+    ordered = sorted(ids, reverse=True)
+    page = ordered[start : start + limit]
+    found = reader.messages_by_id(page)
+    items = _items(reader, [found[i] for i in page if i in found])
+    return _json({"total": len(ordered), "count": len(items), "start": start, "items": items})
+
+
+def search_queries(kind: str, text: str) -> list[Query]:
+    """MailHog's search as mailsink queries whose matches are ORed. Terms are made directly,
+    not parsed: the text is matched as text, whatever it holds."""
+    queries = []
+    for prefix in _PREFIXES[kind]:
+        if prefix:
+            term = Term(prefix, TEXT, text, typed=f"{prefix}:{text}")
+        else:
+            term = Term("", WORDS, text.strip(), typed=text)
+        queries.append(Query((term,), term.typed))
+    return queries
+
+
+@routes.get(
+    "/api/v2/messages",
+    "MailHog: list messages, newest first",
+    params=_PAGING,
+    responses={"400": "start or limit is not a whole number"},
+    content_type=TEXT_JSON,
+)
+async def list_messages(request: web.Request) -> web.StreamResponse:
+    start, limit = _paging(request)
+    return _answer(await request.app[SINK].read(_page, start, limit))
+
+
+@routes.get(
+    "/api/v2/search",
+    "MailHog: search (kind from, to or containing; the query is plain text)",
+    params=[
+        Param("kind", "string", "from | to | containing", required=True),
+        Param("query", "string", "plain text (not mailsink's language)", required=True),
+        *_PAGING,
+    ],
+    responses={"400": "kind is not one of from, to, containing; query is empty"},
+)
+async def search(request: web.Request) -> web.StreamResponse:
+    kind = request.query.get("kind", "")
+    if kind not in KINDS:
+        raise bad("kind", f"expected from, to or containing, got {kind[:40]!r}")
+    text = request.query.get("query", "")
+    if not text.strip():
+        raise bad("query", "expected text to look for")
+    if len(text) > MAX_QUERY:
+        raise bad("query", f"{len(text)} characters long; at most {MAX_QUERY}")
+    if "\x00" in text or not _is_utf8(text):
+        raise bad("query", "expected UTF-8 text without NUL characters")
+    start, limit = _paging(request)
+    body = await request.app[SINK].read(_found, search_queries(kind, text), start, limit)
+    return _answer(body, "application/json")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in the URL, carried as surrogates
+        return False
+    return True
+
+
+def _one(reader: Reader, message_id: int) -> bytes | None:
+    record = reader.get_message(message_id)
+    if record is None:
+        return None
+    return _json(mailhog_shapes.message(record, reader.get_raw(message_id) or b""))
+
+
+@routes.get(
+    "/api/v1/messages/{id}",
+    "MailHog: one message",
+    params=[_ID],
+    responses={"404": "no such message"},
+    content_type=TEXT_JSON,
+)
+async def get_message(request: web.Request) -> web.StreamResponse:
+    message_id = path_id(request)
+    body = await request.app[SINK].read(_one, message_id)
+    if body is None:
+        raise ApiError(404, f"no message {message_id}")
+    return _answer(body)
+
+
+@routes.delete(
+    "/api/v1/messages/{id}",
+    "MailHog: delete one message (an empty 200)",
+    params=[_ID],
+    responses={"404": "no such message"},
+)
+async def delete_message(request: web.Request) -> web.StreamResponse:
+    message_id = path_id(request)
+    if not await request.app[SINK].delete_message(message_id):
+        raise ApiError(404, f"no message {message_id}")
+    # Empty: the npm client parses a body as JSON, and MailHog sends none.
+    return web.Response(headers={"Content-Type": TEXT_JSON})
+
+
+@routes.get(
+    "/api/v1/messages/{id}/download",
+    "MailHog: the message as received, as an .eml attachment",
+    params=[_ID],
+    responses={"404": "no such message"},
+    content_type="message/rfc822",
+)
+async def download(request: web.Request) -> web.StreamResponse:
+    message_id = path_id(request)
+    raw = await request.app[SINK].raw(message_id)
+    if raw is None:
+        raise ApiError(404, f"no message {message_id}")
+    disposition = f'attachment; filename="{message_id}.eml"'
+    return await stream_raw(request, raw, {"Content-Disposition": disposition})

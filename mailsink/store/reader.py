@@ -268,9 +268,13 @@ class Reader:
         findings_only: bool = False,
         include_rejected: bool = False,
         finding_kinds: Sequence[str] = (),
+        below: int = 0,
     ) -> list[MessageRecord]:
-        """Newest first."""
+        """Newest first; `below`: only ids below it (a page after the one that ended there)."""
         sql, params = self._filtered(query, findings_only, include_rejected, finding_kinds)
+        if below:
+            sql += (" AND " if " WHERE " in sql else " WHERE ") + "messages.id < ?"
+            params.append(below)
         rows = self.conn.execute(
             f"SELECT {self._columns}{sql} ORDER BY messages.id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
@@ -288,6 +292,19 @@ class Reader:
     ) -> int:
         sql, params = self._filtered(query, findings_only, include_rejected, finding_kinds)
         return self.conn.execute(f"SELECT count(*){sql}", params).fetchone()[0]
+
+    @store_errors
+    def newest_above(self, *, query: Query | None, above: int, limit: int) -> list[MessageRecord]:
+        """The newest `limit` messages matching `query` (filtered as `list_messages`) with an
+        id above `above`, newest first: the HTTP wait's one read each time the store changes.
+        No count: LIMIT stops the scan as soon as enough are found."""
+        sql, params = self._filtered(query, False, False)
+        sql += (" AND " if " WHERE " in sql else " WHERE ") + "messages.id > ?"
+        rows = self.conn.execute(
+            f"SELECT {self._columns}{sql} ORDER BY messages.id DESC LIMIT ?",
+            (*params, above, limit),
+        ).fetchall()
+        return [_message(row) for row in rows]
 
     @store_errors
     def message_index(
@@ -361,6 +378,35 @@ class Reader:
             ):
                 found[row[0]] = _message(row)
         return found
+
+    @store_errors
+    def body_prefixes(self, ids: Iterable[int], length: int = 600) -> dict[int, str]:
+        """The first `length` characters of what the search index holds of each message's text
+        (the text part, or the HTML as text; case-folded, as the index keeps it). Messages not
+        indexed yet are missing from the answer."""
+        wanted = list(ids)
+        if not wanted or self.version < SEARCH_SINCE:
+            return {}
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for rowid, text in self.conn.execute(
+                f"SELECT rowid, substr(body, 1, ?) FROM message_body WHERE rowid IN ({marks})",
+                (length, *chunk),
+            ):
+                found[rowid] = text or ""
+        return found
+
+    @store_errors
+    def tag_counts(self) -> dict[str, int]:
+        """Every tag with how many messages hold it, by name (one spelling per tag)."""
+        if self.version < SEARCH_SINCE:
+            return {}
+        rows = self.conn.execute(
+            "SELECT min(tag), count(*) FROM message_tags GROUP BY tag ORDER BY min(tag)"
+        )
+        return {tag: count for tag, count in rows}
 
     @store_errors
     def first_id(self) -> int | None:
