@@ -123,8 +123,8 @@ class FaultFired:
 
 @dataclass(frozen=True, slots=True)
 class RulesChanged:
-    """The rules in force changed: `why` is "enabled", "disabled", "added", "removed" or
-    "reloaded"; `rule` the rule concerned, when there is one."""
+    """The rules in force changed: `why` is "enabled", "disabled", "added", "removed",
+    "reloaded" or "reset" (counters zeroed); `rule` the rule concerned, when there is one."""
 
     why: str
     rule: str | None = None

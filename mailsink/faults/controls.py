@@ -194,6 +194,14 @@ class FaultControls:
         self._new_policy(same_random=True)
         self._events.publish(RulesChanged("removed", name))
 
+    def reset(self) -> None:
+        """Zero every rule's hits, `times` budgets and rate windows, and start a seeded
+        `probability` sequence again from its seed (as at start-up), from the next SMTP command
+        on. The rules and their switches stay."""
+        # Not _new_policy: it carries over the counts of unchanged rules, which must go here.
+        self._policy = Policy(self._in_force(), self._settings.faults.seed)
+        self._events.publish(RulesChanged("reset"))
+
     def apply_settings(self, settings: Settings) -> None:
         """A reloaded config: its rules replace the old config rules, from each connection's
         next command. Switches and run-time rules stay. A run-time rule whose name the new

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -28,8 +29,11 @@ from mailsink.events import (
     SessionStarted,
 )
 from mailsink.faults.controls import FaultControls
+from mailsink.mail.envelope import Envelope
+from mailsink.smtp import replies
 from mailsink.smtp.handler import SmtpHandler
 from mailsink.smtp.protocol import SmtpConnection, auth_user
+from mailsink.smtp.transcript import DATA, NOTE, SERVER, Transcript
 from mailsink.store import (
     IncomingMessage,
     Operation,
@@ -52,6 +56,8 @@ _LOGGED_RECIPIENTS = 3
 _LOGGED_SUBJECT = 200
 # A session write lost with a dying writer is sent again to the next one, this many times at most.
 _RESENDS = 3
+# The end reason of the session of a message another face handed over (SmtpServer.inject).
+INJECTED_END = "api"
 
 
 def _cut(text: str, width: int) -> str:
@@ -126,6 +132,8 @@ class SmtpServer:
         self._store_refused = False  # the last session row could not be handed to the store
         self._started_at = 0
         self._idle.set()
+        # Sessions of messages handed over by another face (inject), until their end commits.
+        self._injected: dict[int, LiveSession] = {}
 
     @property
     def sessions(self) -> set[SmtpConnection]:
@@ -137,13 +145,16 @@ class SmtpServer:
         """Snapshots of the sessions being served and of those that ended but whose last row
         the store has not committed yet, by session id."""
         connections = [*self._live.values(), *self._ending.values()]
-        return sorted((c.snapshot() for c in connections), key=lambda session: session.id)
+        snapshots = [*(c.snapshot() for c in connections), *self._injected.values()]
+        return sorted(snapshots, key=lambda session: session.id)
 
     def live_session(self, session_id: int) -> LiveSession | None:
         """The session's snapshot while it is served or its end is not yet committed; else
         None (then the store has it, if anything does)."""
         connection = self._live.get(session_id) or self._ending.get(session_id)
-        return connection.snapshot() if connection is not None else None
+        if connection is None:
+            return self._injected.get(session_id)
+        return connection.snapshot()
 
     def _protocol(self, implicit_tls: bool = False) -> SmtpConnection:
         tls = self.settings.tls
@@ -510,3 +521,117 @@ class SmtpServer:
             _cut(visible(stored.subject or ""), _LOGGED_SUBJECT),
             f" [{', '.join(sorted(set(stored.finding_kinds)))}]" if stored.finding_kinds else "",
         )
+
+    # ---- messages handed over by another face
+
+    def _injected_settled(self, session_id: int) -> None:
+        self._injected.pop(session_id, None)
+
+    async def inject(self, raw: bytes, envelope: Envelope, note: str) -> Stored:
+        """Store a message that came by another way than SMTP (POST /api/v1/send) as an SMTP
+        client's is stored: the same write (store_message: findings, X-Tags, plus-address tags
+        as configured), in a session of its own whose peer and HELO are the envelope's (saying
+        where it came from) and whose transcript is `note`, told on the bus as a session and a
+        message are (SessionStarted, TranscriptLine, MessageStored, SessionChanged,
+        SessionEnded). Returns once the message has committed (the session's end row follows
+        in the next commit, as an SMTP session's does); a store that fails raises as it would
+        for SMTP (StoreError, WriterLost)."""
+        session_id = self.store.new_session_id()
+        started_at = now_ms()
+        peer = envelope.peer or "api"
+        transcript = Transcript()
+        transcript.publish_to(self.events, session_id)
+        message = IncomingMessage(
+            session_id=session_id,
+            envelope=envelope,
+            raw=raw,
+            received_at=started_at,
+            check_addresses=self.settings.validation.addresses != "off",
+            plus_tags=self.settings.tags.plus_addresses,
+        )
+        live = LiveSession(
+            id=session_id,
+            peer=peer,
+            started_at=started_at,
+            helo=envelope.helo,
+            state="DATA",
+            tls=envelope.tls,
+            auth_user=envelope.auth_user,
+            last_reply=None,
+            faults_fired=0,
+            message_ids=(),
+            transcript_lines=0,
+            unwritten=(),
+        )
+        self._injected[session_id] = live
+        handed_over = False  # the end row's answer takes the snapshot away
+        try:
+            if self.events.wants(SessionStarted):
+                self.events.publish(SessionStarted(live))
+            transcript.add(NOTE, note)
+            transcript.add(DATA, f"[message data: {len(raw)} bytes]")
+            events = transcript.take()
+            self._injected[session_id] = live = dataclasses.replace(
+                live, transcript_lines=transcript.count, unwritten=tuple(events)
+            )
+            write = partial(
+                store_message,
+                session_id=session_id,
+                events=events,
+                started_at=started_at,
+                peer=peer,
+                message=message,
+            )
+            # Shielded: a request given up on must not cancel a commit the writer will answer.
+            stored: Stored = await asyncio.shield(self.store.begin(write))
+            reply = replies.queued(stored.id)
+            transcript.add(SERVER, reply)
+            live = dataclasses.replace(
+                live, message_ids=(stored.id,), last_reply=reply, state="api"
+            )
+            self._injected[session_id] = live
+            if self.events.wants(MessageStored):
+                self.events.publish(MessageStored(stored.id, session_id, False))
+            if self.events.wants(SessionChanged):
+                self.events.publish(SessionChanged(live))
+            ended_at = now_ms()
+            last = transcript.take()
+            end = partial(
+                write_session,
+                session_id=session_id,
+                events=last,
+                started_at=started_at,
+                peer=peer,
+                helo=envelope.helo,
+                tls=envelope.tls,
+                auth_user=envelope.auth_user,
+                last_reply=reply,
+                end_reason=INJECTED_END,
+                ended_at=ended_at,
+            )
+            ended = dataclasses.replace(
+                live,
+                transcript_lines=transcript.count,
+                unwritten=tuple(last),
+                end_reason=INJECTED_END,
+                ended_at=ended_at,
+            )
+            # As an SMTP session's end row: not waited for (it shares the next commit), its
+            # snapshot standing in for it until the store has answered.
+            self._injected[session_id] = ended
+            self._record(end, partial(self._injected_settled, session_id))
+            handed_over = True
+            if self.events.wants(SessionEnded):
+                self.events.publish(SessionEnded(ended))
+        finally:
+            if not handed_over:
+                self._injected.pop(session_id, None)
+        log.info(
+            "message %s from <%s> to %s, %s, by %s",
+            stored.id,
+            visible(envelope.mail_from, emoji=False),
+            recipients_text(envelope.rcpt_to),
+            format_bytes(len(raw)),
+            visible(peer, emoji=False),
+        )
+        return stored
