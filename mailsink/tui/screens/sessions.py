@@ -80,7 +80,7 @@ class SessionRow:
         ]
 
     def _ending_style(self) -> str:
-        return "" if self.state in ("quit", "client_closed") else "yellow"
+        return "" if self.state in ("quit", "client_closed", "api") else "yellow"
 
 
 COLUMNS = (
