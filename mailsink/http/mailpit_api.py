@@ -1,7 +1,715 @@
-"""Mailpit routes (to be filled)."""
+"""Mailpit v1's reading and state routes (server/apiv1/*.go): lists, search, one message, its
+headers, raw source, parts and views, info, web UI settings, read state, deletion and tags.
+
+Errors are text/plain as Mailpit sends them (a 400 names the parameter). Search takes
+mailsink's query language, a superset of Mailpit's; rejected messages stay out of lists,
+`latest` and searches unless the query asks for them (`status:`), as `mailsink list` does.
+
+`DELETE /api/v1/messages` is also MailHog's "delete all" (no body): it answers an empty 200,
+which Mailpit's clients (they ignore the body) and MailHog's both accept.
+"""
 
 from __future__ import annotations
 
-from mailsink.http.routing import ApiRoutes
+import contextlib
+import json
+import os
+import re
+import time
+import urllib.parse
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+import mailsink
+from mailsink.errors import QueryError
+from mailsink.http import mailpit_shapes as shapes
+from mailsink.http.request_params import ApiError, integer, json_body, path_id, search
+from mailsink.http.routing import ApiRoutes, Param
+from mailsink.http.web_service import SINK, json_response
+from mailsink.mail.tags import given_tag, given_tags
+from mailsink.query import DATE, EXACT, FLAG, Query, Term, parse_query
+from mailsink.store import MEMORY, MessageRecord, Reader
+
+if TYPE_CHECKING:
+    from mailsink.sink import Sink
 
 routes = ApiRoutes("Mailpit")
+
+DEFAULT_LIMIT = 50  # Mailpit's
+# A page is at most this long (Mailpit's limit=0, "all", is this too): a list of 100 000
+# summaries would be 60 MB of JSON built on one request.
+MAX_LIMIT = 1000
+# Content-Security-Policy of anything a message supplies that a browser may render from the
+# API's own origin (the HTML view, a part): no script, nothing fetched, a sandboxed origin.
+VIEW_POLICY = "default-src 'none'; img-src data: cid:; style-src 'unsafe-inline'; sandbox"
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+UNREAD = Term("is", FLAG, "unread", False, "is:unread")
+
+QUERY_LATEST = Param("query", description="with ID latest: the newest message matching it")
+START = Param("start", "integer", "messages to skip (default 0)")
+LIMIT = Param(
+    "limit", "integer", f"messages per page (default 50; 0 or over {MAX_LIMIT}: {MAX_LIMIT})"
+)
+NOT_FOUND = {"404": "no such message (text)"}
+BAD = {"400": "a bad parameter, named (text)"}
+
+
+# ---- small helpers
+
+
+def _sink(request: web.Request) -> Sink:
+    return request.app[SINK]
+
+
+def _text(body: str = "ok", status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/plain")
+
+
+def _done() -> web.Response:
+    """An empty 200: what every DELETE answers (Mailpit sends "ok", MailHog's clients parse the
+    body as JSON; an empty one satisfies both)."""
+    return web.Response(status=200)
+
+
+def _page_limits(request: web.Request) -> tuple[int, int]:
+    start = integer(request, "start", 0, text=True)
+    limit = integer(request, "limit", DEFAULT_LIMIT, text=True)
+    return start, MAX_LIMIT if limit == 0 else min(limit, MAX_LIMIT)
+
+
+def _required_query(request: web.Request) -> Query:
+    if not request.query.get("query", "").strip():
+        raise ApiError(400, "query: Error: no search query", text=True)
+    return search(request, "query", text=True)
+
+
+def _unread(query: Query) -> Query:
+    return Query((*query.terms, UNREAD), query.text)
+
+
+def _ids(values: Any, name: str) -> list[int]:
+    """Message IDs as Mailpit's clients send them (strings; numbers taken too). One that names
+    no mailsink message is left out, as Mailpit ignores an unknown ID."""
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise ApiError(400, f"{name}: expected an array of message IDs", text=True)
+    ids: list[int] = []
+    for value in values:
+        text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+        if text.isascii() and text.isdigit() and 0 < int(text) < 2**63:
+            ids.append(int(text))
+    return ids
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    data = await json_body(request, text=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "expected a JSON object", text=True)
+    return data
+
+
+def _newest(reader: Reader, query: Query | None) -> int | None:
+    found = reader.list_messages(limit=1, query=query)
+    return found[0].id if found else None
+
+
+async def _message_id(request: web.Request) -> int:
+    """The {ID} of a message route: a number, or `latest` (`?query=`: the newest match)."""
+    if request.match_info.get("id") == "latest":
+        query = search(request, "query", text=True) if request.query.get("query") else None
+        found = await _sink(request).read(_newest, query)
+        if found is None:
+            raise ApiError(404, "Message not found", text=True)
+        return found
+    return path_id(request, "id", text=True)
+
+
+def _loaded(reader: Reader, message_id: int) -> tuple[MessageRecord, bytes] | None:
+    record = reader.get_message(message_id)
+    raw = reader.get_raw(message_id) if record is not None else None
+    return (record, raw) if record is not None and raw is not None else None
+
+
+# Each sink's snippets, kept while it lives (its ids are never reused).
+_SNIPPETS: weakref.WeakKeyDictionary[Any, shapes.Snippets] = weakref.WeakKeyDictionary()
+
+
+def _summaries(
+    reader: Reader, snippets: shapes.Snippets, records: list[MessageRecord]
+) -> list[dict[str, Any]]:
+    texts = snippets.of(reader, [record.id for record in records])
+    return [shapes.summary(record, texts.get(record.id), made=True) for record in records]
+
+
+def _snippets(sink: Any) -> shapes.Snippets:
+    found = _SNIPPETS.get(sink)
+    if found is None:
+        found = _SNIPPETS[sink] = shapes.Snippets()
+    return found
+
+
+def _tag_names(reader: Reader) -> list[str]:
+    return sorted(reader.tag_counts())  # Mailpit's ORDER BY Name: byte order
+
+
+# ---- lists and search
+
+
+STATUS_ANY = parse_query("status:any")
+STATUS_REJECTED = parse_query("status:rejected")
+
+
+class Mailbox:
+    """The counts every list answers with (accepted messages, unread ones, the tags), kept
+    between requests: counting accepted messages reads every row (26 ms for 20 000), so the
+    total is all messages (counted from an index) less the rejected ones, whose ids are kept
+    and topped up from the newest rows; the unread count and the tags are counted again only
+    when the store has changed (PRAGMA data_version). Used on the reader thread only."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.unread = 0
+        self.tags: list[str] = []
+        self.rejected: set[int] = set()
+        self.scanned_to = 0  # rejected ids are known up to here
+        self.deletions: int | None = None
+
+    def counts(self, reader: Reader) -> tuple[int, int, list[str]]:
+        """(accepted messages, unread accepted messages, tag names)."""
+        version = reader.data_version()
+        if version != self.version:
+            deletions = reader.deletions()
+            if deletions != self.deletions:  # ids chosen by hand went: look at them all again
+                self.rejected, self.scanned_to, self.deletions = set(), 0, deletions
+            newest = reader.latest_id() or 0
+            self.rejected.update(reader.message_index(query=STATUS_REJECTED, above=self.scanned_to))
+            self.scanned_to = newest
+            first = reader.first_id()  # retention removes the oldest
+            if first is None:
+                self.rejected.clear()
+            elif self.rejected and min(self.rejected) < first:
+                self.rejected = {i for i in self.rejected if i >= first}
+            self.unread = reader.unread_count()
+            self.tags = _tag_names(reader)
+            self.version = version
+        total = reader.count_messages(query=STATUS_ANY) - len(self.rejected)
+        return max(0, total), self.unread, self.tags
+
+
+# Each sink's counts, kept while it lives.
+_MAILBOXES: weakref.WeakKeyDictionary[Any, Mailbox] = weakref.WeakKeyDictionary()
+
+
+def _mailbox(sink: Any) -> Mailbox:
+    found = _MAILBOXES.get(sink)
+    if found is None:
+        found = _MAILBOXES[sink] = Mailbox()
+    return found
+
+
+def _listing(
+    reader: Reader,
+    snippets: shapes.Snippets,
+    mailbox: Mailbox,
+    start: int,
+    limit: int,
+    query: Query | None,
+) -> dict[str, Any]:
+    """One reader-thread trip for the whole answer: the page, its snippets, the counts."""
+    records = reader.list_messages(limit=limit, offset=start, query=query)
+    total, unread, tags = mailbox.counts(reader)
+    if query is None:
+        matching, matching_unread = total, unread
+    else:
+        matching = reader.count_messages(query=query)
+        matching_unread = reader.count_messages(query=_unread(query))
+    return {
+        "total": total,
+        "unread": unread,
+        "count": len(records),
+        "messages_count": matching,
+        "messages_unread": matching_unread,
+        "start": start,
+        "tags": tags,
+        "messages": _summaries(reader, snippets, records),
+    }
+
+
+@routes.get(
+    "/api/v1/messages",
+    "List messages (Mailpit MessagesSummary), newest first",
+    params=[START, LIMIT],
+    responses=BAD,
+)
+async def list_messages(request: web.Request) -> web.StreamResponse:
+    start, limit = _page_limits(request)
+    sink = _sink(request)
+    return json_response(
+        await sink.read(_listing, _snippets(sink), _mailbox(sink), start, limit, None)
+    )
+
+
+@routes.get(
+    "/api/v1/search",
+    "Search messages (mailsink's query language, a superset of Mailpit's)",
+    params=[Param("query", description="the search", required=True), START, LIMIT],
+    responses=BAD,
+)
+async def search_messages(request: web.Request) -> web.StreamResponse:
+    query = _required_query(request)
+    start, limit = _page_limits(request)
+    sink = _sink(request)
+    return json_response(
+        await sink.read(_listing, _snippets(sink), _mailbox(sink), start, limit, query)
+    )
+
+
+@routes.delete(
+    "/api/v1/search",
+    "Delete the messages matching a search",
+    params=[Param("query", description="the search", required=True)],
+    responses=BAD,
+    content_type="text/plain",
+)
+async def delete_search(request: web.Request) -> web.StreamResponse:
+    query = _required_query(request)
+    sink = _sink(request)
+    ids = await sink.read(lambda r: r.message_index(query=query, include_rejected=False))
+    if ids:
+        await sink.delete_messages(list(ids))
+    return _done()
+
+
+READ_BODY = {
+    "type": "object",
+    "properties": {
+        "IDs": {"type": "array", "items": {"type": "string"}},
+        "Read": {"type": "boolean"},
+        "Search": {"type": "string"},
+    },
+}
+
+
+@routes.put(
+    "/api/v1/messages",
+    "Mark messages read or unread: by IDs, by Search, or (neither) all",
+    body=READ_BODY,
+    responses=BAD,
+    content_type="text/plain",
+)
+async def set_read(request: web.Request) -> web.StreamResponse:
+    data = await _json_object(request)
+    read = data.get("Read", False)
+    if not isinstance(read, bool):
+        raise ApiError(400, "Read: expected true or false", text=True)
+    ids = _ids(data.get("IDs"), "IDs")
+    text = data.get("Search") or ""
+    if not isinstance(text, str):
+        raise ApiError(400, "Search: expected a string", text=True)
+    if data.get("IDs") and text:
+        raise ApiError(400, "You may specify either IDs or a search query, not both", text=True)
+    sink = _sink(request)
+    if text:
+        try:
+            query = parse_query(text)
+        except QueryError as error:
+            raise ApiError(400, f"Search: {error}", text=True) from None
+        ids = list(await sink.read(lambda r: r.message_index(query=query, include_rejected=False)))
+    elif not data.get("IDs"):
+        if read:
+            await sink.mark_all_read()
+            return _text()
+        ids = list(await sink.read(lambda r: r.message_index(include_rejected=True)))
+    await sink.mark_read(ids, read)
+    return _text()
+
+
+@routes.delete(
+    "/api/v1/messages",
+    "Delete messages by IDs; no body, a body that is not JSON or no IDs: all of them",
+    body={"type": "object", "properties": {"IDs": {"type": "array", "items": {"type": "string"}}}},
+    content_type="text/plain",
+)
+async def delete_messages(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (ValueError, RecursionError):
+        data = None
+    given = data.get("IDs") if isinstance(data, dict) else None
+    sink = _sink(request)
+    if isinstance(given, list) and given:
+        # As Mailpit: the IDs given (unknown ones are nothing to delete).
+        await sink.delete_messages(_ids(given, "IDs"))
+    else:
+        await sink.clear()
+    return _done()
+
+
+# ---- one message
+
+
+@routes.get(
+    "/api/v1/message/{id}",
+    "One message (Mailpit Message); marks it read",
+    params=[QUERY_LATEST],
+    responses=NOT_FOUND,
+)
+async def get_message(request: web.Request) -> web.StreamResponse:
+    message_id = await _message_id(request)
+    sink = _sink(request)
+
+    def build(reader: Reader) -> dict[str, Any] | None:
+        loaded = _loaded(reader, message_id)
+        return shapes.message(*loaded)[0] if loaded else None
+
+    shape = await sink.read(build)
+    if shape is None:
+        raise ApiError(404, "404 page not found", text=True)
+    await sink.mark_read([message_id])
+    return json_response(shape)
+
+
+@routes.get(
+    "/api/v1/message/{id}/headers",
+    "The message's headers (Go-canonical names, sorted; values as sent)",
+    params=[QUERY_LATEST],
+    responses=NOT_FOUND,
+)
+async def get_headers(request: web.Request) -> web.StreamResponse:
+    message_id = await _message_id(request)
+
+    def build(reader: Reader) -> dict[str, list[str]] | None:
+        raw = reader.get_raw(message_id)
+        return shapes.headers(raw) if raw is not None else None
+
+    found = await _sink(request).read(build)
+    if found is None:
+        raise ApiError(404, "404 page not found", text=True)
+    return json_response(found)
+
+
+@routes.get(
+    "/api/v1/message/{id}/raw",
+    "The message exactly as received",
+    params=[QUERY_LATEST, Param("dl", description="1: as a download ({ID}.eml)")],
+    responses=NOT_FOUND,
+    content_type="text/plain",
+)
+async def get_raw(request: web.Request) -> web.StreamResponse:
+    message_id = await _message_id(request)
+    raw = await _sink(request).raw(message_id)
+    if raw is None:
+        raise ApiError(404, "404 page not found", text=True)
+    # The bytes as stored (no re-encoding, no copy): aiohttp writes the buffer it is given.
+    response = web.Response(body=raw, content_type="text/plain", charset="utf-8")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.query.get("dl") == "1":
+        response.headers["Content-Disposition"] = f'attachment; filename="{message_id}.eml"'
+    return response
+
+
+@routes.get(
+    "/api/v1/message/{id}/part/{part}",
+    "One attachment or inline part, by Mailpit's PartID",
+    responses=NOT_FOUND,
+    content_type="application/octet-stream",
+)
+async def get_part(request: web.Request) -> web.StreamResponse:
+    message_id = await _message_id(request)
+    part_id = request.match_info["part"]
+
+    def find(reader: Reader) -> tuple[str, str, bytes] | None:
+        raw = reader.get_raw(message_id)
+        if raw is None:
+            return None
+        part = shapes.mime_view(raw).parts.get(part_id)
+        if part is None:
+            return None
+        return part.content_type, part.filename or part.content_id, part.content()
+
+    found = await _sink(request).read(find)
+    if found is None:
+        raise ApiError(404, "404 page not found", text=True)
+    content_type, name, content = found
+    response = web.Response(body=content)
+    # The part's own type, as Mailpit sends it (the policy below keeps an HTML "attachment"
+    # inert); one that is not a plain type/subtype is sent as bytes.
+    if not _MEDIA_TYPE.fullmatch(content_type):
+        content_type = "application/octet-stream"
+    response.headers["Content-Type"] = content_type
+    response.headers["Content-Disposition"] = f'inline; filename="{urllib.parse.quote(name)}"'
+    response.headers["Content-Security-Policy"] = VIEW_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+# ---- the views cypress-mailpit and other UI tests load
+
+
+async def _view(request: web.Request, html: bool) -> web.StreamResponse:
+    message_id = await _message_id(request)
+    sink = _sink(request)
+
+    def body(reader: Reader) -> str | None:
+        raw = reader.get_raw(message_id)
+        if raw is None:
+            return None
+        view = shapes.mime_view(raw)
+        return view.html if html else view.text
+
+    found = await sink.read(body)
+    if found is None:
+        raise ApiError(404, "Message not found", text=True)
+    if html and not found:
+        raise ApiError(404, "This message does not contain a HTML part", text=True)
+    await sink.mark_read([message_id])  # as Mailpit, which loads the message to show it
+    response = web.Response(
+        text=found, content_type="text/html" if html else "text/plain", charset="utf-8"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if html:
+        response.headers["Content-Security-Policy"] = VIEW_POLICY
+    return response
+
+
+VIEW_PARAMS = [QUERY_LATEST]
+
+
+@routes.get(
+    "/view/{id}.html",
+    "The message's HTML part, under a policy that blocks scripts and remote loads",
+    params=VIEW_PARAMS,
+    responses=NOT_FOUND,
+    content_type="text/html",
+)
+async def view_html(request: web.Request) -> web.StreamResponse:
+    return await _view(request, True)
+
+
+@routes.get(
+    "/view/{id}.txt",
+    "The message's text",
+    params=VIEW_PARAMS,
+    responses=NOT_FOUND,
+    content_type="text/plain",
+)
+async def view_text(request: web.Request) -> web.StreamResponse:
+    return await _view(request, False)
+
+
+# cypress-mailpit joins its base URL and "/view/…" into "//view/…".
+@routes.get(
+    "//view/{id}.html",
+    "/view/{ID}.html, as cypress-mailpit asks for it",
+    params=VIEW_PARAMS,
+    responses=NOT_FOUND,
+    content_type="text/html",
+)
+async def view_html_doubled(request: web.Request) -> web.StreamResponse:
+    return await _view(request, True)
+
+
+@routes.get(
+    "//view/{id}.txt",
+    "/view/{ID}.txt, as cypress-mailpit asks for it",
+    params=VIEW_PARAMS,
+    responses=NOT_FOUND,
+    content_type="text/plain",
+)
+async def view_text_doubled(request: web.Request) -> web.StreamResponse:
+    return await _view(request, False)
+
+
+# ---- application information
+
+
+def _memory() -> int:
+    """Resident memory now (Linux), else the peak (the best this platform tells)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource  # (Unix only: this is its fallback)
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _information(reader: Reader, mailbox: Mailbox, path: str, started_ms: int) -> dict[str, Any]:
+    size = 0
+    if path != MEMORY:
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):  # no -wal file: nothing to add
+                size += os.path.getsize(path + suffix)
+    messages, unread, _tags = mailbox.counts(reader)
+    since = Term("after", DATE, started_ms, False, "after:start")
+    rejected = parse_query("status:rejected")
+    return {
+        "Version": mailsink.__version__,
+        "LatestVersion": "disabled",  # mailsink never calls home
+        "Database": path,
+        "DatabaseSize": size,
+        "Messages": messages,
+        "Unread": unread,
+        "Tags": reader.tag_counts(),
+        "RuntimeStats": {
+            "Uptime": max(0, int(time.time() - started_ms / 1000)) if started_ms else 0,
+            "Memory": _memory(),
+            "MessagesDeleted": 0,
+            "SMTPAccepted": reader.count_messages(query=Query((since,))) if started_ms else 0,
+            "SMTPAcceptedSize": 0,
+            "SMTPRejected": (
+                reader.count_messages(query=Query((*rejected.terms, since))) if started_ms else 0
+            ),
+            "SMTPIgnored": 0,
+        },
+    }
+
+
+@routes.get("/api/v1/info", "Application information (Mailpit AppInformation)")
+async def info(request: web.Request) -> web.StreamResponse:
+    sink = _sink(request)
+    # When this server started taking mail (0 when attached): the runtime counts start there.
+    started = int(getattr(sink.server, "_started_at", 0) or 0)
+    return json_response(await sink.read(_information, _mailbox(sink), sink.path, started))
+
+
+@routes.get("/api/v1/webui", "Web UI configuration (Mailpit WebUIConfiguration)")
+async def webui(request: web.Request) -> web.StreamResponse:
+    return json_response(
+        {
+            "Label": "mailsink",
+            "MessageRelay": {
+                "Enabled": False,
+                "SMTPServer": "",
+                "ReturnPath": "",
+                "AllowedRecipients": "",
+                "BlockedRecipients": "",
+                "OverrideFrom": "",
+                "PreserveMessageIDs": False,
+                "RecipientAllowlist": "",
+            },
+            "SpamAssassin": False,
+            "ChaosEnabled": _sink(request).faults is not None,
+            "DuplicatesIgnored": False,
+            "HideDeleteAllButton": False,
+        }
+    )
+
+
+# ---- tags
+
+
+def _tagged(reader: Reader, tag: str) -> list[int]:
+    query = Query((Term("tag", EXACT, tag, False, f"tag:{tag}"),))
+    return list(reader.message_index(query=query, include_rejected=True))
+
+
+@routes.get("/api/v1/tags", "Every tag in use, sorted")
+async def get_tags(request: web.Request) -> web.StreamResponse:
+    return json_response(await _sink(request).read(_tag_names))
+
+
+def _tag_list(values: Any, name: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ApiError(400, f"{name}: expected an array of strings", text=True)
+    try:
+        return given_tags(values)
+    except ValueError as error:
+        raise ApiError(400, f"{name}: {error}", text=True) from None
+
+
+@routes.put(
+    "/api/v1/tags",
+    "Set exactly these tags on these messages (an empty Tags removes them all)",
+    body={
+        "type": "object",
+        "required": ["IDs", "Tags"],
+        "properties": {
+            "IDs": {"type": "array", "items": {"type": "string"}},
+            "Tags": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    responses=BAD,
+    content_type="text/plain",
+)
+async def set_tags(request: web.Request) -> web.StreamResponse:
+    data = await _json_object(request)
+    tags = _tag_list(data.get("Tags", []), "Tags")
+    ids = _ids(data.get("IDs"), "IDs")
+    if not ids:
+        return _text()
+    sink = _sink(request)
+    held = await sink.read(Reader.messages_by_id, ids)
+    wanted = {tag.casefold() for tag in tags}
+    removing = sorted(
+        {t for record in held.values() for t in record.tags if t.casefold() not in wanted}
+    )
+    # A message holds at most 50 tags, and one change names at most that many: removals go
+    # first in groups, the additions with the last group.
+    groups = [removing[i : i + 50] for i in range(0, len(removing), 50)] or [[]]
+    try:
+        for number, group in enumerate(groups, 1):
+            await sink.change_tags(list(held), tags if number == len(groups) else [], group)
+    except ValueError as error:
+        raise ApiError(400, f"Tags: {error}", text=True) from None
+    return _text()
+
+
+@routes.put(
+    "/api/v1/tags/{tag}",
+    "Rename a tag on every message",
+    body={"type": "object", "required": ["Name"], "properties": {"Name": {"type": "string"}}},
+    responses=BAD,
+    content_type="text/plain",
+)
+async def rename_tag(request: web.Request) -> web.StreamResponse:
+    old = request.match_info["tag"]
+    data = await _json_object(request)
+    name = data.get("Name")
+    if not isinstance(name, str):
+        raise ApiError(400, "Name: expected a string", text=True)
+    try:
+        new = given_tag(name)
+    except ValueError as error:
+        raise ApiError(400, f"Name: {error}", text=True) from None
+    if new == old:
+        return _text()
+    sink = _sink(request)
+
+    def look(reader: Reader) -> tuple[list[int], dict[str, int]]:
+        return _tagged(reader, old), reader.tag_counts()
+
+    ids, counts = await sink.read(look)
+    if not ids:
+        raise ApiError(400, f"tag not found: {old!r}", text=True)
+    if new.casefold() != old.casefold() and any(t.casefold() == new.casefold() for t in counts):
+        raise ApiError(400, f"tag already exists: {new!r}", text=True)
+    if new.casefold() == old.casefold():  # another spelling: out, then in again
+        await sink.change_tags(ids, remove=[old])
+        await sink.change_tags(ids, add=[new])
+    else:
+        await sink.change_tags(ids, add=[new], remove=[old])
+    return _text()
+
+
+@routes.delete(
+    "/api/v1/tags/{tag}",
+    "Remove a tag from every message (the messages stay)",
+    responses=BAD,
+    content_type="text/plain",
+)
+async def delete_tag(request: web.Request) -> web.StreamResponse:
+    tag = request.match_info["tag"]
+    sink = _sink(request)
+    ids = await sink.read(_tagged, tag)
+    if not ids:
+        raise ApiError(400, f"tag not found: {tag!r}", text=True)
+    try:
+        await sink.change_tags(ids, remove=[tag])
+    except ValueError as error:
+        raise ApiError(400, f"tag: {error}", text=True) from None
+    return _done()
