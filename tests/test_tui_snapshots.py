@@ -204,10 +204,12 @@ def fill(path: Path) -> None:
 
 
 def picture(app: MailsinkApp) -> str:
-    """The screenshot, with the only thing that differs between runs (the port) fixed."""
+    """The screenshot, with the only things that differ between runs (the ports) fixed."""
     assert app.sink.server is not None
     svg = app.export_screenshot()
     svg = svg.replace(f":{app.sink.server.port}", ":10025")  # ephemeral ports: 5 digits
+    if app.sink.http is not None:
+        svg = svg.replace(f":{app.sink.http.port}", ":18025")
     return re.sub(r"terminal-\d+", "terminal-mailsink", svg)
 
 

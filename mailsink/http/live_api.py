@@ -1,7 +1,491 @@
-"""Live events (Mailpit's WebSocket, mailsink's Server-Sent Events), the server-side wait."""
+"""Live events (Mailpit's WebSocket, mailsink's Server-Sent Events), the server-side wait.
+
+All three wake on the sink's event bus (mailsink.events), never on a timer that looks at the
+store. Each read they make runs on the sink's reader thread.
+"""
 
 from __future__ import annotations
 
-from mailsink.http.routing import ApiRoutes
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import weakref
+from collections.abc import Awaitable
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from mailsink import __version__
+from mailsink import events as ev
+from mailsink.clock import iso_ms
+from mailsink.http.request_params import ApiError, bad, integer, search
+from mailsink.http.routing import ApiRoutes, Param
+from mailsink.http.web_service import SERVICE, SINK, HttpService, json_response
+from mailsink.sink import Sink
+from mailsink.store import MessageRecord, Reader
+from mailsink.units import parse_duration
+
+log = logging.getLogger("mailsink")
 
 routes = ApiRoutes("mailsink")
+
+# ---- the server-side wait
+
+WAIT_DEFAULT_SECONDS = 10.0
+# A wait holds a connection and a subscription: past this, the client asks again.
+WAIT_MAX_SECONDS = 300.0
+WAIT_MAX_COUNT = 1000
+WAKING_KINDS = (ev.MessageStored, ev.MessagesDeleted, ev.MessagesChanged, ev.StoreChanged)
+
+
+def _duration(request: web.Request, name: str, default: float) -> float:
+    raw = request.query.get(name, "")
+    if raw == "":
+        return default
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as error:
+        raise bad(name, str(error)[:120]) from None
+    return min(seconds, WAIT_MAX_SECONDS)
+
+
+@routes.get(
+    "/api/mailsink/wait",
+    "Wait until `count` messages match the query (newest first, as `mailsink list --json`)",
+    params=[
+        Param("query", description="the search language (as `mailsink list --search`)"),
+        Param("count", "integer", f"how many messages to wait for (1 to {WAIT_MAX_COUNT})"),
+        Param(
+            "timeout",
+            description=f"how long to wait: 10s, 500ms, 2m (default 10s, at most "
+            f"{WAIT_MAX_SECONDS:.0f}s)",
+        ),
+        Param("since", "integer", "only messages with a greater id (the newest id you know)"),
+    ],
+    responses={
+        "400": "a bad parameter (named)",
+        "408": 'timed out: {"error", "messages": what matched so far}',
+        "503": "the server is stopping",
+    },
+)
+async def wait_for_messages(request: web.Request) -> web.StreamResponse:
+    sink, service = request.app[SINK], request.app[SERVICE]
+    query = search(request, "query")
+    count = integer(request, "count", 1, minimum=1, maximum=WAIT_MAX_COUNT)
+    since = integer(request, "since", 0)
+    timeout = _duration(request, "timeout", WAIT_DEFAULT_SECONDS)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def newest(reader: Reader) -> list[MessageRecord]:
+        return reader.newest_above(query=query, above=since, limit=count)
+
+    # Subscribed before the first read: a message committed in between wakes the wait.
+    subscription = sink.subscribe(*WAKING_KINDS)
+
+    async def close() -> None:
+        subscription.close()
+
+    service.streams.add(close)
+    try:
+        if service.stopping.is_set():
+            subscription.close()
+        while True:
+            found = await sink.read(newest)
+            if len(found) >= count:
+                return json_response([record.summary_json() for record in found])
+            if subscription.closed:
+                raise ApiError(503, "the server is stopping")
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=408)  # the client has gone: nobody to answer
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return json_response(
+                    {
+                        "error": f"timed out after {timeout:g}s: {len(found)} of {count} "
+                        "matching messages",
+                        "messages": [record.summary_json() for record in found],
+                    },
+                    408,
+                )
+            with contextlib.suppress(TimeoutError, StopAsyncIteration):
+                await asyncio.wait_for(subscription.get(), remaining)
+            subscription.pending()  # a burst of commits costs one read
+    finally:
+        service.streams.discard(close)
+        subscription.close()
+
+
+# ---- the event stream (Server-Sent Events)
+
+# Events kept for `Last-Event-ID`: some seconds of a busy server, minutes of a quiet one.
+RING_SIZE = 5000
+# A comment line this often keeps proxies from closing an idle stream and finds gone clients.
+HEARTBEAT_SECONDS = 15.0
+CHUNK = 500  # events written at once to one client, so that none waits long for the others
+
+
+def _kebab(name: str) -> str:
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in name).lstrip("-")
+
+
+def session_json(session: ev.LiveSession) -> dict[str, Any]:
+    """A live session with the keys of `mailsink sessions --json` (SessionRecord.as_json), plus
+    what only a live one has; its transcript comes as transcript-line events."""
+    return {
+        "id": session.id,
+        "started_at": iso_ms(session.started_at),
+        "ended_at": iso_ms(session.ended_at),
+        "peer": session.peer,
+        "helo": session.helo,
+        "tls": session.tls,
+        "auth_user": session.auth_user,
+        "end_reason": session.end_reason,
+        "message_count": len(session.message_ids),
+        "last_reply": session.last_reply,
+        "faults": session.faults_fired,
+        "refusals": session.refusals,
+        "last_refusal": session.last_refusal,
+        "messages": list(session.message_ids),
+        "state": session.state,
+        "live": session.live,
+        "transcript_lines": session.transcript_lines,
+    }
+
+
+def event_json(event: Any) -> dict[str, Any]:
+    """One event as the stream sends it: `type` is the record's name in kebab case
+    (MessageStored -> message-stored)."""
+    data: dict[str, Any] = {"type": _kebab(type(event).__name__)}
+    if isinstance(event, ev.SessionStarted | ev.SessionChanged | ev.SessionEnded):
+        data["session"] = session_json(event.session)
+    elif isinstance(event, ev.TranscriptLine):
+        seq, at, direction, text = event.line
+        data.update(
+            session_id=event.session_id, seq=seq, at=iso_ms(at), direction=direction, text=text
+        )
+    elif isinstance(event, ev.FaultFired):
+        data.update(
+            session_id=event.session_id,
+            rule=event.rule,
+            stage=event.stage,
+            action=event.action,
+            reply=event.reply,
+            at=iso_ms(event.at),
+        )
+    else:  # flat records of plain values
+        for field in dataclasses.fields(event):
+            value = getattr(event, field.name)
+            data[field.name] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+def _frame(data: dict[str, Any], event_id: int | None = None) -> bytes:
+    # ASCII JSON: a CR or LF in untrusted text cannot end the SSE line, and a lone surrogate
+    # (a stray byte kept from a transcript) stays an escape rather than failing to encode.
+    text = json.dumps(data, separators=(",", ":"))
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}data: {text}\n\n".encode("ascii")
+
+
+class EventLog:
+    """Every event of the sink, numbered and framed once, the newest RING_SIZE kept: each SSE
+    client is a position in it, so a slow one costs no memory (it is told what it missed)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING_SIZE)
+        self.last = 0  # the newest event's id
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        # Everything: TranscriptLine makes the SMTP server build a record per line, which is
+        # why the log starts with the first client, not with the server.
+        self.subscription = sink.subscribe(limit=RING_SIZE)
+        self.task = asyncio.create_task(self._run(), name="mailsink-sse-log")
+
+    async def _run(self) -> None:
+        async for event in self.subscription:
+            for each in (event, *self.subscription.pending()):
+                self.last += 1
+                self.ring.append((self.last, _frame(event_json(each), self.last)))
+            self._wake()
+
+    def _wake(self) -> None:
+        woken, self.wakeup = self.wakeup, asyncio.Event()
+        woken.set()
+
+    def after(self, cursor: int) -> tuple[list[bytes], int, int]:
+        """(frames after `cursor`, the new cursor, how many were lost before them)."""
+        first = self.ring[0][0] if self.ring else self.last + 1
+        lost = 0
+        if cursor < first - 1:
+            lost, cursor = first - 1 - cursor, first - 1
+        start = cursor - first + 1
+        frames = [frame for _, frame in itertools.islice(self.ring, start, start + CHUNK)]
+        return frames, cursor + len(frames), lost
+
+    async def close(self) -> None:
+        self.closed = True
+        self.subscription.close()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self._wake()
+
+
+_logs: weakref.WeakKeyDictionary[HttpService, EventLog] = weakref.WeakKeyDictionary()
+
+
+def _event_log(service: HttpService, sink: Sink) -> EventLog:
+    found = _logs.get(service)
+    if found is None:
+        found = _logs[service] = EventLog(sink)
+        service.streams.add(found.close)
+    return found
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        return -1  # not one of ours
+    return int(raw)
+
+
+@routes.get(
+    "/api/mailsink/events",
+    "The sink's events as Server-Sent Events (JSON with a `type` each; Last-Event-ID resumes)",
+    params=[
+        Param(
+            "Last-Event-ID",
+            "integer",
+            f"resume after this event (the last {RING_SIZE} are kept)",
+            where="header",
+        )
+    ],
+    content_type="text/event-stream",
+    responses={"503": "the server is stopping"},
+)
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    sink, service = request.app[SINK], request.app[SERVICE]
+    if service.stopping.is_set():
+        raise ApiError(503, "the server is stopping")
+    events = _event_log(service, sink)
+    resume = _last_event_id(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx would hold the events back
+        }
+    )
+    await response.prepare(request)
+    if request.method == "HEAD":  # the headers only: a stream nobody reads would never end
+        return response
+    with contextlib.suppress(ConnectionResetError):  # the client went: nothing to answer
+        await _send_events(response, events, service, resume)
+    return response
+
+
+async def _send_events(
+    response: web.StreamResponse, events: EventLog, service: HttpService, resume: int | None
+) -> None:
+    await response.write(b"retry: 2000\n\n")
+    cursor = events.last
+    if resume is not None:
+        if 0 <= resume <= events.last:
+            cursor = resume
+        else:  # from before a restart (ids start again at 1), or not an id
+            await response.write(_frame({"type": "events-lost", "count": None}))
+    while not (events.closed or service.stopping.is_set()):
+        wakeup = events.wakeup
+        frames, cursor, lost = events.after(cursor)
+        if lost:
+            await response.write(_frame({"type": "events-lost", "count": lost}))
+        if frames:
+            await response.write(b"".join(frames))
+            continue
+        try:
+            await asyncio.wait_for(wakeup.wait(), HEARTBEAT_SECONDS)
+        except TimeoutError:
+            await response.write(b": keep-alive\n\n")
+
+
+# ---- Mailpit's WebSocket
+
+# Mailpit's client buffer (server/websockets/client.go): a client this far behind is dropped.
+CLIENT_BUFFER = 256
+# Mailpit pings every 54 s; aiohttp closes a client that has not answered within half of this.
+PING_SECONDS = 54.0
+# Mailpit sends its "stats" at most four times a second (internal/storage/notifications.go).
+STATS_DELAY = 0.25
+
+
+class MailpitClient:
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_BUFFER)
+
+    async def pump(self) -> None:
+        while True:
+            text = await self.queue.get()
+            await self.ws.send_str(text)
+
+
+def _summaries(
+    reader: Reader, new: list[int], changed: list[int]
+) -> tuple[list[dict[str, Any]], list[MessageRecord]]:
+    """On the reader thread: Mailpit's summary of each new message, and the changed records."""
+    from mailsink.http import mailpit_shapes
+
+    records = reader.messages_by_id([*new, *changed])
+    texts = reader.body_prefixes(new)
+    summaries = []
+    for message_id in new:
+        if (record := records.get(message_id)) is None:
+            continue  # deleted since
+        text = texts.get(message_id)
+        if text is None:  # not indexed yet, as a message just stored usually is
+            parsed = reader.get_parsed(message_id)
+            text = parsed.text if parsed is not None else None
+        summaries.append(mailpit_shapes.summary(record, text))
+    return summaries, [records[i] for i in dict.fromkeys(changed) if i in records]
+
+
+class MailpitHub:
+    """Mailpit's event types and payloads (grep `websockets.Broadcast` in Mailpit's source):
+    `new` (the message summary), `delete` ({ID}), `truncate` (null), `update` ({ID, Read} and
+    {ID, Tags}, sent here as one), `stats` ({Total, Unread, Version}) and `prune` (null: reload;
+    sent when events were lost)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.clients: set[MailpitClient] = set()
+        self.subscription = sink.subscribe(*WAKING_KINDS)
+        self.stats_due: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.task = asyncio.create_task(self._run(), name="mailsink-mailpit-events")
+
+    def broadcast(self, kind: str, data: Any) -> None:
+        if not self.clients:
+            return
+        text = json.dumps({"Type": kind, "Data": data}, ensure_ascii=False, separators=(",", ":"))
+        for client in list(self.clients):
+            try:
+                client.queue.put_nowait(text)
+            except asyncio.QueueFull:  # as Mailpit's hub: a client that cannot keep up goes
+                self.clients.discard(client)
+                self._spawn(client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self) -> None:
+        async for event in self.subscription:
+            batch = [event, *self.subscription.pending()]
+            if self.clients:
+                try:
+                    await self._tell(batch)
+                except Exception as error:  # the store busy or gone: the next event tries again
+                    log.warning("Mailpit events: %s", error)
+
+    async def _tell(self, batch: list[Any]) -> None:
+        new: list[int] = []
+        changed: list[int] = []
+        for event in batch:
+            if isinstance(event, ev.MessageStored) and not event.rejected:
+                new.append(event.message_id)
+            elif isinstance(event, ev.MessagesDeleted):
+                if event.everything:
+                    self.broadcast("truncate", None)
+                for message_id in event.message_ids:
+                    self.broadcast("delete", {"ID": str(message_id)})
+            elif isinstance(event, ev.MessagesChanged):
+                changed.extend(event.message_ids)
+            elif isinstance(event, ev.EventsLost):
+                self.broadcast("prune", None)
+        if new or changed:
+            summaries, records = await self.sink.read(_summaries, new, changed)
+            for summary in summaries:
+                self.broadcast("new", summary)
+            for record in records:
+                self.broadcast(
+                    "update", {"ID": str(record.id), "Read": record.seen, "Tags": record.tags}
+                )
+        self._stats_soon()
+
+    def _stats_soon(self) -> None:
+        if self.stats_due is None:
+            loop = asyncio.get_running_loop()
+            self.stats_due = loop.call_later(STATS_DELAY, self._spawn_stats)
+
+    def _spawn_stats(self) -> None:
+        self.stats_due = None
+        self._spawn(self.stats())
+
+    async def stats(self) -> None:
+        def counts(reader: Reader) -> tuple[int, int]:
+            return reader.count_messages(), reader.unread_count()
+
+        try:
+            total, unread = await self.sink.read(counts)
+        except Exception as error:
+            log.warning("Mailpit stats: %s", error)
+            return
+        self.broadcast("stats", {"Total": total, "Unread": unread, "Version": __version__})
+
+    async def close(self) -> None:
+        self.subscription.close()
+        self.task.cancel()
+        if self.stats_due is not None:
+            self.stats_due.cancel()
+        for client in list(self.clients):
+            with contextlib.suppress(Exception):
+                await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+        self.clients.clear()
+        for task in list(self.tasks):
+            task.cancel()
+
+
+_hubs: weakref.WeakKeyDictionary[HttpService, MailpitHub] = weakref.WeakKeyDictionary()
+
+
+def _hub(service: HttpService, sink: Sink) -> MailpitHub:
+    found = _hubs.get(service)
+    if found is None:
+        found = _hubs[service] = MailpitHub(sink)
+        service.streams.add(found.close)
+    return found
+
+
+@routes.get(
+    "/api/events",
+    "Mailpit's WebSocket of events: new, delete, truncate, update, stats, prune",
+    content_type="application/json",
+    responses={"400": "not a WebSocket upgrade", "503": "the server is stopping"},
+)
+async def mailpit_events(request: web.Request) -> web.StreamResponse:
+    sink, service = request.app[SINK], request.app[SERVICE]
+    if service.stopping.is_set():
+        raise ApiError(503, "the server is stopping")
+    ws = web.WebSocketResponse(heartbeat=PING_SECONDS)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "expected a WebSocket upgrade (Connection: Upgrade)")
+    await ws.prepare(request)
+    hub = _hub(service, sink)
+    client = MailpitClient(ws)
+    hub.clients.add(client)
+    pump = asyncio.create_task(client.pump())
+    try:
+        async for _message in ws:  # as Mailpit's readPump: what the client says is ignored
+            pass
+    finally:
+        hub.clients.discard(client)
+        pump.cancel()
+    return ws

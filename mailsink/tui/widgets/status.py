@@ -88,8 +88,8 @@ class StatusLine(Static):
         the filter in force, a long action's progress (and faults, when some are on). Then, as
         room allows: the unread count, the index's progress, where mail goes in (whole or not at
         all: the attached store's path is cut at its start, a list of addresses becomes its
-        first and `+N`, the words go first); what follows (faults off, config) is cut at the
-        end with `…`, or left out."""
+        first and `+N`, the words go first), the HTTP API's URL (then `HTTP :port`); what
+        follows (faults off, config) is cut at the end with `…`, or left out."""
         sink = self.sink
         width = self.size.width or 80
         head = Text(" mailsink ", "bold reverse")
@@ -137,7 +137,10 @@ class StatusLine(Static):
         place = self._attached_place(room - 1) if sink.is_attached else self._places(room - 1)
         if place.cell_len:
             room -= place.cell_len + 1
-        line = Text.assemble(head, " " if place.cell_len else "", place, core, unread, index)
+        # After where SMTP listens, and before it in giving way: mail comes in by SMTP.
+        web = self._http_place(room) if place.cell_len else Text("")
+        room -= web.cell_len
+        line = Text.assemble(head, " " if place.cell_len else "", place, web, core, unread, index)
         line.append_text(progress)
         line.append_text(faults_on)
         for section in trail:
@@ -197,6 +200,20 @@ class StatusLine(Static):
             if form.cell_len <= room:
                 return form
         return Text("")  # whole or not at all: a cut address could be taken for another
+
+    def _http_place(self, room: int) -> Text:
+        """Own server: where the HTTP API listens, as its URL (to copy), else `HTTP :port`;
+        empty when neither fits in `room` or HTTP is not served."""
+        http = self.sink.http
+        if http is None:
+            return Text("")
+        for form in (
+            Text.assemble((" · ", "dim"), (http.url, "bold")),
+            Text.assemble((" · ", "dim"), "HTTP ", (f":{http.port}", "bold")),
+        ):
+            if form.cell_len <= room:
+                return form
+        return Text("")
 
     def _served(self, short: bool = False, words: bool = True) -> Text:
         """Attached: the store's server, where it listens and whether it still runs."""
