@@ -53,12 +53,12 @@ def running(tmp_path_factory):
         yield sink
 
 
-def send(running: RunningSink, subject: str, helo: str = "app.test") -> None:
+def send(running: RunningSink, subject: str, helo: str = "app.test", body: str = "hello") -> None:
     mail = EmailMessage()
     mail["From"] = "app@x.test"
     mail["To"] = "user@x.test"
     mail["Subject"] = subject
-    mail.set_content("hello")
+    mail.set_content(body)
     with smtplib.SMTP(running.host, running.port, local_hostname=helo) as client:
         client.send_message(mail)
 
@@ -220,7 +220,7 @@ def test_mailpit_websocket_tells_new_delete_and_stats_as_mailpit_does(running, m
             aiohttp.ClientSession() as session,
             session.ws_connect(f"{running.url}/api/events") as ws,
         ):
-            await asyncio.to_thread(send, running, "ws new")
+            await asyncio.to_thread(send, running, "ws new", body="Hello From The Socket")
 
             async def next_of(kind: str) -> Any:
                 while True:
@@ -233,6 +233,8 @@ def test_mailpit_websocket_tells_new_delete_and_stats_as_mailpit_does(running, m
             assert set(new) >= MAILPIT_SUMMARY_KEYS, MAILPIT_SUMMARY_KEYS - set(new)
             assert new["Subject"] == "ws new" and isinstance(new["ID"], str)
             assert new["From"]["Address"] == "app@x.test" and new["Read"] is False
+            # The snippet as the lists make it (not the search index's case-folded text).
+            assert new["Snippet"] == "Hello From The Socket"
             stats = await next_of("stats")
             assert set(stats) == MAILPIT_STATS_KEYS and stats["Total"] >= 1
             deleting = asyncio.run_coroutine_threadsafe(

@@ -22,6 +22,7 @@ from aiohttp import WSCloseCode, web
 from mailsink import __version__
 from mailsink import events as ev
 from mailsink.clock import iso_ms
+from mailsink.http import mailpit_api
 from mailsink.http.request_params import ApiError, bad, integer, search
 from mailsink.http.routing import ApiRoutes, Param
 from mailsink.http.web_service import SERVICE, SINK, HttpService, json_response
@@ -337,22 +338,19 @@ class MailpitClient:
 
 
 def _summaries(
-    reader: Reader, new: list[int], changed: list[int]
+    reader: Reader, snippets: Any, new: list[int], changed: list[int]
 ) -> tuple[list[dict[str, Any]], list[MessageRecord]]:
-    """On the reader thread: Mailpit's summary of each new message, and the changed records."""
+    """On the reader thread: Mailpit's summary of each new message (its snippet made as the
+    lists make it, and kept for them), and the changed records."""
     from mailsink.http import mailpit_shapes
 
     records = reader.messages_by_id([*new, *changed])
-    texts = reader.body_prefixes(new)
-    summaries = []
-    for message_id in new:
-        if (record := records.get(message_id)) is None:
-            continue  # deleted since
-        text = texts.get(message_id)
-        if text is None:  # not indexed yet, as a message just stored usually is
-            parsed = reader.get_parsed(message_id)
-            text = parsed.text if parsed is not None else None
-        summaries.append(mailpit_shapes.summary(record, text))
+    texts = snippets.of(reader, [i for i in new if i in records])
+    summaries = [
+        mailpit_shapes.summary(records[i], texts.get(i, ""), made=True)
+        for i in new
+        if i in records  # (deleted since)
+    ]
     return summaries, [records[i] for i in dict.fromkeys(changed) if i in records]
 
 
@@ -411,7 +409,9 @@ class MailpitHub:
             elif isinstance(event, ev.EventsLost):
                 self.broadcast("prune", None)
         if new or changed:
-            summaries, records = await self.sink.read(_summaries, new, changed)
+            summaries, records = await self.sink.read(
+                _summaries, mailpit_api.sink_snippets(self.sink), new, changed
+            )
             for summary in summaries:
                 self.broadcast("new", summary)
             for record in records:

@@ -144,7 +144,7 @@ def _summaries(
     return [shapes.summary(record, texts.get(record.id), made=True) for record in records]
 
 
-def _snippets(sink: Any) -> shapes.Snippets:
+def sink_snippets(sink: Any) -> shapes.Snippets:
     found = _SNIPPETS.get(sink)
     if found is None:
         found = _SNIPPETS[sink] = shapes.Snippets()
@@ -248,7 +248,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     start, limit = _page_limits(request)
     sink = _sink(request)
     return json_response(
-        await sink.read(_listing, _snippets(sink), _mailbox(sink), start, limit, None)
+        await sink.read(_listing, sink_snippets(sink), _mailbox(sink), start, limit, None)
     )
 
 
@@ -263,7 +263,7 @@ async def search_messages(request: web.Request) -> web.StreamResponse:
     start, limit = _page_limits(request)
     sink = _sink(request)
     return json_response(
-        await sink.read(_listing, _snippets(sink), _mailbox(sink), start, limit, query)
+        await sink.read(_listing, sink_snippets(sink), _mailbox(sink), start, limit, query)
     )
 
 
