@@ -57,6 +57,13 @@ ATTACHED_POLL_SECONDS = 0.1
 STORE_WATCH_DEBOUNCE_MS = 100
 
 
+def _http_service(sink: Sink, settings: Settings) -> Any:
+    # Imported only when HTTP is served: the store commands do not pay for aiohttp.
+    from mailsink.http.web_service import HttpService
+
+    return HttpService(sink, settings)
+
+
 class Sink:
     """Use `Sink.serving(...)` or `Sink.attached(...)`; both are async context managers."""
 
@@ -105,6 +112,13 @@ class Sink:
         try:
             sink.faults = FaultControls(settings, sink.events)
             sink.server = SmtpServer(settings, store, sink.faults, sink.events)
+            # Built (aiohttp imported: a few hundred ms) before SMTP listens, and off the loop:
+            # once the SMTP port answers, the rest (HTTP, the config watch) follows at once.
+            http = (
+                await asyncio.to_thread(_http_service, sink, settings)
+                if settings.http.enabled
+                else None
+            )
             try:
                 await sink.server.start()
             except OSError as error:
@@ -112,11 +126,7 @@ class Sink:
                 raise ListenError(
                     f"cannot listen on {smtp.host}:{smtp.port}: {error.strerror or error}"
                 ) from None
-            if settings.http.enabled:
-                # Imported only here: the store commands do not pay for aiohttp.
-                from mailsink.http.web_service import HttpService
-
-                http = HttpService(sink, settings)
+            if http is not None:
                 try:
                     await http.start()
                 except BaseException:
