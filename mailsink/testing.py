@@ -58,6 +58,7 @@ class RunningSink:
         self.host = "127.0.0.1"
         self.port = 0
         self.http_port = 0  # the HTTP API's (0: not served)
+        self._url = ""
         self.loop = (loop_factory() or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.sink: Sink | None = None
@@ -115,6 +116,7 @@ class RunningSink:
         self.db = self.sink.path
         if self.sink.http is not None:
             self.http_port = self.sink.http.port
+            self._url = self.sink.http.url  # where HTTP listens, which need not be SMTP's host
         return self
 
     @property
@@ -122,7 +124,7 @@ class RunningSink:
         """The HTTP API's base URL (http://127.0.0.1:PORT); RunningSink(http=False) has none."""
         if not self.http_port:
             raise RuntimeError("this RunningSink serves no HTTP API (http=False)")
-        return f"http://{self.host}:{self.http_port}"
+        return self._url
 
     def stop(self, grace: float = 10.0) -> None:
         if self.loop.is_closed():

@@ -14,6 +14,7 @@ import binascii
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,16 +41,35 @@ JSON_SLACK = 256 * 1024
 SHUTDOWN_SECONDS = 2.0
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_json(data: Any) -> bytes:
+    """Compact JSON in UTF-8, non-ASCII kept as it is (the clients decode UTF-8). A lone
+    surrogate (a byte of a header that was not UTF-8, kept by surrogateescape) is written as
+    its \\uXXXX escape: still valid UTF-8 and valid JSON, decoding to the same string. NaN and
+    infinities are refused (ValueError): no JSON parser reads them."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text.encode("utf-8")
+
+
 def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
-    """Compact JSON, UTF-8, with non-ASCII kept as it is (the clients decode UTF-8)."""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    """`encode_json(data)` as the answer; for what may be megabytes, `json_off_loop`."""
+    return _json_bytes(encode_json(data), status, headers)
+
+
+def _json_bytes(body: bytes, status: int, headers: dict[str, str]) -> web.Response:
     return web.Response(
-        body=body.encode("utf-8", "surrogateescape"),
-        status=status,
-        content_type="application/json",
-        charset="utf-8",
-        headers=headers,
+        body=body, status=status, content_type="application/json", charset="utf-8", headers=headers
     )
+
+
+async def json_off_loop(data: Any, status: int = 200, **headers: str) -> web.Response:
+    """As json_response, encoded on a worker thread: a message's text or a long list is
+    megabytes, whose encoding would hold SMTP's replies up on the loop."""
+    return _json_bytes(await asyncio.to_thread(encode_json, data), status, headers)
 
 
 def error_response(status: int, message: str, *, text: bool = False) -> web.Response:
