@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -55,6 +55,20 @@ ATTACHED_POLL_SECONDS = 0.1
 # Serving: another process's change to the store (`mailsink clear`, an attached TUI's deletion)
 # is noticed through the file system; changes closer together than this are told once.
 STORE_WATCH_DEBOUNCE_MS = 100
+
+
+# An operation that may run twice is sent again to the next writer when one dies before it
+# answers; a writer killed again and again (a test, a crash loop) gets this many tries.
+WRITER_TRIES = 5
+
+
+async def _again_if_lost(operation: Callable[[], Awaitable[T]]) -> T:
+    for _ in range(WRITER_TRIES - 1):
+        try:
+            return await operation()
+        except WriterLost:
+            continue
+    return await operation()
 
 
 def _http_service(sink: Sink, settings: Settings) -> Any:
@@ -346,13 +360,11 @@ class Sink:
         if self.store is None:
             deleted = await self._here(operations.delete_messages, message_ids=list(ids))
         else:
-            try:
-                deleted = await self.store.delete_messages(ids)
-            except WriterLost:
-                # The writer died before answering: the deletion may or may not have committed.
-                # Deleting given ids is idempotent, so the next writer makes sure of it (a clear
-                # is not: run again, it would take mail accepted since).
-                deleted = await self.store.delete_messages(ids)
+            # The writer died before answering: the deletion may or may not have committed.
+            # Deleting given ids is idempotent, so the next writer makes sure of it (a clear
+            # is not: run again, it would take mail accepted since).
+            store = self.store
+            deleted = await _again_if_lost(lambda: store.delete_messages(ids))
         if ids and self.events.wants(ev.MessagesDeleted):
             self.events.publish(ev.MessagesDeleted(ids))
         return deleted
@@ -367,10 +379,8 @@ class Sink:
         if self.store is None:
             return await self._here(operation, **arguments)
         change = partial(operation, **arguments)
-        try:
-            return await self.store.run(change)
-        except WriterLost:
-            return await self.store.run(change)
+        store = self.store
+        return await _again_if_lost(lambda: store.run(change))
 
     def _changed(self, message_ids: tuple[int, ...]) -> None:
         if self.events.wants(ev.MessagesChanged):
