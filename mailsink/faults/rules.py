@@ -7,6 +7,7 @@ Pure: no I/O, no state. Sizes and durations are read as everywhere else (mailsin
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -197,6 +198,13 @@ def _whole(key: str, value: Any, minimum: int = 0) -> int:
     return value
 
 
+def _finite(key: str, value: Any) -> None:
+    """NaN and infinities (JSON's NaN, TOML's nan and inf) pass every comparison check or
+    overflow later: refused here, for every number a rule holds."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RuleError(key, f"expected a finite number, got {value!r}")
+
+
 def parse_match(data: Any, stage: str) -> Match:
     if not isinstance(data, Mapping):
         raise RuleError("match", "expected a table of conditions")
@@ -222,6 +230,7 @@ def parse_match(data: Any, stage: str) -> Match:
         elif key == "recipients_over":
             values[key] = _whole(dotted, value)
         elif key == "size_over":
+            _finite(dotted, value)
             try:
                 values[key] = parse_size(value)
             except ValueError as error:
@@ -262,6 +271,8 @@ def parse_rule(data: Any, index: int) -> Rule:
     reply = parse_reply(data["reply"]) if "reply" in data else None
     if action == "reply" and reply is None:
         raise RuleError("reply", 'action "reply" needs a reply such as "550 5.7.1 Not permitted"')
+    _finite("delay", data.get("delay"))
+    _finite("probability", data.get("probability"))
     try:
         delay = parse_duration(data.get("delay", 0))
     except ValueError as error:

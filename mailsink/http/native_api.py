@@ -3,49 +3,51 @@ CLI's `list --json`, `show --json`, `sessions --json` and `session ID --json` (t
 that make it are theirs), plus what only a server has: live sessions, with their transcript so
 far.
 
-Raw bytes go out in chunks of the one copy the store gave (a memoryview each: no slice is
-copied), and large JSON is made on the sink's reader thread, off the event loop.
+A raw message is streamed from the store a piece at a time (each read on the reader thread),
+so a download holds one piece, however large the message or slow the client; large JSON is
+made and encoded on the sink's reader thread, off the event loop.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 
 from mailsink.events import LiveSession
 from mailsink.http.request_params import ApiError, bad, integer, json_body, path_id, search
 from mailsink.http.routing import ApiRoutes, Param
-from mailsink.http.web_service import SINK
+from mailsink.http.web_service import SINK, encode_json, json_response
 from mailsink.output import message_json
 from mailsink.store import SessionRecord
+from mailsink.store.reader import Reader
+
+log = logging.getLogger("mailsink")
 
 routes = ApiRoutes("mailsink")
 
 MAX_MESSAGES = 10_000  # in one list answer: past it, page with before_id
 MAX_SESSIONS = 1_000  # each session is a few reads
-CHUNK = 256 * 1024  # of a raw message, written at a time
+CHUNK = 256 * 1024  # of a raw message in memory, written at a time
+PIECE = 1024 * 1024  # of a raw message, read from the store at a time
 PUT_KEYS: dict[str, type] = {"read": bool, "add_tags": list, "remove_tags": list}
+PUT_LIMIT = 256 * 1024  # bytes of a PUT's body: a thousand tags of a hundred characters
 
 _ID = Param("id", "integer", "the message's id", where="path", required=True)
 _SESSION_ID = Param("id", "integer", "the session's id", where="path", required=True)
-
-
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogateescape"
-    )
 
 
 def _answer(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
-async def _json_off_loop(request: web.Request, data: Any) -> web.Response:
-    """JSON of a body that may be megabytes (a message's text): encoded on the reader thread."""
-    return _answer(await request.app[SINK].read(lambda _reader: _dumps(data)))
+async def _json_off_loop(request: web.Request, make: Callable[[], Any]) -> web.Response:
+    """JSON of a body that may be megabytes (a message's text, a transcript): `make()` builds
+    it, and it is encoded, on the reader thread."""
+    return _answer(await request.app[SINK].read(lambda _reader: encode_json(make())))
 
 
 async def stream_raw(
@@ -54,12 +56,52 @@ async def stream_raw(
     """`raw` byte for byte as message/rfc822, written in chunks (views of it, not copies)."""
     response = web.StreamResponse(headers={"Content-Type": "message/rfc822", **(headers or {})})
     response.content_length = len(raw)
-    await response.prepare(request)
-    if request.method != "HEAD":
-        view = memoryview(raw)
-        for at in range(0, len(view), CHUNK):
-            await response.write(view[at : at + CHUNK])
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            view = memoryview(raw)
+            for at in range(0, len(view), CHUNK):
+                await response.write(view[at : at + CHUNK])
+        await response.write_eof()
+    except (ConnectionError, ClientConnectionResetError) as error:
+        log.debug("HTTP %s: the client left: %s", request.path, error)
+    return response
+
+
+async def stream_stored(
+    request: web.Request, message_id: int, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
+    """Message `message_id` byte for byte as message/rfc822, read from the store a PIECE at a
+    time: a 25 MB message costs a piece per download, and a stalled client holds one.
+    404 when there is no such message."""
+    sink = request.app[SINK]
+    first = await sink.read(Reader.raw_piece, message_id, 0, PIECE)
+    if first is None:
+        raise ApiError(404, f"no message {message_id}")
+    length, piece = first
+    response = web.StreamResponse(headers={"Content-Type": "message/rfc822", **(headers or {})})
+    response.content_length = length
+    try:
+        await response.prepare(request)
+        if request.method == "HEAD":
+            await response.write_eof()
+            return response
+        sent = 0
+        while True:
+            await response.write(piece)
+            sent += len(piece)
+            if sent >= length or not piece:
+                break
+            following = await sink.read(Reader.raw_piece, message_id, sent, PIECE)
+            if following is None:  # deleted while it went out: cut short, as it is not whole
+                log.debug("HTTP %s: message %d deleted while sent", request.path, message_id)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            piece = following[1]
+        await response.write_eof()
+    except (ConnectionError, ClientConnectionResetError) as error:
+        log.debug("HTTP %s: the client left: %s", request.path, error)
     return response
 
 
@@ -106,7 +148,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
 
     def page(reader: Any) -> bytes:
         records = reader.list_messages(limit=limit, query=query or None, below=before)
-        return _dumps([record.summary_json() for record in records])
+        return encode_json([record.summary_json() for record in records])
 
     return _answer(await request.app[SINK].read(page))
 
@@ -126,9 +168,10 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     parsed = await sink.parsed(message_id)
     if parsed is None:  # deleted in between
         raise ApiError(404, f"no message {message_id}")
-    if not record.seen and await sink.mark_read([message_id]):
+    # HEAD has no side effect: only a GET reads the message.
+    if request.method == "GET" and not record.seen and await sink.mark_read([message_id]):
         record.seen = True
-    return await _json_off_loop(request, message_json(record, parsed))
+    return await _json_off_loop(request, lambda: message_json(record, parsed))
 
 
 @routes.get(
@@ -139,11 +182,7 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     content_type="message/rfc822",
 )
 async def get_raw(request: web.Request) -> web.StreamResponse:
-    message_id = path_id(request)
-    raw = await request.app[SINK].raw(message_id)
-    if raw is None:
-        raise ApiError(404, f"no message {message_id}")
-    return await stream_raw(request, raw)
+    return await stream_stored(request, path_id(request))
 
 
 @routes.put(
@@ -164,7 +203,7 @@ async def get_raw(request: web.Request) -> web.StreamResponse:
 async def change_message(request: web.Request) -> web.StreamResponse:
     sink = request.app[SINK]
     message_id = path_id(request)
-    body = await json_body(request)
+    body = await json_body(request, limit=PUT_LIMIT)
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object with read, add_tags or remove_tags")
     for key, value in body.items():
@@ -188,7 +227,7 @@ async def change_message(request: web.Request) -> web.StreamResponse:
     record = await sink.message(message_id)
     if record is None:
         raise ApiError(404, f"no message {message_id}")
-    return _answer(_dumps(record.summary_json()))
+    return json_response(record.summary_json())
 
 
 @routes.delete(
@@ -201,12 +240,12 @@ async def delete_message(request: web.Request) -> web.StreamResponse:
     message_id = path_id(request)
     if not await request.app[SINK].delete_message(message_id):
         raise ApiError(404, f"no message {message_id}")
-    return _answer(_dumps({"deleted": 1}))
+    return json_response({"deleted": 1})
 
 
 @routes.delete("/api/mailsink/messages", "Delete every message (and every finished session)")
 async def delete_all(request: web.Request) -> web.StreamResponse:
-    return _answer(_dumps({"deleted": await request.app[SINK].clear()}))
+    return json_response({"deleted": await request.app[SINK].clear()})
 
 
 # ---- sessions
@@ -250,8 +289,14 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
     limit = integer(request, "limit", 50, minimum=1, maximum=MAX_SESSIONS)
     refusals = _flag(request, "refusals")
     sessions = await request.app[SINK].sessions(limit=limit, with_refusals=refusals)
+    # Live ones copied here, on the loop that changes them; the JSON of a thousand (tens of
+    # ms) is made on the reader thread.
     records = [live_record(s) if isinstance(s, LiveSession) else s for s in sessions]
-    return _answer(_dumps([record.as_json() for record in records]))
+
+    def answer(_reader: Any) -> bytes:
+        return encode_json([record.as_json() for record in records])
+
+    return _answer(await request.app[SINK].read(answer))
 
 
 @routes.get(
@@ -271,4 +316,5 @@ async def get_session(request: web.Request) -> web.StreamResponse:
         record = live_record(live, [(at, direction, text) for _seq, at, direction, text in lines])
     if record is None:
         raise ApiError(404, f"no session {session_id}")
-    return await _json_off_loop(request, record.as_json(with_events=True))
+    found = record
+    return await _json_off_loop(request, lambda: found.as_json(with_events=True))

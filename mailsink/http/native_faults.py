@@ -22,6 +22,8 @@ from mailsink.http.routing import ApiRoutes, Param
 
 routes = ApiRoutes("mailsink")
 
+RULE_LIMIT = 64 * 1024  # bytes of a rule as JSON: more is no rule anyone writes
+
 _NAME = Param("name", where="path", required=True, description="the rule's name, URL-encoded")
 
 # The [[fault]] table's shape, for OpenAPI (rules.parse_rule is what checks it).
@@ -160,7 +162,7 @@ async def add_fault(request: web.Request) -> web.StreamResponse:
     from mailsink.http.web_service import json_response
 
     faults = controls(request)
-    table = await json_body(request)
+    table = await json_body(request, limit=RULE_LIMIT)
     if not isinstance(table, dict):
         raise ApiError(400, "expected a JSON object: a [[fault]] table")
     name = table.get("name")
@@ -212,7 +214,7 @@ async def switch_fault(request: web.Request) -> web.StreamResponse:
     from mailsink.http.web_service import json_response
 
     faults = controls(request)
-    body = await json_body(request)
+    body = await json_body(request, limit=RULE_LIMIT)
     enabled = body.get("enabled") if isinstance(body, dict) else None
     if not isinstance(enabled, bool):
         raise ApiError(400, "enabled: expected true or false")

@@ -16,6 +16,13 @@ routes = ApiRoutes("mailsink")
 _PATH_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
 
+def _responses(route: ApiRoute) -> dict[str, str]:
+    """The declared answers; "200" unless the route declares its success (201, 101, ...)."""
+    if any(status[0] in "12" for status in route.responses):
+        return dict(sorted(route.responses.items()))
+    return {"200": "OK", **route.responses}
+
+
 def document(every: list[ApiRoute]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in every:
@@ -25,8 +32,7 @@ def document(every: list[ApiRoute]) -> dict[str, Any]:
             "tags": [route.family],
             "operationId": f"{route.family}_{route.method}_{path}",
             "responses": {
-                status: {"description": text}
-                for status, text in ({"200": "OK"} | route.responses).items()
+                status: {"description": text} for status, text in _responses(route).items()
             },
         }
         parameters = [

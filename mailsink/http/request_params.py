@@ -3,7 +3,9 @@ bad input reaches a handler's logic or ends as a 500."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +15,15 @@ from mailsink.query import Query, parse_query
 
 # SQLite's largest integer: an id or a limit beyond it is a 400, not an overflow.
 LARGEST = 2**63 - 1
+# Every body but /api/v1/send's (a whole message, base64), as Mailpit caps them.
+BODY_LIMIT = 5 * 1024 * 1024
+# A body over this is parsed on a worker thread: megabytes of JSON take the loop for seconds.
+OFF_LOOP_BODY = 64 * 1024
+# int() would take " 5", "1_000" and other scripts' digits: a parameter is ASCII digits.
+_INTEGER = re.compile(r"-?[0-9]{1,25}")
+# A lone surrogate as JSON writes it (an escape) or as bytes (json.loads reads them through).
+_MAY_HOLD_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -43,10 +54,11 @@ def integer(
     raw = request.query.get(name, "")
     if raw == "":
         return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise bad(name, f"expected a whole number, got {raw[:40]!r}", text=text) from None
+    if not _INTEGER.fullmatch(raw):
+        if re.fullmatch(r"-?[0-9]+", raw):  # too many digits: out of any range
+            raise bad(name, f"expected {minimum} to {maximum}, got {raw[:40]}…", text=text)
+        raise bad(name, f"expected a whole number, got {raw[:40]!r}", text=text)
+    value = int(raw)
     if not minimum <= value <= maximum:
         raise bad(name, f"expected {minimum} to {maximum}, got {value}", text=text)
     return value
@@ -69,14 +81,73 @@ def search(request: web.Request, name: str = "query", *, text: bool = False) -> 
         raise bad(name, str(error), text=text) from None
 
 
-async def json_body(request: web.Request, *, required: bool = True, text: bool = False) -> Any:
-    """The body as JSON; absent (and not `required`): None."""
+def _too_large(limit: int, text: bool) -> ApiError:
+    size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+    return ApiError(413, f"the body is over {size}", text=text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _without_surrogates(data: Any) -> Any:
+    """Each lone surrogate in the strings (keys too) replaced by U+FFFD, as Go's decoder (and
+    so Mailpit) reads them: one would fail where the text is encoded (SQLite, a log line).
+    Iterative: the depth is the client's."""
+    if isinstance(data, str):
+        return _SURROGATE.sub("\ufffd", data)
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            fixed = {
+                _SURROGATE.sub("\ufffd", key) if isinstance(key, str) else key: value
+                for key, value in item.items()
+            }
+            item.clear()
+            item.update(fixed)
+            pairs: Any = item.items()
+        elif isinstance(item, list):
+            pairs = enumerate(item)
+        else:
+            continue
+        for key, value in list(pairs):
+            if isinstance(value, str):
+                if _SURROGATE.search(value):
+                    item[key] = _SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    return data
+
+
+def _parse(raw: bytes) -> Any:
+    # NaN and Infinity: Python reads them, JSON (and Go, and so Mailpit) does not.
+    data = json.loads(raw, parse_constant=_no_constant)
+    # (A body in UTF-16 or -32, which json.loads also reads, is walked whatever it holds.)
+    if _MAY_HOLD_SURROGATE.search(raw) or b"\x00" in raw[:4]:
+        return _without_surrogates(data)
+    return data
+
+
+async def json_body(
+    request: web.Request, *, required: bool = True, text: bool = False, limit: int = BODY_LIMIT
+) -> Any:
+    """The body as JSON (lone surrogates replaced by U+FFFD); absent (and not `required`):
+    None. Over `limit` bytes: 413 (the middleware caps every body at BODY_LIMIT). A route
+    whose bodies are small says so: json.loads keeps the GIL, so that even on a worker thread
+    megabytes of JSON hold the event loop (4.8 MB of numbers: 0.3 s)."""
+    if (request.content_length or 0) > limit:
+        raise _too_large(limit, text)
     raw = await request.read()
+    if len(raw) > limit:
+        raise _too_large(limit, text)
     if not raw.strip():
         if required:
             raise ApiError(400, "expected a JSON body", text=text)
         return None
     try:
-        return json.loads(raw)
+        if len(raw) > OFF_LOOP_BODY:
+            return await asyncio.to_thread(_parse, raw)
+        return _parse(raw)
     except (ValueError, RecursionError) as error:
         raise ApiError(400, f"the body is not JSON: {error}"[:200], text=text) from None

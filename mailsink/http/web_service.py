@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mailsink.config import Settings, is_loopback
 from mailsink.errors import ListenError, MailsinkError
-from mailsink.http.request_params import ApiError
+from mailsink.http.request_params import BODY_LIMIT, ApiError
 from mailsink.http.routing import ApiRoute, ApiRoutes, install
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ JSON_OVERHEAD = 1.4
 JSON_SLACK = 256 * 1024
 # How long a stop waits for answers in progress (long-lived streams are ended at once).
 SHUTDOWN_SECONDS = 2.0
+# BODY_LIMIT caps every body but these (a whole message, base64).
+UNCAPPED = {("POST", "/api/v1/send")}
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -117,6 +120,7 @@ class HttpService:
         self.stopping = asyncio.Event()
         # Closers of open WebSockets and event streams, called on stop.
         self.streams: set[Callable[[], Awaitable[Any]]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -124,8 +128,22 @@ class HttpService:
         return f"http://{host}:{self.port}"
 
     def apply_settings(self, settings: Settings) -> None:
-        """A reload: `[http] users` applies to the next request; host and port need a restart."""
+        """A reload: `[http] users` applies to the next request; host and port need a restart.
+        Changed users also end the open event streams, which were let in by the old ones: a
+        client reconnects, and authenticates as the new ones say."""
+        changed = settings.http.users != self.settings.http.users
         self.settings = settings
+        if changed and self.streams:
+            task = asyncio.get_running_loop().create_task(self._close_streams())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_streams(self) -> None:
+        for close in list(self.streams):
+            try:
+                await close()
+            except Exception as error:  # a client already gone
+                log.debug("closing a stream: %s", error)
 
     async def start(self) -> None:
         http = self.settings.http
@@ -155,11 +173,7 @@ class HttpService:
 
     async def stop(self) -> None:
         self.stopping.set()
-        for close in list(self.streams):
-            try:
-                await close()
-            except Exception as error:  # a client already gone
-                log.debug("closing a stream: %s", error)
+        await self._close_streams()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -170,15 +184,48 @@ def _authorized(header: str, users: dict[str, str]) -> bool:
     if scheme.lower() != "basic":
         return False
     try:
+        # b64decode refuses a non-ASCII str with a ValueError: a 401, as any bad password.
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
         login, _, password = decoded.partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):
         return False
     expected = users.get(login)
     # compare_digest: the time taken says nothing of how much of the password was right.
     return expected is not None and hmac.compare_digest(
         expected.encode("utf-8", "surrogateescape"), password.encode("utf-8", "surrogateescape")
     )
+
+
+def _hostname(authority: str) -> str:
+    """The host of a Host header or of a URL's authority, lower-case, without port or []."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    if authority.count(":") == 1:
+        return authority.partition(":")[0]
+    return authority
+
+
+def _loopback_name(name: str, bound: str) -> bool:
+    return name in ("localhost", bound.lower()) or name.endswith(".localhost") or is_loopback(name)
+
+
+def _foreign(request: web.Request, bound: str) -> str | None:
+    """Why a request comes from somewhere it may not (None: it may). As Mailpit: a browser's
+    request (it sends Origin, WebSocket upgrades too) from a page of another origin is refused,
+    as the page could otherwise add fault rules or read mail; a client that sends no Origin
+    (curl, a test) passes. On loopback, a Host that is not a loopback name is refused too: a
+    DNS-rebound name (evil.example resolving to 127.0.0.1) makes a page same-origin."""
+    host = request.headers.get("Host", "")
+    if is_loopback(bound) and host and not _loopback_name(_hostname(host), bound):
+        return f"Host {host[:100]!r} is not a loopback name (DNS rebinding?)"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        rest = origin.partition("://")[2]
+        authority = rest.partition("/")[0]
+        if not authority or authority.lower() != host.strip().lower():
+            return f"blocked: Origin {origin[:100]!r} is not this server's ({host[:100]!r})"
+    return None
 
 
 @web.middleware
@@ -188,12 +235,21 @@ async def _guard(
     """Auth first, then the handler; whatever goes wrong becomes an answer the client can read
     (the traceback goes to the debug log only)."""
     service = request.app[SERVICE]
+    refusal = _foreign(request, service.host)
+    if refusal:
+        log.warning("HTTP %s %s refused: %s", request.method, request.path, refusal)
+        return error_response(403, refusal)
     users = service.settings.http.users
     if users and not _authorized(request.headers.get("Authorization", ""), users):
         response = error_response(401, "authentication required")
         response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
         return response
     try:
+        if request.method in _BODY_METHODS and (request.method, request.path) not in UNCAPPED:
+            if (request.content_length or 0) > BODY_LIMIT:
+                raise ApiError(413, f"the body is over {BODY_LIMIT // (1024 * 1024)} MiB")
+            # read() and json_body stop at it, a chunked body too.
+            request = request.clone(client_max_size=BODY_LIMIT)
         return await handler(request)
     except ApiError as error:
         return error_response(error.status, error.message, text=error.text)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 MAX_TAG = 100
 MAX_TAGS = 50  # on one message, whatever its X-Tags header says
+MAX_GIVEN = 20 * MAX_TAGS  # tags given in one change, repeats included
 _INVALID = re.compile(r"[^a-zA-Z0-9\- _.@]")
 _SPACES = re.compile(r"\s+")
 _PLUS = re.compile(r"^[^@+]+\+([^@]+)@")
@@ -67,9 +68,14 @@ def given_tags(texts: Iterable[str]) -> list[str]:
     """Tags given by hand, each once (the first spelling, case aside); ValueError for one that
     is not a tag (given_tag) or for more than MAX_TAGS of them, which no message can hold."""
     seen: dict[str, str] = {}
-    for text in texts:
+    # Counted as they come: a client's list of millions costs at most MAX_GIVEN checks (a
+    # check each would hold the caller, the event loop, for seconds). Repeats are allowed,
+    # up to MAX_GIVEN in all.
+    for given, text in enumerate(texts, 1):
+        if given > MAX_GIVEN:
+            raise ValueError(f"over {MAX_GIVEN} tags given: a message holds at most {MAX_TAGS}")
         tag = given_tag(text)
         seen.setdefault(tag.casefold(), tag)
-    if len(seen) > MAX_TAGS:
-        raise ValueError(f"{len(seen)} tags given: a message holds at most {MAX_TAGS}")
+        if len(seen) > MAX_TAGS:
+            raise ValueError(f"{len(seen)} tags given: a message holds at most {MAX_TAGS}")
     return list(seen.values())
