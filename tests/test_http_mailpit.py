@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import smtplib
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from mailsink.events import MessagesDeleted
 from mailsink.testing import RunningSink
 
 # swagger.json definitions (Mailpit 408b30d)
@@ -290,3 +292,81 @@ def test_delete_by_search_by_ids_then_all(mailpit: RunningSink) -> None:
         assert (response.status, response.read()) == (200, b"")
     assert get_json(mailpit, "/api/v1/messages")["total"] == 0
     assert call(mailpit, "GET", "/api/v1/message/8")[0] == 404  # the rejected one went too
+
+
+# ---- after the store was emptied above: messages of the tests' own
+
+
+def sent(sink: RunningSink, raw: bytes) -> str:
+    with smtplib.SMTP(sink.host, sink.port) as client:
+        client.sendmail("app@x.test", ["bob@x.test"], raw)
+    return get_json(sink, "/api/v1/messages?limit=1")["messages"][0]["ID"]
+
+
+def test_a_header_folded_4000_times_is_cut_and_a_head_reads_nothing(
+    mailpit: RunningSink,
+) -> None:
+    folds, piece = 4000, " " + "b" * 20  # 84 KB of one value
+    raw = (
+        b"From: a@x.test\r\nSubject: fold\r\nX-F: a\r\n"
+        + (piece + "\r\n").encode() * folds
+        + b"\r\nbody\r\n"
+    )
+    message_id = sent(mailpit, raw)
+    started = time.perf_counter()
+    found = get_json(mailpit, f"/api/v1/message/{message_id}/headers")
+    # Joined once (joined line by line it is quadratic: 300 000 folds took 10 s), and cut.
+    assert time.perf_counter() - started < 2.0
+    assert found["X-F"] == [("a" + piece * folds)[: 64 * 1024]]
+    assert found["Subject"] == ["fold"]
+    request = urllib.request.Request(f"{mailpit.url}/api/v1/message/{message_id}", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    summary = get_json(mailpit, "/api/v1/messages?limit=1")["messages"][0]
+    assert summary["ID"] == message_id and summary["Read"] is False  # a HEAD marks nothing
+    assert get_json(mailpit, f"/api/v1/message/{message_id}")["Subject"] == "fold"
+    assert get_json(mailpit, "/api/v1/messages?limit=1")["messages"][0]["Read"] is True
+
+
+HTML_ATTACHED = (
+    b"From: a@x.test\r\nSubject: html part\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n\r\nsee the page\r\n"
+    b'--B\r\nContent-Type: text/html\r\nContent-Disposition: attachment; filename="page.html"\r\n'
+    b"\r\n<script>alert(1)</script>\r\n--B--\r\n"
+)
+
+
+def test_tags_null_ok_and_plain_errors_and_a_html_part_under_the_policy(
+    mailpit: RunningSink,
+) -> None:
+    message_id = sent(mailpit, HTML_ATTACHED)
+    status, headers, body = call(mailpit, "GET", f"/api/v1/message/{message_id}/part/2")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert headers["Content-Security-Policy"] == (
+        "default-src 'none'; img-src data: cid:; style-src 'unsafe-inline'; sandbox"
+    )
+    assert call(mailpit, "PUT", "/api/v1/tags", {"IDs": [message_id], "Tags": ["a", "b"]})[0]
+    # Tags null is Go's nil slice: every tag removed, as Mailpit does.
+    nulled = call(mailpit, "PUT", "/api/v1/tags", {"IDs": [message_id], "Tags": None})
+    assert nulled[0] == 200 and get_json(mailpit, f"/api/v1/message/{message_id}")["Tags"] == []
+    call(mailpit, "PUT", "/api/v1/tags", {"IDs": [message_id], "Tags": ["kept"]})
+    assert call(mailpit, "DELETE", "/api/v1/tags/nosuch")[:3:2] == (400, b"tag not found: nosuch")
+    assert call(mailpit, "PUT", "/api/v1/tags/gone", {"Name": "x"})[2] == b"tag not found: gone"
+    status, headers, body = call(mailpit, "DELETE", "/api/v1/tags/kept")  # tags.go: "ok"
+    assert (status, body, headers["Content-Type"]) == (200, b"ok", "text/plain; charset=utf-8")
+
+
+def test_many_ids_the_unknown_ones_cost_nothing(mailpit: RunningSink) -> None:
+    kept = sent(mailpit, plain("kept"))
+    gone = sent(mailpit, plain("gone"))
+    unknown = [str(10**9 + n) for n in range(11_000)]  # past IDS_ON_LOOP
+    marked = call(mailpit, "PUT", "/api/v1/messages", {"IDs": [*unknown, kept], "Read": True})
+    assert marked[0] == 200
+    assert get_json(mailpit, "/api/v1/search?query=subject:kept")["messages"][0]["Read"] is True
+    events = mailpit.events(MessagesDeleted)
+    assert call(mailpit, "DELETE", "/api/v1/messages", {"IDs": [*unknown, gone, gone]})[0] == 200
+    # Only what was there is deleted (and announced), not 11 000 IDs that name nothing.
+    [deleted] = events.until(MessagesDeleted)
+    assert deleted.message_ids == (int(gone),)
+    assert [m["ID"] for m in get_json(mailpit, "/api/v1/messages")["messages"]][:1] == [kept]

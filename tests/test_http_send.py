@@ -171,3 +171,43 @@ def test_send_larger_than_smtp_takes_is_413(running: RunningSink) -> None:
     assert status == 413 and "error" in answer
     with running.reader() as reader:
         assert all(r.headers["subject"] != "big" for r in reader.list_messages())
+
+
+def test_send_takes_what_go_takes_surrogates_parameters_named_addresses(
+    running: RunningSink,
+) -> None:
+    minimal = {"From": {"Email": "a@example.com"}, "To": [{"Email": "b@example.com"}]}
+    minimal["Subject"] = "s"
+    # A lone surrogate escape is JSON; Go decodes it as U+FFFD (json.dumps writes "\ud800").
+    for key, value in (("Subject", "\ud800"), ("Text", "\ud800"), ("HTML", "\ud800")):
+        assert post(running, {**minimal, key: value})[0] == 200, key
+    status, answer = post(running, {**minimal, "Tags": ["\ud800"], "Headers": {"X-A": "\udcff"}})
+    assert status == 200, answer
+    with running.reader() as reader:
+        raw = reader.get_raw(int(answer["ID"]))
+    assert raw is not None and b"\xff" not in raw  # never the 8-bit byte it stood for
+    assert b"\r\nX-A: =?utf-8?b?77+9?=\r\n" in raw  # U+FFFD
+
+    attachment = {
+        "Content": "aGk=",
+        "Filename": "x.txt",
+        "ContentType": "text/plain; charset=utf-8",
+    }
+    named = {
+        **minimal,
+        "To": [{"Email": "Ann <ann@example.com>"}],
+        "Bcc": ["audit@example.com", "ANN@example.com", "audit@example.com"],
+        "Attachments": [attachment],
+    }
+    status, answer = post(running, named)
+    assert status == 200, answer
+    with running.reader() as reader:
+        record = reader.get_message(int(answer["ID"]))
+        raw = reader.get_raw(int(answer["ID"]))
+    assert record is not None and raw is not None
+    assert b"\r\nTo: Ann <ann@example.com>\r\n" in raw  # as Go's mail.ParseAddress reads it
+    assert b'Content-Type: text/plain; charset="utf-8"\r\n' in raw.split(b"x.txt", 1)[1]
+    # Each recipient once, whatever its case: one hidden address, one finding.
+    assert record.envelope.rcpt_to == ["ann@example.com", "audit@example.com"]
+    kinds = [finding["kind"] for finding in record.findings]
+    assert kinds.count("hidden_recipient") == 1

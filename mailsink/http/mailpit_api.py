@@ -12,7 +12,6 @@ which Mailpit's clients (they ignore the body) and MailHog's both accept.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import time
@@ -27,7 +26,7 @@ from mailsink.errors import QueryError
 from mailsink.http import mailpit_shapes as shapes
 from mailsink.http.request_params import ApiError, integer, json_body, path_id, search
 from mailsink.http.routing import ApiRoutes, Param
-from mailsink.http.web_service import SINK, json_response
+from mailsink.http.web_service import SINK, encode_json, json_response
 from mailsink.mail.tags import given_tag, given_tags
 from mailsink.query import DATE, EXACT, FLAG, Query, Term, parse_query
 from mailsink.store import MEMORY, MessageRecord, Reader
@@ -67,6 +66,11 @@ def _text(body: str = "ok", status: int = 200) -> web.Response:
     return web.Response(text=body, status=status, content_type="text/plain")
 
 
+def _json(body: bytes) -> web.Response:
+    """JSON already encoded (on the reader thread, with the shape it encodes)."""
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
 def _done() -> web.Response:
     """An empty 200: what every DELETE answers (Mailpit sends "ok", MailHog's clients parse the
     body as JSON; an empty one satisfies both)."""
@@ -102,6 +106,33 @@ def _ids(values: Any, name: str) -> list[int]:
         if text.isascii() and text.isdigit() and 0 < int(text) < 2**63:
             ids.append(int(text))
     return ids
+
+
+# More IDs than this are read on a worker thread (a million take half a second).
+IDS_ON_LOOP = 10_000
+# Deleted (or marked) this many at a time: each is one writer transaction and one event.
+IDS_PER_CHANGE = 10_000
+
+
+def _known(reader: Reader, values: Any, name: str) -> list[int]:
+    """The IDs given that name a stored message, once each, in the order given: what Mailpit
+    does with the others is nothing, so they cost the writer nothing here either."""
+    ids = _ids(values, name)
+    if len(ids) <= 1000:
+        held = reader.messages_by_id(ids)
+        return [i for i in dict.fromkeys(ids) if i in held]
+    stored = set(reader.message_index(include_rejected=True))
+    return [i for i in dict.fromkeys(ids) if i in stored]
+
+
+async def _given_ids(sink: Sink, values: Any, name: str) -> list[int]:
+    if isinstance(values, list) and len(values) > IDS_ON_LOOP:
+        return await sink.read(_known, values, name)
+    return _ids(values, name)
+
+
+def _chunks(ids: list[int]) -> list[list[int]]:
+    return [ids[i : i + IDS_PER_CHANGE] for i in range(0, len(ids), IDS_PER_CHANGE)]
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -210,6 +241,11 @@ def _mailbox(sink: Any) -> Mailbox:
     return found
 
 
+def _listing_json(reader: Reader, *args: Any) -> bytes:
+    # Encoded where it is built: a page of 1000 summaries is megabytes, not the loop's work.
+    return encode_json(_listing(reader, *args))
+
+
 def _listing(
     reader: Reader,
     snippets: shapes.Snippets,
@@ -247,8 +283,8 @@ def _listing(
 async def list_messages(request: web.Request) -> web.StreamResponse:
     start, limit = _page_limits(request)
     sink = _sink(request)
-    return json_response(
-        await sink.read(_listing, sink_snippets(sink), _mailbox(sink), start, limit, None)
+    return _json(
+        await sink.read(_listing_json, sink_snippets(sink), _mailbox(sink), start, limit, None)
     )
 
 
@@ -262,8 +298,8 @@ async def search_messages(request: web.Request) -> web.StreamResponse:
     query = _required_query(request)
     start, limit = _page_limits(request)
     sink = _sink(request)
-    return json_response(
-        await sink.read(_listing, sink_snippets(sink), _mailbox(sink), start, limit, query)
+    return _json(
+        await sink.read(_listing_json, sink_snippets(sink), _mailbox(sink), start, limit, query)
     )
 
 
@@ -278,8 +314,8 @@ async def delete_search(request: web.Request) -> web.StreamResponse:
     query = _required_query(request)
     sink = _sink(request)
     ids = await sink.read(lambda r: r.message_index(query=query, include_rejected=False))
-    if ids:
-        await sink.delete_messages(list(ids))
+    for chunk in _chunks(list(ids)):
+        await sink.delete_messages(chunk)
     return _done()
 
 
@@ -305,13 +341,13 @@ async def set_read(request: web.Request) -> web.StreamResponse:
     read = data.get("Read", False)
     if not isinstance(read, bool):
         raise ApiError(400, "Read: expected true or false", text=True)
-    ids = _ids(data.get("IDs"), "IDs")
+    sink = _sink(request)
+    ids = await _given_ids(sink, data.get("IDs"), "IDs")
     text = data.get("Search") or ""
     if not isinstance(text, str):
         raise ApiError(400, "Search: expected a string", text=True)
     if data.get("IDs") and text:
         raise ApiError(400, "You may specify either IDs or a search query, not both", text=True)
-    sink = _sink(request)
     if text:
         try:
             query = parse_query(text)
@@ -323,7 +359,8 @@ async def set_read(request: web.Request) -> web.StreamResponse:
             await sink.mark_all_read()
             return _text()
         ids = list(await sink.read(lambda r: r.message_index(include_rejected=True)))
-    await sink.mark_read(ids, read)
+    for chunk in _chunks(ids):
+        await sink.mark_read(chunk, read)
     return _text()
 
 
@@ -334,16 +371,19 @@ async def set_read(request: web.Request) -> web.StreamResponse:
     content_type="text/plain",
 )
 async def delete_messages(request: web.Request) -> web.StreamResponse:
-    raw = await request.read()
     try:
-        data = json.loads(raw) if raw.strip() else None
-    except (ValueError, RecursionError):
+        data = await json_body(request, required=False, text=True)
+    except ApiError as error:
+        if error.status != 400:  # too large: refused, not taken for "delete all"
+            raise
         data = None
     given = data.get("IDs") if isinstance(data, dict) else None
     sink = _sink(request)
     if isinstance(given, list) and given:
-        # As Mailpit: the IDs given (unknown ones are nothing to delete).
-        await sink.delete_messages(_ids(given, "IDs"))
+        # As Mailpit: the IDs given, any number (unknown ones are nothing to delete), in
+        # transactions of IDS_PER_CHANGE.
+        for chunk in _chunks(await sink.read(_known, given, "IDs")):
+            await sink.delete_messages(chunk)
     else:
         await sink.clear()
     return _done()
@@ -362,15 +402,17 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     message_id = await _message_id(request)
     sink = _sink(request)
 
-    def build(reader: Reader) -> dict[str, Any] | None:
+    def build(reader: Reader) -> bytes | None:
+        # Built and encoded here: a message's text and HTML may be tens of megabytes.
         loaded = _loaded(reader, message_id)
-        return shapes.message(*loaded)[0] if loaded else None
+        return encode_json(shapes.message(*loaded)[0]) if loaded else None
 
-    shape = await sink.read(build)
-    if shape is None:
+    body = await sink.read(build)
+    if body is None:
         raise ApiError(404, "404 page not found", text=True)
-    await sink.mark_read([message_id])
-    return json_response(shape)
+    if request.method == "GET":  # a HEAD reads nothing
+        await sink.mark_read([message_id])
+    return _json(body)
 
 
 @routes.get(
@@ -382,14 +424,14 @@ async def get_message(request: web.Request) -> web.StreamResponse:
 async def get_headers(request: web.Request) -> web.StreamResponse:
     message_id = await _message_id(request)
 
-    def build(reader: Reader) -> dict[str, list[str]] | None:
+    def build(reader: Reader) -> bytes | None:
         raw = reader.get_raw(message_id)
-        return shapes.headers(raw) if raw is not None else None
+        return encode_json(shapes.headers(raw)) if raw is not None else None
 
     found = await _sink(request).read(build)
     if found is None:
         raise ApiError(404, "404 page not found", text=True)
-    return json_response(found)
+    return _json(found)
 
 
 @routes.get(
@@ -426,7 +468,7 @@ async def get_part(request: web.Request) -> web.StreamResponse:
         raw = reader.get_raw(message_id)
         if raw is None:
             return None
-        part = shapes.mime_view(raw).parts.get(part_id)
+        part = shapes.mime_view(raw, text_from_html=False).parts.get(part_id)
         if part is None:
             return None
         return part.content_type, part.filename or part.content_id, part.content()
@@ -454,21 +496,24 @@ async def _view(request: web.Request, html: bool) -> web.StreamResponse:
     message_id = await _message_id(request)
     sink = _sink(request)
 
-    def body(reader: Reader) -> str | None:
+    def body(reader: Reader) -> bytes | None:
         raw = reader.get_raw(message_id)
         if raw is None:
             return None
-        view = shapes.mime_view(raw)
-        return view.html if html else view.text
+        view = shapes.mime_view(raw, text_from_html=not html)
+        # Encoded here, not on the loop; a lone surrogate (from a byte that was not UTF-8)
+        # is sent as U+FFFD.
+        return (view.html if html else view.text).encode("utf-8", "replace")
 
     found = await sink.read(body)
     if found is None:
         raise ApiError(404, "Message not found", text=True)
     if html and not found:
         raise ApiError(404, "This message does not contain a HTML part", text=True)
-    await sink.mark_read([message_id])  # as Mailpit, which loads the message to show it
+    if request.method == "GET":  # as Mailpit, which loads the message to show it
+        await sink.mark_read([message_id])
     response = web.Response(
-        text=found, content_type="text/html" if html else "text/plain", charset="utf-8"
+        body=found, content_type="text/html" if html else "text/plain", charset="utf-8"
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     if html:
@@ -638,11 +683,12 @@ def _tag_list(values: Any, name: str) -> list[str]:
 )
 async def set_tags(request: web.Request) -> web.StreamResponse:
     data = await _json_object(request)
-    tags = _tag_list(data.get("Tags", []), "Tags")
-    ids = _ids(data.get("IDs"), "IDs")
+    # null is Go's nil slice: no tags (Mailpit then removes them all).
+    tags = _tag_list(data.get("Tags") or [], "Tags")
+    sink = _sink(request)
+    ids = await _given_ids(sink, data.get("IDs"), "IDs")
     if not ids:
         return _text()
-    sink = _sink(request)
     held = await sink.read(Reader.messages_by_id, ids)
     wanted = {tag.casefold() for tag in tags}
     removing = sorted(
@@ -685,9 +731,9 @@ async def rename_tag(request: web.Request) -> web.StreamResponse:
 
     ids, counts = await sink.read(look)
     if not ids:
-        raise ApiError(400, f"tag not found: {old!r}", text=True)
+        raise ApiError(400, f"tag not found: {old}", text=True)
     if new.casefold() != old.casefold() and any(t.casefold() == new.casefold() for t in counts):
-        raise ApiError(400, f"tag already exists: {new!r}", text=True)
+        raise ApiError(400, f"tag already exists: {new}", text=True)
     if new.casefold() == old.casefold():  # another spelling: out, then in again
         await sink.change_tags(ids, remove=[old])
         await sink.change_tags(ids, add=[new])
@@ -707,9 +753,9 @@ async def delete_tag(request: web.Request) -> web.StreamResponse:
     sink = _sink(request)
     ids = await sink.read(_tagged, tag)
     if not ids:
-        raise ApiError(400, f"tag not found: {tag!r}", text=True)
+        raise ApiError(400, f"tag not found: {tag}", text=True)
     try:
         await sink.change_tags(ids, remove=[tag])
     except ValueError as error:
         raise ApiError(400, f"tag: {error}", text=True) from None
-    return _done()
+    return _text()  # Mailpit's "ok" (tags.go DeleteTag)

@@ -20,10 +20,10 @@ import re
 from dataclasses import dataclass
 from email import policy
 from email.errors import HeaderDefect
-from email.headerregistry import Address
+from email.headerregistry import Address, ContentTypeHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
-from email.utils import formatdate, make_msgid
-from typing import Any
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any, cast
 
 from aiohttp import BasicAuth, web
 
@@ -53,6 +53,11 @@ RESTRICTED = {
 _HEADER_NAME = re.compile(r"[!-9;-~]{1,200}")  # RFC 5322 ftext
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
 _LINE_BREAKS = re.compile(r"[\r\n\x00]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON text that may hold a lone surrogate: an escape of one, or one written as raw bytes
+# (json.loads decodes bytes with surrogatepass).
+_MAY_HOLD_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_HEADERS = HeaderRegistry()
 _CANONICAL = {"from": "From", "to": "To", "cc": "Cc", "bcc": "Bcc", "replyto": "ReplyTo"}
 
 _ADDRESS = {
@@ -130,6 +135,34 @@ def _list(data: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
+def _without_surrogates(data: Any) -> Any:
+    """The decoded JSON with each lone surrogate replaced by U+FFFD, as Go's encoding/json
+    decodes one: a string holding one cannot be encoded, and \\udc80-\\udcff would otherwise
+    be written as the raw 8-bit bytes they stand for. (json.loads joins a pair into one
+    character, so a surrogate left is a lone one.) Walked with a stack: no recursion."""
+
+    def clean(value: Any) -> Any:
+        return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
+
+    root = [clean(data)]
+    stack: list[Any] = [root]
+    while stack:
+        container = stack.pop()
+        if isinstance(container, dict):
+            items = list(container.items())
+            container.clear()
+            for key, value in items:
+                container[clean(key)] = value = clean(value)
+                if isinstance(value, dict | list):
+                    stack.append(value)
+        else:
+            for index, value in enumerate(container):
+                container[index] = value = clean(value)
+                if isinstance(value, dict | list):
+                    stack.append(value)
+    return root[0]
+
+
 def _one_line(text: str, where: str) -> str:
     if _LINE_BREAKS.search(text):
         raise SendError(f"{where}: may not contain CR, LF or NUL")
@@ -146,10 +179,17 @@ def _address(item: Any, where: str, what: str) -> tuple[str, str]:
     else:
         raise SendError(f"{where}: expected an object with Email and Name")
     email = _one_line(email.strip(), f"{where}.Email")
+    given = email
+    if email.endswith(">") and "<" in email:
+        # "Ann <ann@x.test>", which Go's mail.ParseAddress (Mailpit's check) takes: the
+        # address is what is inside the brackets, the name the one given, else this one.
+        parsed_name, parsed_email = parseaddr(email)
+        if parsed_email:
+            email, name = parsed_email, name or parsed_name
     problem = syntax_error(email)
     if problem:
         # Mailpit's words ("invalid To address: x"), then email-validator's reason.
-        raise SendError(f"invalid {what} address: {email} ({problem})")
+        raise SendError(f"invalid {what} address: {given} ({problem})")
     return _one_line(name, f"{where}.Name"), email
 
 
@@ -167,7 +207,25 @@ def _header_address(name: str, email: str) -> Address:
         raise SendError(f"invalid address: {email} ({error})") from None
 
 
-def _attachment(item: Any, index: int) -> tuple[bytes, str, str, str]:
+def _media_type(value: str, where: str) -> tuple[str, dict[str, str]]:
+    """`type/subtype; name=value...` (Mailpit sets the whole given value as the part's
+    Content-Type): the media type, lower case, and its parameters."""
+    media = value.partition(";")[0].strip()
+    if not _CONTENT_TYPE.fullmatch(media):
+        raise SendError(f"{where}: expected type/subtype, got {value[:80]!r}")
+    _one_line(value, where)
+    try:
+        parsed = cast("ContentTypeHeader", _HEADERS("content-type", value))
+        params = {str(k): str(v) for k, v in parsed.params.items()}
+    except Exception:  # parameters email cannot read are left out, as a reader would
+        params = {}
+    return media.lower(), params
+
+
+Attachment = tuple[bytes, str, dict[str, str], str, str]
+
+
+def _attachment(item: Any, index: int) -> Attachment:
     where = f"Attachments[{index}]"
     if not isinstance(item, dict):
         raise SendError(f"{where}: expected an object with Content and Filename")
@@ -179,16 +237,17 @@ def _attachment(item: Any, index: int) -> tuple[bytes, str, str, str]:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as error:
         raise SendError(f'error decoding base64 attachment "{filename}": {error}') from None
-    content_type = _string(item, "ContentType", f"{where}.ContentType").strip()
-    if not content_type:
+    given = _string(item, "ContentType", f"{where}.ContentType").strip()
+    params: dict[str, str] = {}
+    if given:
+        content_type, params = _media_type(given, f"{where}.ContentType")
+    else:
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    elif not _CONTENT_TYPE.fullmatch(content_type):
-        raise SendError(f"{where}.ContentType: expected type/subtype, got {content_type[:80]!r}")
     cid = _one_line(_string(item, "ContentID", f"{where}.ContentID"), f"{where}.ContentID")
-    return data, content_type.lower(), filename, cid.strip().strip("<>")
+    return data, content_type, params, filename, cid.strip().strip("<>")
 
 
-def _content(text: str, html: str, inlines: list[tuple[bytes, str, str, str]]) -> MIMEPart:
+def _content(text: str, html: str, inlines: list[Attachment]) -> MIMEPart:
     """The message's content as enmime lays it out (Mailpit's builder): text, or
     alternative(text, html), inside related(..., inlines) when there are inline parts; the
     attachments go around it (multipart/mixed) once it is the message's."""
@@ -206,7 +265,7 @@ def _content(text: str, html: str, inlines: list[tuple[bytes, str, str, str]]) -
     related = MIMEPart(policy=policy.default)
     related["Content-Type"] = "multipart/related"
     related.set_payload([part])
-    for content, content_type, filename, cid in inlines:
+    for content, content_type, params, filename, cid in inlines:
         maintype, _, subtype = content_type.partition("/")
         related.add_related(
             content,
@@ -215,8 +274,50 @@ def _content(text: str, html: str, inlines: list[tuple[bytes, str, str, str]]) -
             cid=f"<{cid}>",
             filename=filename or None,
             disposition="inline",
+            params=params or None,
         )
     return related
+
+
+def _message(
+    sender: tuple[str, str],
+    recipients: dict[str, list[tuple[str, str]]],
+    subject: str,
+    tags: list[str],
+    headers: dict[str, str],
+    text: str,
+    html: str,
+    attachments: list[Attachment],
+) -> EmailMessage:
+    from_name, from_email = sender
+    message = EmailMessage(policy=policy.default)
+    message["From"] = _header_address(from_name, from_email)
+    for key, header in (("To", "To"), ("Cc", "Cc"), ("ReplyTo", "Reply-To")):
+        if recipients[key]:
+            message[header] = [_header_address(n, e) for n, e in recipients[key]]
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = make_msgid(domain=from_email.rpartition("@")[2] or "mailsink")
+    if tags:
+        message["X-Tags"] = ", ".join(_one_line(tag, "Tags") for tag in tags)
+    try:
+        for name, value in headers.items():
+            del message[name]
+            message[name] = value
+    except (ValueError, TypeError) as error:
+        raise SendError(f"Headers: {error}") from None
+    content = _content(text, html, [item for item in attachments if item[4]])
+    message["MIME-Version"] = "1.0"
+    for name, value in content.items():
+        message[name] = value
+    message.set_payload(content.get_payload())
+    for data, content_type, params, filename, cid in attachments:
+        if not cid:
+            maintype, _, subtype = content_type.partition("/")
+            message.add_attachment(
+                data, maintype, subtype, filename=filename or None, params=params or None
+            )
+    return message
 
 
 def build(body: bytes, limit: int, peer: str, auth_user: str | None) -> Built:
@@ -228,6 +329,9 @@ def build(body: bytes, limit: int, peer: str, auth_user: str | None) -> Built:
         raise SendError(f"the body is not JSON: {error}"[:200]) from None
     if not isinstance(data, dict):
         raise SendError("expected a JSON object (Mailpit's SendRequest)")
+    # (`in` first: a search of megabytes of base64 by the pattern would hold the GIL longer.)
+    if (b"\\u" in body or b"\xed" in body) and _MAY_HOLD_SURROGATE.search(body):
+        data = _without_surrogates(data)
     sender = _field(data, "From")
     if not isinstance(sender, dict | None):
         raise SendError("From: expected an object with Email and Name")
@@ -262,7 +366,15 @@ def build(body: bytes, limit: int, peer: str, auth_user: str | None) -> Built:
         raise SendError("error building message: from not set")
     if not subject:
         raise SendError("error building message: subject not set")
-    envelope_rcpts = [email for key in ("To", "Cc", "Bcc") for _, email in recipients[key]]
+    # Once each, whatever its case (as SMTP's RCPT list is checked): a hidden address given
+    # twice is one recipient and one hidden_recipient finding.
+    envelope_rcpts: list[str] = []
+    seen: set[str] = set()
+    for key in ("To", "Cc", "Bcc"):
+        for _, email in recipients[key]:
+            if email.casefold() not in seen:
+                seen.add(email.casefold())
+                envelope_rcpts.append(email)
     if not envelope_rcpts:
         raise SendError("error building message: no recipients (to, cc, bcc) set")
     problem = syntax_error(from_email)
@@ -271,37 +383,17 @@ def build(body: bytes, limit: int, peer: str, auth_user: str | None) -> Built:
     text = _string(data, "Text", "Text")
     html = _string(data, "HTML", "HTML")
 
-    message = EmailMessage(policy=policy.default)
-    message["From"] = _header_address(from_name, from_email)
-    for key, header in (("To", "To"), ("Cc", "Cc"), ("ReplyTo", "Reply-To")):
-        if recipients[key]:
-            message[header] = [_header_address(n, e) for n, e in recipients[key]]
-    message["Subject"] = subject
-    message["Date"] = formatdate(localtime=True)
-    message["Message-ID"] = make_msgid(domain=from_email.rpartition("@")[2] or "mailsink")
-    if tags:
-        message["X-Tags"] = ", ".join(_one_line(tag, "Tags") for tag in tags)
+    utf8 = not all(address.isascii() for address in [from_email, *envelope_rcpts])
     try:
-        for name, value in headers.items():
-            del message[name]
-            message[name] = value
-    except (ValueError, TypeError) as error:
-        raise SendError(f"Headers: {error}") from None
-    content = _content(text, html, [(c, t, f, cid) for c, t, f, cid in attachments if cid])
-    message["MIME-Version"] = "1.0"
-    for name, value in content.items():
-        message[name] = value
-    message.set_payload(content.get_payload())
-    for data, content_type, filename, cid in attachments:
-        if not cid:
-            maintype, _, subtype = content_type.partition("/")
-            message.add_attachment(data, maintype, subtype, filename=filename or None)
-    every = [from_email, *envelope_rcpts]
-    utf8 = not all(address.isascii() for address in every)
-    try:
-        raw = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
-    except (ValueError, TypeError, UnicodeError) as error:
-        raise SendError(f"error building message: {error}") from None
+        raw = _message(
+            (from_name, from_email), recipients, subject, tags, headers, text, html, attachments
+        ).as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+    except SendError:
+        raise
+    except Exception as error:
+        # The email package raises many kinds for what it cannot write; each is the request's
+        # (enmime's Build and Encode errors, in Mailpit's words), never a 500.
+        raise SendError(f"error building message: {error}"[:300]) from None
     if len(raw) > limit:
         raise SendError(
             f"the message ({format_bytes(len(raw))}) is larger than [smtp] max_message_size"

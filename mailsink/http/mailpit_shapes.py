@@ -51,6 +51,9 @@ from mailsink.mail.text_index import trimmed
 from mailsink.store import MessageRecord, Reader
 
 SNIPPET_CHARACTERS = 200  # as Mailpit's tools.CreateSnippet
+# Characters kept of one header value in the headers map (the block itself is at most
+# MAX_HEADER_BLOCK bytes): enough for any real header, and a bound on a hostile one's answer.
+MAX_HEADER_VALUE = 64 * 1024
 _SPACES = re.compile(r"\s+")
 _LINK = re.compile(r"<([^<>]*)>")
 _QUOTED = re.compile(r"\\(.)")
@@ -336,7 +339,9 @@ class MimeView:
     parts: dict[str, Part]  # every listed part by PartID, for /part/{PartID}
 
 
-def mime_view(raw: bytes) -> MimeView:
+def mime_view(raw: bytes, *, text_from_html: bool = True) -> MimeView:
+    """`text_from_html=False`: an HTML-only message's text is left empty, not made from the
+    HTML (seconds for a large one) when the caller shows only the HTML or a part."""
     root = part_tree(raw)
     text = html = ""
     inlines: list[Part] = []
@@ -388,7 +393,7 @@ def mime_view(raw: bytes) -> MimeView:
         html = _text(root)
     else:
         text = _text(root)
-    if not text and html:
+    if not text and html and text_from_html:
         text = html_to_text(html)
     # Mailpit lists only the parts that have a name or a Content-ID.
     inline = [p for p in inlines + others if p.filename or p.content_id]
@@ -471,21 +476,29 @@ def canonical_key(name: str) -> str:
 def headers(raw: bytes) -> dict[str, list[str]]:
     """The header block as Go's mail.ReadMessage gives it (textproto.MIMEHeader): canonical
     keys in sorted order, each value's continuation lines joined by one space, the values of a
-    repeated header in order. Not RFC 2047-decoded, as Mailpit's are not."""
+    repeated header in order. Not RFC 2047-decoded, as Mailpit's are not. Each value is cut at
+    MAX_HEADER_VALUE characters (Go keeps it whole): a header folded 100 000 times is 100 000
+    pieces, joined once here, never grown one line at a time (which is quadratic)."""
     end = _HEADER_END.search(raw, 0, MAX_HEADER_BLOCK)
     block = raw[: end.start()] if end else raw[:MAX_HEADER_BLOCK]
-    found: dict[str, list[str]] = {}
-    current: list[str] | None = None
+    found: dict[str, list[list[str]]] = {}
+    current: list[str] | None = None  # the pieces of the value being read
+    size = 0  # characters in `current`
     for line in block.decode("utf-8", "replace").replace("\r\n", "\n").split("\n"):
         if line[:1] in (" ", "\t"):
-            if current is not None and line.strip():
-                current[-1] = (current[-1] + " " + line.strip()).strip()
+            piece = line.strip()
+            if current is not None and piece and size < MAX_HEADER_VALUE:
+                current.append(piece)
+                size += len(piece) + 1
             continue
         name, colon, value = line.partition(":")
         if not colon or not name.strip():
             current = None  # not a header line: Go stops with an error; skipped here
             continue
-        values = found.setdefault(canonical_key(name.strip()), [])
-        values.append(value.strip())
-        current = values
-    return dict(sorted(found.items()))
+        current = [value.strip()]
+        size = len(current[0])
+        found.setdefault(canonical_key(name.strip()), []).append(current)
+    return {
+        key: [" ".join(piece for piece in pieces if piece)[:MAX_HEADER_VALUE] for pieces in values]
+        for key, values in sorted(found.items())
+    }
