@@ -26,6 +26,7 @@ from mailsink.mail.parse import (
     decode_value,
     parse_message,
 )
+from mailsink.mail.snippet import make_snippet
 from mailsink.query import fold
 
 # The columns of message_fields, in order (schema 6), and what each prefix searches.
@@ -126,6 +127,7 @@ class Body:
     attachments: str  # file names, one a line; folded
     has_attachments: bool = False  # a part is an attachment (named or not)
     complete: bool = True  # the whole MIME tree was parsed: has_attachments is exact
+    snippet: str = ""  # Mailpit's snippet (mail/snippet.py), not folded
 
 
 _MIME_LINE = re.compile(rb"\n(?:content-|mime-version)[^\n]*(?:\n[ \t][^\n]*)*", re.IGNORECASE)
@@ -153,17 +155,19 @@ def body(raw: bytes) -> Body:
         defect in (PARTS_NOTICE, DEPTH_NOTICE) or defect.startswith("message could not be parsed")
         for defect in parsed.defects
     )
+    from mailsink.mail.html import html_to_text  # (not in every CLI command's start-up)
+
+    html_text = html_to_text(parsed.html[:MAX_HTML]) if parsed.html is not None else None
     if parsed.text is not None:
         text = parsed.text
-    elif parsed.html is not None:
-        from mailsink.mail.html import html_to_text  # (not in every CLI command's start-up)
-
-        text = html_to_text(parsed.html[:MAX_HTML])
+    elif html_text is not None:
+        text = html_text
     else:
         text = ""
     names = [a.filename for a in parsed.attachments if a.filename]
     found = bool(parsed.attachments)
-    return Body(fold(text[:MAX_BODY]), fold("\n".join(names)), found, complete)
+    made = make_snippet(parsed.text, html_text)
+    return Body(fold(text[:MAX_BODY]), fold("\n".join(names)), found, complete, made)
 
 
 # ---- matching in Python, as the indexes match (for messages they do not hold yet)

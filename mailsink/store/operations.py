@@ -390,6 +390,7 @@ class IndexRow:
     has_attachments: bool
     exact: bool  # the whole MIME tree was parsed: has_attachments replaces the ingest hint
     tags: tuple[str, ...]  # X-Tags of a message stored before SEARCH_SINCE (schema.MIGRATED)
+    snippet: str = ""  # Mailpit's (mail/snippet.py), kept in messages.snippet
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ def prepare_index(
         text.has_attachments,
         text.complete,
         tags,
+        text.snippet,
     )
 
 
@@ -456,8 +458,8 @@ def insert_index(conn: sqlite3.Connection, row: IndexRow) -> bool:
     flag = int(row.has_attachments)
     attachments = "?" if row.exact else "max(attachments, ?)"
     conn.execute(
-        f"UPDATE messages SET indexed = ?, attachments = {attachments} WHERE id = ?",
-        (BODY_INDEXED, flag, row.id),
+        f"UPDATE messages SET indexed = ?, attachments = {attachments}, snippet = ? WHERE id = ?",
+        (BODY_INDEXED, flag, row.snippet, row.id),
     )
     if row.tags:
         conn.executemany(

@@ -7,6 +7,7 @@ the rows goes through operations.py, in the writer process or run_here.
 from __future__ import annotations
 
 import json
+import sqlite3
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from mailsink.store.schema import (
     REFUSALS_SINCE,
     SCHEMA_VERSION,
     SEARCH_SINCE,
+    SNIPPET_SINCE,
     SessionEvent,
     check_version,
     open_existing,
@@ -399,6 +401,26 @@ class Reader:
         return found
 
     @store_errors
+    def snippets(self, ids: Iterable[int]) -> dict[int, str]:
+        """Mailpit's snippet of each message that has one made (schema SNIPPET_SINCE: when it
+        was indexed); the others are missing from the answer."""
+        wanted = list(ids)
+        if not wanted or self.version < SNIPPET_SINCE:
+            return {}
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self.conn.execute(
+                    f"SELECT id, snippet FROM messages WHERE id IN ({marks})"
+                    " AND snippet IS NOT NULL",
+                    chunk,
+                ).fetchall()
+            )
+        return found
+
+    @store_errors
     def tag_counts(self) -> dict[str, int]:
         """Every tag with how many messages hold it, by name (one spelling per tag)."""
         if self.version < SEARCH_SINCE:
@@ -460,6 +482,19 @@ class Reader:
             "SELECT raw FROM message_raw WHERE id = ?", (message_id,)
         ).fetchone()
         return bytes(row[0]) if row else None
+
+    @store_errors
+    def raw_piece(self, message_id: int, start: int, size: int) -> tuple[int, bytes] | None:
+        """The raw message's length and `size` bytes of it from `start`, read from the blob
+        without the rest (a download of a large message holds a piece, not the whole); None
+        when there is no such message (deleted since)."""
+        try:
+            with self.conn.blobopen("message_raw", "raw", message_id, readonly=True) as blob:
+                length = len(blob)
+                blob.seek(min(start, length))
+                return length, blob.read(size)
+        except sqlite3.OperationalError:  # no such row
+            return None
 
     @store_errors
     def get_parsed(self, message_id: int) -> ParsedMessage | None:

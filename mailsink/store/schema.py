@@ -22,12 +22,13 @@ import platformdirs
 
 from mailsink.errors import StoreError, StoreFileError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MEMORY = ":memory:"
 DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
 PROGRESS_SINCE = 4  # the schema version with a live session's state and the server row
 REFUSALS_SINCE = 5  # the schema version with a session's refusals and a rejection's rule
 SEARCH_SINCE = 6  # the schema version with read state, tags and the search indexes
+SNIPPET_SINCE = 7  # the schema version that keeps each message's snippet (the HTTP API's)
 # messages.indexed: what the search indexes hold of a message (store/search.py)
 # Stored before SEARCH_SINCE, nothing indexed yet: the indexer also adds its X-Tags tags (only
 # to these rows, so that a tag a user removed from a newer message never comes back).
@@ -162,6 +163,11 @@ _MIGRATIONS: dict[int, str] = {
     CREATE VIRTUAL TABLE message_body USING fts5(
         body, attachments, tokenize = 'unicode61 remove_diacritics 2'
     );
+    """,
+    7: """
+    -- Mailpit's snippet of the message (mail/snippet.py), made when it is indexed; NULL until
+    -- then (the HTTP API makes it itself meanwhile).
+    ALTER TABLE messages ADD COLUMN snippet TEXT;
     """,
 }
 
