@@ -71,8 +71,14 @@ async def _again_if_lost(operation: Callable[[], Awaitable[T]]) -> T:
     return await operation()
 
 
-def _http_service(sink: Sink, settings: Settings) -> Any:
+def _load_http() -> None:
     # Imported only when HTTP is served: the store commands do not pay for aiohttp.
+    from mailsink.http.web_service import route_tables
+
+    route_tables()
+
+
+def _http_service(sink: Sink, settings: Settings) -> Any:
     from mailsink.http.web_service import HttpService
 
     return HttpService(sink, settings)
@@ -118,6 +124,11 @@ class Sink:
         from mailsink.smtp.server import SmtpServer
 
         storage = settings.storage
+        if settings.http.enabled:
+            # aiohttp and the routes imported (a few hundred ms) off the loop, and before the
+            # store is locked: from then on a viewer takes the store as served, and the
+            # server's row, with its addresses, follows as soon as SMTP listens.
+            await asyncio.to_thread(_load_http)
         store = await asyncio.to_thread(Store, storage.path, storage.max_messages)
         log.info(
             "store: %s", "in memory (nothing is kept)" if storage.path == MEMORY else store.path
@@ -126,13 +137,7 @@ class Sink:
         try:
             sink.faults = FaultControls(settings, sink.events)
             sink.server = SmtpServer(settings, store, sink.faults, sink.events)
-            # Built (aiohttp imported: a few hundred ms) before SMTP listens, and off the loop:
-            # once the SMTP port answers, the rest (HTTP, the config watch) follows at once.
-            http = (
-                await asyncio.to_thread(_http_service, sink, settings)
-                if settings.http.enabled
-                else None
-            )
+            http = _http_service(sink, settings) if settings.http.enabled else None
             try:
                 await sink.server.start()
             except OSError as error:
