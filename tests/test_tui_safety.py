@@ -394,15 +394,14 @@ def test_undo_into_a_filter_and_clear_counts_what_it_deleted(tmp_path):
     run(scenario)
 
 
-# OPEN DEFECT (issue 14's note): "database is locked" at the test's own lock in clean-clone CI
-# only; suspect the writer's idle index transactions competing for the lock. Not strict.
-@pytest.mark.xfail(strict=False, reason="see issue 14's note: lock contention in clean CI")
 def test_a_delete_the_locked_store_refuses_on_quit_is_said_after_the_ui(tmp_path, capsys):
     import sqlite3
     import threading
 
     db = tmp_path / "mail.db"
-    holder = sqlite3.connect(db, timeout=0, isolation_level=None, check_same_thread=False)
+    # The holder waits for its lock: the writer's idle index work (the rows of the messages
+    # just sent, the purge after each commit) takes it for a few ms at a time.
+    holder = sqlite3.connect(db, timeout=10, isolation_level=None, check_same_thread=False)
     quit_done = threading.Event()
 
     def release_when_done() -> None:
@@ -436,6 +435,56 @@ def test_a_delete_the_locked_store_refuses_on_quit_is_said_after_the_ui(tmp_path
     assert capsys.readouterr().err == f"mailsink: {said}; try again\n"
     with Reader(str(db)) as reader:
         assert reader.message_ids() == [1, 2]
+
+
+def test_idle_index_work_that_meets_another_program_s_lock_is_tried_again_later(tmp_path):
+    """The index rows `clear` leaves are purged by the idle writer. If another program holds
+    the write lock past the writer's busy timeout, the purge fails; it stays to do and is tried
+    again a little later by itself (an idle server may make no commit to set it going again)."""
+    import sqlite3
+
+    db = tmp_path / "mail.db"
+    _fill(db, 20)
+    store = Store(str(db))
+    holder = sqlite3.connect(db, timeout=10, isolation_level=None)
+
+    def indexed() -> bool:
+        with Reader(str(db)) as reader:
+            return reader.index_progress() == (20, 20)
+
+    def left_behind() -> int:
+        with Reader(str(db)) as reader:
+            return reader.conn.execute("SELECT count(*) FROM message_fields").fetchone()[0]
+
+    async def until(done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline, f"not within 10 s: {what}"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        await until(indexed, "the 20 messages indexed")
+        writer = store.writer_pid
+        (extractor,) = map(int, Path(f"/proc/{writer}/task/{writer}/children").read_text().split())
+        with contextlib.suppress(StoreError):  # (as above: the setting stays)
+            await store.run(operator.methodcaller("execute", "PRAGMA busy_timeout = 200"))
+        os.kill(extractor, signal.SIGSTOP)  # the purge waits for it to say it has caught up
+        try:
+            await store.clear()
+            holder.execute("BEGIN IMMEDIATE")
+        finally:
+            os.kill(extractor, signal.SIGCONT)
+        await asyncio.sleep(1.0)  # the writer's purge waits 0.2 s for the lock, and fails
+        assert left_behind() == 20
+        holder.execute("ROLLBACK")
+        # With no commit since: the purge goes on by itself.
+        await until(lambda: left_behind() == 0, f"{left_behind()} index rows of cleared mail left")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.close()
+        store.close()
 
 
 def test_quitting_in_the_middle_of_clear_says_how_many_were_not_deleted(tmp_path, monkeypatch):
@@ -513,19 +562,33 @@ def test_a_slice_of_one_long_line_never_splits_a_character():
     assert _slice_end(marks, at + 50) == at + 50
 
 
-@pytest.mark.parametrize(
-    "signum",
-    [
-        # OPEN DEFECT (issue 14's note): in a clean-clone `.ci/run` (only there: never alone, in
-        # its module, or in a full run in an existing venv) the child is not seen to end after
-        # SIGHUP, and no mailsink process is left when the test gives up. Kept running, not
-        # strict, so that it reports; to be found and fixed first in the next session.
-        pytest.param(
-            signal.SIGHUP, marks=pytest.mark.xfail(strict=False, reason="see issue 14's note")
-        ),
-        signal.SIGTERM,
-    ],
-)
+def _about(pid: int) -> str:
+    """What a child that did not end is doing: its threads and their kernel waits, its signal
+    masks (SigIgn: an inherited ignored SIGHUP), its kernel stack; and the parent's SIGCHLD.
+    (`ps -ww`: under pytest, ps cuts its lines to 80 columns and the arguments with them.)"""
+    said = [
+        subprocess.run(
+            ["ps", "-ww", *fields, "-p", str(pid)], capture_output=True, text=True
+        ).stdout
+        for fields in (["-o", "pid,ppid,stat,args"], ["-L", "-o", "lwp,stat,wchan:24,pcpu,comm"])
+    ]
+    for name in ("status", "stack"):
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError as error:
+            text = f"/proc/{pid}/{name}: {error}"
+        if name == "status":
+            text = "\n".join(
+                line
+                for line in text.splitlines()
+                if line.startswith(("State", "PPid", "Threads", "Sig", "Shd"))
+            )
+        said.append(text)
+    said.append(f"the test's SIGCHLD: {signal.getsignal(signal.SIGCHLD)!r}")
+    return "\n".join(said)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
 def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
     """A real `mailsink tui` on a pseudo-terminal: the pending `d` is carried out and the HTML
     `o` wrote is removed, as on `q`. SIGHUP as when the terminal window is closed: its master
@@ -541,11 +604,18 @@ def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
     db = tmp_path / "mail.db"
     pid, fd = pty.fork()
     if pid == 0:  # the child: mailsink on the pty
+        # As a shell at a terminal starts it. A test run started under `nohup` (or by a tool
+        # that ignores SIGHUP) hands its children SIGHUP ignored, across exec; mailsink then
+        # rightly leaves it ignored, and closing the terminal does not end it.
+        for default in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(default, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGHUP, signal.SIGTERM])
         os.environ.update(
             TERM="xterm-256color", BROWSER=str(script), TMPDIR=str(temp),
             MAILSINK_STATE_DIR=str(tmp_path),
         )  # fmt: skip
         argv = [sys.executable, "-m", "mailsink", "tui", "--port", str(port), "--db", str(db)]
+        argv += ["--http-port", "0"]
         os.execv(sys.executable, argv)
     seen = b""
 
@@ -587,11 +657,7 @@ def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
                     os.read(fd, 65536)
             time.sleep(0.01)
         else:
-            tree = subprocess.run(
-                ["ps", "-eo", "pid,ppid,stat,wchan:20,etimes,args"], capture_output=True, text=True
-            ).stdout
-            mine = [line for line in tree.splitlines() if "mailsink" in line or "spawn" in line]
-            raise AssertionError(f"mailsink did not stop on signal {signum}:\n" + "\n".join(mine))
+            raise AssertionError(f"mailsink did not stop on signal {signum}:\n{_about(pid)}")
         assert os.waitstatus_to_exitcode(status) == 128 + signum
     finally:
         with contextlib.suppress(ProcessLookupError, ChildProcessError):

@@ -66,6 +66,10 @@ LAZY_COMMIT = 0.05
 # commits and when it is idle. Rows made and not written yet: about this many at most.
 READY_ROWS = 64
 INDEX_PROGRESS_EVERY = 10.0  # seconds between the log's lines about a big backlog
+# An idle piece of indexing that failed (another program holds the write lock past the busy
+# timeout, the disk is full, ...) keeps its work and is tried again this much later, or at
+# the next commit, whichever comes first: not at once, over and over.
+INDEX_RETRY_AFTER = 1.0
 
 # What goes over the socket (framed by wire.py). To the process: (id, operation, urgent),
 # ("max_messages", n, lowered), or None for "finish and stop". Back: ("ready",) or
@@ -142,10 +146,8 @@ class Writer:
         while not stopping:
             if batch:
                 timeout: float | None = max(0.0, deadline - time.monotonic())
-            elif indexer.has_work():
-                timeout = 0.0
             else:
-                timeout = None
+                timeout = indexer.due()
             watched = [self._channel, *indexer.watched]
             readable, _, _ = select.select(watched, [], [], timeout)
             if len(readable) > (self._channel in readable):
@@ -404,6 +406,7 @@ class _Indexer:
         self._total = 0  # the backlog when this run of indexing began (for the log)
         self._done = 0
         self._told = 0.0
+        self._retry_at = 0.0  # (time.monotonic) an idle step that failed waits until then
         self.sock: socket.socket | None
         # (None: no extractor; then the writer parses in its idle time, as a last resort.)
         self.sock, self._pid = extractor if extractor is not None else (None, 0)
@@ -417,6 +420,12 @@ class _Indexer:
         if self.sock is None and self._unindexed:
             return True
         return bool(self.ready) or (self._purge and self.caught_up)
+
+    def due(self) -> float | None:
+        """Seconds until `step` has something to do (0: now); None: nothing until more comes."""
+        if not self.has_work():
+            return None
+        return max(0.0, self._retry_at - time.monotonic())
 
     def receive(self) -> None:
         """Takes what the extractor has sent (up to READY_ROWS rows waiting)."""
@@ -451,6 +460,7 @@ class _Indexer:
         """After each commit of operations: new messages, or deletions, may be there."""
         self._purge = self._unindexed = True
         self.caught_up = False
+        self._retry_at = 0.0  # the lock was to be had: a failed step need not wait any more
         # Only an idle extractor needs a poke (a busy one looks again by itself): one at a time,
         # so its socket never fills with them and a send is never cut short mid-frame.
         if self._idle:
@@ -516,6 +526,8 @@ class _Indexer:
         ready = bool(self.ready) or alone
         if not ready and not (self._purge and self.caught_up):
             return
+        if time.monotonic() < self._retry_at:
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -531,9 +543,9 @@ class _Indexer:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        except Exception as error:  # the disk is full, ...: tried again after the next commit
+        except Exception as error:  # the store is locked, the disk is full, ...
             log.error("search index: %s", user_facing(error, self.path))
-            self._purge = False
+            self._retry_at = time.monotonic() + INDEX_RETRY_AFTER  # the work stays to do
             return
         if not ready:
             self._purge = purged > 0
