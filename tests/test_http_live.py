@@ -91,16 +91,17 @@ def test_wait_answers_at_once_wakes_on_a_commit_and_times_out_with_what_it_found
 
     waiting_before = subscribers(running, ev.MessagesChanged)
 
-    def sender() -> None:  # once the request waits: it must be woken, not find them there
+    sent: list[float] = []
+
+    def sender(*subjects: str) -> None:  # once the request waits: it is woken, not finds them
         deadline = time.monotonic() + 5
         while subscribers(running, ev.MessagesChanged) == waiting_before:
             assert time.monotonic() < deadline
-        send(running, "wait second")
-        send(running, "unrelated")
-        send(running, "wait third")
+        for subject in subjects:
+            send(running, subject)
+        sent.append(time.monotonic())  # the last 250: committed
 
-    thread = threading.Thread(target=sender)
-    started = time.monotonic()
+    thread = threading.Thread(target=sender, args=("wait second", "unrelated", "wait third"))
     thread.start()
     status, found = get(
         running, "/api/mailsink/wait", query="subject:wait", count="2", since=str(since),
@@ -109,7 +110,8 @@ def test_wait_answers_at_once_wakes_on_a_commit_and_times_out_with_what_it_found
     thread.join()
     assert status == 200, found
     assert [m["subject"] for m in found] == ["wait third", "wait second"]  # newest first
-    assert all(m["id"] > since for m in found) and time.monotonic() - started < 3
+    assert all(m["id"] > since for m in found)
+    delays = [time.monotonic() - sent[-1]]
 
     status, body = get(
         running, "/api/mailsink/wait", query="subject:wait", count="5", since=str(since),
@@ -118,6 +120,21 @@ def test_wait_answers_at_once_wakes_on_a_commit_and_times_out_with_what_it_found
     assert status == 408 and "2 of 5" in body["error"]
     assert [m["subject"] for m in body["messages"]] == ["wait third", "wait second"]
     assert subscribers(running, ev.MessagesChanged) == waiting_before  # each wait let go
+    since = found[0]["id"]
+    # Woken by the commit, not by a poll: each answer within 0.3 s of the 250 (a 1 s poll
+    # would miss that in most of three tries; the later ones match nothing above).
+    for n in range(2):
+        thread = threading.Thread(target=sender, args=(f"wait again {n}",))
+        thread.start()
+        status, again = get(
+            running, "/api/mailsink/wait", query="subject:again", since=str(since),
+            timeout="5s",
+        )  # fmt: skip
+        thread.join()
+        assert status == 200 and again[0]["subject"] == f"wait again {n}"
+        delays.append(time.monotonic() - sent[-1])
+        since = again[0]["id"]
+    assert max(delays) < 0.3, delays
 
     for params, named in (
         ({"count": "0"}, "count"),
@@ -168,7 +185,8 @@ class EventStream:
         self.connection.close()
 
 
-def test_sse_sends_events_in_order_and_resumes_after_last_event_id(running):
+def test_sse_sends_events_in_order_and_resumes_after_last_event_id(running, monkeypatch):
+    monkeypatch.setattr(live_api, "DISCONNECT_POLL", 0.02)  # 1 s, shortened
     stream = EventStream(running)
     try:
         assert stream.frame() == (None, None)  # retry: 2000
@@ -202,12 +220,24 @@ def test_sse_sends_events_in_order_and_resumes_after_last_event_id(running):
     assert again[0] == (None, None)  # retry
     assert again[1:] == seen[3:]  # exactly what followed, byte for byte the same JSON
 
+    monkeypatch.setattr(live_api, "LOG_GRACE_SECONDS", 0.05)  # 60 s, shortened
     stale = EventStream(running, last_event_id="99999999")  # from before a restart
     try:
         assert stale.frame() == (None, None)
         assert stale.frame() == (None, {"type": "events-lost", "count": None})
     finally:
         stale.close()
+    # The last client gone, the log lets go of everything (TranscriptLine too) after its
+    # grace; a resume from before that is told its events are lost.
+    deadline = time.monotonic() + 2
+    while running.sink.events.wants(ev.TranscriptLine):  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+    later = EventStream(running, last_event_id=str(ids[-1]))
+    try:
+        assert later.frame() == (None, None)
+        assert later.frame() == (None, {"type": "events-lost", "count": None})
+    finally:
+        later.close()
 
 
 def test_mailpit_websocket_tells_new_delete_and_stats_as_mailpit_does(running, monkeypatch):
@@ -254,8 +284,8 @@ def test_mailpit_websocket_tells_new_delete_and_stats_as_mailpit_does(running, m
 
 
 def test_the_status_line_gives_the_http_url_and_drops_it_before_the_smtp_address():
-    """The status line's layout alone (a TUI start-up is seconds): at mailsink's default ports
-    80 columns hold the URL; narrower, `HTTP :8025`, then nothing, and SMTP stays."""
+    """The status line's layout alone (a TUI start-up is seconds): the URL when it fits; at 80
+    columns with 10 messages or more, `HTTP :8025`; narrower, nothing, and SMTP stays."""
     from textual.geometry import Size
 
     from mailsink.config import Settings
@@ -288,3 +318,130 @@ def test_the_status_line_gives_the_http_url_and_drops_it_before_the_smtp_address
         status.redraw()
         assert status.line.startswith(f" mailsink  {place}{tail}"), (width, status.line)
         assert len(status.line) <= width
+
+
+def test_a_wait_whose_client_left_lets_go_without_any_mail(running, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(live_api, "DISCONNECT_POLL", 0.05)  # 1 s, shortened
+    woken: list[float] = []  # when an event that wakes a wait came (the store's watch sends
+    # StoreChanged after earlier tests' commits): none may have let these waits go
+
+    async def watch() -> Any:
+        subscription = running.sink.subscribe(*live_api.WAKING_KINDS)  # type: ignore[union-attr]
+
+        async def record() -> None:
+            async for _event in subscription:
+                woken.append(time.monotonic())
+
+        return subscription, asyncio.ensure_future(record())
+
+    subscription, _task = running._call(watch())
+    try:
+        base = subscribers(running, ev.MessagesChanged)
+        request = (
+            b"GET /api/mailsink/wait?query=subject:never&timeout=300s HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\n\r\n"
+        )
+        clients = [socket.create_connection((running.host, running.http_port)) for _ in range(20)]
+        for client in clients:
+            client.sendall(request)
+        deadline = time.monotonic() + 5
+        while subscribers(running, ev.MessagesChanged) < base + 20:
+            assert time.monotonic() < deadline
+        closed = time.monotonic()
+        for client in clients:
+            client.close()
+        while subscribers(running, ev.MessagesChanged) > base:
+            assert time.monotonic() - closed < 2, subscribers(running, ev.MessagesChanged) - base
+        gone = time.monotonic()
+        assert not [at for at in woken if closed <= at <= gone]  # noticed, not woken
+    finally:
+        running.loop.call_soon_threadsafe(subscription.close)
+
+
+def test_a_bulk_delete_is_one_prune_and_keeps_the_websocket_client(running, monkeypatch):
+    # Mailpit's numbers (a 256-message client buffer, prune past 200), scaled down.
+    monkeypatch.setattr(live_api, "CLIENT_BUFFER", 8)
+    monkeypatch.setattr(live_api, "PRUNE_OVER", 6)
+    monkeypatch.setattr(live_api, "STATS_DELAY", 0.01)
+    sink = running.sink
+    assert sink is not None
+    with smtplib.SMTP(running.host, running.port) as client:
+        for n in range(10):
+            client.sendmail("app@x.test", ["user@x.test"], f"Subject: bulk {n}\r\n\r\nx".encode())
+    with running.reader() as reader:
+        ids = [record.id for record in reader.list_messages(limit=10)]
+
+    async def scenario() -> list[str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{running.url}/api/events") as ws,
+        ):
+            await asyncio.sleep(0.05)  # (the hub's subscription begins with the first client)
+            deleting = asyncio.run_coroutine_threadsafe(sink.delete_messages(ids), running.loop)
+            await asyncio.wrap_future(deleting)
+            kinds: list[str] = []  # (the last of the new ones may come first)
+            while "prune" not in kinds or kinds[-1] != "stats":
+                message = await ws.receive(timeout=5)
+                assert message.type == aiohttp.WSMsgType.TEXT, (message, ws.close_code)
+                kinds.append(json.loads(message.data)["Type"])
+            return kinds
+
+    kinds = asyncio.run(scenario())
+    assert kinds[-2:] == ["prune", "stats"] and "delete" not in kinds, kinds
+
+
+def test_stop_ends_open_streams_at_once_and_ids_are_not_reused_after_a_restart(tmp_path):
+    db = tmp_path / "mail.db"
+    first = RunningSink(db).start()
+    try:
+
+        async def scenario() -> tuple[int, float]:
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(f"{first.url}/api/events")
+                sse = await session.get(f"{first.url}/api/mailsink/events")
+                await asyncio.to_thread(send, first, "before the restart")
+                while not (line := await sse.content.readline()).startswith(b"id: "):
+                    pass
+                seen = int(line[4:])
+                waits = subscribers(first, ev.MessagesChanged)
+                wait = asyncio.ensure_future(
+                    session.get(f"{first.url}/api/mailsink/wait?query=subject:never&timeout=300s")
+                )
+                while subscribers(first, ev.MessagesChanged) == waits:
+                    await asyncio.sleep(0.005)
+
+                async def reading() -> Any:  # as a client does (and answers the close)
+                    while (message := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+                        pass  # the events before the stop
+                    return message
+
+                closing = asyncio.ensure_future(reading())
+                started = time.monotonic()
+                await asyncio.to_thread(first.stop)
+                took = time.monotonic() - started
+                assert (await asyncio.wait_for(closing, 2)).type == aiohttp.WSMsgType.CLOSE
+                assert ws.close_code == 1001  # going away
+                assert (await asyncio.wait_for(wait, 2)).status == 503
+                await asyncio.wait_for(sse.content.read(), 2)  # the stream ended
+                return seen, took
+
+        seen, took = asyncio.run(scenario())
+        assert took < 1.5, took
+    finally:
+        first.stop()
+    with RunningSink(db) as second:
+        busy = EventStream(second)  # the new log, with more events than `seen` was
+        try:
+            busy.frame()
+            send(second, "after", helo="after.test")
+            busy.until_ended("after.test")
+        finally:
+            busy.close()
+        stale = EventStream(second, last_event_id=str(seen))
+        try:
+            assert stale.frame() == (None, None)
+            assert stale.frame() == (None, {"type": "events-lost", "count": None})
+        finally:
+            stale.close()

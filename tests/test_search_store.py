@@ -409,3 +409,26 @@ def test_a_backlog_past_what_searches_read_is_counted_never_silently_missed(
         assert ids_of(reader, "newsletter") == []
         assert reader.unsearched(parse_query("newsletter")) == 3
         assert ids_of(reader, "newsletter") == []  # not read again meanwhile (nor found)
+
+
+def test_the_indexer_keeps_mailpits_snippet_html_first_cut_on_a_character(busy: RunningSink):
+    from mailsink.mail.snippet import make_snippet
+
+    both = (
+        "From: a@x.test\r\nTo: b@x.test\r\nSubject: both\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nThe Plain Text\r\n"
+        "--b\r\nContent-Type: text/html\r\n\r\n<p>The   <b>HTML</b>\r\n text</p>\r\n--b--\r\n"
+    )
+    with smtplib.SMTP(busy.host, busy.port) as client:
+        client.sendmail("a@x.test", ["b@x.test"], both)
+    busy.wait_for(fully_indexed)
+    with busy.reader() as reader:
+        newest = reader.list_messages(limit=1)[0].id
+        # Mailpit's CreateSnippet: the HTML as text when there is one; spaces collapsed; not
+        # case-folded as the search index's own copy of the text is.
+        assert reader.snippets([newest, 10**9]) == {newest: "The HTML text"}
+    # 200 bytes of UTF-8 at most, never half a character, "..." after a cut.
+    cut = make_snippet("é" * 150, None)
+    assert cut == "é" * 100 + "..." and make_snippet(" a \ufeff b ", None) == "a b"
+    assert make_snippet("x" * 200, None) == "x" * 200 and make_snippet(None, "  ") == ""

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import time
 import weakref
 from collections.abc import Awaitable
 from typing import Any
@@ -41,6 +42,34 @@ WAIT_DEFAULT_SECONDS = 10.0
 WAIT_MAX_SECONDS = 300.0
 WAIT_MAX_COUNT = 1000
 WAKING_KINDS = (ev.MessageStored, ev.MessagesDeleted, ev.MessagesChanged, ev.StoreChanged)
+# How often a wait or an event stream with nothing to say looks whether its client has gone
+# (aiohttp does not cancel a handler whose client left): the client's socket, not the store.
+DISCONNECT_POLL = 1.0
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _next_or_gone(
+    subscription: ev.Subscription, request: web.Request, seconds: float
+) -> bool:
+    """Wait up to `seconds` for the subscription's next event (which is taken): False once
+    the client has gone, True otherwise (an event, the time is up, or the subscription closed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            await asyncio.wait_for(subscription.get(), min(remaining, DISCONNECT_POLL))
+        except StopAsyncIteration:
+            return True  # closed: the caller says so
+        except TimeoutError:
+            if _gone(request):
+                return False
+            continue
+        return True
+    return True
 
 
 def _duration(request: web.Request, name: str, default: float) -> float:
@@ -100,9 +129,7 @@ async def wait_for_messages(request: web.Request) -> web.StreamResponse:
             if len(found) >= count:
                 return json_response([record.summary_json() for record in found])
             if subscription.closed:
-                raise ApiError(503, "the server is stopping")
-            if request.transport is None or request.transport.is_closing():
-                return web.Response(status=408)  # the client has gone: nobody to answer
+                raise ApiError(503, "the server is stopping (or reloading its users): ask again")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return json_response(
@@ -113,8 +140,8 @@ async def wait_for_messages(request: web.Request) -> web.StreamResponse:
                     },
                     408,
                 )
-            with contextlib.suppress(TimeoutError, StopAsyncIteration):
-                await asyncio.wait_for(subscription.get(), remaining)
+            if not await _next_or_gone(subscription, request, remaining):
+                return web.Response(status=408)  # the client has gone: nobody to answer
             subscription.pending()  # a burst of commits costs one read
     finally:
         service.streams.discard(close)
@@ -193,30 +220,78 @@ def _frame(data: dict[str, Any], event_id: int | None = None) -> bytes:
     return f"{head}data: {text}\n\n".encode("ascii")
 
 
+# The event log lives while clients read it and this long after the last one left (its
+# subscription to everything, TranscriptLine included, costs the SMTP server a record per
+# line); a client resuming after that is told its events are lost.
+LOG_GRACE_SECONDS = 60.0
+# Ids are unique across starts of the log (and of the server): the log's start in ms times
+# this, plus the event's number, so an id from an earlier log resumes nothing by mistake.
+ID_SPAN = 10**6
+_last_base = 0
+
+
+def _new_base() -> int:
+    global _last_base
+    _last_base = max(time.time_ns() // 10**6 * ID_SPAN, _last_base + ID_SPAN)
+    return _last_base
+
+
 class EventLog:
     """Every event of the sink, numbered and framed once, the newest RING_SIZE kept: each SSE
-    client is a position in it, so a slow one costs no memory (it is told what it missed)."""
+    client is a position in it, so a slow one costs no memory (it is told what it missed).
+    Positions are numbers from 1; the id a client sees is `base` + its position."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, service: HttpService) -> None:
+        self.service = service
+        self.base = _new_base()
         self.ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING_SIZE)
-        self.last = 0  # the newest event's id
+        self.last = 0  # the newest event's position
         self.wakeup = asyncio.Event()
         self.closed = False
+        self.clients = 0
+        self.expiry: asyncio.TimerHandle | None = None
         # Everything: TranscriptLine makes the SMTP server build a record per line, which is
         # why the log starts with the first client, not with the server.
         self.subscription = sink.subscribe(limit=RING_SIZE)
         self.task = asyncio.create_task(self._run(), name="mailsink-sse-log")
+        service.streams.add(self.close)
 
     async def _run(self) -> None:
         async for event in self.subscription:
             for each in (event, *self.subscription.pending()):
                 self.last += 1
-                self.ring.append((self.last, _frame(event_json(each), self.last)))
+                self.ring.append((self.last, _frame(event_json(each), self.base + self.last)))
             self._wake()
 
     def _wake(self) -> None:
         woken, self.wakeup = self.wakeup, asyncio.Event()
         woken.set()
+
+    def attach(self) -> None:
+        self.clients += 1
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+
+    def detach(self) -> None:
+        self.clients -= 1
+        if self.clients <= 0 and not self.closed:
+            loop = asyncio.get_running_loop()
+            self.expiry = loop.call_later(LOG_GRACE_SECONDS, self._expire)
+
+    def _expire(self) -> None:
+        self.expiry = None
+        if self.clients <= 0:
+            if _logs.get(self.service) is self:  # a client from now on starts a new log
+                del _logs[self.service]
+            task = asyncio.ensure_future(self.close())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    def position(self, event_id: int) -> int | None:
+        """The position of a client's Last-Event-ID in this log; None if not from it."""
+        cursor = event_id - self.base
+        return cursor if 0 <= cursor <= self.last else None
 
     def after(self, cursor: int) -> tuple[list[bytes], int, int]:
         """(frames after `cursor`, the new cursor, how many were lost before them)."""
@@ -229,7 +304,14 @@ class EventLog:
         return frames, cursor + len(frames), lost
 
     async def close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
+        self.service.streams.discard(self.close)
+        if _logs.get(self.service) is self:
+            del _logs[self.service]
+        if self.expiry is not None:
+            self.expiry.cancel()
         self.subscription.close()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -238,13 +320,13 @@ class EventLog:
 
 
 _logs: weakref.WeakKeyDictionary[HttpService, EventLog] = weakref.WeakKeyDictionary()
+_background: set[asyncio.Task[Any]] = set()
 
 
 def _event_log(service: HttpService, sink: Sink) -> EventLog:
     found = _logs.get(service)
-    if found is None:
-        found = _logs[service] = EventLog(sink)
-        service.streams.add(found.close)
+    if found is None or found.closed:
+        found = _logs[service] = EventLog(sink, service)
     return found
 
 
@@ -252,7 +334,7 @@ def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
         return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 24:
         return -1  # not one of ours
     return int(raw)
 
@@ -264,7 +346,7 @@ def _last_event_id(request: web.Request) -> int | None:
         Param(
             "Last-Event-ID",
             "integer",
-            f"resume after this event (the last {RING_SIZE} are kept)",
+            f"resume after this event (the last {RING_SIZE} are kept while the log lives)",
             where="header",
         )
     ],
@@ -275,7 +357,6 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     sink, service = request.app[SINK], request.app[SERVICE]
     if service.stopping.is_set():
         raise ApiError(503, "the server is stopping")
-    events = _event_log(service, sink)
     resume = _last_event_id(request)
     response = web.StreamResponse(
         headers={
@@ -287,21 +368,33 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     if request.method == "HEAD":  # the headers only: a stream nobody reads would never end
         return response
-    with contextlib.suppress(ConnectionResetError):  # the client went: nothing to answer
-        await _send_events(response, events, service, resume)
+    events = _event_log(service, sink)
+    events.attach()
+    try:
+        with contextlib.suppress(ConnectionResetError):  # the client went: nothing to answer
+            await _send_events(request, response, events, service, resume)
+    finally:
+        events.detach()
     return response
 
 
 async def _send_events(
-    response: web.StreamResponse, events: EventLog, service: HttpService, resume: int | None
+    request: web.Request,
+    response: web.StreamResponse,
+    events: EventLog,
+    service: HttpService,
+    resume: int | None,
 ) -> None:
     await response.write(b"retry: 2000\n\n")
     cursor = events.last
     if resume is not None:
-        if 0 <= resume <= events.last:
-            cursor = resume
-        else:  # from before a restart (ids start again at 1), or not an id
+        position = events.position(resume)
+        if position is not None:
+            cursor = position
+        else:  # from an earlier log (before a restart, or an idle spell), or not an id
             await response.write(_frame({"type": "events-lost", "count": None}))
+    loop = asyncio.get_running_loop()
+    beat = loop.time() + HEARTBEAT_SECONDS
     while not (events.closed or service.stopping.is_set()):
         wakeup = events.wakeup
         frames, cursor, lost = events.after(cursor)
@@ -311,9 +404,15 @@ async def _send_events(
             await response.write(b"".join(frames))
             continue
         try:
-            await asyncio.wait_for(wakeup.wait(), HEARTBEAT_SECONDS)
+            await asyncio.wait_for(wakeup.wait(), min(DISCONNECT_POLL, HEARTBEAT_SECONDS))
         except TimeoutError:
-            await response.write(b": keep-alive\n\n")
+            if _gone(request):
+                return
+            if loop.time() >= beat:
+                await response.write(b": keep-alive\n\n")
+                beat = loop.time() + HEARTBEAT_SECONDS
+        else:
+            beat = loop.time() + HEARTBEAT_SECONDS
 
 
 # ---- Mailpit's WebSocket
@@ -324,6 +423,10 @@ CLIENT_BUFFER = 256
 PING_SECONDS = 54.0
 # Mailpit sends its "stats" at most four times a second (internal/storage/notifications.go).
 STATS_DELAY = 0.25
+# A batch of more new, deleted or changed messages than this is one `prune` (reload), as
+# Mailpit's DeleteMessages by search does past 200 (internal/storage/search.go): one event per
+# message would pass CLIENT_BUFFER and drop every client.
+PRUNE_OVER = 200
 
 
 class MailpitClient:
@@ -347,7 +450,7 @@ def _summaries(
     records = reader.messages_by_id([*new, *changed])
     texts = snippets.of(reader, [i for i in new if i in records])
     summaries = [
-        mailpit_shapes.summary(records[i], texts.get(i, ""), made=True)
+        mailpit_shapes.summary(records[i], texts.get(i, ""))
         for i in new
         if i in records  # (deleted since)
     ]
@@ -360,12 +463,14 @@ class MailpitHub:
     {ID, Tags}, sent here as one), `stats` ({Total, Unread, Version}) and `prune` (null: reload;
     sent when events were lost)."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, service: HttpService) -> None:
         self.sink = sink
+        self.service = service
         self.clients: set[MailpitClient] = set()
         self.subscription = sink.subscribe(*WAKING_KINDS)
         self.stats_due: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
         self.task = asyncio.create_task(self._run(), name="mailsink-mailpit-events")
 
     def broadcast(self, kind: str, data: Any) -> None:
@@ -392,8 +497,17 @@ class MailpitHub:
                     await self._tell(batch)
                 except Exception as error:  # the store busy or gone: the next event tries again
                     log.warning("Mailpit events: %s", error)
+                # Let the clients' pumps send what was queued before the next batch adds more.
+                await asyncio.sleep(0)
 
     async def _tell(self, batch: list[Any]) -> None:
+        if self._many(batch):
+            if any(isinstance(e, ev.MessagesDeleted) and e.everything for e in batch):
+                self.broadcast("truncate", None)
+            else:
+                self.broadcast("prune", None)
+            self._stats_soon()
+            return
         new: list[int] = []
         changed: list[int] = []
         for event in batch:
@@ -420,6 +534,16 @@ class MailpitHub:
                 )
         self._stats_soon()
 
+    @staticmethod
+    def _many(batch: list[Any]) -> bool:
+        count = 0
+        for event in batch:
+            if isinstance(event, ev.MessagesDeleted | ev.MessagesChanged):
+                count += len(event.message_ids)
+            elif isinstance(event, ev.MessageStored):
+                count += 1
+        return count > PRUNE_OVER
+
     def _stats_soon(self) -> None:
         if self.stats_due is None:
             loop = asyncio.get_running_loop()
@@ -441,6 +565,10 @@ class MailpitHub:
         self.broadcast("stats", {"Total": total, "Unread": unread, "Version": __version__})
 
     async def close(self) -> None:
+        self.closed = True
+        self.service.streams.discard(self.close)
+        if _hubs.get(self.service) is self:
+            del _hubs[self.service]
         self.subscription.close()
         self.task.cancel()
         if self.stats_due is not None:
@@ -458,8 +586,8 @@ _hubs: weakref.WeakKeyDictionary[HttpService, MailpitHub] = weakref.WeakKeyDicti
 
 def _hub(service: HttpService, sink: Sink) -> MailpitHub:
     found = _hubs.get(service)
-    if found is None:
-        found = _hubs[service] = MailpitHub(sink)
+    if found is None or found.closed:  # (closed on a reload of the users: a new one)
+        found = _hubs[service] = MailpitHub(sink, service)
         service.streams.add(found.close)
     return found
 

@@ -11,13 +11,14 @@ envelope recipient or the To header, `containing` the headers or the body.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
 
 from mailsink.http import mailhog_shapes
 from mailsink.http.native_api import stream_raw
-from mailsink.http.request_params import ApiError, bad, integer, path_id
+from mailsink.http.request_params import ApiError, bad, path_id
 from mailsink.http.routing import ApiRoutes, Param
 from mailsink.http.web_service import SINK
 from mailsink.query import MAX_QUERY, TEXT, WORDS, Query, Term
@@ -27,16 +28,23 @@ routes = ApiRoutes("MailHog")
 
 DEFAULT_LIMIT = 50  # MailHog's getStartLimit
 MAX_LIMIT = 250  # ... which clamps to this
-PAGE_BYTES = 128 * 1024 * 1024  # of messages in one answer (MailHog has no such bound)
+# Of text (message bytes as JSON strings) in one answer: MailHog has no such bound, and 250
+# large messages would otherwise take gigabytes.
+PAGE_TEXT = 128 * 1024 * 1024
 KINDS = ("from", "to", "containing")
 # kind -> the prefixes whose matches are ORed (each a Query of one term); "" is any text.
+_GO_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _PREFIXES = {"from": ("mailfrom", "from"), "to": ("rcpt", "to"), "containing": ("",)}
 # MailHog answers its list and a message as "text/json" (its search as application/json).
 TEXT_JSON = "text/json"
 
 _PAGING = [
-    Param("start", "integer", "how many of the newest to skip (default 0)"),
-    Param("limit", "integer", f"how many (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})"),
+    Param("start", "integer", "how many of the newest to skip (default 0, as is anything else)"),
+    Param(
+        "limit",
+        "integer",
+        f"how many (default {DEFAULT_LIMIT}, as is anything not above 0; at most {MAX_LIMIT})",
+    ),
 ]
 _ID = Param("id", "string", "the message's ID, as the list gives it", where="path", required=True)
 
@@ -52,24 +60,42 @@ def _answer(body: bytes, content_type: str = TEXT_JSON) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+def _go_int(text: str) -> int | None:
+    """strconv.ParseInt(text, 10, 64): a sign and decimal digits within int64, else None."""
+    if not _GO_INT.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
 def _paging(request: web.Request) -> tuple[int, int]:
-    """MailHog's start and limit: 0 (or absent) means the default; past 250, 250."""
-    start = integer(request, "start", 0)
-    limit = integer(request, "limit", DEFAULT_LIMIT) or DEFAULT_LIMIT
-    return start, min(limit, MAX_LIMIT)
+    """MailHog's getStartLimit (api/v2.go): a start or limit that is not a whole number above
+    0 is the default (0 and 50), never an error: its clients send what it took; past 250, 250."""
+    start = _go_int(request.query.get("start", ""))
+    limit = _go_int(request.query.get("limit", ""))
+    start = start if start is not None and start > 0 else 0
+    limit = min(limit, MAX_LIMIT) if limit is not None and limit > 0 else DEFAULT_LIMIT
+    return start, limit
 
 
 def _items(reader: Reader, records: list[Any]) -> list[dict[str, Any]]:
-    """The shapes of `records`, in order, until their bytes pass PAGE_BYTES (one at least):
-    each message is in the answer two or three times over (Raw.Data, Body, the parts), and
-    250 large ones would otherwise take gigabytes. `count` says how many came; `start` pages on."""
+    """The shapes of `records`, in order, while their text stays within PAGE_TEXT (one at
+    least): each message is in the answer about three times over (Raw.Data, Body, the
+    top-level parts) and its nested levels add a bounded share more (mailhog_shapes.Budget).
+    `count` says how many came; `start` pages on. A message deleted since the list was read
+    is left out, not shown empty."""
     items: list[dict[str, Any]] = []
     used = 0
     for record in records:
-        if items and used + record.size > PAGE_BYTES:
+        base = mailhog_shapes.text_size(record.size)
+        if items and used + base > PAGE_TEXT:
             break
-        used += record.size
-        items.append(mailhog_shapes.message(record, reader.get_raw(record.id) or b""))
+        raw = reader.get_raw(record.id)
+        if raw is None:
+            continue
+        budget = mailhog_shapes.Budget(len(raw), max(0, PAGE_TEXT - used - base))
+        items.append(mailhog_shapes.message(record, raw, budget))
+        used += base + budget.emitted
     return items
 
 
@@ -110,7 +136,6 @@ def search_queries(kind: str, text: str) -> list[Query]:
     "/api/v2/messages",
     "MailHog: list messages, newest first",
     params=_PAGING,
-    responses={"400": "start or limit is not a whole number"},
     content_type=TEXT_JSON,
 )
 async def list_messages(request: web.Request) -> web.StreamResponse:
@@ -154,9 +179,10 @@ def _is_utf8(text: str) -> bool:
 
 def _one(reader: Reader, message_id: int) -> bytes | None:
     record = reader.get_message(message_id)
-    if record is None:
+    raw = reader.get_raw(message_id) if record is not None else None
+    if record is None or raw is None:  # (or deleted between the two reads)
         return None
-    return _json(mailhog_shapes.message(record, reader.get_raw(message_id) or b""))
+    return _json(mailhog_shapes.message(record, raw))
 
 
 @routes.get(

@@ -18,11 +18,36 @@ from typing import Any
 
 from mailsink.store.reader import MessageRecord
 
-# Nested multiparts deeper than this are parts without a MIME of their own; each level copies
-# its share of the bytes once more, so this bounds the work a hostile nesting makes.
+# Nested multiparts deeper than this are parts without a MIME of their own.
 MAX_DEPTH = 8
 # Parts in one message, all levels: past it, the rest are left out.
 MAX_PARTS = 1000
+# Header fields read from one header section (the message's or a part's): past it, the rest
+# of the section is not read. MailHog has no bound; a million tiny fields took seconds.
+MAX_FIELDS = 1000
+# Each nesting level repeats its share of the message as text (its parts' Body), so a legal
+# 23 MB message nested 12 deep made 239 MB of JSON. The message is always there as Raw.Data,
+# as Content.Body and split into the top-level parts (about three times its size); the deeper
+# levels may add at most min(2 x size + 1 MiB, NESTED_TEXT) of text more. A part whose split
+# would pass that stays one part, its MIME null, its Body holding the rest undecomposed.
+NESTED_TEXT = 16 * 1024 * 1024
+
+
+class Budget:
+    """Text bytes the nested levels of one message may still emit, and parts it may add."""
+
+    def __init__(self, size: int, limit: int = NESTED_TEXT) -> None:
+        self.text = max(0, min(2 * size + 1024 * 1024, limit))
+        self.parts = MAX_PARTS
+        self.emitted = 0  # of text in the nested levels, for the page's account
+
+    def spend(self, size: int) -> bool:
+        if size > self.text:
+            return False
+        self.text -= size
+        self.emitted += size
+        return True
+
 
 _LINE_END = re.compile(rb"\r?\n")
 _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"]*)"|([^;\s"]+))', re.IGNORECASE)
@@ -55,20 +80,28 @@ def _split(data: bytes) -> tuple[bytes | None, bytes]:
 
 
 def _headers(section: bytes) -> dict[str, list[str]]:
-    """Name as written -> its values in order (a folded value unfolded by dropping the line
-    break, as MailHog does). A line that is not a header field is skipped, as MailHog does."""
-    fields: dict[str, list[list[bytes]]] = {}
+    """Name as written -> [its value] (a folded value unfolded by dropping the line break, as
+    MailHog does). As MailHog's ContentFromString (`h[key] = []string{value}`), a field that
+    comes again replaces the earlier one: the list holds the last. A line that is not a header
+    field is skipped, as MailHog does; past MAX_FIELDS fields the rest is not read."""
+    fields: dict[bytes, list[bytes]] = {}
     last: list[bytes] | None = None
-    for line in _LINE_END.split(section):
+    seen = 0
+    # Split no further than the fields read could need (each may be folded a few times).
+    for line in _LINE_END.split(section, MAX_FIELDS * 8):
         if last is not None and line[:1] in (b" ", b"\t"):
             last.append(line)
             continue
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name:
             continue
+        seen += 1
+        if seen > MAX_FIELDS:
+            break
         last = [value.lstrip(b" \t")]
-        fields.setdefault(_text(name), []).append(last)
-    return {name: [_text(b"".join(pieces)) for pieces in values] for name, values in fields.items()}
+        fields.pop(name, None)  # re-inserted: ordered where its last value is
+        fields[name] = last
+    return {_text(name): [_text(b"".join(pieces))] for name, pieces in fields.items()}
 
 
 def _content_type(headers: dict[str, list[str]]) -> str | None:
@@ -90,7 +123,7 @@ def _is_multipart(headers: dict[str, list[str]]) -> bool:
     return value is not None and value.lower().startswith("multipart/")
 
 
-def _mime(data: bytes, headers: dict[str, list[str]], depth: int, budget: list[int]) -> Any:
+def _mime(data: bytes, headers: dict[str, list[str]], depth: int, budget: Budget) -> Any:
     """data.ParseMIMEBody: the body split at `--boundary`, each non-empty piece with CR and LF
     trimmed from both ends; `Parts` null when there is no boundary (Go's nil slice)."""
     value = _content_type(headers) or ""
@@ -100,15 +133,15 @@ def _mime(data: bytes, headers: dict[str, list[str]], depth: int, budget: list[i
         _, body = _split(data)
         # At most as many pieces as may still be parts: a body of nothing but boundaries
         # would otherwise become millions of them.
-        for piece in body.split(b"--" + boundary, budget[0]):
+        for piece in body.split(b"--" + boundary, budget.parts):
             if not piece:
                 continue
-            if budget[0] <= 0:
+            if budget.parts <= 0:
                 break
-            budget[0] -= 1
+            budget.parts -= 1
             trimmed = piece.strip(b"\r\n")
             part = content(trimmed)
-            if depth < MAX_DEPTH and _is_multipart(part["Headers"]):
+            if depth < MAX_DEPTH and _is_multipart(part["Headers"]) and budget.spend(len(trimmed)):
                 part["MIME"] = _mime(trimmed, part["Headers"], depth + 1, budget)
             parts.append(part)
     return {"Parts": parts or None}
@@ -120,14 +153,25 @@ def created(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message(record: MessageRecord, raw: bytes) -> dict[str, Any]:
-    """data.Message for a stored message: its Raw is the SMTP envelope, which mailsink kept."""
+def text_size(size: int) -> int:
+    """About how much text the shape of a message of `size` bytes holds before its nested
+    levels: Raw.Data, Content.Body and the top-level parts."""
+    return 3 * size
+
+
+def message(record: MessageRecord, raw: bytes, budget: Budget | None = None) -> dict[str, Any]:
+    """data.Message for a stored message: its Raw is the SMTP envelope, which mailsink kept.
+    `budget` bounds the text of the nested levels (by default, Budget(len(raw)))."""
     envelope = record.envelope
     body = content(raw)
     headers = body["Headers"]
-    # MailHog's Parse adds the envelope sender as Return-Path (after any the message had).
-    headers.setdefault("Return-Path", []).append(f"<{envelope.mail_from}>")
-    mime = _mime(raw, headers, 1, [MAX_PARTS]) if _is_multipart(headers) else None
+    # MailHog's Parse appends the envelope sender to the Return-Path the message had (a name
+    # in any case; the one value ContentFromString kept), or sets it.
+    name = next((k for k in headers if k.lower() == "return-path"), "Return-Path")
+    headers.setdefault(name, []).append(f"<{envelope.mail_from}>")
+    if budget is None:
+        budget = Budget(len(raw))
+    mime = _mime(raw, headers, 1, budget) if _is_multipart(headers) else None
     return {
         "ID": str(record.id),
         "From": path(envelope.mail_from),

@@ -172,7 +172,7 @@ def _summaries(
     reader: Reader, snippets: shapes.Snippets, records: list[MessageRecord]
 ) -> list[dict[str, Any]]:
     texts = snippets.of(reader, [record.id for record in records])
-    return [shapes.summary(record, texts.get(record.id), made=True) for record in records]
+    return [shapes.summary(record, texts.get(record.id)) for record in records]
 
 
 def sink_snippets(sink: Any) -> shapes.Snippets:

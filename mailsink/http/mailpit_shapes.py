@@ -47,10 +47,10 @@ from mailsink.mail.parse import (
     _text_content,
     parse_message,
 )
+from mailsink.mail.snippet import make_snippet
 from mailsink.mail.text_index import trimmed
 from mailsink.store import MessageRecord, Reader
 
-SNIPPET_CHARACTERS = 200  # as Mailpit's tools.CreateSnippet
 # Characters kept of one header value in the headers map (the block itself is at most
 # MAX_HEADER_BLOCK bytes): enough for any real header, and a bound on a hostile one's answer.
 MAX_HEADER_VALUE = 64 * 1024
@@ -145,16 +145,6 @@ def envelope(record: MessageRecord) -> dict[str, Any]:
     }
 
 
-def snippet(text: str | None) -> str:
-    """Up to 200 characters of the text, spaces collapsed, "..." when cut (CreateSnippet)."""
-    if not text:
-        return ""
-    flat = _SPACES.sub(" ", text.replace("\ufeff", " ")).strip()
-    if len(flat) <= SNIPPET_CHARACTERS:
-        return flat
-    return flat[:SNIPPET_CHARACTERS] + "..."
-
-
 # What is parsed of a message for its snippet: its text comes first nearly always.
 SNIPPET_PARSE = 256 * 1024
 # Parsing stops for one request after this long; the rest get "" now and theirs next time.
@@ -163,37 +153,46 @@ SNIPPETS_KEPT = 20_000  # about 5 MB
 
 
 class Snippets:
-    """Mailpit's Snippet (CreateSnippet: the HTML as text, else the text) of each message,
-    parsed once and kept: a message never changes, so a page shown again costs no parse. The
-    store's search index holds the text only case-folded, which would not do for a snippet.
-    Used on the reader thread only."""
+    """Mailpit's Snippet of each message (mail/snippet.py): as the store keeps it once the
+    message is indexed, else parsed here (a message just stored) within a time budget; kept
+    either way, since a message never changes. Used on the reader thread only."""
 
     def __init__(self, kept: int = SNIPPETS_KEPT) -> None:
         self.kept = kept
         self.items: OrderedDict[int, str] = OrderedDict()
 
+    def _keep(self, message_id: int, text: str) -> None:
+        self.items[message_id] = text
+        if len(self.items) > self.kept:
+            self.items.popitem(last=False)
+
     def of(self, reader: Reader, ids: Iterable[int]) -> dict[int, str]:
         found: dict[int, str] = {}
-        deadline = time.monotonic() + SNIPPET_BUDGET_S
+        missing: list[int] = []
         for message_id in ids:
             known = self.items.get(message_id)
             if known is not None:
                 self.items.move_to_end(message_id)
                 found[message_id] = known
-            elif time.monotonic() < deadline:
-                raw = reader.get_raw(message_id)
-                found[message_id] = text = _snippet_of(raw or b"")
-                self.items[message_id] = text
-                if len(self.items) > self.kept:
-                    self.items.popitem(last=False)
+            else:
+                missing.append(message_id)
+        stored = reader.snippets(missing) if missing else {}
+        deadline = time.monotonic() + SNIPPET_BUDGET_S
+        for message_id in missing:
+            text = stored.get(message_id)
+            if text is None:
+                if time.monotonic() >= deadline:
+                    continue  # "" this time; the indexer or the next request makes it
+                text = _snippet_of(reader.get_raw(message_id) or b"")
+            found[message_id] = text
+            self._keep(message_id, text)
         return found
 
 
 def _snippet_of(raw: bytes) -> str:
     parsed = parse_message(trimmed(raw[:SNIPPET_PARSE]))
-    if parsed.html:
-        return snippet(html_to_text(parsed.html[:SNIPPET_PARSE]))
-    return snippet(parsed.text)
+    html = html_to_text(parsed.html[:SNIPPET_PARSE]) if parsed.html else None
+    return make_snippet(parsed.text, html)
 
 
 def _sender(record: MessageRecord) -> dict[str, str]:
@@ -212,9 +211,8 @@ def _extras(record: MessageRecord) -> dict[str, Any]:
 # ---- MessageSummary and MessagesSummary
 
 
-def summary(record: MessageRecord, text: str | None, *, made: bool = False) -> dict[str, Any]:
-    """Mailpit's MessageSummary; `text`: the message's text, or (`made`) its snippet already
-    (Snippets.of)."""
+def summary(record: MessageRecord, snippet: str | None) -> dict[str, Any]:
+    """Mailpit's MessageSummary; `snippet` as Snippets.of makes it."""
     to = addresses(record.headers.get("to") or [])
     cc = addresses(record.headers.get("cc") or [])
     return {
@@ -232,7 +230,7 @@ def summary(record: MessageRecord, text: str | None, *, made: bool = False) -> d
         "Tags": sorted(record.tags),  # Mailpit's ORDER BY Name: byte order
         "Size": record.size,
         "Attachments": int(record.has_attachments),
-        "Snippet": (text or "") if made else snippet(text),
+        "Snippet": snippet or "",
         **_extras(record),
     }
 
