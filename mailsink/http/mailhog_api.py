@@ -10,8 +10,9 @@ envelope recipient or the To header, `containing` the headers or the body.
 
 from __future__ import annotations
 
-import json
 import re
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from mailsink.http import mailhog_shapes
 from mailsink.http.native_api import stream_raw
 from mailsink.http.request_params import ApiError, bad, path_id
 from mailsink.http.routing import ApiRoutes, Param
-from mailsink.http.web_service import SINK
+from mailsink.http.web_service import SINK, encode_json
 from mailsink.query import MAX_QUERY, TEXT, WORDS, Query, Term
 from mailsink.store import Reader
 
@@ -50,9 +51,45 @@ _ID = Param("id", "string", "the message's ID, as the list gives it", where="pat
 
 
 def _json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogateescape"
-    )
+    return encode_json(data)
+
+
+# Each message's item as JSON, kept: a message never changes (its MailHog shape has no read
+# state or tags), and MailHog's clients poll the same newest page again and again. Bounded by
+# the bytes kept; an item whose nested levels the page's budget cut is never kept.
+ITEMS_KEPT_BYTES = 64 * 1024 * 1024
+
+
+class _Kept:
+    def __init__(self) -> None:
+        self.items: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self.size = 0
+
+    def get(self, message_id: int) -> tuple[bytes, int] | None:
+        found = self.items.get(message_id)
+        if found is not None:
+            self.items.move_to_end(message_id)
+        return found
+
+    def put(self, message_id: int, item: bytes, emitted: int) -> None:
+        if len(item) > ITEMS_KEPT_BYTES // 4 or message_id in self.items:
+            return
+        self.items[message_id] = (item, emitted)
+        self.size += len(item)
+        while self.size > ITEMS_KEPT_BYTES:
+            _, (dropped, _) = self.items.popitem(last=False)
+            self.size -= len(dropped)
+
+
+# One per sink (its ids are never reused); used on its reader thread only.
+_KEPT: weakref.WeakKeyDictionary[Any, _Kept] = weakref.WeakKeyDictionary()
+
+
+def _kept(sink: Any) -> _Kept:
+    found = _KEPT.get(sink)
+    if found is None:
+        found = _KEPT[sink] = _Kept()
+    return found
 
 
 def _answer(body: bytes, content_type: str = TEXT_JSON) -> web.Response:
@@ -78,36 +115,50 @@ def _paging(request: web.Request) -> tuple[int, int]:
     return start, limit
 
 
-def _items(reader: Reader, records: list[Any]) -> list[dict[str, Any]]:
-    """The shapes of `records`, in order, while their text stays within PAGE_TEXT (one at
-    least): each message is in the answer about three times over (Raw.Data, Body, the
+def _items(reader: Reader, kept: _Kept, records: list[Any]) -> list[bytes]:
+    """The shapes of `records` as JSON, in order, while their text stays within PAGE_TEXT (one
+    at least): each message is in the answer about three times over (Raw.Data, Body, the
     top-level parts) and its nested levels add a bounded share more (mailhog_shapes.Budget).
     `count` says how many came; `start` pages on. A message deleted since the list was read
     is left out, not shown empty."""
-    items: list[dict[str, Any]] = []
+    items: list[bytes] = []
     used = 0
     for record in records:
         base = mailhog_shapes.text_size(record.size)
         if items and used + base > PAGE_TEXT:
             break
-        raw = reader.get_raw(record.id)
-        if raw is None:
-            continue
-        budget = mailhog_shapes.Budget(len(raw), max(0, PAGE_TEXT - used - base))
-        items.append(mailhog_shapes.message(record, raw, budget))
-        used += base + budget.emitted
+        whole = mailhog_shapes.Budget(record.size).text  # its nested levels, uncut
+        room = max(0, PAGE_TEXT - used - base)
+        known = kept.get(record.id) if room >= whole else None
+        if known is not None:
+            item, emitted = known
+        else:
+            raw = reader.get_raw(record.id)
+            if raw is None:
+                continue
+            budget = mailhog_shapes.Budget(len(raw), min(room, mailhog_shapes.NESTED_TEXT))
+            item = encode_json(mailhog_shapes.message(record, raw, budget))
+            emitted = budget.emitted
+            if room >= whole:
+                kept.put(record.id, item, emitted)
+        items.append(item)
+        used += base + emitted
     return items
 
 
-def _page(reader: Reader, start: int, limit: int) -> bytes:
+def _listing(total: int, start: int, items: list[bytes]) -> bytes:
+    head = f'{{"total":{total},"count":{len(items)},"start":{start},"items":['.encode()
+    return head + b",".join(items) + b"]}"
+
+
+def _page(reader: Reader, kept: _Kept, start: int, limit: int) -> bytes:
     """On the reader thread: the rows, their raw bytes, the shapes and the JSON text."""
     records = reader.list_messages(limit=limit, offset=start)
-    items = _items(reader, records)
-    total = reader.count_messages()
-    return _json({"total": total, "count": len(items), "start": start, "items": items})
+    items = _items(reader, kept, records)
+    return _listing(reader.count_messages(), start, items)
 
 
-def _found(reader: Reader, queries: list[Query], start: int, limit: int) -> bytes:
+def _found(reader: Reader, kept: _Kept, queries: list[Query], start: int, limit: int) -> bytes:
     """The union of the queries' matches (accepted messages), newest first, one page of it."""
     ids: set[int] = set()
     for query in queries:
@@ -115,8 +166,8 @@ def _found(reader: Reader, queries: list[Query], start: int, limit: int) -> byte
     ordered = sorted(ids, reverse=True)
     page = ordered[start : start + limit]
     found = reader.messages_by_id(page)
-    items = _items(reader, [found[i] for i in page if i in found])
-    return _json({"total": len(ordered), "count": len(items), "start": start, "items": items})
+    items = _items(reader, kept, [found[i] for i in page if i in found])
+    return _listing(len(ordered), start, items)
 
 
 def search_queries(kind: str, text: str) -> list[Query]:
@@ -140,7 +191,8 @@ def search_queries(kind: str, text: str) -> list[Query]:
 )
 async def list_messages(request: web.Request) -> web.StreamResponse:
     start, limit = _paging(request)
-    return _answer(await request.app[SINK].read(_page, start, limit))
+    sink = request.app[SINK]
+    return _answer(await sink.read(_page, _kept(sink), start, limit))
 
 
 @routes.get(
@@ -165,7 +217,8 @@ async def search(request: web.Request) -> web.StreamResponse:
     if "\x00" in text or not _is_utf8(text):
         raise bad("query", "expected UTF-8 text without NUL characters")
     start, limit = _paging(request)
-    body = await request.app[SINK].read(_found, search_queries(kind, text), start, limit)
+    sink = request.app[SINK]
+    body = await sink.read(_found, _kept(sink), search_queries(kind, text), start, limit)
     return _answer(body, "application/json")
 
 
