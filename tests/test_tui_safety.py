@@ -588,11 +588,14 @@ def _about(pid: int) -> str:
     return "\n".join(said)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
-def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
+@pytest.mark.parametrize(
+    ("signum", "nohup"), [(signal.SIGHUP, False), (signal.SIGTERM, False), (signal.SIGHUP, True)]
+)
+def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum, nohup):
     """A real `mailsink tui` on a pseudo-terminal: the pending `d` is carried out and the HTML
     `o` wrote is removed, as on `q`. SIGHUP as when the terminal window is closed: its master
-    side goes away."""
+    side goes away. Under `nohup` (SIGHUP ignored) no signal comes: mailsink sees the terminal
+    hang up, and quits the same way (it read the dead terminal at a core's worth of CPU)."""
     html = (
         "From: a@x.test\r\nTo: b@x.test\r\nSubject: page\r\nContent-Type: text/html\r\n\r\n"
         "<h1>Report</h1>\r\n"
@@ -609,6 +612,8 @@ def test_the_terminal_closing_or_sigterm_quits_as_q_does(tmp_path, signum):
         # rightly leaves it ignored, and closing the terminal does not end it.
         for default in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(default, signal.SIG_DFL)
+        if nohup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGHUP, signal.SIGTERM])
         os.environ.update(
             TERM="xterm-256color", BROWSER=str(script), TMPDIR=str(temp),

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import sqlite3
 import sys
@@ -50,6 +51,9 @@ from mailsink.tui.widgets.dialogs import Help
 from mailsink.tui.widgets.message_detail import BrowserFiles, MessageDetail
 
 SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
+TERMINAL_CHECK_SECONDS = 1.0  # see MailsinkApp._check_terminal
+STUCK_SECONDS = 2  # a shutdown not at on_unmount by then waits on the dead terminal
+_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL
 CATCH_UP_RETRY_SECONDS = 0.5  # after the store refused the list's read
 LOG_NOTICE_DELAY = 0.1  # seconds from a logged warning to its notice (see RecentLog.wake)
 
@@ -120,6 +124,7 @@ class MailsinkApp(App[None]):
         # cut short): the in-memory log dies with the app, so `run` says it on stderr.
         self.exit_problems: list[str] = []
         self.signalled: int | None = None  # the signal that ended the app, if one did
+        self._stuck: threading.Timer | None = None  # see _terminal_gone
 
     async def on_load(self) -> None:
         """Start the store and the server before the UI takes the terminal, so that a port in
@@ -152,7 +157,7 @@ class MailsinkApp(App[None]):
         self.signalled = signum
         self.exit(return_code=128 + signum)
 
-    def _end_soon_after_a_signal(self) -> None:
+    def _end_soon_after_a_signal(self, after: float = SIGNAL_GRACE_SECONDS) -> threading.Timer:
         """With the terminal gone, Textual's last writes to it can fail and leave its shutdown
         waiting for a writer thread that has stopped. Everything mailsink itself had to finish
         (deletions, files, the server's messages in flight) is done by now, so if the process
@@ -165,11 +170,14 @@ class MailsinkApp(App[None]):
                     print(f"mailsink: {visible('; '.join(self.exit_problems))}", file=sys.stderr)
             os._exit(self.return_code or 1)
 
-        watchdog = threading.Timer(SIGNAL_GRACE_SECONDS, end)
+        watchdog = threading.Timer(after, end)
         watchdog.daemon = True  # a clean exit does not wait for it
         watchdog.start()
+        return watchdog
 
     async def on_unmount(self) -> None:
+        if self._stuck is not None:  # Textual's shutdown came this far: it is not stuck
+            self._stuck.cancel()
         if self.log_handler is not None:
             self.log_handler.wake = None
         if hasattr(self, "main"):
@@ -180,8 +188,38 @@ class MailsinkApp(App[None]):
         if self.signalled is not None:
             self._end_soon_after_a_signal()
 
+    def _check_terminal(self) -> None:
+        """With SIGHUP ignored (`nohup mailsink`), closing the terminal window sends nothing:
+        Textual then reads the terminal's end over and over (a core's worth of CPU) and the
+        app would hold the port and the store for ever. Seen here, it quits as on SIGHUP."""
+        if self.signalled is not None:
+            return
+        poller = select.poll()
+        poller.register(self._terminal, 0)  # (hang-ups are always reported)
+        if any(flags & _HUNG_UP for _, flags in poller.poll(0)):
+            self.signalled = signal.SIGHUP
+            self._terminal_gone()
+
+    @work(group="terminal")
+    async def _terminal_gone(self) -> None:
+        logging.getLogger("mailsink").warning("the terminal went away: quitting")
+        # Done here first: Textual's shutdown may never come as far as on_unmount, its writes
+        # to the dead terminal having stopped its writer thread (the signal's watchdog then
+        # ends the process).
+        if hasattr(self, "main"):
+            self.exit_problems += await self.main.carry_out_deletions()
+        self.browser_files.remove()
+        # Cancelled if the shutdown reaches on_unmount, which lets the server finish what is
+        # in flight and arms the usual watchdog.
+        self._stuck = self._end_soon_after_a_signal(STUCK_SECONDS)
+        self.exit(return_code=128 + signal.SIGHUP)
+
     def on_mount(self) -> None:
         self.push_screen(self.main)
+        stdin = sys.__stdin__
+        if not self.is_headless and stdin is not None and stdin.isatty():
+            self._terminal = stdin.fileno()
+            self.set_interval(TERMINAL_CHECK_SECONDS, self._check_terminal)
         # Everything imported and built so far lives as long as the app: out of the collector's
         # sight, a full collection scans only what came after (22 ms pauses every ~50 pages of a
         # 100 000-message list otherwise).
