@@ -53,7 +53,8 @@ from mailsink.tui.widgets.message_detail import BrowserFiles, MessageDetail
 SIGNAL_GRACE_SECONDS = 5  # see MailsinkApp._end_soon_after_a_signal
 TERMINAL_CHECK_SECONDS = 1.0  # see MailsinkApp._check_terminal
 STUCK_SECONDS = 2  # a shutdown not at on_unmount by then waits on the dead terminal
-_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL
+# (Not POLLNVAL: some systems' poll() reports it for any terminal.)
+_HUNG_UP = select.POLLHUP | select.POLLERR
 CATCH_UP_RETRY_SECONDS = 0.5  # after the store refused the list's read
 LOG_NOTICE_DELAY = 0.1  # seconds from a logged warning to its notice (see RecentLog.wake)
 
@@ -189,9 +190,11 @@ class MailsinkApp(App[None]):
             self._end_soon_after_a_signal()
 
     def _check_terminal(self) -> None:
-        """With SIGHUP ignored (`nohup mailsink`), closing the terminal window sends nothing:
-        Textual then reads the terminal's end over and over (a core's worth of CPU) and the
-        app would hold the port and the store for ever. Seen here, it quits as on SIGHUP."""
+        """With SIGHUP ignored (inherited so from whatever started mailsink; `nohup` itself
+        also takes the terminal away, which `mailsink tui` refuses), closing the terminal
+        window sends nothing: Textual then reads the terminal's end over and over (a core's
+        worth of CPU) and the app would hold the port and the store for ever. Seen here, it
+        quits as on SIGHUP."""
         if self.signalled is not None:
             return
         poller = select.poll()
