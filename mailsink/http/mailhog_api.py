@@ -116,13 +116,13 @@ def _paging(request: web.Request) -> tuple[int, int]:
 
 
 def _items(reader: Reader, kept: _Kept, records: list[Any]) -> list[bytes]:
-    """The shapes of `records` as JSON, in order, while their text stays within PAGE_TEXT (one
+    """The shapes of `records` as JSON, in order, while the JSON stays within PAGE_TEXT (one
     at least): each message is in the answer about three times over (Raw.Data, Body, the
-    top-level parts) and its nested levels add a bounded share more (mailhog_shapes.Budget).
-    `count` says how many came; `start` pages on. A message deleted since the list was read
-    is left out, not shown empty."""
-    items: list[bytes] = []
-    used = 0
+    top-level parts; more where its bytes need escapes) and its nested levels add a bounded
+    share more (mailhog_shapes.Budget). `count` says how many came; `start` pages on. A
+    message deleted since the list was read is left out, not shown empty or from `kept`."""
+    items: list[tuple[int, bytes]] = []
+    used = 0  # bytes of JSON so far
     for record in records:
         base = mailhog_shapes.text_size(record.size)
         if items and used + base > PAGE_TEXT:
@@ -131,19 +131,25 @@ def _items(reader: Reader, kept: _Kept, records: list[Any]) -> list[bytes]:
         room = max(0, PAGE_TEXT - used - base)
         known = kept.get(record.id) if room >= whole else None
         if known is not None:
-            item, emitted = known
+            item = known[0]
         else:
             raw = reader.get_raw(record.id)
             if raw is None:
                 continue
             budget = mailhog_shapes.Budget(len(raw), min(room, mailhog_shapes.NESTED_TEXT))
             item = encode_json(mailhog_shapes.message(record, raw, budget))
-            emitted = budget.emitted
             if room >= whole:
-                kept.put(record.id, item, emitted)
-        items.append(item)
-        used += base + emitted
-    return items
+                kept.put(record.id, item, budget.emitted)
+        items.append((record.id, item))
+        used += len(item)
+    if any(kept.get(message_id) is not None for message_id, _ in items):
+        # A kept item says nothing of whether its message is still there.
+        ids = [message_id for message_id, _ in items]
+        marks = ",".join("?" * len(ids))  # (a page is at most MAX_LIMIT ids)
+        rows = reader.conn.execute(f"SELECT id FROM messages WHERE id IN ({marks})", ids)
+        there = {row[0] for row in rows}
+        items = [(i, item) for i, item in items if i in there]
+    return [item for _, item in items]
 
 
 def _listing(total: int, start: int, items: list[bytes]) -> bytes:

@@ -13,6 +13,7 @@ on the sink's reader thread: never on the event loop.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ MAX_PARTS = 1000
 # Header fields read from one header section (the message's or a part's): past it, the rest
 # of the section is not read. MailHog has no bound; a million tiny fields took seconds.
 MAX_FIELDS = 1000
+MAX_VALUE = 1024 * 1024  # bytes of one header value kept (the whole section is bounded too)
+MAX_LINES = 100_000  # lines of one header section read (a To: folded per recipient fits)
 # Each nesting level repeats its share of the message as text (its parts' Body), so a legal
 # 23 MB message nested 12 deep made 239 MB of JSON. The message is always there as Raw.Data,
 # as Content.Body and split into the top-level parts (about three times its size); the deeper
@@ -79,18 +82,33 @@ def _split(data: bytes) -> tuple[bytes | None, bytes]:
     return data[:at], data[at + gap :]
 
 
+def _lines(section: bytes) -> Iterator[bytes]:
+    """The lines of a header section, one at a time (never split further than read)."""
+    start = 0
+    for end in _LINE_END.finditer(section):
+        yield section[start : end.start()]
+        start = end.end()
+    yield section[start:]
+
+
 def _headers(section: bytes) -> dict[str, list[str]]:
     """Name as written -> [its value] (a folded value unfolded by dropping the line break, as
     MailHog does). As MailHog's ContentFromString (`h[key] = []string{value}`), a field that
     comes again replaces the earlier one: the list holds the last. A line that is not a header
-    field is skipped, as MailHog does; past MAX_FIELDS fields the rest is not read."""
+    field is skipped, as MailHog does; past MAX_FIELDS fields the rest is not read, and a value
+    keeps MAX_VALUE bytes (a To: of thousands of folded recipients stays whole up to there;
+    the fields after it are still read)."""
     fields: dict[bytes, list[bytes]] = {}
     last: list[bytes] | None = None
+    kept = 0  # bytes of `last`
     seen = 0
-    # Split no further than the fields read could need (each may be folded a few times).
-    for line in _LINE_END.split(section, MAX_FIELDS * 8):
+    for count, line in enumerate(_lines(section)):
+        if count >= MAX_LINES:
+            break
         if last is not None and line[:1] in (b" ", b"\t"):
-            last.append(line)
+            if kept < MAX_VALUE:
+                last.append(line[: MAX_VALUE - kept])
+                kept += len(last[-1])
             continue
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name:
@@ -98,7 +116,8 @@ def _headers(section: bytes) -> dict[str, list[str]]:
         seen += 1
         if seen > MAX_FIELDS:
             break
-        last = [value.lstrip(b" \t")]
+        last = [value.lstrip(b" \t")[:MAX_VALUE]]
+        kept = len(last[0])
         fields.pop(name, None)  # re-inserted: ordered where its last value is
         fields[name] = last
     return {_text(name): [_text(b"".join(pieces))] for name, pieces in fields.items()}
