@@ -432,3 +432,48 @@ def test_the_indexer_keeps_mailpits_snippet_html_first_cut_on_a_character(busy: 
     cut = make_snippet("é" * 150, None)
     assert cut == "é" * 100 + "..." and make_snippet(" a \ufeff b ", None) == "a b"
     assert make_snippet("x" * 200, None) == "x" * 200 and make_snippet(None, "  ") == ""
+
+
+# The HTML part after 300 KiB of text (as /tmp/rereview15-X/snip_burst.py sends it): Mailpit
+# shows the HTML's snippet; a parse of the first 256 KiB alone saw only the text.
+LATE_HTML = (
+    "From: a@x.test\r\nTo: b@x.test\r\nSubject: alt\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: multipart/alternative; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n"
+    + "plain text line\r\n" * 20000
+    + "\r\n--B\r\nContent-Type: text/html\r\n\r\n<p>THE HTML SNIPPET</p>\r\n--B--\r\n"
+)
+
+
+def test_a_store_indexed_before_snippets_gets_them_all_without_a_request(tmp_path: Path):
+    from mailsink.http.mailpit_shapes import Snippets
+
+    db = tmp_path / "six.db"
+    with RunningSink(db) as sink:
+        send(sink, ZOE, "bounce@shop.test", ["bob@x.test"])
+        send(sink, NEWS, "hello@news.example", ["ann@y.test"])
+        send(sink, LATE_HTML, "a@x.test", ["b@x.test"])
+        sink.wait_for(fully_indexed)
+    downgrade(db, 6)  # indexed, and no snippet column: what schema 7 migrates
+    wanted = {
+        1: "Please Track it here. Straße and café are closed.",
+        2: "Hello Wörld, read the newsletter",
+        3: "THE HTML SNIPPET",
+    }
+    kept = Snippets()
+    with Reader(str(db)) as reader:  # none stored: made on the fly, as the indexer makes them
+        assert reader.snippets([1, 2, 3]) == {}
+        # (3 is too big to parse here: "" until the indexer's, never one of its own)
+        assert kept.of(reader, [3, 2, 1]) == {1: wanted[1], 2: wanted[2]}
+        assert set(kept.made) == {1, 2} and not kept.items
+    unsnipped = "SELECT count(*) FROM messages WHERE snippet IS NULL"
+    with RunningSink(db) as sink:  # migrated; the extractor fills them in by itself
+        assert sink.wait_for(lambda reader: reader.conn.execute(unsnipped).fetchone() == (0,))
+        with sink.reader() as reader:
+            assert reader.snippets([1, 2, 3]) == wanted
+            assert kept.of(reader, [1, 2, 3]) == wanted  # the stored ones replace those made
+            assert set(kept.items) == {1, 2, 3} and not kept.made
+            plan = reader.conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE snippet IS NULL AND indexed = 2"
+                " ORDER BY id DESC LIMIT 16"
+            ).fetchall()
+    assert "messages_unsnipped" in str(plan)  # no scan of the store when none is left

@@ -35,6 +35,7 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, cast
 
+from mailsink.mail import text_index
 from mailsink.mail.html import html_to_text
 
 # The bounded parser (nesting, number of parts, long header values) and its decoding helpers:
@@ -45,10 +46,7 @@ from mailsink.mail.parse import (
     _filename,
     _parse,
     _text_content,
-    parse_message,
 )
-from mailsink.mail.snippet import make_snippet
-from mailsink.mail.text_index import trimmed
 from mailsink.store import MessageRecord, Reader
 
 # Characters kept of one header value in the headers map (the block itself is at most
@@ -145,26 +143,31 @@ def envelope(record: MessageRecord) -> dict[str, Any]:
     }
 
 
-# What is parsed of a message for its snippet: its text comes first nearly always.
-SNIPPET_PARSE = 256 * 1024
 # Parsing stops for one request after this long; the rest get "" now and theirs next time.
 SNIPPET_BUDGET_S = 0.03
+# Only a message up to this size gets its snippet made here: the indexer's parse of a bigger
+# one (up to text_index.MAX_PARSED) costs 0.4-0.9 s for 4 MiB; it shows "" until indexed.
+SNIPPET_PARSE = 256 * 1024
 SNIPPETS_KEPT = 20_000  # about 5 MB
 
 
 class Snippets:
     """Mailpit's Snippet of each message (mail/snippet.py): as the store keeps it once the
-    message is indexed, else parsed here (a message just stored) within a time budget; kept
-    either way, since a message never changes. Used on the reader thread only."""
+    message is indexed; until then made here, within a time budget and for a message of up to
+    SNIPPET_PARSE bytes, by the function the indexer uses (text_index.snippet: the same parse,
+    the same bounds), so the two never differ. A stored one is kept, since a message never
+    changes; one made here only until the store has one (looked up again by id at each use,
+    which is cheap), which replaces it. Used on the reader thread only."""
 
     def __init__(self, kept: int = SNIPPETS_KEPT) -> None:
         self.kept = kept
-        self.items: OrderedDict[int, str] = OrderedDict()
+        self.items: OrderedDict[int, str] = OrderedDict()  # as stored
+        self.made: OrderedDict[int, str] = OrderedDict()  # made here; none stored yet
 
-    def _keep(self, message_id: int, text: str) -> None:
-        self.items[message_id] = text
-        if len(self.items) > self.kept:
-            self.items.popitem(last=False)
+    def _keep(self, items: OrderedDict[int, str], message_id: int, text: str) -> None:
+        items[message_id] = text
+        if len(items) > self.kept:
+            items.popitem(last=False)
 
     def of(self, reader: Reader, ids: Iterable[int]) -> dict[int, str]:
         found: dict[int, str] = {}
@@ -180,19 +183,19 @@ class Snippets:
         deadline = time.monotonic() + SNIPPET_BUDGET_S
         for message_id in missing:
             text = stored.get(message_id)
-            if text is None:
+            if text is not None:
+                self.made.pop(message_id, None)
+                self._keep(self.items, message_id, text)
+            elif (text := self.made.get(message_id)) is None:
                 if time.monotonic() >= deadline:
                     continue  # "" this time; the indexer or the next request makes it
-                text = _snippet_of(reader.get_raw(message_id) or b"")
+                piece = reader.raw_piece(message_id, 0, SNIPPET_PARSE + 1)
+                if piece is None or piece[0] > SNIPPET_PARSE:
+                    continue  # deleted since; or too big: the indexer's to make
+                text = text_index.snippet(piece[1])
+                self._keep(self.made, message_id, text)
             found[message_id] = text
-            self._keep(message_id, text)
         return found
-
-
-def _snippet_of(raw: bytes) -> str:
-    parsed = parse_message(trimmed(raw[:SNIPPET_PARSE]))
-    html = html_to_text(parsed.html[:SNIPPET_PARSE]) if parsed.html else None
-    return make_snippet(parsed.text, html)
 
 
 def _sender(record: MessageRecord) -> dict[str, str]:

@@ -23,6 +23,7 @@ from mailsink.mail.parse import (
     DEPTH_NOTICE,
     PARTS_NOTICE,
     HeaderSummary,
+    ParsedMessage,
     decode_value,
     parse_message,
 )
@@ -146,18 +147,32 @@ def trimmed(raw: bytes) -> bytes:
     return block[: max(start, 0)] + mime + raw[end.start() :]
 
 
+def _parse(raw: bytes) -> tuple[ParsedMessage, str | None]:
+    """The bounded parse that both body and snippet read: the message and its HTML as text."""
+    parsed = parse_message(trimmed(raw[:MAX_PARSED]))
+    from mailsink.mail.html import html_to_text  # (not in every CLI command's start-up)
+
+    html_text = html_to_text(parsed.html[:MAX_HTML]) if parsed.html is not None else None
+    return parsed, html_text
+
+
+def snippet(raw: bytes) -> str:
+    """Mailpit's snippet of a message, exactly as `body(raw).snippet` (the one the store
+    keeps): the HTTP API makes a message's with it until the indexer has stored it, and the
+    extractor fills it in for messages indexed before schema 7."""
+    parsed, html_text = _parse(raw)
+    return make_snippet(parsed.text, html_text)
+
+
 def body(raw: bytes) -> Body:
     """What message_body holds of a message, folded as query text is (so that the tokenizer's
     own case folding never disagrees with query.fold: ß and ss). Never raises (parse_message
     does not)."""
-    parsed = parse_message(trimmed(raw[:MAX_PARSED]))
+    parsed, html_text = _parse(raw)
     complete = len(raw) <= MAX_PARSED and not any(
         defect in (PARTS_NOTICE, DEPTH_NOTICE) or defect.startswith("message could not be parsed")
         for defect in parsed.defects
     )
-    from mailsink.mail.html import html_to_text  # (not in every CLI command's start-up)
-
-    html_text = html_to_text(parsed.html[:MAX_HTML]) if parsed.html is not None else None
     if parsed.text is not None:
         text = parsed.text
     elif html_text is not None:

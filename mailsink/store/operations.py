@@ -469,6 +469,33 @@ def insert_index(conn: sqlite3.Connection, row: IndexRow) -> bool:
     return True
 
 
+# Snippets (schema 7) of messages indexed before the store had them: made by the extractor
+# when it has no index rows to make, SNIPPET_BATCH at a time, written by the idle writer.
+SNIPPET_BATCH = 16
+
+
+def unsnipped(conn: sqlite3.Connection, limit: int = SNIPPET_BATCH) -> list[int]:
+    """The newest `limit` indexed messages without a snippet (messages_unsnipped holds them:
+    no scan even when there are none)."""
+    rows = conn.execute(
+        f"SELECT id FROM messages WHERE snippet IS NULL AND indexed = {BODY_INDEXED}"
+        " ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def insert_snippet(conn: sqlite3.Connection, message_id: int, snippet: str) -> bool:
+    """False if the message is gone, or has one already (the indexer's own comes first)."""
+    return (
+        conn.execute(
+            "UPDATE messages SET snippet = ? WHERE id = ? AND snippet IS NULL",
+            (snippet, message_id),
+        ).rowcount
+        > 0
+    )
+
+
 def index_messages(
     conn: sqlite3.Connection,
     limit: int = INDEX_BATCH,

@@ -168,6 +168,9 @@ _MIGRATIONS: dict[int, str] = {
     -- Mailpit's snippet of the message (mail/snippet.py), made when it is indexed; NULL until
     -- then (the HTTP API makes it itself meanwhile).
     ALTER TABLE messages ADD COLUMN snippet TEXT;
+    -- Those without one (new mail waiting for the index, and mail indexed before schema 7,
+    -- whose snippet the extractor makes when it has nothing else to do): found without a scan.
+    CREATE INDEX messages_unsnipped ON messages (id) WHERE snippet IS NULL;
     """,
 }
 

@@ -37,18 +37,22 @@ from collections.abc import Callable
 from typing import Any
 
 from mailsink.errors import StoreError, WriterLost
+from mailsink.mail.text_index import snippet
 from mailsink.store.operations import (
     INSERT_BUDGET,
     INSERT_ROWS,
     PURGE_BUDGET,
+    SNIPPET_BATCH,
     IndexRow,
     Operation,
     index_messages,
     insert_index,
+    insert_snippet,
     kept_size,
     pending_index,
     prepare_index,
     purge_search,
+    unsnipped,
 )
 from mailsink.store.schema import connect, user_facing
 from mailsink.store.spawn import Spawner
@@ -295,7 +299,10 @@ def _extractor_main(path: str, sock: socket.socket) -> None:
     them to the writer, which writes them (_Indexer). The MIME parse (1-2 ms a message, up to a
     second for hostile input) thus runs on another core, never in the writer's transactions
     nor holding its GIL. Its socket's buffer bounds what is made ahead: a send waits while the
-    writer has READY_ROWS unwritten. Ends when the writer closes the socket (or dies)."""
+    writer has READY_ROWS unwritten. With none to make, it makes the snippets a store indexed
+    before schema 7 lacks (_make_snippets), one batch at a time: the next only once the writer
+    has written that one (its "snipped"), so they never hold up index rows nor pile up in the
+    writer. Ends when the writer closes the socket (or dies)."""
     sock.setblocking(True)
     try:
         conn = connect(path)
@@ -306,6 +313,7 @@ def _extractor_main(path: str, sock: socket.socket) -> None:
     frames = Frames()
     handed: set[int] = set()  # sent, and maybe not committed yet
     poked = True
+    snipping = False  # a batch of snippets is with the writer, not written yet
     while True:
         sock.settimeout(0 if poked else None)
         try:
@@ -319,12 +327,17 @@ def _extractor_main(path: str, sock: socket.socket) -> None:
         for item in frames.feed(data) if data else ():
             if item == ("poke",):
                 poked = True
+            elif item == ("snipped",):
+                snipping, poked = False, True
             elif isinstance(item, tuple) and item[0] == "dropped":
                 handed.difference_update(item[1])
         if not poked:
             continue
         try:
             made = _make_rows(conn, sock, handed)
+            if not made and not snipping:
+                made = _make_snippets(conn, sock)
+                snipping = made > 0
         except sqlite3.Error as error:
             log.error("search index: %s", user_facing(error, path))
             made = 0
@@ -382,12 +395,31 @@ def _make_rows(conn: sqlite3.Connection, sock: socket.socket, handed: set[int]) 
     return made
 
 
+def _make_snippets(conn: sqlite3.Connection, sock: socket.socket) -> int:
+    """Sends ("snippets", [(id, snippet), ...]) for up to SNIPPET_BATCH of the newest indexed
+    messages without one; stops early when the writer says something (a poke: new mail to
+    index first). Returns how many it sent."""
+    made: list[tuple[int, str]] = []
+    for message_id in unsnipped(conn, SNIPPET_BATCH):
+        if made and select.select([sock], [], [], 0)[0]:
+            break
+        found = conn.execute("SELECT raw FROM message_raw WHERE id = ?", (message_id,)).fetchone()
+        # (No raw: "" as index_messages makes of it, so that it is not looked up for ever.)
+        made.append((message_id, snippet(bytes(found[0]) if found else b"")))
+    if made:
+        sock.settimeout(None)
+        sock.sendall(b"".join(frame(("snippets", made))))
+    return len(made)
+
+
 class _Indexer:
     """Writes the rows the extractor process makes (_extractor_main) into the search indexes:
     a few in each commit of the writer's (so the index keeps up under steady traffic) and more
     when it is idle, a bounded piece per transaction; says how far a big backlog has come every
     INDEX_PROGRESS_EVERY s. With nothing left to index, it purges the index rows of messages
-    retention and `clear` removed (operations.purge_search), a few milliseconds at a time."""
+    retention and `clear` removed (operations.purge_search), a few milliseconds at a time.
+    The extractor's batch of snippets for old mail (_make_snippets) is written when idle too,
+    after ready rows and before the purge; "snipped" tells it that the batch is in."""
 
     TOLD = 1000  # a backlog bigger than this is logged (a small burst is not news)
 
@@ -397,6 +429,7 @@ class _Indexer:
         self._conn = conn
         self.path = path
         self.ready: collections.deque[IndexRow] = collections.deque()
+        self.snippets: list[tuple[int, str]] = []  # (id, snippet): one batch at most
         self.caught_up = False  # the extractor found nothing more to make (at its last look)
         self._idle = False  # ... and waits for a poke (it starts looking by itself)
         self._missed = False  # a commit came while it was not idle (it may not have seen it)
@@ -419,7 +452,7 @@ class _Indexer:
     def has_work(self) -> bool:
         if self.sock is None and self._unindexed:
             return True
-        return bool(self.ready) or (self._purge and self.caught_up)
+        return bool(self.ready) or bool(self.snippets) or (self._purge and self.caught_up)
 
     def due(self) -> float | None:
         """Seconds until `step` has something to do (0: now); None: nothing until more comes."""
@@ -444,6 +477,8 @@ class _Indexer:
                 if isinstance(item, tuple) and item[0] == "row":
                     self.ready.append(item[1])
                     self.caught_up = False
+                elif isinstance(item, tuple) and item[0] == "snippets":
+                    self.snippets.extend(item[1])
                 elif item == ("caught_up",):
                     self.caught_up = self._idle = True
                     if self._missed:  # a commit since its last look: look again
@@ -506,6 +541,17 @@ class _Indexer:
             raise
         return done
 
+    def _snip(self, conn: sqlite3.Connection, stop: Callable[[], bool]) -> int:
+        """Writes snippets from the front of the batch, within the same bounds as index rows;
+        returns how many of it were taken (written, or skipped: their message is gone)."""
+        started, taken = time.monotonic(), 0
+        for message_id, text in self.snippets[:INSERT_ROWS]:
+            if taken and (time.monotonic() - started >= INSERT_BUDGET or stop()):
+                break
+            insert_snippet(conn, message_id, text)
+            taken += 1
+        return taken
+
     def piggyback(self, conn: sqlite3.Connection) -> None:
         """A few ready rows in a commit of the writer's, in a savepoint of their own: a failure
         takes nothing else with it."""
@@ -524,7 +570,9 @@ class _Indexer:
         conn = self._conn
         alone = self.sock is None and self._unindexed  # no extractor: parse here, a few
         ready = bool(self.ready) or alone
-        if not ready and not (self._purge and self.caught_up):
+        snipping = not ready and bool(self.snippets)
+        snipped = 0
+        if not ready and not snipping and not (self._purge and self.caught_up):
             return
         if time.monotonic() < self._retry_at:
             return
@@ -537,6 +585,9 @@ class _Indexer:
                     self.caught_up = not result.more
                 elif ready:
                     done, purged = self._insert(conn, stop), 0
+                elif snipping:
+                    done, purged = 0, 0
+                    snipped = self._snip(conn, stop)
                 else:
                     done, purged = 0, purge_search(conn, stop=stop, budget=PURGE_BUDGET)
             except BaseException:
@@ -546,6 +597,11 @@ class _Indexer:
         except Exception as error:  # the store is locked, the disk is full, ...
             log.error("search index: %s", user_facing(error, self.path))
             self._retry_at = time.monotonic() + INDEX_RETRY_AFTER  # the work stays to do
+            return
+        if snipping:
+            del self.snippets[:snipped]  # (only now: a failed step keeps them to write)
+            if not self.snippets:
+                self._send(("snipped",))
             return
         if not ready:
             self._purge = purged > 0
