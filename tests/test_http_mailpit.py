@@ -232,7 +232,24 @@ def test_search_with_mailsink_prefixes_and_a_bad_one(mailpit: RunningSink) -> No
     assert status == 400 and body.startswith(b"query: ")
     assert headers["Content-Type"].startswith("text/plain")
     assert call(mailpit, "GET", "/api/v1/search")[0] == 400
-    assert call(mailpit, "GET", "/api/v1/messages?limit=-1")[0] == 400
+    # Paging as Mailpit's getStartLimit (server/apiv1/api.go): strconv.Atoi reads "+2";
+    # what it cannot read, a start below 1 or a limit below 0 is the default, never a 400.
+    for path in ("/api/v1/messages", "/api/v1/search?query=subject:list&"):
+        path += "" if path.endswith("&") else "?"
+        signed = get_json(mailpit, path + "start=%2B1&limit=%2B2")
+        assert (signed["start"], len(signed["messages"])) == (1, 2)
+        default = get_json(mailpit, path)
+        for fallback in (
+            "limit=-1",
+            "limit=abc",
+            "limit=1_0",
+            "start=-1",
+            "start=x",
+            "start=" + "9" * 30,
+        ):
+            page = get_json(mailpit, path + fallback)
+            assert (page["start"], page["messages"]) == (0, default["messages"]), fallback
+        assert get_json(mailpit, path + f"start={2**63 - 1}")["messages"] == []
 
 
 def test_read_state_by_ids_by_search_and_for_all(mailpit: RunningSink) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from mailsink.http import mailhog_shapes
-from mailsink.http.native_api import stream_raw
+from mailsink.http.native_api import stream_stored
 from mailsink.http.request_params import ApiError, bad, path_id
 from mailsink.http.routing import ApiRoutes, Param
 from mailsink.http.web_service import SINK, encode_json
@@ -282,8 +282,6 @@ async def delete_message(request: web.Request) -> web.StreamResponse:
 )
 async def download(request: web.Request) -> web.StreamResponse:
     message_id = path_id(request)
-    raw = await request.app[SINK].raw(message_id)
-    if raw is None:
-        raise ApiError(404, f"no message {message_id}")
+    # A piece at a time from the reader thread: a stalled reader holds a piece, not the message.
     disposition = f'attachment; filename="{message_id}.eml"'
-    return await stream_raw(request, raw, {"Content-Disposition": disposition})
+    return await stream_stored(request, message_id, {"Content-Disposition": disposition})

@@ -24,7 +24,8 @@ from aiohttp import web
 import mailsink
 from mailsink.errors import QueryError
 from mailsink.http import mailpit_shapes as shapes
-from mailsink.http.request_params import ApiError, integer, json_body, path_id, search
+from mailsink.http.native_api import stream_stored
+from mailsink.http.request_params import ApiError, go_int, json_body, path_id, search
 from mailsink.http.routing import ApiRoutes, Param
 from mailsink.http.web_service import SINK, encode_json, json_response
 from mailsink.mail.tags import given_tag, given_tags
@@ -78,8 +79,12 @@ def _done() -> web.Response:
 
 
 def _page_limits(request: web.Request) -> tuple[int, int]:
-    start = integer(request, "start", 0, text=True)
-    limit = integer(request, "limit", DEFAULT_LIMIT, text=True)
+    """Mailpit's getStartLimit (server/apiv1/api.go): what strconv.Atoi cannot read, a start
+    below 1 or a limit below 0 is the default (0, 50), never a 400; "+5" is 5."""
+    start = go_int(request.query.get("start", ""))
+    limit = go_int(request.query.get("limit", ""))
+    start = start if start is not None and start > 0 else 0
+    limit = limit if limit is not None and limit > -1 else DEFAULT_LIMIT
     return start, MAX_LIMIT if limit == 0 else min(limit, MAX_LIMIT)
 
 
@@ -189,45 +194,23 @@ def _tag_names(reader: Reader) -> list[str]:
 # ---- lists and search
 
 
-STATUS_ANY = parse_query("status:any")
-STATUS_REJECTED = parse_query("status:rejected")
-
-
 class Mailbox:
-    """The counts every list answers with (accepted messages, unread ones, the tags), kept
-    between requests: counting accepted messages reads every row (26 ms for 20 000), so the
-    total is all messages (counted from an index) less the rejected ones, whose ids are kept
-    and topped up from the newest rows; the unread count and the tags are counted again only
-    when the store has changed (PRAGMA data_version). Used on the reader thread only."""
+    """The counts every list answers with (accepted messages, unread ones: kept by the
+    store's triggers, one row read) and the tags, counted again only when the store has
+    changed (PRAGMA data_version). Used on the reader thread only."""
 
     def __init__(self) -> None:
         self.version: int | None = None
-        self.unread = 0
         self.tags: list[str] = []
-        self.rejected: set[int] = set()
-        self.scanned_to = 0  # rejected ids are known up to here
-        self.deletions: int | None = None
 
     def counts(self, reader: Reader) -> tuple[int, int, list[str]]:
         """(accepted messages, unread accepted messages, tag names)."""
         version = reader.data_version()
         if version != self.version:
-            deletions = reader.deletions()
-            if deletions != self.deletions:  # ids chosen by hand went: look at them all again
-                self.rejected, self.scanned_to, self.deletions = set(), 0, deletions
-            newest = reader.latest_id() or 0
-            self.rejected.update(reader.message_index(query=STATUS_REJECTED, above=self.scanned_to))
-            self.scanned_to = newest
-            first = reader.first_id()  # retention removes the oldest
-            if first is None:
-                self.rejected.clear()
-            elif self.rejected and min(self.rejected) < first:
-                self.rejected = {i for i in self.rejected if i >= first}
-            self.unread = reader.unread_count()
             self.tags = _tag_names(reader)
             self.version = version
-        total = reader.count_messages(query=STATUS_ANY) - len(self.rejected)
-        return max(0, total), self.unread, self.tags
+        accepted, unread = reader.message_counts()
+        return accepted, unread, self.tags
 
 
 # Each sink's counts, kept while it lives.
@@ -443,15 +426,13 @@ async def get_headers(request: web.Request) -> web.StreamResponse:
 )
 async def get_raw(request: web.Request) -> web.StreamResponse:
     message_id = await _message_id(request)
-    raw = await _sink(request).raw(message_id)
-    if raw is None:
-        raise ApiError(404, "404 page not found", text=True)
-    # The bytes as stored (no re-encoding, no copy): aiohttp writes the buffer it is given.
-    response = web.Response(body=raw, content_type="text/plain", charset="utf-8")
-    response.headers["X-Content-Type-Options"] = "nosniff"
+    # The bytes as stored, a piece at a time from the reader thread: a stalled reader of a
+    # 25 MB message holds one piece, not the message.
+    headers = {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}
     if request.query.get("dl") == "1":
-        response.headers["Content-Disposition"] = f'attachment; filename="{message_id}.eml"'
-    return response
+        headers["Content-Disposition"] = f'attachment; filename="{message_id}.eml"'
+    missing = ApiError(404, "404 page not found", text=True)
+    return await stream_stored(request, message_id, headers, missing=missing)
 
 
 @routes.get(

@@ -31,7 +31,6 @@ routes = ApiRoutes("mailsink")
 
 MAX_MESSAGES = 10_000  # in one list answer: past it, page with before_id
 MAX_SESSIONS = 1_000  # each session is a few reads
-CHUNK = 256 * 1024  # of a raw message in memory, written at a time
 PIECE = 1024 * 1024  # of a raw message, read from the store at a time
 PUT_KEYS: dict[str, type] = {"read": bool, "add_tags": list, "remove_tags": list}
 PUT_LIMIT = 256 * 1024  # bytes of a PUT's body: a thousand tags of a hundred characters
@@ -50,34 +49,20 @@ async def _json_off_loop(request: web.Request, make: Callable[[], Any]) -> web.R
     return _answer(await request.app[SINK].read(lambda _reader: encode_json(make())))
 
 
-async def stream_raw(
-    request: web.Request, raw: bytes, headers: Mapping[str, str] | None = None
-) -> web.StreamResponse:
-    """`raw` byte for byte as message/rfc822, written in chunks (views of it, not copies)."""
-    response = web.StreamResponse(headers={"Content-Type": "message/rfc822", **(headers or {})})
-    response.content_length = len(raw)
-    try:
-        await response.prepare(request)
-        if request.method != "HEAD":
-            view = memoryview(raw)
-            for at in range(0, len(view), CHUNK):
-                await response.write(view[at : at + CHUNK])
-        await response.write_eof()
-    except (ConnectionError, ClientConnectionResetError) as error:
-        log.debug("HTTP %s: the client left: %s", request.path, error)
-    return response
-
-
 async def stream_stored(
-    request: web.Request, message_id: int, headers: Mapping[str, str] | None = None
+    request: web.Request,
+    message_id: int,
+    headers: Mapping[str, str] | None = None,
+    *,
+    missing: ApiError | None = None,
 ) -> web.StreamResponse:
-    """Message `message_id` byte for byte as message/rfc822, read from the store a PIECE at a
-    time: a 25 MB message costs a piece per download, and a stalled client holds one.
-    404 when there is no such message."""
+    """Message `message_id` byte for byte as message/rfc822 (or `headers`' Content-Type), read
+    from the store a PIECE at a time: a 25 MB message costs a piece per download, and a
+    stalled client holds one. No such message: `missing`, else a JSON 404."""
     sink = request.app[SINK]
     first = await sink.read(Reader.raw_piece, message_id, 0, PIECE)
     if first is None:
-        raise ApiError(404, f"no message {message_id}")
+        raise missing or ApiError(404, f"no message {message_id}")
     length, piece = first
     response = web.StreamResponse(headers={"Content-Type": "message/rfc822", **(headers or {})})
     response.content_length = length

@@ -19,8 +19,18 @@ LARGEST = 2**63 - 1
 BODY_LIMIT = 5 * 1024 * 1024
 # A body over this is parsed on a worker thread: megabytes of JSON take the loop for seconds.
 OFF_LOOP_BODY = 64 * 1024
+# Arrays and objects a body other than /api/v1/send's may hold. Each costs json.loads about
+# 0.5 µs with the GIL held (worker thread or not, the loop waits), and 4.9 MB of `[[[[[]]]]]`
+# is 2.2 million of them: 1.5-2 s with SMTP replies stalled. The bodies these routes take
+# are flat (`{"IDs": [...], "Read": true}`, a fault rule's table of a few tables): a handful.
+# 10 000 is a thousand times that, and at most ~5 ms of parsing.
+CONTAINERS = 10_000
+_OPENING = (b"[", b"{")
+_COUNTED = 1024 * 1024
 # int() would take " 5", "1_000" and other scripts' digits: a parameter is ASCII digits.
 _INTEGER = re.compile(r"-?[0-9]{1,25}")
+# What Go's strconv.Atoi reads: a sign, then decimal digits (no spaces, no underscores).
+_GO_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 # A lone surrogate as JSON writes it (an escape) or as bytes (json.loads reads them through).
 _MAY_HOLD_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -62,6 +72,15 @@ def integer(
     if not minimum <= value <= maximum:
         raise bad(name, f"expected {minimum} to {maximum}, got {value}", text=text)
     return value
+
+
+def go_int(text: str) -> int | None:
+    """strconv.Atoi(text) on a 64-bit Go: a sign and decimal digits within int64, else None
+    (Go's error), for the routes that fall back to a default as Mailpit and MailHog do."""
+    if len(text) > 25 or not _GO_INT.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def path_id(request: web.Request, name: str = "id", *, text: bool = False) -> int:
@@ -120,7 +139,58 @@ def _without_surrogates(data: Any) -> Any:
     return data
 
 
-def _parse(raw: bytes) -> Any:
+def _count(raw: bytes, marks: tuple[bytes, ...], start: int, end: int, bound: int) -> int:
+    """How many of `marks` lie in raw[start:end], counted a MiB at a time and only until
+    there are more than `bound`: no single call holds the GIL for long."""
+    found = 0
+    for at in range(start, end, _COUNTED):
+        stop = min(at + _COUNTED, end)
+        found += sum(raw.count(mark, at, stop) for mark in marks)
+        if found > bound:
+            break
+    return found
+
+
+def too_many_containers(raw: bytes, bound: int) -> bool:
+    """Whether the JSON text `raw` holds over `bound` arrays and objects: checked before
+    json.loads, whose time is theirs. `[` and `{` are counted at C speed; only when there are
+    more than `bound` (CSS in an HTML body, a JSON document as a Text) are those inside
+    strings left out, which is exact for any text json.loads reads up to its first error (and
+    so for what it builds before failing)."""
+    if _count(raw, _OPENING, 0, len(raw), bound) <= bound:
+        return False
+    # UTF-16 and -32 (json.loads reads them too) are not split on ASCII quotes: refused.
+    if b"\x00" in raw[:4]:
+        return True
+    if b"\\" in raw:
+        # Each backslash in JSON starts an escape: pairs go first, so that `\\"` still ends
+        # a string; the quotes left then each open or close one.
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # A body of more strings than containers allowed is refused too: each string is a
+    # step of the walk below (which, in Python, lets the loop run between steps).
+    if _count(raw, (b'"',), 0, len(raw), 2 * bound + 2) > 2 * bound + 2:
+        return True
+    found, at, inside = 0, 0, False
+    while True:
+        quote = raw.find(b'"', at)
+        end = len(raw) if quote < 0 else quote
+        if not inside:
+            found += _count(raw, _OPENING, at, end, bound - found)
+            if found > bound:
+                return True
+        if quote < 0:
+            return False
+        inside = not inside
+        at = quote + 1
+
+
+def containers_refused(bound: int) -> str:
+    return f"the body holds more than {bound} JSON arrays and objects"
+
+
+def _parse(raw: bytes, bound: int, text: bool) -> Any:
+    if too_many_containers(raw, bound):
+        raise ApiError(413, containers_refused(bound), text=text)
     # NaN and Infinity: Python reads them, JSON (and Go, and so Mailpit) does not.
     data = json.loads(raw, parse_constant=_no_constant)
     # (A body in UTF-16 or -32, which json.loads also reads, is walked whatever it holds.)
@@ -130,12 +200,18 @@ def _parse(raw: bytes) -> Any:
 
 
 async def json_body(
-    request: web.Request, *, required: bool = True, text: bool = False, limit: int = BODY_LIMIT
+    request: web.Request,
+    *,
+    required: bool = True,
+    text: bool = False,
+    limit: int = BODY_LIMIT,
+    most_containers: int = CONTAINERS,
 ) -> Any:
     """The body as JSON (lone surrogates replaced by U+FFFD); absent (and not `required`):
     None. Over `limit` bytes: 413 (the middleware caps every body at BODY_LIMIT). A route
     whose bodies are small says so: json.loads keeps the GIL, so that even on a worker thread
-    megabytes of JSON hold the event loop (4.8 MB of numbers: 0.3 s)."""
+    megabytes of JSON hold the event loop (4.8 MB of numbers: 0.3 s). More than
+    `most_containers` arrays and objects: 413, unparsed (see CONTAINERS)."""
     if (request.content_length or 0) > limit:
         raise _too_large(limit, text)
     raw = await request.read()
@@ -147,7 +223,7 @@ async def json_body(
         return None
     try:
         if len(raw) > OFF_LOOP_BODY:
-            return await asyncio.to_thread(_parse, raw)
-        return _parse(raw)
+            return await asyncio.to_thread(_parse, raw, most_containers, text)
+        return _parse(raw, most_containers, text)
     except (ValueError, RecursionError) as error:
         raise ApiError(400, f"the body is not JSON: {error}"[:200], text=text) from None
