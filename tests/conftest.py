@@ -169,7 +169,11 @@ HOSTILE = "[bold red]x\x1b[2J\x07"  # markup and terminal controls
 # What each schema step added, taken away again: a store of an older schema, made from a new one
 # (the tests of how an old store is read and migrated).
 _UNDO = {
-    7: "DROP INDEX messages_unsnipped; ALTER TABLE messages DROP COLUMN snippet;",
+    7: (
+        "DROP TRIGGER messages_counted_in; DROP TRIGGER messages_counted_out;"
+        " DROP TRIGGER messages_counted_change; DROP TABLE message_counts;"
+        " DROP INDEX messages_unsnipped; ALTER TABLE messages DROP COLUMN snippet;"
+    ),
     6: (
         "DROP TABLE message_fields; DROP TABLE message_body; DROP TABLE message_tags;"
         " DROP INDEX messages_unread; DROP INDEX messages_unindexed; DROP INDEX messages_received;"

@@ -142,3 +142,52 @@ def test_read_state_and_tags_survive_a_restart_and_plus_addresses_tag_when_asked
         assert again._call(again.sink.mark_all_read()) == 3
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages WHERE seen = 0").fetchone() == (0,)
+
+
+def test_the_kept_counts_follow_every_change(tmp_path):
+    """The store's triggers keep (accepted, unread) whatever writes: new mail, a rejection,
+    marks, a deletion, retention and clear; always what counting the rows says."""
+    from conftest import REFUSAL_RULES
+
+    from mailsink.store import run_here
+    from mailsink.store.operations import clear, mark_read
+
+    config = tmp_path / "mailsink.toml"
+    config.write_text("[storage]\nmax_messages = 6\n" + REFUSAL_RULES)
+
+    def agree(running: RunningSink) -> tuple[int, int]:
+        with running.reader() as reader:
+            kept = reader.message_counts()
+            counted = reader.conn.execute(
+                "SELECT count(*), coalesce(sum(seen = 0), 0) FROM messages"
+                " WHERE status = 'accepted'"
+            ).fetchone()
+        assert kept == tuple(counted)
+        return kept
+
+    with RunningSink(tmp_path / "mail.db", config=config) as running:
+        with smtplib.SMTP(running.host, running.port) as client:
+            for n in range(4):
+                client.sendmail("a@x.test", ["b@x.test"], message(subject=f"m{n}"))
+            with pytest.raises(smtplib.SMTPDataError):  # kept, as rejected: not counted
+                client.sendmail("a@x.test", ["b@x.test"], message(subject="reject me"))
+        assert agree(running) == (4, 4)
+        sink = running.sink
+        assert sink is not None
+        running._call(sink.mark_read([1, 2]))
+        assert agree(running) == (4, 2)
+        running._call(sink.mark_read([2], read=False))
+        running._call(sink.delete_messages([1]))
+        assert agree(running) == (3, 3)
+        with smtplib.SMTP(running.host, running.port) as client:  # retention takes the oldest
+            for n in range(4, 9):
+                client.sendmail("a@x.test", ["b@x.test"], message(subject=f"m{n}"))
+        running._call(sink.flush())
+        assert agree(running)[0] <= 6
+        running._call(sink.mark_all_read())
+        assert agree(running)[1] == 0
+        # Another program's transaction (`mailsink mark`, `clear`): the same triggers.
+        assert run_here(running.db, mark_read, ids=[9], read=False) == 1
+        assert agree(running)[1] == 1
+        run_here(running.db, clear)
+        assert agree(running) == (0, 0)

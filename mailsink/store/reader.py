@@ -292,6 +292,9 @@ class Reader:
         include_rejected: bool = False,
         finding_kinds: Sequence[str] = (),
     ) -> int:
+        plain = not (findings_only or include_rejected or finding_kinds)
+        if plain and (query is None or (query.status == "accepted" and not query.conditions)):
+            return self.message_counts()[0]  # every accepted message: kept, not counted
         sql, params = self._filtered(query, findings_only, include_rejected, finding_kinds)
         return self.conn.execute(f"SELECT count(*){sql}", params).fetchone()[0]
 
@@ -335,11 +338,24 @@ class Reader:
     @store_errors
     def unread_count(self) -> int:
         """Accepted messages not read yet (0 in a store older than SEARCH_SINCE)."""
+        return self.message_counts()[1]
+
+    @store_errors
+    def message_counts(self) -> tuple[int, int]:
+        """(accepted messages, those of them unread): kept by the store's triggers from
+        schema SNIPPET_SINCE on (one row read), counted in older stores."""
+        if self.version >= SNIPPET_SINCE:
+            row = self.conn.execute("SELECT accepted, unread FROM message_counts").fetchone()
+            return row[0], row[1]
+        accepted = self.conn.execute(
+            "SELECT count(*) FROM messages WHERE status = 'accepted'"
+        ).fetchone()[0]
         if self.version < SEARCH_SINCE:
-            return 0
-        return self.conn.execute(
+            return accepted, 0
+        unread = self.conn.execute(
             "SELECT count(*) FROM messages WHERE seen = 0 AND status = 'accepted'"
         ).fetchone()[0]
+        return accepted, unread
 
     @store_errors
     def index_progress(self) -> tuple[int, int]:
