@@ -505,6 +505,14 @@ async def _view(request: web.Request, html: bool) -> web.StreamResponse:
 VIEW_PARAMS = [QUERY_LATEST]
 
 
+# cypress-mailpit joins its base URL and "/view/…" into "//view/…": served there too.
+@routes.get(
+    "//view/{id}.html",
+    "/view/{ID}.html, as cypress-mailpit asks for it",
+    params=VIEW_PARAMS,
+    responses=NOT_FOUND,
+    content_type="text/html",
+)
 @routes.get(
     "/view/{id}.html",
     "The message's HTML part, under a policy that blocks scripts and remote loads",
@@ -517,6 +525,13 @@ async def view_html(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get(
+    "//view/{id}.txt",
+    "/view/{ID}.txt, as cypress-mailpit asks for it",
+    params=VIEW_PARAMS,
+    responses=NOT_FOUND,
+    content_type="text/plain",
+)
+@routes.get(
     "/view/{id}.txt",
     "The message's text",
     params=VIEW_PARAMS,
@@ -524,29 +539,6 @@ async def view_html(request: web.Request) -> web.StreamResponse:
     content_type="text/plain",
 )
 async def view_text(request: web.Request) -> web.StreamResponse:
-    return await _view(request, False)
-
-
-# cypress-mailpit joins its base URL and "/view/…" into "//view/…".
-@routes.get(
-    "//view/{id}.html",
-    "/view/{ID}.html, as cypress-mailpit asks for it",
-    params=VIEW_PARAMS,
-    responses=NOT_FOUND,
-    content_type="text/html",
-)
-async def view_html_doubled(request: web.Request) -> web.StreamResponse:
-    return await _view(request, True)
-
-
-@routes.get(
-    "//view/{id}.txt",
-    "/view/{ID}.txt, as cypress-mailpit asks for it",
-    params=VIEW_PARAMS,
-    responses=NOT_FOUND,
-    content_type="text/plain",
-)
-async def view_text_doubled(request: web.Request) -> web.StreamResponse:
     return await _view(request, False)
 
 
