@@ -398,25 +398,6 @@ class Reader:
         return found
 
     @store_errors
-    def body_prefixes(self, ids: Iterable[int], length: int = 600) -> dict[int, str]:
-        """The first `length` characters of what the search index holds of each message's text
-        (the text part, or the HTML as text; case-folded, as the index keeps it). Messages not
-        indexed yet are missing from the answer."""
-        wanted = list(ids)
-        if not wanted or self.version < SEARCH_SINCE:
-            return {}
-        found: dict[int, str] = {}
-        for start in range(0, len(wanted), 500):  # SQLite's parameter limit
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for rowid, text in self.conn.execute(
-                f"SELECT rowid, substr(body, 1, ?) FROM message_body WHERE rowid IN ({marks})",
-                (length, *chunk),
-            ):
-                found[rowid] = text or ""
-        return found
-
-    @store_errors
     def snippets(self, ids: Iterable[int]) -> dict[int, str]:
         """Mailpit's snippet of each message that has one made (schema SNIPPET_SINCE: when it
         was indexed); the others are missing from the answer."""
