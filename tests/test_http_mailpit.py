@@ -283,6 +283,19 @@ def test_tags_set_rename_and_delete(mailpit: RunningSink) -> None:
     assert get_json(mailpit, "/api/v1/tags") == ["gamma", "renamed"]
     assert get_json(mailpit, "/api/v1/info")["Tags"] == {"gamma": 1, "renamed": 1}
 
+    # The list's summaries are kept between polls, never past a change of read state or tags.
+    def listed(message_id: str) -> dict[str, Any]:
+        page = get_json(mailpit, "/api/v1/messages?limit=1000")["messages"]
+        return next(item for item in page if item["ID"] == message_id)
+
+    before = listed("6")
+    assert listed("6") == before and before["Tags"] == ["gamma"]
+    call(mailpit, "PUT", "/api/v1/tags", {"IDs": ["6"], "Tags": ["delta", "Gamma", "beta"]})
+    call(mailpit, "PUT", "/api/v1/messages", {"IDs": ["6"], "Read": not before["Read"]})
+    after = listed("6")
+    assert after["Tags"] == ["beta", "delta", "gamma"] and after["Read"] is not before["Read"]
+    assert {**after, "Tags": before["Tags"], "Read": before["Read"]} == before
+
 
 def test_info_and_webui_have_mailpits_keys(mailpit: RunningSink) -> None:
     info = get_json(mailpit, "/api/v1/info")

@@ -284,6 +284,21 @@ class Reader:
         return [_message(row) for row in rows]
 
     @store_errors
+    def page_keys(
+        self, *, limit: int = 50, offset: int = 0, query: Query | None = None
+    ) -> list[tuple[int, bool, str]]:
+        """The page `list_messages` would give, as (id, read, tags joined by U+001F) only: what
+        of a message may change, for a face that keeps the rest (schema SEARCH_SINCE on)."""
+        sql, params = self._filtered(query, False, False, ())
+        rows = self.conn.execute(
+            "SELECT messages.id, messages.seen, (SELECT group_concat(tag, char(31))"
+            f" FROM message_tags WHERE message_id = messages.id){sql}"
+            " ORDER BY messages.id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        ).fetchall()
+        return [(row[0], bool(row[1]), row[2] or "") for row in rows]
+
+    @store_errors
     def count_messages(
         self,
         *,
