@@ -307,19 +307,14 @@ def _listing_json(
     responses=BAD,
 )
 async def list_messages(request: web.Request) -> web.StreamResponse:
+    return await _page_answer(request, None)
+
+
+async def _page_answer(request: web.Request, query: Query | None) -> web.StreamResponse:
     start, limit = _page_limits(request)
     sink = _sink(request)
-    return _json(
-        await sink.read(
-            _listing_json,
-            _sink_summaries(sink),
-            sink_snippets(sink),
-            _mailbox(sink),
-            start,
-            limit,
-            None,
-        )
-    )
+    kept = (_sink_summaries(sink), sink_snippets(sink), _mailbox(sink))
+    return _json(await sink.read(_listing_json, *kept, start, limit, query))
 
 
 @routes.get(
@@ -329,20 +324,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     responses=BAD,
 )
 async def search_messages(request: web.Request) -> web.StreamResponse:
-    query = _required_query(request)
-    start, limit = _page_limits(request)
-    sink = _sink(request)
-    return _json(
-        await sink.read(
-            _listing_json,
-            _sink_summaries(sink),
-            sink_snippets(sink),
-            _mailbox(sink),
-            start,
-            limit,
-            query,
-        )
-    )
+    return await _page_answer(request, _required_query(request))
 
 
 @routes.delete(
