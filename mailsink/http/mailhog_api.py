@@ -11,7 +11,6 @@ envelope recipient or the To header, `containing` the headers or the body.
 from __future__ import annotations
 
 import re
-import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -21,7 +20,7 @@ from mailsink.http import mailhog_shapes
 from mailsink.http.native_api import stream_stored
 from mailsink.http.request_params import ApiError, bad, path_id
 from mailsink.http.routing import ApiRoutes, Param
-from mailsink.http.web_service import SINK, encode_json
+from mailsink.http.web_service import SINK, PerSink, encode_json
 from mailsink.query import MAX_QUERY, TEXT, WORDS, Query, Term
 from mailsink.store import Reader
 
@@ -82,14 +81,7 @@ class _Kept:
 
 
 # One per sink (its ids are never reused); used on its reader thread only.
-_KEPT: weakref.WeakKeyDictionary[Any, _Kept] = weakref.WeakKeyDictionary()
-
-
-def _kept(sink: Any) -> _Kept:
-    found = _KEPT.get(sink)
-    if found is None:
-        found = _KEPT[sink] = _Kept()
-    return found
+_kept = PerSink(_Kept)
 
 
 def _answer(body: bytes, content_type: str = TEXT_JSON) -> web.Response:

@@ -16,7 +16,6 @@ import os
 import re
 import time
 import urllib.parse
-import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ from mailsink.http import mailpit_shapes as shapes
 from mailsink.http.native_api import stream_stored
 from mailsink.http.request_params import ApiError, go_int, json_body, path_id, search
 from mailsink.http.routing import ApiRoutes, Param
-from mailsink.http.web_service import SINK, encode_json, json_response
+from mailsink.http.web_service import SINK, PerSink, encode_json, json_response
 from mailsink.mail.tags import given_tag, given_tags
 from mailsink.query import DATE, EXACT, FLAG, Query, Term, parse_query
 from mailsink.store import MEMORY, MessageRecord, Reader
@@ -171,14 +170,7 @@ def _loaded(reader: Reader, message_id: int) -> tuple[MessageRecord, bytes] | No
 
 
 # Each sink's snippets, kept while it lives (its ids are never reused).
-_SNIPPETS: weakref.WeakKeyDictionary[Any, shapes.Snippets] = weakref.WeakKeyDictionary()
-
-
-def sink_snippets(sink: Any) -> shapes.Snippets:
-    found = _SNIPPETS.get(sink)
-    if found is None:
-        found = _SNIPPETS[sink] = shapes.Snippets()
-    return found
+sink_snippets = PerSink(shapes.Snippets)
 
 
 def _tag_names(reader: Reader) -> list[str]:
@@ -208,14 +200,7 @@ class Mailbox:
 
 
 # Each sink's counts, kept while it lives.
-_MAILBOXES: weakref.WeakKeyDictionary[Any, Mailbox] = weakref.WeakKeyDictionary()
-
-
-def _mailbox(sink: Any) -> Mailbox:
-    found = _MAILBOXES.get(sink)
-    if found is None:
-        found = _MAILBOXES[sink] = Mailbox()
-    return found
+_mailbox = PerSink(Mailbox)
 
 
 # Each message's summary as JSON, kept with the read state and tags it was made with (all
@@ -257,14 +242,7 @@ class Summaries:
         return [found[key[0]] for key in keys if key[0] in found]
 
 
-_SUMMARIES: weakref.WeakKeyDictionary[Any, Summaries] = weakref.WeakKeyDictionary()
-
-
-def _sink_summaries(sink: Any) -> Summaries:
-    found = _SUMMARIES.get(sink)
-    if found is None:
-        found = _SUMMARIES[sink] = Summaries()
-    return found
+_sink_summaries = PerSink(Summaries)
 
 
 def _listing_json(

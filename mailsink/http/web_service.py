@@ -15,8 +15,9 @@ import hmac
 import json
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from mailsink.sink import Sink
 
 log = logging.getLogger("mailsink")
+T = TypeVar("T")
 
 SINK: web.AppKey[Sink] = web.AppKey("sink")
 SERVICE: web.AppKey[HttpService] = web.AppKey("service")
@@ -79,6 +81,21 @@ def error_response(status: int, message: str, *, text: bool = False) -> web.Resp
     if text:
         return web.Response(text=message, status=status, content_type="text/plain")
     return json_response({"error": message}, status)
+
+
+class PerSink(Generic[T]):
+    """One `make()` per sink, kept while the sink lives: what a family of routes keeps
+    between requests (summaries, counts), used on that sink's reader thread."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._made: weakref.WeakKeyDictionary[Any, T] = weakref.WeakKeyDictionary()
+
+    def __call__(self, sink: Any) -> T:
+        found = self._made.get(sink)
+        if found is None:
+            found = self._made[sink] = self._make()
+        return found
 
 
 def route_tables() -> list[ApiRoutes]:
