@@ -170,6 +170,9 @@ class Serving:
     running: bool | None  # None: cannot tell (the lock file is out of reach)
     addresses: list[tuple[str, str, int]]  # (label, host, port) as the last server wrote them
     max_messages: int | None
+    # (ms) when the server that wrote the row started: a server that has just taken the lock
+    # and not written its own row yet is seen running with the previous one's row.
+    started_at: int | None = None
 
 
 class Reader:
@@ -465,11 +468,11 @@ class Reader:
             self.version = check_version(self.conn, self.path)
         if self.version < PROGRESS_SINCE:
             return Serving(running, [], None)
-        row = self.conn.execute("SELECT addresses, max_messages FROM server").fetchone()
+        row = self.conn.execute("SELECT addresses, max_messages, started_at FROM server").fetchone()
         if row is None:
             return Serving(running, [], None)
         addresses = [(str(label), str(host), int(port)) for label, host, port in json.loads(row[0])]
-        return Serving(running, addresses, row[1])
+        return Serving(running, addresses, row[1], row[2])
 
     @store_errors
     def data_version(self) -> int:

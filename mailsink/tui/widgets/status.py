@@ -49,6 +49,13 @@ class StatusLine(Static):
             serving = await self.sink.read(Reader.serving)
         except (sqlite3.Error, StoreError):
             return  # the store itself is in trouble: the app's poll says so
+        if (
+            self.serving is not None
+            and self.serving.running is False
+            and serving.running
+            and serving.started_at == self.serving.started_at
+        ):
+            return  # a new server has the store, its row (where it listens) is on its way
         before, self.serving = self.serving, serving
         if before is None or before.running != serving.running:
             self._tell(before, serving)
