@@ -234,7 +234,8 @@ def test_a_store_over_max_messages_is_kept_and_a_lowered_limit_prunes_out_loud(t
     async def scenario() -> None:
         async with logged_tui(settings_for(db, config)) as (app, pilot, notices):
             listing = app.main.message_list
-            await wait_until(pilot, lambda: listing.count == 150)
+            # The status line follows the list's Changed message, a moment after the count.
+            await wait_until(pilot, lambda: listing.count == 150 and "150 messages" in status(app))
             assert "150 messages (limit 20)" in status(app)
             await wait_until(pilot, lambda: notices)
             assert notices[0].startswith(

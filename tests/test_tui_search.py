@@ -103,8 +103,9 @@ def test_search_errors_read_state_and_tags_at_80x24(tmp_path):
             assert "1 message matching 'from:zoe'" in screen_text(app)
             # A lone `"` is no query (not `matching '"'`); a pasted NUL is refused in place.
             box.value = '"'
-            await wait_until(pilot, lambda: listing.count == 3 and not listing.filter.search)
-            assert "matching" not in _status(app)
+            # (The status line follows the list's Changed message, a moment after the count.)
+            await wait_until(pilot, lambda: listing.count == 3 and "3 messages" in _status(app))
+            assert not listing.filter.search and "matching" not in _status(app)
             # Pasted control characters never reach the box (it would draw them raw).
             box.value = ""
             box.post_message(events.Paste("subject:hel\x00lo\x1b[2J"))
@@ -182,7 +183,7 @@ def test_search_errors_read_state_and_tags_at_80x24(tmp_path):
             await app.sink.read(lambda r: run_here(r.path, mark_read, [first]))
             await wait_until(pilot, lambda: _rows(app).count("•") == 2)
             await pilot.press("U")
-            await wait_until(pilot, lambda: listing.count == 2)
+            await wait_until(pilot, lambda: listing.count == 2 and "2 messages" in _status(app))
             assert "unread only" in _status(app)
             await pilot.press("U", "M")
             await wait_until(pilot, lambda: listing.count == 3 and "0 unread" in _status(app))
@@ -200,6 +201,8 @@ def test_opening_reads_overview_tags_palette_and_help_at_120x40(tmp_path):
             listing, detail = app.main.message_list, app.main.detail
             app.main.counts_every = 0.05  # 1 s in use: a faster test
             await _fill(app, pilot)
+            # (A counts read set for 1 s before counts_every changed may still be pending.)
+            await wait_until(pilot, lambda: "3 unread" in _status(app))
             oldest = listing.ids[0]
             await app.sink.read(lambda r: run_here(r.path, change_tags, [oldest], add=["signup"]))
             await wait_until(pilot, lambda: "[invoice] [signup]" in list_rows(app)[2])
