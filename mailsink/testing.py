@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +67,15 @@ class RunningSink:
 
     def _call(self, coroutine: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run `coroutine` on the sink's loop and return its result (from the test's thread)."""
+        return self._call(coroutine, timeout)
+
+    def call(self, function: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
+        """Call `function(*args)` on the sink's loop thread and return its result: the way to
+        touch the sink's state (`sink.faults`, subscriptions) from the test's thread."""
+        return self._call(_on_loop(lambda: function(*args)), timeout)
 
     @property
     def server(self) -> Any:
@@ -209,3 +218,12 @@ class Events:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def __getattr__(name: str) -> Any:
+    # mailsink.harness builds on RunningSink: imported on first use, not at import.
+    if name in {"Mailsink", "MailsinkTestCase"}:
+        import importlib
+
+        return getattr(importlib.import_module("mailsink.harness"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
