@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from mailsink import __version__
+from mailsink.cli_faults import faults
+from mailsink.cli_wait import wait
 from mailsink.config import Settings, load
 
 if TYPE_CHECKING:
@@ -42,7 +44,12 @@ def _settings(
 
 
 def _overrides(
-    host: str | None, port: int | None, db: str | None, http_port: int | None, no_http: bool
+    host: str | None,
+    port: int | None,
+    db: str | None,
+    http_port: int | None,
+    no_http: bool,
+    http_host: str | None = None,
 ) -> dict[str, Any]:
     """The command line's settings, which win over the config file (also when reloaded)."""
     return {
@@ -50,6 +57,7 @@ def _overrides(
         "port": port,
         "db": db,
         "http_port": http_port,
+        "http_host": http_host,
         "http": False if no_http else None,
     }
 
@@ -79,6 +87,10 @@ def server_options(function: F) -> F:
             "--http-port",
             type=click.IntRange(0, 65535),
             help="HTTP API port [default: 8025; 0 picks a free one].",
+        ),
+        click.option(
+            "--http-host",
+            help="Address the HTTP API listens on [default: 127.0.0.1, loopback only].",
         ),
         click.option("--no-http", is_flag=True, help="Serve no HTTP API."),
     ]
@@ -132,6 +144,7 @@ def cli(
     port: int | None,
     db: str | None,
     http_port: int | None,
+    http_host: str | None,
     no_http: bool,
 ) -> None:
     """A local SMTP sink for development: point your app at 127.0.0.1:1025.
@@ -140,7 +153,7 @@ def cli(
     terminal (a pipe, a container), the server alone (`mailsink serve`).
     """
     if ctx.invoked_subcommand is None:
-        overrides = _overrides(host, port, db, http_port, no_http)
+        overrides = _overrides(host, port, db, http_port, no_http, http_host)
         if _has_terminal():
             _run_tui(config, overrides)
         else:
@@ -156,11 +169,12 @@ def serve(
     port: int | None,
     db: str | None,
     http_port: int | None,
+    http_host: str | None,
     no_http: bool,
 ) -> None:
     """Run the SMTP server and the HTTP API without a UI; one log line per session and per
     message."""
-    _run_server(config, _overrides(host, port, db, http_port, no_http))
+    _run_server(config, _overrides(host, port, db, http_port, no_http, http_host))
 
 
 @cli.command()
@@ -176,6 +190,7 @@ def tui(
     port: int | None,
     db: str | None,
     http_port: int | None,
+    http_host: str | None,
     no_http: bool,
     attach: bool,
 ) -> None:
@@ -183,9 +198,11 @@ def tui(
     does)."""
     if not _has_terminal():
         raise CliError("the UI needs a terminal; use `mailsink serve` to run without one")
-    if attach and (host or port is not None or http_port is not None):
-        raise CliError("--attach starts no server: --host, --port and --http-port do not apply")
-    _run_tui(config, _overrides(host, port, db, http_port, no_http), attach)
+    if attach and (host or port is not None or http_port is not None or http_host):
+        raise CliError(
+            "--attach starts no server: --host, --port, --http-host and --http-port do not apply"
+        )
+    _run_tui(config, _overrides(host, port, db, http_port, no_http, http_host), attach)
 
 
 @cli.command("list")
@@ -561,6 +578,10 @@ def check_config(file: str) -> None:
     from mailsink import output
 
     click.echo(output.settings_text(load(file)))
+
+
+cli.add_command(wait)  # mailsink/cli_wait.py
+cli.add_command(faults)  # mailsink/cli_faults.py
 
 
 def _print_json(data: Any) -> None:

@@ -146,6 +146,7 @@ class Settings:
         port: int | None = None,
         db: str | None = None,
         http_port: int | None = None,
+        http_host: str | None = None,
         http: bool | None = None,
     ) -> Settings:
         """Command-line options win over the file (`http=False`: --no-http)."""
@@ -158,6 +159,8 @@ class Settings:
         web = self.http
         if http_port is not None:
             web = dataclasses.replace(web, port=http_port)
+        if http_host is not None:
+            web = dataclasses.replace(web, host=http_host)
         if http is not None:
             web = dataclasses.replace(web, enabled=http)
         return dataclasses.replace(self, smtp=smtp, storage=storage, http=web)

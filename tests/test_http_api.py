@@ -354,7 +354,7 @@ def _stop(process: subprocess.Popen, seen: list[str]) -> str:
     return "".join(seen) + err.decode()
 
 
-def test_serve_logs_the_url_refuses_a_taken_port_and_serves_none_with_no_http(tmp_path: Path):
+def test_serve_logs_the_url_refuses_a_taken_port_no_http_serves_none_http_host_wins(tmp_path: Path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -367,7 +367,12 @@ def test_serve_logs_the_url_refuses_a_taken_port_and_serves_none_with_no_http(tm
         *common, str(tmp_path / "a.db"), "--config", str(config), "--http-port", "0"
     )
     none = mailsink_process(*common, str(tmp_path / "c.db"), "--no-http", "--http-port", str(busy))
-    seen: dict[subprocess.Popen, list[str]] = {p: [] for p in (wide, none)}
+    # --http-host wins over the file's [http] host, as --http-port over its port.
+    narrow = mailsink_process(
+        *common, str(tmp_path / "d.db"), "--config", str(config), "--http-port", "0",
+        "--http-host", "127.0.0.2",
+    )  # fmt: skip
+    seen: dict[subprocess.Popen, list[str]] = {p: [] for p in (wide, none, narrow)}
     try:
         line = _started(wide, "HTTP API on ", seen[wide])
         url = re.search(r"HTTP API on http://0\.0\.0\.0:(\d+)$", line.strip())
@@ -391,6 +396,16 @@ def test_serve_logs_the_url_refuses_a_taken_port_and_serves_none_with_no_http(tm
         assert "Traceback" not in refused.err
 
         _started(none, "listening on", seen[none])
+
+        line = _started(narrow, "HTTP API on ", seen[narrow])
+        url = re.search(r"HTTP API on http://127\.0\.0\.2:(\d+)$", line.strip())
+        assert url, line
+        connection = http.client.HTTPConnection("127.0.0.2", int(url.group(1)), timeout=5)
+        connection.request("GET", "/api/openapi.json")
+        assert connection.getresponse().status == 200
+        connection.close()
+        with pytest.raises(ConnectionRefusedError):  # only where it was told to listen
+            socket.create_connection(("127.0.0.1", int(url.group(1))), timeout=5).close()
     finally:
         logs = {process: _stop(process, lines) for process, lines in seen.items()}
         taken.close()
