@@ -1,0 +1,262 @@
+"""`mailsink faults …` against a real server's HTTP API, with a real SMTP client (smtplib) seeing
+each change on its next command and `mailsink faults` showing the hits."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, message, run_cli
+
+from mailsink.cli_faults import match_value
+from mailsink.config import HttpSettings, Settings
+from mailsink.testing import RunningSink
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[RunningSink]:
+    with RunningSink(tmp_path / "mail.db") as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSink]:
+    """A server whose rules no test changes: for what is refused before anything is sent."""
+    with RunningSink(tmp_path_factory.mktemp("idle") / "mail.db") as sink:
+        yield sink
+
+
+def faults(sink: RunningSink, *args: str):
+    return run_cli("faults", *args, "--url", sink.url)
+
+
+def api_rules(sink: RunningSink) -> dict[str, dict[str, Any]]:
+    """The rules in force as the API lists them, by name (read past the CLI)."""
+    with urllib.request.urlopen(sink.url + "/api/mailsink/faults", timeout=10) as answer:
+        return {rule["name"]: rule for rule in json.load(answer)["rules"]}
+
+
+def deliver(sink: RunningSink, to: str = "ann@x.test") -> int:
+    """Send one message; the reply code to the end of DATA (250, or the fault's)."""
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
+        client.ehlo()
+        client.mail("app@x.test")
+        client.rcpt(to)
+        code, _ = client.data(message(to=to))
+        return code
+
+
+def row(listing: str, name: str) -> list[str]:
+    """The cells of `name`'s row in the table (split on runs of 2+ spaces)."""
+    import re
+
+    for line in listing.splitlines():
+        if line.startswith(name + "  "):
+            return re.split(r"\s{2,}", line)
+    raise AssertionError(f"no row for {name!r} in:\n{listing}")
+
+
+def test_the_lifecycle_seen_by_a_real_smtp_client(running: RunningSink) -> None:
+    added = faults(
+        running, "add", "--name", "flaky data", "--stage", "data",
+        "--reply", "451 4.3.0 Try again later",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    assert added.out == "added 'flaky data' (data, on, 0 hits): 451 4.3.0 Try again later\n"
+    assert deliver(running) == 451
+
+    listed = faults(running)
+    assert listed.code == 0, listed.err
+    assert listed.out.splitlines()[0].split() == [
+        "NAME", "STAGE", "DOES", "ON", "HITS", "LAST", "FIRED", "SOURCE",
+    ]  # fmt: skip
+    cells = row(listed.out, "flaky data")
+    assert cells[:5] == ["flaky data", "data", "451 4.3.0 Try again later", "on", "1"]
+    assert cells[5] != "-" and cells[6] == "runtime"  # when it last fired; where it came from
+    assert row(listed.out, "preset: 530 auth required")[3:5] == ["off", "0"]
+
+    off = faults(running, "disable", "flaky data")
+    assert off.code == 0, off.err
+    assert off.out == "'flaky data' (data, off, 1 hit): 451 4.3.0 Try again later\n"
+    assert deliver(running) == 250
+    assert faults(running, "enable", "flaky data").code == 0
+    assert deliver(running) == 451
+    assert api_rules(running)["flaky data"]["hits"] == 2
+
+    reset = faults(running, "reset")
+    assert reset.code == 0, reset.err
+    assert reset.out.startswith("reset 6 fault rules: ")
+    assert api_rules(running)["flaky data"]["hits"] == 0
+
+    removed = faults(running, "remove", "flaky data")
+    assert removed.code == 0 and removed.out == "removed 'flaky data'\n"
+    assert "flaky data" not in api_rules(running)
+    assert deliver(running) == 250
+
+
+def test_add_takes_every_key_and_typed_match_values(running: RunningSink) -> None:
+    added = faults(
+        running, "add", "--name", "many", "--stage", "rcpt", "--action", "disconnect",
+        "--reply", "421 4.7.0 Slow down", "--delay", "250ms", "--probability", "0.5",
+        "--times", "3", "--rate", "10/1m", "--disabled",
+        "--match", "recipients_over=1", "--match", "recipient=*@big.test",
+        "--match", "authenticated=false", "--match", "peer=127.0.0.0/8",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    rule = api_rules(running)["many"]
+    assert rule["action"] == "disconnect" and rule["reply"] == "421 4.7.0 Slow down"
+    assert rule["delay"] == 0.25 and rule["probability"] == 0.5 and rule["times"] == 3
+    assert rule["rate"] == "10/60s" and rule["enabled"] is False
+    assert rule["match"] == {
+        "recipient": "*@big.test",
+        "authenticated": False,
+        "recipients_over": 1,  # an int, as in TOML
+        "peer": "127.0.0.0/8",
+    }
+    assert added.out.startswith("added 'many' (rcpt, off, 0 hits): 421 4.7.0 Slow down")
+    assert "p=0.5, 3 times, over 10/60s per peer, when recipient=*@big.test" in added.out
+
+
+def test_rule_json_with_options_on_top_fires_twice(running: RunningSink) -> None:
+    table = {"stage": "data", "reply": "451 4.3.0 Try again later", "times": 5}
+    added = faults(
+        running, "add", "--rule", json.dumps(table), "--times", "2",
+        "--match", "header.Subject=order", "--json",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    rule = json.loads(added.out)  # the API's answer, as added
+    assert rule["name"] == "run-time rule 1" and rule["times"] == 2
+    assert rule["match"] == {"header": {"Subject": "order"}}
+    assert [deliver(running) for _ in range(3)] == [451, 451, 250]
+    listed = faults(running, "--json")
+    assert listed.code == 0, listed.err
+    answer = json.loads(listed.out)
+    assert set(answer) == {"rules", "presets", "seed", "config"}
+    assert next(r for r in answer["rules"] if r["name"] == "run-time rule 1")["hits"] == 2
+
+
+def test_server_refusals_are_one_line_and_exit_1(running: RunningSink) -> None:
+    assert (
+        faults(running, "add", "--name", "taken", "--stage", "mail", "--reply", "550 no").code == 0
+    )
+    cases = [
+        (
+            ["add", "--rule", '{"stage": "rcpt", "reply": "550 x", "colour": "red"}'],
+            "mailsink: faults add: colour: unknown key; allowed: ",
+        ),
+        (
+            ["add", "--stage", "helo", "--reply", "550 no", "--match", "recipient=a@x.test"],
+            "mailsink: faults add: match.recipient: cannot be checked at stage 'helo'",
+        ),
+        (["add", "--stage", "mail", "--reply", "250 fine"], "mailsink: faults add: reply: "),
+        (["add", "--name", "taken", "--stage", "mail", "--reply", "550 no"], "name: another rule"),
+        (["enable", "nope"], "mailsink: faults enable: no fault rule 'nope'"),
+        (["remove", "nope"], "mailsink: faults remove: no fault rule 'nope'"),
+        (
+            ["remove", "preset: 530 auth required"],
+            "mailsink: faults remove: name: 'preset: 530 auth required' is a preset",
+        ),
+    ]
+    for args, says in cases:
+        result = faults(running, *args)
+        assert result.code == 1, (args, result)
+        assert says in result.err and result.err.count("\n") == 1, (args, result.err)
+        assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["add", "--stage", "rcpt", "--match", "recipient"], "expected KEY=VALUE"),
+        (["add", "--match", "=1"], "expected KEY=VALUE"),
+        (["add", "--rule", "{stage: rcpt}"], "--rule: not JSON"),
+        (["add", "--rule", "[1, 2]"], "--rule: expected a JSON object"),
+        (["add", "--rule", '{"match": 1}', "--match", "helo=x"], "match is not a table"),
+        (["add", "--probability", "often"], "Invalid value for '--probability'"),
+    ],
+)
+def test_usage_errors_are_exit_2(idle: RunningSink, args: list[str], says: str) -> None:
+    result = faults(idle, *args)
+    assert result.code == 2
+    assert says in result.err and result.err.count("\n") == 1, result.err
+    assert {rule["source"] for rule in api_rules(idle).values()} == {"preset"}  # none added
+
+
+def test_match_values_are_toml_when_they_parse() -> None:
+    assert match_value("1") == 1
+    assert match_value("true") is True
+    assert match_value('{ Subject = "reset" }') == {"Subject": "reset"}
+    assert match_value('"quoted"') == "quoted"
+    for text in ("full@*", "1MiB", "127.0.0.0/8", "2026-01-01", "inf", "1\nother = 2", ""):
+        assert match_value(text) == text
+
+
+def test_where_the_server_is(running: RunningSink, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MAILSINK_URL", running.url)
+    from_env = run_cli("faults", "add", "--stage", "mail", "--reply", "550 env")
+    assert from_env.code == 0, from_env.err
+    assert api_rules(running)["run-time rule 1"]["reply"] == "550 env"
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MAILSINK_URL", nowhere)
+    config = tmp_path / "dev.toml"
+    config.write_text(f'[http]\nhost = "0.0.0.0"\nport = {running.http_port}\n')
+    # --config given beats the environment; its 0.0.0.0 is reached on loopback
+    from_config = run_cli("faults", "--config", str(config))
+    assert from_config.code == 0, from_config.err
+    assert row(from_config.out, "run-time rule 1")[1] == "mail"
+    # a command's --url wins over the group's
+    wins = run_cli("faults", "--url", nowhere, "disable", "run-time rule 1", "--url", running.url)
+    assert wins.code == 0, wins.err
+    assert api_rules(running)["run-time rule 1"]["enabled"] is False
+    refused = run_cli("faults")  # the environment's
+    assert refused.code == 1
+    assert refused.err == (
+        f"mailsink: faults: cannot reach {nowhere}: connection refused (is `mailsink serve`"
+        " running? --url or MAILSINK_URL say where)\n"
+    )
+    bad = run_cli("faults", "--url", "localhost:8025")
+    assert bad.code == 2 and "--url: 'localhost:8025' is not an HTTP URL" in bad.err
+
+
+def test_basic_auth_from_the_url_or_the_config(tmp_path: Path) -> None:
+    settings = Settings(http=HttpSettings(users={"ci": "s3cret"}))
+    with RunningSink(tmp_path / "auth.db", settings) as sink:
+        port = sink.http_port
+        good = run_cli("faults", "--url", f"http://ci:s3cret@127.0.0.1:{port}")
+        assert good.code == 0, good.err
+        assert "preset: 530 auth required" in good.out
+        refused = run_cli("faults", "--url", f"http://ci:nope@127.0.0.1:{port}")
+        assert refused.code == 1
+        assert refused.err.startswith("mailsink: faults: authentication required (give user:")
+        config = tmp_path / "auth.toml"
+        config.write_text(f'[http]\nport = {port}\nusers = {{ ci = "s3cret" }}\n')
+        from_config = run_cli("faults", "reset", "--config", str(config))
+        assert from_config.code == 0, from_config.err
+
+
+def test_untrusted_text_is_shown_visible(running: RunningSink) -> None:
+    hostile = "evil\x1b[2J\x07 \u202erule"
+    added = faults(running, "add", "--name", hostile, "--stage", "rcpt", "--reply", "550 no")
+    assert added.code == 0, added.err
+    listed = faults(running)
+    for output in (added.out, listed.out):
+        assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output
+        assert "evil␛[2J␇ <U+202E>rule" in output
+    as_json = faults(running, "--json")
+    assert "\x1b" not in as_json.out and "\\u001b[2J" in as_json.out
+    switched = faults(running, "disable", hostile)
+    assert switched.code == 0 and "evil␛[2J␇" in switched.out
+    missing = faults(running, "enable", hostile + "x")
+    assert missing.code == 1 and "\x1b" not in missing.err
+
+
+def test_help_everywhere() -> None:
+    for command in ([], ["add"], ["enable"], ["disable"], ["remove"], ["reset"], ["list"]):
+        result = run_cli("faults", *command, "--help")
+        assert result.code == 0 and result.out.startswith("Usage: mailsink faults"), command
