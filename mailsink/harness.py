@@ -1,0 +1,1181 @@
+"""The object a test uses: one server's mail as the test sees it, in three lines per test.
+
+    with Mailsink.start(tmp_path / "mailsink") as mailsink:
+        app.send_welcome(smtp_host=mailsink.host, smtp_port=mailsink.port)
+        mailsink.assert_sent(to="ann@x.test", subject="Welcome")
+
+    with mailsink.fault(stage="rcpt", reply="452 4.2.2 Mailbox full", times=1) as full:
+        app.send_welcome(...)                       # the app gets a 452 once, and retries
+    assert full.hits == 1
+    mailsink.wait_for(to="ann@x.test")
+
+A `Mailsink` is a *view*: it sees the messages and sessions with an id above its watermark (0 for
+the server it started) and removes the fault rules it added when it is closed; `isolate()` makes
+another view of the same server that sees only what arrives from then on (a suite that shares one
+server gives each test its own). Mail is read on the test's thread with a `Reader` of the view's
+own (SELECT only); the server's state (fault rules, events) is touched on its loop through
+`RunningSink.call` / `RunningSink.run`. `wait_for` is woken by the sink's events, never polls.
+
+Every failure says what arrived (`arrivals()`), with the envelope apart from the headers, refused
+recipients, rejected messages, findings and the sessions that delivered nothing, all made visible
+with mailsink.text: a subject is untrusted text and reaches the test's terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import email
+import email.policy
+import functools
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import unittest
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from email.message import EmailMessage
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from mailsink import events as ev
+from mailsink.config import Settings, load
+from mailsink.errors import RuleError
+from mailsink.faults.controls import FaultControls, RuleState
+from mailsink.mail.envelope import Envelope
+from mailsink.mail.parse import Attachment, ParsedMessage, parse_message
+from mailsink.query import PREFIXES, Query, QueryError, Term, describe, parse_query
+from mailsink.sink import Sink
+from mailsink.store import MessageRecord, Reader, SessionRecord
+from mailsink.testing import RunningSink
+from mailsink.text import visible
+
+__all__ = ["CaughtMessage", "FaultHandle", "Mailsink", "MailsinkTestCase"]
+
+T = TypeVar("T")
+
+# What wakes a wait: a message committed, deleted or changed (read state, tags), or another
+# process's change to the store (`mailsink clear` run by the test). The HTTP wait's kinds.
+WAKING_KINDS: tuple[type, ...] = (
+    ev.MessageStored,
+    ev.MessagesDeleted,
+    ev.MessagesChanged,
+    ev.StoreChanged,
+)
+SEVERITIES = ("info", "warning", "error")  # each worse than the one before
+LISTED = 20  # messages (and sessions) an arrival listing shows, the newest
+EXPLAINED = 10  # near misses an assert_sent failure explains, at most
+CONSIDERED = 500  # the newest messages looked at for near misses
+EVERYTHING = -1  # SQLite's LIMIT for "no limit"
+_ANY_STATUS = Term("status", "choice", "any", typed="status:any")
+_REJECTED = Term("status", "choice", "rejected", typed="status:rejected")
+# A filter's value is quoted when the query language would split or read it otherwise.
+_NEEDS_QUOTES = re.compile(r'[\s":]')
+# Kinds whose parsed value is the text as given, so a value the language cannot write (one with
+# a double quote: it has no escape) can be put into the term after the rest has been checked.
+_VERBATIM_KINDS = ("text", "exact", "glob")
+
+
+# ---- the server a view reads
+
+
+class _Server:
+    """What every view of one server shares: the RunningSink and one Reader, opened at the first
+    read (a view that reads nothing costs no open) and used on whichever thread the test runs."""
+
+    def __init__(self, running: RunningSink, *, owned: bool):
+        self.running = running
+        self.owned = owned  # stopped when its owning view closes
+        self._reader: Reader | None = None
+        # One connection for every view: SQLite statements from two threads at once would
+        # interleave on it (a test that reads from a thread of its own while waiting).
+        self._lock = threading.Lock()
+
+    @property
+    def sink(self) -> Sink:
+        sink = self.running.sink
+        if sink is None:
+            raise RuntimeError("the mailsink server has stopped (its Mailsink was closed)")
+        return sink
+
+    @property
+    def faults(self) -> FaultControls:
+        faults = self.sink.faults
+        assert faults is not None  # a serving sink always has its controls
+        return faults
+
+    def read(self, query: Callable[[Reader], T]) -> T:
+        with self._lock:
+            if self._reader is None:
+                # Autocommit and no open statement between reads: the reader holds back neither
+                # the writer nor a checkpoint, so it can stay open as long as the view.
+                self._reader = Reader(self.running.db)
+            return query(self._reader)
+
+    def close_reader(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+
+# ---- one message
+
+
+class CaughtMessage:
+    """One stored message: the summary as stored (envelope, header summary, findings), and the
+    raw message read from the store on the test's thread when first asked for, then parsed on
+    demand (`parsed`, `message`, `text`, `html`, `attachments`)."""
+
+    def __init__(self, record: MessageRecord, server: _Server):
+        self.record = record
+        self._server = server
+        self.id: int = record.id
+        self.status: str = record.status  # "accepted" | "rejected" (at the end of DATA)
+        self.reply: str | None = record.reply  # a rejected message's reply
+        self.reply_rule: str | None = record.reply_rule  # the fault rule that gave it
+        self.received_at: int = record.received_at  # ms since the epoch
+        self.size: int = record.size
+        self.seen: bool = record.seen
+        self.tags: list[str] = record.tags
+        self.session_id: int = record.session_id
+        self.envelope: Envelope = record.envelope
+        self.headers: dict[str, Any] = record.headers
+        self.findings: list[dict[str, Any]] = record.findings
+
+    @property
+    def mail_from(self) -> str:
+        """The envelope sender (MAIL FROM); "" for the null sender <>."""
+        return self.envelope.mail_from
+
+    @property
+    def rcpt_to(self) -> list[str]:
+        """The envelope recipients the server accepted (RCPT TO), in the order given."""
+        return self.envelope.rcpt_to
+
+    @property
+    def subject(self) -> str | None:
+        return self.headers.get("subject")
+
+    @functools.cached_property
+    def raw(self) -> bytes:
+        """The message exactly as it was received."""
+        raw = self._server.read(lambda reader: reader.get_raw(self.id))
+        if raw is None:
+            raise LookupError(f"message #{self.id} is no longer in the store (deleted or cleared)")
+        return raw
+
+    @functools.cached_property
+    def parsed(self) -> ParsedMessage:
+        """mailsink's parse (the one the TUI and `mailsink show` use: bounded, never raises)."""
+        return parse_message(self.raw)
+
+    @functools.cached_property
+    def message(self) -> EmailMessage:
+        """The standard library's parse, with `email.policy.default` (for any header)."""
+        parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)  # what policy.default makes
+        return parsed
+
+    @property
+    def text(self) -> str | None:
+        return self.parsed.text
+
+    @property
+    def html(self) -> str | None:
+        return self.parsed.html
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        return self.parsed.attachments
+
+    def header(self, name: str) -> str | None:
+        """The first `name` header field's value, decoded; None when there is none."""
+        try:
+            value = self.message[name]
+        except Exception:  # a field the standard parser's policy cannot read: mailsink's can
+            lowered = name.lower()
+            return next((v for n, v in self.parsed.header_lines if n.lower() == lowered), None)
+        return None if value is None else str(value)
+
+    def __repr__(self) -> str:
+        subject = _shown(self.subject) if self.subject is not None else "(no subject)"
+        sender = visible(self.mail_from, emoji=False) or "<>"
+        recipients = visible(", ".join(self.rcpt_to), emoji=False) or "nobody"
+        status = "" if self.status == "accepted" else f" [{visible(self.status)}]"
+        return f"<CaughtMessage #{self.id}{status} {subject} {sender} → {recipients}>"
+
+
+# ---- fault rules
+
+
+class FaultHandle:
+    """A run-time fault rule added by a view. Its hits and state are read live from the server's
+    controls; once removed, they are what they were at the removal (`with mailsink.fault(...)
+    as rule:` then `assert rule.hits == 1` after the block)."""
+
+    def __init__(self, mailsink: Mailsink, name: str):
+        self._mailsink = mailsink
+        self.name = name
+        self._final: RuleState | None = None  # set when removed
+
+    @property
+    def removed(self) -> bool:
+        return self._final is not None
+
+    def state(self) -> RuleState:
+        """The rule as the server has it now (as it was when removed)."""
+        if self._final is not None:
+            return self._final
+        server = self._mailsink._server
+        try:
+            return server.running.call(server.faults.rule, self.name)
+        except KeyError:
+            raise LookupError(f"fault rule {self.name!r} is no longer in force") from None
+
+    @property
+    def hits(self) -> int:
+        return self.state().hits
+
+    @property
+    def last_fired_at(self) -> int | None:
+        """When it last fired (ms since the epoch); None if it has not."""
+        return self.state().last_fired_at
+
+    @property
+    def enabled(self) -> bool:
+        return self.state().enabled
+
+    def enable(self) -> None:
+        self._switch(True)
+
+    def disable(self) -> None:
+        """Off from the next SMTP command on; its hits stay."""
+        self._switch(False)
+
+    def _switch(self, enabled: bool) -> None:
+        if self._final is not None:
+            raise LookupError(f"fault rule {self.name!r} was removed")
+        server = self._mailsink._server
+        try:
+            server.running.call(server.faults.set_enabled, self.name, enabled)
+        except KeyError:
+            raise LookupError(f"fault rule {self.name!r} is no longer in force") from None
+
+    def remove(self) -> None:
+        """Remove the rule (nothing happens if it is removed already)."""
+        self._mailsink._remove_handles([self])
+
+    def __enter__(self) -> FaultHandle:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"<FaultHandle {visible(self.name)!r}{' removed' if self.removed else ''}>"
+
+
+def _named_rule_error(error: RuleError) -> RuleError:
+    """The error with the key in its message (`stage: 'bogus' is not a stage; …`), as
+    check-config and the HTTP API word it; `.key` and `.reason` kept."""
+    if not error.key:
+        return error
+    named = RuleError(error.key, error.reason)
+    named.args = (f"{error.key}: {error.reason}",)
+    return named
+
+
+# ---- filters: keywords -> terms of the query language
+
+
+def _keyword(prefix: str) -> str:
+    """The keyword that gives `prefix` (`from` -> from_, `reply-to` -> reply_to)."""
+    name = prefix.replace("-", "_")
+    return f"{name}_" if name in ("from", "is") else name
+
+
+def _filter_names() -> str:
+    return ", ".join(_keyword(name) for name in PREFIXES)
+
+
+def _filter_term(keyword: str, value: object) -> Term:
+    name = keyword.rstrip("_").replace("_", "-")
+    prefix = PREFIXES.get(name)
+    if prefix is None:
+        raise TypeError(f"unknown filter {keyword!r}; the filters are {_filter_names()}")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"filter {keyword}= takes a str or an int, got {value!r}")
+    text = str(value)
+    if '"' not in text:
+        written = f'"{text}"' if _NEEDS_QUOTES.search(text) or not text else text
+        (term,) = parse_query(f"{name}:{written}").terms  # (an empty value: QueryError)
+        return term
+    # The query language has no way to write a double quote: the value is checked with each
+    # one as a ' instead, then put into the term as given (the store matches it as it is).
+    typed = f"{name}:{text}"
+    if prefix.kind not in (*_VERBATIM_KINDS, "header"):
+        raise QueryError(f"{typed!r}: {name}: cannot hold a double quote", term=typed)
+    (checked,) = parse_query(f'{name}:"{text.replace(chr(34), chr(39))}"').terms
+    if prefix.kind == "header":
+        header, equals, wanted = text.partition("=")
+        if '"' in header:
+            raise QueryError(f"{typed!r}: header: a header name has no double quote", term=typed)
+        return dataclasses.replace(
+            checked, value=(header.strip(), wanted.strip() if equals else None), typed=typed
+        )
+    return dataclasses.replace(checked, value=text.strip(), typed=typed)
+
+
+def _terms(keyword: str, value: object) -> list[Term]:
+    """A list or tuple of values is one term each (ANDed: `tag=["a", "b"]`)."""
+    if isinstance(value, list | tuple):
+        return [_filter_term(keyword, one) for one in value]
+    return [_filter_term(keyword, value)]
+
+
+def _query(query: str | None, filters: Mapping[str, object]) -> Query | None:
+    """The query and the filters, ANDed; None when neither says anything."""
+    if query is not None and not isinstance(query, str):
+        raise TypeError(f"the query is a str such as 'to:ann@x.test', got {query!r}")
+    parsed = parse_query(query) if query else Query()
+    terms = list(parsed.terms)
+    for keyword, value in filters.items():
+        terms += _terms(keyword, value)
+    if not terms:
+        return None
+    return Query(tuple(terms), " ".join(term.typed for term in terms))
+
+
+# ---- addresses
+
+
+def _address(text: str) -> str:
+    """An address as compared: `<Ann@X.test>` and ` ann@x.test` are the same."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    return text.casefold()
+
+
+def _header_addresses(values: Iterable[str]) -> list[str]:
+    """The addr-specs of a header summary's entries ('"Ann, A" <ann@x.test>' -> ann@x.test)."""
+    found = []
+    for value in values:
+        pairs = getaddresses([value])
+        addresses = [address for _name, address in pairs if address]
+        found += addresses or [value]
+    return found
+
+
+def _header_values(headers: Mapping[str, Any], key: str) -> list[str]:
+    value = headers.get(key)
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(item) for item in value]
+
+
+# ---- the arrival listing
+
+
+def _shown(text: str | None) -> str:
+    """Untrusted text, quoted and visible (no escape sequence reaches the terminal). Not repr():
+    its backslashes would double those of text the server has escaped already."""
+    return f"'{visible(text)}'" if text is not None else "(none)"
+
+
+def _addr(text: str) -> str:
+    return visible(text, emoji=False)
+
+
+def _first_line(reply: str | None) -> str:
+    return visible((reply or "").split("\n")[0])
+
+
+def _cause(rule: str | None, reason: str | None = None) -> str:
+    if rule:
+        return f" (rule {_shown(rule)})"
+    return f" ({visible(reason)})" if reason and reason != "fault_rule" else ""
+
+
+def _message_lines(message: CaughtMessage) -> list[str]:
+    envelope, headers = message.envelope, message.headers
+    rcpt = ",".join(f"<{_addr(a)}>" for a in envelope.rcpt_to) or "(none accepted)"
+    parts = [
+        f"#{message.id} {visible(message.status)}",
+        f"MAIL FROM:<{_addr(envelope.mail_from)}> RCPT TO:{rcpt}",
+    ]
+    for label, key in (("From", "from"), ("To", "to"), ("Cc", "cc"), ("Bcc", "bcc")):
+        values = _header_values(headers, key)
+        if values or key in ("from", "to"):
+            parts.append(f"{label}: {_addr(', '.join(_header_addresses(values))) or '(none)'}")
+    parts.append(f"Subject: {_shown(message.subject)}")
+    lines = ["  ".join(parts)]
+    for refused in envelope.rcpt_refused:
+        lines.append(
+            f"    refused <{_addr(refused.address)}>: {_first_line(refused.reply)}"
+            f"{_cause(refused.rule, refused.reason)}"
+        )
+    if message.status != "accepted":
+        lines.append(
+            f"    rejected at DATA: {_first_line(message.reply)}{_cause(message.reply_rule)}"
+        )
+    if message.findings:
+        kinds = dict.fromkeys(f"{f['kind']} ({f['severity']})" for f in message.findings)
+        lines.append(f"    findings: {visible(', '.join(kinds))}")
+    return lines
+
+
+def _session_line(session: SessionRecord) -> str:
+    state = (
+        f"ended {_shown(session.end_reason)}"
+        if session.end_reason
+        else f"still connected (at {visible(session.state or 'connect')})"
+    )
+    parts = [f"session #{session.id} from {visible(session.peer)}"]
+    if session.helo:
+        parts[0] += f" (HELO {_shown(session.helo)})"
+    details = [state]
+    if session.last_reply and session.last_reply[:1] in ("4", "5"):  # (else: 221 to QUIT)
+        details.append(f"last reply {_shown(_first_line(session.last_reply))}")
+    if session.refusals:
+        last = f", last: {_shown(session.last_refusal)}" if session.last_refusal else ""
+        details.append(f"{session.refusals} refused{last}")
+    if session.faults:
+        details.append(f"{session.faults} fault{'s' if session.faults != 1 else ''}")
+    return f"{parts[0]}: {', '.join(details)}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _from_live(live: ev.LiveSession) -> SessionRecord:
+    """A live session's snapshot as a stored row reads (without its transcript, as
+    `list_sessions` gives rows)."""
+    return SessionRecord(
+        id=live.id,
+        started_at=live.started_at,
+        ended_at=live.ended_at,
+        peer=live.peer,
+        helo=live.helo,
+        tls=live.tls,
+        auth_user=live.auth_user,
+        end_reason=live.end_reason,
+        message_count=len(live.message_ids),
+        last_reply=live.last_reply,
+        faults=live.faults_fired,
+        message_ids=list(live.message_ids),
+        events=[],
+        state=live.state,
+        refusals=live.refusals,
+        last_refusal=live.last_refusal,
+    )
+
+
+async def _woken(subscription: Any, timeout: float) -> bool:
+    """Wait for the next event (True) or `timeout` (False); a burst of them is one wake."""
+    try:
+        await asyncio.wait_for(subscription.get(), timeout)
+    except (TimeoutError, StopAsyncIteration):  # (closed: the server is stopping)
+        return False
+    subscription.pending()
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _test_settings(settings: Settings | None) -> Settings:
+    """`settings` for a test's server: loopback only, the config file not watched."""
+    base = settings or Settings()
+    tls = base.tls
+    if tls.implicit_port:  # a fixed port would clash between parallel workers
+        tls = dataclasses.replace(tls, implicit_port=_free_port())
+    return dataclasses.replace(
+        base,
+        smtp=dataclasses.replace(base.smtp, host="127.0.0.1"),
+        http=dataclasses.replace(base.http, host="127.0.0.1", enabled=True),
+        tls=tls,
+        source=None,  # a server with a source watches it (hot reload): a test's does not
+    )
+
+
+# ---- the view
+
+
+class Mailsink:
+    """One server's mail as a test sees it: see the module's documentation.
+
+    `Mailsink.start(directory)` starts a server (its view sees everything and stops it when
+    closed); `Mailsink(running)` is a view of a RunningSink started elsewhere (not stopped);
+    `isolate()` a new view that sees only what arrives from then on."""
+
+    def __init__(
+        self, running: RunningSink, *, _server: _Server | None = None, _primary: bool = True
+    ) -> None:
+        self._server = _server or _Server(running, owned=False)
+        self._primary = _primary  # the view that made its _Server: closes its reader
+        self.running = running
+        self._above_message = 0  # the watermarks: this view sees ids above them
+        self._above_session = 0
+        self._handles: list[FaultHandle] = []
+        self._closed = False
+
+    @classmethod
+    def start(cls, directory: str | Path, *, settings: Settings | None = None) -> Mailsink:
+        """A new server with its store in `directory` (made if missing), on free loopback ports
+        (SMTP and HTTP). `settings` (e.g. `mailsink.config.load("mailsink.toml")`) give the
+        fault rules, auth, validation …; the host, the ports and the store are this one's."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        running = RunningSink(folder / "mailsink.db", _test_settings(settings), http=True)
+        running.start()
+        return cls(running, _server=_Server(running, owned=True))
+
+    # ---- views
+
+    def isolate(self) -> Mailsink:
+        """A new view of the same server: the mail and sessions that arrive from now on, and
+        fault rules of its own (removed when it is closed). Closing it leaves the server."""
+        self._check_open()
+        server = self._server
+        # Live sessions first: one that ends meanwhile is stored by the time the store is read.
+        live = server.running.call(server.sink.live_sessions)
+
+        def latest(reader: Reader) -> tuple[int, int]:
+            newest = reader.list_sessions(limit=1)
+            return reader.latest_id() or 0, newest[0].id if newest else 0
+
+        message, session = server.read(latest)
+        view = Mailsink(self.running, _server=server, _primary=False)
+        view._above_message = message
+        view._above_session = max([session, *(s.id for s in live)])
+        return view
+
+    def close(self) -> None:
+        """Remove this view's fault rules; the view that started the server also stops it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._handles and self.running.sink is not None:
+                self._remove_handles(self._handles)
+        finally:
+            if self._primary:
+                self._server.close_reader()  # (a view still open reopens it if it reads)
+            if self._primary and self._server.owned:
+                self.running.stop()
+
+    def __enter__(self) -> Mailsink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Mailsink is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"smtp {self.host}:{self.port}"
+        view = f", ids above {self._above_message}" if self._above_message else ""
+        return f"<Mailsink {state}{view}>"
+
+    # ---- where it listens
+
+    @property
+    def sink(self) -> Sink:
+        return self._server.sink
+
+    @property
+    def host(self) -> str:
+        return self.running.host
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def url(self) -> str:
+        """The HTTP API's base URL, http://127.0.0.1:PORT."""
+        return self.running.url
+
+    @property
+    def smtp_settings(self) -> dict[str, Any]:
+        """`smtplib.SMTP(**mailsink.smtp_settings)`."""
+        return {"host": self.host, "port": self.port}
+
+    @property
+    def django_settings(self) -> dict[str, Any]:
+        """Django's email settings for this server (`settings.EMAIL_HOST` …)."""
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": self.host,
+            "EMAIL_PORT": self.port,
+            "EMAIL_HOST_USER": "",
+            "EMAIL_HOST_PASSWORD": "",
+            "EMAIL_USE_TLS": False,
+            "EMAIL_USE_SSL": False,
+            "EMAIL_TIMEOUT": 10,
+        }
+
+    @property
+    def flask_settings(self) -> dict[str, Any]:
+        """Flask-Mail's configuration for this server (`app.config.update(...)`)."""
+        return {
+            "MAIL_SERVER": self.host,
+            "MAIL_PORT": self.port,
+            "MAIL_USE_TLS": False,
+            "MAIL_USE_SSL": False,
+            "MAIL_USERNAME": None,
+            "MAIL_PASSWORD": None,
+            # Flask-Mail's default is TESTING's value: under test it would send nothing.
+            "MAIL_SUPPRESS_SEND": False,
+        }
+
+    # ---- mail
+
+    def _caught(self, records: Iterable[MessageRecord]) -> list[CaughtMessage]:
+        return [CaughtMessage(record, self._server) for record in records]
+
+    def _read(self, query: Query | None, limit: int = EVERYTHING) -> list[CaughtMessage]:
+        """This view's messages matching `query`, oldest first (the newest `limit`)."""
+        above = self._above_message
+        records = self._server.read(
+            lambda reader: reader.newest_above(query=query, above=above, limit=limit)
+        )
+        return self._caught(reversed(records))
+
+    @property
+    def messages(self) -> list[CaughtMessage]:
+        """The accepted messages, oldest first."""
+        self._check_open()
+        return self._read(None)
+
+    @property
+    def rejected(self) -> list[CaughtMessage]:
+        """The messages refused at the end of DATA (a fault rule), oldest first."""
+        self._check_open()
+        return self._read(Query((_REJECTED,), _REJECTED.typed))
+
+    @property
+    def sessions(self) -> list[SessionRecord]:
+        """The SMTP sessions, oldest first: as stored, or as their connection knows them when
+        the store does not have their last row yet (a session just ended is never missing)."""
+        self._check_open()
+        return self._sessions()
+
+    def _sessions(self) -> list[SessionRecord]:
+        server, above = self._server, self._above_session
+        # Live ones first: one that ends between the two reads is then still live here or
+        # already stored there (the server keeps it until its last row has committed).
+        live = {s.id: _from_live(s) for s in server.running.call(server.sink.live_sessions)}
+
+        def stored(reader: Reader) -> list[SessionRecord]:
+            found: list[SessionRecord] = []
+            while True:
+                page = reader.list_sessions(limit=100, offset=len(found))
+                found += [record for record in page if record.id > above]
+                if len(page) < 100 or page[-1].id <= above:
+                    break
+            return found
+
+        merged = {record.id: record for record in server.read(stored)}
+        merged.update((sid, record) for sid, record in live.items() if sid > above)
+        return [merged[sid] for sid in sorted(merged)]
+
+    def search(self, query: str | None = None, **filters: Any) -> list[CaughtMessage]:
+        """The messages matching `query` (the search language of `mailsink list --search`) and
+        the filters (`to="ann@x.test"`, `from_=…`, `is_="unread"`: the prefixes as keywords),
+        now, oldest first. Rejected ones only with a `status:` term."""
+        self._check_open()
+        return self._read(_query(query, filters))
+
+    def wait_for(
+        self,
+        query: str | None = None,
+        *,
+        count: int = 1,
+        timeout: float = 5.0,
+        **filters: Any,
+    ) -> list[CaughtMessage]:
+        """Every matching message (as `search`), as soon as there are `count` of them; woken by
+        the sink's events. AssertionError on timeout, saying what arrived."""
+        __tracebackhide__ = True  # a failure points at the test, not at this method
+        self._check_open()
+        parsed = _query(query, filters)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count: expected a whole number of messages from 1, got {count!r}")
+        _check_timeout(timeout)
+        found = self._until(lambda: self._read(parsed), lambda found: len(found) >= count, timeout)
+        if len(found) >= count:
+            return found
+        wanted = f"{_plural(count, 'message')}" + (
+            f" matching {_shown(describe(parsed))}" if parsed else ""
+        )
+        hints = self._envelope_hints(parsed, found)
+        raise AssertionError(
+            f"timed out after {timeout:g}s waiting for {wanted}: {len(found)} matched"
+            f"{_ids(found)}\n{hints}{self.arrivals()}"
+        )
+
+    def _envelope_hints(self, query: Query | None, found: list[CaughtMessage]) -> str:
+        """to:, cc: and bcc: are the headers: say so when the envelope has the address."""
+        hints = []
+        for term in query.terms if query else ():
+            if term.prefix in ("to", "cc", "bcc") and not term.negated:
+                envelope = Term("rcpt", "text", term.value, typed=f"rcpt:{term.value}")
+                matched = {m.id for m in found}
+                others = [m for m in self._read(Query((envelope,))) if m.id not in matched]
+                if others:
+                    hints.append(
+                        f"  note: {term.prefix}: is the header {term.prefix.capitalize()};"
+                        f" {_shown(envelope.typed)} (the envelope) matches{_ids(others)}\n"
+                    )
+        return "".join(hints)
+
+    def _until(self, read: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
+        """`read()` until `done` says its result will do, or `timeout` seconds have passed."""
+        __tracebackhide__ = True  # a failure points at the test, not at this method
+        result = read()
+        if done(result) or timeout <= 0:
+            return result
+        running, sink = self.running, self.sink
+        loop = running.loop
+        deadline = loop.time() + timeout
+        # Subscribed before the next read: what commits after it wakes the wait.
+        subscription = running.call(sink.subscribe, *WAKING_KINDS)
+        try:
+            while True:
+                result = read()
+                remaining = deadline - loop.time()
+                if done(result) or remaining <= 0:
+                    return result
+                if not running.run(_woken(subscription, remaining), timeout=remaining + 10):
+                    return read()
+        finally:
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nothing to close)
+                loop.call_soon_threadsafe(subscription.close)
+
+    # ---- assertions
+
+    def assert_sent(
+        self,
+        *,
+        to: str | Sequence[str] | None = None,
+        mail_from: str | None = None,
+        from_: str | None = None,
+        subject: str | re.Pattern[str] | None = None,
+        count: int | None = None,
+        timeout: float = 0.0,
+        **filters: Any,
+    ) -> list[CaughtMessage]:
+        """Assert that a message (exactly `count` of them, with `count`) was sent with these
+        envelope recipients (`to`: each one accepted at RCPT TO, whole address, any case),
+        envelope sender (`mail_from`; "" is the null sender), header From address (`from_`)
+        and subject (equal, or `.search` for a pattern), matching the filters as `search`.
+        `timeout`: wait up to that long for it to hold (a 250 means the mail is stored, so 0
+        is right for a synchronous sender). Returns the matching messages."""
+        __tracebackhide__ = True  # a failure points at the test, not at this method
+        self._check_open()
+        wanted = _Wanted.make(to, mail_from, from_, subject, _query(None, filters))
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise TypeError(f"count: expected a whole number or None, got {count!r}")
+        if count is not None and count < 0:
+            raise ValueError(f"count: expected 0 or more, got {count}")
+        _check_timeout(timeout)
+
+        def matching() -> list[CaughtMessage]:
+            return [m for m in self._read(wanted.query) if wanted.matches(m)]
+
+        def holds(found: list[CaughtMessage]) -> bool:
+            # More than `count` cannot become `count` (mail is not taken back): done, failed.
+            return len(found) >= count if count is not None else bool(found)
+
+        found = self._until(matching, holds, timeout)
+        if (count is None and found) or len(found) == count:
+            return found
+        if count is None:
+            head = f"no message {wanted.describe()}"
+        else:
+            head = (
+                f"expected {_plural(count, 'message')} {wanted.describe()},"
+                f" found {len(found)}{_ids(found)}"
+            )
+        if timeout > 0:
+            head += f" (waited {timeout:g}s)"
+        lines = [head, *self._near_misses(wanted, found)]
+        raise AssertionError("\n".join(lines) + "\n" + self.arrivals())
+
+    def _near_misses(self, wanted: _Wanted, found: list[CaughtMessage]) -> list[str]:
+        """Why the messages that come closest do not match (those one criterion away), and the
+        sessions that refused a wanted recipient and delivered nothing."""
+        matched = {message.id for message in found}
+        everything = self._read(_with_any_status(wanted.query), limit=CONSIDERED)
+        candidates = [message for message in everything if message.id not in matched]
+        passing = (
+            {m.id for m in self._read(_with_any_status(wanted.query, keep=True), CONSIDERED)}
+            if wanted.query
+            else None
+        )
+        lines: list[str] = []
+        for message in candidates:
+            misses = wanted.misses(message, passing)
+            if len(misses) == 1:
+                lines.append(f"  near miss: {misses[0]}")
+        lines = lines[-EXPLAINED:]
+        sessions = self._sessions() if wanted.to else []
+        for address in wanted.to:
+            for session in sessions:
+                refusal = session.last_refusal or ""
+                if not session.message_count and f"<{address}>" in refusal.casefold():
+                    lines.append(
+                        f"  {_addr(address)} was refused in session #{session.id}, which"
+                        f" delivered nothing: {_shown(refusal)}"
+                    )
+        return lines
+
+    def assert_no_findings(self, severity: str = "error") -> None:
+        """No finding of `severity` or worse ("info" < "warning" < "error") on this view's
+        accepted messages; the AssertionError lists each one."""
+        __tracebackhide__ = True  # a failure points at the test, not at this method
+        self._check_open()
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity: expected one of {', '.join(SEVERITIES)}, got {severity!r}")
+        worst = SEVERITIES[SEVERITIES.index(severity) :]
+        lines = [
+            f"  #{message.id} {_shown(message.subject)}: {visible(str(finding['kind']))}"
+            f" ({visible(str(finding['severity']))}) {visible(str(finding.get('detail', '')))}"
+            for message in self._read(None)
+            for finding in message.findings
+            if finding.get("severity") in worst
+        ]
+        if lines:
+            which = severity if severity == "error" else f"{severity} or worse"
+            raise AssertionError(
+                f"{_plural(len(lines), 'finding')} of severity {which}:\n"
+                + "\n".join(lines)
+                + "\n"
+                + self.arrivals()
+            )
+
+    def clear(self) -> None:
+        """Delete every message and finished session of the server (every view's). The
+        watermarks stay valid: ids never come back."""
+        self._check_open()
+        self.running.run(self.sink.clear())
+
+    def arrivals(self) -> str:
+        """What arrived in this view, for a developer whose test just failed: the newest
+        messages (envelope, headers, refusals, rejections, findings) oldest first, then the
+        sessions that delivered nothing; every piece of untrusted text made visible."""
+        self._check_open()
+        above = self._above_message
+        everything = Query((_ANY_STATUS,), _ANY_STATUS.typed)
+
+        def newest(reader: Reader) -> tuple[int, list[MessageRecord]]:
+            total = len(reader.message_index(include_rejected=True, above=above))
+            return total, reader.newest_above(query=everything, above=above, limit=LISTED)
+
+        total, records = self._server.read(newest)
+        messages = self._caught(reversed(records))
+        idle = [s for s in self._sessions() if not s.message_count]
+        if not messages and not idle:
+            return "(nothing arrived)"
+        rejected = sum(message.status != "accepted" for message in messages)
+        summary = _plural(total, "message") + (f" ({rejected} rejected)" if rejected else "")
+        if idle:
+            summary += f", {_plural(len(idle), 'session')} that delivered nothing"
+        lines = [f"arrived: {summary}"]
+        for message in messages:
+            lines += [f"  {line}" for line in _message_lines(message)]
+        if total > len(messages):
+            lines.append(f"  … and {total - len(messages)} more, older")
+        for session in idle[-LISTED:]:
+            lines.append(f"  {_session_line(session)}")
+        if len(idle) > LISTED:
+            lines.append(f"  … and {len(idle) - LISTED} more sessions, older")
+        return "\n".join(lines)
+
+    # ---- faults
+
+    def add_fault(self, rule: Mapping[str, Any] | None = None, /, **keys: Any) -> FaultHandle:
+        """Add a run-time fault rule: the keys of a [[fault]] table (`stage="rcpt", reply="452
+        4.2.2 Mailbox full", match={"recipient": "ann@x.test"}`), as a dict and/or keywords,
+        checked as the config file's (RuleError naming the key). Removed when this view closes."""
+        self._check_open()
+        if rule is not None and not isinstance(rule, Mapping):
+            raise TypeError(f"a fault rule is a dict of [[fault]] keys, got {rule!r}")
+        table = {**(rule or {}), **keys}
+        server = self._server
+        try:
+            state = server.running.call(server.faults.add_rule, table)
+        except RuleError as error:
+            raise _named_rule_error(error) from None
+        handle = FaultHandle(self, state.name)
+        self._handles.append(handle)
+        return handle
+
+    def fault(self, rule: Mapping[str, Any] | None = None, /, **keys: Any) -> FaultHandle:
+        """`add_fault`, for a block: `with mailsink.fault(stage="data", reply="451 4.3.0 Try
+        again") as rule:` removes it at the end of the block."""
+        return self.add_fault(rule, **keys)
+
+    def remove_fault(self, rule: FaultHandle | str) -> None:
+        """Remove a run-time rule, by handle or name. LookupError when no rule has that name;
+        RuleError for a preset's or the config file's (switch those off instead)."""
+        self._check_open()
+        if isinstance(rule, FaultHandle):
+            self._remove_handles([rule])
+            return
+        mine = [handle for handle in self._handles if handle.name == rule]
+        if mine:
+            self._remove_handles(mine)
+            return
+        server = self._server
+        try:
+            server.running.call(server.faults.remove_rule, rule)
+        except KeyError:
+            raise LookupError(f"no fault rule {rule!r} in force") from None
+        except RuleError as error:
+            raise _named_rule_error(error) from None
+
+    def _remove_handles(self, handles: Sequence[FaultHandle]) -> None:
+        """Remove the rules of `handles` still in force, each one's last state kept, in one
+        call on the server's loop."""
+        pending = [handle for handle in handles if not handle.removed]
+        if not pending:
+            return
+        faults = self._server.faults
+
+        def remove() -> list[RuleState | None]:
+            finals: list[RuleState | None] = []
+            for handle in pending:
+                try:
+                    state = faults.rule(handle.name)
+                    faults.remove_rule(handle.name)
+                except KeyError:  # removed by someone else (by name, or the HTTP API)
+                    state = None
+                finals.append(state)
+            return finals
+
+        for handle, state in zip(pending, self.running.call(remove), strict=True):
+            handle._final = state or _gone(handle.name)
+        for owner in {handle._mailsink for handle in pending}:
+            owner._handles = [h for h in owner._handles if not h.removed]
+
+    def reset_faults(self) -> None:
+        """Zero every rule's hits, `times` budgets and rate windows (the rules stay)."""
+        self._check_open()
+        self.running.call(self._server.faults.reset)
+
+    @property
+    def faults(self) -> list[RuleState]:
+        """Every rule in force (presets, the config's, run-time ones), in the order tried, with
+        hits."""
+        self._check_open()
+        return self.running.call(self._server.faults.rules)
+
+
+def _gone(name: str) -> RuleState:
+    """The state of a rule someone else removed before this view could: nothing known."""
+    return RuleState(
+        name=name,
+        stage="",
+        action="",
+        reply=None,
+        delay=0.0,
+        enabled=False,
+        origin="runtime",
+        preset_key=None,
+        hits=0,
+        last_fired_at=None,
+        summary="removed elsewhere",
+    )
+
+
+def _check_timeout(timeout: float) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValueError(f"timeout: expected seconds, 0 or more, got {timeout!r}")
+
+
+def _ids(found: Sequence[CaughtMessage]) -> str:
+    return f" ({', '.join(f'#{m.id}' for m in found)})" if found else ""
+
+
+def _with_any_status(query: Query | None, *, keep: bool = False) -> Query:
+    """`query` over every status: without its terms (`keep=False`: every message), or with its
+    terms other than status (`keep=True`: which messages the filters let through)."""
+    terms = [t for t in (query.terms if query and keep else ()) if t.prefix != "status"]
+    terms.append(_ANY_STATUS)
+    return Query(tuple(terms), " ".join(t.typed for t in terms))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+    """What assert_sent looks for."""
+
+    to: tuple[str, ...]  # compared forms (_address)
+    shown_to: tuple[str, ...]
+    mail_from: str | None
+    from_: str | None
+    subject: str | re.Pattern[str] | None
+    query: Query | None
+
+    @classmethod
+    def make(
+        cls,
+        to: str | Sequence[str] | None,
+        mail_from: str | None,
+        from_: str | None,
+        subject: str | re.Pattern[str] | None,
+        query: Query | None,
+    ) -> _Wanted:
+        recipients = [to] if isinstance(to, str) else list(to or ())
+        for value, name in ((mail_from, "mail_from"), (from_, "from_")):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name}: expected an address (str), got {value!r}")
+        if any(not isinstance(address, str) or not address.strip() for address in recipients):
+            raise TypeError(f"to: expected addresses (str), got {to!r}")
+        if subject is not None and not isinstance(subject, str | re.Pattern):
+            raise TypeError(f"subject: expected a str or a re.Pattern, got {subject!r}")
+        return cls(
+            to=tuple(_address(a) for a in recipients),
+            shown_to=tuple(a.strip() for a in recipients),
+            mail_from=mail_from,
+            from_=from_,
+            subject=subject,
+            query=query,
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.shown_to:
+            parts.append(f"to {', '.join(map(_addr, self.shown_to))} (envelope)")
+        if self.mail_from is not None:
+            parts.append(f"with MAIL FROM:<{_addr(self.mail_from)}>")
+        if self.from_ is not None:
+            parts.append(f"From {_addr(self.from_)}")
+        if isinstance(self.subject, re.Pattern):
+            parts.append(f"a Subject matching {_shown(self.subject.pattern)}")
+        elif self.subject is not None:
+            parts.append(f"Subject {_shown(self.subject)}")
+        if self.query:
+            parts.append(f"matching {_shown(describe(self.query))}")
+        return " ".join(parts) if parts else "at all"
+
+    def matches(self, message: CaughtMessage) -> bool:
+        return not self.misses(message, None)
+
+    def misses(self, message: CaughtMessage, passing: set[int] | None) -> list[str]:
+        """Each reason `message` is not what is wanted (none: it matches). `passing`: the ids
+        the filters let through, None when they have been applied already."""
+        misses = []
+        number = f"#{message.id}"
+        if message.status != "accepted" and (
+            self.query is None or self.query.status not in (message.status, "any")
+        ):
+            misses.append(
+                f"{number} was rejected at DATA: {_first_line(message.reply)}"
+                f"{_cause(message.reply_rule)}"
+            )
+        envelope = message.envelope
+        accepted = {_address(a) for a in envelope.rcpt_to}
+        shown_rcpt = ", ".join(map(_addr, envelope.rcpt_to)) or "none accepted"
+        for address, shown in zip(self.to, self.shown_to, strict=True):
+            if address in accepted:
+                continue
+            refused = [r for r in envelope.rcpt_refused if _address(r.address) == address]
+            in_header = [
+                label
+                for label, key in (("To", "to"), ("Cc", "cc"), ("Bcc", "bcc"))
+                if address
+                in {_address(a) for a in _header_addresses(_header_values(message.headers, key))}
+            ]
+            if refused:
+                last = refused[-1]
+                misses.append(
+                    f"{_addr(shown)} was refused at RCPT for {number}: {_first_line(last.reply)}"
+                    f"{_cause(last.rule, last.reason)}"
+                )
+            elif in_header:
+                misses.append(
+                    f"{_addr(shown)} is in the header {'/'.join(in_header)} of {number} but was"
+                    f" never an envelope recipient (RCPT TO: {shown_rcpt})"
+                )
+            else:
+                misses.append(
+                    f"{_addr(shown)} is not a recipient of {number} (RCPT TO: {shown_rcpt})"
+                )
+        if self.mail_from is not None and _address(envelope.mail_from) != _address(self.mail_from):
+            misses.append(
+                f"{number} has MAIL FROM:<{_addr(envelope.mail_from)}>,"
+                f" not <{_addr(self.mail_from)}>"
+            )
+        if self.from_ is not None:
+            authors = _header_addresses(_header_values(message.headers, "from"))
+            if _address(self.from_) not in {_address(a) for a in authors}:
+                shown = ", ".join(map(_addr, authors)) or "(none)"
+                misses.append(f"{number} is From {shown}, not {_addr(self.from_)}")
+        if self.subject is not None:
+            actual = message.subject
+            if isinstance(self.subject, re.Pattern):
+                if actual is None or not self.subject.search(actual):
+                    misses.append(
+                        f"{number} has Subject {_shown(actual)}, which does not match"
+                        f" {_shown(self.subject.pattern)}"
+                    )
+            elif actual != self.subject:
+                misses.append(f"{number} has Subject {_shown(actual)}, not {_shown(self.subject)}")
+        if passing is not None and message.id not in passing:
+            assert self.query is not None
+            misses.append(f"{number} does not match {_shown(describe(self.query))}")
+        return misses
+
+
+# ---- unittest
+
+
+class MailsinkTestCase(unittest.TestCase):
+    """A TestCase whose every test has `self.mailsink`, a server of its own (stopped after the
+    test, failed or not). `mailsink_settings` (Settings) or `mailsink_config` (a TOML file, read
+    once for the class) give its fault rules, auth, validation …
+
+        class SignupTest(MailsinkTestCase):
+            def test_welcome(self):
+                signup("ann@x.test", smtp_port=self.mailsink.port)
+                self.mailsink.assert_sent(to="ann@x.test", subject="Welcome")
+
+    A subclass that overrides setUp calls super().setUp() first."""
+
+    mailsink_settings: ClassVar[Settings | None] = None
+    mailsink_config: ClassVar[str | Path | None] = None
+    mailsink: Mailsink
+    _mailsink_loaded: ClassVar[dict[tuple[type, str], Settings]] = {}
+
+    @classmethod
+    def _mailsink_settings(cls) -> Settings | None:
+        if cls.mailsink_config is None:
+            return cls.mailsink_settings
+        if cls.mailsink_settings is not None:
+            raise TypeError(f"{cls.__name__}: set mailsink_settings or mailsink_config, not both")
+        key = (cls, str(cls.mailsink_config))
+        if key not in MailsinkTestCase._mailsink_loaded:
+            MailsinkTestCase._mailsink_loaded[key] = load(cls.mailsink_config)
+        return MailsinkTestCase._mailsink_loaded[key]
+
+    def setUp(self) -> None:
+        super().setUp()
+        settings = self._mailsink_settings()
+        directory = tempfile.mkdtemp(prefix="mailsink-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        self.mailsink = Mailsink.start(directory, settings=settings)
+        self.addCleanup(self.mailsink.close)
