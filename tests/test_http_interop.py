@@ -8,6 +8,7 @@ a failure instead, so that CI cannot pass without running it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -30,6 +31,14 @@ def _skip(reason: str) -> None:
 
 def _installed() -> None:
     """`npm ci` from the committed lock file, unless node_modules is already its install."""
+    # Two xdist workers (this file and test_recipes.py) may both get here: `npm ci` deletes
+    # node_modules first, so one at a time, and the second finds the first's install.
+    with open(INTEROP / ".npm-ci.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        _install()
+
+
+def _install() -> None:
     lock = INTEROP / "package-lock.json"
     installed = INTEROP / "node_modules" / ".package-lock.json"
     if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
