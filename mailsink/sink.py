@@ -76,6 +76,11 @@ def _load_http() -> None:
     from mailsink.http.web_service import route_tables
 
     route_tables()
+    global _http_loaded
+    _http_loaded = True
+
+
+_http_loaded = False  # (then a server's start needs no trip to a thread for it: issue 16)
 
 
 def _http_service(sink: Sink, settings: Settings) -> Any:
@@ -105,6 +110,7 @@ class Sink:
         self.watcher: Any = None  # mailsink.reload.ConfigWatcher with a config file
         self.http: Any = None  # mailsink.http.web_service.HttpService when HTTP is served
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mailsink-reader")
+        self._executor_used = False  # (its thread starts with the first read)
         self._reader: Reader | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
@@ -124,7 +130,7 @@ class Sink:
         from mailsink.smtp.server import SmtpServer
 
         storage = settings.storage
-        if settings.http.enabled:
+        if settings.http.enabled and not _http_loaded:
             # aiohttp and the routes imported (a few hundred ms) off the loop, and before the
             # store is locked: from then on a viewer takes the store as served, and the
             # server's row, with its addresses, follows as soon as SMTP listens.
@@ -206,8 +212,15 @@ class Sink:
                 self._reader.close()
                 self._reader = None
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        # A sink that never read has no reader, and no thread to start just to say so (a test
+        # fixture's server often reads nothing itself: issue 16).
+        if self._executor_used:
+            await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=False)
+
+    def _on_reader_thread(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        self._executor_used = True
+        return asyncio.get_running_loop().run_in_executor(self._executor, job)
 
     @property
     def is_attached(self) -> bool:
@@ -246,8 +259,7 @@ class Sink:
     async def read(self, query: Callable[..., T], *args: Any) -> T:
         """Run `query(reader, *args)` on the reader thread (a Reader only reads): for the
         queries that the methods below do not cover."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(self._run, query, *args))
+        return await self._on_reader_thread(partial(self._run, query, *args))
 
     def _run(self, query: Callable[..., T], *args: Any) -> T:
         if self._reader is None:
@@ -356,8 +368,7 @@ class Sink:
         """Attached: the store's own operation, in one transaction of this process's, on the
         reader thread (so that a read asked for after it sees it), while another process's
         writer runs beside it (SQLite's lock orders them)."""
-        change = partial(run_here, self.path, operation, **arguments)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, change)
+        return await self._on_reader_thread(partial(run_here, self.path, operation, **arguments))
 
     async def delete_messages(self, message_ids: Iterable[int]) -> int:
         """Delete these messages in one transaction; returns how many were still there."""

@@ -138,14 +138,29 @@ class RunningSink:
     def stop(self, grace: float = 10.0) -> None:
         if self.loop.is_closed():
             return  # stopped already
+        failure: Exception | None = None
         if self._serving is not None and self._stopping is not None:
-            if self.sink is not None and self.sink.server is not None:
-                self._call(self.sink.server.stop(grace))
-            self.loop.call_soon_threadsafe(self._stopping.set)
+            stopping, server = self._stopping, self.sink.server if self.sink is not None else None
+
+            async def stop_serving() -> None:
+                # One trip to the loop: the listeners stopped with this grace, then the sink
+                # left (which stops the rest and closes the store).
+                try:
+                    if server is not None:
+                        await server.stop(grace)
+                finally:
+                    stopping.set()
+
+            try:
+                self._call(stop_serving())
+            except Exception as error:  # told once everything is stopped
+                failure = error
             with contextlib.suppress(Exception):
                 self._serving.result(60)
         self._stop_loop()
         self.sink = None
+        if failure is not None:
+            raise failure
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
