@@ -16,7 +16,7 @@ import click
 from mailsink import __version__
 from mailsink.cli_faults import faults
 from mailsink.cli_wait import wait
-from mailsink.config import Settings, load
+from mailsink.config import Settings, allowed_host, load
 
 if TYPE_CHECKING:
     from mailsink.query import Query
@@ -50,8 +50,10 @@ def _overrides(
     http_port: int | None,
     no_http: bool,
     http_host: str | None = None,
+    http_allowed_hosts: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The command line's settings, which win over the config file (also when reloaded)."""
+    """The command line's settings, which win over the config file (also when reloaded);
+    --http-allowed-host adds to the file's names."""
     return {
         "host": host,
         "port": port,
@@ -59,12 +61,34 @@ def _overrides(
         "http_port": http_port,
         "http_host": http_host,
         "http": False if no_http else None,
+        "http_allowed_hosts": http_allowed_hosts or None,
     }
 
 
 def _server_settings(config: str | None, overrides: dict[str, Any]) -> Settings:
     settings = load(config) if config else Settings()
     return settings.with_overrides(**overrides)
+
+
+def _address(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """--host and --http-host: "" would listen on every interface, which must be asked for."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter(
+            "expected a host name or IP address, got an empty one"
+            " (0.0.0.0 listens on every interface)"
+        )
+    return value.strip()
+
+
+def _allowed_host_names(
+    context: click.Context, parameter: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        return tuple(allowed_host(name) for name in value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def server_options(function: F) -> F:
@@ -75,7 +99,11 @@ def server_options(function: F) -> F:
             type=click.Path(dir_okay=False),
             help="TOML config file; edits to it apply while the server runs.",
         ),
-        click.option("--host", help="Address to listen on [default: 127.0.0.1, loopback only]."),
+        click.option(
+            "--host",
+            callback=_address,
+            help="Address to listen on [default: 127.0.0.1, loopback only].",
+        ),
         click.option(
             "--port",
             "-p",
@@ -90,9 +118,24 @@ def server_options(function: F) -> F:
         ),
         click.option(
             "--http-host",
+            callback=_address,
             help="Address the HTTP API listens on [default: 127.0.0.1, loopback only].",
         ),
-        click.option("--no-http", is_flag=True, help="Serve no HTTP API."),
+        click.option(
+            "--http-allowed-host",
+            "http_allowed_hosts",
+            metavar="NAME",
+            multiple=True,
+            callback=_allowed_host_names,
+            help="A name the HTTP API answers to beyond IP addresses, localhost and this"
+            " machine's names, e.g. a compose service's (repeatable; added to [http]"
+            " allowed_hosts; *.example.test: every name under it).",
+        ),
+        click.option(
+            "--no-http",
+            is_flag=True,
+            help="Serve no HTTP API (wins over the --http-* options).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -145,6 +188,7 @@ def cli(
     db: str | None,
     http_port: int | None,
     http_host: str | None,
+    http_allowed_hosts: tuple[str, ...],
     no_http: bool,
 ) -> None:
     """A local SMTP sink for development: point your app at 127.0.0.1:1025.
@@ -153,7 +197,7 @@ def cli(
     terminal (a pipe, a container), the server alone (`mailsink serve`).
     """
     if ctx.invoked_subcommand is None:
-        overrides = _overrides(host, port, db, http_port, no_http, http_host)
+        overrides = _overrides(host, port, db, http_port, no_http, http_host, http_allowed_hosts)
         if _has_terminal():
             _run_tui(config, overrides)
         else:
@@ -170,11 +214,13 @@ def serve(
     db: str | None,
     http_port: int | None,
     http_host: str | None,
+    http_allowed_hosts: tuple[str, ...],
     no_http: bool,
 ) -> None:
     """Run the SMTP server and the HTTP API without a UI; one log line per session and per
     message."""
-    _run_server(config, _overrides(host, port, db, http_port, no_http, http_host))
+    overrides = _overrides(host, port, db, http_port, no_http, http_host, http_allowed_hosts)
+    _run_server(config, overrides)
 
 
 @cli.command()
@@ -191,6 +237,7 @@ def tui(
     db: str | None,
     http_port: int | None,
     http_host: str | None,
+    http_allowed_hosts: tuple[str, ...],
     no_http: bool,
     attach: bool,
 ) -> None:
@@ -198,11 +245,14 @@ def tui(
     does)."""
     if not _has_terminal():
         raise CliError("the UI needs a terminal; use `mailsink serve` to run without one")
-    if attach and (host or port is not None or http_port is not None or http_host):
+    given = (host, port, http_port, http_host)
+    if attach and (any(value is not None for value in given) or http_allowed_hosts):
         raise CliError(
-            "--attach starts no server: --host, --port, --http-host and --http-port do not apply"
+            "--attach starts no server: --host, --port, --http-host, --http-port and"
+            " --http-allowed-host do not apply"
         )
-    _run_tui(config, _overrides(host, port, db, http_port, no_http, http_host), attach)
+    overrides = _overrides(host, port, db, http_port, no_http, http_host, http_allowed_hosts)
+    _run_tui(config, overrides, attach)
 
 
 @cli.command("list")

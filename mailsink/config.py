@@ -8,7 +8,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,63 @@ def _hostname(value: Any) -> str:
             f"expected a host name without spaces (letters, digits, '.', '-'), got {value!r}"
         )
     return value
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_ALLOWED_HOST_FORM = (
+    'a host name such as "mailsink", or "*.example.test" for every name under'
+    " example.test, or an IP address"
+)
+
+
+def allowed_host(value: Any) -> str:
+    """One name of `[http] allowed_hosts` (or `--http-allowed-host`) as the HTTP guard compares
+    it: lower-case, an IP address in its usual spelling, a non-ASCII name in the punycode a
+    browser sends. Ports are not part of it: a Host header's port is ignored."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected {_ALLOWED_HOST_FORM}, got {value!r}")
+    name = value.strip().lower()
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if name == "*":
+        raise ValueError(
+            "'*' would let any name in, a DNS-rebound one too: list the names"
+            " ('*.example.test' stands for every name under example.test)"
+        )
+    if ":" in name or "/" in name:
+        raise ValueError(
+            f"{value!r}: expected a host name alone, without a scheme or port (any port matches)"
+        )
+    domain = name.removeprefix("*.").removesuffix(".")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"expected {_ALLOWED_HOST_FORM}, got {value!r}") from None
+    labels = domain.split(".")
+    if len(domain) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"expected {_ALLOWED_HOST_FORM}, got {value!r}")
+    return f"*.{domain}" if name.startswith("*.") else domain
+
+
+def allowed_hosts(names: Iterable[str]) -> tuple[str, ...]:
+    """`names` as allowed_host spells each, each once, in the order given."""
+    return tuple(dict.fromkeys(allowed_host(name) for name in names))
+
+
+def _allowed_hosts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(
+            f'expected a list of host names such as ["mailsink", "*.example.test"], got {value!r}'
+        )
+    for number, name in enumerate(value, 1):
+        try:
+            allowed_host(name)
+        except ValueError as error:
+            raise ValueError(f"name {number}: {error}") from None
+    return allowed_hosts(value)
 
 
 def _positive_size(value: Any) -> int:
@@ -124,6 +181,9 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8025  # Mailpit's and MailHog's, so that their clients' defaults find mailsink
     users: dict[str, str] = field(default_factory=dict)  # HTTP Basic auth for every route
+    # Host header names served beyond the built-in ones (IP addresses, localhost, this
+    # machine's names): the defence against DNS rebinding (web_service._foreign).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,8 +208,10 @@ class Settings:
         http_port: int | None = None,
         http_host: str | None = None,
         http: bool | None = None,
+        http_allowed_hosts: Iterable[str] | None = None,
     ) -> Settings:
-        """Command-line options win over the file (`http=False`: --no-http)."""
+        """Command-line options win over the file (`http=False`: --no-http); the names of
+        `http_allowed_hosts` (--http-allowed-host) are added to the file's."""
         smtp = self.smtp
         if host is not None:
             smtp = dataclasses.replace(smtp, host=host)
@@ -163,6 +225,9 @@ class Settings:
             web = dataclasses.replace(web, host=http_host)
         if http is not None:
             web = dataclasses.replace(web, enabled=http)
+        if http_allowed_hosts:
+            names = allowed_hosts([*web.allowed_hosts, *http_allowed_hosts])
+            web = dataclasses.replace(web, allowed_hosts=names)
         return dataclasses.replace(self, smtp=smtp, storage=storage, http=web)
 
 
@@ -239,7 +304,13 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "tags": (TagSettings, {"plus_addresses": _flag}),
     "http": (
         HttpSettings,
-        {"enabled": _flag, "host": _host, "port": _port, "users": _users},
+        {
+            "enabled": _flag,
+            "host": _host,
+            "port": _port,
+            "users": _users,
+            "allowed_hosts": _allowed_hosts,
+        },
     ),
 }
 

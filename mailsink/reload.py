@@ -36,6 +36,8 @@ _SECTIONS = ("smtp", "storage", "auth", "tls", "validation", "faults", "tags", "
 def _shown(key: str, value: Any) -> str:
     if key in ("auth.users", "http.users"):
         return f"{len(value)} user(s)"
+    if key == "http.allowed_hosts":  # applied at once, as users: the guard reads it per request
+        return ", ".join(value) or "none"
     return repr(value)
 
 

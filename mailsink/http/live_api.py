@@ -129,7 +129,10 @@ async def wait_for_messages(request: web.Request) -> web.StreamResponse:
             if len(found) >= count:
                 return json_response([record.summary_json() for record in found])
             if subscription.closed:
-                raise ApiError(503, "the server is stopping (or reloading its users): ask again")
+                raise ApiError(
+                    503,
+                    "the server is stopping (or reloading its users or allowed hosts): ask again",
+                )
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return json_response(

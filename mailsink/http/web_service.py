@@ -12,9 +12,11 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
 import re
+import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -41,6 +43,8 @@ JSON_OVERHEAD = 1.4
 JSON_SLACK = 256 * 1024
 # How long a stop waits for answers in progress (long-lived streams are ended at once).
 SHUTDOWN_SECONDS = 2.0
+# How long a start beyond loopback waits for this machine's full name (getfqdn asks DNS).
+OWN_NAME_SECONDS = 2.0
 # BODY_LIMIT caps every body but these (a whole message, base64).
 UNCAPPED = {("POST", "/api/v1/send")}
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -133,6 +137,9 @@ class HttpService:
         self.runner: web.AppRunner | None = None
         self.host = settings.http.host
         self.port = 0
+        # This machine's own names, which a Host header may carry on a bind beyond loopback:
+        # looked up when the service starts, on a worker thread (getfqdn may ask DNS).
+        self.own_names: frozenset[str] = frozenset()
         # Set when the service stops: long-lived answers (events, waits) end on it.
         self.stopping = asyncio.Event()
         # Closers of open WebSockets and event streams, called on stop.
@@ -145,10 +152,11 @@ class HttpService:
         return f"http://{host}:{self.port}"
 
     def apply_settings(self, settings: Settings) -> None:
-        """A reload: `[http] users` applies to the next request; host and port need a restart.
-        Changed users also end the open event streams, which were let in by the old ones: a
-        client reconnects, and authenticates as the new ones say."""
-        changed = settings.http.users != self.settings.http.users
+        """A reload: `[http] users` and `allowed_hosts` apply to the next request; host and port
+        need a restart. A change of either also ends the open event streams, which were let in
+        as the old ones said: a client reconnects, and is let in as the new ones say."""
+        old, new = self.settings.http, settings.http
+        changed = (old.users, old.allowed_hosts) != (new.users, new.allowed_hosts)
         self.settings = settings
         if changed and self.streams:
             task = asyncio.get_running_loop().create_task(self._close_streams())
@@ -168,6 +176,8 @@ class HttpService:
             self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
         )
         await self.runner.setup()
+        if not is_loopback(http.host):
+            self.own_names = await _own_names()
         site = web.TCPSite(self.runner, http.host, http.port, reuse_address=True)
         try:
             await site.start()
@@ -213,6 +223,22 @@ def _authorized(header: str, users: dict[str, str]) -> bool:
     )
 
 
+async def _own_names() -> frozenset[str]:
+    """gethostname(), and getfqdn() unless a resolver that does not answer would hold the start
+    up for longer than OWN_NAME_SECONDS (then the host name alone; a warning says so)."""
+    names = {await asyncio.to_thread(socket.gethostname)}
+    try:
+        names.add(await asyncio.wait_for(asyncio.to_thread(socket.getfqdn), OWN_NAME_SECONDS))
+    except TimeoutError:
+        log.warning(
+            "HTTP: this machine's full name was not found within %gs; Host %r is served,"
+            " add others to [http] allowed_hosts",
+            OWN_NAME_SECONDS,
+            *names,
+        )
+    return frozenset(name.lower().removesuffix(".") for name in names if name)
+
+
 def _hostname(authority: str) -> str:
     """The host of a Host header or of a URL's authority, lower-case, without port or []."""
     authority = authority.strip().lower()
@@ -223,19 +249,56 @@ def _hostname(authority: str) -> str:
     return authority
 
 
-def _loopback_name(name: str, bound: str) -> bool:
-    return name in ("localhost", bound.lower()) or name.endswith(".localhost") or is_loopback(name)
+def _is_own_name(name: str, service: HttpService) -> bool:
+    """Whether `name` (a Host header's, without port) names this server: what a browser sends
+    for a page at this server, and not for a page of a name that someone else's DNS could point
+    at this server (DNS rebinding). Any IP address (a browser sends one only for a page that is
+    at that address), `localhost` and `*.localhost` (browsers resolve them to loopback
+    themselves), the address the server is bound to, this machine's own names, and the names of
+    `[http] allowed_hosts`. A loopback bind is as strict as before allowed_hosts: loopback
+    addresses, localhost names and the bound name, then allowed_hosts alone."""
+    name = name.removesuffix(".")  # an absolute name is the same name
+    loopback_bind = is_loopback(service.host)
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if name == "localhost" or name.endswith(".localhost") or name == service.host.lower():
+            return True
+        if not loopback_bind and name in service.own_names:
+            return True
+    else:
+        if address.is_loopback or not loopback_bind:
+            return True
+        name = str(address)  # as allowed_host spells an address
+    return any(
+        name == allowed or (allowed.startswith("*.") and _under(name, allowed[1:]))
+        for allowed in service.settings.http.allowed_hosts
+    )
 
 
-def _foreign(request: web.Request, bound: str) -> str | None:
+def _under(name: str, suffix: str) -> bool:
+    """Whether `name` is a name under the domain of `suffix` (".example.test")."""
+    return name.endswith(suffix) and len(name) > len(suffix) and name[-len(suffix) - 1] != "."
+
+
+def _foreign(request: web.Request, service: HttpService) -> str | None:
     """Why a request comes from somewhere it may not (None: it may). As Mailpit: a browser's
     request (it sends Origin, WebSocket upgrades too) from a page of another origin is refused,
     as the page could otherwise add fault rules or read mail; a client that sends no Origin
-    (curl, a test) passes. On loopback, a Host that is not a loopback name is refused too: a
-    DNS-rebound name (evil.example resolving to 127.0.0.1) makes a page same-origin."""
+    (curl, a test) passes. A Host that is not one of this server's names is refused too: a
+    DNS-rebound name (evil.example resolving to 127.0.0.1) makes a page same-origin. A request
+    without Host (HTTP/1.0; no browser sends one) passes, as it did."""
     host = request.headers.get("Host", "")
-    if is_loopback(bound) and host and not _loopback_name(_hostname(host), bound):
-        return f"Host {host[:100]!r} is not a loopback name (DNS rebinding?)"
+    if host and not _is_own_name(_hostname(host), service):
+        where = (
+            " (on loopback it answers to localhost and loopback addresses)"
+            if is_loopback(service.host)
+            else ""
+        )
+        return (
+            f"Host {host[:100]!r} is not one of this server's names{where}:"
+            " add it to [http] allowed_hosts (or --http-allowed-host)"
+        )
     origin = request.headers.get("Origin")
     if origin is not None:
         rest = origin.partition("://")[2]
@@ -252,7 +315,7 @@ async def _guard(
     """Auth first, then the handler; whatever goes wrong becomes an answer the client can read
     (the traceback goes to the debug log only)."""
     service = request.app[SERVICE]
-    refusal = _foreign(request, service.host)
+    refusal = _foreign(request, service)
     if refusal:
         log.warning("HTTP %s %s refused: %s", request.method, request.path, refusal)
         return error_response(403, refusal)
