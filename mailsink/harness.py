@@ -10,15 +10,18 @@
     mailsink.wait_for(to="ann@x.test")
 
 A `Mailsink` is a *view*: it sees the messages and sessions with an id above its watermark (0 for
-the server it started) and removes the fault rules it added when it is closed; `isolate()` makes
-another view of the same server that sees only what arrives from then on (a suite that shares one
-server gives each test its own). Mail is read on the test's thread with a `Reader` of the view's
-own (SELECT only); the server's state (fault rules, events) is touched on its loop through
-`RunningSink.call` / `RunningSink.run`. `wait_for` is woken by the sink's events, never polls.
+the server it started), and when it is closed it puts the fault rules back as they were when it
+was made (the run-time rules added since removed, whoever added them, the switches put back);
+`isolate()` makes another view of the same server that sees only what arrives from then on (a
+suite that shares one server gives each test its own). Mail is read on the test's thread with
+a `Reader` of the view's own (SELECT only); the server's state (fault rules, events) is touched
+on its loop through `RunningSink.call` / `RunningSink.run`. `wait_for` is woken by the sink's
+events, never polls (`wait_for_async` waits on a thread, for an async test).
 
 Every failure says what arrived (`arrivals()`), with the envelope apart from the headers, refused
-recipients, rejected messages, findings and the sessions that delivered nothing, all made visible
-with mailsink.text: a subject is untrusted text and reaches the test's terminal.
+recipients, rejected messages, findings and the sessions that delivered nothing or met a refusal
+or a fault, all made visible with mailsink.text: a subject is untrusted text and reaches the
+test's terminal.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import dataclasses
 import email
 import email.policy
 import functools
+import math
 import re
 import shutil
 import socket
 import tempfile
 import threading
 import unittest
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import getaddresses
@@ -70,6 +75,12 @@ LISTED = 20  # messages (and sessions) an arrival listing shows, the newest
 EXPLAINED = 10  # near misses an assert_sent failure explains, at most
 CONSIDERED = 500  # the newest messages looked at for near misses
 EVERYTHING = -1  # SQLite's LIMIT for "no limit"
+# A test's server has nobody left to be polite to: a session held by a DATA-stage delay (or a
+# client mid-DATA) would otherwise hold the test's teardown for RunningSink.stop's 10 s.
+STOP_GRACE = 0.2
+# The longest wait a test may ask for (a day): past it, a typo or inf (whose OverflowError in
+# threading would be a traceback).
+MAX_TIMEOUT = 86400.0
 _ANY_STATUS = Term("status", "choice", "any", typed="status:any")
 _REJECTED = Term("status", "choice", "rejected", typed="status:rejected")
 # A filter's value is quoted when the query language would split or read it otherwise.
@@ -93,6 +104,44 @@ class _Server:
         # One connection for every view: SQLite statements from two threads at once would
         # interleave on it (a test that reads from a thread of its own while waiting).
         self._lock = threading.Lock()
+        # Counts views made and rule changes: which view is older, which change came after.
+        self._clock = 0
+        # The handles of each rule name not yet removed: whichever view removes the rule, every
+        # handle of it keeps its last state. Weak: a handle nobody holds needs none.
+        self._handles: dict[str, weakref.WeakSet[FaultHandle]] = {}
+        # The last change of each rule through the harness: (the view, when, switched on).
+        self._changes: dict[str, tuple[weakref.ref[Mailsink], int, bool]] = {}
+
+    def tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def register(self, handle: FaultHandle) -> None:
+        self._handles.setdefault(handle.name, weakref.WeakSet()).add(handle)
+
+    def changed(self, name: str, view: Mailsink, enabled: bool) -> None:
+        self._changes[name] = (weakref.ref(view), self.tick(), enabled)
+
+    def settle(self, name: str, final: RuleState) -> None:
+        """The rule `name` is gone: each of its handles keeps `final`."""
+        for handle in list(self._handles.pop(name, ())):
+            if handle._final is None:
+                handle._final = final
+        self._changes.pop(name, None)
+
+    def older_changes(self, view: Mailsink) -> dict[str, bool]:
+        """The rules an open view older than `view` added or switched since `view` was made,
+        and how it left them (switched on or off): theirs to undo, not `view`'s."""
+        kept = {}
+        for name, (ref, when, enabled) in self._changes.items():
+            changer = ref()
+            if (
+                changer is not None
+                and not changer._closed
+                and changer._number < view._number < when
+            ):
+                kept[name] = enabled
+        return kept
 
     @property
     def sink(self) -> Sink:
@@ -213,14 +262,18 @@ class CaughtMessage:
 
 
 class FaultHandle:
-    """A run-time fault rule added by a view. Its hits and state are read live from the server's
-    controls; once removed, they are what they were at the removal (`with mailsink.fault(...)
-    as rule:` then `assert rule.hits == 1` after the block)."""
+    """A fault rule in force: one a view added (`add_fault`, `fault`), or any rule by name
+    (`rule`). Its hits and state are read live from the server's controls; once removed, by
+    whichever view, they are what they were at the removal (`with mailsink.fault(...) as rule:`
+    then `assert rule.hits == 1` after the block)."""
 
-    def __init__(self, mailsink: Mailsink, name: str):
+    def __init__(self, mailsink: Mailsink, name: str, *, origin: str = "runtime"):
         self._mailsink = mailsink
         self.name = name
+        self._origin = origin  # a preset's or config rule is switched, never removed
         self._final: RuleState | None = None  # set when removed
+        self._enabled_at_start: bool | None = None  # a preset's or config rule's (for __exit__)
+        mailsink._server.register(self)
 
     @property
     def removed(self) -> bool:
@@ -264,16 +317,26 @@ class FaultHandle:
             server.running.call(server.faults.set_enabled, self.name, enabled)
         except KeyError:
             raise LookupError(f"fault rule {self.name!r} is no longer in force") from None
+        server.changed(self.name, self._mailsink, enabled)
 
     def remove(self) -> None:
-        """Remove the rule (nothing happens if it is removed already)."""
-        self._mailsink._remove_handles([self])
+        """Remove the rule (nothing happens if it is removed already). RuleError for a preset or
+        a config file's rule: switch those off (`disable()`)."""
+        if self._final is None:
+            self._mailsink._remove_rules([self.name])
 
     def __enter__(self) -> FaultHandle:
+        if self._origin != "runtime":
+            self._enabled_at_start = self.enabled
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.remove()
+        """A run-time rule is removed; a preset's or config rule's switch is put back."""
+        if self._origin == "runtime":
+            self.remove()
+        elif self._enabled_at_start is not None:
+            with contextlib.suppress(LookupError):
+                self._switch(self._enabled_at_start)
 
     def __repr__(self) -> str:
         return f"<FaultHandle {visible(self.name)!r}{' removed' if self.removed else ''}>"
@@ -302,7 +365,75 @@ def _filter_names() -> str:
     return ", ".join(_keyword(name) for name in PREFIXES)
 
 
-def _filter_term(keyword: str, value: object) -> Term:
+# The keyword filters whose value may be a whole address, and the header summary's fields that
+# have the addresses (none: the envelope's, rcpt= and mailfrom=).
+_ADDRESS_FIELDS: dict[str, tuple[str, ...]] = {
+    "to": ("to",),
+    "cc": ("cc",),
+    "bcc": ("bcc",),
+    "from": ("from",),
+    "reply-to": ("reply_to",),
+    "addressed": ("from", "to", "cc", "bcc", "reply_to"),
+    "rcpt": (),
+    "mailfrom": (),
+}
+_WHOLE_ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
+# addressed='x.test': its own example is a domain, which then is one whole too.
+_DOMAIN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)+")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Whole:
+    """A keyword filter whose value is a whole address (or, for addressed=, a domain): the
+    query's substring term finds the candidates, this keeps those with it whole, any case."""
+
+    term: Term  # the narrowing term
+    value: str  # compared form (_address)
+    domain: bool = False
+
+    def addresses(self, message: CaughtMessage) -> list[str]:
+        if self.term.prefix == "rcpt":
+            return message.envelope.rcpt_to
+        if self.term.prefix == "mailfrom":
+            return [message.envelope.mail_from]
+        return [
+            address
+            for key in _ADDRESS_FIELDS[self.term.prefix]
+            for address in _header_addresses(_header_values(message.headers, key))
+        ]
+
+    def keeps(self, message: CaughtMessage) -> bool:
+        found = {_address(address) for address in self.addresses(message)}
+        if self.domain:
+            return any(address.rpartition("@")[2] == self.value for address in found)
+        return self.value in found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Filter:
+    """What `search`, `wait_for` and `assert_sent` look for: the query (None: everything), and
+    the whole addresses its terms must have."""
+
+    query: Query | None = None
+    whole: tuple[_Whole, ...] = ()
+
+
+def _given_address(what: str, value: str) -> str:
+    """The address a value names: 'Ann <ann@x.test>' and '<ann@x.test>' are ann@x.test; any
+    other value as given (stripped). TypeError for two addresses in one string."""
+    text = value.strip()
+    if "<" not in text and "," not in text:
+        return text
+    found = [address for _name, address in getaddresses([text]) if address]
+    if len(found) > 1 and any("@" in address for address in found):
+        raise TypeError(
+            f"{what}: {value!r} holds {len(found)} addresses; give a list, one address each:"
+            f" {what}={found!r}"
+        )
+    return found[0] if len(found) == 1 and "@" in found[0] else text
+
+
+def _filter_term(keyword: str, value: object) -> tuple[Term, _Whole | None]:
     name = keyword.rstrip("_").replace("_", "-")
     prefix = PREFIXES.get(name)
     if prefix is None:
@@ -310,6 +441,19 @@ def _filter_term(keyword: str, value: object) -> Term:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise TypeError(f"filter {keyword}= takes a str or an int, got {value!r}")
     text = str(value)
+    whole: str | None = None
+    domain = False
+    if name in _ADDRESS_FIELDS and isinstance(value, str):
+        address = _given_address(keyword, value)
+        if _WHOLE_ADDRESS.fullmatch(address):
+            text, whole = address, _address(address)
+        elif name == "addressed" and _DOMAIN.fullmatch(address):
+            text, whole, domain = address, address.casefold(), True
+    term = _value_term(name, prefix.kind, text)
+    return term, _Whole(term, whole, domain) if whole is not None else None
+
+
+def _value_term(name: str, kind: str, text: str) -> Term:
     if '"' not in text:
         written = f'"{text}"' if _NEEDS_QUOTES.search(text) or not text else text
         (term,) = parse_query(f"{name}:{written}").terms  # (an empty value: QueryError)
@@ -317,10 +461,10 @@ def _filter_term(keyword: str, value: object) -> Term:
     # The query language has no way to write a double quote: the value is checked with each
     # one as a ' instead, then put into the term as given (the store matches it as it is).
     typed = f"{name}:{text}"
-    if prefix.kind not in (*_VERBATIM_KINDS, "header"):
+    if kind not in (*_VERBATIM_KINDS, "header"):
         raise QueryError(f"{typed!r}: {name}: cannot hold a double quote", term=typed)
     (checked,) = parse_query(f'{name}:"{text.replace(chr(34), chr(39))}"').terms
-    if prefix.kind == "header":
+    if kind == "header":
         header, equals, wanted = text.partition("=")
         if '"' in header:
             raise QueryError(f"{typed!r}: header: a header name has no double quote", term=typed)
@@ -330,24 +474,33 @@ def _filter_term(keyword: str, value: object) -> Term:
     return dataclasses.replace(checked, value=text.strip(), typed=typed)
 
 
-def _terms(keyword: str, value: object) -> list[Term]:
+def _terms(keyword: str, value: object) -> list[tuple[Term, _Whole | None]]:
     """A list or tuple of values is one term each (ANDed: `tag=["a", "b"]`)."""
     if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(
+                f"{keyword}=[]: an empty list would match every message; give at least one"
+                " value, or leave the filter out"
+            )
         return [_filter_term(keyword, one) for one in value]
     return [_filter_term(keyword, value)]
 
 
-def _query(query: str | None, filters: Mapping[str, object]) -> Query | None:
-    """The query and the filters, ANDed; None when neither says anything."""
+def _query(query: str | None, filters: Mapping[str, object]) -> _Filter:
+    """The query and the filters, ANDed (a query of None when neither says anything)."""
     if query is not None and not isinstance(query, str):
         raise TypeError(f"the query is a str such as 'to:ann@x.test', got {query!r}")
     parsed = parse_query(query) if query else Query()
     terms = list(parsed.terms)
+    wholes = []
     for keyword, value in filters.items():
-        terms += _terms(keyword, value)
+        for term, whole in _terms(keyword, value):
+            terms.append(term)
+            if whole is not None:
+                wholes.append(whole)
     if not terms:
-        return None
-    return Query(tuple(terms), " ".join(term.typed for term in terms))
+        return _Filter()
+    return _Filter(Query(tuple(terms), " ".join(term.typed for term in terms)), tuple(wholes))
 
 
 # ---- addresses
@@ -439,6 +592,12 @@ def _session_line(session: SessionRecord) -> str:
     if session.helo:
         parts[0] += f" (HELO {_shown(session.helo)})"
     details = [state]
+    if session.message_count:
+        ids = session.message_ids
+        listed = f" ({', '.join(f'#{i}' for i in ids)})" if 0 < len(ids) <= 5 else ""
+        details.append(_plural(session.message_count, "message") + listed)
+    else:
+        details.append("no message")
     if session.last_reply and session.last_reply[:1] in ("4", "5"):  # (else: 221 to QUIT)
         details.append(f"last reply {_shown(_first_line(session.last_reply))}")
     if session.refusals:
@@ -516,7 +675,8 @@ class Mailsink:
 
     `Mailsink.start(directory)` starts a server (its view sees everything and stops it when
     closed); `Mailsink(running)` is a view of a RunningSink started elsewhere (not stopped);
-    `isolate()` a new view that sees only what arrives from then on."""
+    `isolate()` a new view that sees only what arrives from then on. Every view notes the
+    rules in force when it is made, and puts them back so when it is closed."""
 
     def __init__(
         self, running: RunningSink, *, _server: _Server | None = None, _primary: bool = True
@@ -526,8 +686,17 @@ class Mailsink:
         self.running = running
         self._above_message = 0  # the watermarks: this view sees ids above them
         self._above_session = 0
-        self._handles: list[FaultHandle] = []
+        self._handles: list[FaultHandle] = []  # the rules this view added
         self._closed = False
+        self._number = self._server.tick()
+        # The rules in force (name: switched on) when the view was made, put back at its close
+        # (None: made before its server started, with nothing to put back).
+        self._rules_at_start: dict[str, bool] | None = None
+        if running.sink is not None:
+            faults = self._server.faults
+            self._rules_at_start = running.call(
+                lambda: {state.name: state.enabled for state in faults.rules()}
+            )
 
     @classmethod
     def start(cls, directory: str | Path, *, settings: Settings | None = None) -> Mailsink:
@@ -544,7 +713,8 @@ class Mailsink:
 
     def isolate(self) -> Mailsink:
         """A new view of the same server: the mail and sessions that arrive from now on, and
-        fault rules of its own (removed when it is closed). Closing it leaves the server."""
+        fault rules of its own (when it is closed, the rules are put back as they were when it
+        was made). Closing it leaves the server."""
         self._check_open()
         server = self._server
         # Live sessions first: one that ends meanwhile is stored by the time the store is read.
@@ -561,18 +731,47 @@ class Mailsink:
         return view
 
     def close(self) -> None:
-        """Remove this view's fault rules; the view that started the server also stops it."""
+        """Put the fault rules back as they were when this view was made: the run-time rules
+        added since removed (by this view, the HTTP API, `mailsink faults`, Mailpit's chaos),
+        the presets and config rules switched back; not what an older view still open did.
+        The view that started the server also stops it (with a short grace: a session held
+        by a delay fault does not hold the test)."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._handles and self.running.sink is not None:
-                self._remove_handles(self._handles)
+            if self.running.sink is not None and self._rules_at_start is not None:
+                self._restore_rules(self._rules_at_start)
         finally:
             if self._primary:
                 self._server.close_reader()  # (a view still open reopens it if it reads)
             if self._primary and self._server.owned:
-                self.running.stop()
+                self.running.stop(STOP_GRACE)
+
+    def _restore_rules(self, at_start: dict[str, bool]) -> None:
+        server = self._server
+        faults = server.faults
+        # An older view still open (the session's server's) keeps what it did meanwhile.
+        kept = server.older_changes(self)
+
+        def restore() -> dict[str, RuleState]:
+            removed = {}
+            for state in faults.rules():
+                wanted = kept.get(state.name, at_start.get(state.name))
+                if wanted is None:  # added since, not by an older view
+                    if state.origin == "runtime":
+                        faults.remove_rule(state.name)
+                        removed[state.name] = state
+                elif state.enabled != wanted:
+                    faults.set_enabled(state.name, wanted)
+            return removed
+
+        for name, final in self.running.call(restore).items():
+            server.settle(name, final)
+        for handle in self._handles:  # removed by someone else before (by name, over HTTP)
+            if handle._final is None and handle.name not in kept:
+                server.settle(handle.name, _gone(handle.name))
+        self._handles = []
 
     def __enter__(self) -> Mailsink:
         return self
@@ -607,6 +806,12 @@ class Mailsink:
     def url(self) -> str:
         """The HTTP API's base URL, http://127.0.0.1:PORT."""
         return self.running.url
+
+    @property
+    def since(self) -> int:
+        """The view's watermark: it sees the messages with an id above it (0: all). `url` is
+        the whole server's API: `/api/mailsink/wait?since=ID` asks it for this view's mail."""
+        return self._above_message
 
     @property
     def smtp_settings(self) -> dict[str, Any]:
@@ -646,13 +851,17 @@ class Mailsink:
     def _caught(self, records: Iterable[MessageRecord]) -> list[CaughtMessage]:
         return [CaughtMessage(record, self._server) for record in records]
 
-    def _read(self, query: Query | None, limit: int = EVERYTHING) -> list[CaughtMessage]:
-        """This view's messages matching `query`, oldest first (the newest `limit`)."""
+    def _read(
+        self, query: Query | None, limit: int = EVERYTHING, whole: Sequence[_Whole] = ()
+    ) -> list[CaughtMessage]:
+        """This view's messages matching `query`, oldest first (of the newest `limit`), those
+        with the `whole` addresses only."""
         above = self._above_message
         records = self._server.read(
             lambda reader: reader.newest_above(query=query, above=above, limit=limit)
         )
-        return self._caught(reversed(records))
+        found = self._caught(reversed(records))
+        return [m for m in found if all(w.keeps(m) for w in whole)] if whole else found
 
     @property
     def messages(self) -> list[CaughtMessage]:
@@ -695,9 +904,12 @@ class Mailsink:
     def search(self, query: str | None = None, **filters: Any) -> list[CaughtMessage]:
         """The messages matching `query` (the search language of `mailsink list --search`) and
         the filters (`to="ann@x.test"`, `from_=…`, `is_="unread"`: the prefixes as keywords),
-        now, oldest first. Rejected ones only with a `status:` term."""
+        now, oldest first. Rejected ones only with a `status:` term. An address filter given a
+        whole address (`rcpt="ann@x.test"`) matches that address whole, any case; given part of
+        one (`rcpt="@x.test"`), or in the query (`"rcpt:ann@x.test"`), a substring."""
         self._check_open()
-        return self._read(_query(query, filters))
+        wanted = _query(query, filters)
+        return self._read(wanted.query, whole=wanted.whole)
 
     def wait_for(
         self,
@@ -711,30 +923,55 @@ class Mailsink:
         the sink's events. AssertionError on timeout, saying what arrived."""
         __tracebackhide__ = True  # a failure points at the test, not at this method
         self._check_open()
-        parsed = _query(query, filters)
+        filtered = _query(query, filters)
+        parsed = filtered.query
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"count: expected a whole number of messages from 1, got {count!r}")
         _check_timeout(timeout)
-        found = self._until(lambda: self._read(parsed), lambda found: len(found) >= count, timeout)
+        found = self._until(
+            lambda: self._read(parsed, whole=filtered.whole),
+            lambda found: len(found) >= count,
+            timeout,
+        )
         if len(found) >= count:
             return found
         wanted = f"{_plural(count, 'message')}" + (
             f" matching {_shown(describe(parsed))}" if parsed else ""
         )
-        hints = self._envelope_hints(parsed, found)
+        hints = self._envelope_hints(filtered, found)
         raise AssertionError(
             f"timed out after {timeout:g}s waiting for {wanted}: {len(found)} matched"
             f"{_ids(found)}\n{hints}{self.arrivals()}"
         )
 
-    def _envelope_hints(self, query: Query | None, found: list[CaughtMessage]) -> str:
+    async def wait_for_async(
+        self,
+        query: str | None = None,
+        *,
+        count: int = 1,
+        timeout: float = 5.0,
+        **filters: Any,
+    ) -> list[CaughtMessage]:
+        """`wait_for` for an async test (`await mailsink.wait_for_async(...)`): the wait runs
+        on a thread of its own, so the test's event loop, and an app sending from it, runs on
+        meanwhile (`wait_for` there would block the loop, and the mail would never be sent)."""
+        __tracebackhide__ = True  # a failure points at the test, not at this method
+        wait = functools.partial(self.wait_for, query, count=count, timeout=timeout, **filters)
+        return await asyncio.to_thread(wait)
+
+    def _envelope_hints(self, wanted: _Filter, found: list[CaughtMessage]) -> str:
         """to:, cc: and bcc: are the headers: say so when the envelope has the address."""
         hints = []
-        for term in query.terms if query else ():
+        wholes = {id(whole.term): whole for whole in wanted.whole}
+        for term in wanted.query.terms if wanted.query else ():
             if term.prefix in ("to", "cc", "bcc") and not term.negated:
                 envelope = Term("rcpt", "text", term.value, typed=f"rcpt:{term.value}")
+                whole = wholes.get(id(term))
+                exact = [_Whole(envelope, whole.value)] if whole is not None else []
                 matched = {m.id for m in found}
-                others = [m for m in self._read(Query((envelope,))) if m.id not in matched]
+                others = [
+                    m for m in self._read(Query((envelope,)), whole=exact) if m.id not in matched
+                ]
                 if others:
                     hints.append(
                         f"  note: {term.prefix}: is the header {term.prefix.capitalize()};"
@@ -782,6 +1019,7 @@ class Mailsink:
         envelope recipients (`to`: each one accepted at RCPT TO, whole address, any case),
         envelope sender (`mail_from`; "" is the null sender), header From address (`from_`)
         and subject (equal, or `.search` for a pattern), matching the filters as `search`.
+        An address may be given with a name ("Ann <ann@x.test>"); a list gives several.
         `timeout`: wait up to that long for it to hold (a 250 means the mail is stored, so 0
         is right for a synchronous sender). Returns the matching messages."""
         __tracebackhide__ = True  # a failure points at the test, not at this method
@@ -794,7 +1032,7 @@ class Mailsink:
         _check_timeout(timeout)
 
         def matching() -> list[CaughtMessage]:
-            return [m for m in self._read(wanted.query) if wanted.matches(m)]
+            return [m for m in self._read(wanted.query, whole=wanted.whole) if wanted.matches(m)]
 
         def holds(found: list[CaughtMessage]) -> bool:
             # More than `count` cannot become `count` (mail is not taken back): done, failed.
@@ -822,7 +1060,12 @@ class Mailsink:
         everything = self._read(_with_any_status(wanted.query), limit=CONSIDERED)
         candidates = [message for message in everything if message.id not in matched]
         passing = (
-            {m.id for m in self._read(_with_any_status(wanted.query, keep=True), CONSIDERED)}
+            {
+                m.id
+                for m in self._read(
+                    _with_any_status(wanted.query, keep=True), CONSIDERED, wanted.whole
+                )
+            }
             if wanted.query
             else None
         )
@@ -876,7 +1119,8 @@ class Mailsink:
     def arrivals(self) -> str:
         """What arrived in this view, for a developer whose test just failed: the newest
         messages (envelope, headers, refusals, rejections, findings) oldest first, then the
-        sessions that delivered nothing; every piece of untrusted text made visible."""
+        sessions that delivered nothing or met a refusal or a fault (the app that got 452 at
+        RCPT, sent RSET and tried again); every piece of untrusted text made visible."""
         self._check_open()
         above = self._above_message
         everything = Query((_ANY_STATUS,), _ANY_STATUS.typed)
@@ -887,22 +1131,25 @@ class Mailsink:
 
         total, records = self._server.read(newest)
         messages = self._caught(reversed(records))
-        idle = [s for s in self._sessions() if not s.message_count]
-        if not messages and not idle:
+        noted = [s for s in self._sessions() if not s.message_count or s.refusals or s.faults]
+        if not messages and not noted:
             return "(nothing arrived)"
         rejected = sum(message.status != "accepted" for message in messages)
         summary = _plural(total, "message") + (f" ({rejected} rejected)" if rejected else "")
+        idle = sum(not session.message_count for session in noted)
         if idle:
-            summary += f", {_plural(len(idle), 'session')} that delivered nothing"
+            summary += f", {_plural(idle, 'session')} that delivered nothing"
+        if len(noted) > idle:
+            summary += f", {_plural(len(noted) - idle, 'session')} with refusals or faults"
         lines = [f"arrived: {summary}"]
         for message in messages:
             lines += [f"  {line}" for line in _message_lines(message)]
         if total > len(messages):
             lines.append(f"  … and {total - len(messages)} more, older")
-        for session in idle[-LISTED:]:
+        for session in noted[-LISTED:]:
             lines.append(f"  {_session_line(session)}")
-        if len(idle) > LISTED:
-            lines.append(f"  … and {len(idle) - LISTED} more sessions, older")
+        if len(noted) > LISTED:
+            lines.append(f"  … and {len(noted) - LISTED} more sessions, older")
         return "\n".join(lines)
 
     # ---- faults
@@ -922,6 +1169,7 @@ class Mailsink:
             raise _named_rule_error(error) from None
         handle = FaultHandle(self, state.name)
         self._handles.append(handle)
+        server.changed(state.name, self, state.enabled)
         return handle
 
     def fault(self, rule: Mapping[str, Any] | None = None, /, **keys: Any) -> FaultHandle:
@@ -930,47 +1178,58 @@ class Mailsink:
         return self.add_fault(rule, **keys)
 
     def remove_fault(self, rule: FaultHandle | str) -> None:
-        """Remove a run-time rule, by handle or name. LookupError when no rule has that name;
-        RuleError for a preset's or the config file's (switch those off instead)."""
+        """Remove a run-time rule, by handle or name (every handle of it keeps its last state).
+        LookupError when no rule has that name; RuleError for a preset's or the config
+        file's (switch those off instead)."""
         self._check_open()
         if isinstance(rule, FaultHandle):
-            self._remove_handles([rule])
+            rule.remove()
             return
-        mine = [handle for handle in self._handles if handle.name == rule]
-        if mine:
-            self._remove_handles(mine)
-            return
-        server = self._server
-        try:
-            server.running.call(server.faults.remove_rule, rule)
-        except KeyError:
-            raise LookupError(f"no fault rule {rule!r} in force") from None
-        except RuleError as error:
-            raise _named_rule_error(error) from None
+        handled = any(True for _handle in self._server._handles.get(rule, ()))
+        if not self._remove_rules([rule]) and not handled:  # (handled: removed over HTTP)
+            raise LookupError(f"no fault rule {rule!r} in force")
 
-    def _remove_handles(self, handles: Sequence[FaultHandle]) -> None:
-        """Remove the rules of `handles` still in force, each one's last state kept, in one
-        call on the server's loop."""
-        pending = [handle for handle in handles if not handle.removed]
-        if not pending:
-            return
+    def _remove_rules(self, names: Sequence[str]) -> dict[str, RuleState]:
+        """Remove the rules `names` still in force, in one call on the server's loop; every
+        handle of each keeps its last state (a rule already gone: nothing known). Returns the
+        states of those removed."""
         faults = self._server.faults
 
-        def remove() -> list[RuleState | None]:
-            finals: list[RuleState | None] = []
-            for handle in pending:
+        def remove() -> dict[str, RuleState]:
+            finals = {}
+            for name in names:
                 try:
-                    state = faults.rule(handle.name)
-                    faults.remove_rule(handle.name)
+                    state = faults.rule(name)
                 except KeyError:  # removed by someone else (by name, or the HTTP API)
-                    state = None
-                finals.append(state)
+                    continue
+                faults.remove_rule(name)  # (RuleError: a preset's or the config's)
+                finals[name] = state
             return finals
 
-        for handle, state in zip(pending, self.running.call(remove), strict=True):
-            handle._final = state or _gone(handle.name)
-        for owner in {handle._mailsink for handle in pending}:
-            owner._handles = [h for h in owner._handles if not h.removed]
+        try:
+            finals = self.running.call(remove)
+        except RuleError as error:
+            raise _named_rule_error(error) from None
+        server = self._server
+        views = {h._mailsink for name in names for h in server._handles.get(name, ())}
+        for name in names:
+            server.settle(name, finals.get(name) or _gone(name))
+        for view in views:
+            view._handles = [h for h in view._handles if not h.removed]
+        return finals
+
+    def rule(self, name: str) -> FaultHandle:
+        """A handle on any rule in force by name: a preset (`preset: 452 4.3.1 no storage`), the
+        config file's, or a run-time one (added over HTTP, say). `disable()` / `enable()`
+        switch it (put back when this view closes); in a `with` block, its switch is put back
+        at the end (a run-time rule is removed). LookupError naming the rules in force."""
+        self._check_open()
+        states = self.faults
+        state = next((state for state in states if state.name == name), None)
+        if state is None:
+            names = ", ".join(_shown(state.name) for state in states)
+            raise LookupError(f"no fault rule {_shown(name)} in force; the rules in force: {names}")
+        return FaultHandle(self, name, origin=state.origin)
 
     def reset_faults(self) -> None:
         """Zero every rule's hits, `times` budgets and rate windows (the rules stay)."""
@@ -1003,8 +1262,15 @@ def _gone(name: str) -> RuleState:
 
 
 def _check_timeout(timeout: float) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValueError(f"timeout: expected seconds, 0 or more, got {timeout!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 <= timeout <= MAX_TIMEOUT
+    ):
+        raise ValueError(
+            f"timeout: expected seconds from 0 to {MAX_TIMEOUT:g} (a day), got {timeout!r}"
+        )
 
 
 def _ids(found: Sequence[CaughtMessage]) -> str:
@@ -1029,6 +1295,7 @@ class _Wanted:
     from_: str | None
     subject: str | re.Pattern[str] | None
     query: Query | None
+    whole: tuple[_Whole, ...]
 
     @classmethod
     def make(
@@ -1037,9 +1304,11 @@ class _Wanted:
         mail_from: str | None,
         from_: str | None,
         subject: str | re.Pattern[str] | None,
-        query: Query | None,
+        filters: _Filter,
     ) -> _Wanted:
         recipients = [to] if isinstance(to, str) else list(to or ())
+        if to is not None and not isinstance(to, str) and not recipients:
+            raise ValueError("to=[]: an empty list asks for no recipient; leave `to` out")
         for value, name in ((mail_from, "mail_from"), (from_, "from_")):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name}: expected an address (str), got {value!r}")
@@ -1047,13 +1316,21 @@ class _Wanted:
             raise TypeError(f"to: expected addresses (str), got {to!r}")
         if subject is not None and not isinstance(subject, str | re.Pattern):
             raise TypeError(f"subject: expected a str or a re.Pattern, got {subject!r}")
+        if isinstance(subject, re.Pattern) and not isinstance(subject.pattern, str):
+            raise TypeError(
+                f"subject: {subject!r} is a bytes pattern, and a subject is text: use"
+                f" re.compile({subject.pattern.decode(errors='replace')!r})"
+            )
+        addresses = [_given_address("to", address) for address in recipients]
+        sender = _given_address("mail_from", mail_from) if mail_from is not None else None
         return cls(
-            to=tuple(_address(a) for a in recipients),
-            shown_to=tuple(a.strip() for a in recipients),
-            mail_from=mail_from,
-            from_=from_,
+            to=tuple(_address(a) for a in addresses),
+            shown_to=tuple(addresses),
+            mail_from=(sender if _address(sender) else "") if sender is not None else None,
+            from_=_given_address("from_", from_) if from_ is not None else None,
             subject=subject,
-            query=query,
+            query=filters.query,
+            whole=filters.whole,
         )
 
     def describe(self) -> str:

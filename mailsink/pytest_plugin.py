@@ -31,7 +31,7 @@ SECTION = "mailsink"
 _SETTINGS = pytest.StashKey["Settings | None"]()
 # The session's server, once a test has asked for `mailsink_server`.
 _SERVER = pytest.StashKey["Mailsink"]()
-# The `mailsink` view a test used (kept on its item for the failure report).
+# The `mailsink` view a test used, kept on its item for the failure report until its teardown.
 _VIEW = pytest.StashKey["Mailsink"]()
 
 _SHARED_MARK = "mailsink"
@@ -226,8 +226,14 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Result[pytest.TestReport], None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    if not report.failed or call.when == "teardown":
+    if call.when == "teardown":
+        # The view is closed and its reports are made: let it go (with its RunningSink and its
+        # loop), as the session keeps every item to its end.
+        if _VIEW in item.stash:
+            del item.stash[_VIEW]
         return  # at teardown the servers are stopped; a failed call has been reported already
+    if not report.failed:
+        return
     if "mailsink.harness" not in sys.modules:
         return  # no test has started a mailsink server
     views = _views_used(item)

@@ -3,6 +3,7 @@ urllib), directly (the pytest plugin's own tests run it through pytester)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -13,17 +14,19 @@ import ssl
 import threading
 import time
 import unittest
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import RawClient
+from conftest import RawClient, run_cli
 
 import mailsink.harness as harness
 from mailsink.config import HttpSettings, Settings, SmtpSettings, TlsSettings, load
 from mailsink.errors import QueryError, RuleError
+from mailsink.events import FaultFired
 from mailsink.harness import CaughtMessage, FaultHandle, Mailsink, MailsinkTestCase
 from mailsink.store import SessionRecord
 from mailsink.testing import RunningSink
@@ -77,6 +80,18 @@ def failure(call, *args, **kwargs) -> str:
     with pytest.raises(AssertionError) as caught:
         call(*args, **kwargs)
     return str(caught.value)
+
+
+def http_json(method: str, url: str, body: object) -> object:
+    """One JSON request to the server's HTTP API (as a Mailpit client or `mailsink faults`)."""
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
 
 
 # ---- public names
@@ -190,6 +205,24 @@ def test_a_view_of_a_running_sink_started_elsewhere_leaves_it_running(tmp_path):
         send(view)  # still listening
         with running.reader() as reader:
             assert len(reader.list_messages()) == 2
+
+
+def test_closing_does_not_wait_for_a_session_held_in_a_data_delay(tmp_path):
+    view = Mailsink.start(tmp_path / "m")
+    view.add_fault(stage="data", action="delay", delay="30s")
+    raw = RawClient(view.host, view.port)
+    try:
+        with view.running.events(FaultFired) as fired:
+            for line in ("HELO app.test", "MAIL FROM:<app@x.test>", "RCPT TO:<ann@x.test>", "DATA"):
+                raw.command(line)
+            raw.send(mail() + b".\r\n")  # the reply is held for 30 s
+            fired.until(FaultFired, timeout=10)
+        started = time.monotonic()
+        view.close()
+        # The server's default grace is 10 s: a test's server has nobody left to wait for.
+        assert time.monotonic() - started < 2
+    finally:
+        raw.close()
 
 
 # ---- messages, rejected, sessions; CaughtMessage
@@ -311,7 +344,7 @@ def test_search_takes_the_query_language_and_filters_anded(mailsink):
     assert mailsink.search(has="attachment") == []
     first = mailsink.messages[0]
     assert subjects(mailsink.search(session=first.session_id)) == ["Welcome Ann"]  # an int
-    assert subjects(mailsink.search(tag=[], subject=["Welcome", "Bob"])) == ["Welcome Bob"]
+    assert subjects(mailsink.search(subject=["Welcome", "Bob"])) == ["Welcome Bob"]
 
 
 @pytest.mark.parametrize(
@@ -366,6 +399,63 @@ def test_rejected_messages_are_searched_only_with_a_status_term(mailsink):
     assert mailsink.search(subject="bad") == []
     assert [m.status for m in mailsink.search("status:rejected", subject="bad")] == ["rejected"]
     assert len(mailsink.search(status="any")) == 1
+
+
+def send_as(view: Mailsink, mail_from: str, rcpt: str, headers: str, subject: str) -> None:
+    with smtplib.SMTP(**view.smtp_settings, timeout=10) as client:
+        client.sendmail(mail_from, [rcpt], f"{headers}Subject: {subject}\r\n\r\nx\r\n".encode())
+
+
+def test_an_address_filter_given_a_whole_address_matches_it_whole(mailsink):
+    send_as(
+        mailsink,
+        "app@x.test",
+        "Ann@X.test",
+        "From: App <app@x.test>\r\nTo: Ann <ANN@x.test>\r\nCc: bob@x.test\r\n"
+        "Reply-To: support@x.test\r\n",
+        "ann",
+    )
+    send_as(
+        mailsink,
+        "bounce-app@x.test",
+        "joann@x.test.evil",
+        "From: app@x.test.evil\r\nTo: joann@x.test.evil\r\nCc: jimbob@x.test.evil\r\n"
+        "Reply-To: tech-support@x.test.evil\r\n",
+        "joann",
+    )
+    subjects = lambda **filters: [m.subject for m in mailsink.search(**filters)]  # noqa: E731
+    for value in ("ann@x.test", "ANN@x.TEST", "<ann@x.test>", "Ann <ann@x.test>"):
+        assert subjects(rcpt=value) == ["ann"], value
+        assert subjects(to=value) == ["ann"], value
+        assert subjects(addressed=value) == ["ann"], value
+    assert subjects(from_="app@x.test") == ["ann"]
+    assert subjects(mailfrom="app@x.test") == ["ann"]
+    assert subjects(cc="bob@x.test") == ["ann"]
+    assert subjects(reply_to='"Support" <support@x.test>') == ["ann"]
+    assert subjects(addressed="x.test") == ["ann"]  # addressed=: a domain is one whole too
+    assert subjects(bcc="ann@x.test") == []
+    assert [m.subject for m in mailsink.wait_for(rcpt="ann@x.test", timeout=0)] == ["ann"]
+    # Part of an address, or the query language: substrings, as `mailsink list --search`.
+    assert subjects(rcpt="@x.test") == ["ann", "joann"]
+    assert subjects(rcpt="ann") == ["ann", "joann"]
+    assert subjects(addressed="@x.test") == ["ann", "joann"]
+    assert [m.subject for m in mailsink.search("rcpt:ann@x.test")] == ["ann", "joann"]
+    with pytest.raises(TypeError) as caught:
+        mailsink.search(rcpt="ann@x.test, bob@x.test")
+    assert str(caught.value) == (
+        "rcpt: 'ann@x.test, bob@x.test' holds 2 addresses; give a list, one address each:"
+        " rcpt=['ann@x.test', 'bob@x.test']"
+    )
+    assert subjects(to=["ann@x.test", "Ann <ANN@x.test>"]) == ["ann"]
+
+
+def test_a_filter_refuses_an_empty_list(mailsink):
+    with pytest.raises(ValueError, match=r"^tag=\[\]: an empty list would match every message"):
+        mailsink.search(tag=[])
+    with pytest.raises(ValueError, match=r"^rcpt=\[\]"):
+        mailsink.wait_for(rcpt=(), timeout=0)
+    with pytest.raises(ValueError, match=r"^to=\[\]"):
+        mailsink.assert_sent(to=[])
 
 
 # ---- wait_for
@@ -440,6 +530,58 @@ def test_wait_for_checks_its_arguments(mailsink):
         mailsink.wait_for(timeout=-1)
     with pytest.raises(TypeError, match="unknown filter 'too'"):
         mailsink.wait_for(too="ann@x.test")
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 1e12, 86400.5])
+def test_a_timeout_past_a_day_or_not_finite_is_refused(mailsink, timeout):
+    expected = r"^timeout: expected seconds from 0 to 86400 \(a day\), got "
+    with pytest.raises(ValueError, match=expected):
+        mailsink.wait_for(timeout=timeout)
+    with pytest.raises(ValueError, match=expected):
+        mailsink.assert_sent(timeout=timeout)
+
+
+def test_a_days_timeout_is_taken(mailsink):
+    send(mailsink)
+    assert len(mailsink.wait_for(timeout=86400)) == 1  # there already: no wait
+    assert len(mailsink.assert_sent(to="ann@x.test", timeout=86400)) == 1
+
+
+async def send_from_the_loop(view: Mailsink, subject: str) -> None:
+    """An async app's mailer (aiosmtplib-style): SMTP on the caller's event loop."""
+    reader, writer = await asyncio.open_connection(view.host, view.port)
+
+    async def command(line: bytes) -> bytes:
+        if line:
+            writer.write(line + b"\r\n")
+            await writer.drain()
+        while True:
+            reply = await reader.readline()
+            if reply[3:4] != b"-":
+                return reply
+
+    await command(b"")
+    for line in (b"EHLO app.test", b"MAIL FROM:<app@x.test>", b"RCPT TO:<ann@x.test>", b"DATA"):
+        await command(line)
+    assert (await command(mail(subject=subject) + b".")).startswith(b"250")
+    await command(b"QUIT")
+    writer.close()
+    await writer.wait_closed()
+
+
+def test_wait_for_async_lets_the_tests_own_loop_send_the_mail(mailsink):
+    async def the_test() -> list[CaughtMessage]:
+        # The app sends from the test's loop, after the wait has begun: wait_for would block
+        # the loop, and the mail would never be sent.
+        sending = asyncio.get_running_loop().create_task(send_from_the_loop(mailsink, "async"))
+        found = await mailsink.wait_for_async(subject="async", timeout=10)
+        await sending
+        with pytest.raises(AssertionError, match="waiting for 1 message matching 'subject:x'"):
+            await mailsink.wait_for_async(subject="x", timeout=0.05)
+        return found
+
+    (found,) = asyncio.run(the_test())
+    assert found.subject == "async"
 
 
 # ---- assert_sent
@@ -570,6 +712,29 @@ def test_assert_sent_checks_its_arguments(mailsink):
         mailsink.assert_sent(count=-1)
     with pytest.raises(TypeError, match="unknown filter 'sender'"):
         mailsink.assert_sent(sender="x")
+    with pytest.raises(TypeError) as caught:
+        mailsink.assert_sent(subject=re.compile(b"^Welcome"))
+    assert str(caught.value) == (
+        "subject: re.compile(b'^Welcome') is a bytes pattern, and a subject is text: use"
+        " re.compile('^Welcome')"
+    )
+
+
+def test_assert_sent_takes_addresses_with_names_and_refuses_two_in_one_string(mailsink):
+    send(mailsink, ["ann@x.test", "bob@x.test"], mail(sender="App <app@x.test>"))
+    mailsink.assert_sent(to="Ann <ann@x.test>", from_="The App <APP@x.test>", count=1)
+    mailsink.assert_sent(to=['"Doe, Ann" <ann@x.test>', "<bob@x.test>"], mail_from="<app@x.test>")
+    text = failure(mailsink.assert_sent, to="Joann <joann@x.test>")
+    assert text.startswith("no message to joann@x.test (envelope)")
+    for keyword in ("to", "from_", "mail_from"):
+        with pytest.raises(TypeError) as caught:
+            mailsink.assert_sent(**{keyword: "ann@x.test, Bob <bob@x.test>"})
+        assert str(caught.value) == (
+            f"{keyword}: 'ann@x.test, Bob <bob@x.test>' holds 2 addresses; give a list, one"
+            f" address each: {keyword}=['ann@x.test', 'bob@x.test']"
+        )
+    send(mailsink, "zoe@x.test", mail(), mail_from="")
+    mailsink.assert_sent(mail_from="<>", to="zoe@x.test")  # the null sender, as SMTP writes it
 
 
 # ---- findings
@@ -619,6 +784,7 @@ def test_clear_deletes_everything_and_views_stay_valid(mailsink):
 def test_isolated_views_see_only_their_own_mail_sessions_and_faults(mailsink):
     send(mailsink, "before@x.test")
     first = mailsink.isolate()
+    assert mailsink.since == 0 and first.since == mailsink.messages[0].id  # the watermark
     rule = first.add_fault(name="first's", stage="rcpt", reply="450 4.2.0 Later")
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         send(first, "one@x.test")
@@ -753,6 +919,95 @@ def test_closing_a_view_removes_its_rules_and_keeps_their_counts(mailsink):
     assert [r.name for r in mailsink.faults if r.origin == "runtime"] == []
 
 
+def test_a_rule_removed_by_name_through_another_view_keeps_its_final_state(mailsink):
+    view = mailsink.isolate()
+    rule = view.add_fault(name="v1", stage="mail", reply="451 4.3.0 Later")
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        send(view)
+    mailsink.remove_fault("v1")
+    assert rule.removed and rule.hits == 1
+    view.close()
+    assert rule.hits == 1
+
+
+FAULTS_CONFIG = (
+    '[[fault]]\nname = "cfg"\nstage = "rcpt"\nreply = "550 5.7.1 Blocked"\n'
+    'match = { recipient = "blocked@*" }\n'
+)
+NO_STORAGE = "preset: 452 4.3.1 no storage"
+
+
+@pytest.fixture
+def configured(tmp_path: Path) -> Iterator[Mailsink]:
+    (tmp_path / "faults.toml").write_text(FAULTS_CONFIG)
+    with Mailsink.start(tmp_path / "m", settings=load(tmp_path / "faults.toml")) as view:
+        yield view
+
+
+def switches(view: Mailsink) -> list[tuple[str, bool]]:
+    return [(rule.name, rule.enabled) for rule in view.faults]
+
+
+def test_closing_a_view_puts_back_the_rules_whoever_changed_them(configured):
+    configured.add_fault(name="earlier", stage="mail", reply="450 x", match={"sender": "e@*"})
+    before = switches(configured)
+    view = configured.isolate()
+    faults = view.url + "/api/mailsink/faults"
+    http_json("PUT", f"{faults}/earlier", {"enabled": False})  # an older view's rule
+    http_json("POST", faults, {"name": "over http", "stage": "rcpt", "reply": "452 4.2.2 Full"})
+    http_json("PUT", f"{faults}/{urllib.parse.quote(NO_STORAGE)}", {"enabled": True})
+    http_json("PUT", f"{faults}/cfg", {"enabled": False})
+    http_json("PUT", view.url + "/api/v1/chaos", {"Sender": {"ErrorCode": 451, "Probability": 100}})
+    added = run_cli(
+        "faults", "add", "--url", view.url, "--name", "by the cli", "--stage", "helo",
+        "--reply", "421 4.3.2 Bye",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    view.add_fault(name="the view's", stage="data", reply="451 4.3.0 Later")
+    # An older view still open keeps what it does meanwhile (the session's server's own rules).
+    older = configured.add_fault(
+        name="older view's", stage="mail", reply="450 4.7.0 Later", match={"sender": "old@*"}
+    )
+    changed = dict(switches(configured))
+    assert changed[NO_STORAGE] and not changed["cfg"] and not changed["earlier"]
+    assert "mailpit-chaos-sender" in changed
+    assert {"over http", "by the cli", "the view's"} <= set(changed)
+    view.close()
+    assert switches(configured) == [*before, ("older view's", True)]
+    assert older.enabled
+    with pytest.raises(smtplib.SMTPRecipientsRefused, match="Blocked"):
+        send(configured, "blocked@x.test")  # cfg is on again
+
+
+def test_rule_gives_a_handle_on_any_rule_in_force(configured):
+    view = configured.isolate()
+    blocked = view.rule("cfg")
+    assert blocked.enabled and blocked.hits == 0
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(view, "blocked@x.test")
+    assert blocked.hits == 1
+    blocked.disable()
+    send(view, "blocked@x.test")
+    storage = view.rule(NO_STORAGE)
+    storage.enable()
+    with pytest.raises(smtplib.SMTPDataError, match=r"4\.3\.1"):
+        send(view)
+    with pytest.raises(RuleError, match=r"^name: 'cfg' comes from the config file"):
+        blocked.remove()
+    with pytest.raises(LookupError) as caught:
+        view.rule("nope")
+    assert str(caught.value).startswith(
+        "no fault rule 'nope' in force; the rules in force: 'preset: 530 auth required', "
+    )
+    assert str(caught.value).endswith(f"'{NO_STORAGE}', 'preset: 421 closing, disconnect', 'cfg'")
+    view.close()  # its switches put back
+    assert ("cfg", True) in switches(configured) and (NO_STORAGE, False) in switches(configured)
+    with configured.rule("cfg") as block:  # a block puts its switch back too
+        block.disable()
+        send(configured, "blocked@x.test")
+    assert block.enabled
+
+
 # ---- the arrival listing
 
 
@@ -776,9 +1031,12 @@ def test_arrivals_show_envelope_headers_refusals_rejections_findings_and_idle_se
     ):
         send(mailsink)
     accepted, rejected = mailsink.search(status="any")
-    idle = mailsink.sessions[-1]
+    refused, faulted, idle = mailsink.sessions
     lines = mailsink.arrivals().splitlines()
-    assert lines[0] == "arrived: 2 messages (1 rejected), 1 session that delivered nothing"
+    assert lines[0] == (
+        "arrived: 2 messages (1 rejected), 1 session that delivered nothing,"
+        " 2 sessions with refusals or faults"
+    )
     assert lines[1] == (
         f"  #{accepted.id} accepted  MAIL FROM:<app@x.test>"
         " RCPT TO:<ann@x.test>,<audit@x.test>  From: app@x.test  To: ann@x.test"
@@ -789,12 +1047,36 @@ def test_arrivals_show_envelope_headers_refusals_rejections_findings_and_idle_se
     assert lines[4].startswith(f"  #{rejected.id} rejected  MAIL FROM:<app@x.test>")
     assert lines[4].endswith("Subject: 'reject ␛[2J me'")
     assert lines[5] == "      rejected at DATA: 554 5.6.0 Bad (rule 'y')"
-    assert lines[6].startswith(f"  session #{idle.id} from 127.0.0.1:")
-    assert "ended 'quit'" in lines[6] or "still connected" in lines[6]
-    assert "1 refused, last: 'mail FROM:<app@x.test>" in lines[6]
-    assert "452 4.3.1 Busy" in lines[6] and lines[6].endswith("1 fault")
-    assert len(lines) == 7
+    # Sessions that delivered but met a refusal or a fault are listed too, with the last one.
+    assert lines[6].startswith(f"  session #{refused.id} from 127.0.0.1:")
+    assert lines[6].endswith(
+        f" 1 message (#{accepted.id}), 1 refused, last: 'rcpt TO:<bob@x.test>: 550 5.7.1 Nope',"
+        " 1 fault"
+    )
+    assert lines[7].startswith(f"  session #{faulted.id} from 127.0.0.1:")
+    assert f"1 message (#{rejected.id}), 1 refused, last: 'end of DATA: 554 5.6.0 Bad'" in lines[7]
+    assert lines[8].startswith(f"  session #{idle.id} from 127.0.0.1:")
+    assert "ended 'quit'" in lines[8] or "still connected" in lines[8]
+    assert "no message, 1 refused, last: 'mail FROM:<app@x.test>" in lines[8]
+    assert "452 4.3.1 Busy" in lines[8] and lines[8].endswith("1 fault")
+    assert len(lines) == 9
     assert "\x1b" not in "\n".join(lines)
+
+
+def test_arrivals_list_a_session_that_was_refused_then_delivered(mailsink):
+    mailsink.add_fault(name="full", stage="rcpt", reply="452 4.2.2 Mailbox full", times=1)
+    with smtplib.SMTP(**mailsink.smtp_settings, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("app@x.test", ["ann@x.test"], mail())  # smtplib sends RSET
+        client.sendmail("app@x.test", ["ann@x.test"], mail())  # the app's retry
+    ((message,), (session,)) = mailsink.messages, mailsink.sessions
+    lines = mailsink.arrivals().splitlines()
+    assert lines[0] == "arrived: 1 message, 1 session with refusals or faults"
+    assert lines[-1].startswith(f"  session #{session.id} from 127.0.0.1:")
+    assert lines[-1].endswith(
+        f" 1 message (#{message.id}), 1 refused, last: 'rcpt TO:<ann@x.test>: 452 4.2.2"
+        " Mailbox full', 1 fault"
+    )
 
 
 def test_arrivals_list_the_newest_twenty_then_say_how_many_more(mailsink):

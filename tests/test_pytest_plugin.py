@@ -307,6 +307,23 @@ def test_shared_views_of_the_session_server_see_only_their_own_mail(
             send(mailsink, subject="accepted again")
             mailsink.assert_sent(subject="accepted again", count=1)
 
+        def test_rules_switched_over_http(mailsink):
+            def call(method, path, body):
+                request = urllib.request.Request(
+                    mailsink.url + path, method=method, data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(request, timeout=10).close()
+
+            call("POST", "/api/mailsink/faults", {"name": "over http", "stage": "rcpt",
+                                                  "reply": "452 4.2.2 Mailbox full"})
+            call("PUT", "/api/v1/chaos", {"Sender": {"ErrorCode": 451, "Probability": 100}})
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                send(mailsink)
+
+        def test_rules_switched_over_http_gone_after_their_test(mailsink, mailsink_server):
+            assert runtime_rules(mailsink_server) == []
+            send(mailsink)
+
         class TestOwnServer:
             pytestmark = pytest.mark.mailsink(shared=False)
 
@@ -317,7 +334,40 @@ def test_shared_views_of_the_session_server_see_only_their_own_mail(
                 assert "own" not in [m.subject for m in mailsink_server.messages]
         """,
     )
-    pytester.runpytest_inprocess("--strict-markers").assert_outcomes(passed=5)
+    pytester.runpytest_inprocess("--strict-markers").assert_outcomes(passed=7)
+
+
+def test_no_view_or_server_of_a_test_outlives_it(pytester: pytest.Pytester) -> None:
+    make_test_file(
+        pytester,
+        """
+        import gc
+        import weakref
+
+        views, servers = [], []
+
+        @pytest.mark.parametrize("number", range(3))
+        def test_own_server(mailsink, number):
+            views.append(weakref.ref(mailsink))
+            servers.append(weakref.ref(mailsink.running))
+            send(mailsink)
+            assert len(mailsink.messages) == 1
+
+        @pytest.mark.parametrize("number", range(2))
+        @pytest.mark.mailsink(shared=True)
+        def test_shared_view(mailsink, number):
+            views.append(weakref.ref(mailsink))
+            send(mailsink)
+            assert len(mailsink.messages) == 1
+
+        def test_none_left(mailsink_server):
+            gc.collect()
+            assert len(views) == 5 and len(servers) == 3
+            assert [ref for ref in views + servers if ref() is not None] == []
+            assert mailsink_server.running.sink is not None  # the session's stays
+        """,
+    )
+    pytester.runpytest_inprocess().assert_outcomes(passed=6)
 
 
 def test_two_tests_with_their_own_servers_do_not_meet(pytester: pytest.Pytester) -> None:
