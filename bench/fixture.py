@@ -10,7 +10,8 @@ directory reads every test's setup and teardown durations from pytest's own repo
 (`pytest_runtest_logreport`); the first test of each run is left out (it imports the servers'
 code, and starts mailsink's spawn helper or makes smtpdfix's certificate). Prints p50 / p95 /
 max of setup + teardown per test for each fixture, and the ratio of the p50s. Then the
-in-process figures of the RunningSink underneath (start and stop apart, no pytest).
+in-process figures of the RunningSink underneath (start and stop apart, no pytest); where
+those go, part by part: bench/fixture_parts.py.
 
 Each pytest run loads only the plugin it measures (`-p no:smtpd`, `-p no:mailsink`).
 """

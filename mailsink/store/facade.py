@@ -27,6 +27,7 @@ from mailsink.store.schema import (
     default_path,
     lock_path,
     open_for_writing,
+    remove_stale_copies,
     resolve_path,
     store_error,
 )
@@ -51,9 +52,11 @@ class Store:
             self._temporary = tempfile.TemporaryDirectory(prefix="mailsink-")
             self.path = str(Path(self._temporary.name) / "mailsink.db")
         # The real path: two names for one file (a symlink) are one store.
-        self._lock_file = _lock(os.path.realpath(self.path))  # (creating its directory first)
+        real_path = os.path.realpath(self.path)
+        self._lock_file = _lock(real_path)  # (creating its directory first)
         prepared: sqlite3.Connection | None = None
         try:
+            remove_stale_copies(real_path)  # (under the lock: see there)
             prepared, self._next_session_id, kept = _prepare(self.path, max_messages)
             if any(kept):
                 log.warning("%s", _over_limit(self.path, *kept, max_messages))

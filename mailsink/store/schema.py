@@ -494,8 +494,9 @@ def open_existing(path: str) -> tuple[sqlite3.Connection, int]:
 def open_for_writing(path: str) -> sqlite3.Connection:
     """A connection to the store at `path`, created or migrated to SCHEMA_VERSION and in WAL
     mode: what a server opens before anything is written. The caller closes it."""
-    new = path != MEMORY and not os.path.lexists(path)
-    written = new and _write_new_store(path)
+    # (Only where nothing of an earlier store is left, see _LEFTOVERS; else migrated as before.)
+    bare = path != MEMORY and not any(os.path.lexists(path + end) for end in ("", *_LEFTOVERS))
+    written = bare and _write_new_store(path)
     conn = connect(path)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -512,7 +513,7 @@ def open_for_writing(path: str) -> sqlite3.Connection:
         if missing:
             raise _not_mailsink(path, version, missing)
         _probe(conn, SCHEMA_VERSION)
-        if new and not written and version == 0 and hasattr(conn, "serialize"):
+        if bare and not written and version == 0 and hasattr(conn, "serialize"):
             # (Its pages as SQLite reads them, the log's included: the store as migrate made it.)
             _NEW_STORES.setdefault(fts5_available(), conn.serialize())
     except sqlite3.Error as error:
@@ -531,16 +532,27 @@ def open_for_writing(path: str) -> sqlite3.Connection:
 # suite makes a store per test (issue 16).
 _NEW_STORES: dict[bool, bytes] = {}
 
+# What a store that is gone may leave beside its name: its log and wal-index (its server was
+# killed, then the store removed), a rollback journal (killed while it switched a new store to
+# WAL mode; another program's database). When SQLite makes the file itself, it deletes the log
+# and the journal at its first read (a file without pages has nothing for them to be replayed
+# onto) and rebuilds the wal-index. Written bytes have pages: the log would be replayed onto
+# them (mail the user removed is back, or the store is damaged), and a hot journal too. So a
+# store with any of these beside it is made by SQLite, as every store was before issue 16.
+_LEFTOVERS = ("-wal", "-journal", "-shm")
+
 
 def _write_new_store(path: str) -> bool:
-    """Write the store a migration makes at `path` (which does not exist) from the bytes of
-    the first new store of this process; False when there are none yet or they cannot be
-    written there (SQLite then makes it, and says what is wrong if it cannot either)."""
+    """Write the store a migration makes at `path` (where nothing is) from the bytes of the
+    first new store of this process; False when there are none yet or they cannot be written
+    there (SQLite then makes it, and says what is wrong if it cannot either)."""
     image = _NEW_STORES.get(fts5_available())
     if image is None:
         return False
-    # Whole or not at all: a crash leaves no half-written store, only this file beside it.
-    temporary = f"{path}.{os.getpid()}.new"
+    # Whole or not at all: a crash leaves no half-written store, only this file beside it,
+    # which the next server of the store removes (remove_stale_copies). Named after the real
+    # path, as the lock is: the server that holds it finds the file whatever name it was given.
+    temporary = f"{os.path.realpath(path)}.{os.getpid()}.new"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError:
@@ -562,6 +574,39 @@ def _write_new_store(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_stale_copies(real_path: str) -> None:
+    """Remove what _write_new_store left beside the store at `real_path` in a process that
+    died in it: a half-written file, or (a crash between the link and the unlink) a second
+    name of the store itself, which would keep its disk space once the store is removed.
+    The caller holds the store's lock, so no server of this store writes one now; a file of
+    a process that still runs (another program, a pid used again) is left."""
+    directory, name = os.path.split(real_path)
+    pattern = re.compile(re.escape(name) + r"\.([0-9]{1,10})\.new")
+    try:
+        with os.scandir(directory or ".") as entries:
+            found = [(e.path, int(m[1])) for e in entries if (m := pattern.fullmatch(e.name))]
+        for path, pid in found:
+            if _process_gone(pid) and os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                log.info("removed %s, left by a mailsink that stopped while making it", path)
+    except OSError as error:  # (not worth a server that does not start)
+        log.debug("cannot remove what an earlier start left beside %s: %s", real_path, error)
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # this process, which holds the lock and is not writing one now
+    if not 0 < pid < 2**31:
+        return False  # no process's: not one of these files, whatever its name
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # someone else's process, running
+        return False
+    return False
 
 
 def lock_path(path: str) -> str:
