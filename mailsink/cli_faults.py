@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from mailsink.cli_http import ApiTarget
+    from mailsink.cli_http import ApiTarget, Check
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 URL_VARIABLE = "MAILSINK_URL"
 ROUTE = "/api/mailsink/faults"
+# How long a command waits for the server's whole answer (a mailsink answers at once).
+ANSWER_SECONDS = 10.0
 # Where a server listening on every address is reached from this machine.
 _ANY_ADDRESS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -39,7 +41,8 @@ def api_options(function: F) -> F:
         "--url",
         metavar="URL",
         help="The server's HTTP API: http://HOST:PORT, http://USER:PASSWORD@HOST:PORT for Basic"
-        f" auth [env: {URL_VARIABLE}; default: the config's [http], else"
+        " auth (@ : / ? # % and spaces in them percent-encoded)"
+        f" [env: {URL_VARIABLE}; default: the config's [http], else"
         " http://127.0.0.1:8025].",
     )(function)
 
@@ -56,18 +59,28 @@ class Api:
         self.target = _target(given.get("url"), given.get("config"))
 
     def call(self, method: str, path: str = "", body: Any = None) -> Any:
-        from mailsink.cli import CliError
-        from mailsink.cli_http import ApiFailure, Unreachable
+        import time
 
+        from mailsink.cli import CliError
+        from mailsink.cli_http import ApiFailure, NoAnswer, Unreachable
+
+        deadline = time.monotonic() + ANSWER_SECONDS
         try:
-            return self.target.request(method, ROUTE + path, body=body)[1]
+            return self.target.request(method, ROUTE + path, body=body, deadline=deadline)[1]
         except Unreachable as error:
             raise CliError(
                 f"{self.command}: cannot reach {self.target.base}: {error} (is `mailsink"
                 f" serve` running? --url or {URL_VARIABLE} say where)"
             ) from None
+        except NoAnswer as failure:
+            raise CliError(f"{self.command}: {failure} within {ANSWER_SECONDS:g}s") from None
         except ApiFailure as failure:
             raise CliError(f"{self.command}: {failure}") from None
+
+    def not_mailsink(self, why: str) -> Exception:
+        from mailsink.cli import CliError
+
+        return CliError(f"{self.command}: not a mailsink answer: {why}")
 
     def print(self, data: Any, text: str) -> None:
         from mailsink.output import to_json
@@ -195,28 +208,65 @@ def rules_table(rules: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _listing(data: Any) -> str:
+def _rule_checks() -> dict[str, Check]:
+    """What the commands print of a rule (the API's JSON of it), as a mailsink gives it."""
+    from mailsink.cli_http import FLAG, NUMBER, TABLE, TEXT, TEXT_OR_NULL, WHOLE, WHOLE_OR_NULL
+
+    return {
+        "name": TEXT,
+        "stage": TEXT,
+        "enabled": FLAG,
+        "hits": WHOLE,
+        "last_fired_at": WHOLE_OR_NULL,
+        "source": TEXT,
+        "summary": TEXT_OR_NULL,
+        "action": TEXT,
+        "probability": NUMBER,
+        "times": WHOLE,
+        "rate": TEXT_OR_NULL,
+        "match": TABLE,
+    }
+
+
+# The last millisecond of the year 9999: a firing time past it is no time a clock tells.
+_LAST_TIME_MS = 253_402_300_799_999
+
+
+def _rule_problem(rule: Any) -> str | None:
+    from mailsink.cli_http import shape_problem
+
+    checks = _rule_checks()
+    problem = shape_problem(rule, checks, optional=set(checks) - {"name", "stage"})
+    if problem is None and (rule.get("last_fired_at") or 0) > _LAST_TIME_MS:
+        problem = f"'last_fired_at' is {rule['last_fired_at']}, not a time"
+    return problem
+
+
+def _listing(api: Api, data: Any) -> str:
     from mailsink.text import visible
 
     rules = data.get("rules") if isinstance(data, dict) else None
     if not isinstance(rules, list):
-        from mailsink.cli import CliError
-
-        raise CliError("faults: not a mailsink faults answer (no list of rules)")
-    text = rules_table([rule for rule in rules if isinstance(rule, dict)])
+        raise api.not_mailsink("no list of rules")
+    for number, rule in enumerate(rules, 1):
+        problem = _rule_problem(rule)
+        if problem is not None:
+            raise api.not_mailsink(f"rule {number}: {problem}")
+    text = rules_table(rules)
     notes = []
     if data.get("config"):
         notes.append(f"config: {visible(str(data['config']))}")
     if data.get("seed"):
-        notes.append(f"seed: {data['seed']}")
+        notes.append(f"seed: {visible(str(data['seed']))}")
     return text + ("\n" + "; ".join(notes) if notes else "")
 
 
-def _one_line(rule: Any) -> str:
+def _one_line(api: Api, rule: Any) -> str:
     from mailsink.text import visible
 
-    if not isinstance(rule, dict):
-        return ""
+    problem = _rule_problem(rule)
+    if problem is not None:
+        raise api.not_mailsink(f"the rule: {problem}")
     state = "on" if rule.get("enabled") else "off"
     hits = rule.get("hits", 0)
     return (
@@ -240,7 +290,7 @@ def faults(ctx: click.Context, url: str | None, config: str | None, as_json: boo
     if ctx.invoked_subcommand is None:
         api = Api(ctx, "")
         data = api.call("GET")
-        api.print(data, _listing(data))
+        api.print(data, _listing(api, data))
 
 
 @faults.command("list")
@@ -250,7 +300,7 @@ def list_faults(ctx: click.Context, **_options: Any) -> None:
     """The rules in force with their hits (what bare `mailsink faults` prints)."""
     api = Api(ctx, "list")
     data = api.call("GET")
-    api.print(data, _listing(data))
+    api.print(data, _listing(api, data))
 
 
 def match_value(text: str) -> Any:
@@ -296,12 +346,17 @@ def _add_match(table: dict[str, Any], given: str) -> None:
         if not isinstance(inner, dict):
             raise click.UsageError(f"faults add: --match {given!r}: {part} is not a table")
         match = inner
-    match[path[-1]] = match_value(value)
+    # A header condition's value is a regular expression: text, even when it reads as a number.
+    match[path[-1]] = value if path[0] == "header" else match_value(value)
 
 
 @faults.command("add")
 @click.option("--name", help='Unique; shown in transcripts [default: "run-time rule N"].')
-@click.option("--stage", help="connect | helo | auth | mail | rcpt | data (the end of DATA).")
+@click.option(
+    "--stage",
+    help="connect | helo | auth | mail | rcpt | data (the end of DATA); required unless --rule"
+    " has it.",
+)
 @click.option("--action", help="reply | disconnect | drop | delay [default: reply].")
 @click.option("--reply", help='The reply, e.g. "452 4.2.2 Mailbox full" (code 400-599).')
 @click.option("--delay", help="Wait before acting: 500ms, 2s.")
@@ -315,7 +370,7 @@ def _add_match(table: dict[str, Any], given: str) -> None:
     multiple=True,
     metavar="KEY=VALUE",
     help="A condition (repeatable): recipient=full@*, recipients_over=1, header.Subject=reset;"
-    " the value as TOML when it is one, else as text.",
+    " the value as TOML when it is one, else as text (header.NAME's always as text: a regex).",
 )
 @click.option(
     "--rule",
@@ -342,16 +397,22 @@ def add(
 ) -> None:
     """Add a run-time rule, tried after all others, given as the keys of a [[fault]] table
     (README, Fault rules); prints it as added."""
-    import json
+    import math
+
+    from mailsink.cli_http import strict_json
 
     table: dict[str, Any] = {}
     if rule_json is not None:
         try:
-            table = json.loads(rule_json)
+            table = strict_json(rule_json)  # (no NaN, no infinity, no nesting past the parser)
         except ValueError as error:
-            raise click.UsageError(f"faults add: --rule: not JSON: {error}") from None
+            raise click.UsageError(f"faults add: --rule: {error}") from None
         if not isinstance(table, dict):
             raise click.UsageError("faults add: --rule: expected a JSON object: a [[fault]] table")
+    if probability is not None and not math.isfinite(probability):
+        raise click.UsageError(
+            f"faults add: --probability: {probability} is not a number from 0 to 1"
+        )
     keys = {
         "name": name,
         "stage": stage,
@@ -367,9 +428,14 @@ def add(
         table["enabled"] = False
     for given in matches:
         _add_match(table, given)
+    if "stage" not in table:
+        raise click.UsageError(
+            "faults add: --stage is required (connect, helo, auth, mail, rcpt or data),"
+            ' unless --rule has a "stage"'
+        )
     api = Api(ctx, "add")
     rule = api.call("POST", body=table)
-    api.print(rule, f"added {_one_line(rule)}")
+    api.print(rule, f"added {_one_line(api, rule)}")
 
 
 @faults.command("enable")
@@ -393,7 +459,7 @@ def disable(ctx: click.Context, name: str, **_options: Any) -> None:
 def _switch(ctx: click.Context, command: str, name: str, enabled: bool) -> None:
     api = Api(ctx, command)
     rule = api.call("PUT", _quoted(name), {"enabled": enabled})
-    api.print(rule, _one_line(rule))
+    api.print(rule, _one_line(api, rule))
 
 
 @faults.command("remove")

@@ -1,13 +1,23 @@
 """`mailsink wait`: exit 0 as soon as N messages match a query, printing them as `mailsink list`
 does; exit 1 at the timeout. For shell scripts and the CI of any language.
 
-Two ways to watch, both woken by the server's commits, neither reading the store on a timer:
-- `--url` (or MAILSINK_URL): the HTTP API's `GET /api/mailsink/wait`, asked again while the time
-  left is longer than one request may wait, and while nothing listens yet (`mailsink serve &`
-  then `mailsink wait`: the server may not have bound its port when the wait starts);
+Two ways to watch:
+- `--url` (or MAILSINK_URL): the HTTP API's `GET /api/mailsink/wait`, which the server answers
+  the moment a commit of its own makes enough messages match; asked again while the time left
+  is longer than one request may wait, and while nothing listens yet (`mailsink serve &` then
+  `mailsink wait`: the server may not have bound its port when the wait starts);
 - the store (`--db`, `--config`'s, else the default one `mailsink list` reads): a
-  `Sink.attached` view, whose StoreChanged events say when another process has committed; a
-  store that does not exist yet is waited for.
+  `Sink.attached` view, which reads the store's commit counter (PRAGMA data_version, one
+  integer, no table read) every ATTACHED_POLL_SECONDS (0.1 s) and tells a change as a
+  StoreChanged event; only then is the query run again. A store that does not exist yet is
+  waited for.
+
+The timeout is a hard limit: every request ends by it (a server that takes the request and
+says nothing, or answers a byte at a time, is cut off), but for the last answer, which may come
+up to ANSWER_GRACE_SECONDS after it (the server's own 408 at its timeout, with how many
+matched). Requests are paced: a server that answers at once when asked to wait (a proxy's 502,
+a stopping server's 503, an early 408) is asked again after PACE_SECONDS, doubled after each
+such answer up to PACE_MAX_SECONDS.
 
 `--ready` waits for the server instead of for mail (CI: `mailsink serve &`, then this, then
 the app): over HTTP until the API answers as a mailsink does (it listens once SMTP does); on a
@@ -25,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from mailsink.cli_http import ApiTarget
+    from mailsink.cli_http import ApiTarget, Check
     from mailsink.config import Settings
     from mailsink.query import Query
     from mailsink.store import MessageRecord
@@ -35,11 +45,21 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer
 # they agree. The store mode takes the same count, so a script can switch modes unchanged.
 MAX_COUNT = 1000
 REQUEST_SECONDS = 300.0  # what one request may wait: a longer wait is several, `since` kept
-# How long past the server's own timeout a request may go unanswered before it counts as lost.
-ANSWER_GRACE_SECONDS = 10.0
-# How soon a server that is not listening yet is tried again, and a store not there yet looked
-# for again (as an attached sink looks at the store: sink.ATTACHED_POLL_SECONDS).
+# How long past the deadline the last answer may come (the server's 408 at its own timeout,
+# saying how many matched); then the request is cut off, whatever the server is doing.
+ANSWER_GRACE_SECONDS = 1.0
+# How soon a server that is not listening yet is tried again (a refused connection costs it
+# nothing), and a store not there yet looked for again (as an attached sink looks at the
+# store: sink.ATTACHED_POLL_SECONDS).
 RETRY_SECONDS = 0.1
+# Requests start at least PACE_SECONDS apart; after an answer that came at once when the server
+# was asked to wait (an early 408, or a 502/503/504: a proxy in front, a server stopping), the
+# next waits twice as long as the last such pause, up to PACE_MAX_SECONDS.
+PACE_SECONDS = 0.1
+PACE_MAX_SECONDS = 2.0
+# What a proxy in front of the server, or a server stopping, answers: asked again until the
+# deadline, as a refused connection is.
+PASSING_STATUSES = (502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -114,7 +134,7 @@ class TimedOut(Exception):
     "--url",
     metavar="URL",
     help="Ask this server's HTTP API (http://HOST:PORT, http://USER:PASSWORD@HOST:PORT for"
-    " Basic auth) [env: MAILSINK_URL].",
+    " Basic auth, with @ : / ? # % and spaces in them percent-encoded) [env: MAILSINK_URL].",
 )
 @click.option("--db", help="Watch this store [default: the config's, else user data dir].")
 @click.option(
@@ -165,15 +185,17 @@ def wait(
     parsed = _parsed_query(query)
     wanted = Wanted(query, count, since, _seconds(timeout))
     target = _target(url, source) if url is not None else None
+    settings = _store_settings(config, db) if target is None else None
     progress = Progress()
     records: list[MessageRecord] | None = None
     try:
-        if target is not None:
+        if settings is None:
+            assert target is not None
             summaries = wait_over_http(target, wanted, progress)
+            if not as_json:
+                records = _records(summaries)
         else:
-            records = asyncio.run(
-                wait_in_store(_store_settings(config, db), parsed, wanted, progress)
-            )
+            records = asyncio.run(wait_in_store(settings, parsed, wanted, progress))
             summaries = [record.summary_json() for record in records]
     except TimedOut as timed_out:
         why = timed_out.why or wanted.progress(timed_out.found)
@@ -210,7 +232,8 @@ def _print(
     if as_json:
         click.echo(output.to_json(summaries))
     else:
-        click.echo(output.message_table(records if records is not None else _records(summaries)))
+        assert records is not None
+        click.echo(output.message_table(records))
 
 
 def _parsed_query(text: str) -> Query | None:
@@ -243,9 +266,20 @@ def _target(url: str, source: str) -> ApiTarget:
 
 
 def _store_settings(config: str | None, db: str | None) -> Settings:
+    """The settings whose store is watched; a usage error for a store in memory, which no
+    other process can see."""
     from mailsink.config import Settings, load
+    from mailsink.store import resolve_path
+    from mailsink.store.schema import MEMORY
 
-    return (load(config) if config else Settings()).with_overrides(db=db)
+    settings = (load(config) if config else Settings()).with_overrides(db=db)
+    if resolve_path(settings.storage.path) == MEMORY:
+        given = "--db :memory:" if db is not None else f"{config}: [storage] path = ':memory:'"
+        raise click.UsageError(
+            f"wait: {given} is a store in the serving process's memory, which no other process"
+            " can watch: give the store's file, or ask the server with --url"
+        )
+    return settings
 
 
 # ---- through the HTTP API
@@ -253,11 +287,11 @@ def _store_settings(config: str | None, db: str | None) -> Settings:
 
 def wait_over_http(target: ApiTarget, wanted: Wanted, progress: Progress) -> list[dict[str, Any]]:
     """The summaries (newest first) of the matching messages, as soon as there are enough;
-    TimedOut at the deadline. Refused connections and a server stopping (503) are tried again
-    until then."""
+    TimedOut at the deadline (the last answer cut off ANSWER_GRACE_SECONDS after it). Refused
+    connections, a server stopping or a proxy's 502/504 are tried again until then."""
     import urllib.parse
 
-    from mailsink.cli_http import Unreachable
+    from mailsink.cli_http import ApiFailure, NoAnswer, Unreachable
 
     deadline = time.monotonic() + wanted.seconds
     params: dict[str, Any] = {"count": wanted.count}
@@ -265,82 +299,158 @@ def wait_over_http(target: ApiTarget, wanted: Wanted, progress: Progress) -> lis
         params["query"] = wanted.query
     if wanted.since:
         params["since"] = wanted.since
+    pace = _Pace()
+    why: str | None = None  # what kept the last request from being an answer
     while True:
-        remaining = max(0.0, deadline - time.monotonic())
+        started = time.monotonic()
+        remaining = max(0.0, deadline - started)
         seconds = min(remaining, REQUEST_SECONDS)
         last = seconds >= remaining  # this request's answer is the last word
         ask = urllib.parse.urlencode({**params, "timeout": f"{int(seconds * 1000)}ms"})
+        early = True  # answered at once, although asked to wait: the next request is paced
+        pause = None  # (None: as the pace says)
         try:
             status, data = target.request(
                 "GET",
                 f"/api/mailsink/wait?{ask}",
-                timeout=seconds + ANSWER_GRACE_SECONDS,
-                accept=(200, 408, 503),
+                deadline=started + seconds + ANSWER_GRACE_SECONDS,
+                accept=(200, 408),
             )
         except Unreachable as error:
-            status, data = 0, f"nothing answered at {target.base} ({error})"
-        if status == 200:
-            return _summaries(data)
-        if status == 408:
+            why, pause = f"nothing answered at {target.base} ({error})", RETRY_SECONDS
+        except NoAnswer as error:
+            why = str(error)
+        except ApiFailure as failure:
+            if failure.status == 408:  # (not JSON: a proxy's own)
+                why = f"{target.base} answered HTTP 408 without the messages it found"
+            elif failure.status in PASSING_STATUSES:
+                why = _answered(target, failure)
+            else:
+                raise
+        else:
+            if status == 200:
+                return _summaries(data)
             messages = data.get("messages") if isinstance(data, dict) else None
             if isinstance(messages, list):
-                progress.found = len(messages)
-            if last or time.monotonic() >= deadline:
-                raise TimedOut(progress.found)
-            continue
-        why = data if status == 0 else f"the server at {target.base} is stopping (503)"
-        if time.monotonic() >= deadline:
+                progress.found, why = len(messages), None
+                if last:
+                    raise TimedOut(progress.found)
+                early = time.monotonic() - started < seconds / 2
+            else:  # a 408 that is not mailsink's (a proxy's own)
+                why = f"{target.base} answered HTTP 408 without the messages it found"
+        now = time.monotonic()
+        if now >= deadline:
             raise TimedOut(progress.found, why)
-        time.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
+        if pause is None:
+            pause = pace.after(started, now, early)
+        time.sleep(min(pause, deadline - now))
+
+
+@dataclass
+class _Pace:
+    """How long to wait before the next request (see PACE_SECONDS)."""
+
+    backoff: float = 0.0  # the last pause after an answer at once; 0 after a proper one
+
+    def after(self, started: float, now: float, early: bool) -> float:
+        if not early:
+            self.backoff = 0.0
+            return max(0.0, started + PACE_SECONDS - now)
+        self.backoff = min(PACE_MAX_SECONDS, max(PACE_SECONDS, self.backoff * 2))
+        return self.backoff
+
+
+def _answered(target: ApiTarget, failure: Exception) -> str:
+    """`http://127.0.0.1:8025 answered HTTP 503: the server is stopping …`"""
+    text = str(failure)
+    status = getattr(failure, "status", None)
+    if text.startswith("HTTP ") or status is None:
+        return f"{target.base} answered {text}"
+    return f"{target.base} answered HTTP {status}: {text}"
+
+
+def _summary_checks() -> dict[str, Check]:
+    """What `mailsink list` prints of a summary, as a mailsink gives it."""
+    from mailsink.cli_http import FLAG, TEXT, TEXT_OR_NULL, TEXTS, WHOLE
+
+    return {
+        "id": WHOLE,
+        "received_at": TEXT,
+        "status": TEXT,
+        "reply": TEXT_OR_NULL,
+        "reply_rule": TEXT_OR_NULL,
+        "mail_from": TEXT,
+        "rcpt_to": TEXTS,
+        "from": TEXTS,
+        "to": TEXTS,
+        "subject": TEXT_OR_NULL,
+        "size": WHOLE,
+        "findings": TEXTS,
+        "read": FLAG,
+        "tags": TEXTS,
+    }
 
 
 def _summaries(data: Any) -> list[dict[str, Any]]:
-    from mailsink.cli_http import ApiFailure
+    """The wait's answer, checked to be what a mailsink sends (so that both outputs refuse
+    the same): ApiFailure `not a mailsink answer: …` naming what is not."""
+    from mailsink.cli_http import not_mailsink
 
-    if not isinstance(data, list) or not all(
-        isinstance(item, dict) and isinstance(item.get("id"), int) for item in data
-    ):
-        raise ApiFailure("not a mailsink wait answer (a JSON array of message summaries)")
+    if not isinstance(data, list):
+        raise not_mailsink("expected a JSON array of message summaries")
+    for number, summary in enumerate(data, 1):
+        problem = _summary_problem(summary)
+        if problem is not None:
+            raise not_mailsink(f"message summary {number}: {problem}")
     return data
 
 
-def _records(summaries: list[dict[str, Any]]) -> list[MessageRecord]:
-    """The summaries as the records `mailsink list` prints, so that both modes print alike."""
+def _summary_problem(summary: Any) -> str | None:
+    from mailsink.cli_http import shape_problem
+
+    problem = shape_problem(summary, _summary_checks())
+    if problem is None and _received_ms(summary["received_at"]) is None:
+        problem = f"'received_at' is {summary['received_at'][:40]!r}, not a time"
+    return problem
+
+
+def _received_ms(text: str) -> int | None:
+    """An ISO time as ms since the epoch; None for what is not one (or out of range)."""
     from datetime import datetime
 
-    from mailsink.cli_http import ApiFailure
+    try:
+        return round(datetime.fromisoformat(text).timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _records(summaries: list[dict[str, Any]]) -> list[MessageRecord]:
+    """The (checked) summaries as the records `mailsink list` prints, so that both modes print
+    alike."""
     from mailsink.mail.envelope import Envelope
     from mailsink.store import MessageRecord
 
-    records = []
-    for summary in summaries:
-        try:
-            received = datetime.fromisoformat(summary["received_at"])
-            records.append(
-                MessageRecord(
-                    id=summary["id"],
-                    session_id=0,  # (not in a summary; the table does not show it)
-                    received_at=round(received.timestamp() * 1000),
-                    status=str(summary["status"]),
-                    reply=summary["reply"],
-                    size=int(summary["size"]),
-                    envelope=Envelope(
-                        str(summary["mail_from"]), [str(r) for r in summary["rcpt_to"]]
-                    ),
-                    headers={
-                        "from": [str(a) for a in summary["from"]],
-                        "to": [str(a) for a in summary["to"]],
-                        "subject": summary["subject"] and str(summary["subject"]),
-                    },
-                    findings=[{"kind": str(kind)} for kind in summary["findings"]],
-                    reply_rule=summary["reply_rule"],
-                    seen=bool(summary["read"]),
-                    tags=[str(tag) for tag in summary["tags"]],
-                )
-            )
-        except (KeyError, TypeError, ValueError):
-            raise ApiFailure("not a mailsink wait answer (a message summary lacks a key)") from None
-    return records
+    return [
+        MessageRecord(
+            id=summary["id"],
+            session_id=0,  # (not in a summary; the table does not show it)
+            received_at=_received_ms(summary["received_at"]) or 0,
+            status=summary["status"],
+            reply=summary["reply"],
+            size=summary["size"],
+            envelope=Envelope(summary["mail_from"], list(summary["rcpt_to"])),
+            headers={
+                "from": list(summary["from"]),
+                "to": list(summary["to"]),
+                "subject": summary["subject"],
+            },
+            findings=[{"kind": kind} for kind in summary["findings"]],
+            reply_rule=summary["reply_rule"],
+            seen=summary["read"],
+            tags=list(summary["tags"]),
+        )
+        for summary in summaries
+    ]
 
 
 # ---- watching the store
@@ -396,11 +506,8 @@ def _not_there_yet(path: str) -> str | None:
     Reader to say, at once."""
     import sqlite3
 
-    from mailsink.errors import StoreError
-    from mailsink.store.schema import MEMORY, connect
+    from mailsink.store.schema import connect
 
-    if path == MEMORY:
-        raise StoreError("--db :memory: keeps nothing: there is no store to wait on")
     if not os.path.exists(path):
         return f"no store at {path} (start `mailsink serve` or pass --db)"
     conn = connect(path, must_exist=True)
@@ -452,35 +559,42 @@ class NotReady:
 def ready_over_http(target: ApiTarget, seconds: float, state: NotReady) -> None:
     """Until the API answers as a mailsink (the wait endpoint, told not to wait: one read of
     the newest message id); the HTTP API starts listening once SMTP does. TimedOut at the
-    deadline; ApiFailure for an answer that says this server cannot be used (401, an error
-    status, not mailsink's JSON)."""
-    from mailsink.cli_http import ApiFailure, Unreachable
+    deadline (an answer still coming then is cut off ANSWER_GRACE_SECONDS after it);
+    ApiFailure for an answer that says this server cannot be used (401, an error status, not
+    mailsink's JSON). A server stopping or a proxy's 502/504 are asked again."""
+    from mailsink.cli_http import ApiFailure, NoAnswer, Unreachable, not_mailsink
 
     deadline = time.monotonic() + seconds
+    pace = _Pace()
     while True:
-        remaining = max(0.0, deadline - time.monotonic())
+        started = time.monotonic()
+        passing = False
         try:
             status, data = target.request(
                 "GET",
                 "/api/mailsink/wait?timeout=0",
-                # The answer is at once; a server that takes the connection and says nothing
-                # keeps the wait to its time all the same.
-                timeout=max(remaining, RETRY_SECONDS),
-                accept=(200, 408, 503),
+                deadline=max(deadline, started) + ANSWER_GRACE_SECONDS,
+                accept=(200, 408),
             )
         except Unreachable as error:
             state.why = f"nothing answered at {target.base} ({error})"
+        except NoAnswer as error:
+            state.why = str(error)
+        except ApiFailure as failure:
+            if failure.status not in PASSING_STATUSES:
+                raise
+            state.why, passing = _answered(target, failure), True
         else:
             if status == 200 and isinstance(data, list):
                 return  # (messages there)
             if status == 408 and isinstance(data, dict) and "messages" in data:
                 return  # (none yet: still an answer)
-            if status != 503:
-                raise ApiFailure("not a mailsink wait answer: is this a mailsink?", status)
-            state.why = f"the server at {target.base} is stopping (503)"
-        if time.monotonic() >= deadline:
+            raise not_mailsink(f"HTTP {status} without a wait's answer", status)
+        now = time.monotonic()
+        if now >= deadline:
             raise TimedOut(why=state.why)
-        time.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
+        pause = pace.after(started, now, early=True) if passing else RETRY_SECONDS
+        time.sleep(min(pause, deadline - now))
 
 
 def ready_in_store(path: str, seconds: float, state: NotReady) -> None:

@@ -42,7 +42,7 @@ async def serve(
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (`pip install 'mailsink[fast]'`) unless MAILSINK_LOOP=asyncio;
+    """uvloop when it is installed (`pip install '.[fast]'`) unless MAILSINK_LOOP=asyncio;
     None means asyncio's own loop."""
     if os.environ.get("MAILSINK_LOOP") == "asyncio":
         return None

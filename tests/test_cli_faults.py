@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import smtplib
+import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import free_port, message, run_cli
+from test_cli_wait import NotMailsink, answer_json, drip, not_mailsink_servers, silent
 
+from mailsink import cli_faults
 from mailsink.cli_faults import match_value
 from mailsink.config import HttpSettings, Settings
 from mailsink.testing import RunningSink
@@ -29,6 +33,25 @@ def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSink]:
     """A server whose rules no test changes: for what is refused before anything is sent."""
     with RunningSink(tmp_path_factory.mktemp("idle") / "mail.db") as sink:
         yield sink
+
+
+# A rule as `GET /api/mailsink/faults` lists it.
+RULE = {
+    "name": "flaky",
+    "stage": "data",
+    "action": "reply",
+    "reply": "451 4.3.0 Try again later",
+    "delay": 0.0,
+    "probability": 1.0,
+    "times": 0,
+    "enabled": True,
+    "match": {},
+    "source": "runtime",
+    "preset_key": None,
+    "hits": 1,
+    "last_fired_at": 1796176222712,
+    "summary": "451 4.3.0 Try again later",
+}
 
 
 def faults(sink: RunningSink, *args: str):
@@ -178,11 +201,30 @@ def test_server_refusals_are_one_line_and_exit_1(running: RunningSink) -> None:
         (["add", "--rule", "[1, 2]"], "--rule: expected a JSON object"),
         (["add", "--rule", '{"match": 1}', "--match", "helo=x"], "match is not a table"),
         (["add", "--probability", "often"], "Invalid value for '--probability'"),
+        (
+            ["add", "--stage", "rcpt", "--reply", "550 x", "--probability", "nan"],
+            "faults add: --probability: nan is not a number from 0 to 1",
+        ),
+        (
+            ["add", "--stage", "rcpt", "--reply", "550 x", "--probability", "inf"],
+            "faults add: --probability: inf is not a number from 0 to 1",
+        ),
+        (
+            ["add", "--rule", '{"stage": "rcpt", "reply": "550 x", "probability": NaN}'],
+            "faults add: --rule: NaN is not a JSON number",
+        ),
+        (["add", "--rule", "[" * 100_000], "faults add: --rule: JSON nested too deeply"),
+        (
+            ["add", "--reply", "550 x"],
+            "faults add: --stage is required (connect, helo, auth, mail, rcpt or data), unless"
+            ' --rule has a "stage"',
+        ),
+        (["add", "--rule", '{"reply": "550 x"}'], "faults add: --stage is required"),
     ],
 )
 def test_usage_errors_are_exit_2(idle: RunningSink, args: list[str], says: str) -> None:
     result = faults(idle, *args)
-    assert result.code == 2
+    assert result.code == 2, result
     assert says in result.err and result.err.count("\n") == 1, result.err
     assert {rule["source"] for rule in api_rules(idle).values()} == {"preset"}  # none added
 
@@ -260,3 +302,134 @@ def test_help_everywhere() -> None:
     for command in ([], ["add"], ["enable"], ["disable"], ["remove"], ["reset"], ["list"]):
         result = run_cli("faults", *command, "--help")
         assert result.code == 0 and result.out.startswith("Usage: mailsink faults"), command
+
+
+def test_a_header_condition_is_a_regex_as_text(running: RunningSink, tmp_path: Path) -> None:
+    """The server's check (the one config files get) refuses a header condition that is not a
+    string, naming the key; the CLI's --match header.NAME=VALUE keeps even `2024` as text."""
+    config = tmp_path / "headers.toml"
+    config.write_text(
+        '[[fault]]\nstage = "data"\nreply = "550 5.7.1 no"\n'
+        "match = { header = { Subject = { x = 1 } } }\n"
+    )
+    checked = run_cli("check-config", str(config))
+    assert checked.code == 1
+    assert checked.err == (
+        f"mailsink: {config}:4: fault[1].match.header.Subject: expected a regular expression"
+        """ as a string, such as "^Reset", got {'x': 1}\n"""
+    )
+    for value in (5, True, ["a"]):
+        rule = {"stage": "data", "reply": "550 5.7.1 no", "match": {"header": {"Subject": value}}}
+        request = urllib.request.Request(
+            running.url + "/api/mailsink/faults",
+            json.dumps(rule).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400
+        error = json.load(refused.value)["error"]
+        assert error.startswith("match.header.Subject: expected a regular expression as a string")
+    added = faults(
+        running, "add", "--stage", "data", "--reply", "550 5.7.1 no", "--match",
+        "header.Subject=2024", "--json",
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    assert json.loads(added.out)["match"] == {"header": {"Subject": "2024"}}
+    assert deliver(running) == 250  # ("Your order": no 2024 in it)
+
+
+# ---- what no mailsink answers (test_cli_wait's NotMailsink: a proxy, another program)
+
+
+@pytest.fixture
+def not_mailsink() -> Iterator[Callable[..., NotMailsink]]:
+    """not_mailsink(answer): an HTTP server that is not a mailsink, until the test ends."""
+    with not_mailsink_servers() as start:
+        yield start
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        pytest.param(
+            {"rules": [{**RULE, "hits": True}]},
+            "rule 1: 'hits' is true, not a whole number",
+            id="bool",
+        ),
+        pytest.param(
+            {"rules": [RULE, {**RULE, "last_fired_at": 10**30}]},
+            f"rule 2: 'last_fired_at' is {10**30}, not a time",
+            id="the year 10**22",
+        ),
+        pytest.param({"rules": [{"stage": "rcpt"}]}, "rule 1: no 'name'", id="no name"),
+        pytest.param({"rules": {}}, "no list of rules", id="not a list"),
+    ],
+)
+def test_an_odd_listing_is_one_line_and_exit_1(not_mailsink, answer: dict, says: str) -> None:
+    server = not_mailsink(answer_json(200, json.dumps(answer)))
+    for output in ([], ["--json"]):
+        result = run_cli("faults", *output, "--url", server.url)
+        assert (result.code, result.out) == (1, ""), result
+        assert result.err == f"mailsink: faults: not a mailsink answer: {says}\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        pytest.param(json.dumps(RULE).replace('"hits": 1', '"hits": 1e400'), "1e400", id="inf"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "JSON nested too deeply", id="deep"),
+        pytest.param(json.dumps({**RULE, "hits": "many"}), "'hits' is \"many\"", id="text"),
+    ],
+)
+def test_an_odd_rule_in_an_answer_is_one_line_and_exit_1(
+    not_mailsink, body: str, says: str
+) -> None:
+    server = not_mailsink(answer_json(201, body))
+    for command in (["add", "--stage", "rcpt", "--reply", "550 x"], ["enable", "x"]):
+        result = run_cli("faults", *command, "--url", server.url)
+        assert (result.code, result.out) == (1, ""), result
+        assert result.err.startswith(f"mailsink: faults {command[0]}: not a mailsink answer: ")
+        assert says in result.err and result.err.count("\n") == 1, result.err
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(silent, id="silent"),
+        pytest.param(drip(), id="dripping its body"),
+        pytest.param(drip(in_headers=True), id="dripping its headers"),
+    ],
+)
+def test_a_server_that_does_not_answer_is_cut_off(
+    not_mailsink, answer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_faults, "ANSWER_SECONDS", 0.3)  # (10 s, made short for the test)
+    server = not_mailsink(answer)
+    started = time.monotonic()
+    result = run_cli("faults", "reset", "--url", server.url)
+    assert time.monotonic() - started < 1.0
+    assert result.code == 1
+    assert result.err == (
+        f"mailsink: faults reset: {server.url} took the request but sent no whole answer"
+        " within 0.3s\n"
+    )
+
+
+def test_a_redirect_is_not_followed(not_mailsink) -> None:
+    elsewhere = not_mailsink(answer_json(200, json.dumps({"rules": [RULE]})))
+
+    def redirect(handler, _number: int) -> None:
+        handler.send_response(307)
+        handler.send_header("Location", elsewhere.url + handler.path)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server = not_mailsink(redirect)
+    result = run_cli("faults", "--url", server.url.replace("//", "//ci:s3cret@"))
+    assert result.code == 1
+    assert result.err == (
+        "mailsink: faults: not a mailsink answer: HTTP 307, a redirect (a mailsink never"
+        " redirects: give its own URL)\n"
+    )
+    assert elsewhere.requests == []

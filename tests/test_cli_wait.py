@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -13,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -164,6 +166,14 @@ def test_bad_choice_of_where_is_exit_2(idle: RunningSink) -> None:
         assert result.err.count("\n") == 1
 
 
+def test_a_url_prefix_as_typed_is_percent_encoded() -> None:
+    port = free_port()  # nothing listens there
+    for command in (["wait", "-t", "0"], ["faults"]):
+        result = run_cli(*command, "--url", f"http://127.0.0.1:{port}/mail box/é")
+        assert result.code == 1 and result.err.count("\n") == 1, result.err  # not exit 70
+        assert f"http://127.0.0.1:{port}/mail%20box/%C3%A9" in result.err, result.err
+
+
 def test_url_from_the_environment(sink: RunningSink, monkeypatch: pytest.MonkeyPatch) -> None:
     send(sink, "env@x.test", "Found through MAILSINK_URL")
     monkeypatch.setenv("MAILSINK_URL", sink.url)
@@ -179,13 +189,17 @@ def test_url_from_the_environment(sink: RunningSink, monkeypatch: pytest.MonkeyP
 
 
 def test_basic_auth_from_the_url(tmp_path: Path) -> None:
-    settings = Settings(http=HttpSettings(users={"ci": "pass word:1"}))
+    settings = Settings(http=HttpSettings(users={"ci": "pass word:1", "dev": "p@ss:w rd/é#?%"}))
     with RunningSink(tmp_path / "auth.db", settings) as sink:
         send(sink, "ann@x.test", "Behind a password")
         port = sink.http_port
         good = run_cli("wait", "--url", f"http://ci:pass%20word%3A1@127.0.0.1:{port}")
         assert good.code == 0, good.err
         assert "Behind a password" in good.out
+        # README's advice: percent-encode @ : / ? # % and spaces (é as its UTF-8 bytes).
+        encoded = "p%40ss%3Aw%20rd%2F%C3%A9%23%3F%25"
+        hard = run_cli("wait", "--url", f"http://dev:{encoded}@127.0.0.1:{port}")
+        assert hard.code == 0, hard.err
         for url in (f"http://127.0.0.1:{port}", f"http://ci:wrong@127.0.0.1:{port}"):
             refused = run_cli("wait", "--url", url)
             assert refused.code == 1
@@ -193,6 +207,22 @@ def test_basic_auth_from_the_url(tmp_path: Path) -> None:
                 f"mailsink: wait: http://127.0.0.1:{port}: authentication required (give user:"
             ), refused.err
             assert "wrong" not in refused.err and refused.err.count("\n") == 1
+
+
+def test_a_store_in_memory_is_a_usage_error(tmp_path: Path) -> None:
+    for ready in ([], ["--ready"]):
+        result = run_cli("wait", *ready, "--db", ":memory:")
+        assert (result.code, result.out) == (2, "")
+        assert result.err == (
+            "mailsink: wait: --db :memory: is a store in the serving process's memory, which no"
+            " other process can watch: give the store's file, or ask the server with --url"
+            " (see mailsink --help)\n"
+        )
+    config = tmp_path / "memory.toml"
+    config.write_text('[storage]\npath = ":memory:"\n')
+    result = run_cli("wait", "--config", str(config))
+    assert result.code == 2
+    assert result.err.startswith(f"mailsink: wait: {config}: [storage] path = ':memory:' is a")
 
 
 def test_limits_are_the_http_waits() -> None:
@@ -369,7 +399,8 @@ def test_a_server_that_is_no_mailsink_is_one_line(tmp_path: Path) -> None:
         thread.join(5)
     assert result.code == 1
     assert result.err == (
-        f"mailsink: wait: http://127.0.0.1:{port}: HTTP 200 but not JSON: is this a mailsink?\n"
+        f"mailsink: wait: http://127.0.0.1:{port}: not a mailsink answer: HTTP 200, not JSON"
+        " (Expecting value: line 1 column 1)\n"
     )
 
 
@@ -490,3 +521,323 @@ def test_ready_with_what_says_which_mail_is_exit_2(
         f"mailsink: wait: --ready waits for the server, not for mail: it takes no {named}"
         " (see mailsink --help)\n"
     )
+
+
+# ---- what no mailsink does: a proxy in front, another program on the port, a broken server
+
+
+class NotMailsink:
+    """An HTTP server on loopback that answers each request as `answer(handler, number)` says
+    (number: 1 for the first request), recording each request's path and Authorization header:
+    what a proxy, another program or a broken server sends, which no real mailsink can be made
+    to. `stopping` is set when the test is done, for answers that never end by themselves."""
+
+    def __init__(self, answer: Callable[[BaseHTTPRequestHandler, int], None]) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        self.stopping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests.append((self.path, self.headers.get("Authorization")))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with contextlib.suppress(OSError):  # the client gone: what some tests are about
+                    answer(self, len(server.requests))
+
+            do_POST = do_PUT = do_DELETE = do_GET
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.http.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def __enter__(self) -> NotMailsink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopping.set()
+        self.http.shutdown()
+        self.http.server_close()
+        self.thread.join(5)
+
+
+def answer_json(status: int, body: str | bytes, content_type: str = "application/json"):
+    """An answer with this status and body, at once."""
+    data = body.encode() if isinstance(body, str) else body
+
+    def send(handler: BaseHTTPRequestHandler, _number: int) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return send
+
+
+def drip(*, in_headers: bool = False):
+    """An answer that never ends: a byte every 0.1 s, in the body (after a Content-Length of
+    100 MB) or still in the headers, until the client goes or the test ends."""
+
+    def send(handler: BaseHTTPRequestHandler, _number: int) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        if not in_headers:
+            handler.wfile.write(b"Content-Type: application/json\r\n")
+            handler.wfile.write(b"Content-Length: 100000000\r\n\r\n[")
+        else:
+            handler.wfile.write(b"X-Slow: ")
+        handler.wfile.flush()
+        stopping = handler.server.stopping  # type: ignore[attr-defined]
+        while not stopping.wait(0.1):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+
+    return send
+
+
+def silent(handler: BaseHTTPRequestHandler, _number: int) -> None:
+    """Takes the request and says nothing, until the test ends."""
+    handler.server.stopping.wait(30)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def not_mailsink_servers() -> Iterator[Callable[..., NotMailsink]]:
+    """start(answer): a NotMailsink serving until the block ends."""
+    servers: list[NotMailsink] = []
+
+    def start(answer: Callable[[BaseHTTPRequestHandler, int], None]) -> NotMailsink:
+        server = NotMailsink(answer)
+        server.http.stopping = server.stopping  # type: ignore[attr-defined]
+        servers.append(server.__enter__())
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.__exit__()
+
+
+@pytest.fixture
+def not_mailsink() -> Iterator[Callable[..., NotMailsink]]:
+    """not_mailsink(answer): a NotMailsink serving until the test ends."""
+    with not_mailsink_servers() as start:
+        yield start
+
+
+# A message summary as a mailsink's wait answers it.
+SUMMARY = {
+    "id": 7,
+    "received_at": "2026-12-01T14:15:16.123Z",
+    "status": "accepted",
+    "reply": None,
+    "reply_rule": None,
+    "mail_from": "app@x.test",
+    "rcpt_to": ["ann@x.test"],
+    "rcpt_refused": [],
+    "from": ["app@x.test"],
+    "to": ["ann@x.test"],
+    "subject": "Welcome",
+    "size": 120,
+    "findings": [],
+    "read": False,
+    "tags": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        pytest.param(
+            json.dumps([{**SUMMARY, "id": True}]),
+            "message summary 1: 'id' is true, not a whole number",
+            id="id true",
+        ),
+        pytest.param(
+            json.dumps([{k: v for k, v in SUMMARY.items() if k != "size"}]),
+            "message summary 1: no 'size'",
+            id="a key missing",
+        ),
+        pytest.param(
+            json.dumps([SUMMARY, {**SUMMARY, "subject": {"x": 1}}]),
+            "message summary 2: 'subject' is {\"x\": 1}, not a string or null",
+            id="subject a table",
+        ),
+        pytest.param(
+            json.dumps([{**SUMMARY, "rcpt_to": "ann"}]),
+            "'rcpt_to' is \"ann\", not a list of strings",
+            id="rcpt_to a string",
+        ),
+        pytest.param(
+            json.dumps([{**SUMMARY, "received_at": "0001-01-01T00:00:00"}]),
+            "'received_at' is '0001-01-01T00:00:00', not a time",
+            id="year 1",
+        ),
+        pytest.param(
+            json.dumps([SUMMARY]).replace("120", "1e400"),
+            "HTTP 200, the number 1e400 is out of range",
+            id="size 1e400",
+        ),
+        pytest.param(
+            json.dumps([SUMMARY]).replace("120", "NaN"),
+            "HTTP 200, NaN is not a JSON number",
+            id="size NaN",
+        ),
+        pytest.param("[" * 100_000 + "]" * 100_000, "HTTP 200, JSON nested too deeply", id="deep"),
+        pytest.param(
+            json.dumps({"messages": []}),
+            "expected a JSON array of message summaries",
+            id="an object",
+        ),
+    ],
+)
+def test_an_odd_answer_is_one_line_and_exit_1(not_mailsink, body: str, says: str) -> None:
+    server = not_mailsink(answer_json(200, body))
+    for output in ([], ["--json"]):  # the same refusal, whichever way it would be printed
+        result = run_cli("wait", "-t", "2s", *output, "--url", server.url)
+        assert result.code == 1, result
+        assert result.err.startswith(f"mailsink: wait: {server.url}: not a mailsink answer: ")
+        assert says in result.err and result.err.count("\n") == 1, result.err
+        assert result.out == ""
+
+
+def test_a_right_answer_from_elsewhere_prints_as_list_does(not_mailsink) -> None:
+    """What the odd answers above are told apart from: a summary as a mailsink gives it."""
+    server = not_mailsink(answer_json(200, json.dumps([SUMMARY])))
+    result = run_cli("wait", "-t", "2s", "--url", server.url)
+    assert result.code == 0, result.err
+    (row,) = result.out.splitlines()[1:]
+    assert row.split()[0] == "7" and "Welcome" in row
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(silent, id="silent"),
+        pytest.param(drip(), id="dripping its body"),
+        pytest.param(drip(in_headers=True), id="dripping its headers"),
+    ],
+)
+@pytest.mark.parametrize("ready", [False, True])
+def test_the_timeout_is_a_hard_limit(
+    not_mailsink, answer, ready: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last answer may come up to ANSWER_GRACE_SECONDS late (1 s); then it is cut off.
+    monkeypatch.setattr(cli_wait, "ANSWER_GRACE_SECONDS", 0.1)  # (made short for the test)
+    server = not_mailsink(answer)
+    started = time.monotonic()
+    result = run_cli("wait", *(["--ready"] * ready), "-t", "100ms", "--url", server.url)
+    elapsed = time.monotonic() - started
+    assert result.code == 1, result
+    assert result.err == (
+        f"mailsink: timed out after 0.1s: {server.url} took the request but sent no whole answer\n"
+    )
+    assert 0.2 <= elapsed < 1.5, elapsed
+
+
+def test_answers_at_once_are_paced_not_a_tight_loop(
+    not_mailsink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or what is in front of it) that answers a long wait's request at once with a
+    408: the requests back off, until an answer with the mail."""
+    monkeypatch.setattr(cli_wait, "PACE_SECONDS", 0.02)  # (0.1 s, made short for the test)
+    started = time.monotonic()
+
+    def early_408s_for_a_while(handler: BaseHTTPRequestHandler, _number: int) -> None:
+        if time.monotonic() - started < 0.3:
+            answer_json(408, json.dumps({"error": "timed out", "messages": []}))(handler, 0)
+        else:
+            answer_json(200, json.dumps([SUMMARY]))(handler, 0)
+
+    server = not_mailsink(early_408s_for_a_while)
+    result = run_cli("wait", "-t", "400s", "--url", server.url)
+    assert result.code == 0, result.err
+    # Pauses of 0.02, 0.04, 0.08, 0.16 s: 5 requests; without the pace, hundreds.
+    assert 2 <= len(server.requests) <= 8, len(server.requests)
+    assert all("timeout=300000ms" in path for path, _ in server.requests)
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("ready", [False, True])
+def test_a_proxy_or_a_stopping_server_is_asked_again(
+    not_mailsink, status: int, ready: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_wait, "PACE_SECONDS", 0.02)  # (0.1 s, made short for the test)
+
+    def twice_then_mail(handler: BaseHTTPRequestHandler, number: int) -> None:
+        if number <= 2:
+            answer_json(status, "<html>Bad Gateway</html>", "text/html")(handler, number)
+        else:
+            answer_json(200, json.dumps([SUMMARY]))(handler, number)
+
+    server = not_mailsink(twice_then_mail)
+    result = run_cli("wait", *(["--ready"] * ready), "-t", "10s", "--url", server.url)
+    assert result.code == 0, result.err
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("ready", [False, True])
+def test_a_proxy_that_never_lets_through_is_the_timeout(not_mailsink, ready: bool) -> None:
+    always = not_mailsink(answer_json(504, '{"error": "upstream timed out"}'))
+    result = run_cli("wait", *(["--ready"] * ready), "-t", "100ms", "--url", always.url)
+    assert result.code == 1
+    assert result.err == (
+        f"mailsink: timed out after 0.1s: {always.url} answered HTTP 504: upstream timed out\n"
+    )
+
+
+@pytest.mark.parametrize("ready", [False, True])
+def test_a_redirect_is_not_followed_and_the_password_stays(not_mailsink, ready: bool) -> None:
+    elsewhere = not_mailsink(answer_json(200, json.dumps([SUMMARY])))
+
+    def redirect(handler: BaseHTTPRequestHandler, _number: int) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", elsewhere.url + handler.path)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server = not_mailsink(redirect)
+    url = server.url.replace("http://", "http://ci:s3cret@")
+    result = run_cli("wait", *(["--ready"] * ready), "-t", "2s", "--url", url)
+    assert result.code == 1
+    assert result.err == (
+        f"mailsink: wait: {server.url}: not a mailsink answer: HTTP 302, a redirect (a mailsink"
+        " never redirects: give its own URL)\n"
+    )
+    assert elsewhere.requests == []  # the credentials went nowhere else
+    assert server.requests[0][1] is not None  # (they were sent: to the server named)
+
+
+# A password of the characters a URL's user:password must have percent-encoded, between
+# pieces that must never be shown.
+PIECES = ("Zq1", "Wx2", "Vy3", "Ut4", "Rs5")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ci:Zq1#Wx2/Vy3?Ut4@Rs5@127.0.0.1:8025",  # as typed, nothing percent-encoded
+        "http://ci:Zq1%23Wx2/Vy3%3FUt4%40Rs5@127.0.0.1:8025",  # the `/` left as it is
+        "http://ci:Zq1%23Wx2%2FVy3%3FUt4%40Rs5@127.0.0.1:99999",  # a bad port
+        "ftp://ci:Zq1%23Wx2%2FVy3%3FUt4%40Rs5@127.0.0.1:21",
+        "ci:Zq1%23Wx2%2FVy3%3FUt4%40Rs5@127.0.0.1:8025",  # no scheme
+    ],
+)
+@pytest.mark.parametrize("command", ["wait", "faults"])
+def test_a_password_in_the_url_is_never_shown(
+    url: str, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILSINK_URL", url)
+    for given in (["--url", url], []):  # the option, or the environment
+        result = run_cli(command, *given)
+        assert result.code == 2, result
+        assert result.err.count("\n") == 1 and "***@127.0.0.1:" in result.err, result.err
+        assert not [piece for piece in PIECES if piece in result.err], result.err

@@ -240,8 +240,14 @@ def parse_match(data: Any, stage: str) -> Match:
                 raise RuleError(dotted, 'expected a table such as { Subject = "regex" }')
             patterns = []
             for name, pattern in value.items():
+                if not isinstance(pattern, str):
+                    raise RuleError(
+                        f"{dotted}.{name}",
+                        f'expected a regular expression as a string, such as "^Reset",'
+                        f" got {pattern!r}",
+                    )
                 try:
-                    patterns.append((str(name), re.compile(str(pattern), re.IGNORECASE)))
+                    patterns.append((str(name), re.compile(pattern, re.IGNORECASE)))
                 except re.error as error:
                     raise RuleError(
                         f"{dotted}.{name}", f"bad regular expression: {error}"
