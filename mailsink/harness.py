@@ -40,7 +40,7 @@ import tempfile
 import threading
 import unittest
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import getaddresses
 from pathlib import Path
@@ -49,7 +49,7 @@ from typing import Any, ClassVar, TypeVar
 from mailsink import events as ev
 from mailsink.config import Settings, load
 from mailsink.errors import RuleError
-from mailsink.faults.controls import FaultControls, RuleState
+from mailsink.faults.controls import FaultControls, RulesSnapshot, RuleState
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import Attachment, ParsedMessage, parse_message
 from mailsink.query import PREFIXES, Query, QueryError, Term, describe, parse_query
@@ -106,11 +106,12 @@ class _Server:
         self._lock = threading.Lock()
         # Counts views made and rule changes: which view is older, which change came after.
         self._clock = 0
-        # The handles of each rule name not yet removed: whichever view removes the rule, every
-        # handle of it keeps its last state. Weak: a handle nobody holds needs none.
+        # The handles of each rule name: whichever view removes the rule, every handle of it
+        # keeps its last state (until a restore brings the rule back). Weak: a handle nobody
+        # holds needs none.
         self._handles: dict[str, weakref.WeakSet[FaultHandle]] = {}
-        # The last change of each rule through the harness: (the view, when, switched on).
-        self._changes: dict[str, tuple[weakref.ref[Mailsink], int, bool]] = {}
+        # The last change of each rule through the harness: (the view's number, when).
+        self._changes: dict[str, tuple[int, int]] = {}
 
     def tick(self) -> int:
         self._clock += 1
@@ -119,29 +120,58 @@ class _Server:
     def register(self, handle: FaultHandle) -> None:
         self._handles.setdefault(handle.name, weakref.WeakSet()).add(handle)
 
-    def changed(self, name: str, view: Mailsink, enabled: bool) -> None:
-        self._changes[name] = (weakref.ref(view), self.tick(), enabled)
+    def changed(self, name: str, view: Mailsink) -> None:
+        self._changes[name] = (view._number, self.tick())
 
     def settle(self, name: str, final: RuleState) -> None:
         """The rule `name` is gone: each of its handles keeps `final`."""
-        for handle in list(self._handles.pop(name, ())):
+        for handle in list(self._handles.get(name, ())):
             if handle._final is None:
                 handle._final = final
-        self._changes.pop(name, None)
 
-    def older_changes(self, view: Mailsink) -> dict[str, bool]:
-        """The rules an open view older than `view` added or switched since `view` was made,
-        and how it left them (switched on or off): theirs to undo, not `view`'s."""
-        kept = {}
-        for name, (ref, when, enabled) in self._changes.items():
-            changer = ref()
-            if (
-                changer is not None
-                and not changer._closed
-                and changer._number < view._number < when
-            ):
-                kept[name] = enabled
-        return kept
+    def revive(self, name: str, before: int) -> None:
+        """The rule `name` is back (a restore): its handles made before `before` read it live
+        again."""
+        for handle in list(self._handles.get(name, ())):
+            if handle._made < before:
+                handle._final = None
+
+    def others_changes(self, view: Mailsink) -> set[str]:
+        """The rules another view (older or newer, open or closed since) added, removed or
+        switched after `view` was made: theirs to undo, not `view`'s."""
+        return {
+            name
+            for name, (changer, when) in self._changes.items()
+            if changer != view._number and when > view._number
+        }
+
+    def restore(
+        self,
+        view: Mailsink,
+        snapshot: RulesSnapshot,
+        taken_at: int,
+        *,
+        keep: Collection[str] = (),
+        only: Collection[str] | None = None,
+    ) -> None:
+        """Put the rules back as `snapshot` (taken at the tick `taken_at`) has them, but `keep`
+        (FaultControls.restore), in one call on the server's loop; the changes are `view`'s."""
+        faults = self.faults
+
+        def restore() -> tuple[dict[str, RuleState], dict[str, RuleState]]:
+            before = {state.name: state for state in faults.rules()}
+            faults.restore(snapshot, keep=keep, only=only)
+            return before, {state.name: state for state in faults.rules()}
+
+        before, after = self.running.call(restore)
+        for name in before.keys() - after.keys():
+            self.settle(name, before[name])
+        for name in after.keys() - before.keys():
+            self.revive(name, taken_at)
+        for name in before.keys() | after.keys():
+            old, new = before.get(name), after.get(name)
+            if old is None or new is None or _unhit(old) != _unhit(new):
+                self.changed(name, view)
 
     @property
     def sink(self) -> Sink:
@@ -267,12 +297,17 @@ class FaultHandle:
     whichever view, they are what they were at the removal (`with mailsink.fault(...) as rule:`
     then `assert rule.hits == 1` after the block)."""
 
-    def __init__(self, mailsink: Mailsink, name: str, *, origin: str = "runtime"):
+    def __init__(
+        self, mailsink: Mailsink, name: str, *, origin: str = "runtime", owned: bool = True
+    ):
         self._mailsink = mailsink
         self.name = name
         self._origin = origin  # a preset's or config rule is switched, never removed
+        self._owned = owned  # added by its view (removed by its block), else found by rule()
         self._final: RuleState | None = None  # set when removed
-        self._enabled_at_start: bool | None = None  # a preset's or config rule's (for __exit__)
+        # A found rule's block puts it back as it was at the start (the rules then, and when).
+        self._at_start: tuple[RulesSnapshot, int] | None = None
+        self._made = mailsink._server.tick()
         mailsink._server.register(self)
 
     @property
@@ -317,7 +352,7 @@ class FaultHandle:
             server.running.call(server.faults.set_enabled, self.name, enabled)
         except KeyError:
             raise LookupError(f"fault rule {self.name!r} is no longer in force") from None
-        server.changed(self.name, self._mailsink, enabled)
+        server.changed(self.name, self._mailsink)
 
     def remove(self) -> None:
         """Remove the rule (nothing happens if it is removed already). RuleError for a preset or
@@ -326,17 +361,21 @@ class FaultHandle:
             self._mailsink._remove_rules([self.name])
 
     def __enter__(self) -> FaultHandle:
-        if self._origin != "runtime":
-            self._enabled_at_start = self.enabled
+        if not self._owned:
+            server = self._mailsink._server
+            self._at_start = (server.running.call(server.faults.snapshot), server.tick())
         return self
 
     def __exit__(self, *_: object) -> None:
-        """A run-time rule is removed; a preset's or config rule's switch is put back."""
-        if self._origin == "runtime":
+        """A rule added by the view is removed; one found by `rule(name)` is put back as it was
+        at the start of the block (switched back; a run-time rule removed or replaced in the
+        block brought back)."""
+        if self._owned:
             self.remove()
-        elif self._enabled_at_start is not None:
-            with contextlib.suppress(LookupError):
-                self._switch(self._enabled_at_start)
+        elif self._at_start is not None:
+            snapshot, taken_at = self._at_start
+            self._at_start = None
+            self._mailsink._server.restore(self._mailsink, snapshot, taken_at, only={self.name})
 
     def __repr__(self) -> str:
         return f"<FaultHandle {visible(self.name)!r}{' removed' if self.removed else ''}>"
@@ -434,23 +473,39 @@ def _given_address(what: str, value: str) -> str:
 
 
 def _filter_term(keyword: str, value: object) -> tuple[Term, _Whole | None]:
-    name = keyword.rstrip("_").replace("_", "-")
+    name = keyword.removesuffix("_").replace("_", "-")
     prefix = PREFIXES.get(name)
-    if prefix is None:
+    # The trailing _ only where Python needs it (from_, is_): from__= and reply_to_= are typos.
+    if prefix is None or keyword not in (_keyword(name), name.replace("-", "_")):
         raise TypeError(f"unknown filter {keyword!r}; the filters are {_filter_names()}")
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise TypeError(f"filter {keyword}= takes a str or an int, got {value!r}")
     text = str(value)
     whole: str | None = None
     domain = False
+    narrow = None  # the substring the store looks for, when the whole value's is too strict
     if name in _ADDRESS_FIELDS and isinstance(value, str):
         address = _given_address(keyword, value)
         if _WHOLE_ADDRESS.fullmatch(address):
             text, whole = address, _address(address)
+            # The stored text may write it otherwise ("ann"@x.test, an IDN as Unicode or as
+            # xn--): the local part narrows, the whole comparison decides.
+            narrow = _narrowing(whole.rpartition("@")[0])
         elif name == "addressed" and _DOMAIN.fullmatch(address):
-            text, whole, domain = address, address.casefold(), True
+            text, whole, domain = address, _domain(address), True
+            if not address.isascii() or "xn--" in whole:
+                narrow = "@"
     term = _value_term(name, prefix.kind, text)
+    if narrow is not None and narrow.casefold() != text.casefold():
+        # The typed text stays the value as given: failures show what the test asked for.
+        term = dataclasses.replace(_value_term(name, prefix.kind, narrow), typed=term.typed)
     return term, _Whole(term, whole, domain) if whole is not None else None
+
+
+def _narrowing(local: str) -> str:
+    """What every way of writing a local part has in it: the unquoted text."""
+    core = local[1:-1] if len(local) > 1 and local[0] == local[-1] == '"' else local
+    return core.replace("\\", "") or "@"
 
 
 def _value_term(name: str, kind: str, text: str) -> Term:
@@ -507,11 +562,40 @@ def _query(query: str | None, filters: Mapping[str, object]) -> _Filter:
 
 
 def _address(text: str) -> str:
-    """An address as compared: `<Ann@X.test>` and ` ann@x.test` are the same."""
+    """An address as compared: `<Ann@X.test>`, ` ann@x.test` and `"ann"@x.test` are the same,
+    and so are `bob@bücher.test` and `bob@xn--bcher-kva.test`."""
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
-    return text.casefold()
+    return _normalised(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalised(address: str) -> str:
+    """email-validator's normal form (needless quotes of the local part dropped, the domain
+    IDNA-encoded), case-folded; an address it refuses (`ann@localhost`), case-folded as given."""
+    if "@" not in address:
+        return address.casefold()
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        valid = validate_email(
+            address,
+            check_deliverability=False,
+            test_environment=True,
+            globally_deliverable=False,
+            allow_smtputf8=True,
+            allow_quoted_local=True,
+            allow_domain_literal=True,
+        )
+    except (EmailNotValidError, ValueError, UnicodeError):
+        return address.casefold()
+    return f"{valid.local_part}@{valid.ascii_domain}".casefold()
+
+
+def _domain(text: str) -> str:
+    """A domain as compared: IDNA-encoded, case-folded (as given when it cannot be encoded)."""
+    return _normalised(f"a@{text}").partition("@")[2]
 
 
 def _header_addresses(values: Iterable[str]) -> list[str]:
@@ -688,15 +772,12 @@ class Mailsink:
         self._above_session = 0
         self._handles: list[FaultHandle] = []  # the rules this view added
         self._closed = False
-        self._number = self._server.tick()
-        # The rules in force (name: switched on) when the view was made, put back at its close
-        # (None: made before its server started, with nothing to put back).
-        self._rules_at_start: dict[str, bool] | None = None
+        # The rules in force when the view was made, put back at its close (None: made before
+        # its server started, with nothing to put back).
+        self._rules_at_start: RulesSnapshot | None = None
         if running.sink is not None:
-            faults = self._server.faults
-            self._rules_at_start = running.call(
-                lambda: {state.name: state.enabled for state in faults.rules()}
-            )
+            self._rules_at_start = running.call(self._server.faults.snapshot)
+        self._number = self._server.tick()
 
     @classmethod
     def start(cls, directory: str | Path, *, settings: Settings | None = None) -> Mailsink:
@@ -748,29 +829,16 @@ class Mailsink:
             if self._primary and self._server.owned:
                 self.running.stop(STOP_GRACE)
 
-    def _restore_rules(self, at_start: dict[str, bool]) -> None:
+    def _restore_rules(self, at_start: RulesSnapshot) -> None:
         server = self._server
-        faults = server.faults
-        # An older view still open (the session's server's) keeps what it did meanwhile.
-        kept = server.older_changes(self)
-
-        def restore() -> dict[str, RuleState]:
-            removed = {}
-            for state in faults.rules():
-                wanted = kept.get(state.name, at_start.get(state.name))
-                if wanted is None:  # added since, not by an older view
-                    if state.origin == "runtime":
-                        faults.remove_rule(state.name)
-                        removed[state.name] = state
-                elif state.enabled != wanted:
-                    faults.set_enabled(state.name, wanted)
-            return removed
-
-        for name, final in self.running.call(restore).items():
-            server.settle(name, final)
-        for handle in self._handles:  # removed by someone else before (by name, over HTTP)
-            if handle._final is None and handle.name not in kept:
-                server.settle(handle.name, _gone(handle.name))
+        # What another view did since this one was made (the session's view, a sibling still
+        # open, one closed meanwhile) is that view's to keep or undo.
+        server.restore(self, at_start, self._number, keep=server.others_changes(self))
+        if any(handle._final is None for handle in self._handles):
+            names = {state.name for state in self.running.call(server.faults.rules)}
+            for handle in self._handles:  # removed by someone else before (over HTTP, say)
+                if handle._final is None and handle.name not in names:
+                    server.settle(handle.name, _gone(handle.name))
         self._handles = []
 
     def __enter__(self) -> Mailsink:
@@ -922,6 +990,17 @@ class Mailsink:
         """Every matching message (as `search`), as soon as there are `count` of them; woken by
         the sink's events. AssertionError on timeout, saying what arrived."""
         __tracebackhide__ = True  # a failure points at the test, not at this method
+        return self._wait(query, count, timeout, filters, None)
+
+    def _wait(
+        self,
+        query: str | None,
+        count: int,
+        timeout: float,
+        filters: Mapping[str, Any],
+        cancel: _Cancel | None,
+    ) -> list[CaughtMessage]:
+        __tracebackhide__ = True  # a failure points at the test, not at this method
         self._check_open()
         filtered = _query(query, filters)
         parsed = filtered.query
@@ -932,6 +1011,7 @@ class Mailsink:
             lambda: self._read(parsed, whole=filtered.whole),
             lambda found: len(found) >= count,
             timeout,
+            cancel,
         )
         if len(found) >= count:
             return found
@@ -954,10 +1034,38 @@ class Mailsink:
     ) -> list[CaughtMessage]:
         """`wait_for` for an async test (`await mailsink.wait_for_async(...)`): the wait runs
         on a thread of its own, so the test's event loop, and an app sending from it, runs on
-        meanwhile (`wait_for` there would block the loop, and the mail would never be sent)."""
+        meanwhile (`wait_for` there would block the loop, and the mail would never be sent).
+        Cancelled (`asyncio.wait_for(..., 1)`, a task group failing), the wait ends at once:
+        its thread is the harness's, not the loop's default executor, and does not outlive it."""
         __tracebackhide__ = True  # a failure points at the test, not at this method
-        wait = functools.partial(self.wait_for, query, count=count, timeout=timeout, **filters)
-        return await asyncio.to_thread(wait)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[CaughtMessage]] = loop.create_future()
+        cancel = _Cancel()
+
+        def settle(result: list[CaughtMessage] | None, error: BaseException | None) -> None:
+            if answer.done():
+                return
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(result or [])
+
+        def wait() -> None:
+            result, error = None, None
+            try:
+                result = self._wait(query, count, timeout, filters, cancel)
+            except _Cancelled:
+                return
+            except BaseException as raised:  # handed to the awaiting test, whatever it is
+                error = raised
+            with contextlib.suppress(RuntimeError):  # (the test's loop is gone)
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=wait, name="mailsink wait_for_async", daemon=True).start()
+        try:
+            return await answer
+        finally:
+            cancel.cancel()  # (done already: nothing to end)
 
     def _envelope_hints(self, wanted: _Filter, found: list[CaughtMessage]) -> str:
         """to:, cc: and bcc: are the headers: say so when the envelope has the address."""
@@ -965,7 +1073,8 @@ class Mailsink:
         wholes = {id(whole.term): whole for whole in wanted.whole}
         for term in wanted.query.terms if wanted.query else ():
             if term.prefix in ("to", "cc", "bcc") and not term.negated:
-                envelope = Term("rcpt", "text", term.value, typed=f"rcpt:{term.value}")
+                given = term.typed.partition(":")[2]  # (as given: the value may be narrowed)
+                envelope = Term("rcpt", "text", term.value, typed=f"rcpt:{given}")
                 whole = wholes.get(id(term))
                 exact = [_Whole(envelope, whole.value)] if whole is not None else []
                 matched = {m.id for m in found}
@@ -979,8 +1088,15 @@ class Mailsink:
                     )
         return "".join(hints)
 
-    def _until(self, read: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
-        """`read()` until `done` says its result will do, or `timeout` seconds have passed."""
+    def _until(
+        self,
+        read: Callable[[], T],
+        done: Callable[[T], bool],
+        timeout: float,
+        cancel: _Cancel | None = None,
+    ) -> T:
+        """`read()` until `done` says its result will do, or `timeout` seconds have passed;
+        `_Cancelled` as soon as `cancel` is cancelled."""
         __tracebackhide__ = True  # a failure points at the test, not at this method
         result = read()
         if done(result) or timeout <= 0:
@@ -990,17 +1106,28 @@ class Mailsink:
         deadline = loop.time() + timeout
         # Subscribed before the next read: what commits after it wakes the wait.
         subscription = running.call(sink.subscribe, *WAKING_KINDS)
+
+        def close() -> None:
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nothing to close)
+                loop.call_soon_threadsafe(subscription.close)
+
+        if cancel is not None:
+            # Closing the subscription wakes the blocked wait (its get() stops).
+            cancel.on_cancel(close)
         try:
             while True:
+                if cancel is not None and cancel.cancelled:
+                    raise _Cancelled
                 result = read()
                 remaining = deadline - loop.time()
                 if done(result) or remaining <= 0:
                     return result
                 if not running.run(_woken(subscription, remaining), timeout=remaining + 10):
+                    if cancel is not None and cancel.cancelled:
+                        raise _Cancelled
                     return read()
         finally:
-            with contextlib.suppress(RuntimeError):  # (the loop is closed: nothing to close)
-                loop.call_soon_threadsafe(subscription.close)
+            close()
 
     # ---- assertions
 
@@ -1169,7 +1296,7 @@ class Mailsink:
             raise _named_rule_error(error) from None
         handle = FaultHandle(self, state.name)
         self._handles.append(handle)
-        server.changed(state.name, self, state.enabled)
+        server.changed(state.name, self)
         return handle
 
     def fault(self, rule: Mapping[str, Any] | None = None, /, **keys: Any) -> FaultHandle:
@@ -1214,6 +1341,8 @@ class Mailsink:
         views = {h._mailsink for name in names for h in server._handles.get(name, ())}
         for name in names:
             server.settle(name, finals.get(name) or _gone(name))
+            if name in finals:
+                server.changed(name, self)
         for view in views:
             view._handles = [h for h in view._handles if not h.removed]
         return finals
@@ -1229,7 +1358,7 @@ class Mailsink:
         if state is None:
             names = ", ".join(_shown(state.name) for state in states)
             raise LookupError(f"no fault rule {_shown(name)} in force; the rules in force: {names}")
-        return FaultHandle(self, name, origin=state.origin)
+        return FaultHandle(self, name, origin=state.origin, owned=False)
 
     def reset_faults(self) -> None:
         """Zero every rule's hits, `times` budgets and rate windows (the rules stay)."""
@@ -1242,6 +1371,39 @@ class Mailsink:
         hits."""
         self._check_open()
         return self.running.call(self._server.faults.rules)
+
+
+class _Cancelled(Exception):
+    """A wait_for_async's wait ended by its cancellation."""
+
+
+class _Cancel:
+    """A wait's cancellation, set on the test's loop, seen on the wait's thread: a flag, and
+    what wakes the wait when it is set (closing its subscription)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._wake: Callable[[], None] | None = None
+
+    def on_cancel(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._wake = wake
+            cancelled = self.cancelled
+        if cancelled:
+            wake()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+
+def _unhit(state: RuleState) -> RuleState:
+    """A rule's state without its counts: what a change is."""
+    return dataclasses.replace(state, hits=0, last_fired_at=None)
 
 
 def _gone(name: str) -> RuleState:

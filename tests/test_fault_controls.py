@@ -298,3 +298,53 @@ def test_a_reload_that_changes_no_rule_tells_nobody():
     with bus.subscribe(RulesChanged) as changes:
         faults.apply_settings(settings())
         assert changes.pending() == []
+
+
+def test_restore_puts_back_the_rules_of_a_snapshot_whole_in_their_order():
+    faults, bus = controls()
+    faults.add_rule({"name": "first", "stage": "rcpt", "reply": "452 4.2.2 Full"})
+    faults.add_rule({"name": "second", "stage": "mail", "reply": "451 4.3.0 Later"})
+    faults.set_enabled("blocked", False)
+    assert faults.consider("rcpt", rcpt("b@x.test"), 1) is not None  # "first" fires
+    before = faults.rules()
+    snapshot = faults.snapshot()
+    faults.remove_rule("first")  # removed, then a rule of that name that says otherwise
+    faults.add_rule({"name": "first", "stage": "rcpt", "reply": "421 4.3.2 Other"})
+    faults.remove_rule("second")
+    faults.add_rule({"name": "new", "stage": "helo", "reply": "421 4.3.2 Bye"})
+    faults.set_enabled("blocked", True)
+    faults.set_enabled(PRESETS[0].name, True)
+    with bus.subscribe(RulesChanged) as changes:
+        faults.restore(snapshot)
+        told = changes.pending()
+    assert faults.rules() == before  # the first "first" with its hits
+    assert set(told) == {
+        RulesChanged("removed", "first"),
+        RulesChanged("added", "first"),
+        RulesChanged("added", "second"),
+        RulesChanged("removed", "new"),
+        RulesChanged("disabled", "blocked"),
+        RulesChanged("disabled", PRESETS[0].name),
+    }
+
+
+def test_restore_keeps_the_names_asked_for_and_an_unchanged_rules_hits():
+    faults, _bus = controls()
+    faults.add_rule({"name": "kept", "stage": "rcpt", "reply": "452 4.2.2 Full"})
+    snapshot = faults.snapshot()
+    faults.consider("rcpt", rcpt("a@x.test"), 1)
+    faults.add_rule({"name": "older view's", "stage": "mail", "reply": "451 4.3.0 Later"})
+    faults.add_rule({"name": "mine", "stage": "mail", "reply": "451 4.3.0 Mine"})
+    faults.set_enabled("slow", False)
+    faults.restore(snapshot, keep={"older view's", "slow"})
+    assert [(s.name, s.enabled) for s in faults.rules()][-4:] == [
+        ("blocked", True),
+        ("slow", False),
+        ("kept", True),
+        ("older view's", True),
+    ]
+    assert faults.rule("kept").hits == 1
+    faults.set_enabled("blocked", False)
+    faults.add_rule({"name": "other", "stage": "mail", "reply": "451 4.3.0 Other"})
+    faults.restore(snapshot, only={"blocked"})  # just that one put back
+    assert faults.rule("blocked").enabled and faults.rule("other").enabled

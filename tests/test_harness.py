@@ -449,6 +449,28 @@ def test_an_address_filter_given_a_whole_address_matches_it_whole(mailsink):
     assert subjects(to=["ann@x.test", "Ann <ANN@x.test>"]) == ["ann"]
 
 
+def test_whole_addresses_are_compared_without_needless_quotes_and_with_idn_encoded(mailsink):
+    send_as(mailsink, "a@x.test", '"ann"@x.test', 'To: "ann"@x.test\r\n', "quoted")
+    send_as(mailsink, "a@x.test", "ANN@X.TEST", "To: Ann <ANN@X.TEST>\r\n", "upper")
+    send_as(mailsink, "a@x.test", "bob@xn--bcher-kva.test", "To: bob@bücher.test\r\n", "idn")
+    subjects = lambda **filters: [m.subject for m in mailsink.search(**filters)]  # noqa: E731
+    for value in ('"ann"@x.test', "ann@x.test", 'Ann <"ann"@X.test>'):
+        assert subjects(rcpt=value) == ["quoted", "upper"], value
+        assert subjects(to=value) == ["quoted", "upper"], value
+    for value in ("bob@bücher.test", "bob@xn--bcher-kva.test", "BOB@BÜCHER.test"):
+        assert subjects(rcpt=value) == ["idn"], value
+        assert subjects(to=value) == ["idn"], value
+    assert subjects(addressed="bücher.test") == ["idn"]
+    assert subjects(addressed="xn--bcher-kva.test") == ["idn"]
+    mailsink.assert_sent(to="bob@bücher.test", subject="idn")
+    mailsink.assert_sent(to='"ann"@x.test', count=2)
+    with pytest.raises(AssertionError, match=r"'rcpt:bob@bücher\.test'"):
+        mailsink.wait_for(rcpt="bob@bücher.test", count=2, timeout=0)  # says what was asked
+    for typo in ("from__", "reply_to_", "to_"):
+        with pytest.raises(TypeError, match=f"^unknown filter '{typo}'"):
+            mailsink.search(**{typo: "a@x.test"})
+
+
 def test_a_filter_refuses_an_empty_list(mailsink):
     with pytest.raises(ValueError, match=r"^tag=\[\]: an empty list would match every message"):
         mailsink.search(tag=[])
@@ -582,6 +604,24 @@ def test_wait_for_async_lets_the_tests_own_loop_send_the_mail(mailsink):
 
     (found,) = asyncio.run(the_test())
     assert found.subject == "async"
+
+
+def test_a_cancelled_wait_for_async_ends_at_once_and_leaves_the_default_executor(mailsink):
+    async def the_test() -> None:
+        waits = [mailsink.wait_for_async(subject="never", timeout=60) for _ in range(40)]
+        tasks = [asyncio.ensure_future(wait) for wait in waits]
+        # More waits than the default executor has threads: none of them takes a thread of it.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 2) == "ran"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks), 0.2)
+
+    started = time.monotonic()
+    asyncio.run(the_test())
+    assert time.monotonic() - started < 1.5
+    deadline = time.monotonic() + 2
+    while any(t.name == "mailsink wait_for_async" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a cancelled wait's thread is still running"
+        time.sleep(0.01)
 
 
 # ---- assert_sent
@@ -1006,6 +1046,48 @@ def test_rule_gives_a_handle_on_any_rule_in_force(configured):
         block.disable()
         send(configured, "blocked@x.test")
     assert block.enabled
+
+
+def test_closing_a_view_puts_back_a_rule_changed_under_its_name_or_removed(configured):
+    session = configured
+    chaos = session.url + "/api/v1/chaos"
+    http_json("PUT", chaos, {"Sender": {"ErrorCode": 451, "Probability": 5}})
+    kept = session.add_fault(name="session-rule", stage="rcpt", reply="452 4.2.2 Full")
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(session)
+    over_http = session.add_fault(name="over http", stage="mail", reply="450 4.7.0 x", times=9)
+    by_cli = session.add_fault(name="by cli", stage="helo", reply="421 4.3.2 x", enabled=False)
+    before = [(r.name, r.enabled, r.summary, r.hits) for r in session.faults]
+    test = session.isolate()
+    http_json("PUT", chaos, {"Sender": {"ErrorCode": 421, "Probability": 100}})
+    test.remove_fault("session-rule")
+    faults = test.url + "/api/mailsink/faults"
+    http_json("DELETE", f"{faults}/over%20http", None)
+    http_json("POST", faults, {"name": "over http", "stage": "data", "reply": "554 5.0.0 y"})
+    assert run_cli("faults", "remove", "by cli", "--url", test.url).code == 0
+    test.close()
+    assert [(r.name, r.enabled, r.summary, r.hits) for r in session.faults] == before
+    assert http_json("GET", chaos, None)["Sender"] == {"ErrorCode": 451, "Probability": 5}
+    assert kept.hits == 1 and not kept.removed  # its handle reads the rule again
+    assert not by_cli.enabled and over_http.enabled
+
+
+def test_sibling_views_and_a_rules_block_leave_each_other_alone(mailsink):
+    mailsink.add_fault(name="session-rule", stage="rcpt", reply="452 4.2.2 Full")
+    older, newer = mailsink.isolate(), mailsink.isolate()
+    mine = older.add_fault(name="older's", stage="mail", reply="451 4.3.0 a")
+    theirs = newer.add_fault(name="newer's", stage="data", reply="451 4.3.0 b")
+    older.close()  # does not undo what the newer view, still open, did
+    assert mine.removed and not theirs.removed
+    newer.close()  # nor brings back what the older one's close removed
+    assert [r.name for r in mailsink.faults if r.origin == "runtime"] == ["session-rule"]
+    view = mailsink.isolate()
+    with view.rule("session-rule") as rule:  # a run-time rule in force: put back after
+        rule.disable()
+        rule.remove()
+    assert rule.enabled and not rule.removed
+    view.close()
+    assert ("session-rule", True) in switches(mailsink)
 
 
 # ---- the arrival listing

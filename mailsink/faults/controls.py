@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from mailsink.clock import now_ms
 from mailsink.config import Settings
 from mailsink.errors import RuleError
 from mailsink.events import EventBus, FaultFired, RulesChanged
-from mailsink.faults.policy import Context, Policy
+from mailsink.faults.policy import Context, Policy, RuleStats
 from mailsink.faults.presets import BY_KEY, PRESETS, preset_rules
 from mailsink.faults.rules import Rule, name_problem, parse_rule
 
@@ -75,6 +75,19 @@ class Verdict:
     def end_reason(self) -> str | None:
         """The session's end reason, when the verdict ends it."""
         return None if self.then == "carry_on" else f"fault_{self.action}"
+
+
+@dataclass(frozen=True, slots=True)
+class RulesSnapshot:
+    """The rules in force at one moment, as `FaultControls.restore` puts them back: the run-time
+    rules (whole, in their order: a Mailpit chaos PUT replaces a rule under the same name) and
+    every switch set while running (presets', config rules', run-time rules')."""
+
+    runtime: tuple[Rule, ...]
+    toggles: Mapping[str, bool] = field(default_factory=dict)
+    # The run-time rules' counts, as they went on until a rule was removed: one put back has
+    # its hits (and `times` budget) again.
+    stats: Mapping[str, RuleStats] = field(default_factory=dict)
 
 
 class FaultControls:
@@ -193,6 +206,70 @@ class FaultControls:
         self._toggles.pop(name, None)
         self._new_policy(same_random=True)
         self._events.publish(RulesChanged("removed", name))
+
+    def snapshot(self) -> RulesSnapshot:
+        """The rules in force now, for `restore`."""
+        stats = {rule.name: self._policy.stats[rule.name] for rule in self._runtime}
+        return RulesSnapshot(tuple(self._runtime), dict(self._toggles), stats)
+
+    def restore(
+        self,
+        snapshot: RulesSnapshot,
+        *,
+        keep: Collection[str] = (),
+        only: Collection[str] | None = None,
+    ) -> None:
+        """Put the rules back as `snapshot` has them: run-time rules added since removed, those
+        removed or replaced since put back (in the snapshot's order), every switch as it was.
+        The names in `keep` stay as they are now (rule and switch), and with `only` just those
+        names are put back. Rules unchanged across keep their hits (as a switch does); each
+        difference is published as a RulesChanged ("removed", "added", "enabled", "disabled")."""
+        config = {rule.name for rule in (*preset_rules(), *self._settings.rules)}
+
+        def restored(name: str) -> bool:
+            return name not in keep and (only is None or name in only)
+
+        now = {rule.name: rule for rule in self._runtime}
+        then = {rule.name: rule for rule in snapshot.runtime}
+        runtime = []
+        for rule in snapshot.runtime:
+            if rule.name in config:  # a reload's config took the name since: the file wins
+                continue
+            if restored(rule.name):
+                runtime.append(rule)
+            elif rule.name in now:
+                runtime.append(now[rule.name])
+        runtime += [r for r in self._runtime if r.name not in then and not restored(r.name)]
+        names = config | {rule.name for rule in runtime}
+        toggles = {}
+        for name in names:
+            source = snapshot.toggles if restored(name) else self._toggles
+            if name in source:
+                toggles[name] = source[name]
+
+        def same(one: Rule, other: Rule) -> bool:  # (a switch is not a change of the rule)
+            return dataclasses.replace(one, enabled=other.enabled) == other
+
+        before = {rule.name: rule for rule in self._policy.rules}
+        self._runtime, self._toggles = runtime, toggles
+        self._new_policy(same_random=True)
+        after = {rule.name: rule for rule in self._policy.rules}
+        for rule in runtime:  # one removed or replaced since, put back: its counts again
+            was = before.get(rule.name)
+            if (
+                restored(rule.name)
+                and rule.name in snapshot.stats
+                and (was is None or not same(was, rule))
+            ):
+                self._policy.stats[rule.name] = snapshot.stats[rule.name]
+        for name, rule in before.items():
+            if name not in after or not same(after[name], rule):
+                self._events.publish(RulesChanged("removed", name))
+        for name, rule in after.items():
+            if name not in before or not same(before[name], rule):
+                self._events.publish(RulesChanged("added", name))
+            elif before[name].enabled != rule.enabled:
+                self._events.publish(RulesChanged("enabled" if rule.enabled else "disabled", name))
 
     def reset(self) -> None:
         """Zero every rule's hits, `times` budgets and rate windows, and start a seeded
