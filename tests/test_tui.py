@@ -387,7 +387,8 @@ def test_sessions_screen_streams_a_live_session(tmp_path):
                 assert "●" in screen_text(app)
                 await asyncio.to_thread(client.command, "MAIL FROM:<live@x.test>")
                 await wait_until(pilot, lambda: "MAIL FROM:<live@x.test>" in screen_text(app))
-                assert sessions.rows[1].state == "MAIL"
+                # The row's state comes with the session's own event, a moment after the line.
+                await wait_until(pilot, lambda: sessions.rows[1].state == "MAIL")
                 await asyncio.to_thread(client.command, "QUIT")
             finally:
                 client.close()
