@@ -53,7 +53,7 @@ from mailsink.faults.controls import FaultControls, RulesSnapshot, RuleState
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import Attachment, ParsedMessage, parse_message
 from mailsink.query import PREFIXES, Query, QueryError, Term, describe, parse_query
-from mailsink.sink import Sink
+from mailsink.sink import Sink, live_record
 from mailsink.store import MessageRecord, Reader, SessionRecord
 from mailsink.testing import RunningSink
 from mailsink.text import visible
@@ -696,29 +696,6 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _from_live(live: ev.LiveSession) -> SessionRecord:
-    """A live session's snapshot as a stored row reads (without its transcript, as
-    `list_sessions` gives rows)."""
-    return SessionRecord(
-        id=live.id,
-        started_at=live.started_at,
-        ended_at=live.ended_at,
-        peer=live.peer,
-        helo=live.helo,
-        tls=live.tls,
-        auth_user=live.auth_user,
-        end_reason=live.end_reason,
-        message_count=len(live.message_ids),
-        last_reply=live.last_reply,
-        faults=live.faults_fired,
-        message_ids=list(live.message_ids),
-        events=[],
-        state=live.state,
-        refusals=live.refusals,
-        last_refusal=live.last_refusal,
-    )
-
-
 async def _woken(subscription: Any, timeout: float) -> bool:
     """Wait for the next event (True) or `timeout` (False); a burst of them is one wake."""
     try:
@@ -954,7 +931,7 @@ class Mailsink:
         server, above = self._server, self._above_session
         # Live ones first: one that ends between the two reads is then still live here or
         # already stored there (the server keeps it until its last row has committed).
-        live = {s.id: _from_live(s) for s in server.running.call(server.sink.live_sessions)}
+        live = {s.id: live_record(s) for s in server.running.call(server.sink.live_sessions)}
 
         def stored(reader: Reader) -> list[SessionRecord]:
             found: list[SessionRecord] = []

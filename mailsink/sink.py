@@ -517,3 +517,29 @@ class Sink:
                 self.events.publish(ev.StoreChanged())
         except Exception as error:  # no watch possible here: faces see this sink's own changes
             log.warning("cannot watch the store for other programs' changes: %s", error)
+
+
+def live_record(
+    session: LiveSession, events: list[tuple[int, str, str]] | None = None
+) -> SessionRecord:
+    """A live session as a SessionRecord (without its transcript unless `events` are given), so
+    that its JSON is the CLI's (end_reason null: still connected) and a test reads it as a
+    stored row."""
+    return SessionRecord(
+        id=session.id,
+        started_at=session.started_at,
+        ended_at=session.ended_at,
+        peer=session.peer,
+        helo=session.helo,
+        tls=session.tls,
+        auth_user=session.auth_user,
+        end_reason=session.end_reason,
+        message_count=len(session.message_ids),
+        last_reply=session.last_reply,
+        faults=session.faults_fired,
+        message_ids=list(session.message_ids),
+        events=events or [],
+        state=session.state,
+        refusals=session.refusals,
+        last_refusal=session.last_refusal,
+    )

@@ -22,7 +22,7 @@ from mailsink.http.request_params import ApiError, bad, integer, json_body, path
 from mailsink.http.routing import ApiRoutes, Param
 from mailsink.http.web_service import SINK, encode_json, json_response
 from mailsink.output import message_json
-from mailsink.store import SessionRecord
+from mailsink.sink import live_record
 from mailsink.store.reader import Reader
 
 log = logging.getLogger("mailsink")
@@ -234,31 +234,6 @@ async def delete_all(request: web.Request) -> web.StreamResponse:
 
 
 # ---- sessions
-
-
-def live_record(
-    session: LiveSession, events: list[tuple[int, str, str]] | None = None
-) -> SessionRecord:
-    """A live session as a SessionRecord, so that its JSON is the CLI's (end_reason null:
-    still connected)."""
-    return SessionRecord(
-        id=session.id,
-        started_at=session.started_at,
-        ended_at=session.ended_at,
-        peer=session.peer,
-        helo=session.helo,
-        tls=session.tls,
-        auth_user=session.auth_user,
-        end_reason=session.end_reason,
-        message_count=len(session.message_ids),
-        last_reply=session.last_reply,
-        faults=session.faults_fired,
-        message_ids=list(session.message_ids),
-        events=events or [],
-        state=session.state,
-        refusals=session.refusals,
-        last_refusal=session.last_refusal,
-    )
 
 
 @routes.get(
