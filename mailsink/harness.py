@@ -50,6 +50,7 @@ from mailsink import events as ev
 from mailsink.config import Settings, load
 from mailsink.errors import RuleError
 from mailsink.faults.controls import FaultControls, RulesSnapshot, RuleState
+from mailsink.mail.addresses import comparable
 from mailsink.mail.envelope import Envelope
 from mailsink.mail.parse import Attachment, ParsedMessage, parse_message
 from mailsink.query import PREFIXES, Query, QueryError, Term, describe, parse_query
@@ -567,35 +568,12 @@ def _address(text: str) -> str:
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
-    return _normalised(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _normalised(address: str) -> str:
-    """email-validator's normal form (needless quotes of the local part dropped, the domain
-    IDNA-encoded), case-folded; an address it refuses (`ann@localhost`), case-folded as given."""
-    if "@" not in address:
-        return address.casefold()
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        valid = validate_email(
-            address,
-            check_deliverability=False,
-            test_environment=True,
-            globally_deliverable=False,
-            allow_smtputf8=True,
-            allow_quoted_local=True,
-            allow_domain_literal=True,
-        )
-    except (EmailNotValidError, ValueError, UnicodeError):
-        return address.casefold()
-    return f"{valid.local_part}@{valid.ascii_domain}".casefold()
+    return comparable(text)
 
 
 def _domain(text: str) -> str:
     """A domain as compared: IDNA-encoded, case-folded (as given when it cannot be encoded)."""
-    return _normalised(f"a@{text}").partition("@")[2]
+    return comparable(f"a@{text}").partition("@")[2]
 
 
 def _header_addresses(values: Iterable[str]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
 # email-validator refuses special-use domains; developers point apps at exactly these.
 _LOCAL_DOMAINS = ("localhost", "local", "localdomain", "internal", "lan", "home.arpa")
@@ -36,22 +37,45 @@ def syntax_error(address: str) -> str | None:
     if at and domain.lower().rstrip(".").endswith(_LOCAL_DOMAINS):
         # Check the local part against a stand-in domain; the local name itself is fine.
         candidate = f"{local}@{_STAND_IN_DOMAIN}"
-    # Deferred: email-validator takes a noticeable share of a CLI command's start-up.
-    from email_validator import EmailNotValidError, validate_email
+    from email_validator import EmailNotValidError
 
     try:
-        validate_email(
-            candidate,
-            check_deliverability=False,
-            globally_deliverable=False,
-            test_environment=True,
-            allow_smtputf8=True,
-            allow_quoted_local=True,
-            allow_domain_literal=True,
-        )
+        _validated(candidate)
     except EmailNotValidError as error:
         return str(error)
     return None
+
+
+def _validated(address: str) -> Any:
+    """email-validator's answer for `address`, syntax only (no DNS), everything SMTP allows."""
+    # Deferred: email-validator takes a noticeable share of a CLI command's start-up.
+    from email_validator import validate_email
+
+    return validate_email(
+        address,
+        check_deliverability=False,
+        globally_deliverable=False,
+        test_environment=True,
+        allow_smtputf8=True,
+        allow_quoted_local=True,
+        allow_domain_literal=True,
+    )
+
+
+@lru_cache(maxsize=4096)
+def comparable(address: str) -> str:
+    """`address` in the form two spellings of one address share: email-validator's normal form
+    (needless quotes of the local part dropped, the domain IDNA-encoded), case-folded; an
+    address it refuses (`ann@localhost`), case-folded as given."""
+    if "@" not in address:
+        return address.casefold()
+    from email_validator import EmailNotValidError
+
+    try:
+        valid = _validated(address)
+    except (EmailNotValidError, ValueError, UnicodeError):
+        return address.casefold()
+    return f"{valid.local_part}@{valid.ascii_domain}".casefold()
 
 
 def aligned(domain_a: str, domain_b: str) -> bool:
