@@ -585,9 +585,13 @@ def ready_over_http(target: ApiTarget, seconds: float, state: NotReady) -> None:
                 raise
             state.why, passing = _answered(target, failure), True
         else:
-            if status == 200 and isinstance(data, list):
+            # Checked as `wait` checks it: any server may answer 200 with some JSON array.
+            if status == 200:
+                _summaries(data)
                 return  # (messages there)
-            if status == 408 and isinstance(data, dict) and "messages" in data:
+            messages = data.get("messages") if isinstance(data, dict) else None
+            if isinstance(messages, list):
+                _summaries(messages)
                 return  # (none yet: still an answer)
             raise not_mailsink(f"HTTP {status} without a wait's answer", status)
         now = time.monotonic()

@@ -44,6 +44,11 @@ _ALLOWED_HOST_FORM = (
     " example.test, or an IP address"
 )
 
+_LIST_THE_NAMES = (
+    "a DNS-rebound one too: list the names"
+    " ('*.example.test' stands for every name under example.test)"
+)
+
 
 def allowed_host(value: Any) -> str:
     """One name of `[http] allowed_hosts` (or `--http-allowed-host`) as the HTTP guard compares
@@ -58,10 +63,7 @@ def allowed_host(value: Any) -> str:
     except ValueError:
         pass
     if name == "*":
-        raise ValueError(
-            "'*' would let any name in, a DNS-rebound one too: list the names"
-            " ('*.example.test' stands for every name under example.test)"
-        )
+        raise ValueError(f"'*' would let any name in, {_LIST_THE_NAMES}")
     if ":" in name or "/" in name:
         raise ValueError(
             f"{value!r}: expected a host name alone, without a scheme or port (any port matches)"
@@ -74,6 +76,10 @@ def allowed_host(value: Any) -> str:
     labels = domain.split(".")
     if len(domain) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"expected {_ALLOWED_HOST_FORM}, got {value!r}")
+    if name.startswith("*.") and len(labels) == 1:
+        # A whole top-level domain is as open as '*': anyone can register a name under it.
+        top_level = name.removeprefix("*.").removesuffix(".")
+        raise ValueError(f"{value!r} would let any name under .{top_level} in, {_LIST_THE_NAMES}")
     return f"*.{domain}" if name.startswith("*.") else domain
 
 

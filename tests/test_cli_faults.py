@@ -339,6 +339,39 @@ def test_a_header_condition_is_a_regex_as_text(running: RunningSink, tmp_path: P
     assert deliver(running) == 250  # ("Your order": no 2024 in it)
 
 
+def test_a_header_condition_names_a_header_field(running: RunningSink, tmp_path: Path) -> None:
+    """A field name that no header can have ("", a space, a colon: not RFC 5322 ftext) would
+    make a rule that never fires: refused, naming the key, in a config file and over the API."""
+    hint = "is not a header field name (printable ASCII characters, at least one, no colon"
+    config = tmp_path / "headers.toml"
+    for name in ("", "Sub ject"):
+        config.write_text(
+            '[[fault]]\nstage = "data"\nreply = "550 5.7.1 no"\n'
+            f'match = {{ header = {{ "{name}" = "^Reset" }} }}\n'
+        )
+        checked = run_cli("check-config", str(config))
+        assert checked.code == 1
+        where = f"mailsink: {config}:4: fault[1].match.header:"
+        assert checked.err == f"{where} {name!r} {hint} or space; such as Subject)\n"
+    for name in ("", "Sub ject", "Subject:", "Sübject", "X-\x7f"):
+        rule = {"stage": "data", "reply": "550 5.7.1 no", "match": {"header": {name: "^Reset"}}}
+        request = urllib.request.Request(
+            running.url + "/api/mailsink/faults",
+            json.dumps(rule).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400, name
+        assert json.load(refused.value)["error"].startswith(f"match.header: {name!r} {hint}")
+    added = faults(
+        running, "add", "--stage", "data", "--reply", "550 5.7.1 no", "--match",
+        "header.X-Order~ID!=^Your", "--json",
+    )  # fmt: skip
+    assert added.code == 0, added.err  # every printable character but colon is a name's
+    assert json.loads(added.out)["match"] == {"header": {"X-Order~ID!": "^Your"}}
+
+
 # ---- what no mailsink answers (test_cli_wait's NotMailsink: a proxy, another program)
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import free_port, mailsink_process, message, run_cli, wait_for_port
@@ -697,16 +698,37 @@ SUMMARY = {
             "expected a JSON array of message summaries",
             id="an object",
         ),
+        pytest.param(
+            "[" + "1," * 200_000 + "1]", "message summary 1: not a JSON object", id="ones"
+        ),
     ],
 )
 def test_an_odd_answer_is_one_line_and_exit_1(not_mailsink, body: str, says: str) -> None:
     server = not_mailsink(answer_json(200, body))
-    for output in ([], ["--json"]):  # the same refusal, whichever way it would be printed
+    # The same refusal, whichever way it would be printed, and from --ready, which asks the same.
+    for output in ([], ["--json"], ["--ready"]):
         result = run_cli("wait", "-t", "2s", *output, "--url", server.url)
         assert result.code == 1, result
         assert result.err.startswith(f"mailsink: wait: {server.url}: not a mailsink answer: ")
         assert says in result.err and result.err.count("\n") == 1, result.err
         assert result.out == ""
+
+
+@pytest.mark.parametrize(
+    ("messages", "code"),
+    [([], 0), ([SUMMARY], 0), ([1], 1), ([{**SUMMARY, "id": "7"}], 1)],
+)
+def test_ready_checks_the_messages_of_a_408_as_well(
+    not_mailsink, messages: list[Any], code: int
+) -> None:
+    """A wait that found too few answers 408 with those it found: --ready is up at such an
+    answer only if they are message summaries as a mailsink gives them."""
+    server = not_mailsink(answer_json(408, json.dumps({"messages": messages})))
+    result = run_cli("wait", "--ready", "-t", "2s", "--url", server.url)
+    assert result.code == code, result
+    if code:
+        assert result.err.startswith(f"mailsink: wait: {server.url}: not a mailsink answer: ")
+        assert "message summary 1: " in result.err and result.err.count("\n") == 1
 
 
 def test_a_right_answer_from_elsewhere_prints_as_list_does(not_mailsink) -> None:

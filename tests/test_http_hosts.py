@@ -148,6 +148,45 @@ def test_a_wide_bind_serves_ip_addresses_localhost_own_and_allowed_names(
         assert raw.makefile("rb").readline().split()[1] == b"200"
 
 
+def raw_status(port: int, host_line: bytes) -> tuple[bytes, bytes]:
+    """The status and body of a GET sent over a socket with exactly this Host line, as no
+    http.client would write it."""
+    request = (
+        b"GET /api/mailsink/faults HTTP/1.1\r\n" + host_line + b"\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(request)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b" ", 2)[1], body
+
+
+def test_a_host_with_text_after_the_bracket_or_an_empty_one_is_refused(
+    wide: RunningSink,
+) -> None:
+    port = wide.http_port
+    for host_line in (b"Host: [::1]", b"Host: [::1]:%d" % port, b"Host: [::1]:"):
+        assert raw_status(port, host_line)[0] == b"200", host_line
+    for host_line in (
+        b"Host: [::1]evil.example",
+        b"Host: [::1]evil.example:%d" % port,
+        b"Host: [::1]:%d.evil.example" % port,
+        b"Host: [::1%evil.example]",
+        b"Host: [::1%%25evil.example]:%d" % port,
+        b"Host: [mailsink]",  # an allowed name, but not an address in brackets
+        b"Host: [a.dev.test]",
+        b"Host: [127.0.0.1]",
+        b"Host: mailsink:evil.example",
+        b"Host: ",
+        b"Host:   ",
+    ):
+        code, body = raw_status(port, host_line)
+        assert code == b"403", host_line
+        assert json.loads(body)["error"].endswith(ADVICE), host_line
+
+
 def test_a_loopback_bind_is_as_strict_as_before_and_takes_allowed_names(
     tmp_path: Path,
 ) -> None:
@@ -182,7 +221,9 @@ def test_a_loopback_bind_is_as_strict_as_before_and_takes_allowed_names(
         ('["mailsink", "a b"]', "name 2: expected a host name such as"),
         ('["mailsink:8025"]', "name 1: 'mailsink:8025': expected a host name alone"),
         ('["http://mailsink"]', "without a scheme or port"),
-        ('["*"]', "'*' would let any name in"),
+        ('["*"]', "'*' would let any name in, a DNS-rebound one too: list the names"),
+        ('["*.com"]', "'*.com' would let any name under .com in, a DNS-rebound one too"),
+        ('["mailsink", "*.Test."]', "name 2: '*.Test.' would let any name under .test in"),
         ('["a.*.test"]', "expected a host name such as"),
         ('["*."]', "expected a host name such as"),
         ('[""]', "expected a host name such as"),
@@ -245,7 +286,11 @@ def test_an_empty_host_is_a_usage_error_naming_the_option(args: tuple[str, ...])
 
 @pytest.mark.parametrize(
     ("name", "hint"),
-    [("mailsink:8025", "without a scheme or port"), ("*", "would let any name in")],
+    [
+        ("mailsink:8025", "without a scheme or port"),
+        ("*", "would let any name in"),
+        ("*.test", "'*.test' would let any name under .test in, a DNS-rebound one too"),
+    ],
 )
 def test_a_bad_allowed_host_option_is_a_usage_error(name: str, hint: str) -> None:
     result = run_cli("serve", "--port", "0", "--db", ":memory:", "--http-allowed-host", name)

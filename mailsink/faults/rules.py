@@ -182,6 +182,7 @@ _RULE_KEYS = {
     "match",
 }
 _MATCH_KEYS = set(_CONDITION_STAGES)
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 
 
 def _glob(key: str, value: Any) -> str:
@@ -240,6 +241,13 @@ def parse_match(data: Any, stage: str) -> Match:
                 raise RuleError(dotted, 'expected a table such as { Subject = "regex" }')
             patterns = []
             for name, pattern in value.items():
+                if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+                    # Such a condition would never match, and the rule never fire: say so now.
+                    raise RuleError(
+                        dotted,
+                        f"{name!r} is not a header field name (printable ASCII characters,"
+                        " at least one, no colon or space; such as Subject)",
+                    )
                 if not isinstance(pattern, str):
                     raise RuleError(
                         f"{dotted}.{name}",

@@ -239,14 +239,26 @@ async def _own_names() -> frozenset[str]:
     return frozenset(name.lower().removesuffix(".") for name in names if name)
 
 
-def _hostname(authority: str) -> str:
-    """The host of a Host header or of a URL's authority, lower-case, without port or []."""
+_BRACKETED_AUTHORITY = re.compile(r"\[([0-9a-f:.]+)\](?::[0-9]*)?")
+_PORT = re.compile(r"[0-9]*")
+
+
+def _hostname(authority: str) -> str | None:
+    """The host of a Host header or of a URL's authority, lower-case, without port or [];
+    None for one no browser sends: empty, text after an IPv6 address's `]` other than :PORT,
+    a zone (`[::1%eth0]`, which could name anything after its `%`)."""
     authority = authority.strip().lower()
     if authority.startswith("["):
-        return authority[1:].partition("]")[0]
+        bracketed = _BRACKETED_AUTHORITY.fullmatch(authority)
+        try:  # only an IPv6 address goes in brackets ([dead.beef] is no name's spelling)
+            return str(ipaddress.IPv6Address(bracketed[1])) if bracketed else None
+        except ValueError:
+            return None
     if authority.count(":") == 1:
-        return authority.partition(":")[0]
-    return authority
+        authority, _, port = authority.partition(":")
+        if not _PORT.fullmatch(port):
+            return None
+    return authority or None
 
 
 def _is_own_name(name: str, service: HttpService) -> bool:
@@ -287,9 +299,10 @@ def _foreign(request: web.Request, service: HttpService) -> str | None:
     as the page could otherwise add fault rules or read mail; a client that sends no Origin
     (curl, a test) passes. A Host that is not one of this server's names is refused too: a
     DNS-rebound name (evil.example resolving to 127.0.0.1) makes a page same-origin. A request
-    without Host (HTTP/1.0; no browser sends one) passes, as it did."""
-    host = request.headers.get("Host", "")
-    if host and not _is_own_name(_hostname(host), service):
+    without Host (HTTP/1.0; no browser sends one) passes, as it did; an empty one does not."""
+    host = request.headers.get("Host")
+    name = None if host is None else _hostname(host)
+    if host is not None and (name is None or not _is_own_name(name, service)):
         where = (
             " (on loopback it answers to localhost and loopback addresses)"
             if is_loopback(service.host)
@@ -303,8 +316,8 @@ def _foreign(request: web.Request, service: HttpService) -> str | None:
     if origin is not None:
         rest = origin.partition("://")[2]
         authority = rest.partition("/")[0]
-        if not authority or authority.lower() != host.strip().lower():
-            return f"blocked: Origin {origin[:100]!r} is not this server's ({host[:100]!r})"
+        if not authority or authority.lower() != (host or "").strip().lower():
+            return f"blocked: Origin {origin[:100]!r} is not this server's ({(host or '')[:100]!r})"
     return None
 
 
