@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -499,7 +500,11 @@ class Sink:
         TUI's deletion). Its files are watched (inotify or the system's equivalent), not
         polled; this sink's own commits show up as well, and a StoreChanged costs a face one
         small read."""
-        from watchfiles import awatch
+        # Imported off the loop (about 100 ms the first time: SMTP and HTTP must not wait).
+        watchfiles = await asyncio.to_thread(importlib.import_module, "watchfiles")
+        awatch = watchfiles.awatch
+        # watchfiles logs "1 change detected" at INFO for every event: each commit, here.
+        logging.getLogger("watchfiles.main").setLevel(logging.WARNING)
 
         # Where SQLite writes: a symlinked store's files are its target's.
         real = Path(os.path.realpath(self.path))

@@ -332,3 +332,21 @@ def test_a_running_sink_that_cannot_listen_leaves_nothing_running(tmp_path):
     assert not running._thread.is_alive()
     running.stop()  # and stopping it then, or twice, is no error
     running.stop()
+
+
+def test_watching_the_store_logs_no_line_per_change(tmp_path, caplog):
+    """A served store watched for other programs' changes (an HTTP wait, an event stream, a
+    test's wait_for) says nothing per commit: watchfiles' own "1 change detected" lines would
+    fill `mailsink serve`'s log."""
+    import logging
+
+    from mailsink.events import StoreChanged
+
+    caplog.set_level(logging.INFO)
+    with RunningSink(tmp_path / "mail.db") as running, running.events(StoreChanged) as events:
+        for _ in range(3):
+            with smtplib.SMTP(running.host, running.port) as client:
+                client.sendmail("a@x.test", ["b@x.test"], message())
+            assert isinstance(events.next(timeout=3), StoreChanged)
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith("watchfiles")]
+    assert noise == []
