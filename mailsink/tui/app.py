@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from textual import work
-from textual.app import App, SystemCommand
+from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
@@ -264,7 +264,8 @@ class MailsinkApp(App[None]):
                     else:
                         every = True
                 ids = () if every else tuple(sorted(changed))
-                with contextlib.suppress(NoMatches):  # not composed yet, or shutting down
+                # Not composed yet, or shutting down (the screen stack already emptied).
+                with contextlib.suppress(NoMatches, ScreenStackError):
                     self.main.messages_changed(ids)
                     screen = self.screen
                     if isinstance(screen, MessageScreen) and (not ids or screen.message_id in ids):
