@@ -334,24 +334,24 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _CutOffHTTPConnection(http.client.HTTPConnection):
+class _CutOff:
+    """A connection whose socket the deadline's timer may shut (mixed in before http.client's)."""
+
     def __init__(self, *args: Any, cutoff: _Cutoff, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cutoff = cutoff
 
     def connect(self) -> None:
-        super().connect()
-        self._cutoff.guard(self.sock)
+        super().connect()  # type: ignore[misc]
+        self._cutoff.guard(self.sock)  # type: ignore[attr-defined]
 
 
-class _CutOffHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, cutoff: _Cutoff, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cutoff = cutoff
+class _CutOffHTTPConnection(_CutOff, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self._cutoff.guard(self.sock)
+
+class _CutOffHTTPSConnection(_CutOff, http.client.HTTPSConnection):
+    pass
 
 
 class _CutOffHTTPHandler(urllib.request.HTTPHandler):

@@ -135,10 +135,11 @@ def message(
     subject: str = "Your order",
     body: str = "Thanks for your order.\r\n",
     extra: str = "",
+    message_id: str = "<m1@shop.test>",
 ) -> bytes:
     head = (
         f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        "Date: Fri, 27 Nov 2026 23:10:00 +0000\r\nMessage-ID: <m1@shop.test>\r\n"
+        f"Date: Fri, 27 Nov 2026 23:10:00 +0000\r\nMessage-ID: {message_id}\r\n"
     )
     return (head + extra + "\r\n" + body).encode()
 

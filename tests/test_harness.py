@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import re
@@ -21,7 +22,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, run_cli
+from conftest import RawClient, message, run_cli
 
 import mailsink.harness as harness
 from mailsink.config import HttpSettings, Settings, SmtpSettings, TlsSettings, load
@@ -38,19 +39,15 @@ def mailsink(tmp_path: Path) -> Iterator[Mailsink]:
         yield view
 
 
-def mail(
-    *,
-    sender: str = "app@x.test",
-    to: str = "ann@x.test",
-    subject: str = "Welcome",
-    body: str = "Hello Ann.\r\n",
-    extra: str = "",
-) -> bytes:
-    return (
-        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        "Date: Fri, 27 Nov 2026 23:10:00 +0000\r\nMessage-ID: <m1@x.test>\r\n"
-        f"{extra}\r\n{body}"
-    ).encode()
+# The conftest's message, addressed as these tests' app sends it.
+mail = functools.partial(
+    message,
+    sender="app@x.test",
+    to="ann@x.test",
+    subject="Welcome",
+    body="Hello Ann.\r\n",
+    message_id="<m1@x.test>",
+)
 
 
 def send(
