@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import smtplib
 import socket
 import subprocess
@@ -102,8 +103,17 @@ def free_http(args: tuple[str, ...] | list[str]) -> list[str]:
     return args
 
 
+def _signals_as_at_a_terminal() -> None:
+    # A suite started in the background (`&` in a script, nohup) passes on SIGINT/SIGHUP
+    # ignored, and an ignored signal is inherited across exec: reset them, as a shell at a
+    # terminal does, so that a test's Ctrl-C reaches mailsink as a user's would.
+    for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def mailsink_process(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    kwargs.setdefault("preexec_fn", _signals_as_at_a_terminal)
     return subprocess.Popen(
         [sys.executable, "-m", "mailsink", *free_http(args)],
         stdout=subprocess.PIPE,
