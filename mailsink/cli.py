@@ -51,6 +51,7 @@ def _overrides(
     no_http: bool,
     http_host: str | None = None,
     http_allowed_hosts: tuple[str, ...] = (),
+    no_web_ui: bool = False,
 ) -> dict[str, Any]:
     """The command line's settings, which win over the config file (also when reloaded);
     --http-allowed-host adds to the file's names."""
@@ -62,6 +63,7 @@ def _overrides(
         "http_host": http_host,
         "http": False if no_http else None,
         "http_allowed_hosts": http_allowed_hosts or None,
+        "web_ui": False if no_web_ui else None,
     }
 
 
@@ -136,6 +138,11 @@ def server_options(function: F) -> F:
             is_flag=True,
             help="Serve no HTTP API (wins over the --http-* options).",
         ),
+        click.option(
+            "--no-web-ui",
+            is_flag=True,
+            help="Serve the HTTP API without the UI in a browser at / ([http] ui = false).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -166,7 +173,14 @@ def _run_server(config: str | None, overrides: dict[str, Any]) -> None:
     run(_server_settings(config, overrides), overrides)
 
 
+# What a browser tab's UI process runs under (mailsink.http.web_ui starts it so): Textual's web
+# driver speaks to the server over the pipes, which are then the tab's terminal.
+WEB_DRIVER = "textual.drivers.web_driver:WebDriver"
+
+
 def _has_terminal() -> bool:
+    if os.environ.get("TEXTUAL_DRIVER") == WEB_DRIVER:
+        return True
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
@@ -190,6 +204,7 @@ def cli(
     http_host: str | None,
     http_allowed_hosts: tuple[str, ...],
     no_http: bool,
+    no_web_ui: bool,
 ) -> None:
     """A local SMTP sink for development: point your app at 127.0.0.1:1025.
 
@@ -197,7 +212,9 @@ def cli(
     terminal (a pipe, a container), the server alone (`mailsink serve`).
     """
     if ctx.invoked_subcommand is None:
-        overrides = _overrides(host, port, db, http_port, no_http, http_host, http_allowed_hosts)
+        overrides = _overrides(
+            host, port, db, http_port, no_http, http_host, http_allowed_hosts, no_web_ui
+        )
         if _has_terminal():
             _run_tui(config, overrides)
         else:
@@ -216,10 +233,13 @@ def serve(
     http_host: str | None,
     http_allowed_hosts: tuple[str, ...],
     no_http: bool,
+    no_web_ui: bool,
 ) -> None:
     """Run the SMTP server and the HTTP API without a UI; one log line per session and per
     message."""
-    overrides = _overrides(host, port, db, http_port, no_http, http_host, http_allowed_hosts)
+    overrides = _overrides(
+        host, port, db, http_port, no_http, http_host, http_allowed_hosts, no_web_ui
+    )
     _run_server(config, overrides)
 
 
@@ -239,6 +259,7 @@ def tui(
     http_host: str | None,
     http_allowed_hosts: tuple[str, ...],
     no_http: bool,
+    no_web_ui: bool,
     attach: bool,
 ) -> None:
     """The SMTP server, the HTTP API and the terminal UI in one process (what bare `mailsink`
@@ -251,7 +272,9 @@ def tui(
             "--attach starts no server: --host, --port, --http-host, --http-port and"
             " --http-allowed-host do not apply"
         )
-    overrides = _overrides(host, port, db, http_port, no_http, http_host, http_allowed_hosts)
+    overrides = _overrides(
+        host, port, db, http_port, no_http, http_host, http_allowed_hosts, no_web_ui
+    )
     _run_tui(config, overrides, attach)
 
 

@@ -123,6 +123,12 @@ def _store_path(value: Any) -> str:
     return value
 
 
+def _ui_sessions(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise ValueError(f"expected a whole number of browser tabs from 1 to 64, got {value!r}")
+    return value
+
+
 def _max_messages(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a whole number of messages of at least 1, got {value!r}")
@@ -190,6 +196,10 @@ class HttpSettings:
     # Host header names served beyond the built-in ones (IP addresses, localhost, this
     # machine's names): the defence against DNS rebinding (web_service._foreign).
     allowed_hosts: tuple[str, ...] = ()
+    # The terminal UI in a browser at `/` of the same port (mailsink.http.web_ui), and how many
+    # browser tabs may run one at once (each is a `mailsink tui --attach` process).
+    ui: bool = True
+    ui_sessions: int = 8
 
 
 @dataclass(frozen=True)
@@ -215,8 +225,10 @@ class Settings:
         http_host: str | None = None,
         http: bool | None = None,
         http_allowed_hosts: Iterable[str] | None = None,
+        web_ui: bool | None = None,
     ) -> Settings:
-        """Command-line options win over the file (`http=False`: --no-http); the names of
+        """Command-line options win over the file (`http=False`: --no-http, `web_ui=False`:
+        --no-web-ui); the names of
         `http_allowed_hosts` (--http-allowed-host) are added to the file's."""
         smtp = self.smtp
         if host is not None:
@@ -231,6 +243,8 @@ class Settings:
             web = dataclasses.replace(web, host=http_host)
         if http is not None:
             web = dataclasses.replace(web, enabled=http)
+        if web_ui is not None:
+            web = dataclasses.replace(web, ui=web_ui)
         if http_allowed_hosts:
             names = allowed_hosts([*web.allowed_hosts, *http_allowed_hosts])
             web = dataclasses.replace(web, allowed_hosts=names)
@@ -316,6 +330,8 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "port": _port,
             "users": _users,
             "allowed_hosts": _allowed_hosts,
+            "ui": _flag,
+            "ui_sessions": _ui_sessions,
         },
     ),
 }

@@ -27,6 +27,13 @@ from mailsink.config import Settings, is_loopback
 from mailsink.errors import ListenError, MailsinkError
 from mailsink.http.request_params import BODY_LIMIT, ApiError
 from mailsink.http.routing import ApiRoute, ApiRoutes, install
+from mailsink.server_link import (
+    ServerAddress,
+    new_token,
+    remove_server_file,
+    write_server_file,
+)
+from mailsink.store.schema import MEMORY
 
 if TYPE_CHECKING:
     from mailsink.sink import Sink
@@ -48,6 +55,7 @@ OWN_NAME_SECONDS = 2.0
 # BODY_LIMIT caps every body but these (a whole message, base64).
 UNCAPPED = {("POST", "/api/v1/send")}
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -142,13 +150,24 @@ class HttpService:
         self.own_names: frozenset[str] = frozenset()
         # Set when the service stops: long-lived answers (events, waits) end on it.
         self.stopping = asyncio.Event()
-        # Closers of open WebSockets and event streams, called on stop.
+        # Closers of open WebSockets and event streams (and browser tabs' UI processes),
+        # called on stop.
         self.streams: set[Callable[[], Awaitable[Any]]] = set()
+        # Authenticates as `[http] users` would (Authorization: Bearer): what this server's own
+        # UI processes and attached TUIs use (mailsink.server_link), never logged.
+        self.token = new_token()
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """The URL a process on this machine connects to: a wildcard bind's loopback address."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
     def apply_settings(self, settings: Settings) -> None:
@@ -191,6 +210,9 @@ class HttpService:
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else http.port
         log.info("HTTP API on %s", self.url)
+        if self.sink.path != MEMORY:  # where attached UIs find this server (server_link)
+            address = ServerAddress(self.local_url, self.token)
+            await asyncio.to_thread(write_server_file, self.sink.path, address)
         if not is_loopback(http.host):
             log.warning(
                 "HTTP listens on %s: reachable from other machines%s",
@@ -200,6 +222,8 @@ class HttpService:
 
     async def stop(self) -> None:
         self.stopping.set()
+        if self.port and self.sink.path != MEMORY:
+            await asyncio.to_thread(remove_server_file, self.sink.path)
         await self._close_streams()
         if self.runner is not None:
             await self.runner.cleanup()
@@ -220,6 +244,14 @@ def _authorized(header: str, users: dict[str, str]) -> bool:
     # compare_digest: the time taken says nothing of how much of the password was right.
     return expected is not None and hmac.compare_digest(
         expected.encode("utf-8", "surrogateescape"), password.encode("utf-8", "surrogateescape")
+    )
+
+
+def _bearer(header: str, token: str) -> bool:
+    """The server's own token (mailsink.server_link), as its UI processes send it."""
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
     )
 
 
@@ -312,6 +344,11 @@ def _foreign(request: web.Request, service: HttpService) -> str | None:
             f"Host {host[:100]!r} is not one of this server's names{where}:"
             " add it to [http] allowed_hosts (or --http-allowed-host)"
         )
+    # A browser says where a request comes from even when it sends no Origin (a form's POST
+    # from another site in some browsers): nothing another site's page asks for changes state.
+    fetched_from = request.headers.get("Sec-Fetch-Site", "").lower()
+    if request.method not in _SAFE_METHODS and fetched_from in ("cross-site", "same-site"):
+        return f"blocked: a {fetched_from} request may not {request.method} here"
     origin = request.headers.get("Origin")
     if origin is not None:
         rest = origin.partition("://")[2]
@@ -333,7 +370,8 @@ async def _guard(
         log.warning("HTTP %s %s refused: %s", request.method, request.path, refusal)
         return error_response(403, refusal)
     users = service.settings.http.users
-    if users and not _authorized(request.headers.get("Authorization", ""), users):
+    authorization = request.headers.get("Authorization", "")
+    if users and not (_bearer(authorization, service.token) or _authorized(authorization, users)):
         response = error_response(401, "authentication required")
         response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}", charset="UTF-8"'
         return response
@@ -372,4 +410,9 @@ def build_app(sink: Sink, service: HttpService) -> web.Application:
     app[SINK] = sink
     app[SERVICE] = service
     app[ROUTES] = install(app, *route_tables())
+    # The UI in a browser (its routes answer 404 while `[http] ui` is off: a reload may turn it
+    # on or off). Not API routes: OpenAPI does not list them.
+    from mailsink.http import web_ui
+
+    web_ui.install(app)
     return app
