@@ -344,12 +344,16 @@ def settings_text(settings: Settings) -> str:
     import dataclasses
 
     lines = [f"# {settings.source}: valid", ""]
-    for section in ("smtp", "storage", "auth", "tls", "validation", "faults", "tags"):
+    for section in ("smtp", "storage", "auth", "tls", "validation", "faults", "tags", "http"):
         lines.append(f"[{section}]")
         values = getattr(settings, section)
         for field in dataclasses.fields(values):
             value = getattr(values, field.name)
-            if section == "auth" and field.name == "users":
+            if section == "http" and field.name == "users":  # passwords never shown
+                shown = f"{len(value)} user(s){': ' if value else ''}{', '.join(sorted(value))}"
+            elif section == "http" and field.name == "allowed_hosts":
+                shown = json.dumps(list(value))
+            elif section == "auth" and field.name == "users":
                 shown = (
                     f"{len(value)} user(s): {', '.join(sorted(value)) or 'any credentials pass'}"
                 )

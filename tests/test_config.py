@@ -139,3 +139,22 @@ def test_cli_missing_config_file(tmp_path):
     result = run_cli("serve", "--config", str(tmp_path / "nope.toml"))
     assert result.code == 1
     assert result.err == f"mailsink: {tmp_path / 'nope.toml'}: file not found\n"
+
+
+def test_the_web_ui_keys_and_their_bounds(tmp_path):
+    config = tmp_path / "ui.toml"
+    config.write_text('[http]\nui = false\nui_sessions = 3\nusers = { ci = "pw-never-shown" }\n')
+    settings = load(config)
+    assert (settings.http.ui, settings.http.ui_sessions) == (False, 3)
+    assert Settings().http.ui and Settings().http.ui_sessions == 8
+    assert settings.with_overrides(web_ui=None).http.ui is False  # the file's, unless given
+    assert Settings().with_overrides(web_ui=False).http.ui is False  # --no-web-ui
+    shown = run_cli("check-config", str(config))
+    assert shown.code == 0
+    assert "ui = false" in shown.out and "ui_sessions = 3" in shown.out
+    assert "users = 1 user(s): ci" in shown.out and "pw-never-shown" not in shown.out
+    for bad in ("0", "65", "true", '"8"'):
+        config.write_text(f"[http]\nui_sessions = {bad}\n")
+        result = run_cli("check-config", str(config))
+        assert result.code == 1 and result.err.count("\n") == 1, bad
+        assert "http.ui_sessions: expected a whole number of browser tabs" in result.err, bad

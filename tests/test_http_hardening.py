@@ -308,3 +308,62 @@ def test_mailpit_raw_and_mailhog_download_are_read_in_pieces(
     assert (status, body) == (404, b"404 page not found")
     assert headers["Content-Type"].startswith("text/plain")
     assert call(running, "GET", "/api/v1/messages/999999/download")[0] == 404
+
+
+def test_another_site_s_requests_change_nothing_even_without_origin(running: RunningSink) -> None:
+    """A form posted from another site: some browsers send no Origin, every current one says
+    Sec-Fetch-Site. Reads stay open (a page of another site cannot read the answers anyway)."""
+    rule = b'{"name": "csrf-form", "stage": "connect", "action": "disconnect"}'
+    for where in ("cross-site", "same-site", "Cross-Site"):
+        form = {"Sec-Fetch-Site": where, "Content-Type": "application/x-www-form-urlencoded"}
+        status, _, body = call(running, "POST", "/api/mailsink/faults", rule, form)
+        assert status == 403 and "may not POST" in json.loads(body)["error"], where
+        assert call(running, "DELETE", "/api/v1/messages", b"{}", form)[0] == 403
+    rules = json.loads(call(running, "GET", "/api/mailsink/faults")[2])["rules"]
+    assert all(r["name"] != "csrf-form" for r in rules)
+    read = {"Sec-Fetch-Site": "cross-site"}
+    assert call(running, "GET", "/api/mailsink/faults", headers=read)[0] == 200
+    own = {"Sec-Fetch-Site": "same-origin"}
+    status, _, _ = call(running, "POST", "/api/mailsink/faults", rule, own)
+    assert status == 201
+    assert call(running, "DELETE", "/api/mailsink/faults/csrf-form", headers=own)[0] == 200
+
+
+def test_the_server_s_token_and_its_file_beside_the_store(tmp_path) -> None:
+    """What attached UIs use (mailsink.server_link): a token that passes as `[http] users` do,
+    in a file only the store's owner reads, gone when the server stops."""
+    from mailsink.server_link import find_server, server_file
+
+    settings = Settings(http=HttpSettings(users={"ci": "right"}))
+    with RunningSink(tmp_path / "mail.db", settings) as sink:
+        found = find_server(str(tmp_path / "mail.db"))
+        assert found is not None and found.url == sink.url
+        path = server_file(str(tmp_path / "mail.db"))
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert found.token == sink.call(lambda: sink.sink.http.token)
+
+        def get(authorization: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", sink.http_port, timeout=10)
+            try:
+                connection.request("GET", "/api/v1/info", headers={"Authorization": authorization})
+                return connection.getresponse().status
+            finally:
+                connection.close()
+
+        assert get(f"Bearer {found.token}") == 200
+        assert get(f"Bearer {found.token[:-1]}") == 401
+        assert get("Bearer ") == 401
+        assert get(f"Basic {base64.b64encode(b'ci:right').decode()}") == 200
+        assert found.token not in (tmp_path / "mail.db").read_bytes().decode("latin-1")
+    assert not path.exists()
+    assert find_server(str(tmp_path / "mail.db")) is None
+
+
+def test_a_server_file_left_by_a_dead_server_finds_nothing(tmp_path) -> None:
+    from mailsink.server_link import ServerAddress, find_server, write_server_file
+
+    store = tmp_path / "mail.db"
+    with RunningSink(store, Settings()):
+        pass
+    write_server_file(str(store), ServerAddress("http://127.0.0.1:9", "stale"))
+    assert find_server(str(store)) is None  # nobody holds the store's lock
