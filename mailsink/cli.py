@@ -264,6 +264,9 @@ def tui(
 ) -> None:
     """The SMTP server, the HTTP API and the terminal UI in one process (what bare `mailsink`
     does)."""
+    from mailsink.http.ui_process import guard_browser_tab
+
+    guard_browser_tab()  # a browser tab's UI process: ends with its server and its tab
     if not _has_terminal():
         raise CliError("the UI needs a terminal; use `mailsink serve` to run without one")
     given = (host, port, http_port, http_host)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -501,6 +502,12 @@ class MessageDetail(Vertical):
         loaded = self.loaded
         if loaded is None or loaded.parsed.html is None:
             self.notify("This message has no HTML part.", severity="warning")
+            return
+        if os.environ.get("MAILSINK_WEB_UI") == "1":
+            # In a browser tab: the server's own view of the HTML (under its strict policy),
+            # in a new tab; the tab's server is the one that serves it.
+            self.app.open_url(f"/view/{loaded.record.id}.html", new_tab=True)
+            self.notify("Opened the HTML in a new browser tab", timeout=3)
             return
         files = cast("MailsinkApp", self.app).browser_files
 
