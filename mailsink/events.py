@@ -124,7 +124,9 @@ class FaultFired:
 @dataclass(frozen=True, slots=True)
 class RulesChanged:
     """The rules in force changed: `why` is "enabled", "disabled", "added", "removed",
-    "reloaded" or "reset" (counters zeroed); `rule` the rule concerned, when there is one."""
+    "reloaded" or "reset" (counters zeroed); `rule` the rule concerned, when there is one.
+    An attached sink's link also says "refreshed": the server's rules fetched again (their
+    hits, after firings)."""
 
     why: str
     rule: str | None = None
@@ -153,6 +155,17 @@ class StoreChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerLinkChanged:
+    """An attached sink's link to the store's server (mailsink.server_link.ServerLink) changed:
+    `state` is "connecting", "live" (fault switching and live sessions through its HTTP API at
+    `url`) or "unreachable" (`reason` says why; the store is still read)."""
+
+    state: str
+    url: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EventsLost:
     """This subscriber fell behind and missed `count` events: read the store afresh."""
 
@@ -172,6 +185,7 @@ Event = (
     | ConfigReloaded
     | ConfigRejected
     | StoreChanged
+    | ServerLinkChanged
     | EventsLost
 )
 

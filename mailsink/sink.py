@@ -8,8 +8,11 @@ fixtures) talks to.
 
 A serving sink owns the store (and through it the writer process), the SMTP listeners, the
 config watcher and the fault controls, all on the running event loop. `Sink.attached(settings)`
-is a view of a store that another process serves: the same reads and deletions, no SMTP, no
-fault controls, and its events come from watching the store (`StoreChanged`).
+is a view of a store that another process serves: the same reads and deletions, no SMTP, and
+its events come from watching the store (`StoreChanged`). With `link=True` (the TUI) it also
+follows the store's server over its HTTP API (mailsink.server_link.ServerLink): the server's
+fault rules, switched there, and its live sessions and transcripts, as they happen. Faces use
+`fault_rules`, `switch_fault`, `toggle_preset` and `live_sessions` on either kind of sink.
 
 Reads run on one reader thread of the sink's own (SQLite and MIME parsing never run on the
 loop); every change to the store is a writer operation (mailsink.store.operations), run by the
@@ -31,9 +34,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailsink import events as ev
 from mailsink.config import Settings
-from mailsink.errors import ListenError, WriterLost
+from mailsink.errors import ListenError, MailsinkError, WriterLost
 from mailsink.events import EventBus, LiveSession, Subscription, TranscriptEvent
-from mailsink.faults.controls import FaultControls
+from mailsink.faults.controls import FaultControls, RuleState
 from mailsink.store import (
     MEMORY,
     MessageRecord,
@@ -47,6 +50,7 @@ from mailsink.store import (
 
 if TYPE_CHECKING:
     from mailsink.query import Query
+    from mailsink.server_link import ServerLink
 
 T = TypeVar("T")
 log = logging.getLogger("mailsink")
@@ -83,6 +87,8 @@ def _load_http() -> None:
 
 _http_loaded = False  # (then a server's start needs no trip to a thread for it: issue 16)
 
+NO_FAULTS = "this view of the store has no link to its server: its fault rules are read-only"
+
 
 def _http_service(sink: Sink, settings: Settings) -> Any:
     from mailsink.http.web_service import HttpService
@@ -110,6 +116,7 @@ class Sink:
         self.server: Any = None  # mailsink.smtp.server.SmtpServer when serving
         self.watcher: Any = None  # mailsink.reload.ConfigWatcher with a config file
         self.http: Any = None  # mailsink.http.web_service.HttpService when HTTP is served
+        self.link: ServerLink | None = None  # attached with link=True: the store's server
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mailsink-reader")
         self._executor_used = False  # (its thread starts with the first read)
         self._reader: Reader | None = None
@@ -174,19 +181,33 @@ class Sink:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def attached(cls, settings: Settings) -> AsyncIterator[Sink]:
+    async def attached(cls, settings: Settings, *, link: bool = False) -> AsyncIterator[Sink]:
         """A view of the store (settings.storage.path) that another process serves. Fails at
-        once, with a clear StoreError, when there is no store there."""
+        once, with a clear StoreError, when there is no store there. `link`: follow the store's
+        server through its HTTP API too (found as mailsink.server_link.find_server finds it,
+        again whenever it is lost), telling how that goes as ServerLinkChanged events."""
         path = resolve_path(settings.storage.path)
         await asyncio.to_thread(lambda: Reader(path).close())
         sink = cls(settings, path)
         sink._tasks.append(asyncio.create_task(sink._watch_data_version()))
+        if link:
+            from mailsink.server_link import ServerLink
+
+            # aiohttp is imported off the loop (a few hundred ms the first time).
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
+            sink.link = ServerLink(path, sink.events)
+            sink.link.start()
         try:
             yield sink
         finally:
             sink._stop.set()
+            if sink.link is not None:
+                await sink.link.close()
             for task in sink._tasks:
                 task.cancel()
+            for task in sink._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await sink._close_reader()
 
     @property
@@ -237,6 +258,40 @@ class Sink:
     def labels(self) -> list[str]:
         """What each address serves: "SMTP" or "SMTPS, implicit TLS"."""
         return list(self.server.labels) if self.server is not None else []
+
+    # ---- fault rules, here or at the store's server
+
+    @property
+    def can_switch_faults(self) -> bool:
+        """Serving, or attached and linked to the store's server: `switch_fault` and
+        `toggle_preset` can work."""
+        return self.faults is not None or (self.link is not None and self.link.live)
+
+    def fault_rules(self) -> list[RuleState]:
+        """The rules in force, in the order they are tried: this sink's own, or (attached) the
+        server's as last heard; empty when there are none to know of."""
+        if self.faults is not None:
+            return self.faults.rules()
+        return self.link.rules() if self.link is not None else []
+
+    async def switch_fault(self, name: str, enabled: bool) -> None:
+        """Switch a rule on or off from the next SMTP command on. KeyError: no such rule here;
+        MailsinkError (mailsink.server_link.LinkError): the server could not be asked."""
+        if self.faults is not None:
+            self.faults.set_enabled(name, enabled)
+            return
+        if self.link is None:
+            raise MailsinkError(NO_FAULTS)
+        await self.link.switch_fault(name, enabled)
+
+    async def toggle_preset(self, key: str) -> bool:
+        """Switch a preset (by its key, 1-5) on or off; True when it is now on. Errors as
+        `switch_fault`'s."""
+        if self.faults is not None:
+            return self.faults.toggle_preset(key)
+        if self.link is None:
+            raise MailsinkError(NO_FAULTS)
+        return await self.link.toggle_preset(key)
 
     # ---- configuration (the watcher calls this)
 
@@ -330,6 +385,10 @@ class Sink:
         stored = await self.stored_sessions(limit=limit, with_refusals=with_refusals)
         merged: dict[int, SessionRecord | LiveSession] = {record.id: record for record in stored}
         floor = stored[-1].id if len(stored) >= limit else 0
+        if self.link is not None:  # the ended ones the store has whole need no snapshot
+            ended = [record.id for record in stored if record.end_reason is not None]
+            self.link.forget_ended(i for i in ended if i in live)
+            live = {i: session for i, session in live.items() if i not in ended}
         for session_id, session in live.items():
             if session_id > floor:
                 merged[session_id] = session
@@ -344,11 +403,16 @@ class Sink:
 
     def live_sessions(self) -> list[LiveSession]:
         """Frozen snapshots of the sessions this sink's server is serving, and of those that
-        have ended but whose last row has not committed yet. Empty when attached."""
-        return self.server.live_sessions() if self.server is not None else []
+        have ended but whose last row has not committed yet. Attached: those the store's
+        server told of over its event stream (empty without a link)."""
+        if self.server is not None:
+            return self.server.live_sessions()
+        return self.link.live_sessions() if self.link is not None else []
 
     def live_session(self, session_id: int) -> LiveSession | None:
-        return self.server.live_session(session_id) if self.server is not None else None
+        if self.server is not None:
+            return self.server.live_session(session_id)
+        return self.link.live_session(session_id) if self.link is not None else None
 
     async def transcript(self, session_id: int, after_seq: int = 0) -> list[TranscriptEvent]:
         """The session's transcript lines after `after_seq`, in order: the stored ones and, for

@@ -549,7 +549,11 @@ def test_attach_shows_another_process_store_live(tmp_path):
                 assert waited < 1.0
                 await wait_until(pilot, lambda: "after" in list_rows(app)[0])
                 await pilot.press("f")
-                assert "belong to that `mailsink serve`" in screen_text(app)
+                # Linked to the server (its HTTP API, found from the store's .server file):
+                # its rules, switchable from here (tests/test_tui_attached.py).
+                await wait_until(
+                    pilot, lambda: "The rules of the server at http://" in screen_text(app)
+                )
                 await pilot.press("escape", "s")
                 sessions = app.screen
                 assert isinstance(sessions, SessionsScreen)

@@ -28,7 +28,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mailsink.config import Settings
-from mailsink.errors import StoreError
+from mailsink.errors import MailsinkError, StoreError
 from mailsink.events import (
     ConfigRejected,
     ConfigReloaded,
@@ -140,7 +140,7 @@ class MailsinkApp(App[None]):
                 )
         try:
             starting = (
-                Sink.attached(self.settings)
+                Sink.attached(self.settings, link=True)
                 if self.attach
                 else Sink.serving(self.settings, self.overrides)
             )
@@ -406,14 +406,26 @@ class MailsinkApp(App[None]):
             self.action_follow_newest,
         )
         yield SystemCommand("Help", "Keys and what they do", self.action_help)
-        if self.sink.faults is not None:
-            faults = self.sink.faults
+        if self.sink.can_switch_faults:  # attached: through the store's server, when linked
             for preset in PRESETS:
                 yield SystemCommand(
                     f"Fault preset: {preset.title}",
                     f"Switch it on or off (key {preset.key} on the Faults screen)",
-                    lambda key=preset.key: faults.toggle_preset(key),
+                    partial(self.toggle_preset, preset.key),
                 )
+
+    @work(group="switch")
+    async def toggle_preset(self, key: str) -> None:
+        """A preset switched from the palette, here or at the store's server."""
+        try:
+            now_on = await self.sink.toggle_preset(key)
+        except MailsinkError as error:
+            self.notify(
+                f"not switched: {visible(str(error))}", severity="error", markup=False, timeout=6
+            )
+            return
+        title = next(preset.title for preset in PRESETS if preset.key == key)
+        self.notify(f"{title}: {'on' if now_on else 'off'}", markup=False, timeout=3)
 
 
 def create_app(

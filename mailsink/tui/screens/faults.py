@@ -1,4 +1,8 @@
-"""Faults: the rules in force, switched on and off here; presets for the usual rejections."""
+"""Faults: the rules in force, switched on and off here; presets for the usual rejections.
+
+Attached to another process's store, the rules are that server's, switched through its HTTP
+API (Sink.switch_fault): in a worker, a failure as a notice, the table redrawn from the events
+the server sends back. Without a link to it, a note says why and nothing can be switched."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from mailsink.clock import local_time
-from mailsink.events import EventsLost, FaultFired, RulesChanged
+from mailsink.errors import MailsinkError
+from mailsink.events import EventsLost, FaultFired, RulesChanged, ServerLinkChanged
 from mailsink.faults.presets import BY_KEY
 from mailsink.sink import Sink
 from mailsink.text import visible
@@ -41,9 +46,13 @@ EXPLAIN = (
     " changes apply from the next SMTP command"
 )
 ATTACHED = (
-    "Attached to a store written by another process: its fault rules belong to that"
-    " `mailsink serve`. Edit its --config file; it is reloaded while it runs."
+    "No server reachable: the fault rules of the `mailsink serve` that writes this store are"
+    " switched through its HTTP API, and none answers"
 )
+ATTACHED_HINT = (
+    " Serve it with HTTP on (the default), or edit its --config file: it is reloaded while it runs."
+)
+CONNECTING = "Connecting to the store's server…"
 
 
 class FaultsScreen(Screen[None]):
@@ -66,17 +75,16 @@ class FaultsScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        if self.sink.faults is None:
-            self.query_one("#fault-note", Static).update(Text(ATTACHED, "yellow"))
-            return
         self.redraw()
         self._follow_rules()
 
     @work(group="rules")
     async def _follow_rules(self) -> None:
         """Redrawn when a rule is switched, added, removed or reloaded, and when one fires
-        (its hits and last firing): many at once are one redraw."""
-        with self.sink.subscribe(RulesChanged, FaultFired, EventsLost) as changes:
+        (its hits and last firing), and (attached) as the link to the server comes and goes:
+        many at once are one redraw."""
+        kinds = (RulesChanged, FaultFired, EventsLost, ServerLinkChanged)
+        with self.sink.subscribe(*kinds) as changes:
             while True:
                 await changes.get()
                 changes.pending()
@@ -87,12 +95,11 @@ class FaultsScreen(Screen[None]):
                 await asyncio.sleep(REDRAW_SECONDS)  # a rule firing 10 000 times a second
 
     def redraw(self) -> None:
-        faults = self.sink.faults
-        if faults is None or not self.is_attached:
+        if not self.is_attached:
             return
         cells = []
         self.names = []
-        for rule in faults.rules():
+        for rule in self.sink.fault_rules():
             on_ = rule.enabled
             cells.append(
                 [
@@ -107,36 +114,76 @@ class FaultsScreen(Screen[None]):
             )
             self.names.append(rule.name)
         self.query_one("#rules", FittedTable).show(cells)
-        settings = self.sink.settings
-        note = f" {len(settings.rules)} rule(s) from " + (
-            visible(str(settings.source)) if settings.source else "no config file"
-        )
-        self.query_one("#fault-note", Static).update(Text(note, "dim"))
+        self.query_one("#fault-note", Static).update(self._note())
+
+    def _note(self) -> Text:
+        sink = self.sink
+        link = sink.link
+        if sink.faults is not None:
+            settings = sink.settings
+            note = f" {len(settings.rules)} rule(s) from " + (
+                visible(str(settings.source)) if settings.source else "no config file"
+            )
+            return Text(note, "dim")
+        if link is not None and link.live:
+            return Text(f" The rules of the server at {visible(link.url or '')}", "dim")
+        if link is not None and link.state == "connecting" and not link.reason:
+            return Text(CONNECTING, "dim")
+        why = f" ({visible(link.reason)})" if link is not None and link.reason else ""
+        return Text(f"{ATTACHED}{why}.{ATTACHED_HINT}", "yellow")
 
     def action_noop(self) -> None:
         """The preset keys are handled in on_key; this binding only labels them in the footer."""
 
     def on_key(self, event: Key) -> None:
-        if event.key in BY_KEY and self.sink.faults is not None:
+        if event.key in BY_KEY:
             event.stop()
             self.toggle_preset(event.key)
 
+    def _read_only(self) -> bool:
+        """Says so (once per key press) when nothing can be switched from here."""
+        if self.sink.can_switch_faults:
+            return False
+        self.notify("faults are read-only: no server reachable", severity="warning", timeout=3)
+        return True
+
     def toggle_preset(self, key: str) -> None:
-        faults = self.sink.faults
-        if faults is None:
+        if not self._read_only():
+            self._toggle_preset(key)
+
+    @work(group="switch")
+    async def _toggle_preset(self, key: str) -> None:
+        try:
+            now_on = await self.sink.toggle_preset(key)
+        except MailsinkError as error:
+            self.notify(
+                f"not switched: {visible(str(error))}", severity="error", markup=False, timeout=6
+            )
             return
-        now_on = faults.toggle_preset(key)
         self.notify(f"{BY_KEY[key].title}: {'on' if now_on else 'off'}", markup=False, timeout=3)
 
     def action_switch(self) -> None:
-        faults = self.sink.faults
         table: DataTable[Text] = self.query_one("#rules", DataTable)
-        if faults is None or not 0 <= table.cursor_row < len(self.names):
+        if not 0 <= table.cursor_row < len(self.names) or self._read_only():
             return
         name = self.names[table.cursor_row]
-        enabled = not next(r.enabled for r in faults.rules() if r.name == name)
-        faults.set_enabled(name, enabled)
-        self.notify(f"{name}: {'on' if enabled else 'off'}", markup=False, timeout=3)
+        rule = next((r for r in self.sink.fault_rules() if r.name == name), None)
+        if rule is not None:
+            self._switch(name, not rule.enabled)
+
+    @work(group="switch")
+    async def _switch(self, name: str, enabled: bool) -> None:
+        try:
+            await self.sink.switch_fault(name, enabled)
+        except KeyError:  # removed since the table was drawn
+            self.notify(f"no rule {visible(name)!r} any more", severity="warning", markup=False)
+            return
+        except MailsinkError as error:
+            self.notify(
+                f"not switched: {visible(str(error))}", severity="error", markup=False, timeout=6
+            )
+            return
+        self.notify(f"{visible(name)}: {'on' if enabled else 'off'}", markup=False, timeout=3)
 
     @on(DataTable.RowSelected, "#rules")
     def _selected(self) -> None:

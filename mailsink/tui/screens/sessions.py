@@ -20,6 +20,7 @@ from mailsink.events import (
     LiveSession,
     MessagesDeleted,
     MessageStored,
+    ServerLinkChanged,
     SessionChanged,
     SessionEnded,
     SessionStarted,
@@ -48,6 +49,7 @@ _REDRAWN_ON = (
     MessagesDeleted,
     StoreChanged,
     EventsLost,
+    ServerLinkChanged,  # attached: the link's live sessions came or went
 )
 
 
@@ -190,10 +192,10 @@ class SessionsScreen(Screen[None]):
         self.refresh_sessions()
         if self.sink.is_attached:
             # Another process serves the store: what it commits, and whether it still runs
-            # (the status line's check), are seen by looking.
+            # (the status line's check), are seen by looking; what its connections do now
+            # comes as events while the sink is linked to it (Sink.link).
             self.set_interval(ATTACHED_REFRESH_SECONDS, self.refresh_sessions)
-        else:
-            self._follow_sessions()
+        self._follow_sessions()
 
     @work(group="session-events")
     async def _follow_sessions(self) -> None:

@@ -1,4 +1,5 @@
-"""The status line: where mail goes in, how much is stored, which faults are on, config state."""
+"""The status line: where mail goes in, how much is stored, which faults are on, config state;
+attached, whether the store's server is linked (`live via URL`) or not (faults read-only)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from rich.text import Text
 from textual import work
 from textual.widgets import Static
 
+from mailsink.events import RulesChanged, ServerLinkChanged
+from mailsink.server_link import LIVE, UNREACHABLE
 from mailsink.sink import Sink
 from mailsink.store import Reader, Serving, StoreError, over_limit
 from mailsink.text import visible
@@ -32,11 +35,38 @@ class StatusLine(Static):
         self.progress_text = ""  # what a long action is doing; see `progress`
         self.unread: int | None = None  # None: not counted yet
         self.index_note = ""  # `index 40,000/100,000` while the search index is incomplete
+        self._link_state: str | None = None  # attached: the link's, as last told
 
     def on_mount(self) -> None:
         if self.sink.is_attached:
             self.check_server()
             self.set_interval(SERVER_CHECK_SECONDS, self.check_server)
+            if self.sink.link is not None:
+                self._follow_link()
+
+    @work(group="link")
+    async def _follow_link(self) -> None:
+        """The link to the store's server, and (through it) its rules switched on and off."""
+        with self.sink.subscribe(ServerLinkChanged, RulesChanged) as changes:
+            async for change in changes:
+                if isinstance(change, ServerLinkChanged):
+                    self._link_changed(change)
+                self.redraw()
+
+    def _link_changed(self, change: ServerLinkChanged) -> None:
+        """A notice when the link is lost, or cannot be made, while the store's server runs
+        (a server that stopped has the notice of `check_server`), and when it is back."""
+        before, self._link_state = self._link_state, change.state
+        running = self.serving is not None and self.serving.running
+        if change.state == UNREACHABLE and before != UNREACHABLE and running:
+            self.app.notify(
+                f"no link to the store's server (faults read-only): {visible(change.reason or '')}",
+                severity="warning",
+                markup=False,
+                timeout=8,
+            )
+        elif change.state == LIVE and before == UNREACHABLE:
+            self.app.notify(f"live via {visible(change.url or '')}", markup=False, timeout=3)
 
     def on_resize(self) -> None:
         self.redraw()
@@ -113,8 +143,10 @@ class StatusLine(Static):
         progress = Text(f"  {self.progress_text}", "bold yellow") if self.progress_text else Text()
         faults_on = Text()
         trail: list[Text] = []
-        if sink.faults is not None:
-            active = [rule for rule in sink.faults.rules() if rule.enabled]
+        if sink.faults is not None or (
+            sink.is_attached and sink.link is not None and sink.link.live
+        ):
+            active = [rule for rule in sink.fault_rules() if rule.enabled]
             if active:  # the server does not behave as usual: always in sight
                 faults_on = Text.assemble(
                     ("  │  ", "dim"), (f"faults: {len(active)} on", "bold yellow")
@@ -141,11 +173,14 @@ class StatusLine(Static):
             index = Text()
         else:
             room -= index.cell_len
-        place = self._attached_place(room - 1) if sink.is_attached else self._places(room - 1)
+        if sink.is_attached:
+            place, web = self._attached_places(room - 1)
+        else:
+            place = self._places(room - 1)
+            # After where SMTP listens, and before it in giving way: mail comes in by SMTP.
+            web = self._http_place(room - 1 - place.cell_len) if place.cell_len else Text("")
         if place.cell_len:
             room -= place.cell_len + 1
-        # After where SMTP listens, and before it in giving way: mail comes in by SMTP.
-        web = self._http_place(room) if place.cell_len else Text("")
         room -= web.cell_len
         line = Text.assemble(head, " " if place.cell_len else "", place, web, core, unread, index)
         line.append_text(progress)
@@ -165,10 +200,43 @@ class StatusLine(Static):
                 line.append("…")
         self.update(line)
 
-    def _attached_place(self, room: int) -> Text:
+    def _attached_places(self, room: int) -> tuple[Text, Text]:
+        """Attached: where the store is and who serves it, then the link to its server: the
+        path is cut first, then the link is shortened, then left out; only then does the place
+        give way (its shorter forms, with the link's again). The faults count says a link is
+        there when it is left out; the Faults screen says why there is none."""
+        links = [*self._link_forms(), Text("")]
+        for whole in (True, False):
+            for link in links:
+                place = self._attached_place(room - link.cell_len, whole_only=whole)
+                if place.cell_len:
+                    return place, link
+        return Text(""), Text("")
+
+    def _link_forms(self) -> list[Text]:
+        link = self.sink.link
+        if link is None:
+            return []
+        if link.live:
+            port = (link.url or "").rpartition(":")[2]
+            return [
+                Text.assemble((" · ", "dim"), "live via ", (link.url or "", "bold")),
+                Text.assemble((" · ", "dim"), "live ", (f":{port}", "bold")),
+                Text.assemble((" · ", "dim"), ("live", "bold")),
+            ]
+        if link.state == UNREACHABLE:
+            return [
+                Text.assemble((" · ", "dim"), ("no server reachable (faults read-only)", "yellow")),
+                Text.assemble((" · ", "dim"), ("no server reachable", "yellow")),
+                Text.assemble((" · ", "dim"), ("offline", "yellow")),
+            ]
+        return [Text.assemble((" · ", "dim"), ("connecting…", "dim"))]
+
+    def _attached_place(self, room: int, *, whole_only: bool = False) -> Text:
         """`attached to <path> · served by <addresses>`, or shorter forms of it (the addresses
         as the first and `+N`, then without "attached to", then without "served by"), with the
-        path cut at its start; empty when none fits in `room`."""
+        path cut at its start; empty when none fits in `room` (`whole_only`: the first form, or
+        nothing)."""
         path = visible(self.sink.path)
         attached, nothing = Text("attached to ", "dim"), Text("")
         forms = (
@@ -176,7 +244,7 @@ class StatusLine(Static):
             (attached, self._served(short=True)),
             (nothing, self._served(short=True)),
             (nothing, self._served(short=True, words=False)),
-        )
+        )[: 1 if whole_only else None]
         for least in (_PATH_LEAST, _PATH_SHORTEST):
             for prefix, served in forms:
                 fixed = prefix.cell_len + served.cell_len
