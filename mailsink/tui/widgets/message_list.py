@@ -378,6 +378,7 @@ class MessageList(ScrollView, can_focus=True):
         self._announced: int | bool | None = False  # last id posted with Selected
         self._generation = 0  # counts full reloads
         self._deletions = -1  # the store's deletion count when the index was read
+        self._released = 0  # deletions counted by release(): a catch-up read before is stale
         self.hidden: set[int] = set()  # deleted here, not yet in the store: see `hide`
         # The newest id in the store when the index was last read, matching the filter or not:
         # a catch-up reads only above it, even when nothing matched (an empty list).
@@ -476,7 +477,7 @@ class MessageList(ScrollView, can_focus=True):
     async def catch_up(self) -> bool:
         """Take in messages stored since the last look and drop pruned ones (a deletion in the
         middle means a full reload). False when a reload overtook it: look again."""
-        f, generation = self.filter, self._generation
+        f, generation, released = self.filter, self._generation, self._released
         query = f.reader_query()
         above = max(self.ids[-1] if self.ids else 0, self._seen)
         latest, new, first, deletions = await self.sink.read(
@@ -488,6 +489,10 @@ class MessageList(ScrollView, can_focus=True):
             )
         )
         if f != self.filter or generation != self._generation:
+            return False
+        if released != self._released:
+            # This UI's own deletion committed and was counted while the read was under way:
+            # its count may be from before (a full reload for nothing). Look again.
             return False
         if deletions != self._deletions:
             await self.reload()
@@ -586,6 +591,8 @@ class MessageList(ScrollView, can_focus=True):
         self.hidden.difference_update(message_ids)
         if self._deletions >= 0:
             self._deletions += deletions
+        if deletions:
+            self._released += 1
 
     def _resize(self) -> None:
         self.virtual_size = Size(self.scrollable_content_region.width, len(self.ids))
