@@ -211,6 +211,24 @@ def cli(
     Without a command, runs the server with the terminal UI (`mailsink tui`); without a
     terminal (a pipe, a container), the server alone (`mailsink serve`).
     """
+    if ctx.invoked_subcommand is not None:
+        # click parses them here, before the command, and the command never sees them: a
+        # config with [http] users would silently not apply.
+        before = [
+            next(o for o in param.opts if o.startswith("--"))
+            for param in ctx.command.params
+            if isinstance(param, click.Option)
+            and param.name is not None
+            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if before:
+            command = ctx.invoked_subcommand
+            raise click.UsageError(
+                f"{', '.join(before)} before the command {command!r} would not apply: options go"
+                f" after the command (`mailsink {command} {before[0]} …`; `mailsink {command}"
+                " --help` lists them)"
+            )
+        return
     if ctx.invoked_subcommand is None:
         overrides = _overrides(
             host, port, db, http_port, no_http, http_host, http_allowed_hosts, no_web_ui

@@ -346,3 +346,18 @@ def test_a_second_server_on_a_symlink_to_a_store_in_use_is_refused(tmp_path):
     link.symlink_to(real)
     with RunningSink(real), pytest.raises(StoreLocked):
         Store(str(link))
+
+
+def test_options_before_a_command_are_refused_not_ignored(tmp_path):
+    """`mailsink --config X serve` parsed --config for the group and ran serve without it: a
+    config's [http] users silently not applied."""
+    config = tmp_path / "mailsink.toml"
+    config.write_text('[http]\nusers = { ci = "pw" }\n')
+    result = run_cli("--config", str(config), "serve")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "--config before the command 'serve' would not apply" in result.err
+    result = run_cli("--no-web-ui", "-p", "3", "list")
+    assert result.code == 2
+    assert "--port, --no-web-ui before the command 'list'" in result.err
+    assert run_cli("--version").code == 0
+    assert run_cli("list", "--db", str(tmp_path / "none.db")).code == 1  # after: as before
