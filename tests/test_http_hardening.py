@@ -14,6 +14,8 @@ import http.client
 import json
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -360,10 +362,21 @@ def test_the_server_s_token_and_its_file_beside_the_store(tmp_path) -> None:
 
 
 def test_a_server_file_left_by_a_dead_server_finds_nothing(tmp_path) -> None:
-    from mailsink.server_link import ServerAddress, find_server, write_server_file
+    from mailsink.server_link import ServerAddress, find_server, server_file, write_server_file
 
     store = tmp_path / "mail.db"
     with RunningSink(store, Settings()):
         pass
     write_server_file(str(store), ServerAddress("http://127.0.0.1:9", "stale"))
     assert find_server(str(store)) is None  # nobody holds the store's lock
+    # A server holds the lock, but the file is another's, whose process is gone.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with RunningSink(store, Settings()) as sink:
+        assert find_server(str(store)) is not None
+        path = server_file(str(store))
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "pid": gone.pid}))
+        assert find_server(str(store)) is None
+        path.write_text(json.dumps(data))
+        assert find_server(str(store)).url == sink.url  # type: ignore[union-attr]
