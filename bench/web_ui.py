@@ -315,24 +315,41 @@ class RawResult:
     child_memory: dict[str, int]
 
 
-async def raw_phase(served: Served, name: str, options: Options) -> RawResult:
-    result = RawResult(name, [], [], [], [], {})
+async def raw_run(
+    http: aiohttp.ClientSession, served: Served, result: RawResult, last: bool, presses: int
+) -> None:
+    """One page open over the raw protocol (and, the last time, the keys and the memory)."""
+    before = set(served.ui_processes())
+    tab = await raw_open(http, served)
+    result.connect_ms.append(tab.connect_ms)
+    result.first_output_ms.append(tab.first_output_ms)
+    result.painted_ms.append(tab.painted_ms)
+    if last:
+        children = set(served.ui_processes()) - before
+        if len(children) == 1:
+            result.child_memory = memory(children.pop())
+        result.keys_ms = await raw_keys(tab, presses)
+    await tab.socket.close()
+    # The next run's process starts on a quiet machine: this one has ended.
+    await ended(served, before)
+
+
+async def raw_phases(
+    ours: Served, reference: Served, options: Options
+) -> tuple[RawResult, RawResult]:
+    """mailsink's opens and the reference's taken in turn, so that a burst of load elsewhere
+    on the machine falls on both sides rather than on one."""
+    mine, theirs = (
+        RawResult("mailsink", [], [], [], [], {}),
+        RawResult("textual-serve", [], [], [], [], {}),
+    )
     async with aiohttp.ClientSession() as http:
         for run in range(options.runs):
-            before = set(served.ui_processes())
-            tab = await raw_open(http, served)
-            result.connect_ms.append(tab.connect_ms)
-            result.first_output_ms.append(tab.first_output_ms)
-            result.painted_ms.append(tab.painted_ms)
-            if run == options.runs - 1:
-                children = set(served.ui_processes()) - before
-                if len(children) == 1:
-                    result.child_memory = memory(children.pop())
-                result.keys_ms = await raw_keys(tab, options.presses)
-            await tab.socket.close()
-            # The next run's process starts on a quiet machine: this one has ended.
-            await ended(served, before)
-    return result
+            last = run == options.runs - 1
+            first, second = ((ours, mine), (reference, theirs))[:: 1 if run % 2 == 0 else -1]
+            for served, result in (first, second):
+                await raw_run(http, served, result, last, options.presses)
+    return mine, theirs
 
 
 # ---- the browser
@@ -572,12 +589,10 @@ async def measure(
                 browser_result = await browser_phase(browser, served, options)
             finally:
                 await browser.close()
-        scale.progress("raw WebSocket, mailsink...")
-        ours = await raw_phase(served, "mailsink", options)
         # The reference attaches to the same serving process (its server file), as ours does.
         with textual_serve(db, config) as reference_server:
-            scale.progress("raw WebSocket, textual-serve...")
-            reference = await raw_phase(reference_server, "textual-serve", options)
+            scale.progress("raw WebSocket, mailsink and textual-serve in turn...")
+            ours, reference = await raw_phases(served, reference_server, options)
     return browser_result, ours, reference
 
 
