@@ -48,15 +48,21 @@ class Tab:
         self.screen = pyte.Screen(width, height)
         self.stream = pyte.ByteStream(self.screen)
         self.texts: list[Any] = []
+        self.close_reason = ""
         self.changed = asyncio.Event()
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        async for frame in self.ws:
+        while True:
+            frame = await self.ws.receive()
             if frame.type == aiohttp.WSMsgType.BINARY:
                 self.stream.feed(frame.data)
             elif frame.type == aiohttp.WSMsgType.TEXT:
                 self.texts.append(json.loads(frame.data))
+            else:  # the end: the close frame's reason is the server's word on why
+                if frame.type == aiohttp.WSMsgType.CLOSE:
+                    self.close_reason = frame.extra or ""
+                break
             self.changed.set()
         self.changed.set()
 
@@ -321,6 +327,285 @@ def test_o_opens_the_servers_view_of_the_html_in_a_new_tab(web: RunningSink) -> 
     asyncio.run(scenario())
 
 
+async def next_text_frame(tab: Tab, count: int, timeout: float = 10.0) -> Any:
+    """The tab's text frame number `count` (0-based), once it has come."""
+    deadline = time.monotonic() + timeout
+    while len(tab.texts) <= count:
+        assert time.monotonic() < deadline and not tab.reader.done(), f"{tab.texts}\n{tab.text}"
+        tab.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tab.changed.wait(), 0.5)
+    return tab.texts[count]
+
+
+def test_saving_a_part_and_exporting_are_downloads_never_files_on_the_server(
+    web: RunningSink, tmp_path: Path
+) -> None:
+    """A tab's `a` (save the part) and `e` (export .eml) would write a path of the server's
+    choosing on its machine (a .pth in site-packages runs code): in a tab they are downloads
+    in the browser, from this server's routes, with no prompt for a directory."""
+    payload = "import os  # would run in every later Python\r\n"
+    raw = message(
+        subject="Invoice attached",
+        extra='Content-Type: text/plain\r\nContent-Disposition: attachment; filename="zz.pth"\r\n',
+        body=payload,
+    )
+    with smtplib.SMTP("127.0.0.1", web.port, timeout=10) as client:
+        client.sendmail("a@shop.test", ["b@x.test"], raw)
+    with web.reader() as reader:
+        newest = reader.list_messages()[0].id
+    before = set(Path.cwd().iterdir())
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            tab = await open_tab(session, web.url, 120, 40)
+            await tab.ready()
+            await tab.wait_for("Invoice attached")
+            await tab.press("5")  # the Parts tab: the message is its one part
+            leaf = "text/plain  zz.pth"  # (the Overview lists it as "@ zz.pth")
+            await tab.wait_for(leaf)
+            # A click on the part, as xterm.js reports it (SGR: button 0 down, then up), chooses
+            # it (and saves it, as Enter does); again if the tree was still being laid out.
+            row = next(i for i, line in enumerate(tab.screen.display) if leaf in line)
+            column = tab.screen.display[row].index(leaf) + 1
+            part_url = f"/ui/part/{newest}/0"
+            opened = ["open_url", {"url": part_url, "new_tab": True}]
+            for _ in range(5):
+                await tab.press(f"\x1b[<0;{column};{row + 1}M\x1b[<0;{column};{row + 1}m")
+                with contextlib.suppress(AssertionError):
+                    await tab.wait_until(lambda: opened in tab.texts, "the click's download", 2)
+                    break
+            assert await next_text_frame(tab, 0) == opened
+            clicked = len(tab.texts)
+            await tab.press("a")  # the key for the chosen part
+            assert await next_text_frame(tab, clicked) == opened
+            await tab.wait_for("Downloading zz.pth")
+            assert "into directory" not in tab.text
+            await tab.press("e")
+            raw_url = f"/api/v1/message/{newest}/raw?dl=1"
+            exported = ["open_url", {"url": raw_url, "new_tab": True}]
+            await tab.wait_until(lambda: exported in tab.texts, "the export's download", 10)
+            assert all(text in (opened, exported) for text in tab.texts)
+            assert "as .eml into" not in tab.text
+            await tab.close()
+            async with session.get(web.url + part_url) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "application/octet-stream"
+                assert response.headers["Content-Disposition"].startswith(
+                    'attachment; filename="zz.pth"'
+                )
+                assert "sandbox" in response.headers["Content-Security-Policy"]
+                assert await response.read() == payload.encode()
+            async with session.get(web.url + raw_url) as response:
+                assert response.status == 200
+                assert response.headers["Content-Disposition"] == (
+                    f'attachment; filename="{newest}.eml"'
+                )
+                assert await response.read() == raw
+            for missing in (f"/ui/part/{newest}/7", "/ui/part/999999/0", "/ui/part/x/0"):
+                async with session.get(web.url + missing) as response:
+                    assert response.status == 404 and "error" in await response.json()
+        await until_gone(ui_pids(web.db))  # its place is free for the next test's tabs
+
+    asyncio.run(scenario())
+    assert set(Path.cwd().iterdir()) == before  # nothing was written where the UI runs
+
+
+@pytest.mark.parametrize(
+    ("url", "opened"),
+    [
+        ("/view/12.html", True),
+        ("/ui/part/12/3", True),
+        ("/api/v1/message/12/raw?dl=1", True),
+        ("//evil.example/", False),
+        ("/\\evil.example/x", False),  # a browser's URL parser: //evil.example/x
+        ("/\t/evil.example/", False),  # tabs are dropped: //evil.example/
+        ("https://evil.example/", False),
+        ("/view/12.html\n", False),
+        ("/view/12.html?x=//evil.example", False),
+        ("/api/v1/messages", False),
+        (["/view/1.html"], False),
+    ],
+)
+def test_a_tab_opens_only_the_urls_the_app_means(url: Any, opened: bool) -> None:
+    from mailsink.http.ui_process import UiProcess
+
+    asked: list[str] = []
+
+    async def open_url(url: str, new_tab: bool) -> None:
+        asked.append(url)
+
+    async def nothing(*_: Any) -> None:
+        pass
+
+    async def scenario() -> None:
+        process = UiProcess([], {}, on_output=nothing, on_open_url=open_url, on_exit=nothing)
+        meta = json.dumps({"type": "open_url", "url": url, "new_tab": True}).encode()
+        assert await process._meta(meta)
+
+    asyncio.run(scenario())
+    assert asked == ([url] if opened else [])
+
+
+# ---- what one tab may cost
+
+
+def paste(text: str) -> str:
+    """A paste as xterm.js sends it to an app in bracketed-paste mode (Textual's)."""
+    return f"\x1b[200~{text}\x1b[201~"
+
+
+async def pong_after(tab: Tab, token: str) -> float:
+    """Seconds until the server answers a ping sent now: it reads the tab's messages in
+    order, so a throttled message before the ping holds it up."""
+    started = time.monotonic()
+    await tab.ws.send_str(json.dumps(["ping", token]))
+    await tab.wait_until(lambda: ["pong", token] in tab.texts, f"pong {token}", 15)
+    return time.monotonic() - started
+
+
+def test_a_tabs_input_is_throttled_and_a_flood_closes_it(
+    web: RunningSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tab's UI process makes an event of every key and keeps them all: input is passed on
+    at a bounded rate of events (a paste is one) and bytes; a message of thousands of keys,
+    one over 64 KiB, or input held back for INPUT_BEHIND_SECONDS (1 s here, not 10, to
+    keep this short) closes the tab."""
+    from mailsink.http import web_ui
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            tab = await open_tab(session, web.url)
+            await tab.ready()
+            # A long paste is one event: passed on at once.
+            await tab.press(paste("x" * 60_000))
+            assert await pong_after(tab, "after a paste") < 1.5
+            # Keys past the burst wait for the rate: 300 + 300 keys (an unbound one), then
+            # the ping, come through no sooner than (600 - burst) / rate seconds.
+            burst, rate = web_ui.INPUT_EVENTS_BURST, web_ui.INPUT_EVENTS_RATE
+            await tab.press("§" * 300)
+            await tab.press("§" * 300)
+            assert await pong_after(tab, "after keys") >= (600 - burst) / rate - 0.3
+            assert not tab.reader.done()
+            await tab.close()
+
+            flood = await open_tab(session, web.url)
+            await flood.ready()
+            await flood.press("§" * 1000)
+            await asyncio.wait_for(flood.reader, 10)
+            assert flood.ws.close_code == 1008
+            assert flood.close_reason == "1000 keys in one message: more than a keyboard sends"
+            await flood.close()
+
+            monkeypatch.setattr(web_ui, "INPUT_BEHIND_SECONDS", 1.0)
+            sustained = await open_tab(session, web.url)
+            await sustained.ready()
+            for _ in range(5):  # 1500 keys: more than a second behind the rate
+                await sustained.press("§" * 300)
+            await asyncio.wait_for(sustained.reader, 10)
+            assert sustained.ws.close_code == 1008
+            assert sustained.close_reason == "input faster than a UI takes it for 1s"
+            await sustained.close()
+
+            big = await open_tab(session, web.url)
+            await big.ready()
+            await big.press(paste("x" * web_ui.WS_MESSAGE_LIMIT))
+            await asyncio.wait_for(big.reader, 10)
+            assert big.ws.close_code == 1009  # too big
+            await big.close()
+        await until_gone(ui_pids(web.db))
+
+    asyncio.run(scenario())
+
+
+def test_a_ui_process_that_does_not_read_closes_its_tab_and_is_ended(
+    web: RunningSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped (or stuck) UI process: what its tab sends is not waited on (the tab still
+    gets answers), and once INPUT_BACKLOG is unread the tab is closed, saying why, and the
+    process is killed. (The byte rate is raised here only so that this takes no minute.)"""
+    from mailsink.http import web_ui
+
+    monkeypatch.setattr(web_ui, "INPUT_BYTES_RATE", 1e9)
+    monkeypatch.setattr(web_ui, "INPUT_BYTES_BURST", 1e9)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            tab = await open_tab(session, web.url)
+            await tab.ready()
+            (pid,) = ui_pids(web.db)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                for _ in range(3):  # the pipe takes 64 KiB, then our backlog starts
+                    await tab.press(paste("x" * 60_000))
+                assert await pong_after(tab, "while stopped") < 1.5
+                for _ in range(5):
+                    await tab.press(paste("x" * 60_000))
+                await asyncio.wait_for(tab.reader, 10)
+                assert tab.ws.close_code == 1011
+                assert "not reading its input" in tab.close_reason
+                took = await until_gone({pid}, timeout=8)
+                assert took < 6  # quit unanswered: SIGTERM (pending while stopped), SIGKILL
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    asyncio.run(scenario())
+
+
+def test_stopping_a_ui_process_that_reads_nothing_is_bounded() -> None:
+    """The server's stop (or a tab's end) with a child that never reads its stdin: the quit
+    cannot be delivered, the pipe is full, and still the stop ends it within seconds."""
+    from mailsink.http.ui_process import INPUT_BACKLOG, InputBacklogged, UiProcess
+
+    child = (
+        "import sys, time; sys.stdout.write('__GANGLION__\\n'); sys.stdout.flush(); time.sleep(60)"
+    )
+
+    async def nothing(*_: Any) -> None:
+        pass
+
+    async def scenario() -> None:
+        process = UiProcess(
+            [sys.executable, "-c", child],
+            {},
+            on_output=nothing,
+            on_open_url=nothing,
+            on_exit=nothing,
+        )
+        await process.start()
+        await asyncio.wait_for(process.ready.wait(), START_SECONDS)
+        sent = 0
+        with pytest.raises(InputBacklogged):
+            for _ in range(100):
+                # Never waits for the child: each write returns at once.
+                assert await asyncio.wait_for(process.send_input("x" * 60_000), 1)
+                sent += 60_000
+        assert INPUT_BACKLOG <= sent <= INPUT_BACKLOG + 64 * 1024 + 60_000
+        started = time.monotonic()
+        code = await asyncio.wait_for(process.stop(), 10)
+        assert code == -signal.SIGTERM and time.monotonic() - started < 3.5
+
+    asyncio.run(scenario())
+
+
+def test_a_message_nested_too_deeply_closes_the_tab_cleanly(web: RunningSink) -> None:
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            tab = await open_tab(session, web.url)
+            await tab.ready()
+            # Not JSON textual.js sends: ignored, the tab carries on.
+            for junk in ("{{{", '{"a": 1}', '["stdin"]', '["resize", {"width": 1e308}]'):
+                await tab.ws.send_str(junk)
+            assert await pong_after(tab, "after junk") < 1.5
+            await tab.ws.send_str("[" * 5000)  # past Python's recursion limit
+            await asyncio.wait_for(tab.reader, 10)
+            assert tab.ws.close_code == 1007 and "nested" in tab.close_reason
+        await until_gone(ui_pids(web.db))
+
+    asyncio.run(scenario())
+
+
 # ---- who may have a tab
 
 
@@ -421,16 +706,28 @@ def test_a_tab_closing_ends_its_process_within_seconds(web: RunningSink) -> None
     assert took < 3  # quit is obeyed: no SIGTERM needed (that would be 2 s)
 
 
-def test_ui_off_by_reload_answers_404_while_the_api_answers(web: RunningSink) -> None:
+def test_ui_off_by_reload_closes_open_tabs_and_answers_404(web: RunningSink) -> None:
     config = web.config
     assert config is not None
-    config.write_text(CONFIG + "ui = false\n")
+
+    async def tab_closed_by_the_reload() -> Tab:
+        async with aiohttp.ClientSession() as session:
+            tab = await open_tab(session, web.url)
+            await tab.ready()
+            pids = ui_pids(web.db)
+            config.write_text(CONFIG + "ui = false\n")
+            await asyncio.wait_for(tab.reader, 10)  # the server closed it
+            await until_gone(pids)
+            return tab
+
     try:
+        tab = asyncio.run(tab_closed_by_the_reload())
+        assert tab.ws.close_code == 1001 and "[http] ui = false" in tab.close_reason
         deadline = time.monotonic() + 10
         while request(web.http_port, "/")[0] != 404:
             assert time.monotonic() < deadline, "the reload did not turn the UI off"
             time.sleep(0.05)
-        for path in ("/", "/ui/ws", "/ui/static/js/textual.js", "/favicon.ico"):
+        for path in ("/", "/ui/ws", "/ui/static/js/textual.js", "/favicon.ico", "/ui/part/1/0"):
             code, headers, body = request(web.http_port, path)
             assert code == 404 and headers["Content-Type"].startswith("application/json")
             assert "[http] ui = false" in json.loads(body)["error"]

@@ -22,6 +22,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -40,6 +41,11 @@ READY_LINES = 10
 READY_SECONDS = 30.0  # a cold start of Python and Textual on a loaded machine: ~1 s usually
 QUIT_SECONDS = 2.0  # from quit (and stdin closed) to SIGTERM
 TERM_SECONDS = 2.0  # from SIGTERM to SIGKILL
+KILL_SECONDS = 2.0  # from SIGKILL to giving up on the exit status (the loop's watcher reaps it)
+# Input written to the child and not read by it yet. A child that reads its input takes a
+# paste of the largest frame a tab may send (web_ui.WS_MESSAGE_LIMIT) with room to spare; past
+# this it is stopped or stuck, and what the tab sends would only pile up in the server.
+INPUT_BACKLOG = 256 * 1024
 STDERR_KEPT = 16 * 1024  # the end of what a child wrote on stderr, for the log when it fails
 PACKET_LIMIT = 16 * 1024 * 1024  # a larger packet from the child is a protocol error
 # The child side: how often the guard looks at its parent and its stdin, and how long an app
@@ -49,8 +55,29 @@ GUARD_GRACE_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
+# The only URLs the app opens in a browser tab (message_detail, screens.main): the server's
+# view of a message's HTML, a part as a download (web_ui.part_download), the message as a
+# download (Mailpit's raw with dl=1). Exactly these: nothing the app is made to say (by a
+# message's text) sends the browser elsewhere; "/\host" and "/<TAB>/host" are other sites
+# to a browser's URL parser.
+OPEN_URLS = re.compile(
+    r"/view/[0-9]{1,19}\.html"
+    r"|/ui/part/[0-9]{1,19}/[0-9]{1,9}"
+    r"|/api/v1/message/[0-9]{1,19}/raw\?dl=1"
+)
+
+
+class InputBacklogged(Exception):
+    """The child has not read INPUT_BACKLOG bytes of input: it is stopped or stuck."""
+
+
 def encode_packet(kind: bytes, payload: bytes) -> bytes:
     return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def may_open(url: object) -> bool:
+    """Whether the app's open_url may go to the browser: one of OPEN_URLS, exactly."""
+    return isinstance(url, str) and OPEN_URLS.fullmatch(url) is not None
 
 
 class UiProcess:
@@ -150,23 +177,33 @@ class UiProcess:
             return False
         if kind == "open_url":
             url, new_tab = meta.get("url"), meta.get("new_tab", True)
-            # Only this server's own pages: the app asks for /view/ID.html; another site (or
-            # "//host", which is another site too) is no UI's to open.
-            if isinstance(url, str) and url.startswith("/") and not url.startswith("//"):
-                await self.on_open_url(url, bool(new_tab))
+            if may_open(url):
+                await self.on_open_url(str(url), bool(new_tab))
             else:
-                log.debug("UI process %s: not opening %r", self.pid, url)
+                log.debug("UI process %s: not opening %r", self.pid, str(url)[:200])
         else:  # deliver_file_start and anything newer: downloads are not served here
             log.debug("UI process %s: meta %r not supported", self.pid, kind)
         return True
 
+    @property
+    def input_backlog(self) -> int:
+        """Bytes written to the child's stdin that it has not read yet."""
+        stdin = self.process.stdin if self.process is not None else None
+        if stdin is None or stdin.is_closing():
+            return 0
+        return stdin.transport.get_write_buffer_size()
+
     async def _write(self, packet: bytes) -> bool:
+        """False when the child has gone; InputBacklogged when it does not read. Never waits
+        for the child (no drain): a child that does not read must not stop the tab's reader
+        (its pings) or the server's stop. The backlog is bounded instead."""
         process = self.process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return False
+        if self.input_backlog + len(packet) > INPUT_BACKLOG:
+            raise InputBacklogged(f"{self.input_backlog} bytes of input not read")
         try:
             process.stdin.write(packet)
-            await process.stdin.drain()
         except (OSError, RuntimeError):  # the child has gone
             return False
         return True
@@ -199,10 +236,11 @@ class UiProcess:
         if process is None:
             return None
         if process.returncode is None:
-            await self.send_meta({"type": "quit"})
+            with contextlib.suppress(InputBacklogged):  # a child that does not read: SIGTERM
+                await self.send_meta({"type": "quit"})
         if process.stdin is not None:
             with contextlib.suppress(OSError, RuntimeError):
-                process.stdin.close()
+                process.stdin.close()  # its end of the pipe: EOF once it has read the rest
         code = await self._wait(QUIT_SECONDS)
         if code is None:
             log.warning("UI process %s did not quit within %gs: terminated", self.pid, QUIT_SECONDS)
@@ -212,21 +250,32 @@ class UiProcess:
         if code is None:
             log.warning("UI process %s ignored SIGTERM: killed", self.pid)
             with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            code = await process.wait()
+                process.kill()  # a stopped (SIGSTOP) process dies of it too
+        # Input it never read is dropped (a closed pipe with unsent bytes stays open until
+        # they are sent), and so is output nobody will show: then every pipe is closed and
+        # the exit is seen, however the child and the tab behaved.
+        if process.stdin is not None and process.stdin.transport.get_write_buffer_size():
+            process.stdin.transport.abort()  # (with nothing left to send it is closed already)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if code is None:
+            code = await self._wait(KILL_SECONDS)
+        if code is None:
+            log.warning("UI process %s: no exit status %gs after SIGKILL", self.pid, KILL_SECONDS)
         return code
 
     async def _wait(self, seconds: float) -> int | None:
-        assert self.process is not None
+        """The exit status within `seconds`, else None. An exited child whose output is not
+        all read yet (the tab is slow to take it) has its status already: that counts."""
+        process = self.process
+        assert process is not None
         try:
-            return await asyncio.wait_for(self.process.wait(), seconds)
+            return await asyncio.wait_for(process.wait(), seconds)
         except TimeoutError:
-            return None
+            return process.returncode
 
 
 # ---- the child's side

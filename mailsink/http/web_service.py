@@ -181,6 +181,12 @@ class HttpService:
             task = asyncio.get_running_loop().create_task(self._close_streams())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        elif old.ui and not new.ui:  # the open tabs' UIs end too, not only the next requests
+            from mailsink.http.web_ui import close_tabs
+
+            task = asyncio.get_running_loop().create_task(close_tabs(self.app))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _close_streams(self) -> None:
         for close in list(self.streams):

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,12 @@ import textual_serve
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from mailsink.http.request_params import ApiError
-from mailsink.http.ui_process import PARENT_PID_ENV, WEB_UI_ENV, UiProcess
+from mailsink.http.ui_process import PARENT_PID_ENV, WEB_UI_ENV, InputBacklogged, UiProcess
 from mailsink.http.web_service import SERVICE, SINK, HttpService
+from mailsink.mail.attachments import safe_filename
+from mailsink.mail.parse import MAX_PARTS, MimePart, parse_message, part_payload
 from mailsink.server_link import TOKEN_ENV, URL_ENV
+from mailsink.store.reader import Reader
 from mailsink.text import visible
 
 log = logging.getLogger("mailsink")
@@ -38,8 +42,21 @@ WEB_DRIVER = "textual.drivers.web_driver:WebDriver"
 FONT_SIZE = 16
 DEFAULT_SIZE = (80, 24)
 MAX_SIZE = 1000  # columns or rows: more is no screen
-WS_MESSAGE_LIMIT = 1024 * 1024  # a paste of a megabyte is a lot already
+# A tab's input. textual.js sends a paste as one frame: 64 KiB is a long paste (more closes
+# the tab, 1009). The UI process makes an event of each key, mouse report and paste, and
+# queues them without bound: a tab sending "a" a million times grows it by gigabytes (each
+# press a notice: ~3 KB). So what goes on to it is throttled, by events (typing is ~20 a
+# second, moving the mouse fast ~120) and by bytes (a paste is one event, but it lands in an
+# input field), each after a burst. A throttled tab waits (TCP's back-pressure); one that
+# is still held back after INPUT_BEHIND_SECONDS is closed (1008).
+WS_MESSAGE_LIMIT = 64 * 1024
+INPUT_EVENTS_RATE = 120.0
+INPUT_EVENTS_BURST = 400.0
+INPUT_BYTES_RATE = 16 * 1024.0
+INPUT_BYTES_BURST = float(WS_MESSAGE_LIMIT)
+INPUT_BEHIND_SECONDS = 10.0
 PING_SECONDS = 15.0
+CLOSE_SECONDS = 3.0  # for a tab to answer our close frame (aiohttp's default is 10 s)
 
 _TEXTUAL_STATIC = Path(textual_serve.__file__).resolve().parent / "static"
 _OWN_STATIC = Path(__file__).resolve().parent / "ui_static"
@@ -83,8 +100,16 @@ class UiSessions:
         if not self.open:
             service.streams.discard(self.close_all)
 
-    async def close_all(self) -> None:
-        await asyncio.gather(*(session.close() for session in list(self.open)))
+    async def close_all(self, reason: str = "mailsink UI ended") -> None:
+        await asyncio.gather(*(session.close(reason) for session in list(self.open)))
+
+
+async def close_tabs(app: web.Application) -> None:
+    """Every open tab's UI ended: `[http] ui` was turned off by a reload."""
+    sessions = app.get(UI_SESSIONS)
+    if sessions is not None and sessions.open:
+        log.info("the UI in a browser is off: closing %d tab(s)", len(sessions.open))
+        await sessions.close_all("the UI in a browser was turned off ([http] ui = false)")
 
 
 class UiSession:
@@ -95,17 +120,87 @@ class UiSession:
         self.peer = peer
         self.process: UiProcess | None = None
         self.started = time.monotonic()
+        # How the WebSocket is closed: the UI quit (q), unless the server ends it first.
+        self.close_code = WSCloseCode.OK
+        self.reason = "mailsink UI ended"
 
-    async def close(self) -> None:
-        """Ends the process (bounded, see UiProcess.stop) and the WebSocket."""
+    async def close(self, reason: str = "mailsink UI ended") -> None:
+        """Ends the process (bounded, see UiProcess.stop) and the WebSocket, with `reason`."""
+        self.close_code, self.reason = WSCloseCode.GOING_AWAY, reason
         if self.process is not None:
             await self.process.stop()
+        await self.end_websocket()
+
+    async def end_websocket(self) -> None:
         if not self.ws.closed:
-            await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"mailsink UI ended")
+            await self.ws.close(code=self.close_code, message=_close_reason(self.reason))
+
+
+def _close_reason(text: str) -> bytes:
+    """A close frame's reason has room for 123 bytes (whole characters)."""
+    return text.encode()[:123].decode("utf-8", "ignore").encode()
+
+
+class TokenBucket:
+    """`delay(cost)` spends `cost` and says how long to wait before going on (0 within the
+    burst; the debt is paid at `rate` a second)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.available = burst
+        self.updated = time.monotonic()
+
+    def delay(self, cost: float) -> float:
+        now = time.monotonic()
+        self.available = min(self.burst, self.available + (now - self.updated) * self.rate)
+        self.updated = now
+        self.available -= cost
+        return 0.0 if self.available >= 0 else -self.available / self.rate
+
+
+# What Textual's input parser makes one event of: a bracketed paste without an escape in it
+# (however long), an escape sequence (CSI: arrows, function keys, SGR mouse reports; SS3;
+# alt+key), else a character.
+_PASTE = re.compile(r"\x1b\[200~[^\x1b]*\x1b\[201~")
+_SEQUENCE = re.compile(r"\x1b\[[0-9;:<=>?]*[ -/]*[@-~]|\x1bO.|\x1b.", re.DOTALL)
+
+
+def input_events(kind: object, data: object) -> int:
+    """About how many events the UI process makes of a tab's message: of its keys when it is
+    input, one for anything else (a resize, a ping, junk: reading it is work too)."""
+    if kind == "stdin" and isinstance(data, str):
+        return len(_SEQUENCE.sub("\x1b", _PASTE.sub("\x1b", data)))
+    return 1
+
+
+class InputBudget:
+    """One tab's input throttle (see INPUT_EVENTS_RATE). Its wait stops the WebSocket's
+    reading, and soon TCP's: a tab held back for INPUT_BEHIND_SECONDS on end is flooding
+    (its pongs, behind its input, would soon be missed by the heartbeat anyway)."""
+
+    def __init__(self) -> None:
+        self.events = TokenBucket(INPUT_EVENTS_RATE, INPUT_EVENTS_BURST)
+        self.bytes = TokenBucket(INPUT_BYTES_RATE, INPUT_BYTES_BURST)
+        self.behind_since: float | None = None
+
+    def delay(self, frame: str | bytes, events: int) -> float:
+        """Seconds to wait before passing on this message (of `events` events)."""
+        wait = max(self.events.delay(events), self.bytes.delay(len(frame)))
+        if not wait:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = time.monotonic()
+        return wait
+
+    @property
+    def flooding(self) -> bool:
+        since = self.behind_since
+        return since is not None and time.monotonic() - since > INPUT_BEHIND_SECONDS
 
 
 # The UI's routes: not the API's (OpenAPI does not list them).
-UI_PATHS = ("/", "/ui/ws", "/ui/static/{name}", "/favicon.ico")
+UI_PATHS = ("/", "/ui/ws", "/ui/static/{name}", "/favicon.ico", "/ui/part/{id}/{index}")
 
 
 def install(app: web.Application) -> None:
@@ -115,6 +210,7 @@ def install(app: web.Application) -> None:
     app.router.add_get("/ui/ws", websocket)
     app.router.add_get("/ui/static/{name:.+}", static_file)
     app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/ui/part/{id}/{index}", part_download)
 
 
 def _ui_on(request: web.Request) -> HttpService:
@@ -242,6 +338,64 @@ async def favicon(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/ui/static/favicon.svg")
 
 
+# A download holds no page: nothing in it runs, whatever a browser makes of it.
+DOWNLOAD_POLICY = "default-src 'none'; sandbox"
+
+
+async def part_download(request: web.Request) -> web.StreamResponse:
+    """A part of a message as a download: what a tab's `a` (save the part) does, since a UI in
+    a browser writes nothing on the server's machine. {index} is the Parts tab's numbering
+    (MimePart.index, message.walk() order: 0 is the message itself)."""
+    _ui_on(request)
+    raw_id, raw_index = request.match_info["id"], request.match_info["index"]
+    if not (raw_id.isascii() and raw_id.isdigit() and raw_index.isascii() and raw_index.isdigit()):
+        raise ApiError(404, "no such part")
+    message_id, index = int(raw_id), int(raw_index)
+    if index >= MAX_PARTS:
+        raise ApiError(404, "no such part")
+
+    def find(reader: Reader) -> tuple[bytes, str] | None:
+        raw = reader.get_raw(message_id)
+        payload = part_payload(raw, index) if raw is not None else None
+        if raw is None or payload is None:
+            return None
+        name = next(
+            (part.filename for part in _parts(parse_message(raw).mime) if part.index == index),
+            None,
+        )
+        return payload, safe_filename(name, f"message-{message_id}-part-{index}.bin")
+
+    found = await request.app[SINK].read(find)
+    if found is None:
+        raise ApiError(404, f"message {message_id} has no part {index} with content")
+    payload, filename = found
+    # The name as typed by the mail's sender, made a plain file name; quoted (RFC 6266 and
+    # 5987) so that no character of it reaches the header as syntax.
+    ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    disposition = (
+        f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{urllib.parse.quote(filename)}"
+    )
+    response = web.Response(body=payload, content_type="application/octet-stream")
+    response.headers.update(
+        {
+            "Content-Disposition": disposition,
+            "Content-Security-Policy": DOWNLOAD_POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        }
+    )
+    return response
+
+
+def _parts(root: MimePart) -> list[MimePart]:
+    found, stack = [], [root]
+    while stack:
+        part = stack.pop()
+        found.append(part)
+        stack.extend(part.children)
+    return found
+
+
 def _size(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -287,16 +441,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     service = _ui_on(request)
     width = _size(request, "width", DEFAULT_SIZE[0])
     height = _size(request, "height", DEFAULT_SIZE[1])
-    ws = web.WebSocketResponse(heartbeat=PING_SECONDS, max_msg_size=WS_MESSAGE_LIMIT)
+    ws = web.WebSocketResponse(
+        heartbeat=PING_SECONDS, max_msg_size=WS_MESSAGE_LIMIT, timeout=CLOSE_SECONDS
+    )
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "expected a WebSocket upgrade (Connection: Upgrade)")
     sessions = request.app[UI_SESSIONS]
     refusal = _unavailable(request, service)
     await ws.prepare(request)
     if refusal is not None:
-        # A close frame's reason has room for 123 bytes.
-        reason = refusal.encode()[:123].decode("utf-8", "ignore").encode()
-        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=_close_reason(refusal))
         return ws
     peer = request.remote or "?"
     session = UiSession(ws, peer)
@@ -319,8 +473,7 @@ async def _run_session(request: web.Request, session: UiSession, width: int, hei
         await ws.send_str(json.dumps(["open_url", {"url": url, "new_tab": new_tab}]))
 
     async def child_gone() -> None:
-        if not ws.closed:
-            await ws.close(code=WSCloseCode.OK, message=b"mailsink UI ended")
+        await session.end_websocket()
 
     process = session.process = UiProcess(
         _child_command(request),
@@ -338,7 +491,17 @@ async def _run_session(request: web.Request, session: UiSession, width: int, hei
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"cannot start the UI")
             return
         log.info("UI session started for %s (pid %s)", session.peer, process.pid)
-        await _from_browser(ws, process)
+        try:
+            await _from_browser(ws, process)
+        except InputBacklogged as backlog:
+            log.warning(
+                "UI session for %s: the UI process %s does not read its input (%s): closed",
+                session.peer,
+                process.pid,
+                backlog,
+            )
+            reason = "the UI is not reading its input (stopped or stuck): tab closed"
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=_close_reason(reason))
     finally:
         code = await process.stop()
         if process.pid is not None:
@@ -352,8 +515,7 @@ async def _run_session(request: web.Request, session: UiSession, width: int, hei
             )
         if not process.ready.is_set() or code not in (0, None, -15, 143):
             _report_failure(session, process, code)
-        if not ws.closed:
-            await ws.close(code=WSCloseCode.OK, message=b"mailsink UI ended")
+        await session.end_websocket()
 
 
 def _report_failure(session: UiSession, process: UiProcess, code: int | None) -> None:
@@ -371,17 +533,39 @@ def _report_failure(session: UiSession, process: UiProcess, code: int | None) ->
 
 
 async def _from_browser(ws: web.WebSocketResponse, process: UiProcess) -> None:
-    """textual.js's messages, until the tab goes (or the process has ended, which closes it)."""
+    """textual.js's messages, until the tab goes (or the process has ended, which closes it).
+    InputBacklogged when the process does not read what the tab sends."""
+    budget = InputBudget()
     async for message in ws:
-        if message.type != WSMsgType.TEXT:
-            continue  # textual.js sends text only
-        try:
-            envelope = json.loads(message.data)
-            kind, *rest = envelope if isinstance(envelope, list) else [None]
-        except ValueError:
-            log.debug("UI WebSocket: a message that is not JSON")
-            continue
+        kind: Any = None
+        rest: list[Any] = []
+        if message.type == WSMsgType.TEXT:  # textual.js sends text only
+            try:
+                envelope = json.loads(message.data)
+                kind, *rest = envelope if isinstance(envelope, list) else [None]
+            except RecursionError:  # "[[[[..." thousands deep: not textual.js's
+                await ws.close(
+                    code=WSCloseCode.INVALID_TEXT, message=b"a message nested too deeply"
+                )
+                return
+            except ValueError:
+                log.debug("UI WebSocket: a message that is not JSON")
+        elif message.type != WSMsgType.BINARY:
+            continue  # the end (CLOSE, ERROR), seen by the loop
         data: Any = rest[0] if rest else None
+        events = input_events(kind, data)
+        if events > INPUT_EVENTS_BURST:
+            # Thousands of keys at once are no keyboard's (a paste is one event), and would
+            # reach the process at once however long they waited here.
+            reason = f"{events} keys in one message: more than a keyboard sends"
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(reason))
+            return
+        if wait := budget.delay(message.data, events):
+            if budget.flooding:
+                reason = f"input faster than a UI takes it for {INPUT_BEHIND_SECONDS:g}s"
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(reason))
+                return
+            await asyncio.sleep(wait)
         if kind == "stdin" and isinstance(data, str):
             await process.send_input(data)
         elif kind == "resize" and isinstance(data, dict):

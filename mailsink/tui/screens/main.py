@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -706,6 +707,12 @@ class MainScreen(Screen[None]):
 
         message_id = self.message_list.selected_id
         if message_id is None:
+            return
+        if os.environ.get("MAILSINK_WEB_UI") == "1":
+            # In a browser tab: the .eml is downloaded to the browser's machine (Mailpit's
+            # raw as an attachment); a tab writes nothing on the server's.
+            self.app.open_url(f"/api/v1/message/{message_id}/raw?dl=1", new_tab=True)
+            self.notify(f"Downloading message {message_id} as {message_id}.eml")
             return
 
         async def chosen(directory: str | None) -> None:

@@ -554,6 +554,12 @@ class MessageDetail(Vertical):
             self.query_one(TabbedContent).active = "parts"
             return
         loaded = self.loaded
+        if os.environ.get("MAILSINK_WEB_UI") == "1":
+            # In a browser tab: a download to the browser's machine. Nothing a tab does may
+            # write a path on the server's (a file saved into site-packages runs code there).
+            self.app.open_url(f"/ui/part/{loaded.record.id}/{part.index}", new_tab=True)
+            self.notify(f"Downloading {visible(part.filename or 'the part')}", markup=False)
+            return
 
         async def save(directory: str | None) -> None:
             if not directory:
