@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import secrets
+import stat
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -73,26 +75,56 @@ def server_file(store_path: str) -> Path:
 
 
 def write_server_file(store_path: str, address: ServerAddress) -> None:
-    """Written whole or not at all (a temporary file renamed over it), mode 0600."""
+    """Written whole or not at all (a temporary file renamed over it), mode 0600. The store's
+    directory may be shared (/tmp): the temporary file is a fresh one (mkstemp: O_EXCL, a
+    random name), so a name planted there (a symlink to another file) is never written
+    through, and the rename replaces whatever entry has the file's name, never its target."""
     target = server_file(store_path)
-    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     data = json.dumps({"pid": os.getpid(), "url": address.url, "token": address.token})
+    temporary: str | None = None
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, temporary = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+        )
         with os.fdopen(fd, "w") as file:
             file.write(data)
         os.replace(temporary, target)
     except OSError as error:  # a viewer then finds no server: said, not fatal
         log.warning("cannot write %s (attached UIs will not find the HTTP API): %s", target, error)
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+SERVER_FILE_LIMIT = 64 * 1024  # bytes: a pid, a URL and a token are a few hundred
+
+
+def _read_server_file(target: Path) -> dict[str, Any] | None:
+    """The file's JSON object, only if it is a regular file of this user's (not a symlink,
+    not a FIFO that would block the read, not a file another user put there)."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # absent, or a symlink (ELOOP)
+        return None
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid():
+            log.debug("%s is not a regular file of this user's: ignored", target)
+            return None
+        try:
+            data = json.loads(file.read(SERVER_FILE_LIMIT + 1)[:SERVER_FILE_LIMIT])
+        except ValueError:
+            return None
+    return data if isinstance(data, dict) else None
 
 
 def remove_server_file(store_path: str) -> None:
-    """Removed only if it is this process's (a newer server's is left alone)."""
+    """Removed only if it is this process's (a newer server's is left alone); a symlink in its
+    place is neither read through nor removed."""
     target = server_file(store_path)
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(target.read_text()).get("pid") == os.getpid():
+    data = _read_server_file(target)
+    if data is not None and data.get("pid") == os.getpid():
+        with contextlib.suppress(OSError):
             target.unlink()
 
 
@@ -105,10 +137,12 @@ def find_server(store_path: str) -> ServerAddress | None:
         return ServerAddress(url, token)
     from mailsink.store.schema import server_running
 
+    data = _read_server_file(server_file(store_path))
+    if data is None:
+        return None
     try:
-        data = json.loads(server_file(store_path).read_text())
         pid, url, token = int(data["pid"]), str(data["url"]), str(data["token"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
     if server_running(store_path) is False:
         return None
@@ -135,9 +169,11 @@ SILENCE_SECONDS = 45.0
 MAX_LINE = 1024 * 1024
 MAX_EVENT = 1024 * 1024
 MAX_RULES_BODY = 4 * 1024 * 1024
-# Per live session, the newest transcript lines received (older ones are in the store by the
-# time anyone scrolls to them: its progress commits within LAZY_COMMIT).
-LINES_KEPT = 2000
+MAX_ERROR_BODY = 64 * 1024  # of a refusal, only its first line is shown
+# Per live session, the newest transcript lines received and not yet seen in the store (its
+# progress commits within LAZY_COMMIT, and Sink.transcript drops what it finds there). A tail:
+# each attached process (each browser tab) keeps this for up to LIVE_KEPT sessions.
+LINES_KEPT = 200
 LIVE_KEPT = 1000  # live sessions followed at once; past this the oldest is forgotten
 # An ended session is shown as its snapshot until the store has its end row, or this long.
 ENDED_KEPT_SECONDS = 5.0
@@ -302,6 +338,9 @@ class ServerLink:
         self._lines: dict[int, collections.deque[TranscriptEvent]] = {}
         self._built: dict[int, LiveSession] = {}  # with their lines, until either changes
         self._expiry: dict[int, asyncio.TimerHandle] = {}
+        # Snapshots that may have missed their end (events were lost): kept until the store
+        # says they ended, or the server tells of them again (Sink.sessions asks the store).
+        self._stale: set[int] = set()
         self._last_id: str | None = None
         self._client: Any = None  # aiohttp.ClientSession, made on the loop by `run`
         self._task: asyncio.Task[None] | None = None
@@ -357,17 +396,40 @@ class ServerLink:
         return built
 
     def forget_ended(self, session_ids: Iterable[int]) -> None:
-        """The store has these sessions' end rows: their snapshots are not needed any more."""
+        """The store has these sessions' end rows: their snapshots are not needed any more,
+        also one that still says live (its end was told while the stream was down)."""
         for session_id in session_ids:
-            session = self._sessions.get(session_id)
-            if session is not None and not session.live:
-                self._forget(session_id)
+            self._forget(session_id)
+
+    def stale_sessions(self) -> list[int]:
+        """Live snapshots that may have missed their end: to be looked up in the store."""
+        return [i for i in self._stale if i in self._sessions]
+
+    def stored_through(self, session_id: int, seq: int) -> None:
+        """The store has the session's transcript up to `seq`: those lines need not be kept."""
+        lines = self._lines.get(session_id)
+        if not lines or lines[0][0] > seq:
+            return
+        while lines and lines[0][0] <= seq:
+            lines.popleft()
+        self._built.pop(session_id, None)
 
     # ---- changing the server's rules
 
     async def switch_fault(self, name: str, enabled: bool) -> RuleState:
         async with self._switching:
             return await self._put(name, enabled)
+
+    async def toggle_fault(self, name: str) -> bool:
+        """Switch a rule to the opposite of its state after the switches asked for before this
+        one (two quick toggles are a toggle and back); True when it is now on. KeyError for a
+        rule the server does not list."""
+        async with self._switching:
+            self._check_live()
+            current = next((rule for rule in self._rules if rule.name == name), None)
+            if current is None:
+                raise KeyError(name)
+            return (await self._put(name, not current.enabled)).enabled
 
     async def toggle_preset(self, key: str) -> bool:
         """KeyError for a key that is no preset's (as FaultControls.toggle_preset)."""
@@ -381,7 +443,7 @@ class ServerLink:
 
     def _check_live(self) -> ServerAddress:
         if not self.live or self.address is None or self._client is None:
-            raise LinkError(f"no server reachable: {self.reason or 'not connected yet'}")
+            raise LinkError(f"no link to the store's server: {self.reason or 'not connected yet'}")
         return self.address
 
     async def _put(self, name: str, enabled: bool) -> RuleState:
@@ -410,11 +472,12 @@ class ServerLink:
                 headers=_auth(address),
                 timeout=aiohttp.ClientTimeout(total=10, connect=CONNECT_SECONDS),
             ) as response:
-                raw = await response.content.read(MAX_RULES_BODY + 1)
-                if len(raw) > MAX_RULES_BODY:
-                    raise LinkError(f"{method} {url}: an answer over {MAX_RULES_BODY} bytes")
                 if response.status >= 400:
-                    raise LinkError(_refusal(response.status, raw, address))
+                    refusal = await _body_start(response, MAX_ERROR_BODY)
+                    raise LinkError(_refusal(response.status, refusal, address))
+                raw = await _body(response, MAX_RULES_BODY)
+                if raw is None:
+                    raise LinkError(f"{method} {url}: an answer over {MAX_RULES_BODY} bytes")
                 try:
                     return json.loads(raw)
                 except ValueError:
@@ -484,7 +547,7 @@ class ServerLink:
         url = f"{address.url}/api/mailsink/events"
         async with self._client.get(url, headers=headers) as response:
             if response.status != 200:
-                raw = await response.content.read(64 * 1024)
+                raw = await _body_start(response, MAX_ERROR_BODY)
                 raise LinkError(_refusal(response.status, raw, address))
             parser = SseParser()
             linked = False
@@ -501,7 +564,7 @@ class ServerLink:
                         self._last_id = event_id
                     self._dispatch(data)
                 if parser.skipped:
-                    self.bus.publish(EventsLost(parser.skipped))
+                    self._lost(parser.skipped)
                     parser.skipped = 0
             return linked
 
@@ -541,7 +604,7 @@ class ServerLink:
             self._apply(kind, event)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             log.debug("an event of the server's not understood: %s", error)
-            self.bus.publish(EventsLost(1))
+            self._lost(1)
 
     def _apply(self, kind: str, event: dict[str, Any]) -> None:
         bus = self.bus
@@ -600,11 +663,19 @@ class ServerLink:
         elif kind == "config-rejected":
             bus.publish(ConfigRejected(path=str(event["path"]), error=str(event["error"])))
         elif kind == "events-lost":
-            bus.publish(EventsLost(int(event.get("count") or 0)))
+            # The server's count is null when it cannot tell how many (the id is from another
+            # log); EventsLost.count is an int, and no face reads it: 0 says "some".
+            self._lost(int(event.get("count") or 0))
         # Messages and the store's changes are seen in the store itself (Sink._watch_data_version):
         # a message-stored told before its commit is visible here would find nothing to read.
 
+    def _lost(self, count: int) -> None:
+        """What the server said was missed: a snapshot may now be live here and ended there."""
+        self._stale.update(self._sessions)
+        self.bus.publish(EventsLost(count))
+
     def _keep(self, session: LiveSession) -> None:
+        self._stale.discard(session.id)  # told of afresh
         known = self._sessions.get(session.id)
         if known is None and len(self._sessions) >= LIVE_KEPT:
             self._forget(min(self._sessions))
@@ -618,9 +689,33 @@ class ServerLink:
         self._sessions.pop(session_id, None)
         self._lines.pop(session_id, None)
         self._built.pop(session_id, None)
+        self._stale.discard(session_id)
         handle = self._expiry.pop(session_id, None)
         if handle is not None:
             handle.cancel()
+
+
+async def _body(response: Any, limit: int) -> bytes | None:
+    """The whole body of an aiohttp response, read as it arrives (a large one comes in
+    pieces); None when it is over `limit` bytes (said by its Content-Length, or found while
+    reading a chunked one: no more than `limit` and a piece is held)."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        return None
+    body = bytearray()
+    while chunk := await response.content.readany():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+async def _body_start(response: Any, limit: int) -> bytes:
+    """The first `limit` bytes of a body (a refusal's: only its first line is shown)."""
+    body = bytearray()
+    while len(body) < limit and (chunk := await response.content.readany()):
+        body += chunk
+    return bytes(body[:limit])
 
 
 def _auth(address: ServerAddress) -> dict[str, str]:

@@ -284,6 +284,18 @@ class Sink:
             raise MailsinkError(NO_FAULTS)
         await self.link.switch_fault(name, enabled)
 
+    async def toggle_fault(self, name: str) -> bool:
+        """Switch a rule to the opposite of its state, read when the switch is made (after the
+        ones asked for before it: two quick toggles are a toggle and back, not one switch
+        twice); True when it is now on. Errors as `switch_fault`'s."""
+        if self.faults is not None:
+            enabled = not self.faults.rule(name).enabled
+            self.faults.set_enabled(name, enabled)
+            return enabled
+        if self.link is None:
+            raise MailsinkError(NO_FAULTS)
+        return await self.link.toggle_fault(name)
+
     async def toggle_preset(self, key: str) -> bool:
         """Switch a preset (by its key, 1-5) on or off; True when it is now on. Errors as
         `switch_fault`'s."""
@@ -386,7 +398,12 @@ class Sink:
         merged: dict[int, SessionRecord | LiveSession] = {record.id: record for record in stored}
         floor = stored[-1].id if len(stored) >= limit else 0
         if self.link is not None:  # the ended ones the store has whole need no snapshot
-            ended = [record.id for record in stored if record.end_reason is not None]
+            ended = {record.id for record in stored if record.end_reason is not None}
+            # One whose end the link may have missed (events lost) and that is not listed:
+            # looked up by itself, or it would stay live here for ever.
+            unlisted = [i for i in self.link.stale_sessions() if i in live and i not in merged]
+            if unlisted:
+                ended.update(await self.read(_ended_of, unlisted))
             self.link.forget_ended(i for i in ended if i in live)
             live = {i: session for i, session in live.items() if i not in ended}
         for session_id, session in live.items():
@@ -423,6 +440,8 @@ class Sink:
         stored = await self.read(Reader.session_events, session_id, after_seq)
         if live is None:
             return stored
+        if stored and self.link is not None:  # what the store has, the link need not keep
+            self.link.stored_through(session_id, stored[-1][0])
         lines = {line[0]: line for line in stored}
         lines.update((line[0], line) for line in live.unwritten if line[0] > after_seq)
         return [lines[seq] for seq in sorted(lines)]
@@ -586,6 +605,16 @@ class Sink:
                 self.events.publish(ev.StoreChanged())
         except Exception as error:  # no watch possible here: faces see this sink's own changes
             log.warning("cannot watch the store for other programs' changes: %s", error)
+
+
+def _ended_of(reader: Reader, session_ids: list[int]) -> list[int]:
+    """Those of these sessions whose end the store has."""
+    return [
+        session_id
+        for session_id in session_ids
+        if (record := reader.get_session(session_id, with_events=False)) is not None
+        and record.end_reason is not None
+    ]
 
 
 def live_record(

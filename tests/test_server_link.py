@@ -6,12 +6,15 @@ transcript lines followed through its event stream, a bad token, a restart."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import smtplib
 import stat
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,17 +24,23 @@ from conftest import RawClient, free_port, mailsink_process, message, wait_for_p
 from tui_support import settings_for
 
 from mailsink import events as ev
+from mailsink import server_link
 from mailsink.errors import MailsinkError
 from mailsink.server_link import (
+    LINES_KEPT,
     MAX_EVENT,
     MAX_LINE,
     TOKEN_ENV,
     URL_ENV,
+    ServerAddress,
+    ServerLink,
     SseParser,
     find_server,
     server_file,
 )
 from mailsink.sink import Sink
+from mailsink.store import Reader
+from mailsink.testing import RunningSink
 
 CONFIG = """
 [http]
@@ -44,6 +53,21 @@ reply = "550 5.7.1 Sender not permitted"
 match = { sender = "*@marketing.test" }
 """
 PRESET_2 = "preset: 550 5.7.1 not permitted"
+MANY_RULES = 400  # their list is over 200 KB: it comes over loopback in pieces
+
+
+def many_rules_config(user: str) -> str:
+    rules = "".join(
+        f"""
+[[fault]]
+name = "rule {i} with a name long enough to make the list of rules large"
+stage = "rcpt"
+reply = "550 5.7.1 recipient {i} refused by a rule whose reply is long on purpose"
+match = {{ recipient = "*@r{i}.test" }}
+"""
+        for i in range(MANY_RULES)
+    )
+    return f'[http]\nusers = {{ {user} = "s3cret" }}\n{rules}'
 
 
 class Server:
@@ -59,6 +83,7 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.stderr = b""
+        self.tokens: list[str] = []  # each start's, as its .server file has it
 
     def start(self) -> None:
         self.port = free_port()
@@ -70,6 +95,11 @@ class Server:
         while find_server(str(self.db)) is None:  # written once HTTP listens
             assert time.monotonic() < deadline, "no .server file"
             time.sleep(0.02)
+        self.tokens.append(json.loads(server_file(str(self.db)).read_text())["token"])
+
+    def assert_no_token_logged(self) -> None:
+        assert self.tokens and self.stderr
+        assert not [token for token in self.tokens if token.encode() in self.stderr]
 
     def port_text(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -83,6 +113,37 @@ class Server:
 
 
 @pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with many rules, whose config file the tests rewrite (a reload of [http] users
+    ends its event streams)."""
+    server = Server(tmp_path_factory.mktemp("crowded"), many_rules_config("tester"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.assert_no_token_logged()
+
+
+_users = itertools.count(1)
+
+
+def reload_users(server: Server) -> None:
+    """Another [http] users (the rules stay): the server ends its open event streams."""
+    server.config.write_text(many_rules_config(f"user{next(_users)}"))
+
+
+def server_rules(found: ServerAddress) -> tuple[int, dict[str, bool]]:
+    """The size of GET /api/mailsink/faults's answer, and each rule's state, as the server says."""
+    request = urllib.request.Request(
+        found.url + "/api/mailsink/faults", headers={"Authorization": f"Bearer {found.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+    return len(body), {rule["name"]: rule["enabled"] for rule in json.loads(body)["rules"]}
+
+
+@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("link"), CONFIG)
     server.start()
@@ -91,7 +152,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         server.stop()
         # The token is in the file only: the server logged none of it.
-        assert b"Bearer" not in server.stderr
+        server.assert_no_token_logged()
 
 
 class Logged(logging.Handler):
@@ -144,6 +205,61 @@ def test_the_server_is_found_from_its_file_and_from_the_environment(served, monk
     from_env = find_server(str(served.db))
     assert from_env is not None
     assert (from_env.url, from_env.token) == ("http://127.0.0.1:9", "from-the-environment")
+
+
+def test_the_server_file_is_never_written_or_read_through_a_planted_name(
+    served, tmp_path, monkeypatch
+):
+    """The store's directory may be shared (/tmp): names another user planted there beside
+    the store (symlinks to a file they can read, at the temporary file's name or the server
+    file's own) leak no token, clobber nothing and name no server."""
+    import os
+
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    store = tmp_path / "mail.db"
+    target = server_file(str(store))
+    victim = tmp_path / "theirs.txt"
+    victim.write_text("")
+    # Every name a pid-based temporary file could have had.
+    for pid in (os.getpid(), *range(os.getpid() + 1, os.getpid() + 50)):
+        (tmp_path / f"{target.name}.{pid}.tmp").symlink_to(victim)
+    address = ServerAddress("http://127.0.0.1:9", "the-token")
+    server_link.write_server_file(str(store), address)
+    assert victim.read_text() == ""
+    assert not target.is_symlink() and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert json.loads(target.read_text())["token"] == "the-token"
+    assert not list(tmp_path.glob(f".{target.name}.*"))  # no temporary file left
+    # A symlink in the server file's place: not removed (nor its target) by the stop...
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"pid": os.getpid(), "url": address.url, "token": "x"}))
+    target.unlink()
+    target.symlink_to(elsewhere)
+    server_link.remove_server_file(str(store))
+    assert target.is_symlink() and elsewhere.exists()
+    # ... and not followed to a server: here, one that runs and holds its store's lock.
+    served_file = server_file(str(served.db))
+    kept = served_file.read_bytes()
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(kept)
+    try:
+        served_file.unlink()
+        served_file.symlink_to(copy)
+        assert find_server(str(served.db)) is None
+        served_file.unlink()
+        served_file.write_bytes(kept)
+        served_file.chmod(0o600)
+        assert find_server(str(served.db)) is not None
+        if os.getuid() == 0:  # a regular file, but another user's: not this user's server
+            os.chown(served_file, 65534, 65534)
+            assert find_server(str(served.db)) is None
+            os.chown(served_file, 0, 0)
+    finally:
+        if served_file.is_symlink() or not served_file.exists():
+            served_file.unlink(missing_ok=True)
+            served_file.write_bytes(kept)
+        os.chown(served_file, os.getuid(), os.getgid())
+        served_file.chmod(0o600)
 
 
 def test_a_fault_switched_over_http_refuses_over_smtp(served, logged):
@@ -249,7 +365,7 @@ def test_a_refused_token_is_unreachable_with_the_reason(served, monkeypatch, log
                 await until(lambda: sink.link.state == "unreachable")
                 assert sink.link.reason == f"HTTP 401 from {found.url}: authentication required"
                 assert not sink.can_switch_faults and sink.fault_rules() == []
-                with pytest.raises(MailsinkError, match="no server reachable: HTTP 401"):
+                with pytest.raises(MailsinkError, match="no link to the store's server: HTTP 401"):
                     await sink.toggle_preset("1")
                 told = [e for e in changes.pending() if e.state == "unreachable"]
                 assert told and told[0].reason == sink.link.reason
@@ -269,14 +385,30 @@ def test_a_stopped_server_is_unreachable_and_a_restarted_one_is_found(tmp_path):
                 assert link is not None
                 await until(lambda: link.live)
                 first = link.address
-                await asyncio.to_thread(server.stop)
+                raw = await asyncio.to_thread(RawClient, "127.0.0.1", server.port)
+                try:
+                    await asyncio.to_thread(raw.command, "EHLO going.test")
+                    await until(lambda: [s.helo for s in sink.live_sessions()] == ["going.test"])
+                    assert sink.fault_rules() != []
+                    await asyncio.to_thread(server.stop)
+                finally:
+                    raw.close()
                 await until(lambda: link.state == "unreachable")
                 assert "no mailsink server" in (link.reason or "")
-                await asyncio.to_thread(server.start)
-                waited = await until(lambda: link.live)
-                assert waited < 5
-                assert link.address is not None and link.address != first  # new port, token
-                assert await sink.toggle_preset("4") is True
+                # What the server said is not known to be true any more: the store stands alone.
+                assert sink.live_sessions() == [] and sink.fault_rules() == []
+                with sink.subscribe(ev.EventsLost, ev.RulesChanged) as seen:
+                    await asyncio.to_thread(server.start)
+                    waited = await until(lambda: link.live)
+                    assert waited < 5
+                    assert link.address is not None and link.address != first  # new port, token
+                    assert await sink.toggle_preset("4") is True
+                    # The server's own change, back on its stream: what came before it on the
+                    # stream has been read. The new server's stream is followed from its start,
+                    # not from the old one's last event id (which it would say is lost).
+                    told = [await asyncio.wait_for(seen.get(), 5) for _ in range(2)]
+                    assert [type(e) for e in told] == [ev.RulesChanged] * 2
+                    assert not [e for e in seen.pending() if isinstance(e, ev.EventsLost)]
                 assert await sink.toggle_preset("4") is False
 
         run(scenario)
@@ -317,3 +449,262 @@ def test_sse_an_oversized_line_or_event_is_skipped_and_counted():
     line = b"data: " + b"y" * (MAX_EVENT // 4) + b"\n"
     assert parser.feed(line * 5 + b"\ndata: after\n\n") == [("2", "after")]
     assert parser.skipped == 2
+
+
+# ---- what the reviewers found
+
+
+def test_a_rules_list_of_hundreds_of_kilobytes_is_read_whole(crowded):
+    found = find_server(str(crowded.db))
+    assert found is not None
+    size, states = server_rules(found)
+    assert size > 200_000 and len(states) == MANY_RULES + 5  # and the 5 presets
+
+    async def scenario() -> None:
+        async with Sink.attached(settings_for(crowded.db), link=True) as sink:
+            await until(lambda: sink.link is not None and sink.link.live)
+            assert {rule.name: rule.enabled for rule in sink.fault_rules()} == states
+
+    run(scenario)
+
+
+async def _collect(subscription: Any, into: list[Any]) -> None:
+    async for event in subscription:
+        into.append(event)
+
+
+def test_streams_ended_by_a_reload_resume_with_nothing_lost_or_twice(crowded):
+    async def scenario() -> None:
+        async with Sink.attached(settings_for(crowded.db), link=True) as sink:
+            link = sink.link
+            assert link is not None
+            await until(lambda: link.live)
+            seen: list[Any] = []
+            kinds = (ev.SessionStarted, ev.TranscriptLine, ev.EventsLost, ev.ServerLinkChanged)
+            with sink.subscribe(*kinds) as subscription:
+                collector = asyncio.create_task(_collect(subscription, seen))
+                raw = await asyncio.to_thread(RawClient, "127.0.0.1", crowded.port)
+                talking = threading.Event()
+                talking.set()
+
+                def chatter() -> None:  # lines all along, also while the link reconnects
+                    while talking.is_set():
+                        raw.command("NOOP")
+                        time.sleep(0.005)
+
+                thread = threading.Thread(target=chatter)
+                thread.start()
+                try:
+                    await asyncio.sleep(0.1)
+                    reload_users(crowded)
+
+                    def ended() -> bool:
+                        return any(
+                            isinstance(e, ev.ServerLinkChanged)
+                            and e.reason == "the server ended its event stream"
+                            for e in seen
+                        )
+
+                    await until(ended)
+                    await until(lambda: link.live)
+                    await asyncio.sleep(0.1)
+                finally:
+                    talking.clear()
+                    await asyncio.to_thread(thread.join)
+                await asyncio.to_thread(raw.command, "QUIT")
+                raw.close()
+                session_id = next(e.session.id for e in seen if isinstance(e, ev.SessionStarted))
+
+                async def stored_ended() -> bool:
+                    record = await sink.session(session_id, with_transcript=False)
+                    return record is not None and record.end_reason is not None
+
+                deadline = time.monotonic() + 5
+                while not await stored_ended():
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                stored = await sink.read(Reader.session_events, session_id, 0)
+                await until(lambda: len(seen) and _seqs(seen, session_id)[-1:] == [len(stored)])
+                collector.cancel()
+            assert not [e for e in seen if isinstance(e, ev.EventsLost)]
+            # Every line once, in order, as the store has them: those spoken while the stream
+            # was down came when it resumed.
+            assert _seqs(seen, session_id) == [seq for seq, *_ in stored]
+            assert len(stored) > 20
+
+    run(scenario)
+
+
+def _seqs(seen: list[Any], session_id: int) -> list[int]:
+    return [
+        e.line[0] for e in seen if isinstance(e, ev.TranscriptLine) and e.session_id == session_id
+    ]
+
+
+def test_a_session_that_ended_unseen_is_not_live_for_ever(crowded, monkeypatch):
+    # The link waits a second before it reconnects: the session ends meanwhile.
+    monkeypatch.setattr(server_link, "RETRY_FIRST_SECONDS", 1.0)
+
+    async def scenario() -> None:
+        async with Sink.attached(settings_for(crowded.db), link=True) as sink:
+            link = sink.link
+            assert link is not None
+            await until(lambda: link.live)
+            with sink.subscribe(ev.ServerLinkChanged, ev.EventsLost) as changes:
+                raw = await asyncio.to_thread(RawClient, "127.0.0.1", crowded.port)
+                await asyncio.to_thread(raw.command, "EHLO unseen-end.test")
+                await until(lambda: [s.helo for s in sink.live_sessions()] == ["unseen-end.test"])
+                (session_id,) = [s.id for s in sink.live_sessions()]
+                reload_users(crowded)
+                await until(lambda: link.state == "connecting")
+                # As if the server's log had been replaced while the stream was down (it is,
+                # after a minute without clients): it cannot resume, and says events are lost.
+                link._last_id = "1"
+                await asyncio.to_thread(raw.command, "QUIT")
+                raw.close()
+                deadline = time.monotonic() + 5
+                while (await sink.session(session_id, with_transcript=False)).end_reason is None:  # type: ignore[union-attr]
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                # Linked again, and told that events were lost (the server's count is null).
+                while not isinstance(await asyncio.wait_for(changes.get(), 5), ev.EventsLost):
+                    pass
+                assert link.live
+            snapshot = sink.live_session(session_id)
+            assert snapshot is not None and snapshot.live  # its end was never told
+            # A newer session, so that the stale one is not among those listed.
+            newer = await asyncio.to_thread(RawClient, "127.0.0.1", crowded.port)
+            await asyncio.to_thread(newer.command, "QUIT")
+            newer.close()
+            deadline = time.monotonic() + 5
+            while (await sink.stored_sessions(limit=1))[0].id == session_id:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            listed = await sink.sessions(limit=1)
+            assert session_id not in [s.id for s in listed]
+            assert sink.live_session(session_id) is None
+            assert session_id not in [s.id for s in sink.live_sessions()]
+
+    run(scenario)
+
+
+def test_a_live_session_keeps_a_short_tail_of_lines_and_drops_what_the_store_has(served):
+    noops = 300
+
+    async def scenario() -> None:
+        async with Sink.attached(settings_for(served.db), link=True) as sink:
+            await until(lambda: sink.link is not None and sink.link.live)
+            with sink.subscribe(ev.SessionStarted, ev.TranscriptLine) as seen:
+                raw = await asyncio.to_thread(RawClient, "127.0.0.1", served.port)
+                try:
+
+                    def talk() -> None:
+                        raw.send(b"NOOP\r\n" * noops)
+                        for _ in range(noops):
+                            raw.reply()
+
+                    await asyncio.to_thread(talk)
+                    session_id = None
+                    last = 0
+                    while last < 1 + 2 * noops:  # the greeting, then each NOOP and its reply
+                        event = await asyncio.wait_for(seen.get(), 5)
+                        if isinstance(event, ev.SessionStarted):
+                            session_id = event.session.id
+                        elif event.session_id == session_id:
+                            last = event.line[0]
+                    assert session_id is not None
+                    live = sink.live_session(session_id)
+                    assert live is not None and live.live
+                    assert 0 < len(live.unwritten) <= LINES_KEPT
+                    assert live.unwritten[-1][0] == last
+                    # Once the store has them all, the link keeps none of them.
+                    deadline = time.monotonic() + 5
+                    while len(lines := await sink.transcript(session_id)) < last:
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.02)
+                    assert [line[0] for line in lines] == list(range(1, last + 1))
+                    await sink.transcript(session_id)
+                    live = sink.live_session(session_id)
+                    assert live is not None and live.live and live.unwritten == ()
+                    await asyncio.to_thread(raw.command, "QUIT")
+                finally:
+                    raw.close()
+
+    run(scenario)
+
+
+def test_two_quick_toggles_are_a_toggle_and_back(served):
+    found = find_server(str(served.db))
+    assert found is not None
+
+    async def scenario() -> None:
+        async with Sink.attached(settings_for(served.db), link=True) as sink:
+            await until(lambda: sink.link is not None and sink.link.live)
+            _, before = await asyncio.to_thread(server_rules, found)
+            # Both asked for before either is answered: the second sees the first's result.
+            results = await asyncio.gather(
+                sink.toggle_fault("no marketing"), sink.toggle_fault("no marketing")
+            )
+            assert results == [not before["no marketing"], before["no marketing"]]
+            # A preset, by its key, likewise.
+            presets = await asyncio.gather(sink.toggle_preset("2"), sink.toggle_preset("2"))
+            assert presets == [not before[PRESET_2], before[PRESET_2]]
+            _, after = await asyncio.to_thread(server_rules, found)
+            assert after == before
+            with pytest.raises(KeyError):
+                await sink.toggle_fault("no such rule")
+
+    run(scenario)
+
+
+def test_a_server_that_hangs_up_is_asked_less_and_less_often():
+    async def scenario() -> tuple[list[float], str]:
+        loop = asyncio.get_running_loop()
+        accepted: list[float] = []
+
+        def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(loop.time())
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        address = ServerAddress(f"http://127.0.0.1:{port}", "a-token")
+        link = ServerLink("unused.db", ev.EventBus(), find=lambda _path: address)
+        link.start()
+        try:
+            await asyncio.sleep(1.6)
+        finally:
+            await link.close()
+            server.close()
+            await server.wait_closed()
+        return accepted, link.state
+
+    accepted, state = run(scenario)
+    assert state == "unreachable"
+    # An attempt is a connection and aiohttp's one retry of a request its server hung up on.
+    attempts = [t for i, t in enumerate(accepted) if i == 0 or t - accepted[i - 1] > 0.05]
+    assert len(accepted) <= 2 * len(attempts)
+    # 0.1, 0.2, 0.4, 0.8 s apart: 4 or 5 attempts in 1.6 s (without the backoff, 16).
+    assert 3 <= len(attempts) <= 6
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert gaps[-1] > 0.3 and gaps[-1] > 2 * gaps[0]
+
+
+def test_a_serving_sinks_toggle_reads_the_rule_when_it_switches(tmp_path):
+    config = tmp_path / "mailsink.toml"
+    config.write_text(CONFIG)
+    with RunningSink(tmp_path / "own.db", config=config) as running:
+
+        async def twice() -> list[bool]:
+            sink = running.sink
+            assert sink is not None
+            return list(
+                await asyncio.gather(
+                    sink.toggle_fault("no marketing"), sink.toggle_fault("no marketing")
+                )
+            )
+
+        assert running.run(twice()) == [False, True]
+        assert running.call(lambda: running.faults.rule("no marketing").enabled)
+        with pytest.raises(KeyError):
+            running.run(running.sink.toggle_fault("no such rule"))  # type: ignore[union-attr]

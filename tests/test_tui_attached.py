@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import time
 
 import pytest
 from conftest import RawClient
-from test_server_link import CONFIG, PRESET_2, Server, sendmail
+from test_server_link import CONFIG, PRESET_2, Server, sendmail, server_rules
 from textual.widgets import DataTable
 from tui_support import (
     log_text,
@@ -23,6 +24,8 @@ from tui_support import (
     wait_until,
 )
 
+from mailsink.server_link import find_server
+from mailsink.tui.screens import sessions
 from mailsink.tui.screens.faults import ATTACHED, FaultsScreen
 from mailsink.tui.screens.sessions import SessionsScreen
 
@@ -37,6 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.stop()
+        server.assert_no_token_logged()
 
 
 def status(app) -> str:
@@ -148,14 +152,14 @@ def test_the_status_line_as_the_server_stops_and_starts_again(tmp_path):
                 assert link is not None
                 await wait_until(pilot, lambda: f"live via {link.url}" in status(app))
                 await asyncio.to_thread(server.stop)
-                await wait_until(
-                    pilot, lambda: "no server reachable (faults read-only)" in status(app)
-                )
+                await wait_until(pilot, lambda: "no HTTP link (faults read-only)" in status(app))
                 await pilot.press("f")
                 await wait_until(pilot, lambda: squeezed(ATTACHED) in squeezed(screen_text(app)))
                 await pilot.press("2")  # read-only: said, nothing switched
-                await pilot.pause(0.1)
-                assert app.sink.fault_rules() == []
+                await wait_until(
+                    pilot,
+                    lambda: any("faults are read-only" in n.message for n in app._notifications),
+                )
                 await pilot.press("escape")
                 await asyncio.to_thread(server.start)
                 await wait_until(pilot, lambda: f"live via {link.url}" in status(app), 8)
@@ -173,6 +177,8 @@ def test_80_columns_keep_the_link_in_sight(tmp_path):
         async def scenario() -> None:
             async with tui(settings_for(server.db), attach=True, size=SMALL) as (app, pilot):
                 await wait_until(pilot, lambda: app.sink.can_switch_faults)
+                # The server's row, with where it listens, commits a moment after its lock.
+                await wait_until(pilot, lambda: server.port_text() in status(app))
                 await wait_until(pilot, lambda: "live" in status(app))
                 line = status(app).rstrip("\n")
                 # Where the store is, who serves it and the link: all in 80 columns.
@@ -190,3 +196,59 @@ def test_80_columns_keep_the_link_in_sight(tmp_path):
         run(scenario)
     finally:
         server.stop()
+
+
+def test_two_quick_switches_of_a_rule_are_a_switch_and_back(served):
+    found = find_server(str(served.db))
+    assert found is not None
+
+    async def scenario() -> None:
+        async with tui(settings_for(served.db), attach=True, size=SMALL) as (app, pilot):
+            await wait_until(pilot, lambda: app.sink.can_switch_faults)
+            await pilot.press("f")
+            screen = app.screen
+            assert isinstance(screen, FaultsScreen)
+            await wait_until(pilot, lambda: "no marketing" in screen.names)
+            screen.query_one("#rules", DataTable).move_cursor(
+                row=screen.names.index("no marketing")
+            )
+            _, before = await asyncio.to_thread(server_rules, found)
+            assert before["no marketing"]
+            screen.action_switch()  # twice before the first is answered
+            screen.action_switch()
+
+            def told() -> list[str]:
+                return [n.message for n in app._notifications if "no marketing:" in n.message]
+
+            await wait_until(pilot, lambda: len(told()) == 2)
+            assert told() == ["no marketing: off", "no marketing: on"]
+            _, after = await asyncio.to_thread(server_rules, found)
+            assert after == before
+
+    run(scenario)
+
+
+def test_the_sessions_screen_follows_the_links_events_not_its_poll(served, monkeypatch):
+    monkeypatch.setattr(sessions, "ATTACHED_REFRESH_SECONDS", 10.0)
+
+    async def scenario() -> None:
+        async with tui(settings_for(served.db), attach=True, size=SMALL) as (app, pilot):
+            await wait_until(pilot, lambda: app.sink.link is not None and app.sink.link.live)
+            await pilot.press("s")
+            screen = app.screen
+            assert isinstance(screen, SessionsScreen)
+            await pilot.pause(0.3)  # its first reading of the store is done
+            raw = await asyncio.to_thread(RawClient, "127.0.0.1", served.port)
+            try:
+                start = time.monotonic()
+                await asyncio.to_thread(raw.command, "EHLO quick.test")
+                await wait_until(
+                    pilot, lambda: any(row.helo == "quick.test" for row in screen.rows.values())
+                )
+                # Well before the next poll (10 s from now): the events made it redraw.
+                assert time.monotonic() - start < 1.0
+                await asyncio.to_thread(raw.command, "QUIT")
+            finally:
+                raw.close()
+
+    run(scenario)

@@ -257,7 +257,8 @@ class EventLog:
         # why the log starts with the first client, not with the server.
         self.subscription = sink.subscribe(limit=RING_SIZE)
         self.task = asyncio.create_task(self._run(), name="mailsink-sse-log")
-        service.streams.add(self.close)
+        self.ended = 0  # how many times its clients' streams were ended (end_streams)
+        service.streams.add(self.end_streams)
 
     async def _run(self) -> None:
         async for event in self.subscription:
@@ -306,11 +307,22 @@ class EventLog:
         frames = [frame for _, frame in itertools.islice(self.ring, start, start + CHUNK)]
         return frames, cursor + len(frames), lost
 
+    async def end_streams(self) -> None:
+        """Its closer in service.streams. On a stop the log closes; on a reload that changes
+        who may read (HttpService.apply_settings) only the streams end: their clients are let
+        in again as the new settings say, and resume from their Last-Event-ID in this log,
+        missing nothing."""
+        if self.service.stopping.is_set():
+            await self.close()
+            return
+        self.ended += 1
+        self._wake()
+
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.service.streams.discard(self.close)
+        self.service.streams.discard(self.end_streams)
         if _logs.get(self.service) is self:
             del _logs[self.service]
         if self.expiry is not None:
@@ -398,7 +410,8 @@ async def _send_events(
             await response.write(_frame({"type": "events-lost", "count": None}))
     loop = asyncio.get_running_loop()
     beat = loop.time() + HEARTBEAT_SECONDS
-    while not (events.closed or service.stopping.is_set()):
+    ended = events.ended
+    while not (events.closed or service.stopping.is_set() or events.ended != ended):
         wakeup = events.wakeup
         frames, cursor, lost = events.after(cursor)
         if lost:

@@ -46,8 +46,8 @@ EXPLAIN = (
     " changes apply from the next SMTP command"
 )
 ATTACHED = (
-    "No server reachable: the fault rules of the `mailsink serve` that writes this store are"
-    " switched through its HTTP API, and none answers"
+    "No link to the store's server: the fault rules of the `mailsink serve` that writes this"
+    " store are switched through its HTTP API, and none answers"
 )
 ATTACHED_HINT = (
     " Serve it with HTTP on (the default), or edit its --config file: it is reloaded while it runs."
@@ -144,7 +144,9 @@ class FaultsScreen(Screen[None]):
         """Says so (once per key press) when nothing can be switched from here."""
         if self.sink.can_switch_faults:
             return False
-        self.notify("faults are read-only: no server reachable", severity="warning", timeout=3)
+        self.notify(
+            "faults are read-only: no link to the store's server", severity="warning", timeout=3
+        )
         return True
 
     def toggle_preset(self, key: str) -> None:
@@ -166,15 +168,14 @@ class FaultsScreen(Screen[None]):
         table: DataTable[Text] = self.query_one("#rules", DataTable)
         if not 0 <= table.cursor_row < len(self.names) or self._read_only():
             return
-        name = self.names[table.cursor_row]
-        rule = next((r for r in self.sink.fault_rules() if r.name == name), None)
-        if rule is not None:
-            self._switch(name, not rule.enabled)
+        self._switch(self.names[table.cursor_row])
 
     @work(group="switch")
-    async def _switch(self, name: str, enabled: bool) -> None:
+    async def _switch(self, name: str) -> None:
+        # The rule's state is read by the switch itself, after the ones asked for before it:
+        # read here, two quick presses would both ask for the same state.
         try:
-            await self.sink.switch_fault(name, enabled)
+            enabled = await self.sink.toggle_fault(name)
         except KeyError:  # removed since the table was drawn
             self.notify(f"no rule {visible(name)!r} any more", severity="warning", markup=False)
             return

@@ -225,10 +225,12 @@ class StatusLine(Static):
                 Text.assemble((" · ", "dim"), ("live", "bold")),
             ]
         if link.state == UNREACHABLE:
+            # Beside "served by …" too (a server without HTTP, or refusing the token): what is
+            # missing is the HTTP link, not the server; what it costs is kept when cut.
             return [
-                Text.assemble((" · ", "dim"), ("no server reachable (faults read-only)", "yellow")),
-                Text.assemble((" · ", "dim"), ("no server reachable", "yellow")),
-                Text.assemble((" · ", "dim"), ("offline", "yellow")),
+                Text.assemble((" · ", "dim"), ("no HTTP link (faults read-only)", "yellow")),
+                Text.assemble((" · ", "dim"), ("faults read-only", "yellow")),
+                Text.assemble((" · ", "dim"), ("read-only", "yellow")),
             ]
         return [Text.assemble((" · ", "dim"), ("connecting…", "dim"))]
 
