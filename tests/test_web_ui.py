@@ -511,7 +511,8 @@ def test_a_tabs_input_is_throttled_and_a_flood_closes_it(
             await big.ready()
             await big.press(paste("x" * web_ui.WS_MESSAGE_LIMIT))
             await asyncio.wait_for(big.reader, 10)
-            assert big.ws.close_code == 1009  # too big
+            assert big.ws.close_code == 1009  # too big, said in words the page shows
+            assert big.close_reason == "a paste over 64 KiB: paste less at once"
             await big.close()
         await until_gone(ui_pids(web.db))
 
@@ -837,3 +838,30 @@ def test_a_ui_process_started_for_a_server_already_gone_ends_at_once(tmp_path: P
         timeout=20,
     )
     assert result.returncode == 1 and result.stdout == b""
+
+
+def test_pointer_motion_over_the_budget_is_dropped_not_queued_before_keys(
+    web: RunningSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 240 Hz display reports the pointer 240 times a second: queued behind the budget, that
+    motion held every later key up for seconds. Motion over the budget is dropped (the next
+    report says where the pointer is); keys are never dropped, only held."""
+    from mailsink.http import web_ui
+
+    monkeypatch.setattr(web_ui, "INPUT_EVENTS_BURST", 10.0)
+    monkeypatch.setattr(web_ui, "INPUT_EVENTS_RATE", 10.0)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            tab = await open_tab(session, web.url)
+            await tab.ready()
+            for x in range(200):  # 20 s of budget, were it queued
+                await tab.press(f"\x1b[<35;{x % 90 + 1};5M")
+            assert await pong_after(tab, "after motion") < 2.0
+            for _ in range(30):  # keys over the budget wait: 20 events at 10 a second
+                await tab.press("§")
+            assert await pong_after(tab, "after keys") >= 1.0
+            await tab.close()
+        await until_gone(ui_pids(web.db))
+
+    asyncio.run(scenario())

@@ -50,6 +50,9 @@ MAX_SIZE = 1000  # columns or rows: more is no screen
 # input field), each after a burst. A throttled tab waits (TCP's back-pressure); one that
 # is still held back after INPUT_BEHIND_SECONDS is closed (1008).
 WS_MESSAGE_LIMIT = 64 * 1024
+# What aiohttp reads of one frame before closing with 1009 and its own words: a message over
+# WS_MESSAGE_LIMIT (a big paste) up to this is refused in the tab's words instead.
+FRAME_LIMIT = 1024 * 1024
 INPUT_EVENTS_RATE = 120.0
 INPUT_EVENTS_BURST = 400.0
 INPUT_BYTES_RATE = 16 * 1024.0
@@ -166,6 +169,10 @@ _PASTE = re.compile(r"\x1b\[200~[^\x1b]*\x1b\[201~")
 _SEQUENCE = re.compile(r"\x1b\[[0-9;:<=>?]*[ -/]*[@-~]|\x1bO.|\x1b.", re.DOTALL)
 
 
+# SGR mouse reports of motion alone (button code with the motion bit, 32), one or more.
+_MOTION = re.compile(r"(?:\x1b\[<(?:3[2-9]|[4-5][0-9]|6[0-3]);[0-9]+;[0-9]+M)+")
+
+
 def input_events(kind: object, data: object) -> int:
     """About how many events the UI process makes of a tab's message: of its keys when it is
     input, one for anything else (a resize, a ping, junk: reading it is work too)."""
@@ -192,6 +199,11 @@ class InputBudget:
         elif self.behind_since is None:
             self.behind_since = time.monotonic()
         return wait
+
+    def refund(self, frame: str | bytes, events: int) -> None:
+        """A message dropped rather than passed on costs nothing."""
+        self.events.available += events
+        self.bytes.available += len(frame)
 
     @property
     def flooding(self) -> bool:
@@ -242,7 +254,8 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <div class="dialog starting"><div class="box">mailsink: starting the UI…</div></div>
 <div class="dialog closed"><div class="box">
-<div>The UI has ended.</div><button type="button" class="restart">Restart</button>
+<div>The UI has ended.</div><div class="reason" id="ended-reason"></div>
+<button type="button" class="restart">Restart</button>
 </div></div>
 <button type="button" id="start" class="restart">Start</button>
 <div id="terminal" class="textual-terminal" data-session-websocket-url="{ws_url}"
@@ -442,7 +455,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     width = _size(request, "width", DEFAULT_SIZE[0])
     height = _size(request, "height", DEFAULT_SIZE[1])
     ws = web.WebSocketResponse(
-        heartbeat=PING_SECONDS, max_msg_size=WS_MESSAGE_LIMIT, timeout=CLOSE_SECONDS
+        heartbeat=PING_SECONDS, max_msg_size=FRAME_LIMIT, timeout=CLOSE_SECONDS
     )
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "expected a WebSocket upgrade (Connection: Upgrade)")
@@ -552,6 +565,10 @@ async def _from_browser(ws: web.WebSocketResponse, process: UiProcess) -> None:
                 log.debug("UI WebSocket: a message that is not JSON")
         elif message.type != WSMsgType.BINARY:
             continue  # the end (CLOSE, ERROR), seen by the loop
+        if len(message.data) > WS_MESSAGE_LIMIT:
+            reason = f"a paste over {WS_MESSAGE_LIMIT // 1024} KiB: paste less at once"
+            await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=_close_reason(reason))
+            return
         data: Any = rest[0] if rest else None
         events = input_events(kind, data)
         if events > INPUT_EVENTS_BURST:
@@ -561,6 +578,11 @@ async def _from_browser(ws: web.WebSocketResponse, process: UiProcess) -> None:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(reason))
             return
         if wait := budget.delay(message.data, events):
+            if kind == "stdin" and isinstance(data, str) and _MOTION.fullmatch(data):
+                # The pointer moving, over budget (a 240 Hz display sends 240 a second): the
+                # next report says where it is now; queued, it would hold the keys up.
+                budget.refund(message.data, events)
+                continue
             if budget.flooding:
                 reason = f"input faster than a UI takes it for {INPUT_BEHIND_SECONDS:g}s"
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=_close_reason(reason))

@@ -1,6 +1,20 @@
 // mailsink's page around textual.js. No inline script: the page's policy allows only files
 // from here.
 "use strict";
+// Why the server ended the tab's UI (a close frame's reason: a paste too big, the UI turned
+// off), shown under "The UI has ended." (textual.js itself shows no reason).
+if (window.WebSocket) {
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("close", (event) => {
+        const shown = document.getElementById("ended-reason");
+        if (shown && event.reason) shown.textContent = event.reason;
+      });
+    }
+  };
+}
 document.addEventListener("DOMContentLoaded", () => {
   // The WebSocket as the browser sees this page (wss:// behind an HTTPS proxy), before
   // textual.js connects on window.onload; the server wrote its own guess into the page.
