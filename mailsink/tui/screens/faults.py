@@ -7,6 +7,7 @@ the server sends back. Without a link to it, a note says why and nothing can be 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
@@ -24,6 +25,9 @@ from mailsink.faults.presets import BY_KEY
 from mailsink.sink import Sink
 from mailsink.text import visible
 from mailsink.tui.widgets.fitted import Column, FittedTable
+
+if TYPE_CHECKING:
+    from mailsink.tui.app import MailsinkApp
 
 COLUMNS = (
     Column("Key"),
@@ -151,18 +155,8 @@ class FaultsScreen(Screen[None]):
 
     def toggle_preset(self, key: str) -> None:
         if not self._read_only():
-            self._toggle_preset(key)
-
-    @work(group="switch")
-    async def _toggle_preset(self, key: str) -> None:
-        try:
-            now_on = await self.sink.toggle_preset(key)
-        except MailsinkError as error:
-            self.notify(
-                f"not switched: {visible(str(error))}", severity="error", markup=False, timeout=6
-            )
-            return
-        self.notify(f"{BY_KEY[key].title}: {'on' if now_on else 'off'}", markup=False, timeout=3)
+            app = cast("MailsinkApp", self.app)
+            app.toggle_preset(key)  # the palette's worker: here or at the store's server
 
     def action_switch(self) -> None:
         table: DataTable[Text] = self.query_one("#rules", DataTable)
