@@ -173,6 +173,7 @@ class ConfigWatcher:
         self.reloads = 0
         self._identity: tuple[Any, ...] | None = None
         self._present = True  # the file existed when last looked at
+        self._prepared = False  # prepare() took the file's identity
 
     async def reload(self) -> bool:
         """Load the file now; True when it was applied."""
@@ -219,6 +220,14 @@ class ConfigWatcher:
             except Exception:  # a bug here must not end the watch, nor the server
                 log.exception("config reload failed")
 
+    async def prepare(self) -> None:
+        """Take the file as it is now as what later edits are told against, before the server
+        says it watches: an edit right after that line (while the watch is still starting)
+        would otherwise be taken for the file as it started, and never reloaded."""
+        plan = await asyncio.to_thread(_plan, self.path)
+        self._identity, self._present = plan.identity, plan.identity is not None
+        self._prepared = True
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Watch until cancelled (or `stop` is set)."""
         from watchfiles import awatch  # deferred: only a server with --config watches
@@ -226,7 +235,11 @@ class ConfigWatcher:
         # watchfiles logs "1 change detected" at INFO for every event; mailsink says what changed.
         logging.getLogger("watchfiles.main").setLevel(logging.WARNING)
         plan = await asyncio.to_thread(_plan, self.path)
-        self._identity, self._present = plan.identity, plan.identity is not None
+        if self._prepared:
+            # An edit since prepare() (the server already said it watches): told now.
+            await self._look(plan, False)
+        else:
+            self._identity, self._present = plan.identity, plan.identity is not None
         failure = None
         while stop is None or not stop.is_set():
             watch = awatch(

@@ -168,6 +168,7 @@ class Sink:
                 sink.http = http
             if settings.source is not None:
                 sink.watcher = ConfigWatcher(settings.source, sink, **sink.overrides)
+                await sink.watcher.prepare()
                 sink._tasks.append(asyncio.create_task(sink.watcher.run(sink._stop)))
                 log.info("watching %s for changes", settings.source)
             try:
