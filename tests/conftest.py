@@ -3,11 +3,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import queue
+import re
 import signal
 import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,3 +237,32 @@ def _old_search_text(envelope_json: str, headers_json: str) -> str:
         parts += headers[key]
     parts.append(headers["subject"] or "")
     return "\n".join(parts).lower()
+
+
+class ServerLines:
+    """`mailsink serve`'s stderr, read on a thread, so a wait for a line has a deadline."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        stream = process.stderr
+
+        def read() -> None:
+            for line in iter(stream.readline, b""):
+                self._lines.put(line.decode(errors="replace"))
+
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+
+    def until(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if found := re.search(pattern, line):
+                return found
+        raise AssertionError(f"no {pattern!r} in the server's log: {''.join(self.seen)}")

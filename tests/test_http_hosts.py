@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import queue
 import socket
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import mailsink_process, run_cli
+from conftest import ServerLines, mailsink_process, run_cli
 
 from mailsink.config import ConfigError, HttpSettings, Settings, allowed_hosts, load
 from mailsink.testing import RunningSink
@@ -299,35 +295,6 @@ def test_a_bad_allowed_host_option_is_a_usage_error(name: str, hint: str) -> Non
     assert hint in result.err and result.err.count("\n") == 1
 
 
-class _Lines:
-    """A server process's stderr, read on a thread so that a wait for a line has a deadline."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.seen: list[str] = []
-        self._lines: queue.Queue[str] = queue.Queue()
-        assert process.stderr is not None
-        stream = process.stderr
-
-        def read() -> None:
-            for line in iter(stream.readline, b""):
-                self._lines.put(line.decode())
-
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-
-    def until(self, marker: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._lines.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if marker in line:
-                return line
-        raise AssertionError(f"no {marker!r} in: {''.join(self.seen)}")
-
-
 def test_the_option_adds_to_the_file_and_a_reload_applies_the_file_s_new_names(
     tmp_path: Path,
 ) -> None:
@@ -337,9 +304,9 @@ def test_the_option_adds_to_the_file_and_a_reload_applies_the_file_s_new_names(
         "serve", "--port", "0", "--db", str(tmp_path / "mail.db"), "--config", str(config),
         "--http-port", "0", "--http-allowed-host", "mailsink", "--http-allowed-host", "*.CI.test",
     )  # fmt: skip
-    lines = _Lines(process)
+    lines = ServerLines(process)
     try:
-        started = lines.until("HTTP API on http://0.0.0.0:")
+        started = lines.until(r"HTTP API on http://0\.0\.0\.0:[0-9]+").string.strip()
         port = int(started.rsplit(":", 1)[1])
         lines.until("watching ")
         for host in ("extra.test", f"mailsink:{port}", "a.ci.test", "127.0.0.1"):
@@ -355,7 +322,7 @@ def test_the_option_adds_to_the_file_and_a_reload_applies_the_file_s_new_names(
                 opened += chunk
             assert opened.startswith(b"HTTP/1.1 200"), opened
             config.write_text('[http]\nhost = "0.0.0.0"\nallowed_hosts = ["other.test"]\n')
-            reloaded = lines.until("config reloaded from")
+            reloaded = lines.until("config reloaded from").string
             assert (
                 "http.allowed_hosts: extra.test, mailsink, *.ci.test"
                 " -> other.test, mailsink, *.ci.test" in reloaded

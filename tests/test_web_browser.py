@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import re
 import smtplib
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -30,7 +28,7 @@ from cdp_browser import (
     find_browser,
     png_colours,
 )
-from conftest import mailsink_process, message
+from conftest import ServerLines, mailsink_process, message
 
 from mailsink.tui.screens.sessions import TITLE as SESSIONS_TITLE
 
@@ -41,34 +39,6 @@ APP_TIMEOUT_S = 20.0  # page load to the list painted: ~1.5 s here; a cold, busy
 CHILD_END_TIMEOUT_S = 10.0  # quit, then SIGTERM after 2 s, SIGKILL after 2 more; and a margin
 POLL_S = 0.05
 SHOT_SCALE = 0.25  # the screenshots compared: enough pixels to tell a drawn screen from none
-
-
-class ServerLines:
-    """`mailsink serve`'s stderr, read on a thread, so a wait for a line has a deadline."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stderr is not None
-        self.seen: list[str] = []
-        self._lines: queue.Queue[str] = queue.Queue()
-        stream = process.stderr
-
-        def read() -> None:
-            for line in iter(stream.readline, b""):
-                self._lines.put(line.decode(errors="replace"))
-
-        threading.Thread(target=read, daemon=True).start()
-
-    def until(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._lines.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if found := re.search(pattern, line):
-                return found
-        raise AssertionError(f"no {pattern!r} in the server's log: {''.join(self.seen)}")
 
 
 class Served:
