@@ -19,6 +19,7 @@ import io
 import logging
 import re
 import secrets
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -657,9 +658,13 @@ class SmtpConnection(SMTP):
 
     async def wait(self, seconds: float) -> None:
         """mailsink's own wait before a reply (a fault's delay): the idle timeout measures
-        the client, not mailsink, so it stops meanwhile."""
+        the client, not mailsink, so it stops meanwhile. uvloop's timers have a millisecond
+        grain and may fire just before the time asked, so the wait goes on until the whole
+        delay has passed: a 400 ms delay is never 399.8 ms."""
         self._pause_timeout()
-        await asyncio.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(left)
         self._reset_timeout()
 
     def reply_as_configured(self, lines: tuple[str, ...], *, then_close: bool = False) -> str:
