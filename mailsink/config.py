@@ -203,6 +203,47 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class RelaySettings:
+    """Where `mailsink release` (and the TUI, the HTTP API, auto release) sends a message: off
+    until `host` is set. Never a relay for anything else: mailsink sends only on request, or
+    with `auto` to `auto_recipients`, and only to `allowed_recipients`."""
+
+    host: str = ""  # "" = not configured: releasing is off
+    port: int = 0  # 0 = by `tls`: 587 (starttls), 465 (implicit), 25 (none)
+    tls: str = "starttls"  # starttls | implicit | none
+    verify: bool = True  # check the upstream's certificate and name
+    ca_file: str = ""  # a PEM bundle to verify against instead of the system's
+    username: str = ""
+    # The secret: one of these three (the value itself, a file holding it, or the name of an
+    # environment variable holding it). Never in a repr, a log line or a transcript.
+    password: str = field(default="", repr=False)
+    password_file: str = ""
+    password_env: str = ""
+    helo: str = ""  # "" = this machine's fully qualified name (socket.getfqdn())
+    mail_from: str = ""  # "" = the message's own envelope sender
+    allowed_recipients: tuple[str, ...] = ()  # globs; required: empty = nothing releasable
+    timeout: float = 30.0  # each connect and each reply
+    trace_header: bool = False  # prepend X-Mailsink-Released-From (off: bytes unchanged)
+    auto: bool = False  # release matching mail by itself, after it is stored
+    auto_recipients: tuple[str, ...] = ()  # globs: whose envelope recipients auto release
+    auto_retries: int = 5  # tries of one auto release that failed temporarily, backoff between
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.host)
+
+    @property
+    def upstream(self) -> str:
+        """host:port as connected to (the port chosen by `tls` when none is given)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.effective_port}"
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "implicit": 465}.get(self.tls, 25)
+
+
+@dataclass(frozen=True)
 class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -212,6 +253,7 @@ class Settings:
     faults: FaultSettings = field(default_factory=FaultSettings)
     tags: TagSettings = field(default_factory=TagSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
     rules: tuple[Rule, ...] = ()
     source: Path | None = None
 
@@ -286,6 +328,107 @@ def _seed(value: Any) -> int:
     return value
 
 
+def _globs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(
+            'expected a list of address globs such as ["*@example.test", "me+*@gmail.com"],'
+            f" got {value!r}"
+        )
+    globs = []
+    for number, item in enumerate(value, 1):
+        glob = item.strip()
+        if not glob or any(c.isspace() for c in glob) or "@" not in glob:
+            raise ValueError(
+                f"glob {number}: {item!r} is not an address glob (local@domain, '*' for any"
+                " run of characters, '?' for one), such as \"*@example.test\""
+            )
+        globs.append(glob.lower())
+    return tuple(dict.fromkeys(globs))
+
+
+def _relay_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(
+            f"expected a port number 1-65535 (0 = by tls: 587, 465 or 25), got {value!r}"
+        )
+    return value
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f'expected an address such as "dev@example.test", got {value!r}')
+    from mailsink.mail.addresses import syntax_error
+
+    problem = syntax_error(value.strip())
+    if problem:
+        raise ValueError(f"{value!r} is not an address the upstream can take: {problem}")
+    return value.strip()
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(
+            f'expected an environment variable name such as "RELAY_PASSWORD", got {value!r}'
+        )
+    return value
+
+
+def _retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 20:
+        raise ValueError(f"expected a whole number of tries from 1 to 20, got {value!r}")
+    return value
+
+
+def _secret(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")  # never quoted: it is the secret
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def check_relay(relay: RelaySettings) -> tuple[str, str] | None:
+    """What is wrong with a [relay] table as a whole: (key, problem), None when nothing."""
+    if not relay.host:
+        return ("host", "required in [relay]: the server to release messages to")
+    secrets = [key for key in ("password", "password_file", "password_env") if getattr(relay, key)]
+    if len(secrets) > 1:
+        return (
+            secrets[1],
+            f"give one of password, password_file, password_env, not {' and '.join(secrets)}",
+        )
+    if secrets and not relay.username:
+        return ("username", f"required with {secrets[0]}")
+    if relay.username and not secrets:
+        return ("username", "needs password, password_file or password_env beside it")
+    if relay.password_file:
+        problem = _unreadable(relay.password_file)
+        if problem:
+            return ("password_file", problem)
+    if relay.auto and not relay.auto_recipients:
+        return (
+            "auto_recipients",
+            "required with auto = true: the recipients to release to by themselves",
+        )
+    if relay.ca_file:
+        problem = _unreadable(relay.ca_file)
+        if problem:
+            return ("ca_file", problem)
+    return None
+
+
+def _unreadable(path: str) -> str | None:
+    try:
+        with open(os.path.expanduser(path), "rb"):
+            return None
+    except OSError as error:
+        return f"{path}: cannot read: {error.strerror or error}"
+
+
 # section -> key -> converter raising ValueError with what is allowed
 _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "smtp": (
@@ -334,6 +477,28 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
             "ui_sessions": _ui_sessions,
         },
     ),
+    "relay": (
+        RelaySettings,
+        {
+            "host": _host,
+            "port": _relay_port,
+            "tls": _choice("starttls", "implicit", "none"),
+            "verify": _flag,
+            "ca_file": _file_path,
+            "username": _text,
+            "password": _secret,
+            "password_file": _file_path,
+            "password_env": _env_name,
+            "helo": _hostname,
+            "mail_from": _address,
+            "allowed_recipients": _globs,
+            "timeout": _positive_duration,
+            "trace_header": _flag,
+            "auto": _flag,
+            "auto_recipients": _globs,
+            "auto_retries": _retries,
+        },
+    ),
 }
 
 
@@ -366,6 +531,16 @@ def parse(data: dict[str, Any], file: Path | None = None, text: str = "") -> Set
             except ValueError as invalid:
                 raise error(str(invalid), dotted, section) from None
         sections[section] = cls(**values)
+        if section == "relay":
+            problem = check_relay(sections[section])
+            if problem is None and "allowed_recipients" not in body:
+                problem = (
+                    "allowed_recipients",
+                    "required in [relay]: the recipients a release may go to, as globs such as"
+                    ' ["*@example.test"] ([] = none)',
+                )
+            if problem:
+                raise error(problem[1], f"relay.{problem[0]}", section)
     names = [rule.name for rule in rules]
     for index, name in enumerate(names):
         problem = name_problem(name, names[:index])

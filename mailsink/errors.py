@@ -9,8 +9,13 @@
     │   └── WriterLost            the writer process ended before answering an operation
     ├── ListenError               cannot listen on HOST:PORT
     ├── QueryError                a search query that does not parse: names the term
-    └── ExportError               nothing was exported
-        └── ExportInterrupted     a signal stopped the export; what it made is gone
+    ├── ExportError               nothing was exported
+    │   └── ExportInterrupted     a signal stopped the export; what it made is gone
+    └── ReleaseError              a message could not be released to the [relay] server
+        ├── RelayNotConfigured    no [relay] host: releasing is off
+        ├── NoSuchMessage         no such message (deleted, or never stored)
+        ├── RecipientsRefused     recipients outside allowed_recipients (none was sent to)
+        └── UpstreamError         the upstream refused, failed or timed out: its reply quoted
 
 Each message is phrased for the user: it names the file, key, address or id concerned.
 """
@@ -26,11 +31,16 @@ __all__ = [
     "ExportInterrupted",
     "ListenError",
     "MailsinkError",
+    "NoSuchMessage",
     "QueryError",
+    "RecipientsRefused",
+    "RelayNotConfigured",
+    "ReleaseError",
     "RuleError",
     "StoreError",
     "StoreFileError",
     "StoreLocked",
+    "UpstreamError",
     "WriterLost",
 ]
 
@@ -105,3 +115,46 @@ class ExportError(MailsinkError):
 
 class ExportInterrupted(ExportError):
     """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the export, and what it had made is gone."""
+
+
+class ReleaseError(MailsinkError):
+    """A release that did not happen (or not wholly): why, phrased for the user."""
+
+
+class RelayNotConfigured(ReleaseError):
+    """No `[relay] host` in the settings: mailsink relays nothing until one is configured."""
+
+
+class NoSuchMessage(ReleaseError, LookupError):
+    """The message to release is not in the store."""
+
+
+class RecipientsRefused(ReleaseError, ValueError):
+    """Recipients outside `[relay] allowed_recipients` (or not addresses): nothing was sent.
+    `recipients` names them."""
+
+    def __init__(self, message: str, recipients: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.recipients = recipients
+
+
+class UpstreamError(ReleaseError):
+    """The upstream server refused the release, or could not be reached or spoken to in time.
+    `code` is its reply code (None: no reply, e.g. a refused connection, a TLS failure or a
+    timeout), `stage` what was being done (connect, tls, ehlo, auth, mail, rcpt, data, quit),
+    `timed_out` whether the timeout ended it. `str()` quotes the upstream's reply."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        stage: str = "",
+        timed_out: bool = False,
+        record: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.stage = stage
+        self.timed_out = timed_out
+        self.record = record  # the mailsink.relay.ReleaseRecord written for it, when there is one

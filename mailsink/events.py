@@ -85,6 +85,24 @@ class MessagesChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageReleased:
+    """A release of a message to the `[relay]` server was tried and recorded (the store's
+    `releases` row `release_id`): `outcome` is "sent", "partial" (some recipients refused),
+    "failed", or "retrying" (an automatic release that failed for now and will be tried
+    again); `code` and `reply` are the upstream's last answer (code None: none came)."""
+
+    message_id: int
+    release_id: int
+    outcome: str
+    recipients: tuple[str, ...]
+    upstream: str
+    code: int | None
+    reply: str
+    trigger: str  # cli | tui | http | auto
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStarted:
     session: LiveSession
 
@@ -176,6 +194,7 @@ Event = (
     MessageStored
     | MessagesDeleted
     | MessagesChanged
+    | MessageReleased
     | SessionStarted
     | SessionChanged
     | SessionEnded

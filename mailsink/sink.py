@@ -50,6 +50,7 @@ from mailsink.store import (
 
 if TYPE_CHECKING:
     from mailsink.query import Query
+    from mailsink.relay import ReleaseRecord
     from mailsink.server_link import ServerLink
 
 T = TypeVar("T")
@@ -521,6 +522,28 @@ class Sink:
         if changed:
             self._changed(ids)
         return changed
+
+    # ---- releasing to the [relay] server (mailsink/relay.py)
+
+    async def release(
+        self, message_id: int, recipients: list[str] | None = None, *, trigger: str = "cli"
+    ) -> ReleaseRecord:
+        """Send the stored message to `recipients` (None: its envelope recipients that
+        `[relay] allowed_recipients` allows) through the `[relay]` server, record the try in
+        the store and publish MessageReleased. Serving: done here, on a relay thread (the loop
+        stays free). Attached and linked to the store's server: the server does it (its
+        `[relay]`, its event stream). Attached without a link: done here with this sink's
+        settings, recorded in a transaction of this process's.
+
+        Returns the record (outcome "sent", or "partial" with `refused` naming who the
+        upstream refused). Raises, before anything is sent: RelayNotConfigured, NoSuchMessage,
+        RecipientsRefused (naming them; also for none at all); after: UpstreamError quoting
+        the upstream's reply (its `record` is the "failed" row written for it)."""
+        raise NotImplementedError
+
+    async def releases(self, message_id: int) -> list[ReleaseRecord]:
+        """The releases tried of this message, oldest first."""
+        raise NotImplementedError
 
     async def delete_idle_sessions(self) -> int:
         """Delete the finished sessions that have no message left."""

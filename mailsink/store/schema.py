@@ -22,13 +22,14 @@ import platformdirs
 
 from mailsink.errors import StoreError, StoreFileError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MEMORY = ":memory:"
 DELETIONS_SINCE = 3  # the schema version that counts deletions (store_state)
 PROGRESS_SINCE = 4  # the schema version with a live session's state and the server row
 REFUSALS_SINCE = 5  # the schema version with a session's refusals and a rejection's rule
 SEARCH_SINCE = 6  # the schema version with read state, tags and the search indexes
 SNIPPET_SINCE = 7  # the schema version that keeps each message's snippet (the HTTP API's)
+RELEASES_SINCE = 8  # the schema version that records releases to the [relay] server
 # messages.indexed: what the search indexes hold of a message (store/search.py)
 # Stored before SEARCH_SINCE, nothing indexed yet: the indexer also adds its X-Tags tags (only
 # to these rows, so that a tag a user removed from a newer message never comes back).
@@ -199,6 +200,30 @@ _MIGRATIONS: dict[int, str] = {
             accepted = accepted - (OLD.status = 'accepted') + (NEW.status = 'accepted'),
             unread = unread - (OLD.status = 'accepted' AND OLD.seen = 0)
                 + (NEW.status = 'accepted' AND NEW.seen = 0);
+    END;
+    """,
+    8: """
+    -- Every release of a message to the [relay] server that was tried (mailsink/relay.py): by
+    -- `mailsink release`, the TUI, the HTTP API or auto release; one row per try.
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id INTEGER NOT NULL,
+        at INTEGER NOT NULL,                  -- ms since the epoch, UTC
+        trigger TEXT NOT NULL,                -- cli | tui | http | auto
+        upstream TEXT NOT NULL,               -- host:port
+        mail_from TEXT NOT NULL,              -- the MAIL FROM sent ('' = <>)
+        recipients TEXT NOT NULL,             -- JSON list: the RCPT TOs sent
+        outcome TEXT NOT NULL,                -- sent | partial | failed | retrying
+        code INTEGER,                         -- the upstream's last reply code (NULL: none)
+        reply TEXT NOT NULL,                  -- its text, or what went wrong
+        refused TEXT NOT NULL DEFAULT '{}',   -- JSON {recipient: "550 5.1.1 ..."}
+        attempt INTEGER NOT NULL DEFAULT 1    -- an auto release's try
+    );
+    CREATE INDEX releases_message ON releases (message_id);
+    -- A message's releases go with it, whoever deletes it (a face, `clear`, retention).
+    CREATE TRIGGER messages_releases_out AFTER DELETE ON messages
+    BEGIN
+        DELETE FROM releases WHERE message_id = OLD.id;
     END;
     """,
 }
