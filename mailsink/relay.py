@@ -67,13 +67,47 @@ class ReleaseRecord:
     attempt: int = 1
 
     def as_json(self) -> dict[str, Any]:
-        """The record as `mailsink show --json`, the native API and the event stream give it."""
+        """The record as `mailsink show --json` and the native API give it: keys id,
+        message_id, at (ISO 8601 UTC with ms, as clock.iso_ms), trigger, upstream, mail_from,
+        recipients (list), outcome, code, reply, refused ({recipient: reply}), attempt."""
         raise NotImplementedError
 
     def summary(self) -> str:
         """One line for a person: "sent to ann@example.test via smtp.example.test:587: 250 2.0.0
         Ok: queued as 4F2" (untrusted text made visible by the face that shows it)."""
         raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReleaseRecord:
+        """The record back from `as_json` (an attached sink reads the server's answer)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """What releasing a message would do, before anything is sent: the TUI dialog's prefill,
+    `GET /api/mailsink/messages/{id}/release`. `recipients` are the defaults: the envelope's
+    RCPT TOs that `allowed_recipients` allows; `not_allowed` the envelope's others."""
+
+    message_id: int
+    configured: bool
+    upstream: str  # "" when not configured
+    mail_from: str  # the MAIL FROM a release sends ('' = <>)
+    recipients: tuple[str, ...]
+    not_allowed: tuple[str, ...]
+    allowed_recipients: tuple[str, ...]  # the globs
+
+    def as_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReleasePlan:
+        raise NotImplementedError
+
+
+def plan(relay: RelaySettings, message_id: int, mail_from: str, rcpt_to: list[str]) -> ReleasePlan:
+    """The plan for a message whose envelope is (mail_from, rcpt_to)."""
+    raise NotImplementedError
 
 
 def refused_recipients(relay: RelaySettings, recipients: list[str]) -> list[str]:

@@ -50,7 +50,7 @@ from mailsink.store import (
 
 if TYPE_CHECKING:
     from mailsink.query import Query
-    from mailsink.relay import ReleaseRecord
+    from mailsink.relay import ReleasePlan, ReleaseRecord
     from mailsink.server_link import ServerLink
 
 T = TypeVar("T")
@@ -539,6 +539,12 @@ class Sink:
         upstream refused). Raises, before anything is sent: RelayNotConfigured, NoSuchMessage,
         RecipientsRefused (naming them; also for none at all); after: UpstreamError quoting
         the upstream's reply (its `record` is the "failed" row written for it)."""
+        raise NotImplementedError
+
+    async def release_plan(self, message_id: int) -> ReleasePlan:
+        """What `release(message_id)` would do (upstream, MAIL FROM, default recipients): from
+        this sink's settings, or (attached, linked) the server's. NoSuchMessage when it is
+        gone."""
         raise NotImplementedError
 
     async def releases(self, message_id: int) -> list[ReleaseRecord]:
