@@ -543,9 +543,9 @@ def parse(data: dict[str, Any], file: Path | None = None, text: str = "") -> Set
                 raise error(problem[1], f"relay.{problem[0]}", section)
     names = [rule.name for rule in rules]
     for index, name in enumerate(names):
-        problem = name_problem(name, names[:index])
-        if problem:
-            raise error(problem, f"fault[{index + 1}].name", "fault", index)
+        clash = name_problem(name, names[:index])
+        if clash:
+            raise error(clash, f"fault[{index + 1}].name", "fault", index)
     return Settings(**sections, rules=tuple(rules), source=file)
 
 

@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -33,10 +34,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailsink import events as ev
-from mailsink.config import Settings
-from mailsink.errors import ListenError, MailsinkError, WriterLost
+from mailsink import relay as relaying
+from mailsink.clock import now_ms
+from mailsink.config import RelaySettings, Settings
+from mailsink.errors import (
+    ListenError,
+    MailsinkError,
+    NoSuchMessage,
+    RecipientsRefused,
+    RelayNotConfigured,
+    ReleaseError,
+    UpstreamError,
+    WriterLost,
+)
 from mailsink.events import EventBus, LiveSession, Subscription, TranscriptEvent
 from mailsink.faults.controls import FaultControls, RuleState
+from mailsink.relay import (
+    FAILED,
+    PARTIAL,
+    RETRYING,
+    SENT,
+    Delivery,
+    ReleasePlan,
+    ReleaseRecord,
+    error_text,
+    release_error,
+    reply_with_code,
+)
 from mailsink.store import (
     MEMORY,
     MessageRecord,
@@ -50,7 +74,6 @@ from mailsink.store import (
 
 if TYPE_CHECKING:
     from mailsink.query import Query
-    from mailsink.relay import ReleasePlan, ReleaseRecord
     from mailsink.server_link import ServerLink
 
 T = TypeVar("T")
@@ -123,6 +146,10 @@ class Sink:
         self._reader: Reader | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        # smtplib blocks: each release's conversation with the upstream runs on one of these
+        # (made at the first release, shut with the sink).
+        self._relay_pool: ThreadPoolExecutor | None = None
+        self.auto_release: Any = None  # mailsink.auto_release.AutoRelease when serving
 
     # ---- starting and stopping
 
@@ -172,12 +199,20 @@ class Sink:
                 await sink.watcher.prepare()
                 sink._tasks.append(asyncio.create_task(sink.watcher.run(sink._stop)))
                 log.info("watching %s for changes", settings.source)
+            from mailsink.auto_release import AutoRelease
+
+            # Released after their commit, in the background ([relay] auto; off by default).
+            sink.auto_release = AutoRelease(sink)
+            sink.auto_release.apply_settings(settings)
             try:
                 yield sink
             finally:
                 log.info("shutting down: finishing messages in flight")
                 await sink._close_server()
         finally:
+            if sink.auto_release is not None:
+                await sink.auto_release.stop()  # (what it had not released is logged)
+            sink._close_relay_pool()
             await sink._close_reader()
             await asyncio.to_thread(store.close)
 
@@ -210,6 +245,7 @@ class Sink:
             for task in sink._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            sink._close_relay_pool()
             await sink._close_reader()
 
     @property
@@ -241,6 +277,13 @@ class Sink:
         if self._executor_used:
             await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=False)
+
+    def _close_relay_pool(self) -> None:
+        # Not waited for: a release still talking to its upstream ends by its [relay] timeout,
+        # and nobody waits for its answer any more.
+        if self._relay_pool is not None:
+            self._relay_pool.shutdown(wait=False, cancel_futures=True)
+            self._relay_pool = None
 
     def _on_reader_thread(self, job: Callable[[], T]) -> asyncio.Future[T]:
         self._executor_used = True
@@ -318,6 +361,8 @@ class Sink:
             self.server.apply_settings(settings)
         if self.http is not None:
             self.http.apply_settings(settings)
+        if self.auto_release is not None:
+            self.auto_release.apply_settings(settings)
 
     @property
     def config_error(self) -> str | None:
@@ -539,17 +584,147 @@ class Sink:
         upstream refused). Raises, before anything is sent: RelayNotConfigured, NoSuchMessage,
         RecipientsRefused (naming them; also for none at all); after: UpstreamError quoting
         the upstream's reply (its `record` is the "failed" row written for it)."""
-        raise NotImplementedError
+        if self.link is not None and self.link.live:
+            return await self.link.release(message_id, recipients, trigger)
+        # Read once: a reload in the middle of a release does not mix two configs.
+        relay = self.settings.relay
+        record, delivery = await self.release_try(relay, message_id, recipients, trigger)
+        if record.outcome == FAILED:
+            raise release_error(delivery, message_id, record=record)
+        return record
+
+    async def release_try(
+        self,
+        relay: RelaySettings,
+        message_id: int,
+        recipients: list[str] | None,
+        trigger: str,
+        *,
+        attempt: int = 1,
+        retry_if: Callable[[Delivery], bool] | None = None,
+    ) -> tuple[ReleaseRecord, Delivery]:
+        """One try of a release here, with these settings: the checks (RelayNotConfigured,
+        NoSuchMessage, RecipientsRefused, raised before any connection), the delivery on a
+        relay thread, its row, MessageReleased and the log line. Never raises for what the
+        upstream did: the record says it (outcome "retrying" for a failure `retry_if` says
+        will be tried again: auto release's)."""
+        if not relay.configured:
+            raise RelayNotConfigured(NOT_CONFIGURED)
+        message = await self.read(Reader.get_message, message_id)
+        if message is None:
+            raise NoSuchMessage(f"no message {message_id}")
+        envelope = message.envelope
+        plan = relaying.plan(relay, message_id, envelope.mail_from, list(envelope.rcpt_to))
+        chosen = _each_once(plan.recipients if recipients is None else recipients)
+        _check_recipients(relay, message_id, chosen, plan, given=recipients is not None)
+        raw = await self.read(Reader.get_raw, message_id)
+        if raw is None:
+            raise NoSuchMessage(f"no message {message_id}")
+        at = now_ms()
+        if self._relay_pool is None:
+            self._relay_pool = ThreadPoolExecutor(
+                RELAY_THREADS, thread_name_prefix="mailsink-relay"
+            )
+        send = partial(relaying.deliver, relay, raw, plan.mail_from, chosen, message_id=message_id)
+        try:
+            delivery = await asyncio.get_running_loop().run_in_executor(self._relay_pool, send)
+        except (UpstreamError, RecipientsRefused, RelayNotConfigured, NoSuchMessage):
+            raise
+        except ReleaseError as error:  # e.g. password_env names no variable: nothing was sent
+            delivery = Delivery(
+                relay.upstream,
+                plan.mail_from,
+                tuple(chosen),
+                FAILED,
+                None,
+                str(error),
+                stage="auth",
+            )
+        outcome = delivery.outcome
+        if outcome == FAILED and retry_if is not None and retry_if(delivery):
+            outcome = RETRYING
+        release_id = await self._record_release(message_id, at, trigger, delivery, outcome, attempt)
+        record = ReleaseRecord(
+            id=release_id or 0,
+            message_id=message_id,
+            at=at,
+            trigger=trigger,
+            upstream=delivery.upstream,
+            mail_from=delivery.mail_from,
+            recipients=tuple(delivery.recipients),
+            outcome=outcome,
+            code=delivery.code,
+            reply=delivery.reply,
+            refused=dict(delivery.refused),
+            attempt=attempt,
+        )
+        if self.events.wants(ev.MessageReleased):
+            self.events.publish(
+                ev.MessageReleased(
+                    message_id=message_id,
+                    release_id=record.id,
+                    outcome=outcome,
+                    recipients=record.recipients,
+                    upstream=record.upstream,
+                    code=record.code,
+                    reply=record.reply,
+                    trigger=trigger,
+                    attempt=attempt,
+                )
+            )
+        _log_release(record, delivery, relay.timeout)
+        return record, delivery
+
+    async def _record_release(
+        self,
+        message_id: int,
+        at: int,
+        trigger: str,
+        delivery: Delivery,
+        outcome: str,
+        attempt: int,
+    ) -> int | None:
+        """The try's row (through the writer, or in a transaction here); None when it could
+        not be written (the message deleted meanwhile, an old store, a read-only one): the
+        release happened all the same, and is reported."""
+        try:
+            release_id = await self._write(
+                operations.record_release,
+                message_id=message_id,
+                at=at,
+                trigger=trigger,
+                upstream=delivery.upstream,
+                mail_from=delivery.mail_from,
+                recipients=list(delivery.recipients),
+                outcome=outcome,
+                code=delivery.code,
+                reply=delivery.reply,
+                refused=dict(delivery.refused),
+                attempt=attempt,
+            )
+        except (MailsinkError, sqlite3.Error) as error:
+            log.warning("release of message %s is not recorded: %s", message_id, error)
+            return None
+        if release_id is None:
+            log.info("release of message %s is not recorded: the message is gone", message_id)
+        return release_id
 
     async def release_plan(self, message_id: int) -> ReleasePlan:
         """What `release(message_id)` would do (upstream, MAIL FROM, default recipients): from
         this sink's settings, or (attached, linked) the server's. NoSuchMessage when it is
         gone."""
-        raise NotImplementedError
+        if self.link is not None and self.link.live:
+            return await self.link.release_plan(message_id)
+        relay = self.settings.relay
+        message = await self.read(Reader.get_message, message_id)
+        if message is None:
+            raise NoSuchMessage(f"no message {message_id}")
+        envelope = message.envelope
+        return relaying.plan(relay, message_id, envelope.mail_from, list(envelope.rcpt_to))
 
     async def releases(self, message_id: int) -> list[ReleaseRecord]:
         """The releases tried of this message, oldest first."""
-        raise NotImplementedError
+        return await self.read(Reader.releases, message_id)
 
     async def delete_idle_sessions(self) -> int:
         """Delete the finished sessions that have no message left."""
@@ -671,3 +846,77 @@ def live_record(
         refusals=session.refusals,
         last_refusal=session.last_refusal,
     )
+
+
+# ---- releases
+
+NOT_CONFIGURED = "releasing is off: no [relay] host in the config"
+RELAY_THREADS = 4  # releases talking to upstreams at once (each blocks a thread: smtplib)
+MAX_RECIPIENTS = 100  # per release
+
+
+def _each_once(recipients: Iterable[str]) -> list[str]:
+    """Each recipient once (compared without regard to case), in the order given."""
+    seen: dict[str, str] = {}
+    for recipient in recipients:
+        address = recipient.strip()
+        seen.setdefault(address.lower(), address)
+    return list(seen.values())
+
+
+def _check_recipients(
+    relay: RelaySettings, message_id: int, chosen: list[str], plan: ReleasePlan, *, given: bool
+) -> None:
+    """RecipientsRefused, naming them, unless every one may be released to."""
+    if not chosen:
+        if given:
+            raise RecipientsRefused(f"release of message {message_id}: no recipients given")
+        why = (
+            f"none of its envelope recipients ({', '.join(plan.not_allowed)}) is allowed by"
+            " [relay] allowed_recipients"
+            if plan.not_allowed
+            else "it has no envelope recipients"
+        )
+        raise RecipientsRefused(
+            f"release of message {message_id}: no recipients: {why}", tuple(plan.not_allowed)
+        )
+    if len(chosen) > MAX_RECIPIENTS:
+        raise RecipientsRefused(
+            f"release of message {message_id}: {len(chosen)} recipients; a release goes to"
+            f" {MAX_RECIPIENTS} at most"
+        )
+    refused = relaying.refused_recipients(relay, chosen)
+    if refused:
+        allowed = ", ".join(relay.allowed_recipients) or "none: the list is empty"
+        raise RecipientsRefused(
+            f"release of message {message_id}: not allowed by [relay] allowed_recipients"
+            f" ({allowed}): {', '.join(refused)}; nothing was sent",
+            tuple(refused),
+        )
+
+
+def _log_release(record: ReleaseRecord, delivery: Delivery, timeout: float) -> None:
+    from mailsink.text import visible
+
+    to = ", ".join(record.recipients)
+    answer = visible(reply_with_code(record.code, record.reply))
+    if record.outcome == SENT:
+        log.info(
+            "released message %s to %s via %s: %s",
+            record.message_id,
+            visible(to, emoji=False),
+            record.upstream,
+            answer,
+        )
+    elif record.outcome == PARTIAL:
+        refused = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in record.refused.items())
+        log.warning(
+            "released message %s in part via %s: refused %s; sent to the others: %s",
+            record.message_id,
+            record.upstream,
+            visible(refused, emoji=False),
+            answer,
+        )
+    else:
+        again = f" (try {record.attempt}, tried again later)" if record.outcome == RETRYING else ""
+        log.warning("%s%s", error_text(delivery, record.message_id), again)

@@ -183,6 +183,7 @@ HOSTILE = "[bold red]x\x1b[2J\x07"  # markup and terminal controls
 # What each schema step added, taken away again: a store of an older schema, made from a new one
 # (the tests of how an old store is read and migrated).
 _UNDO = {
+    8: "DROP TRIGGER messages_releases_out; DROP TABLE releases;",
     7: (
         "DROP TRIGGER messages_counted_in; DROP TRIGGER messages_counted_out;"
         " DROP TRIGGER messages_counted_change; DROP TABLE message_counts;"

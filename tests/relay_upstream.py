@@ -124,7 +124,8 @@ class Upstream:
     def clear_faults(self) -> None:
         def remove_all() -> None:
             for state in self.running.faults.rules():
-                self.running.faults.remove_rule(state.rule.name)
+                if state.origin == "runtime":  # (presets and the config's are not removable)
+                    self.running.faults.remove_rule(state.name)
 
         self.running.call(remove_all)
 

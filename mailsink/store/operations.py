@@ -35,6 +35,7 @@ from mailsink.store.schema import (
     DELETIONS_SINCE,
     FIELDS_INDEXED,
     MIGRATED,
+    RELEASES_SINCE,
     SEARCH_SINCE,
     UNINDEXED,
     SessionEvent,
@@ -694,3 +695,59 @@ def change_tags(
                     f" {MAX_TAGS}; remove some first"
                 )
     return len(changed)
+
+
+# ---- releases to the [relay] server (schema RELEASES_SINCE; mailsink/relay.py)
+
+
+def record_release(
+    conn: sqlite3.Connection,
+    message_id: int,
+    at: int,
+    trigger: str,
+    upstream: str,
+    mail_from: str,
+    recipients: Sequence[str],
+    outcome: str,
+    code: int | None,
+    reply: str,
+    refused: dict[str, str] | None = None,
+    attempt: int = 1,
+) -> int | None:
+    """One release tried: its `releases` row; returns the row's id. None, and no row, when the
+    message is gone (deleted while it was being released: its rows would outlive it, the
+    trigger that removes them having run already) or the store predates the table (an older
+    server serves it; only a server migrates). Sent again after a writer died before
+    answering, it finds the row it wrote (every column the same, to the millisecond) and
+    returns it rather than writing a second."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] < RELEASES_SINCE:
+        return None
+    values = (
+        message_id,
+        at,
+        trigger,
+        upstream,
+        mail_from,
+        json.dumps(list(recipients)),
+        outcome,
+        code,
+        reply,
+        json.dumps(dict(refused or {})),
+        attempt,
+    )
+    written = conn.execute(
+        "SELECT id FROM releases WHERE message_id = ? AND at = ? AND trigger = ? AND upstream = ?"
+        " AND mail_from = ? AND recipients = ? AND outcome = ? AND code IS ? AND reply = ?"
+        " AND refused = ? AND attempt = ?",
+        values,
+    ).fetchone()
+    if written is not None:
+        return int(written[0])
+    cursor = conn.execute(
+        "INSERT INTO releases (message_id, at, trigger, upstream, mail_from, recipients,"
+        " outcome, code, reply, refused, attempt)"
+        " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
+        " (SELECT 1 FROM messages WHERE id = ?)",
+        (*values, message_id),
+    )
+    return cursor.lastrowid if cursor.rowcount else None

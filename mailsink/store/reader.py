@@ -11,7 +11,7 @@ import sqlite3
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailsink.clock import iso_ms
 from mailsink.mail.envelope import Envelope
@@ -22,6 +22,7 @@ from mailsink.store.schema import (
     DELETIONS_SINCE,
     PROGRESS_SINCE,
     REFUSALS_SINCE,
+    RELEASES_SINCE,
     SCHEMA_VERSION,
     SEARCH_SINCE,
     SNIPPET_SINCE,
@@ -45,6 +46,9 @@ from mailsink.store.search import (
     needs_index,
     register_functions,
 )
+
+if TYPE_CHECKING:
+    from mailsink.relay import ReleaseRecord
 
 
 @dataclass
@@ -519,6 +523,40 @@ class Reader:
     @store_errors
     def message_ids(self) -> list[int]:
         return [row[0] for row in self.conn.execute("SELECT id FROM messages ORDER BY id")]
+
+    @store_errors
+    def releases(self, message_id: int) -> list[ReleaseRecord]:
+        """The releases tried of a message (to the [relay] server), oldest first; none in a
+        store older than RELEASES_SINCE (until a server of this version migrates it)."""
+        if self.version < RELEASES_SINCE:
+            # A server may have migrated the store since this reader opened it.
+            self.version = check_version(self.conn, self.path)
+            if self.version < RELEASES_SINCE:
+                return []
+        from mailsink.relay import ReleaseRecord  # (the CLI's reads need no relay otherwise)
+
+        rows = self.conn.execute(
+            "SELECT id, message_id, at, trigger, upstream, mail_from, recipients, outcome, code,"
+            " reply, refused, attempt FROM releases WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        )
+        return [
+            ReleaseRecord(
+                id=row[0],
+                message_id=row[1],
+                at=row[2],
+                trigger=row[3],
+                upstream=row[4],
+                mail_from=row[5],
+                recipients=tuple(json.loads(row[6])),
+                outcome=row[7],
+                code=row[8],
+                reply=row[9],
+                refused=dict(json.loads(row[10])),
+                attempt=row[11],
+            )
+            for row in rows
+        ]
 
     # ---- sessions
 
