@@ -15,6 +15,7 @@ import click
 
 from mailsink import __version__
 from mailsink.cli_faults import faults
+from mailsink.cli_release import release
 from mailsink.cli_wait import wait
 from mailsink.config import Settings, allowed_host, load
 
@@ -442,13 +443,14 @@ def show(ident: str, config: str | None, db: str | None, view: str | None) -> No
             click.echo(output.transcript(session))
             return
         parsed = reader.get_parsed(message_id)
+        releases = reader.releases(message_id) if view != "headers" else []
     assert parsed is not None
     if view == "json":
-        _print_json(output.message_json(record, parsed))
+        _print_json(output.message_json(record, parsed, releases))
     elif view == "headers":
         click.echo(output.header_lines(parsed))
     else:
-        click.echo(output.message_text(record, parsed))
+        click.echo(output.message_text(record, parsed, releases))
 
 
 def _mark_shown_read(reader: Any, message_id: int) -> bool:
@@ -676,6 +678,7 @@ def check_config(file: str) -> None:
 
 cli.add_command(wait)  # mailsink/cli_wait.py
 cli.add_command(faults)  # mailsink/cli_faults.py
+cli.add_command(release)  # mailsink/cli_release.py
 
 
 def _print_json(data: Any) -> None:

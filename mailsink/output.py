@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailsink.clock import iso_ms, local_time
@@ -17,6 +18,7 @@ from mailsink.units import format_bytes
 if TYPE_CHECKING:  # (their modules are imported by what made the values)
     from mailsink.config import Settings
     from mailsink.mail.parse import MimePart, ParsedMessage
+    from mailsink.relay import ReleaseRecord
     from mailsink.store.reader import MessageRecord, SessionRecord
 
 # Valid in JSON text, but each either moves or hides text when shown (text.INVISIBLE: C1
@@ -92,8 +94,13 @@ def message_table(records: list[MessageRecord]) -> str:
     return _table(headings, rows, [6, 1, 19, 24, 28, 28, 32, 20, 9, 40])
 
 
-def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]:
-    """What `show --json` prints: the contract in README's JSON section."""
+def message_json(
+    record: MessageRecord,
+    parsed: ParsedMessage,
+    releases: Sequence[ReleaseRecord] | None = None,
+) -> dict[str, Any]:
+    """What `show --json` prints: the contract in README's JSON section (`releases`, each try
+    of a release to the [relay] server, when given)."""
     findings = list(record.findings)
     known = {f["detail"] for f in findings}
     # Defects in the body are only seen by the full parse, which runs on demand.
@@ -102,7 +109,7 @@ def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]
         for defect in parsed.defects
         if defect not in known
     ]
-    return {
+    data = {
         "id": record.id,
         "received_at": iso_ms(record.received_at),
         "size": record.size,
@@ -119,6 +126,9 @@ def message_json(record: MessageRecord, parsed: ParsedMessage) -> dict[str, Any]
         "text": parsed.text,
         "html": parsed.html,
     }
+    if releases is not None:
+        data["releases"] = [release.as_json() for release in releases]
+    return data
 
 
 def _mime_lines(root: MimePart) -> list[str]:
@@ -160,7 +170,9 @@ def _status_lines(record: MessageRecord) -> list[str]:
     return [f"{head} {cause}".rstrip(), *(f"{'':10}{line}" for line in more)]
 
 
-def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
+def message_text(
+    record: MessageRecord, parsed: ParsedMessage, releases: Sequence[ReleaseRecord] = ()
+) -> str:
     data = message_json(record, parsed)
     envelope, headers = record.envelope, record.headers
     lines = [
@@ -213,6 +225,8 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
         for finding in data["findings"]:
             severity, kind = visible(str(finding["severity"])), visible(str(finding["kind"]))
             lines.append(f"  {severity:8} {kind:29} {visible(str(finding['detail']))}")
+    if releases:
+        lines += ["", "Releases (to the [relay] server)", *release_lines(releases)]
     lines += ["", "MIME structure", *_mime_lines(parsed.mime)]
     if parsed.attachments:
         lines += ["", "Attachments"]
@@ -225,6 +239,32 @@ def message_text(record: MessageRecord, parsed: ParsedMessage) -> str:
         lines += ["", "Text" if parsed.text is not None else "HTML (no text part)", ""]
         lines.append(visible_block(body).rstrip("\n"))
     return "\n".join(lines)
+
+
+def upstream_reply(code: int | None, reply: str) -> str:
+    """The upstream's reply, its code first ("250 2.0.0 Ok: queued as X"), made visible."""
+    if code is not None and not reply.startswith(str(code)):
+        reply = f"{code} {reply}".rstrip()
+    return visible(reply)
+
+
+def release_lines(releases: Sequence[ReleaseRecord]) -> list[str]:
+    """Each try, oldest first: when, who asked, what came of it, to whom, the upstream's
+    answer; under a partial one, each recipient the upstream refused with its reply."""
+    lines = []
+    for release in releases:
+        outcome = release.outcome
+        if release.trigger == "auto" and (release.attempt > 1 or outcome == "retrying"):
+            outcome += f" (try {release.attempt})"
+        to = visible(", ".join(release.recipients), emoji=False)
+        lines.append(
+            f"  {local_time(release.at, missing='-')}  {visible(release.trigger):4}"
+            f"  {visible(outcome):9}  to {to} via {visible(release.upstream)}:"
+            f" {upstream_reply(release.code, release.reply)}"
+        )
+        for recipient, reply in release.refused.items():
+            lines.append(f"{'':24}✗ {visible(recipient, emoji=False)}  {visible(reply)}")
+    return lines
 
 
 def header_lines(parsed: ParsedMessage) -> str:
@@ -339,6 +379,35 @@ def transcript(record: SessionRecord) -> str:
     return "\n".join(lines)
 
 
+def relay_lines(settings: Settings) -> list[str]:
+    """`check-config`'s [relay]: the secret itself never (only whether it is set, and where
+    it is read from)."""
+    import dataclasses
+
+    relay = settings.relay
+    lines = ["[relay]"]
+    if not relay.configured:
+        return [*lines, 'host = ""  # releasing is off']
+    for field in dataclasses.fields(relay):
+        value = getattr(relay, field.name)
+        if field.name == "password":
+            shown = "(set, hidden)" if value else '""'
+        elif field.name == "port":
+            shown = f"{relay.effective_port}" + ("" if value else f"  # by tls = {relay.tls}")
+        elif field.name == "timeout":
+            shown = f"{value:g}s"
+        elif field.name == "helo" and not value:
+            shown = '""  # this machine\'s fully qualified name'
+        elif field.name == "mail_from" and not value:
+            shown = '""  # each message\'s own envelope sender'
+        elif isinstance(value, tuple):
+            shown = json.dumps(list(value))
+        else:
+            shown = json.dumps(value)
+        lines.append(f"{field.name} = {shown}")
+    return lines
+
+
 def settings_text(settings: Settings) -> str:
     """The effective configuration, TOML-like, then the fault rules in the order they are tried."""
     import dataclasses
@@ -365,6 +434,7 @@ def settings_text(settings: Settings) -> str:
                 shown = json.dumps(value)
             lines.append(f"{field.name} = {shown}")
         lines.append("")
+    lines += [*relay_lines(settings), ""]
     if not settings.rules:
         lines.append("no fault rules: every command is accepted")
     else:

@@ -121,7 +121,9 @@ def test_show_json_contract(filled):
         "attachments",
         "text",
         "html",
+        "releases",
     ]
+    assert data["releases"] == []  # never released (tests/test_release_cli.py: the records)
     assert list(data["envelope"]) == [
         "mail_from",
         "rcpt_to",
