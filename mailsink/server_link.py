@@ -1,7 +1,8 @@
 """How a view of a store finds the server that serves it, and (ServerLink) talks to it over its
 HTTP API: the fault rules switched there, live sessions and transcripts followed through its
 event stream. An attached TUI (`mailsink tui --attach`, each browser tab's UI) is then as
-capable as the one in the server's own process.
+capable as the one in the server's own process; a release asked of it is the server's too
+(`ServerLink.release`: its `[relay]`, its records, its event stream).
 
 A serving sink's HTTP service writes `<store>.server` beside the store once it listens: its
 URL (an address this machine can connect to) and a token that authenticates as `[http] users`
@@ -48,6 +49,7 @@ from mailsink.events import (
 )
 from mailsink.faults.controls import RuleState
 from mailsink.faults.presets import BY_KEY
+from mailsink.relay import ReleasePlan, ReleaseRecord
 from mailsink.text import visible
 
 log = logging.getLogger("mailsink")
@@ -170,6 +172,9 @@ MAX_LINE = 1024 * 1024
 MAX_EVENT = 1024 * 1024
 MAX_RULES_BODY = 4 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024  # of a refusal, only its first line is shown
+# A release's answer: the server bounds its talk with the upstream by its [relay] timeout
+# (the connection and each reply), so this is only for a server that stopped answering.
+RELEASE_SECONDS = 300.0
 # Per live session, the newest transcript lines received and not yet seen in the store (its
 # progress commits within LAZY_COMMIT, and Sink.transcript drops what it finds there). A tail:
 # each attached process (each browser tab) keeps this for up to LIVE_KEPT sessions.
@@ -485,6 +490,64 @@ class ServerLink:
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             raise LinkError(f"{address.url}: {_why(error)}") from None
 
+    # ---- releasing through the server (its [relay], its records, its event stream)
+
+    async def release(
+        self, message_id: int, recipients: list[str] | None, trigger: str
+    ) -> ReleaseRecord:
+        """`POST /api/mailsink/messages/{id}/release` (native_release): the server releases the
+        message and answers its record (outcome "sent" or "partial"). Its refusals come back
+        as Sink.release raises them: RelayNotConfigured, NoSuchMessage, RecipientsRefused
+        (naming the recipients), UpstreamError (code, stage, timed_out, the record); a server
+        that cannot be asked is a LinkError."""
+        body: dict[str, Any] = {"trigger": trigger}
+        if recipients is not None:
+            body["to"] = list(recipients)
+        data = await self._release_request("POST", message_id, "release", body)
+        try:
+            return ReleaseRecord.from_json(data["release"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise LinkError(f"the server's answer is not a release record ({error})") from None
+
+    async def release_plan(self, message_id: int) -> ReleasePlan:
+        """`GET /api/mailsink/messages/{id}/release`: what the server would do (its [relay]).
+        NoSuchMessage when the message is gone."""
+        data = await self._release_request("GET", message_id, "release")
+        try:
+            return ReleasePlan.from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise LinkError(f"the server's answer is not a release plan ({error})") from None
+
+    async def _release_request(
+        self, method: str, message_id: int, route: str, body: Any = None
+    ) -> Any:
+        """The JSON of a 2xx answer; an error answer raised as the release error it says."""
+        import aiohttp
+
+        address = self._check_live()
+        url = f"{address.url}/api/mailsink/messages/{int(message_id)}/{route}"
+        try:
+            async with self._client.request(
+                method,
+                url,
+                json=body,
+                headers=_auth(address),
+                timeout=aiohttp.ClientTimeout(total=RELEASE_SECONDS, connect=CONNECT_SECONDS),
+            ) as response:
+                raw = await _body(response, MAX_RULES_BODY)
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            raise LinkError(f"{address.url}: {_why(error)}") from None
+        if raw is None:
+            raise LinkError(f"{method} {url}: an answer over {MAX_RULES_BODY} bytes")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if status < 400 and isinstance(data, dict):
+            return data
+        raise _release_error(status, data, raw, address)
+
     # ---- following the server
 
     def _set(self, state: str, reason: str | None = None) -> None:
@@ -720,6 +783,44 @@ async def _body_start(response: Any, limit: int) -> bytes:
 
 def _auth(address: ServerAddress) -> dict[str, str]:
     return {"Authorization": f"Bearer {address.token}"}
+
+
+def _release_error(status: int, data: Any, raw: bytes, address: ServerAddress) -> Exception:
+    """The server's refusal of a release (native_release's statuses) as the sink's own error:
+    409 RelayNotConfigured, 404 NoSuchMessage, 400 with `refused` RecipientsRefused, 502 and
+    504 UpstreamError with the record; anything else (401, 403, 503, not JSON) a LinkError."""
+    from mailsink.errors import (
+        NoSuchMessage,
+        RecipientsRefused,
+        RelayNotConfigured,
+        ReleaseError,
+        UpstreamError,
+    )
+
+    said = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(said, str) or status < 400:
+        return LinkError(_refusal(status, raw[:MAX_ERROR_BODY], address))
+    if status == 409:
+        return RelayNotConfigured(said)
+    if status == 404:
+        return NoSuchMessage(said)
+    if status == 400 and isinstance(data.get("refused"), list):
+        return RecipientsRefused(said, tuple(str(rcpt) for rcpt in data["refused"]))
+    if status in (502, 504):
+        record: ReleaseRecord | None = None
+        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+            record = ReleaseRecord.from_json(data["release"]) if data.get("release") else None
+        code = data.get("code")
+        return UpstreamError(
+            said,
+            code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+            stage=str(data.get("stage") or ""),
+            timed_out=status == 504 or data.get("timed_out") is True,
+            record=record,
+        )
+    if status == 400:  # the body was refused: not a recipient, a bad trigger
+        return ReleaseError(said)
+    return LinkError(_refusal(status, raw[:MAX_ERROR_BODY], address))
 
 
 def _refusal(status: int, raw: bytes, address: ServerAddress) -> str:

@@ -16,11 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
+from mailsink.errors import ReleaseError
 from mailsink.http import mailhog_shapes
 from mailsink.http.native_api import stream_stored
-from mailsink.http.request_params import ApiError, bad, path_id
+from mailsink.http.request_params import ApiError, bad, json_body, path_id
 from mailsink.http.routing import ApiRoutes, Param
-from mailsink.http.web_service import SINK, PerSink, encode_json
+from mailsink.http.web_service import SINK, PerSink, encode_json, json_response
 from mailsink.query import MAX_QUERY, TEXT, WORDS, Query, Term
 from mailsink.store import Reader
 
@@ -277,3 +278,113 @@ async def download(request: web.Request) -> web.StreamResponse:
     # A piece at a time from the reader thread: a stalled reader holds a piece, not the message.
     disposition = f'attachment; filename="{message_id}.eml"'
     return await stream_stored(request, message_id, {"Content-Disposition": disposition})
+
+
+# ---- release (api/v1.go release_one): through [relay], never a server the body names
+
+# MailHog's ReleaseConfig (config.OutgoingSMTP): the keys a body may hold, read as Go reads
+# them (in any case: npm's mailhog client sends them lower-case).
+RELEASE_KEYS = ("Name", "Save", "Email", "Host", "Port", "Username", "Password", "Mechanism")
+ONLY_RELAY = "mailsink releases only through its [relay] server"
+
+
+def _release_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The body's ReleaseConfig fields by their MailHog names (an exact key first, else one in
+    another case, as encoding/json); other keys are ignored, as MailHog ignores them."""
+    found: dict[str, Any] = {}
+    for name in RELEASE_KEYS:
+        if name in data:
+            found[name] = data[name]
+            continue
+        folded = name.casefold()
+        for key, value in data.items():
+            if isinstance(key, str) and key.casefold() == folded:
+                found[name] = value
+                break
+    return found
+
+
+def _text_field(config: dict[str, Any], name: str) -> str:
+    value = config.get(name)
+    if value is None:
+        return ""
+    if name == "Port" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # MailHog's is a string; a number is taken as its digits
+    if not isinstance(value, str):
+        raise bad(name, "expected a string")
+    return value.strip()
+
+
+def _same_host(given: str, host: str) -> bool:
+    def bare(name: str) -> str:
+        return name.strip().removeprefix("[").removesuffix("]").removesuffix(".").lower()
+
+    return bare(given) == bare(host)
+
+
+@routes.post(
+    "/api/v1/messages/{id}/release",
+    "MailHog: release the message to the [relay] server (Email: the one recipient)",
+    params=[_ID],
+    body={
+        "type": "object",
+        "required": ["Email"],
+        "properties": {
+            "Email": {"type": "string", "description": "the address to release to"},
+            "Host": {"type": "string", "description": "if given: [relay]'s host"},
+            "Port": {"type": "string", "description": "if given: [relay]'s port"},
+            "Name": {"type": "string", "description": "not taken: no named servers"},
+            "Save": {"type": "boolean", "description": "not taken: no named servers"},
+            "Username": {"type": "string", "description": "not taken: [relay]'s login"},
+            "Password": {"type": "string", "description": "not taken: [relay]'s login"},
+            "Mechanism": {"type": "string", "description": "not taken: [relay]'s login"},
+        },
+    },
+    responses={
+        "400": "a bad body, a server or login named, or the recipient refused",
+        "404": "no such message",
+        "409": "releasing is off: no [relay] host in the config",
+        "502": "the upstream refused or failed (`release`: the record)",
+        "504": "the upstream did not answer in time (`release`: the record)",
+    },
+)
+async def release(request: web.Request) -> web.StreamResponse:
+    from mailsink.http.native_release import BODY_LIMIT, release_refusal
+
+    message_id = path_id(request)
+    data = await json_body(request, limit=BODY_LIMIT)
+    if not isinstance(data, dict):
+        raise ApiError(400, "expected a JSON object with Email (MailHog's ReleaseConfig)")
+    config = _release_config(data)
+    fields = {name: _text_field(config, name) for name in RELEASE_KEYS if name != "Save"}
+    email = fields["Email"]
+    if not email:
+        raise bad("Email", "expected the address to release to")
+    save = config.get("Save")
+    if save is not None and not isinstance(save, bool):
+        raise bad("Save", "expected true or false")
+    if save or fields["Name"]:
+        which = "Save" if save else "Name"
+        raise bad(which, f"mailsink keeps no named servers: {ONLY_RELAY}")
+    for name in ("Username", "Password", "Mechanism"):
+        if fields[name]:  # (the value itself is never repeated: it may be a password)
+            raise bad(name, f"the login is [relay]'s, never a request's: {ONLY_RELAY}")
+    sink = request.app[SINK]
+    relay = sink.settings.relay
+    if not relay.configured:
+        from mailsink.sink import NOT_CONFIGURED
+
+        raise ApiError(409, NOT_CONFIGURED)
+    host, port = fields["Host"], fields["Port"]
+    if (host and not _same_host(host, relay.host)) or (port and port != str(relay.effective_port)):
+        raise ApiError(400, f"{ONLY_RELAY} ({relay.upstream})")
+    try:
+        record = await sink.release(message_id, [email], trigger="http")
+    except ReleaseError as error:
+        return release_refusal(error)
+    if record.outcome != "sent":  # (one recipient: refused is failed, but should it come)
+        from mailsink.cli_release import partial_text
+
+        return json_response({"error": partial_text(record), "release": record.as_json()}, 502)
+    # As MailHog: a 200 with no body (npm's client parses a body as JSON, and MailHog sends none).
+    return web.Response(headers={"Content-Type": TEXT_JSON})

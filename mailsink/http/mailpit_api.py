@@ -1,5 +1,6 @@
 """Mailpit v1's reading and state routes (server/apiv1/*.go): lists, search, one message, its
-headers, raw source, parts and views, info, web UI settings, read state, deletion and tags.
+headers, raw source, parts and views, info, web UI settings, read state, deletion, tags, and
+release (through `[relay]` only: mailsink.http.native_release has the JSON routes).
 
 Errors are text/plain as Mailpit sends them (a 400 names the parameter). Search takes
 mailsink's query language, a superset of Mailpit's; rejected messages stay out of lists,
@@ -22,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 import mailsink
-from mailsink.errors import QueryError
+from mailsink.errors import (
+    NoSuchMessage,
+    QueryError,
+    RecipientsRefused,
+    ReleaseError,
+    UpstreamError,
+)
 from mailsink.http import mailpit_shapes as shapes
 from mailsink.http.native_api import stream_stored
 from mailsink.http.request_params import ApiError, go_int, json_body, path_id, search
@@ -31,6 +38,7 @@ from mailsink.http.web_service import SINK, PerSink, encode_json, json_response
 from mailsink.mail.tags import given_tag, given_tags
 from mailsink.query import DATE, EXACT, FLAG, Query, Term, parse_query
 from mailsink.store import MEMORY, MessageRecord, Reader
+from mailsink.text import visible
 
 if TYPE_CHECKING:
     from mailsink.sink import Sink
@@ -489,6 +497,80 @@ async def get_part(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# ---- release to the [relay] server (server/apiv1/release.go)
+
+
+def _go_field(data: dict[str, Any], name: str) -> Any:
+    """`data[name]` as Go's encoding/json finds a struct field: the key spelt exactly, else
+    one spelt in another case (Mailpit takes `{"to": [...]}` for `To`)."""
+    if name in data:
+        return data[name]
+    folded = name.casefold()
+    return next((value for key, value in data.items() if key.casefold() == folded), None)
+
+
+def _addresses(count: int) -> str:
+    return f"{count} {'Address' if count == 1 else 'Addresses'}"  # Mailpit's tools.Plural
+
+
+def _release_refused(error: RecipientsRefused) -> ApiError:
+    """Mailpit's words for what its allowlist refuses; an address that is none comes first."""
+    from mailsink.mail.addresses import syntax_error
+
+    refused = list(error.recipients)
+    invalid = [address for address in refused if syntax_error(address.strip())]
+    if invalid:
+        return ApiError(400, visible(f"Invalid email address: {', '.join(invalid)}"), text=True)
+    if refused:
+        listed = ", ".join(refused)
+        line = f"Failed: {_addresses(len(refused))} do not match the allowlist: {listed}"
+        return ApiError(400, visible(line), text=True)
+    return ApiError(400, visible(str(error)), text=True)
+
+
+@routes.post(
+    "/api/v1/message/{id}/release",
+    "Release the message to the [relay] server (mailsink's: the body names only recipients)",
+    params=[QUERY_LATEST],
+    body={
+        "type": "object",
+        "required": ["To"],
+        "properties": {"To": {"type": "array", "items": {"type": "string"}}},
+    },
+    responses={
+        "400": "a bad body, releasing off, recipients refused, or the upstream's error (text)",
+        **NOT_FOUND,
+    },
+    content_type="text/plain",
+)
+async def release_message(request: web.Request) -> web.StreamResponse:
+    from mailsink.cli_release import partial_text
+    from mailsink.http.native_release import recipients_of
+
+    sink = _sink(request)
+    message_id = await _message_id(request)
+    if await sink.message(message_id) is None:  # as Mailpit: the message before the body
+        raise ApiError(404, "404 page not found", text=True)
+    data = await _json_object(request)
+    given = _go_field(data, "To")
+    recipients = recipients_of([] if given is None else given, "To", text=True)
+    if not recipients:
+        raise ApiError(400, "No valid addresses found", text=True)
+    try:
+        record = await sink.release(message_id, recipients, trigger="http")
+    except RecipientsRefused as error:
+        raise _release_refused(error) from None
+    except NoSuchMessage:
+        raise ApiError(404, "404 page not found", text=True) from None
+    except UpstreamError as error:
+        raise ApiError(400, visible(f"SMTP error: {error}"), text=True) from None
+    except ReleaseError as error:  # releasing is off, and anything else that sent nothing
+        raise ApiError(400, visible(str(error)), text=True) from None
+    if record.outcome != "sent":  # some went, some did not: not the "ok" of all sent
+        raise ApiError(400, visible(f"SMTP error: {partial_text(record)}"), text=True)
+    return _text()
+
+
 # ---- the views cypress-mailpit and other UI tests load
 
 
@@ -614,21 +696,54 @@ async def info(request: web.Request) -> web.StreamResponse:
     return json_response(await sink.read(_information, _mailbox(sink), sink.path, started))
 
 
+def glob_regexp(glob: str) -> str:
+    """One `allowed_recipients` glob as a regular expression that Go's regexp (Mailpit's),
+    JavaScript's and Python's read alike: `*` any run of characters, `?` one, every other
+    character itself (as mailsink.relay.glob_matches reads a glob)."""
+    wildcards = {"*": ".*", "?": "."}
+    return "".join(
+        wildcards.get(char) or ("\\" + char if char in _REGEXP_SPECIAL else char) for char in glob
+    )
+
+
+_REGEXP_SPECIAL = frozenset("\\.^$|?*+()[]{}")
+
+
+def allowed_regexp(globs: tuple[str, ...]) -> str:
+    """`[relay] allowed_recipients` as Mailpit's AllowedRecipients, a regular expression an
+    address must match: the globs, lower-cased (mailsink compares lower-cased addresses), as
+    one alternation. None at all is `^$`, which no address matches (Mailpit's empty string
+    would mean "any")."""
+    if not globs:
+        return "^$"
+    return "^(?:" + "|".join(glob_regexp(glob.lower()) for glob in globs) + ")$"
+
+
+def _message_relay(sink: Sink) -> dict[str, Any]:
+    """Mailpit's MessageRelay from `[relay]`: its UI shows these before a release."""
+    relay = sink.settings.relay
+    allowed = allowed_regexp(relay.allowed_recipients) if relay.configured else ""
+    return {
+        "Enabled": relay.configured,
+        "SMTPServer": relay.upstream if relay.configured else "",
+        # The envelope sender a release sends (Mailpit's Return-Path is that too).
+        "ReturnPath": relay.mail_from if relay.configured else "",
+        "AllowedRecipients": allowed,
+        "BlockedRecipients": "",
+        "OverrideFrom": "",
+        # The stored bytes go unchanged: Message-ID included (Mailpit makes a new one unless
+        # this is set, and its UI says so).
+        "PreserveMessageIDs": relay.configured,
+        "RecipientAllowlist": allowed,  # (Mailpit's older name for AllowedRecipients)
+    }
+
+
 @routes.get("/api/v1/webui", "Web UI configuration (Mailpit WebUIConfiguration)")
 async def webui(request: web.Request) -> web.StreamResponse:
     return json_response(
         {
             "Label": "mailsink",
-            "MessageRelay": {
-                "Enabled": False,
-                "SMTPServer": "",
-                "ReturnPath": "",
-                "AllowedRecipients": "",
-                "BlockedRecipients": "",
-                "OverrideFrom": "",
-                "PreserveMessageIDs": False,
-                "RecipientAllowlist": "",
-            },
+            "MessageRelay": _message_relay(_sink(request)),
             "SpamAssassin": False,
             "ChaosEnabled": _sink(request).faults is not None,
             "DuplicatesIgnored": False,

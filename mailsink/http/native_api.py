@@ -156,7 +156,8 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     # HEAD has no side effect: only a GET reads the message.
     if request.method == "GET" and not record.seen and await sink.mark_read([message_id]):
         record.seen = True
-    return await _json_off_loop(request, lambda: message_json(record, parsed))
+    releases = await sink.releases(message_id)  # (as `show --json` has them)
+    return await _json_off_loop(request, lambda: message_json(record, parsed, releases))
 
 
 @routes.get(

@@ -120,6 +120,7 @@ def route_tables() -> list[ApiRoutes]:
         mailpit_send,
         native_api,
         native_faults,
+        native_release,
         openapi,
     )
 
@@ -129,6 +130,7 @@ def route_tables() -> list[ApiRoutes]:
         mailpit_chaos.routes,
         mailhog_api.routes,
         native_api.routes,
+        native_release.routes,
         native_faults.routes,
         live_api.routes,
         openapi.routes,
