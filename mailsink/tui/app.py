@@ -33,6 +33,7 @@ from mailsink.events import (
     ConfigRejected,
     ConfigReloaded,
     EventsLost,
+    MessageReleased,
     MessagesChanged,
     MessagesDeleted,
     MessageStored,
@@ -229,6 +230,7 @@ class MailsinkApp(App[None]):
         gc.freeze()
         self._follow_events()
         self._follow_changes()
+        self._follow_releases()
         self._follow_config()
         if self.log_handler is not None:
             loop = asyncio.get_running_loop()
@@ -270,6 +272,33 @@ class MailsinkApp(App[None]):
                     screen = self.screen
                     if isinstance(screen, MessageScreen) and (not ids or screen.message_id in ids):
                         screen.query_one(MessageDetail).refresh_state()
+
+    @work(group="release-events")
+    async def _follow_releases(self) -> None:
+        """A release tried (here: MessageReleased; by another process, attached or not:
+        StoreChanged): the Overview of the message shown, on the main screen and full screen,
+        lists it."""
+        with self.sink.subscribe(MessageReleased, StoreChanged, EventsLost) as events:
+            while True:
+                released: set[int] = set()
+                every = False
+                for event in [await events.get(), *events.pending()]:
+                    if isinstance(event, MessageReleased):
+                        released.add(event.message_id)
+                    else:
+                        every = True
+                for detail in self._details():
+                    if detail.message_id is not None and (every or detail.message_id in released):
+                        detail.refresh_releases()
+
+    def _details(self) -> list[MessageDetail]:
+        """The message details open: the main screen's, and a full screen's."""
+        found: list[MessageDetail] = []
+        with contextlib.suppress(NoMatches, ScreenStackError):  # not composed yet, or closing
+            for screen in self.screen_stack:
+                if screen is self.main or isinstance(screen, MessageScreen):
+                    found += screen.query(MessageDetail)
+        return found
 
     @work(group="config-events")
     async def _follow_config(self) -> None:
@@ -353,6 +382,12 @@ class MailsinkApp(App[None]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if isinstance(screen, MessageScreen):
+            yield SystemCommand(
+                "Release this message…",
+                "Send it to a real mail server, to allowed recipients (key R)",
+                screen.action_release,
+            )
         main = self.main
         yield SystemCommand("Sessions", "Live and finished SMTP sessions", self.action_sessions)
         yield SystemCommand(

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
@@ -19,6 +21,9 @@ from mailsink.store.reader import MessageRecord, SessionRecord
 from mailsink.text import visible, visible_block
 from mailsink.units import format_bytes
 
+if TYPE_CHECKING:
+    from mailsink.relay import ReleaseRecord
+
 SEVERITY_STYLES = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SEVERITY_MARKS = {"error": "✗", "warning": "!", "info": "i"}
 DIRECTION_STYLES = {"C": "bold", "S": "green", "D": "dim", "I": "yellow"}
@@ -31,6 +36,8 @@ HIDDEN = "yellow"
 UNDELIVERED = "bold red"
 MISMATCH = "yellow"
 REFUSED = "bold red"  # the server's no: a refused RCPT TO, a rejected message's reply
+RELEASES_SHOWN = 50  # the newest; `mailsink show` lists them all
+OUTCOME_STYLES = {"sent": "green", "partial": "yellow", "retrying": "yellow", "failed": REFUSED}
 
 
 def plain(text: str | None, style: str = "", *, emoji: bool = True) -> Text:
@@ -155,8 +162,55 @@ def status_line(record: MessageRecord) -> RenderableType:
     return grid
 
 
-def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
-    """Envelope beside headers, what differs marked, then the findings with their explanation."""
+def reply_of(code: int | None, reply: str) -> str:
+    """An upstream's reply with its code first ("250 2.0.0 Ok: queued as X"), made visible."""
+    if code is not None and not reply.startswith(str(code)):
+        reply = f"{code} {reply}".rstrip()
+    return visible(reply)
+
+
+def release_lines(releases: Sequence[ReleaseRecord], message_id: int) -> RenderableType:
+    """The Overview's releases, newest last, as `mailsink show` lists them: when, who asked,
+    the outcome, then (wrapping in its own column) to whom, via which upstream, its answer;
+    under a partial one each recipient the upstream refused, with its reply."""
+    heading = Text(f"\nReleases ({len(releases)})", "bold underline")
+    grid = Table.grid(padding=(0, 2, 0, 0))
+    grid.add_column(no_wrap=True)  # when, who asked, the outcome: one line, in columns
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")  # a long address or reply goes on, not cut
+    if len(releases) > RELEASES_SHOWN:
+        earlier = len(releases) - RELEASES_SHOWN
+        grid.add_row(Text(f"… {earlier:,} earlier: mailsink show {message_id}", "dim"))
+    for release in releases[-RELEASES_SHOWN:]:
+        outcome = release.outcome
+        if release.attempt > 1 or outcome == "retrying":
+            outcome += f" (try {release.attempt})"
+        what = Text.assemble(
+            "to ",
+            visible(", ".join(release.recipients), emoji=False),
+            (f" via {visible(release.upstream)}: ", "dim"),
+            reply_of(release.code, release.reply),
+        )
+        grid.add_row(
+            Text(local_time(release.at, missing="-"), "dim"),
+            Text(visible(release.trigger)),
+            Text(visible(outcome), OUTCOME_STYLES.get(release.outcome, "")),
+            what,
+        )
+        for recipient, reply in release.refused.items():
+            refused = Text.assemble(
+                ("✗ ", REFUSED), (visible(recipient, emoji=False), REFUSED), "  ", visible(reply)
+            )
+            grid.add_row("", "", "", refused)
+    return Group(heading, Padding(grid, (0, 0, 0, 1)))
+
+
+def overview(
+    record: MessageRecord, parsed: ParsedMessage, releases: Sequence[ReleaseRecord] = ()
+) -> RenderableType:
+    """Envelope beside headers, what differs marked, then the findings with their explanation,
+    the attachments and the releases to the [relay] server."""
     envelope, headers = record.envelope, parsed.headers
     # Addresses compared as the findings compare them (addresses.normalize): a header address
     # the Findings call refused is marked refused here, never "no RCPT TO".
@@ -251,6 +305,8 @@ def overview(record: MessageRecord, parsed: ParsedMessage) -> RenderableType:
             )
         if len(parsed.attachments) > ATTACHMENTS_SHOWN:
             found.append(f" … and {len(parsed.attachments) - ATTACHMENTS_SHOWN} more\n", "dim")
+    if releases:
+        return Group(table, found, release_lines(releases, record.id))
     return Group(table, found)
 
 

@@ -1,19 +1,24 @@
-"""One message full screen (enter on the list; escape goes back)."""
+"""One message full screen (enter on the list; escape goes back; R releases it)."""
 
 from __future__ import annotations
 
+import sqlite3
+
 from rich.cells import cell_len
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent
 
+from mailsink.errors import MailsinkError, NoSuchMessage, RelayNotConfigured
+from mailsink.relay import ReleasePlan
 from mailsink.sink import Sink
 from mailsink.text import visible
 from mailsink.tui.rows import cut
 from mailsink.tui.widgets.message_detail import MessageDetail
+from mailsink.tui.widgets.release import ReleaseDialog
 
 
 class MessageTitle(Static):
@@ -48,7 +53,13 @@ class MessageTitle(Static):
 
 
 class MessageScreen(Screen[None]):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        # Capital, as the main screen's keys that do more than `m` or `d` (`M`, `D`): `r` is
+        # the raw headers here. Not in the footer: at 80 columns it would push out `q Quit`
+        # (help and the palette have it).
+        Binding("R", "release", "Release", show=False),
+    ]
 
     def __init__(self, sink: Sink, message_id: int, *, read_state: bool = True) -> None:
         """`read_state`: False for a store older than read state (opening reads nothing)."""
@@ -76,3 +87,27 @@ class MessageScreen(Screen[None]):
                 visible(loaded.record.headers.get("subject") or "(no subject)"),
                 visible(loaded.record.envelope.mail_from or "<>", emoji=False),
             )
+
+    def action_release(self) -> None:
+        """The release dialog (also the palette's "Release this message…")."""
+        self._open_release()
+
+    @work(group="release-plan", exclusive=True)
+    async def _open_release(self) -> None:
+        """The plan first (the settings', or the store's server's when attached and linked),
+        so that the dialog opens whole."""
+        plan: ReleasePlan | None
+        try:
+            plan = await self.sink.release_plan(self.message_id)
+        except RelayNotConfigured:
+            plan = None  # (the store's server has no [relay]): the dialog says releasing is off
+        except NoSuchMessage:
+            self.notify("This message is gone.", severity="warning")
+            return
+        except (MailsinkError, OSError, sqlite3.Error) as error:
+            self.notify(
+                f"Cannot release: {visible(str(error))}", severity="error", markup=False, timeout=8
+            )
+            return
+        if self.is_current:  # (not if the user went back meanwhile)
+            self.app.push_screen(ReleaseDialog(self.sink, self.message_id, plan))

@@ -114,6 +114,7 @@ KEYS = (
     ("o", "open the HTML part in the browser"),
     ("r", "headers: decoded / raw"),
     ("a", "save the part chosen in Parts into a directory (in a browser: a download)"),
+    ("R", "full screen: release the message to a real mail server ([relay]), in a dialog"),
     ("Screens", ""),
     ("s", "sessions: live and finished, with transcripts (↑ ↓ j k Home End g G move)"),
     ("r (on Sessions)", "sessions: only those with refusals (on/off)"),

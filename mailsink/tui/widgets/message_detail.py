@@ -12,7 +12,7 @@ import threading
 import unicodedata
 import webbrowser
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +38,7 @@ from mailsink.tui import render
 from mailsink.units import format_bytes
 
 if TYPE_CHECKING:
+    from mailsink.relay import ReleaseRecord
     from mailsink.tui.app import MailsinkApp
 
 READ_AFTER = 3.0  # seconds a message is shown in the main screen's pane before it is read
@@ -67,6 +68,7 @@ class Loaded:
     raw_headers: Text
     raw_shown: str
     transcript: Text
+    releases: list[ReleaseRecord] = field(default_factory=list)  # tried, oldest first
 
 
 def _cut_visible(text: str, notice: str) -> str:
@@ -106,8 +108,14 @@ def load(reader: Reader, message_id: int) -> Loaded | None:
     return None if fetched is None else prepare(*fetched)
 
 
-def prepare(record: MessageRecord, raw: bytes, session: SessionRecord | None) -> Loaded:
+def prepare(
+    record: MessageRecord,
+    raw: bytes,
+    session: SessionRecord | None,
+    releases: list[ReleaseRecord] | None = None,
+) -> Loaded:
     """The message parsed and made safe, off the loop: all that grows with its size."""
+    releases = releases or []
     message_id = record.id
     parsed = parse_message(raw)
     whole = f"`mailsink show {message_id}` has it all"
@@ -126,13 +134,14 @@ def prepare(record: MessageRecord, raw: bytes, session: SessionRecord | None) ->
         record=record,
         raw=raw,
         parsed=parsed,
-        overview=render.overview(record, parsed),
+        overview=render.overview(record, parsed, releases),
         text=text,
         html=html,
         headers=render.header_text(parsed),
         raw_headers=Text(_cut(render.raw_header_block(raw), "`mailsink show --headers`")),
         raw_shown=raw_shown,
         transcript=render.transcript(session, limit=TRANSCRIPT_SHOWN),
+        releases=releases,
     )
 
 
@@ -359,8 +368,39 @@ class MessageDetail(Vertical):
             return  # the list says what is wrong
         if record is None or (record.seen, record.tags) == (loaded.record.seen, loaded.record.tags):
             return
-        overview = await asyncio.to_thread(render.overview, record, loaded.parsed)
-        loaded.record, loaded.overview = record, overview  # the cached one too
+        loaded.record = record  # the cached one too
+        await self._redraw_overview(loaded)
+
+    @work(exclusive=True, group="releases")
+    async def refresh_releases(self) -> None:
+        """A release of this message may have been tried (here, at the store's server, by
+        `mailsink release`): the Overview's releases read again and drawn if they changed."""
+        loaded, message_id = self.loaded, self.message_id
+        if loaded is None or loaded.record.id != message_id:
+            return  # being loaded: it reads them anyway
+        releases = await self._releases(loaded.record.id)
+        if releases is None or releases == loaded.releases:
+            return
+        loaded.releases = releases
+        await self._redraw_overview(loaded)
+
+    async def _releases(self, message_id: int) -> list[ReleaseRecord] | None:
+        """None when the store would not say (the list says what is wrong)."""
+        try:
+            return await self.sink.releases(message_id)
+        except (sqlite3.Error, StoreError):
+            return None
+
+    async def _redraw_overview(self, loaded: Loaded) -> None:
+        """The Overview drawn (off the loop: a message may name thousands of addresses) from
+        what `loaded` holds now; again if its record or releases changed meanwhile (the state
+        and release refreshes run apart), so that the last drawing is never a stale one."""
+        while True:
+            record, releases = loaded.record, loaded.releases
+            overview = await asyncio.to_thread(render.overview, record, loaded.parsed, releases)
+            if loaded.record is record and loaded.releases is releases:
+                break
+        loaded.overview = overview
         if self.loaded is loaded:
             with contextlib.suppress(NoMatches):
                 self.query_one("#overview-body", Static).update(overview)
@@ -381,9 +421,14 @@ class MessageDetail(Vertical):
             await asyncio.sleep(0.03)  # holding a key down: only the row it stops on is read
             try:
                 fetched = await self.sink.read(fetch, message_id)
+                releases = None if fetched is None else await self._releases(message_id)
                 # Parsed in a thread of its own: a 20 MB message takes a second or so, and the
                 # reader's queue (the next message, the list's pages) must not wait behind it.
-                loaded = None if fetched is None else await asyncio.to_thread(prepare, *fetched)
+                loaded = (
+                    None
+                    if fetched is None
+                    else await asyncio.to_thread(prepare, *fetched, releases)
+                )
             except Exception as error:  # a message that breaks the parser must not break the UI
                 if message_id == self.message_id:
                     with contextlib.suppress(NoMatches):
@@ -404,8 +449,9 @@ class MessageDetail(Vertical):
         if message_id == self.message_id:
             with contextlib.suppress(NoMatches):  # the app is closing: the tabs are gone
                 self._fill(loaded)
-            if cached:  # its tags or read state may have changed since
+            if cached:  # its tags, read state or releases may have changed since
                 self.refresh_state()
+                self.refresh_releases()
 
     def _fill(self, loaded: Loaded | None) -> None:
         self.loaded = loaded
