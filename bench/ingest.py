@@ -1,7 +1,7 @@
 """Ingest throughput: mailsink against a bare aiosmtpd server that accepts and discards.
 
     python bench/ingest.py [--messages N] [--sessions S] [--size BYTES] [--rounds R]
-                           [--modes reused,new] [--json [PATH]]
+                           [--modes reused,new] [--auto-release] [--json [PATH]]
 
 Each run starts a fresh server subprocess on loopback, drives it with S concurrent sessions until
 N messages have been accepted, reads the server's peak RSS, and stops it. Runs alternate between
@@ -11,6 +11,11 @@ mailsink/reference is the cost of mailsink's transcripts, parsing and committing
 
 Modes: `reused` keeps one connection per session for many transactions (MAIL, RCPT, DATA);
 `new` opens a connection per message (greeting, EHLO, MAIL, RCPT, DATA, QUIT).
+
+With `--auto-release` a third server runs in the same rotation: `mailsink serve` with a config
+whose `[relay] auto` releases every message to a bare aiosmtpd upstream on loopback (the
+reference server, started for the run), so the table shows what auto release costs ingest;
+after each run the store's `releases` rows say how many were sent while the run lasted.
 
 Throughput comes from Postfix's smtp-source when it is on PATH, else from the built-in asyncio
 generator; latency (end of DATA to 250) always comes from the built-in generator.
@@ -45,6 +50,7 @@ HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
 REFERENCE_SCRIPT = BENCH_DIR / "reference_server.py"
 SERVERS = ("reference", "mailsink")
+AUTO = "auto-release"  # mailsink with [relay] auto on (--auto-release)
 MODES = ("reused", "new")
 MAIL_FROM = "sender@bench.example"
 RCPT_TO = "rcpt@bench.example"
@@ -71,6 +77,11 @@ class Options:
     modes: tuple[str, ...]
     json_path: str | None
     writer_cost: bool = False
+    auto_release: bool = False
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return (*SERVERS, AUTO) if self.auto_release else SERVERS
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
@@ -116,6 +127,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="instead: the writer's CPU per message (insert_message in transactions of 50, "
         "no server), the mailsink on PYTHONPATH",
     )
+    parser.add_argument(
+        "--auto-release",
+        action="store_true",
+        help="also run mailsink with [relay] auto releasing every message to a local upstream",
+    )
     add_json_option(parser)
     args = parser.parse_args(argv)
     return Options(
@@ -126,6 +142,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         modes=args.modes,
         json_path=args.json_path,
         writer_cost=args.writer_cost,
+        auto_release=args.auto_release,
     )
 
 
@@ -328,10 +345,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(server: str, port: int | str, db: Path | str) -> list[str]:
+def server_command(
+    server: str, port: int | str, db: Path | str, config: Path | str | None = None
+) -> list[str]:
     if server == "reference":
         return [sys.executable, str(REFERENCE_SCRIPT), "--port", str(port)]
-    return [sys.executable, "-m", "mailsink", "serve", "--port", str(port), "--db", str(db)]
+    command = [sys.executable, "-m", "mailsink", "serve", "--port", str(port), "--db", str(db)]
+    return [*command, "--config", str(config)] if config is not None else command
+
+
+def auto_release_config(directory: Path, upstream_port: int) -> Path:
+    """A config releasing every bench message to the upstream at `upstream_port`, in plain
+    SMTP (no TLS, no AUTH: the cost measured is mailsink's, not a handshake's). HTTP is off, as
+    in the other mailsink runs (no second port to find)."""
+    config = directory / "auto-release.toml"
+    config.write_text(
+        "[http]\nenabled = false\n"
+        f'[relay]\nhost = "{HOST}"\nport = {upstream_port}\ntls = "none"\n'
+        f'allowed_recipients = ["*@bench.example"]\nauto = true\n'
+        f'auto_recipients = ["*@bench.example"]\nhelo = "{CLIENT_NAME}"\n'
+    )
+    return config
+
+
+def released_count(db: Path) -> int | None:
+    """Releases the store recorded as sent (None: no store, or one without the table)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM releases WHERE outcome = 'sent'").fetchone()[
+                0
+            ]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
@@ -454,10 +504,11 @@ class Run:
     client_cpu: float | None
     latency_ms: list[float] = field(repr=False)
     stored_latest_id: int | None = None
+    released: int | None = None  # auto-release: releases sent by the end of the timed load
 
     @property
     def stored_ok(self) -> bool | None:
-        if self.server != "mailsink":
+        if self.server == "reference":
             return None
         return self.stored_latest_id is not None and self.stored_latest_id >= self.messages
 
@@ -484,14 +535,25 @@ def measure(
 
 
 def one_run(server: str, mode: str, number: int, options: Options, use_source: bool) -> Run:
-    with tempfile.TemporaryDirectory(prefix="mailsink-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailsink-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         db = Path(tmp) / "bench.db"
         port = free_port()
-        with running_server(server_command(server, port, db), port, Path(tmp) / "server.log") as p:
+        config = None
+        if server == AUTO:
+            upstream = free_port()
+            command = server_command("reference", upstream, "")
+            stack.enter_context(running_server(command, upstream, Path(tmp) / "upstream.log"))
+            config = auto_release_config(Path(tmp), upstream)
+        command = server_command(server, port, db, config)
+        with running_server(command, port, Path(tmp) / "server.log") as p:
             elapsed, server_cpu, load, cpu_wall = measure(p, port, mode, options, use_source)
             peak = tree_peak_rss_kib(p.pid)  # before stopping: /proc is gone after
+            released = released_count(db) if server == AUTO else None
         # After a clean stop, so the count does not race the last commits.
-        latest = stored_latest_id(db) if server == "mailsink" else None
+        latest = stored_latest_id(db) if server != "reference" else None
     latency_ms = [s * 1000 for s in load.latencies]
     return Run(
         server=server,
@@ -507,6 +569,7 @@ def one_run(server: str, mode: str, number: int, options: Options, use_source: b
         client_cpu=None if use_source else load.client_cpu / load.elapsed,
         latency_ms=latency_ms,
         stored_latest_id=latest,
+        released=released,
     )
 
 
@@ -579,7 +642,7 @@ def mode_table(mode: str, summaries: dict[str, Summary]) -> list[str]:
         f"  {'server':<10} {'msg/s best':>10} {'median':>8}  {'per run':<18}"
         f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS':>10} {'srv CPU':>8} {'cli CPU':>8}",
     ]
-    for server in SERVERS:
+    for server in summaries:
         s = summaries[server]
         runs = ", ".join(f"{rate:.0f}" for rate in s.rates)
         rss = "-" if s.peak_rss_mib is None else f"{s.peak_rss_mib:.1f} MiB"
@@ -591,6 +654,13 @@ def mode_table(mode: str, summaries: dict[str, Summary]) -> list[str]:
     ratio = summaries["mailsink"].best_rate / summaries["reference"].best_rate
     median_ratio = summaries["mailsink"].median_rate / summaries["reference"].median_rate
     lines.append(f"  mailsink/reference: {ratio:.2f} (best), {median_ratio:.2f} (median)")
+    if AUTO in summaries:
+        auto = summaries[AUTO]
+        lines.append(
+            f"  {AUTO}/mailsink: {auto.best_rate / summaries['mailsink'].best_rate:.2f} (best), "
+            f"{auto.median_rate / summaries['mailsink'].median_rate:.2f} (median); "
+            f"p50 {auto.p50_ms - summaries['mailsink'].p50_ms:+.2f} ms"
+        )
     return lines
 
 
@@ -602,6 +672,11 @@ def header_lines(options: Options, info: dict[str, Any], generator: str) -> list
         f"command:   {shlex.join(sys.orig_argv)}",
         f"servers:   {reference}",
         f"           {mailsink}",
+        *(
+            [f"           {mailsink} --config <[relay] auto to a reference server on loopback>"]
+            if options.auto_release
+            else []
+        ),
         f"machine:   nproc {info['nproc']}, {info['cpu_model']}, Linux {info['kernel']}",
         f"software:  Python {info['python']}, aiosmtpd {info['aiosmtpd']}, "
         f"mailsink {info['mailsink']}",
@@ -614,11 +689,12 @@ def header_lines(options: Options, info: dict[str, Any], generator: str) -> list
 def stored_lines(runs: list[Run]) -> list[str]:
     lines = ["stored check (mailsink list --json --limit 1, after each mailsink run):"]
     for r in runs:
-        if r.server == "mailsink":
+        if r.server != "reference":
             verdict = "OK" if r.stored_ok else "MISSING MESSAGES"
+            released = "" if r.released is None else f", {r.released} released by the load's end"
             lines.append(
-                f"  {r.mode:<6} round {r.round}: latest id {r.stored_latest_id} "
-                f">= {r.messages} sent: {verdict}"
+                f"  {r.server:<12} {r.mode:<6} round {r.round}: latest id {r.stored_latest_id} "
+                f">= {r.messages} sent: {verdict}{released}"
             )
     return lines
 
@@ -632,7 +708,7 @@ def json_report(
         "generator": generator,
         "options": {k: v for k, v in asdict(options).items() if k != "json_path"},
         "summary": {
-            mode: {server: asdict(summarize(runs, server, mode)) for server in SERVERS}
+            mode: {server: asdict(summarize(runs, server, mode)) for server in options.servers}
             for mode in options.modes
         },
         "runs": [
@@ -648,7 +724,7 @@ def json_report(
 
 def progress(run: Run, index: int, total: int) -> None:
     print(
-        f"[{index}/{total}] {run.server:<9} {run.mode:<6} round {run.round}: "
+        f"[{index}/{total}] {run.server:<12} {run.mode:<6} round {run.round}: "
         f"{run.rate:7.0f} msg/s in {run.elapsed:5.2f}s, p50 {run.p50_ms:.2f} ms, "
         f"p99 {run.p99_ms:.2f} ms",
         file=sys.stderr,
@@ -661,7 +737,7 @@ def run_all(options: Options, use_source: bool) -> list[Run]:
         (server, mode, number)
         for mode in options.modes
         for number in range(1, options.rounds + 1)
-        for server in SERVERS
+        for server in options.servers
     ]
     runs = []
     for index, (server, mode, number) in enumerate(plan, 1):
@@ -727,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stderr if options.json_path == "-" else sys.stdout
     lines = header_lines(options, info, generator)
     for mode in options.modes:
-        summaries = {server: summarize(runs, server, mode) for server in SERVERS}
+        summaries = {server: summarize(runs, server, mode) for server in options.servers}
         lines += ["", *mode_table(mode, summaries)]
     lines += ["", *stored_lines(runs), "", f"total time: {total:.1f}s"]
     print("\n".join(lines), file=out)
