@@ -127,7 +127,10 @@ class AutoRelease:
         if tasks:
             ids = ", ".join(map(str, self.pending[:20])) + (" …" if len(tasks) > 20 else "")
             log.warning(
-                "auto release: stopped with %d message(s) not released: %s", len(tasks), ids
+                "auto release: stopped with %d message(s) not released yet: %s (a try already"
+                " talking to the upstream ends and is recorded)",
+                len(tasks),
+                ids,
             )
         for task in tasks:
             task.cancel()

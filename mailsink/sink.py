@@ -149,6 +149,7 @@ class Sink:
         # smtplib blocks: each release's conversation with the upstream runs on one of these
         # (made at the first release, shut with the sink).
         self._relay_pool: ThreadPoolExecutor | None = None
+        self._releasing: set[asyncio.Future[Any]] = set()  # releases in flight
         self.auto_release: Any = None  # mailsink.auto_release.AutoRelease when serving
 
     # ---- starting and stopping
@@ -212,6 +213,7 @@ class Sink:
         finally:
             if sink.auto_release is not None:
                 await sink.auto_release.stop()  # (what it had not released is logged)
+            await sink._finish_releases()
             sink._close_relay_pool()
             await sink._close_reader()
             await asyncio.to_thread(store.close)
@@ -245,6 +247,7 @@ class Sink:
             for task in sink._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await sink._finish_releases()
             sink._close_relay_pool()
             await sink._close_reader()
 
@@ -277,6 +280,19 @@ class Sink:
         if self._executor_used:
             await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=False)
+
+    async def _finish_releases(self) -> None:
+        """Wait for the releases in flight to end and be recorded (each is bounded by its
+        [relay] timeout; all of them together by RELEASES_GRACE_SECONDS)."""
+        if not self._releasing:
+            return
+        log.info("finishing %d release(s) in flight", len(self._releasing))
+        _done, left = await asyncio.wait(set(self._releasing), timeout=RELEASES_GRACE_SECONDS)
+        if left:
+            log.warning(
+                "%d release(s) still talking to the upstream at the stop are not recorded",
+                len(left),
+            )
 
     def _close_relay_pool(self) -> None:
         # Not waited for: a release still talking to its upstream ends by its [relay] timeout,
@@ -625,6 +641,29 @@ class Sink:
             self._relay_pool = ThreadPoolExecutor(
                 RELAY_THREADS, thread_name_prefix="mailsink-relay"
             )
+        # From here the release is one piece that a cancelled caller (an HTTP client gone, the
+        # TUI's dialog closed, auto release stopping with the server) does not cut short: what
+        # reached the upstream is recorded, and the server's stop waits for it (_finish_releases).
+        work = self._deliver_and_record(
+            relay, message_id, raw, plan, chosen, trigger, at, attempt, retry_if
+        )
+        task = asyncio.ensure_future(work)
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return await asyncio.shield(task)
+
+    async def _deliver_and_record(
+        self,
+        relay: RelaySettings,
+        message_id: int,
+        raw: bytes,
+        plan: ReleasePlan,
+        chosen: list[str],
+        trigger: str,
+        at: int,
+        attempt: int,
+        retry_if: Callable[[Delivery], bool] | None,
+    ) -> tuple[ReleaseRecord, Delivery]:
         send = partial(relaying.deliver, relay, raw, plan.mail_from, chosen, message_id=message_id)
         try:
             delivery = await asyncio.get_running_loop().run_in_executor(self._relay_pool, send)
@@ -852,6 +891,8 @@ def live_record(
 
 NOT_CONFIGURED = "releasing is off: no [relay] host in the config"
 RELAY_THREADS = 4  # releases talking to upstreams at once (each blocks a thread: smtplib)
+# How long a server's stop waits for the releases in flight to end and be recorded.
+RELEASES_GRACE_SECONDS = 60.0
 MAX_RECIPIENTS = 100  # per release
 
 

@@ -16,6 +16,7 @@ from relay_upstream import SilentServer, Upstream
 from mailsink import auto_release
 from mailsink.events import ConfigReloaded, MessageReleased, MessageStored
 from mailsink.relay import Delivery
+from mailsink.store import Reader
 from mailsink.testing import RunningSink
 
 RAW = message(to="ann@example.test", subject="auto")
@@ -75,7 +76,7 @@ def test_an_upstream_that_hangs_does_not_delay_the_250(tmp_path: Path, caplog):
             _wait_until(lambda: sink.call(lambda: auto.pending) == [1, 2, 3])
         # The 250 came at once each time: the release waits on a thread, after the commit.
         assert max(took) < 1.0, took
-        assert "stopped with 3 message(s) not released: 1, 2, 3" in caplog.text
+        assert "stopped with 3 message(s) not released yet: 1, 2, 3" in caplog.text
 
 
 def test_a_temporary_failure_is_retried_and_each_try_recorded(tmp_path: Path, monkeypatch):
@@ -247,3 +248,28 @@ def test_which_failures_are_tried_again(code, stage, timed_out, again):
 @pytest.mark.parametrize("attempt, wait", [(1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (12, 60.0)])
 def test_backoff_doubles_up_to_a_minute(attempt: int, wait: float):
     assert auto_release.backoff(attempt) == wait
+
+
+def test_a_release_in_flight_at_the_stop_ends_and_is_recorded(tmp_path: Path, caplog):
+    """The server stops while an auto release waits for the upstream's reply to DATA: the stop
+    waits for it, and what reached the upstream is recorded as sent."""
+    with Upstream(tmp_path / "upstream") as up:
+        up.add_fault(name="slow", stage="data", action="delay", delay="1500ms")
+        config = tmp_path / "mailsink.toml"
+        config.write_text(
+            up.relay_toml(auto=True, auto_recipients=["*@example.test"], tls="none", auth=False)
+        )
+        with caplog.at_level(logging.INFO, logger="mailsink"):
+            sink = RunningSink(tmp_path / "mail.db", config=config, http=False).start()
+            try:
+                with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
+                    client.sendmail("app@shop.test", ["ann@example.test"], RAW)
+                # The upstream has the message's DATA in hand (its session is at DATA).
+                _wait_until(lambda: any(s.state == "DATA" for s in up.running.live_sessions()), 10)
+            finally:
+                sink.stop()
+        assert up.raw_messages() == [RAW]
+        with Reader(str(tmp_path / "mail.db")) as reader:
+            (record,) = reader.releases(1)
+        assert (record.outcome, record.code, record.trigger) == ("sent", 250, "auto")
+        assert "finishing 1 release(s) in flight" in caplog.text
