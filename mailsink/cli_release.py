@@ -13,6 +13,7 @@ line on stderr quoting the upstream, and exit 1 once every message has been trie
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -150,6 +151,10 @@ async def _here(settings: Settings, ids: list[int], wanted: list[str] | None) ->
     from mailsink.errors import ReleaseError, UpstreamError
     from mailsink.sink import Sink
 
+    # The sink logs each release (a server's log wants it); here the command's own line on
+    # stdout or stderr says it, and Python's last-resort handler would print it a second time.
+    quiet = logging.NullHandler()
+    logging.getLogger("mailsink").addHandler(quiet)
     outcomes: list[Outcome] = []
     async with Sink.attached(settings) as sink:
         for message_id in ids:

@@ -172,6 +172,31 @@ def test_an_upstream_refusal_is_quoted_recorded_and_exits_1(tmp_path, upstream):
     assert upstream.raw_messages() == []
 
 
+def test_a_failure_is_one_line_on_stderr_of_a_real_process(tmp_path):
+    """The sink logs each release; a `mailsink release` process (no logging set up, so
+    Python's last-resort handler would print the warning) says it once, its own way."""
+    import socket
+    import subprocess
+    import sys
+
+    db = tmp_path / "mail.db"
+    _store_with_mail(db, (RAW, ["ann@example.test"]))
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    config = _config(
+        tmp_path,
+        f'[relay]\nhost = "127.0.0.1"\nport = {closed}\ntls = "none"\n'
+        'allowed_recipients = ["*@example.test"]\n',
+    )
+    command = [sys.executable, "-m", "mailsink", "release", "1", "-c", str(config)]
+    done = subprocess.run([*command, "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("mailsink: release of message 1 failed at connect: 127.0.0.1:")
+
+
 def test_a_partial_release_names_the_refused_and_who_got_it(tmp_path, upstream):
     db = tmp_path / "mail.db"
     _store_with_mail(db, (RAW, ["ann@example.test", "bob@example.test"]))
