@@ -536,7 +536,19 @@ class ServerLink:
             ) as response:
                 raw = await _body(response, MAX_RULES_BODY)
                 status = response.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        except TimeoutError as error:
+            if method == "POST" and not isinstance(
+                error, aiohttp.ConnectionTimeoutError
+            ):  # the request went: the server may well be sending it still
+                from mailsink.errors import ReleaseError
+
+                raise ReleaseError(
+                    f"no answer from the server at {address.url} in {RELEASE_SECONDS:g} s: the"
+                    f" release of message {int(message_id)} may still be under way (see the"
+                    " message's releases before trying again)"
+                ) from None
+            raise LinkError(f"{address.url}: no answer in time") from None
+        except (aiohttp.ClientError, OSError) as error:
             raise LinkError(f"{address.url}: {_why(error)}") from None
         if raw is None:
             raise LinkError(f"{method} {url}: an answer over {MAX_RULES_BODY} bytes")
@@ -802,8 +814,10 @@ def _release_error(status: int, data: Any, raw: bytes, address: ServerAddress) -
         return LinkError(_refusal(status, raw[:MAX_ERROR_BODY], address))
     if status == 409:
         return RelayNotConfigured(said)
-    if status == 404:
+    if status == 404 and said.startswith("no message"):
         return NoSuchMessage(said)
+    if status in (404, 405):  # the route itself is unknown there: a mailsink from before it
+        return LinkError(f"the server at {address.url} cannot release messages (an older mailsink)")
     if status == 400 and isinstance(data.get("refused"), list):
         return RecipientsRefused(said, tuple(str(rcpt) for rcpt in data["refused"]))
     if status in (502, 504):

@@ -802,3 +802,44 @@ def test_the_npm_clients_release_calls(served: RunningSink, upstream: Upstream) 
         ("ann@example.test",),
         ("bob@example.test",),
     ]
+
+
+def test_a_server_without_the_release_route_is_no_link_not_a_message_gone():
+    """A 404 naming no message (an older mailsink's unknown route, `{"error": "Not Found"}`)
+    is the server's lack, not the message's: the TUI must not say "This message is gone"."""
+    from mailsink.errors import NoSuchMessage
+    from mailsink.server_link import LinkError, ServerAddress, _release_error
+
+    address = ServerAddress(url="http://127.0.0.1:9", token="t")
+    gone = _release_error(404, {"error": "no message 7"}, b"", address)
+    assert isinstance(gone, NoSuchMessage)
+    unknown = _release_error(404, {"error": "Not Found"}, b'{"error": "Not Found"}', address)
+    assert isinstance(unknown, LinkError) and "cannot release messages" in str(unknown)
+
+
+def test_a_release_the_server_is_still_sending_is_not_called_failed(
+    tmp_path: Path, upstream: Upstream, monkeypatch
+) -> None:
+    """The client's wait ends while the server still talks to a slow upstream: the answer says
+    the release may be under way (not that it failed, which would invite a duplicate), and
+    the server records it as sent."""
+    import mailsink.server_link as server_link
+
+    config = tmp_path / "relay.toml"
+    config.write_text(upstream.relay_toml(allowed=ALLOWED))
+    with RunningSink(tmp_path / "mail.db", config=config) as served:
+        message_id = store(served, fresh(), ["u1@example.test", "u2@example.test"])
+        upstream.add_fault(name="slow", stage="rcpt", action="delay", delay="1s")
+        monkeypatch.setattr(server_link, "RELEASE_SECONDS", 0.5)
+
+        async def scenario() -> None:
+            async with Sink.attached(attached_settings(served.db), link=True) as sink:
+                await until(lambda: sink.link is not None and sink.link.live)
+                with pytest.raises(ReleaseError, match="may still be under way") as slow:
+                    await sink.release(message_id, None, trigger="tui")
+                assert type(slow.value) is ReleaseError  # no UpstreamError: nothing failed
+
+        run(scenario)
+        served.wait_for(lambda reader: reader.releases(message_id) or None, timeout=10)
+        (record,) = releases(served, message_id)
+        assert (record.outcome, record.code) == ("sent", 250)
