@@ -290,6 +290,26 @@ def test_not_configured_says_so_and_offers_only_close(tmp_path):
     run(scenario)
 
 
+def test_a_quoted_comma_in_a_prefilled_recipient_is_the_address_s_own(tmp_path, upstream):
+    """`"a,b"@example.test` is one address (email-validator takes it, the glob allows it): the
+    prefill is sent as it is, not split at its comma."""
+    settings = settings_for(tmp_path / "mail.db", _config(tmp_path, upstream.relay_toml()))
+    quoted = '"a,b"@example.test'
+
+    async def scenario() -> None:
+        async with tui(settings) as (app, pilot):
+            await _open_message(app, pilot, [quoted, "c@example.test"])
+            await pilot.press("R")
+            dialog = await _dialog(app, pilot)
+            assert dialog.query_one("#release-to", Input).value == f"{quoted}, c@example.test"
+            record = await _send_and_wait(pilot, dialog)
+            assert isinstance(record, ReleaseRecord), record
+            assert record.recipients == (quoted, "c@example.test")
+            assert upstream.envelopes() == [("orders@shop.test", [quoted, "c@example.test"])]
+
+    run(scenario)
+
+
 def test_untrusted_text_in_the_dialog_is_never_markup(tmp_path, upstream):
     hostile = "[bold red]x[/]\x1b[2J"
     settings = settings_for(tmp_path / "mail.db", _config(tmp_path, upstream.relay_toml()))

@@ -48,8 +48,24 @@ def addresses(values: Iterable[str], shown: int = NAMES_SHOWN) -> str:
 
 
 def recipients_of(answer: str) -> list[str]:
-    """The Input's comma-separated recipients, each stripped, empty ones dropped."""
-    return [part.strip() for part in answer.split(",") if part.strip()]
+    """The Input's comma-separated recipients, each stripped, empty ones dropped. A comma
+    inside a quoted local part (`"a,b"@example.test`, an address the prefill may hold) is the
+    address's own, not a separator."""
+    parts, current, quoted, escaped = [], [], False, False
+    for char in answer:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
 
 
 def sent_text(record: ReleaseRecord) -> Text:
