@@ -28,6 +28,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -311,16 +312,37 @@ def read_password(relay: RelaySettings) -> str:
     return ""
 
 
-def _scrub(text: str, secret: str) -> str:
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/=]{8,}")
+
+
+def _scrub(text: str, secret: str, user: str = "") -> str:
     """`text` (an upstream's reply, an OS error) with the secret in any of the forms a login
-    sends it hidden: an upstream that echoes what it got must not put it in a record. (Not a
-    secret shorter than 6 characters: "0" would take the zeros out of every "250 2.0.0".)"""
-    if len(secret) < 6:
+    sends it hidden: an upstream that echoes what it got must not put it in a record. The
+    base64 forms (of the password; of AUTH PLAIN's "\\0user\\0password" and
+    "user\\0password"), and any base64-looking token that decodes to bytes holding the
+    password, always; the password in plain text only from 6 characters on ("0" would take
+    the zeros out of every "250 2.0.0"). (CRAM-MD5 sends a digest: nothing to hide.)"""
+    if not secret:
         return text
-    forms = {secret, base64.b64encode(secret.encode()).decode()}
+    raw, name = secret.encode(), user.encode()
+    forms = {
+        base64.b64encode(form).decode()
+        for form in (raw, b"\0" + name + b"\0" + raw, name + b"\0" + raw)
+    }
+    if len(secret) >= 6:
+        forms.add(secret)
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, "(hidden)")
-    return text
+
+    def hide(match: re.Match[str]) -> str:
+        token = match.group()
+        try:
+            decoded = base64.b64decode(token, validate=True)
+        except ValueError:  # (binascii.Error is one)
+            return token
+        return "(hidden)" if raw in decoded else token
+
+    return _BASE64_TOKEN.sub(hide, text)
 
 
 # ---- the error a face shows
@@ -432,15 +454,59 @@ def tls_context(relay: RelaySettings) -> ssl.SSLContext:
     return context
 
 
+class _Reader:
+    """The client's reply reader (smtplib's `file`): lines from `sock`, every read bounded by
+    what is left until `deadline` (time.monotonic()), TimeoutError once it has passed. A
+    socket's own timeout is per recv: an upstream sending a byte now and then would hold a
+    release forever."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = float("inf")
+        self._buffer = b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n") + 1
+            if end == 0 and 0 <= limit < len(self._buffer):
+                end = limit
+            if end:
+                line, self._buffer = self._buffer[:end], self._buffer[end:]
+                return line
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(4096)
+            if not chunk:  # closed: what is left (smtplib takes b"" as the close)
+                line, self._buffer = self._buffer, b""
+                return line
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self._buffer = b""
+
+
 class _Client(smtplib.SMTP):
     """smtplib's client, remembering for the error what it last heard (the 421 before a
     closed connection: smtplib's login() tries its next mechanism after a 421, and it is the
-    closed connection that it raises)."""
+    closed connection that it raises), and awaiting each whole reply `timeout` at most (the
+    greeting's too; smtplib's socket timeout bounds each recv only). Sending is bounded as a
+    whole by sendall's own timeout (plain sockets; TLS's sendall bounds each write)."""
 
     last_reply: tuple[int, bytes] | None = None
 
     def getreply(self) -> tuple[int, bytes]:
-        code, text = super().getreply()
+        sock = self.sock
+        if sock is not None and not (isinstance(self.file, _Reader) and self.file.sock is sock):
+            self.file = _Reader(sock)  # (a new one after STARTTLS, which dropped smtplib's)
+        if isinstance(self.file, _Reader):
+            self.file.deadline = time.monotonic() + self.timeout
+        try:
+            code, text = super().getreply()
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)  # (sending: the whole timeout again)
         self.last_reply = (code, text)
         return code, text
 
@@ -510,9 +576,12 @@ def deliver(
             recipients=tuple(recipients),
             outcome=state,
             code=code,
-            reply=_scrub(reply, password),
+            reply=_scrub(reply, password, relay.username),
             accepted=tuple(progress.accepted) if state != FAILED else (),
-            refused={rcpt: _scrub(why, password) for rcpt, why in progress.refused.items()},
+            refused={
+                rcpt: _scrub(why, password, relay.username)
+                for rcpt, why in progress.refused.items()
+            },
             stage=progress.stage if state == FAILED else "",
             timed_out=timed_out,
         )

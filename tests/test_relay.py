@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import socket
+import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,120 @@ def test_the_password_is_in_no_transcript_delivery_or_error(upstream: Upstream) 
         for form in forms:
             assert form not in transcript
             assert form not in shown
+
+
+class RawUpstream:
+    """A few lines of SMTP over a raw socket, on a thread: `answer(line)` is the bytes sent
+    back for each line the client sends (b"" nothing); a greeting first. For what a real
+    server would not do: echo an AUTH line, trickle a reply a byte at a time."""
+
+    def __init__(self, answer: Callable[[bytes, socket.socket], bytes]) -> None:
+        self.answer = answer
+        self.heard: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            try:
+                connection.sendall(b"220 raw ESMTP\r\n")
+                for line in lines:
+                    self.heard.append(line)
+                    if line.upper().startswith(b"QUIT"):
+                        connection.sendall(b"221 bye\r\n")
+                        return
+                    connection.sendall(self.answer(line, connection))
+            except OSError:  # (the client gave up: what the test is about)
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+def echoing_auth(line: bytes, _: socket.socket) -> bytes:
+    upper = line.upper()
+    if upper.startswith(b"EHLO"):
+        return b"250-raw\r\n250 AUTH PLAIN\r\n"
+    if upper.startswith(b"AUTH"):
+        return b"535 5.7.8 failed for " + line.strip() + b"\r\n"
+    return b"250 2.0.0 ok\r\n"
+
+
+@pytest.mark.parametrize("secret", ["hunter2secret", "s3c"])
+def test_an_upstream_echoing_auth_plain_shows_no_secret(secret: str) -> None:
+    up = RawUpstream(echoing_auth)
+    try:
+        relay = RelaySettings(
+            host="127.0.0.1",
+            port=up.port,
+            tls="none",
+            username="ann",
+            password=secret,
+            allowed_recipients=("*@example.test",),
+            timeout=5,
+        )
+        delivery = deliver(relay, RAW, "", ["ann@example.test"], message_id=3)
+    finally:
+        up.close()
+    sent = base64.b64encode(f"\0ann\0{secret}".encode())
+    assert b"AUTH PLAIN " + sent + b"\r\n" in up.heard  # (what the upstream echoed)
+    assert (delivery.outcome, delivery.stage, delivery.code) == (FAILED, "auth", 535)
+    # The codes intact even with a 3-character secret; the AUTH PLAIN token hidden.
+    assert delivery.reply == "535 5.7.8 failed for AUTH PLAIN (hidden)"
+    shown = repr(delivery) + error_text(delivery, 3)
+    assert sent.decode() not in shown and sent.decode()[:-4] not in shown
+
+
+def test_any_base64_token_holding_the_password_is_hidden() -> None:
+    from mailsink.relay import _scrub
+
+    token = base64.b64encode(b"prefix:abc:suffix").decode()
+    assert _scrub(f"550 {token} and 2.0.0 ABCDEFGH", "abc") == "550 (hidden) and 2.0.0 ABCDEFGH"
+    user_form = base64.b64encode(b"ann\0abc").decode()
+    assert _scrub(f"535 {user_form}", "abc", "ann") == "535 (hidden)"
+    assert _scrub("250 hunter 2.0.0", "2") == "250 hunter 2.0.0"  # (short: plain text kept)
+
+
+def test_a_trickled_reply_to_data_times_out_as_a_whole() -> None:
+    in_data = threading.Event()  # (the message's lines get no reply)
+
+    def trickle(line: bytes, connection: socket.socket) -> bytes:
+        upper = line.upper()
+        if in_data.is_set() and upper != b".\r\n":
+            return b""
+        if upper == b".\r\n":
+            for byte in b"250 2.0.0 queued as ABCDEFGHIJ\r\n":  # 3 s in all: never in time
+                connection.sendall(bytes([byte]))
+                time.sleep(0.1)
+            return b""
+        if upper.startswith(b"DATA"):
+            in_data.set()
+            return b"354 go on\r\n"
+        return b"250 ok\r\n"
+
+    up = RawUpstream(trickle)
+    try:
+        relay = RelaySettings(
+            host="127.0.0.1",
+            port=up.port,
+            tls="none",
+            allowed_recipients=("*@example.test",),
+            timeout=0.5,
+        )
+        started = time.monotonic()
+        delivery = deliver(relay, RAW, "", ["ann@example.test"], message_id=4)
+        took = time.monotonic() - started
+    finally:
+        up.close()
+    assert took < 1.5  # (each byte came within the timeout: per-recv it would take 3 s)
+    assert (delivery.outcome, delivery.stage, delivery.timed_out) == (FAILED, "data", True)
+    assert error_text(delivery, 4) == (
+        "release of message 4 timed out after 0.5 s waiting for the upstream's reply to DATA"
+    )
 
 
 # ---- deliver: what the upstream answers

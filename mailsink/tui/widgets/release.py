@@ -51,7 +51,9 @@ def recipients_of(answer: str) -> list[str]:
     """The Input's comma-separated recipients, each stripped, empty ones dropped. A comma
     inside a quoted local part (`"a,b"@example.test`, an address the prefill may hold) is the
     address's own, not a separator."""
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for char in answer:
         if escaped:
             escaped = False
