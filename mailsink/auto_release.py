@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from mailsink import events as ev
 from mailsink.config import RelaySettings, Settings
 from mailsink.errors import ReleaseError
-from mailsink.relay import RETRYING, Delivery, auto_recipients
+from mailsink.relay import RETRYING, Delivery, ReleaseRecord, auto_recipients
 from mailsink.store import Reader
 from mailsink.text import visible
 
@@ -43,6 +43,13 @@ RETRY_FIRST_SECONDS = 1.0  # the wait before the second try; doubled each time a
 RETRY_MOST_SECONDS = 60.0
 SENDING_AT_ONCE = 4  # as many as the sink has relay threads: the rest wait their turn
 TRIGGER = "auto"
+# Auto release gives way to incoming mail: a release starts once no message has been stored
+# for QUIET_SECONDS, or once its message has waited DEFER_MOST_SECONDS. On a machine whose
+# cores the SMTP server keeps busy, a release's CPU (smtplib holds the GIL the loop needs, and
+# the upstream may be on the same machine) would otherwise come out of ingest: 0.7 of the
+# throughput at ~200 releases/s on 2 cores (bench/ingest.py --auto-release, PERFORMANCE.md).
+QUIET_SECONDS = 0.25
+DEFER_MOST_SECONDS = 10.0
 
 
 # Failures without a reply code at these stages are the setup's (a certificate, STARTTLS not
@@ -81,6 +88,8 @@ class AutoRelease:
         self._pending: dict[int, asyncio.Task[None]] = {}  # message id -> its releasing task
         self._sending = asyncio.Semaphore(SENDING_AT_ONCE)
         self._full = False  # skipping (logged once until there is room again)
+        self._last_stored = 0.0  # loop.time() of the newest MessageStored
+        self._taken: dict[int, float] = {}  # message id -> loop.time() it was taken
         self._stopped = False
 
     @property
@@ -147,6 +156,8 @@ class AutoRelease:
                     event.count,
                 )
                 continue
+            if isinstance(event, ev.MessageStored):
+                self._last_stored = asyncio.get_running_loop().time()
             if not isinstance(event, ev.MessageStored) or event.rejected:
                 continue
             if not _on(self.sink.settings.relay):
@@ -170,9 +181,26 @@ class AutoRelease:
         if self._full:
             log.info("auto release: room again; %d message(s) skipped so far", self.skipped)
             self._full = False
+        self._taken[message_id] = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._release(message_id))
         self._pending[message_id] = task
-        task.add_done_callback(lambda _task: self._pending.pop(message_id, None))
+        task.add_done_callback(lambda _task: self._forget(message_id))
+
+    def _forget(self, message_id: int) -> None:
+        self._pending.pop(message_id, None)
+        self._taken.pop(message_id, None)
+
+    async def _quiet(self, message_id: int) -> None:
+        """Until no mail has come for QUIET_SECONDS, or this message has waited
+        DEFER_MOST_SECONDS (only the few tasks holding a sending turn wait here)."""
+        loop = asyncio.get_running_loop()
+        deadline = self._taken.get(message_id, 0.0) + DEFER_MOST_SECONDS
+        while True:
+            now = loop.time()
+            quiet_at = self._last_stored + QUIET_SECONDS
+            if now >= quiet_at or now >= deadline:
+                return
+            await asyncio.sleep(min(quiet_at, deadline) - now)
 
     async def _release(self, message_id: int) -> None:
         attempt = 1
@@ -185,27 +213,36 @@ class AutoRelease:
                         message_id,
                     )
                 return
-            message = await self.sink.read(Reader.get_message, message_id)
-            if message is None:
-                return  # deleted meanwhile
-            recipients = auto_recipients(relay, list(message.envelope.rcpt_to))
-            if not recipients:
-                return  # not for auto release: nothing to say
-            last = attempt >= relay.auto_retries
-            try:
-                async with self._sending:
-                    record, _ = await self.sink.release_try(
-                        relay,
-                        message_id,
-                        recipients,
-                        TRIGGER,
-                        attempt=attempt,
-                        retry_if=None if last else temporary,
-                    )
-            except ReleaseError as error:  # deleted meanwhile, a recipient not allowed, ...
-                log.warning("auto release of message %s: %s", message_id, visible(str(error)))
-                return
-            if record.outcome != RETRYING:
+            # Read only once its turn comes: a burst of mail costs the reader thread (and the
+            # GIL the SMTP server needs) nothing until then (bench/ingest.py --auto-release).
+            async with self._sending:
+                await self._quiet(message_id)
+                message = await self.sink.read(Reader.get_message, message_id)
+                if message is None:
+                    return  # deleted meanwhile
+                recipients = auto_recipients(relay, list(message.envelope.rcpt_to))
+                if not recipients:
+                    return  # not for auto release: nothing to say
+                record = await self._try(relay, message_id, recipients, attempt)
+            if record is None or record.outcome != RETRYING:
                 return
             await asyncio.sleep(backoff(attempt))
             attempt += 1
+
+    async def _try(
+        self, relay: RelaySettings, message_id: int, recipients: list[str], attempt: int
+    ) -> ReleaseRecord | None:
+        last = attempt >= relay.auto_retries
+        try:
+            record, _ = await self.sink.release_try(
+                relay,
+                message_id,
+                recipients,
+                TRIGGER,
+                attempt=attempt,
+                retry_if=None if last else temporary,
+            )
+        except ReleaseError as error:  # deleted meanwhile, a recipient not allowed, ...
+            log.warning("auto release of message %s: %s", message_id, visible(str(error)))
+            return None
+        return record

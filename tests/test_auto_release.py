@@ -273,3 +273,31 @@ def test_a_release_in_flight_at_the_stop_ends_and_is_recorded(tmp_path: Path, ca
             (record,) = reader.releases(1)
         assert (record.outcome, record.code, record.trigger) == ("sent", 250, "auto")
         assert "finishing 1 release(s) in flight" in caplog.text
+
+
+def test_releases_give_way_to_incoming_mail_for_a_bounded_time(tmp_path: Path, monkeypatch):
+    """While mail keeps arriving, auto release waits (its CPU would come out of ingest); it
+    starts QUIET_SECONDS after the last message, or once a message has waited
+    DEFER_MOST_SECONDS however busy the server is."""
+    monkeypatch.setattr(auto_release, "DEFER_MOST_SECONDS", 1.5)
+    with Upstream(tmp_path / "upstream") as up:
+        config = tmp_path / "mailsink.toml"
+        config.write_text(up.relay_toml(auto=True, auto_recipients=["*@example.test"]))
+        with RunningSink(tmp_path / "mail.db", config=config) as sink:
+            with sink.events(MessageReleased) as events:
+                with smtplib.SMTP(sink.host, sink.port, timeout=10) as client:
+                    # A message every 0.1 s for 0.6 s: never quiet long enough.
+                    for _ in range(6):
+                        client.sendmail("app@shop.test", ["ann@example.test"], RAW)
+                        time.sleep(0.1)
+                    last = time.monotonic()
+                    assert _releases(sink, 1) == []  # (the first has waited 0.6 s)
+                    # Busy for longer than DEFER_MOST_SECONDS: the first goes anyway.
+                    busy_until = time.monotonic() + 2.0
+                    while time.monotonic() < busy_until and not _releases(sink, 1):
+                        client.sendmail("app@shop.test", ["zed@other.test"], RAW)
+                        time.sleep(0.05)
+                    assert _releases(sink, 1), "the release waited past DEFER_MOST_SECONDS"
+                    assert time.monotonic() - last < 2.0
+                released = _released(events, 6)
+            assert sorted(event.message_id for event in released) == [1, 2, 3, 4, 5, 6]
