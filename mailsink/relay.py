@@ -44,6 +44,10 @@ TRIGGERS = ("cli", "tui", "http", "auto")
 SENT, PARTIAL, FAILED, RETRYING = "sent", "partial", "failed", "retrying"
 OUTCOMES = (SENT, PARTIAL, FAILED, RETRYING)
 TRACE_HEADER = "X-Mailsink-Released-From"
+# A whole release (connect to QUIT) takes at most this many times `[relay] timeout`: each reply
+# is bounded by the timeout, and an upstream slow at every one of a hundred RCPTs would
+# otherwise hold a relay thread (and a server's stop) for a hundred timeouts.
+WHOLE_RELEASE_TIMEOUTS = 4
 # What was being done when a release failed, as Delivery.stage says it.
 STAGES = ("connect", "tls", "ehlo", "auth", "mail", "rcpt", "data", "quit")
 # A stage as an error names it: SMTP's commands as they are spelt on the wire.
@@ -329,6 +333,7 @@ def _scrub(text: str, secret: str, user: str = "") -> str:
         base64.b64encode(form).decode()
         for form in (raw, b"\0" + name + b"\0" + raw, name + b"\0" + raw)
     }
+    logins = {raw, b"\0" + name + b"\0" + raw, name + b"\0" + raw}
     if len(secret) >= 6:
         forms.add(secret)
     for form in sorted(forms, key=len, reverse=True):
@@ -340,7 +345,9 @@ def _scrub(text: str, secret: str, user: str = "") -> str:
             decoded = base64.b64decode(token, validate=True)
         except ValueError:  # (binascii.Error is one)
             return token
-        return "(hidden)" if raw in decoded else token
+        # A short password is in many random bytes (a queue id's): only a login's own forms.
+        held = raw in decoded if len(secret) >= 6 else decoded in logins
+        return "(hidden)" if held else token
 
     return _BASE64_TOKEN.sub(hide, text)
 
@@ -496,17 +503,25 @@ class _Client(smtplib.SMTP):
 
     last_reply: tuple[int, bytes] | None = None
 
+    def __init__(self, *args: Any, whole: float = float("inf"), **options: Any) -> None:
+        self.whole_deadline = time.monotonic() + whole  # (before the connect: the greeting)
+        super().__init__(*args, **options)
+
+    def _left(self) -> float:
+        """The timeout, or less when the whole release's time is nearly up."""
+        return max(0.001, min(self.timeout, self.whole_deadline - time.monotonic()))
+
     def getreply(self) -> tuple[int, bytes]:
         sock = self.sock
         if sock is not None and not (isinstance(self.file, _Reader) and self.file.sock is sock):
             self.file = _Reader(sock)  # (a new one after STARTTLS, which dropped smtplib's)
         if isinstance(self.file, _Reader):
-            self.file.deadline = time.monotonic() + self.timeout
+            self.file.deadline = min(time.monotonic() + self.timeout, self.whole_deadline)
         try:
             code, text = super().getreply()
         finally:
             if self.sock is not None:
-                self.sock.settimeout(self.timeout)  # (sending: the whole timeout again)
+                self.sock.settimeout(self._left())  # (sending: the timeout again, or what is left)
         self.last_reply = (code, text)
         return code, text
 
@@ -694,12 +709,20 @@ def _converse(
         # Connected by the constructor, so that smtplib knows the name TLS checks; "-" until
         # the EHLO name is known (it may be the connection's own address).
         port = relay.effective_port
+        whole = relay.timeout * WHOLE_RELEASE_TIMEOUTS
         if relay.tls == "implicit":
             client = _ImplicitClient(
-                relay.host, port, local_hostname="-", timeout=relay.timeout, context=context
+                relay.host,
+                port,
+                local_hostname="-",
+                timeout=relay.timeout,
+                context=context,
+                whole=whole,
             )
         else:
-            client = _Client(relay.host, port, local_hostname="-", timeout=relay.timeout)
+            client = _Client(
+                relay.host, port, local_hostname="-", timeout=relay.timeout, whole=whole
+            )
         _talk(client, relay, raw, mail_from, recipients, password, message_id, context, progress)
     except (_Failed, smtplib.SMTPException, OSError, ValueError) as error:
         # (sorted out by deliver, with what the client last heard)

@@ -282,17 +282,22 @@ class Sink:
         self._executor.shutdown(wait=False)
 
     async def _finish_releases(self) -> None:
-        """Wait for the releases in flight to end and be recorded (each is bounded by its
-        [relay] timeout; all of them together by RELEASES_GRACE_SECONDS)."""
+        """Wait for the releases in flight to end and be recorded: each ends within
+        WHOLE_RELEASE_TIMEOUTS times its [relay] timeout (the deliver's own deadline), and a
+        few seconds more let its row be written; what is left then is cancelled."""
         if not self._releasing:
             return
         log.info("finishing %d release(s) in flight", len(self._releasing))
-        _done, left = await asyncio.wait(set(self._releasing), timeout=RELEASES_GRACE_SECONDS)
+        grace = self.settings.relay.timeout * relaying.WHOLE_RELEASE_TIMEOUTS + 5.0
+        _done, left = await asyncio.wait(set(self._releasing), timeout=grace)
         if left:
             log.warning(
                 "%d release(s) still talking to the upstream at the stop are not recorded",
                 len(left),
             )
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=1.0)
 
     def _close_relay_pool(self) -> None:
         # Not waited for: a release still talking to its upstream ends by its [relay] timeout,
@@ -891,8 +896,6 @@ def live_record(
 
 NOT_CONFIGURED = "releasing is off: no [relay] host in the config"
 RELAY_THREADS = 4  # releases talking to upstreams at once (each blocks a thread: smtplib)
-# How long a server's stop waits for the releases in flight to end and be recorded.
-RELEASES_GRACE_SECONDS = 60.0
 MAX_RECIPIENTS = 100  # per release
 
 

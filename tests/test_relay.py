@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from relay_upstream import PASSWORD, USER, SilentServer, Upstream
 
+from mailsink import relay as relay_module
 from mailsink.config import RelaySettings, Settings, parse
 from mailsink.errors import ReleaseError, UpstreamError
 from mailsink.relay import (
@@ -470,8 +471,10 @@ def test_an_upstream_echoing_auth_plain_shows_no_secret(secret: str) -> None:
 def test_any_base64_token_holding_the_password_is_hidden() -> None:
     from mailsink.relay import _scrub
 
-    token = base64.b64encode(b"prefix:abc:suffix").decode()
-    assert _scrub(f"550 {token} and 2.0.0 ABCDEFGH", "abc") == "550 (hidden) and 2.0.0 ABCDEFGH"
+    token = base64.b64encode(b"prefix:abcdef:suffix").decode()
+    assert _scrub(f"550 {token} and 2.0.0 ABCDEFGH", "abcdef") == (
+        "550 (hidden) and 2.0.0 ABCDEFGH"
+    )
     user_form = base64.b64encode(b"ann\0abc").decode()
     assert _scrub(f"535 {user_form}", "abc", "ann") == "535 (hidden)"
     assert _scrub("250 hunter 2.0.0", "2") == "250 hunter 2.0.0"  # (short: plain text kept)
@@ -637,6 +640,30 @@ def test_a_slow_reply_to_rcpt_times_out_there(upstream: Upstream) -> None:
     assert error_text(delivery, 2) == (
         "release of message 2 timed out after 0.5 s waiting for the upstream's reply to RCPT"
     )
+
+
+def test_a_release_slow_at_every_reply_ends_within_its_whole_time(upstream: Upstream) -> None:
+    """Each RCPT answered just within the timeout: the whole release still ends within
+    WHOLE_RELEASE_TIMEOUTS timeouts (a server's stop waits for it), timed out at RCPT."""
+    upstream.add_fault(name="slowish", stage="rcpt", action="delay", delay="400ms")
+    relay = dataclasses.replace(relay_of(upstream, auth=False), timeout=0.6)
+    recipients = [f"u{number}@example.test" for number in range(12)]  # 12 x 0.4 s = 4.8 s
+    started = time.monotonic()
+    delivery = deliver(relay, RAW, "", recipients, message_id=3)
+    took = time.monotonic() - started
+    assert took < 0.6 * relay_module.WHOLE_RELEASE_TIMEOUTS + 0.5, took
+    assert (delivery.outcome, delivery.stage, delivery.timed_out) == (FAILED, "rcpt", True)
+
+
+def test_a_short_password_leaves_random_base64_alone() -> None:
+    """For a password of a few characters, random tokens (queue ids) decode to bytes holding
+    it now and then: only the login's own forms are hidden."""
+    import base64
+
+    queue_id = "250 2.0.0 Ok: queued as GG6K9WGJUYSJ"
+    assert relay_module._scrub(queue_id, "a", "user") == queue_id
+    echoed = "535 5.7.8 no: " + base64.b64encode(b"\0user\0a").decode()
+    assert relay_module._scrub(echoed, "a", "user") == "535 5.7.8 no: (hidden)"
 
 
 def test_a_refused_connection_fails_at_connect() -> None:
