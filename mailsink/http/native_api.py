@@ -106,7 +106,7 @@ def _session_id(request: web.Request) -> int:
         raise ApiError(404, f"no session {request.match_info.get('id', '')[:40]!r}") from None
 
 
-async def _known_message(request: web.Request) -> int:
+async def known_message(request: web.Request) -> int:
     message_id = path_id(request)
     if await request.app[SINK].message(message_id) is None:
         raise ApiError(404, f"no message {message_id}")
@@ -201,7 +201,7 @@ async def change_message(request: web.Request) -> web.StreamResponse:
         ):
             kind = "true or false" if wanted is bool else "a list of strings"
             raise bad(key, f"expected {kind}")
-    await _known_message(request)
+    await known_message(request)
     try:  # tags first: a bad one is refused before anything is written
         await sink.change_tags(
             [message_id], add=body.get("add_tags", ()), remove=body.get("remove_tags", ())

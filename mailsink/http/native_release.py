@@ -24,6 +24,7 @@ from mailsink.errors import (
     ReleaseError,
     UpstreamError,
 )
+from mailsink.http.native_api import known_message
 from mailsink.http.request_params import ApiError, bad, json_body, path_id
 from mailsink.http.routing import ApiRoutes, Param
 from mailsink.http.web_service import SINK, json_response
@@ -99,13 +100,6 @@ def release_refusal(error: ReleaseError) -> web.Response:
     return json_response({"error": str(error)}, 502)
 
 
-async def _known_message(request: web.Request) -> int:
-    message_id = path_id(request)
-    if await request.app[SINK].message(message_id) is None:
-        raise ApiError(404, f"no message {message_id}")
-    return message_id
-
-
 @routes.get(
     "/api/mailsink/messages/{id}/release",
     "What releasing the message would do: upstream, MAIL FROM, default recipients (no release)",
@@ -162,6 +156,6 @@ async def release(request: web.Request) -> web.StreamResponse:
     responses={"404": "no such message"},
 )
 async def releases(request: web.Request) -> web.StreamResponse:
-    message_id = await _known_message(request)
+    message_id = await known_message(request)
     records = await request.app[SINK].releases(message_id)
     return json_response({"releases": [record.as_json() for record in records]})
