@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -687,9 +688,8 @@ class Sink:
         outcome = delivery.outcome
         if outcome == FAILED and retry_if is not None and retry_if(delivery):
             outcome = RETRYING
-        release_id = await self._record_release(message_id, at, trigger, delivery, outcome, attempt)
         record = ReleaseRecord(
-            id=release_id or 0,
+            id=0,  # (the row's, once written)
             message_id=message_id,
             at=at,
             trigger=trigger,
@@ -702,6 +702,7 @@ class Sink:
             refused=dict(delivery.refused),
             attempt=attempt,
         )
+        record = dataclasses.replace(record, id=await self._record_release(record) or 0)
         if self.events.wants(ev.MessageReleased):
             self.events.publish(
                 ev.MessageReleased(
@@ -719,33 +720,16 @@ class Sink:
         _log_release(record, delivery, relay.timeout)
         return record, delivery
 
-    async def _record_release(
-        self,
-        message_id: int,
-        at: int,
-        trigger: str,
-        delivery: Delivery,
-        outcome: str,
-        attempt: int,
-    ) -> int | None:
+    async def _record_release(self, record: ReleaseRecord) -> int | None:
         """The try's row (through the writer, or in a transaction here); None when it could
         not be written (the message deleted meanwhile, an old store, a read-only one): the
         release happened all the same, and is reported."""
+        message_id = record.message_id
+        fields = dataclasses.asdict(record)
+        del fields["id"]
+        fields["recipients"] = list(record.recipients)
         try:
-            release_id = await self._write(
-                operations.record_release,
-                message_id=message_id,
-                at=at,
-                trigger=trigger,
-                upstream=delivery.upstream,
-                mail_from=delivery.mail_from,
-                recipients=list(delivery.recipients),
-                outcome=outcome,
-                code=delivery.code,
-                reply=delivery.reply,
-                refused=dict(delivery.refused),
-                attempt=attempt,
-            )
+            release_id = await self._write(operations.record_release, **fields)
         except (MailsinkError, sqlite3.Error) as error:
             log.warning("release of message %s is not recorded: %s", message_id, error)
             return None
